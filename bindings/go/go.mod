@@ -1,0 +1,3 @@
+module github.com/ms-auth/ms-auth/bindings/go
+
+go 1.19

@@ -1,0 +1,231 @@
+package msauth
+
+/*
+#include <stdlib.h>
+#include <string.h>
+#include "ms_auth.h"
+
+// ms_last_error() is thread-local. A goroutine can move to another OS thread
+// between two cgo calls, so reading it in a second call could see another
+// thread's error. These shims read it inside the same C call, on the same
+// thread, and hand back a malloc'd copy (NULL when the call succeeded).
+// That is also one cgo crossing instead of two (or a LockOSThread pair).
+static char *msgo_take_error(int32_t status) {
+	if (status < 100) return NULL;
+	const char *e = ms_last_error();
+	return strdup(e != NULL ? e : "");
+}
+
+typedef struct {
+	int32_t status;
+	char *err;
+} msgo_ret;
+
+typedef struct {
+	ms_check_result r;
+	char *err;
+} msgo_check_ret;
+
+// Returned by value: the result then lives in a Go stack variable instead of
+// a heap allocation that a Go pointer passed to C would force.
+static msgo_check_ret msgo_check(ms_store *s, const char *key, size_t key_len, int64_t now_ms) {
+	msgo_check_ret o;
+	memset(&o, 0, sizeof o);
+	int32_t st = ms_store_check(s, key, key_len, now_ms, &o.r);
+	o.r.status = st; // the return value is authoritative, also if out was not filled
+	o.err = msgo_take_error(st);
+	return o;
+}
+
+static msgo_ret msgo_store_open(const char *path, ms_store **out) {
+	msgo_ret o;
+	o.status = ms_store_open(path, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_key_create(ms_store *s, const char *spec, int64_t now_ms, char **out) {
+	msgo_ret o;
+	o.status = ms_key_create(s, spec, now_ms, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_key_revoke(ms_store *s, const char *id, int64_t now_ms) {
+	msgo_ret o;
+	o.status = ms_key_revoke(s, id, now_ms);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_key_update(ms_store *s, const char *id, const char *patch, char **out) {
+	msgo_ret o;
+	o.status = ms_key_update(s, id, patch, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_key_get(ms_store *s, const char *id, char **out) {
+	msgo_ret o;
+	o.status = ms_key_get(s, id, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_key_list(ms_store *s, const char *filter, char **out) {
+	msgo_ret o;
+	o.status = ms_key_list(s, filter, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+*/
+import "C"
+
+import (
+	"time"
+	"unsafe"
+)
+
+// takeError turns a shim's error copy into an *Error and frees the copy.
+func takeError(status C.int32_t, msg *C.char) error {
+	if msg == nil {
+		if status >= 100 {
+			return &Error{Code: Status(status)}
+		}
+		return nil
+	}
+	defer C.free(unsafe.Pointer(msg))
+	return &Error{Code: Status(status), Message: C.GoString(msg)}
+}
+
+// takeJSON copies a library-owned JSON answer and frees it with ms_string_free.
+func takeJSON(p *C.char) []byte {
+	if p == nil {
+		return nil
+	}
+	defer C.ms_string_free(p)
+	return C.GoBytes(unsafe.Pointer(p), C.int(C.strlen(p)))
+}
+
+func cStoreOpen(path string) (*C.ms_store, error) {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var h *C.ms_store
+	r := C.msgo_store_open(cpath, &h)
+	if err := takeError(r.status, r.err); err != nil {
+		return nil, err
+	}
+	if r.status != 0 || h == nil {
+		return nil, &Error{Code: StatusInternal, Message: "ms_store_open returned no handle"}
+	}
+	return h, nil
+}
+
+func cStoreClose(h *C.ms_store) { C.ms_store_close(h) }
+
+// cCheck passes the key as pointer + length straight from the Go string's
+// bytes: no C.CString allocation and copy per check. The bytes are only read
+// during the call, contain no Go pointers, and the cgo call keeps them alive.
+func cCheck(h *C.ms_store, key string, nowMS int64, out *Result) {
+	var kp *C.char
+	if len(key) > 0 {
+		kp = (*C.char)(unsafe.Pointer(stringData(key)))
+	}
+	r := C.msgo_check(h, kp, C.size_t(len(key)), C.int64_t(nowMS))
+	out.Status = Status(r.r.status)
+	out.HTTPStatus = int(r.r.http_status)
+	out.RetryAfter = time.Duration(r.r.retry_after_ms) * time.Millisecond
+	out.QuotaLimit = int64(r.r.quota_limit)
+	out.QuotaRemaining = int64(r.r.quota_remaining)
+	out.QuotaReset = int64(r.r.quota_reset_ms)
+	out.RateLimit = int64(r.r.rate_limit)
+	out.RateRemaining = int64(r.r.rate_remaining)
+	out.RateReset = int64(r.r.rate_reset_ms)
+	if r.r.key_id[0] != 0 {
+		out.KeyID = C.GoString(&r.r.key_id[0])
+	}
+	if r.r.plan[0] != 0 {
+		out.Plan = C.GoString(&r.r.plan[0])
+	}
+	out.Err = takeError(r.r.status, r.err)
+}
+
+func cKeyCreate(h *C.ms_store, spec []byte, nowMS int64) ([]byte, error) {
+	cs := C.CString(string(spec))
+	defer C.free(unsafe.Pointer(cs))
+	var out *C.char
+	r := C.msgo_key_create(h, cs, C.int64_t(nowMS), &out)
+	js := takeJSON(out)
+	return js, statusError(r)
+}
+
+func cKeyRevoke(h *C.ms_store, id string, nowMS int64) error {
+	cid := C.CString(id)
+	defer C.free(unsafe.Pointer(cid))
+	return statusError(C.msgo_key_revoke(h, cid, C.int64_t(nowMS)))
+}
+
+func cKeyUpdate(h *C.ms_store, id string, patch []byte) ([]byte, error) {
+	cid := C.CString(id)
+	defer C.free(unsafe.Pointer(cid))
+	cp := C.CString(string(patch))
+	defer C.free(unsafe.Pointer(cp))
+	var out *C.char
+	r := C.msgo_key_update(h, cid, cp, &out)
+	js := takeJSON(out)
+	return js, statusError(r)
+}
+
+func cKeyGet(h *C.ms_store, id string) ([]byte, error) {
+	cid := C.CString(id)
+	defer C.free(unsafe.Pointer(cid))
+	var out *C.char
+	r := C.msgo_key_get(h, cid, &out)
+	js := takeJSON(out)
+	return js, statusError(r)
+}
+
+func cKeyList(h *C.ms_store, filter []byte) ([]byte, error) {
+	var cf *C.char // NULL: every key
+	if filter != nil {
+		cf = C.CString(string(filter))
+		defer C.free(unsafe.Pointer(cf))
+	}
+	var out *C.char
+	r := C.msgo_key_list(h, cf, &out)
+	js := takeJSON(out)
+	return js, statusError(r)
+}
+
+// statusError maps an admin call's answer to an error. Admin calls answer
+// MS_OK or an MS_ERR_*; a policy code here would be a library bug, and is
+// reported rather than mistaken for success.
+func statusError(r C.msgo_ret) error {
+	if err := takeError(r.status, r.err); err != nil {
+		return err
+	}
+	if r.status != 0 {
+		return &Error{Code: Status(r.status), Message: "unexpected status from an admin call"}
+	}
+	return nil
+}
+
+func cStatusCode(s Status) string    { return C.GoString(C.ms_status_code(C.int32_t(s))) }
+func cStatusMessage(s Status) string { return C.GoString(C.ms_status_message(C.int32_t(s))) }
+
+// cStatusHTTP is also the benchmark's baseline: the cheapest cgo call there is.
+func cStatusHTTP(s Status) int { return int(C.ms_status_http(C.int32_t(s))) }
+
+func cErrorJSON(s Status) []byte {
+	var buf [256]byte
+	n := C.ms_error_json(C.int32_t(s), (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)))
+	if int(n) < len(buf) {
+		return append([]byte(nil), buf[:n]...)
+	}
+	big := make([]byte, int(n)+1)
+	n = C.ms_error_json(C.int32_t(s), (*C.char)(unsafe.Pointer(&big[0])), C.size_t(len(big)))
+	return big[:n]
+}
+
+func cVersion() string { return C.GoString(C.ms_version()) }
+func cABIVersion() int { return int(C.ms_abi_version()) }

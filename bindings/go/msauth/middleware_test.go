@@ -1,0 +1,206 @@
+package msauth
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// appHandler is the protected application: it echoes what the middleware
+// put in the request context.
+var appHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	id, idOK := KeyIDFromContext(r.Context())
+	plan, planOK := PlanFromContext(r.Context())
+	w.Header().Set("Content-Type", "text/plain")
+	_, _ = io.WriteString(w, "app key="+id+" plan="+plan+" idOK="+strconv.FormatBool(idOK)+" planOK="+strconv.FormatBool(planOK))
+})
+
+type answer struct {
+	status  int
+	body    string
+	headers map[string]string // "" means: must be absent
+}
+
+// get sends a real HTTP request through the loopback server and compares
+// status, body bytes and the named headers exactly.
+func get(t *testing.T, url, header, key string, want answer) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" || header != "" {
+		req.Header.Set(header, key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != want.status {
+		t.Errorf("key %q: status %d, want %d", key, resp.StatusCode, want.status)
+	}
+	if string(body) != want.body {
+		t.Errorf("key %q: body\n got %s\nwant %s", key, body, want.body)
+	}
+	for name, v := range want.headers {
+		got, present := resp.Header[http.CanonicalHeaderKey(name)]
+		switch {
+		case v == "" && present:
+			t.Errorf("key %q: header %s = %q, want none", key, name, got)
+		case v != "" && (len(got) != 1 || got[0] != v):
+			t.Errorf("key %q: header %s = %q, want %q", key, name, got, v)
+		}
+	}
+}
+
+var noRateHeaders = map[string]string{"Retry-After": "", "RateLimit-Policy": "", "RateLimit": ""}
+
+func jsonAnswer(status int, body string, extra map[string]string) answer {
+	h := map[string]string{"Content-Type": "application/json", "Content-Length": strconv.Itoa(len(body))}
+	for k, v := range noRateHeaders {
+		h[k] = v
+	}
+	for k, v := range extra {
+		h[k] = v
+	}
+	return answer{status, body, h}
+}
+
+// Every documented answer, over HTTP.
+func TestMiddlewareDocumentedAnswers(t *testing.T) {
+	s := openTemp(t)
+	clock := t0
+	srv := httptest.NewServer(Middleware(s, WithClock(func() time.Time { return clock }))(appHandler))
+	defer srv.Close()
+
+	ok := mustCreate(t, s, KeySpec{Plan: "pro", Quota: &Quota{Limit: 10, Period: Daily},
+		RateLimit: Some(RateLimit{Limit: 5, WindowMS: 60000})}, t0)
+	exp := mustCreate(t, s, KeySpec{ExpiresAt: Some(t0)}, t0.Add(-time.Hour))
+	rev := mustCreate(t, s, KeySpec{}, t0.Add(-time.Hour))
+	if err := s.RevokeKeyAt(rev.Record.ID, t0.Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	quota := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 1, Period: Daily}, RateLimit: Null[RateLimit]()}, t0)
+	rate := mustCreate(t, s, KeySpec{RateLimit: Some(RateLimit{Limit: 1, WindowMS: 10000})}, t0)
+	noPlan := mustCreate(t, s, KeySpec{RateLimit: Null[RateLimit]()}, t0)
+
+	// ok: reaches the app with key id and plan; RateLimit headers advertised.
+	get(t, srv.URL, "X-API-Key", ok.Key, answer{200, "app key=" + ok.Record.ID + " plan=pro idOK=true planOK=true",
+		map[string]string{
+			"Content-Type":     "text/plain",
+			"Retry-After":      "",
+			"RateLimit-Policy": `"quota";q=10, "rate";q=5`,
+			"RateLimit":        `"quota";r=9;t=43200, "rate";r=4;t=12`,
+		}})
+	get(t, srv.URL, "X-API-Key", noPlan.Key, answer{200, "app key=" + noPlan.Record.ID + " plan= idOK=true planOK=true", noRateHeaders})
+
+	// missing: no header at all, and an empty / blank one.
+	missing := jsonAnswer(401, documentedBodies[StatusAPIKeyMissing], nil)
+	get(t, srv.URL, "", "", missing)
+	get(t, srv.URL, "X-API-Key", " ", missing)
+
+	// invalid
+	get(t, srv.URL, "X-API-Key", "ms_live_1a2b3c4d5e6f7g8h9i0j", jsonAnswer(401, documentedBodies[StatusAPIKeyInvalid], nil))
+
+	// expired
+	get(t, srv.URL, "X-API-Key", exp.Key, jsonAnswer(401, documentedBodies[StatusAPIKeyExpired], nil))
+
+	// revoked
+	get(t, srv.URL, "X-API-Key", rev.Key, jsonAnswer(401, documentedBodies[StatusAPIKeyRevoked], nil))
+
+	// quota exceeded: Retry-After until midnight UTC.
+	get(t, srv.URL, "X-API-Key", quota.Key, answer{200, "app key=" + quota.Record.ID + " plan= idOK=true planOK=true", nil})
+	get(t, srv.URL, "X-API-Key", quota.Key, jsonAnswer(429, documentedBodies[StatusAPIKeyQuotaExceeded], map[string]string{
+		"Retry-After":      "43200",
+		"RateLimit-Policy": `"quota";q=1`,
+		"RateLimit":        `"quota";r=0;t=43200`,
+	}))
+
+	// rate limited: Retry-After until one request is admitted.
+	get(t, srv.URL, "X-API-Key", rate.Key, answer{200, "app key=" + rate.Record.ID + " plan= idOK=true planOK=true", nil})
+	clock = t0.Add(2500 * time.Millisecond) // 7.5 s left: rounded up to 8
+	get(t, srv.URL, "X-API-Key", rate.Key, jsonAnswer(429, documentedBodies[StatusRateLimitExceeded], map[string]string{
+		"Retry-After":      "8",
+		"RateLimit-Policy": `"rate";q=1`,
+		"RateLimit":        `"rate";r=0;t=8`,
+	}))
+	clock = t0.Add(10 * time.Second)
+	get(t, srv.URL, "X-API-Key", rate.Key, answer{200, "app key=" + rate.Record.ID + " plan= idOK=true planOK=true", nil})
+}
+
+func TestMiddlewareWithHeader(t *testing.T) {
+	s := openTemp(t)
+	k := mustCreate(t, s, KeySpec{Plan: "team"}, t0)
+	srv := httptest.NewServer(Middleware(s, WithHeader("X-Custom-Key"), WithClock(func() time.Time { return t0 }))(appHandler))
+	defer srv.Close()
+	get(t, srv.URL, "X-Custom-Key", k.Key, answer{200, "app key=" + k.Record.ID + " plan=team idOK=true planOK=true", nil})
+	// The default header is no longer read.
+	get(t, srv.URL, "X-API-Key", k.Key, jsonAnswer(401, documentedBodies[StatusAPIKeyMissing], nil))
+}
+
+// A library failure fails closed with 503 and a JSON body; WithFailOpen lets
+// the request through without a key in its context.
+func TestMiddlewareLibraryFailure(t *testing.T) {
+	s, err := Open(t.TempDir() + "/keys.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := mustCreate(t, s, KeySpec{}, t0)
+	var seen int64
+	onErr := WithErrorHandler(func(r *http.Request, err error) {
+		if errors.Is(err, ErrNotOpen) || errors.Is(err, ErrInvalidArgument) {
+			atomic.AddInt64(&seen, 1)
+		}
+	})
+	closed := httptest.NewServer(Middleware(s, onErr)(appHandler))
+	defer closed.Close()
+	open := httptest.NewServer(Middleware(s, onErr, WithFailOpen())(appHandler))
+	defer open.Close()
+	badClock := httptest.NewServer(Middleware(s, onErr, WithClock(func() time.Time { return time.Unix(1, 0) }))(appHandler))
+	defer badClock.Close()
+
+	// A clock in seconds is an invalid argument: still a failure, not a decision.
+	get(t, badClock.URL, "X-API-Key", k.Key, jsonAnswer(503,
+		`{"success":false,"error":{"code":"invalid_argument","message":"The API key check is unavailable. Please try again later.","httpStatus":503}}`, nil))
+
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	body := `{"success":false,"error":{"code":"store_not_open","message":"The API key check is unavailable. Please try again later.","httpStatus":503}}`
+	get(t, closed.URL, "X-API-Key", k.Key, jsonAnswer(503, body, nil))
+	var parsed struct {
+		Success bool
+		Error   struct {
+			Code       string
+			HTTPStatus int `json:"httpStatus"`
+		}
+	}
+	if err := json.Unmarshal([]byte(body), &parsed); err != nil || parsed.Success || parsed.Error.HTTPStatus != 503 {
+		t.Fatalf("503 body is not the documented shape: %v", err)
+	}
+	get(t, open.URL, "X-API-Key", k.Key, answer{200, "app key= plan= idOK=false planOK=false", nil})
+	if atomic.LoadInt64(&seen) != 3 {
+		t.Errorf("error handler saw %d failures, want 3", seen)
+	}
+}
+
+func TestContextAccessorsWithoutMiddleware(t *testing.T) {
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	if id, ok := KeyIDFromContext(r.Context()); ok || id != "" {
+		t.Error("KeyIDFromContext on a bare context")
+	}
+	if plan, ok := PlanFromContext(r.Context()); ok || plan != "" {
+		t.Error("PlanFromContext on a bare context")
+	}
+}

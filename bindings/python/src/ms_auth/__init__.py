@@ -1,0 +1,67 @@
+"""ms-auth for Python: the embedded API-key store and policy engine, over its C ABI v1.
+
+    from ms_auth import Store
+    with Store("keys.db") as store:
+        created = store.create_key(plan="pro", quota=(10_000, "daily"))
+        result = store.check(created.key)
+        assert result.ok
+
+Importing this package loads libms_auth ($MS_AUTH_LIB, else a bundled copy, else the repository's
+target/release) and refuses a library of another ABI version with LibraryLoadError.
+"""
+
+from ._ffi import ABI_VERSION, AbiVersionError, LibraryLoadError, library_path, library_version
+from ._errors import (
+    ErrorCode,
+    InternalError,
+    InvalidArgumentError,
+    KeyNotFoundError,
+    MsAuthError,
+    StoreNotOpenError,
+    StoreUnavailableError,
+    last_error,
+    status_code_string,
+)
+from ._core import (
+    DEFAULT,
+    ERROR_BODIES,
+    UNCHANGED,
+    CheckResult,
+    CreatedKey,
+    KeyRecord,
+    QuotaSpec,
+    RateLimitSpec,
+    Status,
+    Store,
+    now_ms,
+)
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "ABI_VERSION",
+    "AbiVersionError",
+    "CheckResult",
+    "CreatedKey",
+    "DEFAULT",
+    "ERROR_BODIES",
+    "ErrorCode",
+    "InternalError",
+    "InvalidArgumentError",
+    "KeyNotFoundError",
+    "KeyRecord",
+    "LibraryLoadError",
+    "MsAuthError",
+    "QuotaSpec",
+    "RateLimitSpec",
+    "Status",
+    "Store",
+    "StoreNotOpenError",
+    "StoreUnavailableError",
+    "UNCHANGED",
+    "last_error",
+    "library_path",
+    "library_version",
+    "now_ms",
+    "status_code_string",
+]

@@ -1,0 +1,506 @@
+"""Store, CheckResult and Status: the Python face of the C ABI v1."""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import json
+import os
+import struct
+import threading
+import time
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+
+from . import _ffi
+from ._errors import StoreNotOpenError, error_from_code
+
+_lib = _ffi.lib
+
+KeyRecord = Dict[str, Any]
+"""A key record as documented in the C ABI (``id``, ``prefix``, ``plan``, ``quota``, ``usage``...)."""
+
+QuotaSpec = Tuple[int, str]
+"""``(limit, "daily" | "monthly")``."""
+
+RateLimitSpec = Union[Tuple[int, int], Tuple[int, int, int]]
+"""``(limit, window_ms)`` or ``(limit, window_ms, burst)``."""
+
+
+class Status(enum.IntEnum):
+    """Policy decisions of the C ABI; names follow the code strings (``api_key_missing``...)."""
+
+    OK = 0
+    API_KEY_MISSING = 1
+    API_KEY_INVALID = 2
+    API_KEY_EXPIRED = 3
+    API_KEY_REVOKED = 4
+    API_KEY_QUOTA_EXCEEDED = 5
+    RATE_LIMIT_EXCEEDED = 6
+
+    @property
+    def code(self) -> str:
+        """The documented code string, e.g. ``"api_key_missing"``."""
+        return self.name.lower()
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP[self]
+
+    @property
+    def message(self) -> str:
+        """The documented message, e.g. ``"API key is missing."``."""
+        return _MESSAGES[self]
+
+
+_STATUSES = tuple(Status)
+_HTTP: Dict[Status, int] = {s: int(_lib.ms_status_http(s)) for s in Status}
+_MESSAGES: Dict[Status, str] = {s: _lib.ms_status_message(s).decode("utf-8") for s in Status}
+
+
+def _error_json(status: int) -> bytes:
+    # snprintf-style: ask for the length first, then fill a buffer one byte larger for the NUL.
+    need = int(_lib.ms_error_json(status, None, 0))
+    buf = ctypes.create_string_buffer(need + 1)
+    _lib.ms_error_json(status, buf, need + 1)
+    return buf.raw[:need]
+
+
+# The documented bodies never change at run time: built once from ms_error_json, then reused.
+ERROR_BODIES: Dict[Status, bytes] = {s: _error_json(s) for s in Status if s is not Status.OK}
+
+
+class _Default(enum.Enum):
+    DEFAULT = "DEFAULT"
+
+    def __repr__(self) -> str:
+        return "ms_auth.DEFAULT"
+
+
+class _Unchanged(enum.Enum):
+    UNCHANGED = "UNCHANGED"
+
+    def __repr__(self) -> str:
+        return "ms_auth.UNCHANGED"
+
+
+DEFAULT = _Default.DEFAULT
+"""``create_key`` argument value meaning "the store's default" (365 days, 60 requests/min)."""
+
+UNCHANGED = _Unchanged.UNCHANGED
+"""``update`` argument value meaning "leave this field as it is"."""
+
+
+def _ceil_seconds(ms: int) -> int:
+    return -(-ms // 1000) if ms > 0 else 0
+
+
+_RESULT = struct.Struct("=iiqqqqqqq48s64s")
+assert _RESULT.size == ctypes.sizeof(_ffi.CheckResultStruct)
+_unpack_result = _RESULT.unpack_from
+_RawResult = Tuple[int, int, int, int, int, int, int, int, int, bytes, bytes]
+
+
+class CheckResult:
+    """The decision for one request and the figures behind it (``ms_check_result``).
+
+    Built from one copy of the C struct; fields are decoded when read, which keeps
+    ``Store.check`` cheap on the hot path.
+    """
+
+    __slots__ = ("_raw", "now_ms")
+
+    def __init__(self, raw: _RawResult, now_ms: int) -> None:
+        self._raw = raw
+        self.now_ms = now_ms
+        """The time (Unix ms) the decision was made for."""
+
+    @property
+    def status(self) -> Status:
+        code = self._raw[0]
+        return _STATUSES[code]
+
+    @property
+    def ok(self) -> bool:
+        """True when the request is admitted (and was counted)."""
+        return self._raw[0] == 0
+
+    @property
+    def code(self) -> str:
+        return self.status.code
+
+    @property
+    def http_status(self) -> int:
+        return self._raw[1]
+
+    @property
+    def retry_after_ms(self) -> int:
+        """Milliseconds until a retry can succeed; > 0 only for 429s."""
+        return self._raw[2]
+
+    @property
+    def quota_limit(self) -> int:
+        """Requests per quota period; -1 without a quota."""
+        return self._raw[3]
+
+    @property
+    def quota_remaining(self) -> int:
+        """Requests left in this period after this one; -1 without a quota."""
+        return self._raw[4]
+
+    @property
+    def quota_reset_ms(self) -> int:
+        """Unix ms at which the current quota period ends; 0 without a quota."""
+        return self._raw[5]
+
+    @property
+    def rate_limit(self) -> int:
+        """Requests per rate window; -1 without a rate limit."""
+        return self._raw[6]
+
+    @property
+    def rate_remaining(self) -> int:
+        """Requests that would be admitted right now, after this one."""
+        return self._raw[7]
+
+    @property
+    def rate_reset_ms(self) -> int:
+        """Unix ms at which the rate bucket is full again."""
+        return self._raw[8]
+
+    @property
+    def key_id(self) -> Optional[str]:
+        """Id of the matched key, None when no key matched."""
+        raw = self._raw[9].partition(b"\0")[0]
+        return raw.decode("ascii", "replace") if raw else None
+
+    @property
+    def plan(self) -> Optional[str]:
+        """Plan label of the matched key, None when it has none."""
+        raw = self._raw[10].partition(b"\0")[0]
+        return raw.decode("utf-8", "replace") if raw else None
+
+    @property
+    def retry_after_s(self) -> Optional[int]:
+        """``Retry-After`` in whole seconds, rounded up; None unless a 429 says when to retry."""
+        ms = self._raw[2]
+        return _ceil_seconds(ms) if ms > 0 else None
+
+    def error_body_bytes(self) -> bytes:
+        """The documented JSON body as bytes (from ``ms_error_json``); ValueError when admitted."""
+        try:
+            return ERROR_BODIES[self.status]
+        except KeyError:
+            raise ValueError("an admitted request (status OK) has no error body") from None
+
+    def error_body(self) -> Dict[str, Any]:
+        """The documented body, e.g. ``{"success": False, "error": {"code": "api_key_missing",
+        "message": "API key is missing.", "httpStatus": 401}}``; ValueError when admitted."""
+        body: Dict[str, Any] = json.loads(self.error_body_bytes())
+        return body
+
+    def headers(self) -> Dict[str, str]:
+        """Response headers for this decision.
+
+        ``Retry-After`` (whole seconds, rounded up) on 429s, and for a matched key that is in force
+        the IETF draft (httpapi-ratelimit-headers) fields: ``RateLimit-Policy`` with one item per
+        policy (``"rate"``, ``"quota"``; ``q`` = limit) and ``RateLimit`` with the remaining
+        requests ``r`` and the seconds ``t`` until more are available.
+        """
+        raw = self._raw
+        status = raw[0]
+        out: Dict[str, str] = {}
+        if raw[2] > 0:
+            out["Retry-After"] = str(_ceil_seconds(raw[2]))
+        # Limits of expired, revoked or unknown keys are not advertised: they are not in force.
+        if status not in (0, 5, 6) or raw[9][:1] == b"\0":
+            return out
+        policies: List[str] = []
+        states: List[str] = []
+        now = self.now_ms
+        if raw[6] >= 0:
+            policies.append(f'"rate";q={raw[6]}')
+            wait = raw[2] if status == 6 else raw[8] - now
+            states.append(f'"rate";r={max(raw[7], 0)};t={_ceil_seconds(wait)}')
+        if raw[3] >= 0:
+            policies.append(f'"quota";q={raw[3]}')
+            states.append(f'"quota";r={max(raw[4], 0)};t={_ceil_seconds(raw[5] - now)}')
+        if policies:
+            out["RateLimit-Policy"] = ", ".join(policies)
+            out["RateLimit"] = ", ".join(states)
+        return out
+
+    def as_dict(self) -> Dict[str, Any]:
+        """All figures as a plain dict (for logging or JSON)."""
+        return {
+            "status": self.status.code,
+            "http_status": self.http_status,
+            "retry_after_ms": self.retry_after_ms,
+            "quota_limit": self.quota_limit,
+            "quota_remaining": self.quota_remaining,
+            "quota_reset_ms": self.quota_reset_ms,
+            "rate_limit": self.rate_limit,
+            "rate_remaining": self.rate_remaining,
+            "rate_reset_ms": self.rate_reset_ms,
+            "key_id": self.key_id,
+            "plan": self.plan,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"CheckResult(status={self.status.name}, http_status={self.http_status}, "
+            f"key_id={self.key_id!r}, plan={self.plan!r}, retry_after_ms={self.retry_after_ms})"
+        )
+
+
+class CreatedKey:
+    """The answer of ``create_key``: the plaintext ``key`` is shown only this once."""
+
+    __slots__ = ("id", "key", "record")
+
+    def __init__(self, id: str, key: str, record: KeyRecord) -> None:
+        self.id = id
+        self.key = key
+        self.record = record
+
+    def __repr__(self) -> str:
+        # The plaintext stays out of logs and tracebacks.
+        return f"CreatedKey(id={self.id!r}, prefix={self.record.get('prefix')!r})"
+
+
+def now_ms() -> int:
+    """The current Unix time in milliseconds, as the library expects it."""
+    return time.time_ns() // 1_000_000
+
+
+class _Scratch(threading.local):
+    """One ms_check_result per thread: ctypes releases the GIL during the call, so threads
+    cannot share one, and allocating one per call would cost more than the check."""
+
+    def __init__(self) -> None:
+        self.buf = _ffi.CheckResultStruct()
+        self.addr = ctypes.addressof(self.buf)
+
+
+_scratch = _Scratch()
+_store_check = _lib.ms_store_check
+_time_ns = time.time_ns
+
+
+def _quota_json(quota: Optional[QuotaSpec]) -> Optional[Dict[str, Any]]:
+    if quota is None:
+        return None
+    if not isinstance(quota, tuple) or len(quota) != 2:
+        raise TypeError('quota must be None or (limit, "daily" | "monthly")')
+    return {"limit": quota[0], "period": quota[1]}
+
+
+def _rate_json(rate: Optional[RateLimitSpec]) -> Optional[Dict[str, Any]]:
+    if rate is None:
+        return None
+    if not isinstance(rate, tuple) or len(rate) not in (2, 3):
+        raise TypeError("rate_limit must be None, (limit, window_ms) or (limit, window_ms, burst)")
+    spec: Dict[str, Any] = {"limit": rate[0], "window_ms": rate[1]}
+    if len(rate) == 3:
+        spec["burst"] = rate[2]
+    return spec
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+_S = TypeVar("_S", bound="Store")
+
+
+class Store:
+    """An open ms-auth store (one SQLite file). Safe to share between threads.
+
+    Use it as a context manager or call ``close()``; a forgotten store is closed when it is
+    garbage-collected. Do not close a store while other threads are still calling it.
+    """
+
+    def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        self.path = os.fspath(path)
+        self._handle: Optional[int] = None
+        handle = ctypes.c_void_p()
+        rc = _lib.ms_store_open(os.fsencode(self.path), ctypes.byref(handle))
+        if rc != 0:
+            raise error_from_code(rc, f"open {self.path}")
+        if not handle.value:
+            raise error_from_code(104, f"open {self.path}: the library returned no handle")
+        self._handle = handle.value
+        self._finalizer = weakref.finalize(self, _lib.ms_store_close, handle.value)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the store; further calls raise StoreNotOpenError. Idempotent."""
+        if self._handle is not None:
+            self._handle = None
+            self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._handle is None else "open"
+        return f"Store({self.path!r}, {state})"
+
+    def _live_handle(self, operation: str) -> int:
+        handle = self._handle
+        if handle is None:
+            raise StoreNotOpenError(101, "the Store was closed", operation)
+        return handle
+
+    # -- the hot path ------------------------------------------------------------------------
+
+    def check(self, key: Union[str, bytes, None], now_ms: Optional[int] = None) -> CheckResult:
+        """Decide one request carrying ``key`` (None: no key header) at ``now_ms`` (default: now).
+
+        An admitted request (``.ok``) is counted against the key's quota and rate limit.
+        Library failures raise MsAuthError subclasses: fail closed on them.
+        """
+        if now_ms is None:
+            now_ms = _time_ns() // 1_000_000
+        handle = self._handle
+        if handle is None:
+            raise StoreNotOpenError(101, "the Store was closed", "check")
+        if key is None:
+            length = 0
+        else:
+            if key.__class__ is not bytes:
+                # surrogatepass never fails, and turns odd characters into non-ASCII bytes that
+                # the library rejects as invalid, rather than into a different printable key.
+                key = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else bytes(key)
+            length = len(key)
+        scratch = _scratch
+        # The length goes with the pointer so that an embedded NUL is seen (and rejected).
+        rc: int = _store_check(handle, key, length, now_ms, scratch.addr)
+        if rc >= 100:
+            raise error_from_code(rc, "check")
+        return CheckResult(_unpack_result(scratch.buf), now_ms)
+
+    # -- administration ----------------------------------------------------------------------
+
+    def _json_call(self, fn: Callable[..., int], operation: str, *args: Any) -> Any:
+        out = ctypes.c_void_p()
+        rc = fn(*args, ctypes.byref(out))
+        if rc != 0:
+            raise error_from_code(rc, operation)
+        if not out.value:
+            raise error_from_code(104, f"{operation}: the library returned no answer")
+        try:
+            text = ctypes.string_at(out.value)
+        finally:
+            _lib.ms_string_free(out)
+        return json.loads(text)
+
+    def create_key(
+        self,
+        *,
+        env: str = "live",
+        name: Optional[str] = None,
+        plan: Optional[str] = None,
+        expires_at_ms: Union[int, None, _Default] = DEFAULT,
+        quota: Optional[QuotaSpec] = None,
+        rate_limit: Union[RateLimitSpec, None, _Default] = DEFAULT,
+        meta: Any = None,
+        key: Optional[str] = None,
+        now_ms: Optional[int] = None,
+    ) -> CreatedKey:
+        """Issue a key (or import ``key``). ``expires_at_ms=None``: never expires;
+        ``rate_limit=None``: no rate limit; DEFAULT leaves them to the store (365 d, 60/min)."""
+        spec: Dict[str, Any] = {"env": env}
+        if name is not None:
+            spec["name"] = name
+        if plan is not None:
+            spec["plan"] = plan
+        if expires_at_ms is not DEFAULT:
+            spec["expires_at_ms"] = expires_at_ms
+        if quota is not None:
+            spec["quota"] = _quota_json(quota)
+        if rate_limit is not DEFAULT:
+            spec["rate_limit"] = _rate_json(rate_limit)
+        if meta is not None:
+            spec["meta"] = meta
+        if key is not None:
+            spec["key"] = key
+        when = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        handle = self._live_handle("create_key")
+        record: KeyRecord = self._json_call(
+            _lib.ms_key_create, "create_key", handle, _dumps(spec), when
+        )
+        plaintext = record.pop("key", None)
+        if not isinstance(plaintext, str):
+            raise error_from_code(104, "create_key: the answer carries no key")
+        return CreatedKey(str(record["id"]), plaintext, record)
+
+    def get(self, key_id: str) -> KeyRecord:
+        """The record of ``key_id``; KeyNotFoundError if there is none."""
+        handle = self._live_handle("get")
+        record: KeyRecord = self._json_call(
+            _lib.ms_key_get, f"get {key_id}", handle, key_id.encode("utf-8")
+        )
+        return record
+
+    def list(self, *, plan: Optional[str] = None, env: Optional[str] = None) -> List[KeyRecord]:
+        """All key records, or those of one ``plan`` and/or ``env``."""
+        flt: Dict[str, str] = {}
+        if plan is not None:
+            flt["plan"] = plan
+        if env is not None:
+            flt["env"] = env
+        handle = self._live_handle("list")
+        answer = self._json_call(
+            _lib.ms_key_list, "list", handle, _dumps(flt) if flt else None
+        )
+        keys: List[KeyRecord] = answer["keys"]
+        return keys
+
+    def update(
+        self,
+        key_id: str,
+        *,
+        name: Union[str, None, _Unchanged] = UNCHANGED,
+        plan: Union[str, None, _Unchanged] = UNCHANGED,
+        expires_at_ms: Union[int, None, _Unchanged] = UNCHANGED,
+        quota: Union[QuotaSpec, None, _Unchanged] = UNCHANGED,
+        rate_limit: Union[RateLimitSpec, None, _Unchanged] = UNCHANGED,
+        meta: Any = UNCHANGED,
+    ) -> KeyRecord:
+        """Change the given fields of a key; None clears one (no expiry, no quota, no rate
+        limit, no name/plan/meta). Returns the updated record."""
+        patch: Dict[str, Any] = {}
+        if name is not UNCHANGED:
+            patch["name"] = name
+        if plan is not UNCHANGED:
+            patch["plan"] = plan
+        if expires_at_ms is not UNCHANGED:
+            patch["expires_at_ms"] = expires_at_ms
+        if quota is not UNCHANGED:
+            patch["quota"] = _quota_json(quota)
+        if rate_limit is not UNCHANGED:
+            patch["rate_limit"] = _rate_json(rate_limit)
+        if meta is not UNCHANGED:
+            patch["meta"] = meta
+        handle = self._live_handle("update")
+        record: KeyRecord = self._json_call(
+            _lib.ms_key_update, f"update {key_id}", handle, key_id.encode("utf-8"), _dumps(patch)
+        )
+        return record
+
+    def revoke(self, key_id: str, now_ms: Optional[int] = None) -> None:
+        """Revoke a key for good: its next check answers api_key_revoked."""
+        when = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        handle = self._live_handle("revoke")
+        rc = _lib.ms_key_revoke(handle, key_id.encode("utf-8"), when)
+        if rc != 0:
+            raise error_from_code(rc, f"revoke {key_id}")

@@ -1,0 +1,483 @@
+//! The C ABI v1 (`include/ms_auth.h`, generated from this file by cbindgen).
+//!
+//! Thin by design: each function checks its arguments, calls the Rust API, and converts the result.
+//! Every function runs inside [`ffi_boundary`], so a panic becomes `MS_ERR_INTERNAL` instead of unwinding
+//! into C; every `MS_ERR_*` leaves its explanation in `ms_last_error()`; out-parameters are written only
+//! on success.
+#![allow(non_camel_case_types)]
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::spec::{list_json, KeyFilter, KeyPatch, KeySpec};
+use crate::status::Status;
+use crate::store::{Checked, Store};
+
+/// Admitted: the request may proceed. HTTP 200, code "ok".
+pub const MS_OK: i32 = 0;
+/// No key: the key pointer was NULL, or the key was empty after trimming spaces and tabs. HTTP 401, "api_key_missing".
+pub const MS_API_KEY_MISSING: i32 = 1;
+/// Not a possible key (over 512 bytes, control or non-ASCII bytes, inner spaces, bad checksum) or no such key. HTTP 401, "api_key_invalid".
+pub const MS_API_KEY_INVALID: i32 = 2;
+/// The key's expiry instant has passed (`now_ms >= expires_at_ms`). HTTP 401, "api_key_expired".
+pub const MS_API_KEY_EXPIRED: i32 = 3;
+/// The key was revoked, manually or by policy. HTTP 401, "api_key_revoked".
+pub const MS_API_KEY_REVOKED: i32 = 4;
+/// The quota of the current UTC day or month is used up; `retry_after_ms` is the time to the period's end. HTTP 429, "api_key_quota_exceeded".
+pub const MS_API_KEY_QUOTA_EXCEEDED: i32 = 5;
+/// The rate limit bucket is empty; `retry_after_ms` is the time until one request is admitted. HTTP 429, "rate_limit_exceeded".
+pub const MS_RATE_LIMIT_EXCEEDED: i32 = 6;
+/// Library error: a NULL handle or out pointer, invalid UTF-8, malformed JSON, an out-of-range value (such as a time in seconds). HTTP 500, "invalid_argument".
+pub const MS_ERR_INVALID_ARGUMENT: i32 = 100;
+/// Library error: `ms_auth_check` before a successful `ms_open`. HTTP 503, "store_not_open".
+pub const MS_ERR_NOT_OPEN: i32 = 101;
+/// Library error: the file is missing, unreadable, not a store, from a newer version, read-only, full, or locked too long. HTTP 503, "store_unavailable".
+pub const MS_ERR_STORE: i32 = 102;
+/// Library error: an admin call named a key id that does not exist. HTTP 404, "not_found".
+pub const MS_ERR_NOT_FOUND: i32 = 103;
+/// Library error: a bug in ms-auth (a caught panic). HTTP 500, "internal_error".
+pub const MS_ERR_INTERNAL: i32 = 104;
+/// The version of this C ABI; `ms_abi_version()` returns it.
+pub const MS_ABI_VERSION: i32 = 1;
+
+/// An open store. Opaque: obtained from `ms_store_open`, released with `ms_store_close`.
+/// A handle may be used by many threads at once.
+pub struct ms_store {
+    store: Store,
+}
+
+/// The full answer of `ms_store_check`. Fields in this order are part of the ABI v1.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ms_check_result {
+    /// The decision: `MS_OK` or one of `MS_API_KEY_*` / `MS_RATE_LIMIT_EXCEEDED`.
+    pub status: i32,
+    /// The HTTP status to answer with: 200, 401 or 429.
+    pub http_status: i32,
+    /// Milliseconds to wait before retrying; > 0 only for 429s (send it as `Retry-After`, rounded up to seconds).
+    pub retry_after_ms: i64,
+    /// Requests allowed per quota period; -1: no quota (or no key matched).
+    pub quota_limit: i64,
+    /// Requests left in the current period after this one; -1: no quota.
+    pub quota_remaining: i64,
+    /// Unix ms at which the current quota period ends; 0: no quota.
+    pub quota_reset_ms: i64,
+    /// Requests per rate window; -1: no rate limit.
+    pub rate_limit: i64,
+    /// Requests that would be admitted right now, after this one; -1: no rate limit.
+    pub rate_remaining: i64,
+    /// Unix ms at which the rate bucket is full again; 0: no rate limit.
+    pub rate_reset_ms: i64,
+    /// NUL-terminated id of the matched key; "" when none matched.
+    pub key_id: [c_char; 48],
+    /// NUL-terminated plan label of the matched key; "" when none.
+    pub plan: [c_char; 64],
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(e: &Error) {
+    let text = format!("{}: {}", e.status.code(), e.message).replace('\0', " ");
+    LAST_ERROR.with(|cell| *cell.borrow_mut() = CString::new(text).expect("NULs were replaced"));
+}
+
+/// Runs an ABI function body: converts its error into a status with `ms_last_error()` set, and a panic
+/// into `MS_ERR_INTERNAL` (unwinding into C is undefined behaviour).
+fn ffi_boundary(body: impl FnOnce() -> Result<i32>) -> i32 {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            set_last_error(&e);
+            e.status as i32
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            set_last_error(&Error::internal(format!(
+                "ms-auth bug, please report: {what}"
+            )));
+            MS_ERR_INTERNAL
+        }
+    }
+}
+
+/// # Safety: `p` is NULL or a NUL-terminated string valid for the call.
+unsafe fn str_arg<'a>(p: *const c_char, name: &str) -> Result<&'a str> {
+    if p.is_null() {
+        return Err(Error::invalid(format!("{name} is NULL")));
+    }
+    CStr::from_ptr(p)
+        .to_str()
+        .map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))
+}
+
+/// # Safety: `p` is NULL or a live handle from `ms_store_open`.
+unsafe fn store_arg<'a>(p: *mut ms_store) -> Result<&'a Store> {
+    p.as_ref()
+        .map(|h| &h.store)
+        .ok_or_else(|| Error::invalid("store is NULL"))
+}
+
+fn check_out<T>(p: *mut T, name: &str) -> Result<()> {
+    if p.is_null() {
+        Err(Error::invalid(format!("{name} is NULL")))
+    } else {
+        Ok(())
+    }
+}
+
+/// # Safety: `out` was checked non-NULL and points to writable storage for a `char *`.
+unsafe fn give_string(out: *mut *mut c_char, s: String) -> i32 {
+    *out = CString::new(s).expect("JSON has no NUL byte").into_raw();
+    MS_OK
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The process-wide store.
+
+static GLOBAL: RwLock<Option<(PathBuf, Arc<Store>)>> = RwLock::new(None);
+
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Opens (or creates) the process-wide store used by `ms_auth_check`.
+///
+/// `path`: NUL-terminated UTF-8 path of the SQLite file; a new file is created with mode 0600.
+/// Opening the path that is already open is a no-op returning `MS_OK`; another path while one is open is
+/// `MS_ERR_INVALID_ARGUMENT` (call `ms_close` first). Thread-safe.
+/// Returns `MS_OK`, `MS_ERR_INVALID_ARGUMENT` (NULL or non-UTF-8 path) or `MS_ERR_STORE`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_open(path: *const c_char) -> i32 {
+    ffi_boundary(|| {
+        let path = PathBuf::from(str_arg(path, "path")?);
+        let mut global = GLOBAL.write();
+        if let Some((open, _)) = global.as_ref() {
+            if same_file(open, &path) {
+                return Ok(MS_OK);
+            }
+            return Err(Error::invalid(format!(
+                "{} is open; call ms_close before opening {}",
+                open.display(),
+                path.display()
+            )));
+        }
+        let store = Store::open(&path)?;
+        *global = Some((path, Arc::new(store)));
+        Ok(MS_OK)
+    })
+}
+
+/// Decides one request against the process-wide store opened by `ms_open`.
+///
+/// `key`: the NUL-terminated value of the X-API-Key header, or NULL when the request has none.
+/// `now_ms`: Unix time in milliseconds (a value below 100000000000 is taken for seconds and refused).
+/// Returns the decision (0..6; `MS_OK` admits the request and counts it) or a library error:
+/// `MS_ERR_NOT_OPEN` before `ms_open`, `MS_ERR_INVALID_ARGUMENT`, `MS_ERR_STORE`, `MS_ERR_INTERNAL`.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ms_auth_check(key: *const c_char, now_ms: i64) -> i32 {
+    ffi_boundary(|| {
+        let global = GLOBAL.read();
+        let Some((_, store)) = global.as_ref() else {
+            return Err(Error {
+                status: Status::ErrNotOpen,
+                message: "ms_auth_check was called before a successful ms_open".into(),
+            });
+        };
+        let key = (!key.is_null()).then(|| CStr::from_ptr(key).to_bytes());
+        Ok(store.check(key, now_ms)?.decision.status as i32)
+    })
+}
+
+/// Closes the process-wide store, writing its counts to the file. A no-op when none is open.
+/// Checks running in other threads finish first. If the final write fails, `ms_last_error()` says why.
+#[no_mangle]
+pub extern "C" fn ms_close() {
+    ffi_boundary(|| {
+        let taken = GLOBAL.write().take();
+        if let Some((_, store)) = taken {
+            match Arc::try_unwrap(store) {
+                Ok(store) => store.close()?,
+                Err(shared) => shared.flush()?,
+            }
+        }
+        Ok(MS_OK)
+    });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Explicit handles.
+
+/// Opens (or creates) a store and hands out a handle in `*out_store`.
+///
+/// `path`: NUL-terminated UTF-8 path; a new file is created with mode 0600, an older schema is migrated,
+/// a file from a newer ms-auth is refused with `MS_ERR_STORE`. `out_store` must not be NULL; it is written
+/// only on `MS_OK`. The handle is owned by the caller and released with `ms_store_close`; it may be shared
+/// by threads. Do not use a handle across `fork()`: open it in the process that checks.
+#[no_mangle]
+pub unsafe extern "C" fn ms_store_open(path: *const c_char, out_store: *mut *mut ms_store) -> i32 {
+    ffi_boundary(|| {
+        let path = str_arg(path, "path")?;
+        check_out(out_store, "out_store")?;
+        let store = Store::open(path)?;
+        *out_store = Box::into_raw(Box::new(ms_store { store }));
+        Ok(MS_OK)
+    })
+}
+
+/// Writes the store's counts to the file and releases the handle. NULL is a no-op.
+/// No other thread may use the handle during or after this call. If the final write fails,
+/// `ms_last_error()` says why (the handle is released all the same).
+#[no_mangle]
+pub unsafe extern "C" fn ms_store_close(store: *mut ms_store) {
+    ffi_boundary(|| {
+        if !store.is_null() {
+            Box::from_raw(store).store.close()?;
+        }
+        Ok(MS_OK)
+    });
+}
+
+/// Decides one request and fills `*out` with the decision and its figures.
+///
+/// `key`: the header value, `key_len` bytes (need not be NUL-terminated; NULL means the header is absent).
+/// `now_ms`: Unix ms. `out`: may be NULL; written only when the return value is a decision (0..6).
+/// Returns the decision, or `MS_ERR_INVALID_ARGUMENT` (NULL store, time in seconds), `MS_ERR_STORE`,
+/// `MS_ERR_INTERNAL`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ms_store_check(
+    store: *mut ms_store,
+    key: *const c_char,
+    key_len: usize,
+    now_ms: i64,
+    out: *mut ms_check_result,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        if key_len > isize::MAX as usize {
+            return Err(Error::invalid("key_len is larger than any object can be"));
+        }
+        let key = (!key.is_null()).then(|| std::slice::from_raw_parts(key as *const u8, key_len));
+        let checked = store.check(key, now_ms)?;
+        if let Some(out) = out.as_mut() {
+            *out = to_result(&checked);
+        }
+        Ok(checked.decision.status as i32)
+    })
+}
+
+fn to_result(checked: &Checked) -> ms_check_result {
+    let d = &checked.decision;
+    let mut r = ms_check_result {
+        status: d.status as i32,
+        http_status: d.status.http(),
+        retry_after_ms: d.retry_after_ms,
+        quota_limit: d.quota_limit,
+        quota_remaining: d.quota_remaining,
+        quota_reset_ms: d.quota_reset_ms,
+        rate_limit: d.rate_limit,
+        rate_remaining: d.rate_remaining,
+        rate_reset_ms: d.rate_reset_ms,
+        key_id: [0; 48],
+        plan: [0; 64],
+    };
+    if let Some(key) = &checked.key {
+        copy_c(&mut r.key_id, &key.id);
+        copy_c(&mut r.plan, key.plan.as_deref().unwrap_or(""));
+    }
+    r
+}
+
+/// Copies `s` into a fixed C array, truncated to leave room for the NUL.
+fn copy_c(dst: &mut [c_char], s: &str) {
+    let room = dst.len() - 1;
+    for (d, b) in dst.iter_mut().zip(s.bytes().take(room)) {
+        *d = b as c_char;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Administration: JSON in, JSON out.
+
+/// Creates a key from a JSON spec (every field optional: `env`, `name`, `plan`, `expires_at_ms`, `quota`,
+/// `rate_limit`, `meta`, `key` to import an existing key; see the README) and writes the record with the
+/// plaintext `"key"` (shown this once; only its SHA-256 digest is stored) to `*out_json`.
+///
+/// `spec_json`: NUL-terminated JSON object ("{}" for all defaults). `now_ms`: Unix ms of creation.
+/// `*out_json` is written only on `MS_OK`; free it with `ms_string_free`.
+/// Returns `MS_OK`, `MS_ERR_INVALID_ARGUMENT` (bad JSON or field, key already stored), `MS_ERR_STORE`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_create(
+    store: *mut ms_store,
+    spec_json: *const c_char,
+    now_ms: i64,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let spec = KeySpec::from_json(str_arg(spec_json, "spec_json")?)?;
+        check_out(out_json, "out_json")?;
+        let created = store.create_key(&spec, now_ms)?;
+        Ok(give_string(out_json, created.to_json()))
+    })
+}
+
+/// Revokes a key (reason "manual"); every handle refuses it from its next check on.
+/// Revoking a revoked key changes nothing. Returns `MS_OK`, `MS_ERR_NOT_FOUND`, `MS_ERR_INVALID_ARGUMENT`,
+/// `MS_ERR_STORE`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_revoke(
+    store: *mut ms_store,
+    key_id: *const c_char,
+    now_ms: i64,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        store.revoke_key(str_arg(key_id, "key_id")?, now_ms, None)?;
+        Ok(MS_OK)
+    })
+}
+
+/// Changes a key: `patch_json` may set `name`, `plan`, `expires_at_ms`, `quota`, `rate_limit`, `meta`
+/// (null clears a field: no plan, never expires, no quota, no rate limit). A revoked key stays revoked.
+/// Writes the new record to `*out_json` on `MS_OK` (free with `ms_string_free`).
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_update(
+    store: *mut ms_store,
+    key_id: *const c_char,
+    patch_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let key_id = str_arg(key_id, "key_id")?;
+        let patch = KeyPatch::from_json(str_arg(patch_json, "patch_json")?)?;
+        check_out(out_json, "out_json")?;
+        let record = store.update_key(key_id, &patch)?;
+        Ok(give_string(out_json, record.to_json()))
+    })
+}
+
+/// Writes the record of key `key_id` to `*out_json` on `MS_OK` (free with `ms_string_free`).
+/// Returns `MS_OK`, `MS_ERR_NOT_FOUND`, `MS_ERR_INVALID_ARGUMENT`, `MS_ERR_STORE`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_get(
+    store: *mut ms_store,
+    key_id: *const c_char,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let key_id = str_arg(key_id, "key_id")?;
+        check_out(out_json, "out_json")?;
+        let record = store.get_key(key_id)?;
+        Ok(give_string(out_json, record.to_json()))
+    })
+}
+
+/// Writes `{"keys": [record, ...]}` to `*out_json` on `MS_OK` (free with `ms_string_free`).
+/// `filter_json`: NULL for every key, or `{"plan": "pro", "env": "live"}` (each field optional).
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_list(
+    store: *mut ms_store,
+    filter_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let filter = match filter_json.is_null() {
+            true => KeyFilter::default(),
+            false => KeyFilter::from_json(str_arg(filter_json, "filter_json")?)?,
+        };
+        check_out(out_json, "out_json")?;
+        let records = store.list_keys(&filter)?;
+        Ok(give_string(out_json, list_json(&records)))
+    })
+}
+
+/// Frees a string returned by this library. NULL is a no-op; freeing twice is undefined behaviour.
+#[no_mangle]
+pub unsafe extern "C" fn ms_string_free(s: *mut c_char) {
+    if !s.is_null() {
+        drop(CString::from_raw(s));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Describing a status: static strings, never freed.
+
+fn static_c(s: &'static str) -> *const c_char {
+    s.as_ptr() as *const c_char
+}
+
+/// The code string of a status, e.g. "api_key_missing"; "unknown" for values not listed. Static.
+#[no_mangle]
+pub extern "C" fn ms_status_code(status: i32) -> *const c_char {
+    static_c(Status::from_code(status).map_or("unknown\0", Status::code_nul))
+}
+
+/// The message of a status, e.g. "API key is missing."; "Unknown status." for values not listed. Static.
+#[no_mangle]
+pub extern "C" fn ms_status_message(status: i32) -> *const c_char {
+    static_c(Status::from_code(status).map_or("Unknown status.\0", Status::message_nul))
+}
+
+/// The HTTP status of a status: 200, 401, 429, or for library errors 500/503/404; 500 for unknown values.
+#[no_mangle]
+pub extern "C" fn ms_status_http(status: i32) -> i32 {
+    Status::from_code(status).map_or(500, Status::http)
+}
+
+/// Writes the documented JSON body of `status`, e.g.
+/// `{"success":false,"error":{"code":"api_key_missing","message":"API key is missing.","httpStatus":401}}`
+/// (`MS_OK` gives `{"success":true}`). Works like snprintf: returns the length the body needs (without the
+/// NUL), writes at most `buf_len` bytes including a terminating NUL. `buf` may be NULL when `buf_len` is 0.
+#[no_mangle]
+pub unsafe extern "C" fn ms_error_json(status: i32, buf: *mut c_char, buf_len: usize) -> usize {
+    let body = match Status::from_code(status) {
+        Some(s) => s.error_json(),
+        None => format!(
+            r#"{{"success":false,"error":{{"code":"unknown","message":"Unknown status.","httpStatus":500,"status":{status}}}}}"#
+        ),
+    };
+    if !buf.is_null() && buf_len > 0 {
+        let n = body.len().min(buf_len - 1);
+        std::ptr::copy_nonoverlapping(body.as_ptr(), buf as *mut u8, n);
+        *buf.add(n) = 0;
+    }
+    body.len()
+}
+
+/// The explanation of this thread's last `MS_ERR_*` ("" if none), as "code: detail". The string belongs
+/// to the library and stays valid until this thread's next failing call; copy it to keep it.
+#[no_mangle]
+pub extern "C" fn ms_last_error() -> *const c_char {
+    LAST_ERROR.with(|cell| cell.borrow().as_ptr())
+}
+
+/// The library version "MAJOR.MINOR.PATCH", the same as Cargo.toml's. Static.
+#[no_mangle]
+pub extern "C" fn ms_version() -> *const c_char {
+    static_c(concat!(env!("CARGO_PKG_VERSION"), "\0"))
+}
+
+/// The C ABI version, `MS_ABI_VERSION` (1): bindings check it when they load the library.
+#[no_mangle]
+pub extern "C" fn ms_abi_version() -> i32 {
+    MS_ABI_VERSION
+}

@@ -1,0 +1,29 @@
+//! ms-auth: an embedded, single-file API-key store and policy engine.
+//!
+//! One module per concept:
+//! - [`status`]: the decision and error codes of the C ABI v1 and their documented texts;
+//! - [`key`]: key format, checksums, digests;
+//! - [`period`]: calendar quota periods in UTC;
+//! - [`gcra`]: the rate limiter;
+//! - [`policy`]: the pure decision (record + counters + now → decision), no I/O;
+//! - [`counters`]: the usage state (quota counts, rate buckets) behind one narrow boundary;
+//! - [`spec`]: key specs, patches and records as JSON;
+//! - [`store`]: the SQLite store (schema, migrations, admin) and the check entry point;
+//! - [`ffi`]: the C ABI, a thin layer over the Rust API.
+
+pub mod counters;
+pub mod error;
+pub mod ffi;
+pub mod gcra;
+pub mod key;
+pub mod period;
+pub mod policy;
+pub mod spec;
+pub mod status;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use policy::Decision;
+pub use spec::{KeyFilter, KeyPatch, KeyRecord, KeySpec, QuotaSpec, RateSpec};
+pub use status::Status;
+pub use store::{Created, Store, StoreOptions};

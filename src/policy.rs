@@ -1,0 +1,357 @@
+//! The pure policy: (key policy, usage state, now) → decision and the figures of `ms_check_result`.
+//! No I/O, no clock: everything it needs is passed in, so every rule is tested with exact instants.
+
+use crate::gcra::{Rate, RateLimit};
+use crate::period::Period;
+use crate::status::Status;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: i64,
+    pub period: Period,
+}
+
+/// What the policy needs to know about a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyPolicy {
+    pub revoked: bool,
+    /// `None`: never expires.
+    pub expires_at_ms: Option<i64>,
+    pub quota: Option<Quota>,
+    pub rate: Option<RateLimit>,
+}
+
+/// The counter state of one key: the quota period it counts in, the count, and the GCRA TAT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub period_start_ms: i64,
+    pub used: i64,
+    pub tat_ns: i64,
+}
+
+impl Usage {
+    /// Requests counted in the period that contains `now_ms` (a count from an earlier period is 0).
+    pub fn used_in(&self, quota: &Quota, now_ms: i64) -> i64 {
+        if self.period_start_ms == quota.period.bounds(now_ms).0 {
+            self.used
+        } else {
+            0
+        }
+    }
+}
+
+/// A decision with the figures a caller turns into headers (the fields of `ms_check_result`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub status: Status,
+    pub retry_after_ms: i64,
+    pub quota_limit: i64,
+    pub quota_remaining: i64,
+    pub quota_reset_ms: i64,
+    pub rate_limit: i64,
+    pub rate_remaining: i64,
+    pub rate_reset_ms: i64,
+}
+
+impl Decision {
+    /// A decision about a request that matched no key (missing or invalid): no figures.
+    pub fn without_key(status: Status) -> Decision {
+        Decision {
+            status,
+            retry_after_ms: 0,
+            quota_limit: -1,
+            quota_remaining: -1,
+            quota_reset_ms: 0,
+            rate_limit: -1,
+            rate_remaining: -1,
+            rate_reset_ms: 0,
+        }
+    }
+}
+
+/// Decides steps 3 to 7 of the decision order. Returns the new usage state when the request is admitted
+/// (both quota and rate charged) and `None` when it is refused (neither charged).
+pub fn decide(policy: &KeyPolicy, usage: &Usage, now_ms: i64) -> (Decision, Option<Usage>) {
+    let mut d = Decision::without_key(Status::Ok);
+    let mut period_start = usage.period_start_ms;
+    let mut used = 0;
+    if let Some(q) = policy.quota {
+        let (start, end) = q.period.bounds(now_ms);
+        period_start = start;
+        used = usage.used_in(&q, now_ms);
+        d.quota_limit = q.limit;
+        d.quota_remaining = (q.limit - used).max(0);
+        d.quota_reset_ms = end;
+    }
+    if let Some(r) = policy.rate {
+        let (remaining, reset) = r.peek(usage.tat_ns, now_ms);
+        d.rate_limit = r.limit;
+        d.rate_remaining = remaining;
+        d.rate_reset_ms = reset;
+    }
+
+    if policy.revoked {
+        return (
+            Decision {
+                status: Status::ApiKeyRevoked,
+                ..d
+            },
+            None,
+        );
+    }
+    if policy.expires_at_ms.is_some_and(|at| now_ms >= at) {
+        return (
+            Decision {
+                status: Status::ApiKeyExpired,
+                ..d
+            },
+            None,
+        );
+    }
+    if policy.quota.is_some() && d.quota_remaining == 0 {
+        let retry = d.quota_reset_ms - now_ms;
+        return (
+            Decision {
+                status: Status::ApiKeyQuotaExceeded,
+                retry_after_ms: retry,
+                ..d
+            },
+            None,
+        );
+    }
+    let mut tat_ns = usage.tat_ns;
+    if let Some(r) = policy.rate {
+        match r.offer(usage.tat_ns, now_ms) {
+            Rate::Reject {
+                retry_after_ms,
+                reset_ms,
+            } => {
+                let refused = Decision {
+                    status: Status::RateLimitExceeded,
+                    retry_after_ms,
+                    rate_reset_ms: reset_ms,
+                    ..d
+                };
+                return (refused, None);
+            }
+            Rate::Admit {
+                tat_ns: new_tat,
+                remaining,
+                reset_ms,
+            } => {
+                tat_ns = new_tat;
+                d.rate_remaining = remaining;
+                d.rate_reset_ms = reset_ms;
+            }
+        }
+    }
+    if policy.quota.is_some() {
+        used += 1;
+        d.quota_remaining -= 1;
+    }
+    (
+        d,
+        Some(Usage {
+            period_start_ms: period_start,
+            used,
+            tat_ns,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn open_policy() -> KeyPolicy {
+        KeyPolicy {
+            revoked: false,
+            expires_at_ms: None,
+            quota: None,
+            rate: None,
+        }
+    }
+
+    fn run(p: &KeyPolicy, u: &mut Usage, now: i64) -> Decision {
+        let (d, next) = decide(p, u, now);
+        if let Some(n) = next {
+            *u = n;
+        }
+        d
+    }
+
+    #[test]
+    fn unlimited_key_is_admitted_with_no_figures() {
+        let (d, next) = decide(&open_policy(), &Usage::default(), NOW);
+        assert_eq!(d, Decision::without_key(Status::Ok));
+        assert!(next.is_some());
+    }
+
+    #[test]
+    fn revoked_comes_before_expired_and_limits() {
+        let p = KeyPolicy {
+            revoked: true,
+            expires_at_ms: Some(NOW - 1),
+            ..open_policy()
+        };
+        assert_eq!(
+            decide(&p, &Usage::default(), NOW).0.status,
+            Status::ApiKeyRevoked
+        );
+        assert_eq!(decide(&p, &Usage::default(), NOW).1, None);
+    }
+
+    #[test]
+    fn expiry_is_exact_to_the_millisecond() {
+        let p = KeyPolicy {
+            expires_at_ms: Some(NOW),
+            ..open_policy()
+        };
+        assert_eq!(decide(&p, &Usage::default(), NOW - 1).0.status, Status::Ok);
+        assert_eq!(
+            decide(&p, &Usage::default(), NOW).0.status,
+            Status::ApiKeyExpired
+        );
+        assert_eq!(decide(&p, &Usage::default(), NOW).1, None);
+    }
+
+    #[test]
+    fn daily_quota_counts_until_the_last_millisecond() {
+        let p = KeyPolicy {
+            quota: Some(Quota {
+                limit: 2,
+                period: Period::Daily,
+            }),
+            ..open_policy()
+        };
+        let mut u = Usage::default();
+        let morning = at(2026, 12, 31, 8, 0, 0);
+        let last_ms = at(2027, 1, 1, 0, 0, 0) - 1;
+        let d = run(&p, &mut u, morning);
+        assert_eq!(
+            (d.status, d.quota_remaining, d.quota_reset_ms),
+            (Status::Ok, 1, last_ms + 1)
+        );
+        assert_eq!(run(&p, &mut u, morning).quota_remaining, 0);
+        let refused = run(&p, &mut u, last_ms);
+        assert_eq!(refused.status, Status::ApiKeyQuotaExceeded);
+        assert_eq!(refused.retry_after_ms, 1);
+        assert_eq!(refused.http(), 429);
+        // Dec 31 → Jan 1: a new day and a new year.
+        let d = run(&p, &mut u, last_ms + 1);
+        assert_eq!((d.status, d.quota_remaining), (Status::Ok, 1));
+    }
+
+    #[test]
+    fn monthly_quota_resets_on_the_first() {
+        let p = KeyPolicy {
+            quota: Some(Quota {
+                limit: 1,
+                period: Period::Monthly,
+            }),
+            ..open_policy()
+        };
+        for (last_day, next_first) in [
+            (at(2026, 1, 31, 23, 59, 59) + 999, at(2026, 2, 1, 0, 0, 0)),
+            (at(2026, 2, 28, 23, 59, 59) + 999, at(2026, 3, 1, 0, 0, 0)),
+            (at(2028, 2, 29, 23, 59, 59) + 999, at(2028, 3, 1, 0, 0, 0)),
+        ] {
+            let mut u = Usage::default();
+            assert_eq!(run(&p, &mut u, last_day - 86_000_000).status, Status::Ok);
+            let refused = run(&p, &mut u, last_day);
+            assert_eq!(
+                (refused.status, refused.retry_after_ms),
+                (Status::ApiKeyQuotaExceeded, 1)
+            );
+            assert_eq!(run(&p, &mut u, next_first).status, Status::Ok);
+        }
+    }
+
+    #[test]
+    fn a_refusal_charges_nothing() {
+        let p = KeyPolicy {
+            quota: Some(Quota {
+                limit: 5,
+                period: Period::Daily,
+            }),
+            rate: Some(RateLimit {
+                limit: 1,
+                window_ms: 1000,
+                burst: 1,
+            }),
+            ..open_policy()
+        };
+        let mut u = Usage::default();
+        assert_eq!(run(&p, &mut u, NOW).status, Status::Ok);
+        let before = u;
+        let d = run(&p, &mut u, NOW + 10);
+        assert_eq!(
+            (d.status, d.retry_after_ms),
+            (Status::RateLimitExceeded, 990)
+        );
+        assert_eq!(
+            d.quota_remaining, 4,
+            "the rate-limited request took no quota"
+        );
+        assert_eq!(u, before);
+    }
+
+    #[test]
+    fn quota_is_checked_before_rate() {
+        let p = KeyPolicy {
+            quota: Some(Quota {
+                limit: 1,
+                period: Period::Daily,
+            }),
+            rate: Some(RateLimit {
+                limit: 1,
+                window_ms: 60_000,
+                burst: 1,
+            }),
+            ..open_policy()
+        };
+        let mut u = Usage::default();
+        run(&p, &mut u, NOW);
+        let d = run(&p, &mut u, NOW + 1);
+        assert_eq!(d.status, Status::ApiKeyQuotaExceeded);
+        assert_eq!(d.rate_remaining, 0);
+    }
+
+    #[test]
+    fn figures_of_an_admitted_request() {
+        let p = KeyPolicy {
+            quota: Some(Quota {
+                limit: 100,
+                period: Period::Daily,
+            }),
+            rate: Some(RateLimit {
+                limit: 60,
+                window_ms: 60_000,
+                burst: 60,
+            }),
+            ..open_policy()
+        };
+        let d = decide(&p, &Usage::default(), NOW).0;
+        assert_eq!(d.quota_limit, 100);
+        assert_eq!(d.quota_remaining, 99);
+        assert_eq!(d.rate_limit, 60);
+        assert_eq!(d.rate_remaining, 59);
+        assert_eq!(d.rate_reset_ms, NOW + 1000);
+        assert_eq!(d.retry_after_ms, 0);
+    }
+
+    impl Decision {
+        fn http(&self) -> i32 {
+            self.status.http()
+        }
+    }
+}

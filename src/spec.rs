@@ -1,0 +1,461 @@
+//! Key specs, patches, filters and records: the JSON shapes of the C ABI v1, checked field by field so
+//! that a typo or a wrong type is a clear `MS_ERR_INVALID_ARGUMENT` rather than a silent default.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::gcra::RateLimit;
+use crate::key::Env;
+use crate::period::Period;
+use crate::policy::Quota;
+
+/// Below this a time is almost surely in seconds, not milliseconds (before 1973).
+pub const MIN_TIME_MS: i64 = 100_000_000_000;
+pub const MAX_PLAN_LEN: usize = 63;
+pub const MAX_NAME_LEN: usize = 256;
+
+/// A field that may be absent (keep the default or the current value), null, or set.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Field<T> {
+    #[default]
+    Absent,
+    Null,
+    Set(T),
+}
+
+impl<T> Field<T> {
+    /// `Absent` → `default`, `Null` → `None`, `Set(v)` → `Some(v)`.
+    pub fn or(self, default: Option<T>) -> Option<T> {
+        match self {
+            Field::Absent => default,
+            Field::Null => None,
+            Field::Set(v) => Some(v),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeySpec {
+    pub env: Option<Env>,
+    pub name: Option<String>,
+    pub plan: Option<String>,
+    pub expires_at_ms: Field<i64>,
+    pub quota: Option<Quota>,
+    pub rate_limit: Field<RateLimit>,
+    pub meta: Option<Map<String, Value>>,
+    /// An existing plaintext key to import instead of generating one.
+    pub key: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyPatch {
+    pub name: Field<String>,
+    pub plan: Field<String>,
+    pub expires_at_ms: Field<i64>,
+    pub quota: Field<Quota>,
+    pub rate_limit: Field<RateLimit>,
+    pub meta: Field<Map<String, Value>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyFilter {
+    pub plan: Option<String>,
+    pub env: Option<Env>,
+}
+
+pub type QuotaSpec = Quota;
+pub type RateSpec = RateLimit;
+
+impl KeySpec {
+    pub fn from_json(text: &str) -> Result<KeySpec> {
+        let mut obj = parse_object(text, "key spec")?;
+        let spec = KeySpec {
+            env: take_str(&mut obj, "env")?
+                .map(|s| Env::parse(&s))
+                .transpose()?,
+            name: take_name(&mut obj)?.or(None),
+            plan: take_plan(&mut obj)?.or(None),
+            expires_at_ms: take_time(&mut obj, "expires_at_ms")?,
+            quota: take_quota(&mut obj)?.or(None),
+            rate_limit: take_rate(&mut obj)?,
+            meta: take_meta(&mut obj)?.or(None),
+            key: take_str(&mut obj, "key")?,
+        };
+        reject_leftovers(obj, "key spec")?;
+        Ok(spec)
+    }
+}
+
+impl KeyPatch {
+    pub fn from_json(text: &str) -> Result<KeyPatch> {
+        let mut obj = parse_object(text, "key patch")?;
+        let patch = KeyPatch {
+            name: take_name(&mut obj)?,
+            plan: take_plan(&mut obj)?,
+            expires_at_ms: take_time(&mut obj, "expires_at_ms")?,
+            quota: take_quota(&mut obj)?,
+            rate_limit: take_rate(&mut obj)?,
+            meta: take_meta(&mut obj)?,
+        };
+        reject_leftovers(
+            obj,
+            "key patch (a revoked key cannot be un-revoked; use ms_key_revoke to revoke)",
+        )?;
+        Ok(patch)
+    }
+}
+
+impl KeyFilter {
+    pub fn from_json(text: &str) -> Result<KeyFilter> {
+        let mut obj = parse_object(text, "key filter")?;
+        let filter = KeyFilter {
+            plan: take_str(&mut obj, "plan")?,
+            env: take_str(&mut obj, "env")?
+                .map(|s| Env::parse(&s))
+                .transpose()?,
+        };
+        reject_leftovers(obj, "key filter")?;
+        Ok(filter)
+    }
+}
+
+fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err(Error::invalid(format!("{what} must be a JSON object"))),
+        Err(e) => Err(Error::invalid(format!("{what} is not valid JSON: {e}"))),
+    }
+}
+
+fn reject_leftovers(obj: Map<String, Value>, what: &str) -> Result<()> {
+    match obj.keys().next() {
+        None => Ok(()),
+        Some(k) => Err(Error::invalid(format!("unknown field {k:?} in {what}"))),
+    }
+}
+
+fn take(obj: &mut Map<String, Value>, name: &str) -> Field<Value> {
+    match obj.remove(name) {
+        None => Field::Absent,
+        Some(Value::Null) => Field::Null,
+        Some(v) => Field::Set(v),
+    }
+}
+
+fn take_str(obj: &mut Map<String, Value>, name: &str) -> Result<Option<String>> {
+    match take(obj, name) {
+        Field::Absent | Field::Null => Ok(None),
+        Field::Set(Value::String(s)) => Ok(Some(s)),
+        Field::Set(_) => Err(Error::invalid(format!("{name} must be a string"))),
+    }
+}
+
+fn take_label(obj: &mut Map<String, Value>, name: &str, max: usize) -> Result<Field<String>> {
+    match take(obj, name) {
+        Field::Absent => Ok(Field::Absent),
+        Field::Null => Ok(Field::Null),
+        Field::Set(Value::String(s)) => {
+            if s.len() > max {
+                Err(Error::invalid(format!("{name} is longer than {max} bytes")))
+            } else if s.chars().any(char::is_control) {
+                Err(Error::invalid(format!(
+                    "{name} must not contain control characters"
+                )))
+            } else {
+                Ok(Field::Set(s))
+            }
+        }
+        Field::Set(_) => Err(Error::invalid(format!("{name} must be a string or null"))),
+    }
+}
+
+fn take_name(obj: &mut Map<String, Value>) -> Result<Field<String>> {
+    take_label(obj, "name", MAX_NAME_LEN)
+}
+
+fn take_plan(obj: &mut Map<String, Value>) -> Result<Field<String>> {
+    take_label(obj, "plan", MAX_PLAN_LEN)
+}
+
+/// Checks a Unix time in milliseconds (a value in seconds is a likely mistake, so it is refused).
+pub fn check_time_ms(name: &str, value: i64) -> Result<i64> {
+    if value < MIN_TIME_MS {
+        return Err(Error::invalid(format!(
+            "{name} = {value} is before 1973: times are Unix milliseconds, not seconds"
+        )));
+    }
+    Ok(value)
+}
+
+fn take_time(obj: &mut Map<String, Value>, name: &str) -> Result<Field<i64>> {
+    match take(obj, name) {
+        Field::Absent => Ok(Field::Absent),
+        Field::Null => Ok(Field::Null),
+        Field::Set(v) => match v.as_i64() {
+            Some(ms) => Ok(Field::Set(check_time_ms(name, ms)?)),
+            None => Err(Error::invalid(format!(
+                "{name} must be an integer (Unix ms) or null"
+            ))),
+        },
+    }
+}
+
+fn positive(obj: &mut Map<String, Value>, name: &str, context: &str) -> Result<Option<i64>> {
+    match take(obj, name) {
+        Field::Absent => Ok(None),
+        Field::Set(v) => match v.as_i64() {
+            Some(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(Error::invalid(format!(
+                "{context}.{name} must be a positive integer"
+            ))),
+        },
+        Field::Null => Err(Error::invalid(format!(
+            "{context}.{name} must be a positive integer"
+        ))),
+    }
+}
+
+fn take_quota(obj: &mut Map<String, Value>) -> Result<Field<Quota>> {
+    match take(obj, "quota") {
+        Field::Absent => Ok(Field::Absent),
+        Field::Null => Ok(Field::Null),
+        Field::Set(Value::Object(mut q)) => {
+            let limit = positive(&mut q, "limit", "quota")?
+                .ok_or_else(|| Error::invalid("quota.limit is required"))?;
+            let period = match take_str(&mut q, "period")? {
+                Some(p) => Period::parse(&p)?,
+                None => {
+                    return Err(Error::invalid(
+                        "quota.period is required (\"daily\" or \"monthly\")",
+                    ))
+                }
+            };
+            reject_leftovers(q, "quota")?;
+            Ok(Field::Set(Quota { limit, period }))
+        }
+        Field::Set(_) => Err(Error::invalid(
+            "quota must be an object {\"limit\": N, \"period\": \"daily\"|\"monthly\"} or null",
+        )),
+    }
+}
+
+fn take_rate(obj: &mut Map<String, Value>) -> Result<Field<RateLimit>> {
+    match take(obj, "rate_limit") {
+        Field::Absent => Ok(Field::Absent),
+        Field::Null => Ok(Field::Null),
+        Field::Set(Value::Object(mut r)) => {
+            let limit = positive(&mut r, "limit", "rate_limit")?
+                .ok_or_else(|| Error::invalid("rate_limit.limit is required"))?;
+            let window_ms = positive(&mut r, "window_ms", "rate_limit")?.unwrap_or(60_000);
+            let burst = positive(&mut r, "burst", "rate_limit")?.unwrap_or(limit);
+            reject_leftovers(r, "rate_limit")?;
+            Ok(Field::Set(checked_rate(limit, window_ms, burst)?))
+        }
+        Field::Set(_) => Err(Error::invalid(
+            "rate_limit must be an object {\"limit\", \"window_ms\", \"burst\"} or null",
+        )),
+    }
+}
+
+/// A rate limit whose arithmetic cannot overflow: at most one request per nanosecond, a window of at
+/// most a year, and a burst no larger than a window's worth times a thousand.
+pub fn checked_rate(limit: i64, window_ms: i64, burst: i64) -> Result<RateLimit> {
+    const YEAR_MS: i64 = 366 * 86_400_000;
+    if window_ms > YEAR_MS {
+        return Err(Error::invalid(
+            "rate_limit.window_ms must be at most a year",
+        ));
+    }
+    if limit > window_ms.saturating_mul(1_000_000) {
+        return Err(Error::invalid(
+            "rate_limit.limit is more than one request per nanosecond",
+        ));
+    }
+    if burst > 1_000_000_000 {
+        return Err(Error::invalid(
+            "rate_limit.burst must be at most 1000000000",
+        ));
+    }
+    Ok(RateLimit {
+        limit,
+        window_ms,
+        burst,
+    })
+}
+
+fn take_meta(obj: &mut Map<String, Value>) -> Result<Field<Map<String, Value>>> {
+    match take(obj, "meta") {
+        Field::Absent => Ok(Field::Absent),
+        Field::Null => Ok(Field::Null),
+        Field::Set(Value::Object(m)) => Ok(Field::Set(m)),
+        Field::Set(_) => Err(Error::invalid("meta must be a JSON object or null")),
+    }
+}
+
+/// A key as every admin answer shows it (field order as in the contract).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KeyRecord {
+    pub id: String,
+    pub prefix: String,
+    pub env: String,
+    pub name: Option<String>,
+    pub plan: Option<String>,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+    pub revoked_reason: Option<String>,
+    pub quota: Option<QuotaJson>,
+    pub rate_limit: Option<RateJson>,
+    pub usage: UsageJson,
+    pub meta: Map<String, Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QuotaJson {
+    pub limit: i64,
+    pub period: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RateJson {
+    pub limit: i64,
+    pub window_ms: i64,
+    pub burst: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UsageJson {
+    pub period_start_ms: i64,
+    pub used: i64,
+    pub total: i64,
+    pub last_used_at_ms: Option<i64>,
+}
+
+impl From<Quota> for QuotaJson {
+    fn from(q: Quota) -> QuotaJson {
+        QuotaJson {
+            limit: q.limit,
+            period: q.period.as_str(),
+        }
+    }
+}
+
+impl From<RateLimit> for RateJson {
+    fn from(r: RateLimit) -> RateJson {
+        RateJson {
+            limit: r.limit,
+            window_ms: r.window_ms,
+            burst: r.burst,
+        }
+    }
+}
+
+impl KeyRecord {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a record always serializes")
+    }
+
+    /// The create answer: the record with the plaintext key, shown this once.
+    pub fn to_json_with_key(&self, key: &str) -> String {
+        let mut value = serde_json::to_value(self).expect("a record always serializes");
+        let obj = value.as_object_mut().expect("a record is an object");
+        let mut with_key = Map::new();
+        for (k, v) in std::mem::take(obj) {
+            with_key.insert(k.clone(), v);
+            if k == "id" {
+                with_key.insert("key".to_string(), Value::String(key.to_string()));
+            }
+        }
+        Value::Object(with_key).to_string()
+    }
+}
+
+/// `{"keys": [record, ...]}`
+pub fn list_json(records: &[KeyRecord]) -> String {
+    #[derive(Serialize)]
+    struct List<'a> {
+        keys: &'a [KeyRecord],
+    }
+    serde_json::to_string(&List { keys: records }).expect("records always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_null_and_set_are_told_apart() {
+        let s = KeySpec::from_json(
+            r#"{"expires_at_ms": null, "rate_limit": {"limit": 10, "window_ms": 1000}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.expires_at_ms, Field::Null);
+        assert_eq!(
+            s.rate_limit,
+            Field::Set(RateLimit {
+                limit: 10,
+                window_ms: 1000,
+                burst: 10
+            })
+        );
+        let s = KeySpec::from_json("{}").unwrap();
+        assert_eq!(
+            (s.expires_at_ms, s.rate_limit),
+            (Field::Absent, Field::Absent)
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        let err = |t: &str| KeySpec::from_json(t).unwrap_err().message;
+        assert!(err("nope").contains("not valid JSON"));
+        assert!(err("[1]").contains("must be a JSON object"));
+        assert!(err(r#"{"plann": "x"}"#).contains("unknown field \"plann\""));
+        assert!(err(r#"{"env": "prod"}"#).contains("env must be"));
+        assert!(err(r#"{"quota": {"limit": 0, "period": "daily"}}"#)
+            .contains("quota.limit must be a positive integer"));
+        assert!(err(r#"{"quota": {"limit": 5, "period": "weekly"}}"#).contains("weekly"));
+        assert!(err(r#"{"quota": {"limit": 5}}"#).contains("quota.period is required"));
+        assert!(err(r#"{"expires_at_ms": 1700000000}"#).contains("not seconds"));
+        assert!(err(r#"{"expires_at_ms": "soon"}"#).contains("integer"));
+        assert!(err(&format!(r#"{{"plan": "{}"}}"#, "p".repeat(64))).contains("longer than 63"));
+        assert!(err(r#"{"meta": [1]}"#).contains("meta must be a JSON object"));
+        assert!(err(r#"{"rate_limit": {"limit": 10, "burst": -1}}"#)
+            .contains("burst must be a positive"));
+        assert!(KeyPatch::from_json(r#"{"revoked_at_ms": 1}"#)
+            .unwrap_err()
+            .message
+            .contains("cannot be un-revoked"));
+    }
+
+    #[test]
+    fn create_answer_carries_the_key_after_the_id() {
+        let r = KeyRecord {
+            id: "key_x".into(),
+            prefix: "ms_live_AbCd".into(),
+            env: "live".into(),
+            name: None,
+            plan: Some("pro".into()),
+            created_at_ms: 1,
+            expires_at_ms: None,
+            revoked_at_ms: None,
+            revoked_reason: None,
+            quota: Some(QuotaJson {
+                limit: 10,
+                period: "daily",
+            }),
+            rate_limit: None,
+            usage: UsageJson {
+                period_start_ms: 0,
+                used: 0,
+                total: 0,
+                last_used_at_ms: None,
+            },
+            meta: Map::new(),
+        };
+        let json = r.to_json_with_key("ms_live_secret");
+        assert!(json.starts_with(r#"{"id":"key_x","key":"ms_live_secret","prefix":"ms_live_AbCd","env":"live","name":null,"plan":"pro""#), "{json}");
+        assert!(!r.to_json().contains("\"key\""));
+    }
+}
