@@ -79,15 +79,10 @@ static char *ngx_http_ms_auth_enable(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_ms_auth_header(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_ms_auth_failure(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_ms_auth_init_process(ngx_cycle_t *cycle);
 static void ngx_http_ms_auth_exit_process(ngx_cycle_t *cycle);
-
-
-static ngx_conf_enum_t  ngx_http_ms_auth_failure_modes[] = {
-    { ngx_string("closed"), NGX_HTTP_MS_AUTH_FAIL_CLOSED },
-    { ngx_string("open"), NGX_HTTP_MS_AUTH_FAIL_OPEN },
-    { ngx_null_string, 0 }
-};
 
 
 static ngx_command_t  ngx_http_ms_auth_commands[] = {
@@ -115,10 +110,10 @@ static ngx_command_t  ngx_http_ms_auth_commands[] = {
 
     { ngx_string("ms_auth_failure"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_ms_auth_failure,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_ms_auth_loc_conf_t, failure),
-      &ngx_http_ms_auth_failure_modes },
+      0,
+      NULL },
 
       ngx_null_command
 };
@@ -780,6 +775,38 @@ ngx_http_ms_auth_header(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     alcf->header = value[1];
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_ms_auth_failure(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_ms_auth_loc_conf_t  *alcf = conf;
+
+    ngx_str_t  *value;
+
+    if (alcf->failure != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "closed") == 0) {
+        alcf->failure = NGX_HTTP_MS_AUTH_FAIL_CLOSED;
+
+    } else if (ngx_strcmp(value[1].data, "open") == 0) {
+        alcf->failure = NGX_HTTP_MS_AUTH_FAIL_OPEN;
+
+    } else {
+        /* ngx_conf_set_enum_slot's message would not name the directive */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"ms_auth_failure\" "
+                           "directive, it must be \"closed\" or \"open\"",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
 
     return NGX_CONF_OK;
 }

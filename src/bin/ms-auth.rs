@@ -1,1 +1,530 @@
-fn main() {}
+//! `ms-auth`: the operators' command line, built on the same Rust API the C ABI uses.
+
+use std::io::{IsTerminal, Read};
+use std::process::ExitCode;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+use ms_auth::gcra::RateLimit;
+use ms_auth::key::Env;
+use ms_auth::period::Period;
+use ms_auth::policy::Quota;
+use ms_auth::spec::{checked_rate, Field};
+use ms_auth::{Error, KeyFilter, KeyPatch, KeyRecord, KeySpec, Status, Store};
+
+/// Issue, inspect and revoke API keys in an ms-auth store, and check keys against its policy.
+#[derive(Parser)]
+#[command(name = "ms-auth", version, about)]
+struct Cli {
+    /// The store file [default: $MS_AUTH_DB, else ./ms_auth.db]
+    #[arg(
+        long,
+        global = true,
+        env = "MS_AUTH_DB",
+        default_value = "ms_auth.db",
+        hide_default_value = true
+    )]
+    db: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list, show, update and revoke keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Decide one request for KEY as a server would (an admitted check counts against the quota).
+    /// Exits 0 when admitted, 3 when refused.
+    Check {
+        /// The key, as sent in X-API-Key ("-" reads it from standard input).
+        key: String,
+        /// The instant to decide at, RFC 3339 [default: now].
+        #[arg(long)]
+        now: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key; the plaintext key is shown once, only its SHA-256 digest is stored.
+    Create {
+        /// live or test: the key starts ms_live_ or ms_test_.
+        #[arg(long)]
+        env: Option<String>,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Import an existing plaintext key instead of generating one ("-" reads it from standard input).
+        #[arg(long, value_name = "KEY")]
+        import: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys.
+    List {
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a key's name, plan, expiry, quota, rate limit or meta.
+    Update {
+        id: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: every server refuses it from its next request on.
+    Revoke {
+        id: String,
+        /// Why (recorded with the revocation) [default: manual].
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct PolicyArgs {
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    plan: Option<String>,
+    /// Lifetime from now: 30d, 12h, 90m, 45s.
+    #[arg(long, value_name = "DURATION", conflicts_with_all = ["expires_at", "no_expiry"])]
+    expires_in: Option<String>,
+    /// Expiry instant, RFC 3339 (2027-01-01T00:00:00Z).
+    #[arg(long, value_name = "RFC3339", conflicts_with = "no_expiry")]
+    expires_at: Option<String>,
+    #[arg(long)]
+    no_expiry: bool,
+    /// N/day or N/month (calendar periods in UTC).
+    #[arg(long, value_name = "N/day|N/month", conflicts_with = "no_quota")]
+    quota: Option<String>,
+    #[arg(long)]
+    no_quota: bool,
+    /// N/s, N/min or N/hour.
+    #[arg(
+        long,
+        value_name = "N/s|N/min|N/hour",
+        conflicts_with = "no_rate_limit"
+    )]
+    rate: Option<String>,
+    /// Requests admitted at once when the bucket is full [default: the rate's N].
+    #[arg(long, conflicts_with = "no_rate_limit")]
+    burst: Option<i64>,
+    #[arg(long)]
+    no_rate_limit: bool,
+    /// A JSON object stored with the key.
+    #[arg(long, value_name = "JSON")]
+    meta: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ms-auth: {}", e.message);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let store = Store::open(&cli.db)?;
+    let now = now_ms();
+    match cli.command {
+        Command::Key(KeyCommand::Create {
+            env,
+            policy,
+            import,
+            json,
+        }) => {
+            let key = import.map(|k| read_secret(&k)).transpose()?;
+            let spec = KeySpec {
+                env: env.map(|e| Env::parse(&e)).transpose()?,
+                name: policy.name.clone(),
+                plan: policy.plan.clone(),
+                expires_at_ms: policy.expiry(now)?,
+                quota: policy.quota()?.or(None),
+                rate_limit: policy.rate(None)?,
+                meta: policy.meta()?.or(None),
+                key,
+            };
+            let created = store.create_key(&spec, now)?;
+            if json {
+                println!("{}", created.to_json());
+            } else {
+                println!("Key (shown once, store it now): {}\n", created.key);
+                print_record(&created.record, now);
+            }
+        }
+        Command::Key(KeyCommand::List { plan, json }) => {
+            let records = store.list_keys(&KeyFilter { plan, env: None })?;
+            if json {
+                println!("{}", ms_auth::spec::list_json(&records));
+            } else {
+                print_table(&records, now);
+            }
+        }
+        Command::Key(KeyCommand::Show { id, json }) => show(&store.get_key(&id)?, json, now),
+        Command::Key(KeyCommand::Update { id, policy, json }) => {
+            let current = store.get_key(&id)?;
+            let patch = KeyPatch {
+                name: policy.name.clone().map_or(Field::Absent, Field::Set),
+                plan: policy.plan.clone().map_or(Field::Absent, Field::Set),
+                expires_at_ms: policy.expiry(now)?,
+                quota: policy.quota()?,
+                rate_limit: policy.rate(current.rate_limit.as_ref().map(|r| RateLimit {
+                    limit: r.limit,
+                    window_ms: r.window_ms,
+                    burst: r.burst,
+                }))?,
+                meta: policy.meta()?,
+            };
+            show(&store.update_key(&id, &patch)?, json, now);
+        }
+        Command::Key(KeyCommand::Revoke { id, reason, json }) => {
+            let record = store.revoke_key(&id, now, reason.as_deref())?;
+            if json {
+                println!("{}", record.to_json());
+            } else {
+                println!(
+                    "Revoked {} ({}): refused from the next request on.",
+                    record.id, record.prefix
+                );
+            }
+        }
+        Command::Check { key, now: at, json } => {
+            let at = match at {
+                Some(t) => parse_time(&t)?,
+                None => now,
+            };
+            let key = read_secret(&key)?;
+            let checked = store.check(Some(key.as_bytes()), at)?;
+            let d = checked.decision;
+            let body: Value = serde_json::from_str(&d.status.error_json()).expect("static JSON");
+            if json {
+                let out = json!({
+                    "status": d.status as i32, "code": d.status.code(), "http_status": d.status.http(),
+                    "retry_after_ms": d.retry_after_ms,
+                    "quota_limit": d.quota_limit, "quota_remaining": d.quota_remaining, "quota_reset_ms": d.quota_reset_ms,
+                    "rate_limit": d.rate_limit, "rate_remaining": d.rate_remaining, "rate_reset_ms": d.rate_reset_ms,
+                    "key_id": checked.key.as_ref().map(|k| k.id.clone()),
+                    "plan": checked.key.as_ref().and_then(|k| k.plan.clone()),
+                    "body": body,
+                });
+                println!("{out}");
+            } else {
+                println!("decision:  {} (HTTP {})", d.status.code(), d.status.http());
+                if let Some(k) = &checked.key {
+                    println!(
+                        "key:       {}{}",
+                        k.id,
+                        k.plan
+                            .as_ref()
+                            .map(|p| format!(" (plan {p})"))
+                            .unwrap_or_default()
+                    );
+                }
+                if d.retry_after_ms > 0 {
+                    println!("retry in:  {} ms", d.retry_after_ms);
+                }
+                if d.quota_limit >= 0 {
+                    println!(
+                        "quota:     {} of {} left, resets {}",
+                        d.quota_remaining,
+                        d.quota_limit,
+                        fmt_time(Some(d.quota_reset_ms))
+                    );
+                }
+                if d.rate_limit >= 0 {
+                    println!(
+                        "rate:      {} left now, full at {}",
+                        d.rate_remaining,
+                        fmt_time(Some(d.rate_reset_ms))
+                    );
+                }
+                println!("body:      {}", d.status.error_json());
+            }
+            store.close()?;
+            return Ok(ExitCode::from(if d.status == Status::Ok { 0 } else { 3 }));
+        }
+    }
+    store.close()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A secret given as "-" is read from standard input, so it stays out of shell history and `ps`.
+fn read_secret(arg: &str) -> Result<String, Error> {
+    if arg != "-" {
+        return Ok(arg.to_string());
+    }
+    if std::io::stdin().is_terminal() {
+        eprintln!("Reading the key from standard input...");
+    }
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| Error::invalid(format!("cannot read standard input: {e}")))?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
+}
+
+impl PolicyArgs {
+    fn expiry(&self, now: i64) -> Result<Field<i64>, Error> {
+        if self.no_expiry {
+            return Ok(Field::Null);
+        }
+        if let Some(d) = &self.expires_in {
+            return Ok(Field::Set(now + parse_duration(d)?));
+        }
+        if let Some(t) = &self.expires_at {
+            return Ok(Field::Set(parse_time(t)?));
+        }
+        Ok(Field::Absent)
+    }
+
+    fn quota(&self) -> Result<Field<Quota>, Error> {
+        if self.no_quota {
+            return Ok(Field::Null);
+        }
+        let Some(q) = &self.quota else {
+            return Ok(Field::Absent);
+        };
+        let (n, unit) = split_rate(q, "--quota")?;
+        let period = match unit {
+            "day" | "daily" => Period::Daily,
+            "month" | "monthly" => Period::Monthly,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "--quota {q}: the period must be day or month"
+                )))
+            }
+        };
+        Ok(Field::Set(Quota { limit: n, period }))
+    }
+
+    /// The rate limit to set: `--rate` with `--burst`, or `--burst` alone applied to `current`.
+    fn rate(&self, current: Option<RateLimit>) -> Result<Field<RateLimit>, Error> {
+        if self.no_rate_limit {
+            return Ok(Field::Null);
+        }
+        let base = match &self.rate {
+            Some(r) => {
+                let (n, unit) = split_rate(r, "--rate")?;
+                let window_ms = match unit {
+                    "s" | "sec" | "second" => 1_000,
+                    "m" | "min" | "minute" => 60_000,
+                    "h" | "hour" => 3_600_000,
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "--rate {r}: the window must be s, min or hour"
+                        )))
+                    }
+                };
+                RateLimit {
+                    limit: n,
+                    window_ms,
+                    burst: n,
+                }
+            }
+            None => match (self.burst, current) {
+                (Some(_), Some(current)) => current,
+                (Some(_), None) => {
+                    return Err(Error::invalid(
+                        "--burst needs --rate (this key has no rate limit)",
+                    ))
+                }
+                (None, _) => return Ok(Field::Absent),
+            },
+        };
+        let burst = match self.burst {
+            Some(b) if b < 1 => return Err(Error::invalid("--burst must be at least 1")),
+            Some(b) => b,
+            None => base.burst,
+        };
+        Ok(Field::Set(checked_rate(base.limit, base.window_ms, burst)?))
+    }
+
+    fn meta(&self) -> Result<Field<Map<String, Value>>, Error> {
+        match &self.meta {
+            None => Ok(Field::Absent),
+            Some(text) => match serde_json::from_str(text) {
+                Ok(Value::Object(m)) => Ok(Field::Set(m)),
+                _ => Err(Error::invalid(format!(
+                    "--meta must be a JSON object, not {text:?}"
+                ))),
+            },
+        }
+    }
+}
+
+fn split_rate<'a>(text: &'a str, flag: &str) -> Result<(i64, &'a str), Error> {
+    let bad = || Error::invalid(format!("{flag} {text}: expected N/unit, like 60/min"));
+    let (n, unit) = text.split_once('/').ok_or_else(bad)?;
+    let n: i64 = n.trim().parse().map_err(|_| bad())?;
+    if n < 1 {
+        return Err(Error::invalid(format!(
+            "{flag} {text}: N must be at least 1"
+        )));
+    }
+    Ok((n, unit.trim()))
+}
+
+fn parse_duration(text: &str) -> Result<i64, Error> {
+    let bad = || {
+        Error::invalid(format!(
+            "duration {text:?}: expected a number and a unit, like 30d, 12h, 90m or 45s"
+        ))
+    };
+    let unit_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: i64 = text[..unit_at].parse().map_err(|_| bad())?;
+    let unit_ms = match &text[unit_at..] {
+        "d" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit_ms).ok_or_else(bad)
+}
+
+fn parse_time(text: &str) -> Result<i64, Error> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| {
+            Error::invalid(format!(
+                "time {text:?} is not RFC 3339 (like 2027-01-01T00:00:00Z): {e}"
+            ))
+        })
+}
+
+fn fmt_time(ms: Option<i64>) -> String {
+    match ms.and_then(DateTime::<Utc>::from_timestamp_millis) {
+        Some(t) => t.to_rfc3339_opts(SecondsFormat::Secs, true),
+        None => "never".to_string(),
+    }
+}
+
+fn state(r: &KeyRecord, now: i64) -> String {
+    if r.revoked_at_ms.is_some() {
+        format!(
+            "revoked ({})",
+            r.revoked_reason.as_deref().unwrap_or("manual")
+        )
+    } else if r.expires_at_ms.is_some_and(|t| now >= t) {
+        "expired".to_string()
+    } else {
+        "active".to_string()
+    }
+}
+
+fn quota_text(r: &KeyRecord) -> String {
+    r.quota
+        .as_ref()
+        .map_or("none".into(), |q| format!("{}/{}", q.limit, q.period))
+}
+
+fn rate_text(r: &KeyRecord) -> String {
+    r.rate_limit.as_ref().map_or("none".into(), |rl| {
+        format!("{}/{}ms burst {}", rl.limit, rl.window_ms, rl.burst)
+    })
+}
+
+fn show(r: &KeyRecord, json: bool, now: i64) {
+    if json {
+        println!("{}", r.to_json());
+    } else {
+        print_record(r, now);
+    }
+}
+
+fn print_record(r: &KeyRecord, now: i64) {
+    let lines = [
+        ("id", r.id.clone()),
+        ("prefix", r.prefix.clone()),
+        ("env", r.env.clone()),
+        ("name", r.name.clone().unwrap_or_default()),
+        ("plan", r.plan.clone().unwrap_or_default()),
+        ("state", state(r, now)),
+        ("created", fmt_time(Some(r.created_at_ms))),
+        ("expires", fmt_time(r.expires_at_ms)),
+        ("quota", quota_text(r)),
+        ("rate limit", rate_text(r)),
+        (
+            "used",
+            format!("{} this period, {} in all", r.usage.used, r.usage.total),
+        ),
+        (
+            "last used",
+            r.usage
+                .last_used_at_ms
+                .map_or("never".into(), |t| fmt_time(Some(t))),
+        ),
+        ("meta", Value::Object(r.meta.clone()).to_string()),
+    ];
+    for (label, value) in lines {
+        println!("{label:<11} {value}");
+    }
+}
+
+fn print_table(records: &[KeyRecord], now: i64) {
+    let header = [
+        "ID", "PREFIX", "ENV", "PLAN", "NAME", "STATE", "EXPIRES", "QUOTA", "USED", "RATE",
+    ];
+    let rows: Vec<[String; 10]> = records
+        .iter()
+        .map(|r| {
+            [
+                r.id.clone(),
+                r.prefix.clone(),
+                r.env.clone(),
+                r.plan.clone().unwrap_or_default(),
+                r.name.clone().unwrap_or_default(),
+                state(r, now),
+                fmt_time(r.expires_at_ms),
+                quota_text(r),
+                r.usage.used.to_string(),
+                rate_text(r),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    if records.is_empty() {
+        println!("(no keys)");
+    }
+}
