@@ -305,10 +305,11 @@ fn to_result(checked: &Checked) -> ms_check_result {
 
 /// Copies `s` into a fixed C array, truncated to leave room for the NUL.
 fn copy_c(dst: &mut [c_char], s: &str) {
-    let room = dst.len() - 1;
-    for (d, b) in dst.iter_mut().zip(s.bytes().take(room)) {
-        *d = b as c_char;
+    let n = s.len().min(dst.len() - 1);
+    for (d, b) in dst.iter_mut().zip(&s.as_bytes()[..n]) {
+        *d = *b as c_char;
     }
+    dst[n] = 0;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -480,4 +481,33 @@ pub extern "C" fn ms_version() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn ms_abi_version() -> i32 {
     MS_ABI_VERSION
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_internal_error_with_its_message() {
+        let rc = ffi_boundary(|| panic!("boom at the boundary"));
+        assert_eq!(rc, MS_ERR_INTERNAL);
+        let explained = unsafe { CStr::from_ptr(ms_last_error()) }
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            explained.starts_with("internal_error: ") && explained.contains("boom at the boundary"),
+            "{explained}"
+        );
+    }
+
+    #[test]
+    fn long_ids_and_plans_are_truncated_and_terminated() {
+        let mut buf = [1 as c_char; 8];
+        copy_c(&mut buf, "abcdefghijkl");
+        assert_eq!(
+            unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap(),
+            "abcdefg"
+        );
+    }
 }

@@ -159,8 +159,10 @@ pub fn digest(key: &[u8]) -> KeyDigest {
 }
 
 /// The part of a key shown in listings: enough to recognise it, never enough to use it.
+/// At most a third of the secret part is shown; the public `ms_live_`/`ms_test_` prefix does not count.
 pub fn display_prefix(key: &str) -> String {
-    let shown = 12.min(key.len() / 3);
+    let public = if env_of(key).is_some() { 8 } else { 0 };
+    let shown = public + 4.max(12 - public).min((key.len() - public) / 3);
     key[..shown].to_string()
 }
 
@@ -238,6 +240,11 @@ mod tests {
             display_prefix("ms_live_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"),
             "ms_live_AbCd"
         );
+        assert_eq!(
+            display_prefix("ms_live_1a2b3c4d5e6f7g8h9i0j"),
+            "ms_live_1a2b"
+        );
+        assert_eq!(display_prefix("ms_test_abcdefgh"), "ms_test_ab");
         assert_eq!(display_prefix("abcdefgh"), "ab");
     }
 }

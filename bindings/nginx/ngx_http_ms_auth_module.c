@@ -289,6 +289,10 @@ ngx_http_ms_auth_handler(ngx_http_request_t *r)
 
     ctx->now_ms = ngx_http_ms_auth_now_ms();
 
+    /* the library fills res only for decisions: no figures otherwise */
+    ctx->res.quota_limit = -1;
+    ctx->res.rate_limit = -1;
+
     store = ngx_http_ms_auth_store_handle(r->connection->log);
 
     if (store == NULL) {

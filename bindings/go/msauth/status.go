@@ -3,6 +3,7 @@ package msauth
 import (
 	"errors"
 	"strconv"
+	"strings"
 )
 
 // Status is a decision (0..99) or a library failure (100 and up), with the
@@ -108,10 +109,14 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	if e.Message == "" {
-		return "ms-auth: " + e.Code.String()
+	code := e.Code.String()
+	switch {
+	case e.Message == "":
+		return "ms-auth: " + code
+	case strings.HasPrefix(e.Message, code+": "):
+		return "ms-auth: " + e.Message // ms_last_error() already starts with the code
 	}
-	return "ms-auth: " + e.Code.String() + ": " + e.Message
+	return "ms-auth: " + code + ": " + e.Message
 }
 
 // Is makes every *Error match the sentinel of its code:
