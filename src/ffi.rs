@@ -4,7 +4,8 @@
 //! Every function runs inside [`ffi_boundary`], so a panic becomes `MS_ERR_INTERNAL` instead of unwinding
 //! into C; every `MS_ERR_*` leaves its explanation in `ms_last_error()`; out-parameters are written only
 //! on success.
-#![allow(non_camel_case_types)]
+// The safety contract of every function is stated once, in the header: each pointer is NULL or valid for the call.
+#![allow(non_camel_case_types, clippy::missing_safety_doc)]
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};

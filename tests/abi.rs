@@ -25,7 +25,8 @@ fn take(s: *mut c_char) -> serde_json::Value {
     v
 }
 
-struct Handle(*mut ms_store, tempfile::TempDir);
+/// A handle and the directory that holds its file (kept alive as long as the handle).
+struct Handle(*mut ms_store, #[allow(dead_code)] tempfile::TempDir);
 
 fn open() -> Handle {
     let dir = tempfile::tempdir().unwrap();
@@ -137,7 +138,8 @@ fn every_pointer_is_checked() {
     let path = c("/tmp/x.db");
     let id = c("k");
     // Each case runs on its own so that ms_last_error() is read right after it.
-    let cases: Vec<(&str, Box<dyn Fn() -> i32>)> = vec![
+    type Call<'a> = Box<dyn Fn() -> i32 + 'a>;
+    let cases: Vec<(&str, Call)> = vec![
         (
             "path is NULL",
             Box::new(|| unsafe { ms_store_open(null(), store_p) }),

@@ -13,23 +13,10 @@ INC_DIR=$(realpath -m "${MS_AUTH_INCLUDE_DIR:-$REPO/include}")
 OUT=$REPO/target/nginx
 SO=$OUT/ngx_http_ms_auth_module.so
 
-say() { echo "build.sh: $*" >&2; }
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
 
-# Installs Debian packages that are missing; apt-get update only when needed.
-ensure_packages() {
-    local missing=() p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
-            || missing+=("$p")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    say "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-
-ensure_packages nginx nginx-dev gcc make libc6-dev
+ensure_packages nginx nginx-dev gcc make libc6-dev binutils
 
 [ -f "$LIB_DIR/libms_auth.a" ] || { say "no $LIB_DIR/libms_auth.a: run 'cargo build --release' first (or set MS_AUTH_TARGET_DIR)"; exit 1; }
 [ -f "$INC_DIR/ms_auth.h" ] || { say "no $INC_DIR/ms_auth.h (set MS_AUTH_INCLUDE_DIR)"; exit 1; }
@@ -37,7 +24,7 @@ ensure_packages nginx nginx-dev gcc make libc6-dev
 # Up to date: newer than every input, including the nginx we build against.
 if [ -f "$SO" ] && [ -z "${MS_AUTH_NGINX_REBUILD:-}" ]; then
     stale=0
-    for f in "$HERE/ngx_http_ms_auth_module.c" "$HERE/config" "$HERE/build.sh" \
+    for f in "$HERE/ngx_http_ms_auth_module.c" "$HERE/config" "$HERE/build.sh" "$HERE/lib.sh" \
              "$LIB_DIR/libms_auth.a" "$INC_DIR/ms_auth.h" /usr/sbin/nginx \
              /usr/share/nginx/src/conf_flags; do
         [ "$f" -nt "$SO" ] && stale=1

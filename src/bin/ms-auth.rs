@@ -489,7 +489,7 @@ fn print_table(records: &[KeyRecord], now: i64) {
     let header = [
         "ID", "PREFIX", "ENV", "PLAN", "NAME", "STATE", "EXPIRES", "QUOTA", "USED", "RATE",
     ];
-    let rows: Vec<[String; 10]> = records
+    let rows: Vec<[String; 11]> = records
         .iter()
         .map(|r| {
             [
@@ -502,6 +502,7 @@ fn print_table(records: &[KeyRecord], now: i64) {
                 fmt_time(r.expires_at_ms),
                 quota_text(r),
                 r.usage.used.to_string(),
+                r.usage.total.to_string(),
                 rate_text(r),
             ]
         })

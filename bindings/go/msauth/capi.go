@@ -148,6 +148,13 @@ func cCheck(h *C.ms_store, key string, nowMS int64, out *Result) {
 		out.Plan = C.GoString(&r.r.plan[0])
 	}
 	out.Err = takeError(r.r.status, r.err)
+	if out.Status.IsFailure() {
+		// The library leaves out untouched on a failure: give it the
+		// failure's HTTP status and "no policy" figures instead of zeros.
+		out.HTTPStatus = out.Status.HTTPStatus()
+		out.QuotaLimit, out.QuotaRemaining, out.RateLimit, out.RateRemaining = -1, -1, -1, -1
+		out.RetryAfter, out.QuotaReset, out.RateReset = 0, 0, 0
+	}
 }
 
 func cKeyCreate(h *C.ms_store, spec []byte, nowMS int64) ([]byte, error) {

@@ -53,31 +53,6 @@ func TestConcurrentChecksNeverExceedQuota(t *testing.T) {
 	}
 }
 
-// Two Stores on one file share the quota, as two processes would.
-func TestTwoHandlesOneFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "keys.db")
-	a, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	k := mustCreate(t, a, KeySpec{Quota: &Quota{Limit: 2, Period: Daily}, RateLimit: Null[RateLimit]()}, t0)
-	if r := a.Check(k.Key, t0); !r.OK() {
-		t.Fatal(r.Status)
-	}
-	if r := b.Check(k.Key, t0); !r.OK() {
-		t.Fatalf("second handle: %v", r.Status)
-	}
-	if r := a.Check(k.Key, t0); r.Status != StatusAPIKeyQuotaExceeded {
-		t.Fatalf("third check over two handles: %v", r.Status)
-	}
-}
-
 // Close while checks run: it waits for them, later checks answer NotOpen,
 // nothing crashes and the race detector sees no race.
 func TestCloseDuringChecks(t *testing.T) {

@@ -106,8 +106,10 @@ func writeJSON(w http.ResponseWriter, status int, body []byte) {
 }
 
 // unavailableBody is the 503 answer to a library failure, in the shape of the
-// documented bodies: the failure's code string, the library's message, and
-// httpStatus 503, so body and status line agree.
+// documented bodies: the failure's code string and message from the library,
+// and httpStatus 503 so body and status line agree. For store_not_open and
+// store_unavailable (503s already) it is exactly ms_error_json's body. The
+// detail (ms_last_error) is not sent: it can name files.
 func unavailableBody(s Status) []byte {
 	if b, ok := unavailableBodies[s]; ok {
 		return b
@@ -119,7 +121,7 @@ var unavailableBodies = func() map[Status][]byte {
 	m := make(map[Status][]byte)
 	for _, s := range knownStatuses {
 		if s.IsFailure() {
-			m[s] = buildBody(s.String(), "The API key check is unavailable. Please try again later.", http.StatusServiceUnavailable)
+			m[s] = buildBody(s.String(), s.Message(), http.StatusServiceUnavailable)
 		}
 	}
 	return m

@@ -18,8 +18,8 @@ type Result struct {
 	QuotaRemaining int64 // after this request; -1: no quota
 	QuotaReset     int64 // Unix ms at which the current quota period ends; 0: no quota
 	RateLimit      int64 // requests per window; -1: no rate limit
-	RateRemaining  int64 // requests admitted right now, after this one
-	RateReset      int64 // Unix ms at which the rate bucket is full again
+	RateRemaining  int64 // requests admitted right now, after this one; -1: no rate limit
+	RateReset      int64 // Unix ms at which the rate bucket is full again; 0: no rate limit
 
 	KeyID string // the matched key's id; "" when none matched
 	Plan  string // the matched key's plan; "" when none

@@ -70,7 +70,7 @@ func (s *Store) Check(key string, now time.Time) Result {
 	if s.h == nil {
 		s.mu.RUnlock()
 		r.Status, r.HTTPStatus, r.Err = StatusNotOpen, StatusNotOpen.HTTPStatus(), errClosed
-		r.QuotaLimit, r.QuotaRemaining, r.RateLimit = -1, -1, -1
+		r.QuotaLimit, r.QuotaRemaining, r.RateLimit, r.RateRemaining = -1, -1, -1, -1
 		return r
 	}
 	cCheck(s.h, key, r.nowMS, &r)

@@ -44,7 +44,8 @@ def test_unknown_key_id(store: Store) -> None:
         with pytest.raises(KeyNotFoundError) as info:
             call()
         err = info.value
-        assert err.code == ErrorCode.NOT_FOUND == 103
+        assert err.code == ErrorCode.NOT_FOUND
+        assert err.code == 103
         assert err.code_name == "not_found"
         assert err.detail  # ms_last_error() explains it
         assert "nope" in str(err) or err.detail in str(err)
@@ -136,3 +137,7 @@ def test_error_message_shape() -> None:
     assert str(err) == "check: store_unavailable (102): disk full"
     assert str(MsAuthError(104, "", "")) == "internal_error (104)"
     assert MsAuthError(150, "x").code_name == "unknown"
+    # A detail that already names the code is not prefixed twice.
+    err = InvalidArgumentError(100, "invalid_argument: bad JSON", "create_key")
+    assert str(err) == "create_key: invalid_argument (100): bad JSON"
+    assert err.detail == "invalid_argument: bad JSON"

@@ -10,7 +10,19 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    MutableMapping,
+    NamedTuple,
+    Optional,
+    Tuple,
+    Union,
+)
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
@@ -59,7 +71,7 @@ def wsgi_app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Ite
     return [body]
 
 
-async def asgi_app(scope: Dict[str, Any], receive: Any, send: Any) -> None:
+async def asgi_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -141,7 +153,7 @@ def asgi_server() -> Iterator[Server]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(mw, log_level="warning", lifespan="on")  # type: ignore[arg-type]
+    config = uvicorn.Config(mw, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -377,7 +389,7 @@ def test_asgi_websocket_handshakes_are_checked(store: Store) -> None:
     created = store.create_key(plan="ws")
     seen: Dict[str, Any] = {}
 
-    async def ws_app(scope: Dict[str, Any], receive: Any, send: Any) -> None:
+    async def ws_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         seen.update(scope["ms_auth"])
         await send({"type": "websocket.accept"})
 

@@ -40,6 +40,7 @@ def copy_package(dest: Path, with_lib: bool = False) -> Path:
     pkg = dest / "ms_auth"
     shutil.copytree(PKG_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     if with_lib:
+        (pkg / "_lib").mkdir(exist_ok=True)
         shutil.copy(REAL_LIB, pkg / "_lib" / _ffi.LIB_FILENAME)
     return dest
 
@@ -204,6 +205,9 @@ def test_prototypes_match_the_header() -> None:
     header = _header_prototypes()
     missing = sorted(set(_ffi.PROTOTYPES) - set(header))
     assert not missing, f"declared here but not in the header: {missing}"
+    # ms_string_free takes back a pointer the library allocated: the binding keeps it as void*
+    # (a char* argtype would make ctypes hand over a copy of the string instead).
+    header["ms_string_free"] = (None, [ctypes.c_void_p])
     for name, (restype, argtypes) in _ffi.PROTOTYPES.items():
         assert header[name] == (restype, argtypes), name
 

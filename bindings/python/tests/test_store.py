@@ -182,7 +182,7 @@ def test_embedded_nul_is_seen_by_the_library(store: Store) -> None:
 def test_surrounding_http_whitespace_is_trimmed(store: Store) -> None:
     created = store.create_key()
     assert store.check(" \t" + created.key + "\t ").ok
-    assert store.check(bytearray(created.key.encode())).ok  # type: ignore[arg-type]
+    assert store.check(bytearray(created.key.encode())).ok
 
 
 def test_expired_at_the_exact_instant(store: Store) -> None:

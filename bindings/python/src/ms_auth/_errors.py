@@ -38,7 +38,11 @@ class MsAuthError(Exception):
         self.operation = operation
         where = f"{operation}: " if operation else ""
         text = f"{where}{self.code_name} ({code})"
-        super().__init__(f"{text}: {detail}" if detail else text)
+        # The library's detail may already start with the code string: do not say it twice.
+        shown = detail
+        if detail.startswith(f"{self.code_name}:"):
+            shown = detail[len(self.code_name) + 1 :].lstrip()
+        super().__init__(f"{text}: {shown}" if shown else text)
 
 
 class InvalidArgumentError(MsAuthError, ValueError):

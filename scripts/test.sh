@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every test of ms-auth, from a fresh machine: Rust (unit, integration, ABI, CLI, header freshness),
+# lint, C programs (static, shared, AddressSanitizer), and each host binding that has landed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+echo "== lint"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+echo "== build"
+cargo build --release --quiet
+
+echo "== Rust tests"
+cargo test --quiet 2>&1
+
+echo "== C tests"
+bash tests/c/run.sh
+
+for binding in $(cat bindings/LANDED 2>/dev/null); do
+    echo "== bindings/$binding"
+    bash "bindings/$binding/test.sh"
+done
+echo "== all tests passed"
