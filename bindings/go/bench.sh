@@ -23,10 +23,11 @@ awk '
   END {
     one = median(v["BenchmarkCheckHot"]); par = median(v["BenchmarkCheckHotParallel"])
     base = median(v["BenchmarkCgoBaseline"]); basep = median(v["BenchmarkCgoBaselineParallel"])
-    mw = median(v["BenchmarkMiddleware"])
+    mw = median(v["BenchmarkMiddleware"]); inc = median(v["BenchmarkCheckInC"])
     printf "\n== summary (median of runs)\n"
     printf "check, 1 goroutine:        %8.0f ns  %10.0f checks/s\n", one, 1e9 / one
     printf "check, parallel:           %8.0f ns  %10.0f checks/s\n", par, 1e9 / par
+    printf "check looped inside C:     %8.0f ns  %10.0f checks/s  (binding overhead %.0f ns)\n", inc, 1e9 / inc, one - inc
     printf "middleware, 1 goroutine:   %8.0f ns  %10.0f requests/s\n", mw, 1e9 / mw
     printf "cgo baseline (ms_status_http): %6.1f ns  (parallel %.1f ns)\n", base, basep
     printf "a check costs %.0fx a bare cgo call\n", one / base

@@ -81,6 +81,7 @@ static char *ngx_http_ms_auth_header(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_ms_auth_failure(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_ms_auth_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_ms_auth_init_process(ngx_cycle_t *cycle);
 static void ngx_http_ms_auth_exit_process(ngx_cycle_t *cycle);
 
@@ -140,7 +141,7 @@ ngx_module_t  ngx_http_ms_auth_module = {
     ngx_http_ms_auth_commands,              /* module directives */
     NGX_HTTP_MODULE,                        /* module type */
     NULL,                                   /* init master */
-    NULL,                                   /* init module */
+    ngx_http_ms_auth_init_module,           /* init module */
     ngx_http_ms_auth_init_process,          /* init process */
     NULL,                                   /* init thread */
     NULL,                                   /* exit thread */
@@ -1058,17 +1059,15 @@ ngx_http_ms_auth_init_main_conf(ngx_conf_t *cf, void *conf)
 static ngx_int_t
 ngx_http_ms_auth_init(ngx_conf_t *cf)
 {
-    ngx_uint_t                  n;
-    ngx_http_handler_pt        *h, *hs;
+    ngx_http_handler_pt        *h;
     ngx_http_core_main_conf_t  *cmcf;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
     /*
      * nginx runs a location's "return" in the rewrite phase, before the
-     * access phase. The handlers of a phase run in the reverse order of this
-     * array, so ours, placed last, runs before the rewrite module's and
-     * decides before "return", "rewrite" or any content handler can answer.
+     * access phase, so the decision is made in the rewrite phase too.
+     * init_module then moves the handler to the front of that phase.
      */
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_REWRITE_PHASE].handlers);
     if (h == NULL) {
@@ -1077,11 +1076,50 @@ ngx_http_ms_auth_init(ngx_conf_t *cf)
 
     *h = ngx_http_ms_auth_handler;
 
-    hs = cmcf->phases[NGX_HTTP_REWRITE_PHASE].handlers.elts;
-    n = cmcf->phases[NGX_HTTP_REWRITE_PHASE].handlers.nelts;
+    return NGX_OK;
+}
 
-    if (&hs[n - 1] != h) {
-        return NGX_ERROR;
+
+/*
+ * Runs after the phase engine is built: makes our handler the first of the
+ * location rewrite phase, ahead of the rewrite module ("return", "rewrite",
+ * "if") and of any module loaded after this one, so no handler of that phase
+ * can answer before the decision. All entries of a phase share checker and
+ * next, so moving the handler pointers is enough.
+ */
+static ngx_int_t
+ngx_http_ms_auth_init_module(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                  i, first;
+    ngx_http_phase_handler_t   *ph;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    if (ngx_http_cycle_get_module_main_conf(cycle, ngx_http_core_module)
+        == NULL)
+    {
+        return NGX_OK;  /* no http block */
+    }
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_core_module);
+    ph = cmcf->phase_engine.handlers;
+    first = cmcf->phase_engine.location_rewrite_index;
+
+    if (ph == NULL || first == (ngx_uint_t) -1) {
+        return NGX_OK;
+    }
+
+    for (i = first; ph[i].checker == ngx_http_core_rewrite_phase; i++) {
+
+        if (ph[i].handler != ngx_http_ms_auth_handler) {
+            continue;
+        }
+
+        for ( /* void */ ; i > first; i--) {
+            ph[i].handler = ph[i - 1].handler;
+        }
+
+        ph[first].handler = ngx_http_ms_auth_handler;
+        break;
     }
 
     return NGX_OK;

@@ -45,6 +45,20 @@ func BenchmarkCheckHotParallel(b *testing.B) {
 	})
 }
 
+// BenchmarkCheckInC is the same check looped inside C: the library's cost
+// without the binding (cgo crossing, result copy, strings).
+func BenchmarkCheckInC(b *testing.B) {
+	s, key := hotKey(b)
+	now := time.Now()
+	b.ResetTimer()
+	s.mu.RLock()
+	st := cCheckLoop(s.h, key, now.UnixMilli(), b.N)
+	s.mu.RUnlock()
+	if st != StatusOK {
+		b.Fatal(st)
+	}
+}
+
 // BenchmarkCgoBaseline is the floor: one cgo call to a trivial C function
 // (ms_status_http), to set the check's cost against the crossing itself.
 func BenchmarkCgoBaseline(b *testing.B) {

@@ -96,6 +96,17 @@ func TestCheckDecisions(t *testing.T) {
 		t.Errorf("padded key: %v", r.Status)
 	}
 
+	// The key goes to C as pointer + length: a slice of a longer string
+	// (not NUL-terminated where it ends) is exactly that key, and a NUL
+	// inside a key does not cut it short.
+	long := ok.Key + "trailing-bytes"
+	if r := s.Check(long[:len(ok.Key)], t0); !r.OK() {
+		t.Errorf("key sliced from a longer string: %v", r.Status)
+	}
+	if r := s.Check(ok.Key+"\x00", t0); r.Status != StatusAPIKeyInvalid {
+		t.Errorf("key + NUL: %v, want invalid", r.Status)
+	}
+
 	for _, missing := range []string{"", " ", "\t \t"} {
 		if r := s.Check(missing, t0); r.Status != StatusAPIKeyMissing || r.HTTPStatus != 401 || r.KeyID != "" {
 			t.Errorf("Check(%q) = %v/%d", missing, r.Status, r.HTTPStatus)

@@ -258,6 +258,7 @@ def main_http_body(port, port2, store, extra=""):
         location /custom {{ ms_auth on; ms_auth_header Authorization-Key; return 200 "custom\\n"; }}
         location /redirect {{ ms_auth on; rewrite ^ /final last; }}
         location = /final {{ ms_auth on; return 200 "final $ms_auth_key_id\\n"; }}
+        location /iffy {{ ms_auth on; if ($arg_x) {{ return 200 "if\\n"; }} return 200 "iffy\\n"; }}
         location /up {{
             ms_auth on;
             proxy_set_header X-MS-Key-Id $ms_auth_key_id;
@@ -418,7 +419,7 @@ class Locations(unittest.TestCase):
         self.rec = ENV.create_key("--plan", "gold", "--quota", "1000/day", "--rate", "1000/s")
 
     def test_return_location_never_answers_without_a_decision(self):
-        for path in ("/", "/anything/else", "/redirect", "/final"):
+        for path in ("/", "/anything/else", "/redirect", "/final", "/iffy", "/iffy?x=1"):
             code, _, data = request(PORT, path)
             self.assertEqual((code, data), (401, MISSING), path)
         code, _, data = request(PORT, "/redirect", key=self.rec["key"])

@@ -138,6 +138,6 @@ def test_error_message_shape() -> None:
     assert str(MsAuthError(104, "", "")) == "internal_error (104)"
     assert MsAuthError(150, "x").code_name == "unknown"
     # A detail that already names the code is not prefixed twice.
-    err = InvalidArgumentError(100, "invalid_argument: bad JSON", "create_key")
-    assert str(err) == "create_key: invalid_argument (100): bad JSON"
-    assert err.detail == "invalid_argument: bad JSON"
+    dup = InvalidArgumentError(100, "invalid_argument: bad JSON", "create_key")
+    assert str(dup) == "create_key: invalid_argument (100): bad JSON"
+    assert dup.detail == "invalid_argument: bad JSON"

@@ -183,6 +183,8 @@ def test_surrounding_http_whitespace_is_trimmed(store: Store) -> None:
     created = store.create_key()
     assert store.check(" \t" + created.key + "\t ").ok
     assert store.check(bytearray(created.key.encode())).ok
+    with pytest.raises(TypeError):
+        store.check(12345)  # type: ignore[arg-type]
 
 
 def test_expired_at_the_exact_instant(store: Store) -> None:

@@ -379,7 +379,10 @@ class Store:
             if key.__class__ is not bytes:
                 # surrogatepass never fails, and turns odd characters into non-ASCII bytes that
                 # the library rejects as invalid, rather than into a different printable key.
-                key = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else bytes(key)
+                if isinstance(key, str):
+                    key = key.encode("utf-8", "surrogatepass")
+                else:
+                    key = bytes(memoryview(key))  # bytearray, memoryview; TypeError for others
             length = len(key)
         scratch = _scratch
         # The length goes with the pointer so that an embedded NUL is seen (and rejected).
