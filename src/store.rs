@@ -81,6 +81,8 @@ pub struct StoreOptions {
     pub default_lifetime_ms: Option<i64>,
     /// Rate limit of a key created without `rate_limit`; `None`: no rate limit.
     pub default_rate: Option<RateLimit>,
+    /// How long a write waits for another process's write lock before failing with `MS_ERR_STORE`.
+    pub busy_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -89,6 +91,7 @@ impl Default for StoreOptions {
             flush_interval: Duration::from_secs(1),
             default_lifetime_ms: Some(DEFAULT_LIFETIME_MS),
             default_rate: Some(DEFAULT_RATE),
+            busy_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -152,7 +155,7 @@ impl Store {
     /// Opens or creates the store at `path` (a new file gets mode 0600), migrating an older schema.
     pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
-        let conn = open_connection(&path).map_err(|e| {
+        let conn = open_connection(&path, options.busy_timeout).map_err(|e| {
             Error::store(format!(
                 "cannot open store {}: {}",
                 path.display(),
@@ -501,7 +504,7 @@ fn no_key(status: Status) -> Checked {
     }
 }
 
-fn open_connection(path: &Path) -> Result<Connection> {
+fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     if path.as_os_str().is_empty() {
         return Err(Error::invalid("the path is empty"));
     }
@@ -527,7 +530,7 @@ fn open_connection(path: &Path) -> Result<Connection> {
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(busy_timeout)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| Error::store(describe_open_failure(e)))?;

@@ -449,3 +449,44 @@ fn flush_interval_bounds_what_a_crash_can_lose() {
     assert!(reader.get_key(&k.record.id).unwrap().usage.total >= 2);
     std::mem::forget(store); // as if the process died
 }
+
+#[test]
+fn a_failed_write_loses_no_count_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.db");
+    let opts = StoreOptions {
+        flush_interval: std::time::Duration::ZERO,
+        busy_timeout: std::time::Duration::from_millis(50),
+        ..StoreOptions::default()
+    };
+    let store = Store::open_with(&path, opts).unwrap();
+    let k = store
+        .create_key(&spec(r#"{"quota": {"limit": 10, "period": "daily"}}"#), NOW)
+        .unwrap();
+    assert_eq!(status(&store, &k.key, NOW), Status::Ok);
+
+    // Another process holds the write lock for longer than the store will wait.
+    let locker = rusqlite::Connection::open(&path).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let err = store.check(Some(k.key.as_bytes()), NOW).unwrap_err();
+    assert_eq!(err.status, Status::ErrStore);
+    assert!(
+        err.message.contains("cannot write usage counts") && err.message.contains("locked"),
+        "{}",
+        err.message
+    );
+    locker.execute_batch("ROLLBACK").unwrap();
+
+    assert_eq!(
+        status(&store, &k.key, NOW),
+        Status::Ok,
+        "the store recovers when the lock is gone"
+    );
+    store.close().unwrap();
+    let reopened = Store::open(&path).unwrap();
+    assert_eq!(
+        reopened.get_key(&k.record.id).unwrap().usage.used,
+        2,
+        "no count was lost, none was added"
+    );
+}

@@ -19,7 +19,7 @@ WORKERS=${BENCH_WORKERS:-1}
 . "$HERE/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || { say "run as root"; exit 1; }
-ensure_packages nginx nginx-dev wrk python3
+ensure_packages nginx nginx-dev wrk python3 curl
 bash "$HERE/build.sh"
 
 PREFIX=$REPO/target/nginx/bench-run

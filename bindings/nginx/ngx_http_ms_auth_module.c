@@ -32,10 +32,10 @@
 
 
 typedef struct {
-    ngx_str_t                  store;         /* absolute path; len 0: unset */
-    ngx_str_t                  store_file;    /* where it was set, for messages */
+    ngx_str_t                  store;       /* absolute path; len 0: unset */
+    ngx_str_t                  store_file;  /* where it was set (messages) */
     ngx_uint_t                 store_line;
-    ngx_str_t                  on_file;       /* first "ms_auth on", for messages */
+    ngx_str_t                  on_file;     /* first "ms_auth on" (messages) */
     ngx_uint_t                 on_line;
 } ngx_http_ms_auth_main_conf_t;
 
@@ -202,10 +202,8 @@ ngx_http_ms_auth_store_handle(ngx_log_t *log)
     if (ngx_http_ms_auth_open_status != MS_OK) {
         ngx_http_ms_auth_handle = NULL;
         ngx_log_error(NGX_LOG_ERR, log, 0,
-                      "ms_auth: cannot open store \"%s\": %s (%s)",
-                      ngx_http_ms_auth_path,
-                      ms_status_code(ngx_http_ms_auth_open_status),
-                      ms_last_error());
+                      "ms_auth: cannot open store \"%s\": %s",
+                      ngx_http_ms_auth_path, ms_last_error());
         return NULL;
     }
 
@@ -309,9 +307,9 @@ ngx_http_ms_auth_handler(ngx_http_request_t *r)
                                      ctx->now_ms, &ctx->res);
 
         if (ctx->status >= MS_ERR_INVALID_ARGUMENT) {
+            /* ms_last_error() reads "code: detail" */
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "ms_auth: check failed: %s (%s)",
-                          ms_status_code(ctx->status), ms_last_error());
+                          "ms_auth: check failed: %s", ms_last_error());
         }
     }
 
@@ -774,7 +772,8 @@ ngx_http_ms_auth_header(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid header name \"%V\" in \"ms_auth_header\"",
+                           "invalid header name \"%V\" in "
+                           "\"ms_auth_header\" directive",
                            &value[1]);
         return NGX_CONF_ERROR;
     }
@@ -898,8 +897,8 @@ ngx_http_ms_auth_try_open(ngx_conf_t *cf, u_char *path, ngx_str_t *why)
         rc = ms_store_open((const char *) path, &store);
 
         if (rc != MS_OK) {
-            n = snprintf(msg, sizeof(msg), "%s: %s%s%s%s",
-                         ms_status_code(rc), ms_last_error(),
+            n = snprintf(msg, sizeof(msg), "%s%s%s%s",
+                         ms_last_error(),
                          user ? " (as the worker user \"" : "",
                          user ? user : "", user ? "\")" : "");
             if (n > (ssize_t) sizeof(msg) - 1) {

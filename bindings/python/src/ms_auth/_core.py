@@ -387,7 +387,9 @@ class Store:
         scratch = _scratch
         # The length goes with the pointer so that an embedded NUL is seen (and rejected).
         rc: int = _store_check(handle, key, length, now_ms, scratch.addr)
-        if rc >= 100:
+        if rc > 6 or rc < 0:
+            # 100+: a library failure. Anything else unknown is not a decision this package
+            # understands: it fails closed the same way.
             raise error_from_code(rc, "check")
         return CheckResult(_unpack_result(scratch.buf), now_ms)
 
