@@ -1,19 +1,44 @@
-//! The usage state of every key (quota period and count, GCRA arrival time, totals), behind one narrow
-//! boundary so that where it lives can change without touching the store or the policy.
+//! The counter state shared by every process that opens a store: one file beside the database
+//! (`<db>-counters`), mapped `MAP_SHARED`, holding an index of every key's digest, each key's policy, and
+//! each key's usage (quota period and count, GCRA arrival time, totals).
 //!
-//! This version keeps the state in process memory: exact for any number of threads sharing one store
-//! (each key's state is decided and charged under that key's own lock), and written to SQLite by the
-//! store as deltas, so processes that share a file add their counts up rather than overwrite them.
+//! Layout: a header page; an open-addressing hash index of 8-byte slots (a 24-bit digest tag and a record
+//! number); 64-byte counter cells, one per key for the life of the file; and 208-byte policy records,
+//! immutable once published. An admin change writes a new record and swaps the key's index slot to it
+//! with one atomic store, so a check sees either the old policy or the new one, never half of each.
+//! A check decides and charges with one 128-bit compare-and-swap over (quota word, arrival time): quota and
+//! rate are charged together or not at all, and no lock exists that a killed process could leave held.
+//!
+//! The database stays the source of truth: the store writes these counts to it at most every flush
+//! interval, and rebuilds this file from it when the file is missing, damaged, or from another boot.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-use parking_lot::{Mutex, RwLock};
+use memmap2::{MmapOptions, MmapRaw};
+use portable_atomic::AtomicU128;
 
-use crate::policy::{self, Decision, KeyPolicy, Usage};
+use crate::error::{Error, Result};
+use crate::gcra::RateLimit;
+use crate::key::KeyDigest;
+use crate::period::{Period, DAY_MS};
+use crate::policy::{self, Decision, KeyPolicy, Quota, Usage};
 
-/// The store's row id of a key: what the counters are keyed on.
-pub type Slot = i64;
+const MAGIC: u64 = u64::from_le_bytes(*b"MSAUTHC1");
+const LAYOUT_VERSION: u32 = 1;
+const READY: u32 = 1;
+const SUPERSEDED: u32 = 2;
+const HEADER_LEN: u64 = 4096;
+const RECORD_BITS: u32 = 40;
+const RECORD_MASK: u64 = (1 << RECORD_BITS) - 1;
+const USED_BITS: u32 = 40;
+const USED_MASK: u64 = (1 << USED_BITS) - 1;
+const NEVER: i64 = i64::MAX;
+const NO_PLAN: u8 = u8::MAX;
+pub const MAX_ID_LEN: usize = 47;
+pub const MAX_PLAN_LEN: usize = 63;
 
 /// Everything counted for one key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,119 +48,744 @@ pub struct Tally {
     pub last_used_at_ms: Option<i64>,
 }
 
-/// Counts admitted since the last flush: what must be added to the store's copy.
+/// A key as the store describes it to this file: for building it and for admin changes.
+#[derive(Clone, Debug)]
+pub struct KeyEntry {
+    pub row: i64,
+    pub digest: KeyDigest,
+    pub id: String,
+    pub plan: Option<String>,
+    pub policy: KeyPolicy,
+    /// Counts to start from when the key is new to this file.
+    pub tally: Tally,
+}
+
+/// The matched key's id and plan, copied out of the file without allocating.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyRef {
+    id: [u8; 48],
+    id_len: u8,
+    plan: [u8; 64],
+    plan_len: u8,
+    cell: u64,
+}
+
+impl KeyRef {
+    pub fn id(&self) -> &str {
+        std::str::from_utf8(&self.id[..self.id_len as usize]).unwrap_or("")
+    }
+    pub fn plan(&self) -> Option<&str> {
+        (self.plan_len != NO_PLAN)
+            .then(|| std::str::from_utf8(&self.plan[..self.plan_len as usize]).unwrap_or(""))
+    }
+}
+
+/// One row of counts to write to the database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Delta {
-    pub slot: Slot,
-    /// The quota period the `used` delta counts in.
-    pub period_start_ms: i64,
-    pub used: i64,
-    pub total: i64,
-    pub last_used_at_ms: Option<i64>,
-    pub tat_ns: i64,
+pub struct Dirty {
+    pub row: i64,
+    pub tally: Tally,
+    cell: u64,
 }
 
-#[derive(Default)]
+#[repr(C)]
+struct Header {
+    magic: u64,
+    layout_version: u32,
+    _reserved: u32,
+    boot_id: [u8; 48],
+    index_slots: u64,
+    max_cells: u64,
+    max_records: u64,
+    index_off: u64,
+    cells_off: u64,
+    records_off: u64,
+    file_len: u64,
+    checksum: u64,
+    _pad0: [u8; 112],
+    // Mutable fields, on their own cache lines away from what every check reads.
+    state: AtomicU32,
+    _pad1: [u8; 60],
+    generation: AtomicI64,
+    cells_used: AtomicU64,
+    records_used: AtomicU64,
+    next_flush_ns: AtomicU64,
+}
+
+#[repr(C, align(64))]
 struct Cell {
-    tally: Tally,
-    unflushed_used: i64,
-    unflushed_total: i64,
+    /// Low 64 bits: UTC day of the quota period's start (24 bits) and the count (40 bits).
+    /// High 64 bits: the GCRA theoretical arrival time in Unix nanoseconds.
+    state: AtomicU128,
+    total: AtomicU64,
+    last_used_ms: AtomicI64,
+    flushed_total: AtomicU64,
+    row: AtomicI64,
+    _pad: [u64; 2],
 }
 
-#[derive(Default)]
-pub struct Counters {
-    cells: RwLock<HashMap<Slot, Arc<Mutex<Cell>>>>,
+#[repr(C)]
+struct Record {
+    digest: [u8; 32],
+    row: i64,
+    cell: u64,
+    expires_at_ms: i64,
+    quota_limit: i64,
+    rate_limit: i64,
+    rate_window_ms: i64,
+    rate_burst: i64,
+    revoked: u8,
+    quota_period: u8,
+    id_len: u8,
+    plan_len: u8,
+    _pad: [u8; 4],
+    id: [u8; 48],
+    plan: [u8; 64],
 }
 
-impl Counters {
-    pub fn new() -> Counters {
-        Counters::default()
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN as usize);
+const _: () = assert!(std::mem::size_of::<Cell>() == 64);
+const _: () = assert!(std::mem::size_of::<Record>() == 208);
+
+/// The file is full: the store rebuilds it larger.
+#[derive(Debug)]
+pub struct Full;
+
+/// A mapped counters file.
+pub struct SharedCounters {
+    map: MmapRaw,
+    path: PathBuf,
+    inode: u64,
+    _file: File,
+}
+
+// The mapping is only reached through atomics and immutable-once-published records.
+unsafe impl Send for SharedCounters {}
+unsafe impl Sync for SharedCounters {}
+
+/// The path of the counters file of the database at `db`.
+pub fn path_for(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_os_string();
+    name.push("-counters");
+    PathBuf::from(name)
+}
+
+fn boot_id() -> [u8; 48] {
+    let mut id = [0u8; 48];
+    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+        let text = text.trim().as_bytes();
+        let n = text.len().min(48);
+        id[..n].copy_from_slice(&text[..n]);
+    }
+    id
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: system-wide, so processes agree on when a flush is due; read
+/// through the vDSO, not a system call.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Geometry {
+    index_slots: u64,
+    max_cells: u64,
+    max_records: u64,
+    index_off: u64,
+    cells_off: u64,
+    records_off: u64,
+    file_len: u64,
+}
+
+impl Geometry {
+    /// Room for `keys` keys with half as many again to grow, and two policy versions per key.
+    fn for_keys(keys: u64) -> Geometry {
+        let max_cells = (keys + keys / 2).max(4096);
+        let index_slots = (max_cells * 2).next_power_of_two();
+        let max_records = max_cells * 2;
+        let index_off = HEADER_LEN;
+        let cells_off = align(index_off + index_slots * 8, 64);
+        let records_off = align(cells_off + max_cells * 64, 64);
+        let file_len = align(
+            records_off + max_records * std::mem::size_of::<Record>() as u64,
+            4096,
+        );
+        Geometry {
+            index_slots,
+            max_cells,
+            max_records,
+            index_off,
+            cells_off,
+            records_off,
+            file_len,
+        }
+    }
+}
+
+fn align(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+fn checksum(h: &Header) -> u64 {
+    // FNV-1a over the immutable fields: a torn or foreign header does not pass.
+    let fields = [
+        h.magic,
+        h.layout_version as u64,
+        h.index_slots,
+        h.max_cells,
+        h.max_records,
+        h.index_off,
+        h.cells_off,
+        h.records_off,
+        h.file_len,
+    ];
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for byte in fields.iter().flat_map(|f| f.to_le_bytes()).chain(h.boot_id) {
+        hash = (hash ^ byte as u64).wrapping_mul(0x100000001b3);
+    }
+    hash
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::store(format!("{what} {}: {e}", path.display()))
+}
+
+impl SharedCounters {
+    /// Maps the file at `path` if it is a complete counters file of this boot; `None` when it is missing,
+    /// damaged, from an older boot or layout, or superseded (the caller then rebuilds it).
+    pub fn open_existing(path: &Path) -> Result<Option<SharedCounters>> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("cannot open counters file", path, e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| io_error("cannot stat counters file", path, e))?;
+        if meta.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let map = MmapOptions::new()
+            .len(meta.len() as usize)
+            .map_raw(&file)
+            .map_err(|e| io_error("cannot map counters file", path, e))?;
+        let counters = SharedCounters {
+            map,
+            path: path.to_path_buf(),
+            inode: meta.ino(),
+            _file: file,
+        };
+        let h = counters.header();
+        let valid = h.magic == MAGIC
+            && h.layout_version == LAYOUT_VERSION
+            && h.checksum == checksum(h)
+            && h.boot_id == boot_id()
+            && h.file_len == meta.len()
+            && h.state.load(Ordering::Acquire) == READY
+            && Geometry::for_keys(0).index_off == h.index_off
+            && h.index_slots.is_power_of_two()
+            && h.cells_off >= h.index_off + h.index_slots * 8
+            && h.records_off >= h.cells_off + h.max_cells * 64
+            && h.file_len >= h.records_off + h.max_records * std::mem::size_of::<Record>() as u64
+            && h.cells_used.load(Ordering::Acquire) <= h.max_cells
+            && h.records_used.load(Ordering::Acquire) <= h.max_records;
+        Ok(valid.then_some(counters))
     }
 
-    /// Decides one request for `slot` and charges it if admitted, atomically with respect to every other
-    /// thread deciding for the same slot. `seed` gives the stored state the first time a slot is seen.
-    pub fn admit(
-        &self,
-        slot: Slot,
-        seed: impl FnOnce() -> Tally,
-        policy: &KeyPolicy,
-        now_ms: i64,
-    ) -> Decision {
-        let cell = self.cell(slot, seed);
-        let mut cell = cell.lock();
-        let (decision, next) = policy::decide(policy, &cell.tally.usage, now_ms);
-        if let Some(next) = next {
-            if next.period_start_ms != cell.tally.usage.period_start_ms {
-                // Counts of an ended period no longer matter for the quota (the total keeps them).
-                cell.unflushed_used = 0;
+    /// Builds a new file with room for `entries` (and growth), then puts it in place of `path` in one
+    /// rename, so other processes see either the old file or the complete new one.
+    /// `room`: how many keys to size it for (at least the entries); `owner_of`: the database file, whose
+    /// owner and group the new file takes (so workers that dropped root can open what root built).
+    pub fn build(
+        path: &Path,
+        entries: &[KeyEntry],
+        room: usize,
+        generation: i64,
+        owner_of: &Path,
+    ) -> Result<SharedCounters> {
+        let g = Geometry::for_keys(room.max(entries.len()) as u64);
+        let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io_error("cannot create counters file", &tmp, e))?;
+        let built = (|| {
+            if let Ok(db) = std::fs::metadata(owner_of) {
+                if db.uid() != unsafe { libc::geteuid() } {
+                    std::os::unix::fs::fchown(&file, Some(db.uid()), Some(db.gid())).map_err(
+                        |e| {
+                            io_error(
+                                "cannot give the counters file the database's owner",
+                                &tmp,
+                                e,
+                            )
+                        },
+                    )?;
+                }
             }
-            if policy.quota.is_some() {
-                cell.unflushed_used += 1;
+            file.set_len(g.file_len)
+                .map_err(|e| io_error("cannot size counters file", &tmp, e))?;
+            let map = MmapOptions::new()
+                .len(g.file_len as usize)
+                .map_raw(&file)
+                .map_err(|e| io_error("cannot map counters file", &tmp, e))?;
+            let inode = file
+                .metadata()
+                .map_err(|e| io_error("cannot stat counters file", &tmp, e))?
+                .ino();
+            let counters = SharedCounters {
+                map,
+                path: path.to_path_buf(),
+                inode,
+                _file: file,
+            };
+            {
+                let h = counters.header_mut();
+                h.magic = MAGIC;
+                h.layout_version = LAYOUT_VERSION;
+                h.boot_id = boot_id();
+                h.index_slots = g.index_slots;
+                h.max_cells = g.max_cells;
+                h.max_records = g.max_records;
+                h.index_off = g.index_off;
+                h.cells_off = g.cells_off;
+                h.records_off = g.records_off;
+                h.file_len = g.file_len;
+                h.checksum = checksum(h);
+                h.generation.store(generation, Ordering::Relaxed);
             }
-            cell.tally.usage = next;
-            cell.tally.total += 1;
-            cell.unflushed_total += 1;
-            cell.tally.last_used_at_ms =
-                Some(cell.tally.last_used_at_ms.map_or(now_ms, |t| t.max(now_ms)));
+            for entry in entries {
+                counters
+                    .upsert(entry)
+                    .map_err(|Full| Error::internal("a new counters file is too small"))?;
+            }
+            counters.header().state.store(READY, Ordering::Release);
+            std::fs::rename(&tmp, path)
+                .map_err(|e| io_error("cannot put counters file in place", path, e))?;
+            Ok(counters)
+        })();
+        if built.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        decision
+        built
     }
 
-    fn cell(&self, slot: Slot, seed: impl FnOnce() -> Tally) -> Arc<Mutex<Cell>> {
-        if let Some(cell) = self.cells.read().get(&slot) {
-            return cell.clone();
+    fn header(&self) -> &Header {
+        unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn header_mut(&self) -> &mut Header {
+        // Only while building, before any other process can see the file.
+        unsafe { &mut *(self.map.as_mut_ptr() as *mut Header) }
+    }
+
+    fn slot(&self, i: u64) -> &AtomicU64 {
+        let h = self.header();
+        debug_assert!(i < h.index_slots);
+        unsafe { &*(self.map.as_ptr().add((h.index_off + i * 8) as usize) as *const AtomicU64) }
+    }
+
+    fn cell(&self, i: u64) -> &Cell {
+        let h = self.header();
+        assert!(
+            i < h.max_cells,
+            "cell number out of range: damaged counters file"
+        );
+        unsafe { &*(self.map.as_ptr().add((h.cells_off + i * 64) as usize) as *const Cell) }
+    }
+
+    fn record(&self, i: u64) -> &Record {
+        let h = self.header();
+        assert!(
+            i < h.max_records,
+            "record number out of range: damaged counters file"
+        );
+        unsafe { &*(self.map.as_ptr().add((h.records_off + i * 208) as usize) as *const Record) }
+    }
+
+    /// True once another process has put a newer file in place: the caller maps the new one.
+    pub fn is_superseded(&self) -> bool {
+        self.header().state.load(Ordering::Acquire) != READY
+    }
+
+    pub fn supersede(&self) {
+        self.header().state.store(SUPERSEDED, Ordering::Release);
+    }
+
+    /// True when the file at the path is no longer the one mapped (deleted or replaced).
+    pub fn is_replaced(&self) -> bool {
+        std::fs::metadata(&self.path)
+            .map(|m| m.ino() != self.inode)
+            .unwrap_or(true)
+    }
+
+    /// The database generation whose admin changes this file holds.
+    pub fn generation(&self) -> i64 {
+        self.header().generation.load(Ordering::Acquire)
+    }
+
+    pub fn set_generation(&self, generation: i64) {
+        self.header()
+            .generation
+            .store(generation, Ordering::Release);
+    }
+
+    pub fn key_count(&self) -> u64 {
+        self.header().cells_used.load(Ordering::Acquire)
+    }
+
+    /// Finds the published record of a digest: (index slot, slot value, record number).
+    fn find(&self, digest: &KeyDigest) -> Option<(u64, u64, u64)> {
+        let h = self.header();
+        let mask = h.index_slots - 1;
+        let hash = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+        let tag =
+            u64::from(u32::from_le_bytes(digest[8..12].try_into().expect("4 bytes")) & 0xFF_FFFF);
+        let mut i = hash & mask;
+        // The index is never more than half full, so an empty slot ends every probe.
+        for _ in 0..h.index_slots {
+            let v = self.slot(i).load(Ordering::Acquire);
+            if v == 0 {
+                return None;
+            }
+            if v >> RECORD_BITS == tag {
+                let r = (v & RECORD_MASK) - 1;
+                if self.record(r).digest == *digest {
+                    return Some((i, v, r));
+                }
+            }
+            i = (i + 1) & mask;
         }
-        let mut cells = self.cells.write();
-        cells
-            .entry(slot)
-            .or_insert_with(|| {
-                Arc::new(Mutex::new(Cell {
-                    tally: seed(),
-                    ..Cell::default()
-                }))
+        None
+    }
+
+    /// Decides one request for the key with this digest and charges it if admitted.
+    /// `None`: no such key.
+    pub fn admit(&self, digest: &KeyDigest, now_ms: i64) -> Option<(Decision, KeyRef)> {
+        let (_, _, r) = self.find(digest)?;
+        let record = self.record(r);
+        let policy = policy_of(record);
+        let cell = self.cell(record.cell);
+        let mut current = cell.state.load(Ordering::Acquire);
+        let decision = loop {
+            let usage = decode(current);
+            let (decision, next) = policy::decide(&policy, &usage, now_ms);
+            let Some(next) = next else { break decision };
+            match cell.state.compare_exchange_weak(
+                current,
+                encode(&next),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    cell.total.fetch_add(1, Ordering::Relaxed);
+                    cell.last_used_ms.fetch_max(now_ms, Ordering::Relaxed);
+                    break decision;
+                }
+                Err(seen) => current = seen,
+            }
+        };
+        Some((decision, key_ref(record)))
+    }
+
+    /// The counts of the key with this digest.
+    pub fn tally(&self, digest: &KeyDigest) -> Option<Tally> {
+        let (_, _, r) = self.find(digest)?;
+        Some(tally_of(self.cell(self.record(r).cell)))
+    }
+
+    /// Adds or changes a key. Only one process at a time may call it (the store holds the database's
+    /// write lock); checks run concurrently and see the old record or the new one.
+    pub fn upsert(&self, entry: &KeyEntry) -> std::result::Result<(), Full> {
+        let h = self.header();
+        let found = self.find(&entry.digest);
+        let cell = match found {
+            Some((_, _, r)) => self.record(r).cell,
+            None => {
+                let c = h.cells_used.load(Ordering::Acquire);
+                if c >= h.max_cells {
+                    return Err(Full);
+                }
+                let cell = self.cell(c);
+                cell.state
+                    .store(encode(&entry.tally.usage), Ordering::Relaxed);
+                cell.total
+                    .store(entry.tally.total as u64, Ordering::Relaxed);
+                cell.flushed_total
+                    .store(entry.tally.total as u64, Ordering::Relaxed);
+                cell.last_used_ms
+                    .store(entry.tally.last_used_at_ms.unwrap_or(0), Ordering::Relaxed);
+                cell.row.store(entry.row, Ordering::Relaxed);
+                h.cells_used.store(c + 1, Ordering::Release);
+                c
+            }
+        };
+        let r = h.records_used.load(Ordering::Acquire);
+        if r >= h.max_records {
+            return Err(Full);
+        }
+        write_record(self.record_ptr(r), entry, cell);
+        h.records_used.store(r + 1, Ordering::Release);
+        let tag = u64::from(
+            u32::from_le_bytes(entry.digest[8..12].try_into().expect("4 bytes")) & 0xFF_FFFF,
+        );
+        let value = tag << RECORD_BITS | (r + 1);
+        match found {
+            Some((i, _, _)) => self.slot(i).store(value, Ordering::Release),
+            None => {
+                let mask = h.index_slots - 1;
+                let mut i =
+                    u64::from_le_bytes(entry.digest[..8].try_into().expect("8 bytes")) & mask;
+                while self.slot(i).load(Ordering::Acquire) != 0 {
+                    i = (i + 1) & mask;
+                }
+                self.slot(i).store(value, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    fn record_ptr(&self, i: u64) -> *mut Record {
+        let h = self.header();
+        unsafe {
+            self.map
+                .as_mut_ptr()
+                .add((h.records_off + i * 208) as usize) as *mut Record
+        }
+    }
+
+    /// The keys whose counts changed since they were last written to the database.
+    pub fn dirty(&self) -> Vec<Dirty> {
+        let used = self.key_count();
+        (0..used)
+            .filter_map(|c| {
+                let cell = self.cell(c);
+                let total = cell.total.load(Ordering::Acquire);
+                (total != cell.flushed_total.load(Ordering::Acquire)).then(|| Dirty {
+                    row: cell.row.load(Ordering::Relaxed),
+                    tally: tally_of(cell),
+                    cell: c,
+                })
             })
-            .clone()
+            .collect()
     }
 
-    /// The current tally of a slot this process has counted for, if any.
-    pub fn tally(&self, slot: Slot) -> Option<Tally> {
-        self.cells.read().get(&slot).map(|c| c.lock().tally)
+    /// The counts of the key a check just matched, to write them at once (strict durability).
+    pub fn dirty_one(&self, key: &KeyRef) -> Dirty {
+        let cell = self.cell(key.cell);
+        Dirty {
+            row: cell.row.load(Ordering::Relaxed),
+            tally: tally_of(cell),
+            cell: key.cell,
+        }
     }
 
-    /// Takes the counts not yet written to the store. Give them back with [`Counters::restore`] if writing fails.
-    pub fn take_unflushed(&self) -> Vec<Delta> {
-        let cells = self.cells.read();
-        let mut out = Vec::new();
-        for (slot, cell) in cells.iter() {
-            let mut c = cell.lock();
-            if c.unflushed_total == 0 {
+    /// True when the file holds exactly this key's policy, id and plan.
+    pub fn holds(&self, entry: &KeyEntry) -> bool {
+        let Some((_, _, r)) = self.find(&entry.digest) else {
+            return false;
+        };
+        let record = self.record(r);
+        let k = key_ref(record);
+        policy_of(record) == entry.policy
+            && k.id() == entry.id
+            && k.plan() == entry.plan.as_deref()
+            && record.row == entry.row
+    }
+
+    /// Records that these counts are in the database.
+    pub fn mark_flushed(&self, written: &[Dirty]) {
+        for d in written {
+            self.cell(d.cell)
+                .flushed_total
+                .fetch_max(d.tally.total as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// Claims the next flush for this process if it is due; `false` if it is not due or another process
+    /// claimed it. A claimant that dies leaves the claim to expire after one interval.
+    pub fn claim_flush(&self, interval_ns: u64) -> bool {
+        let h = self.header();
+        let now = monotonic_ns();
+        let due = h.next_flush_ns.load(Ordering::Relaxed);
+        now >= due
+            && h.next_flush_ns
+                .compare_exchange(due, now + interval_ns, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Every key's digest and counts, to carry them into a rebuilt file.
+    pub fn snapshot(&self) -> Vec<(KeyDigest, Tally)> {
+        let used = self.header().records_used.load(Ordering::Acquire);
+        let mut seen = std::collections::HashMap::new();
+        for r in 0..used {
+            let record = self.record(r);
+            seen.insert(record.digest, tally_of(self.cell(record.cell)));
+        }
+        seen.into_iter().collect()
+    }
+
+    /// Adds counts charged to this (superseded) file after `before` was taken into `to`.
+    pub fn carry_late_counts(&self, before: &[(KeyDigest, Tally)], to: &SharedCounters) {
+        for (digest, then) in before {
+            let (Some(now), Some((_, _, r))) = (self.tally(digest), to.find(digest)) else {
+                continue;
+            };
+            let extra = now.total - then.total;
+            if extra <= 0 {
                 continue;
             }
-            out.push(Delta {
-                slot: *slot,
-                period_start_ms: c.tally.usage.period_start_ms,
-                used: c.unflushed_used,
-                total: c.unflushed_total,
-                last_used_at_ms: c.tally.last_used_at_ms,
-                tat_ns: c.tally.usage.tat_ns,
-            });
-            c.unflushed_used = 0;
-            c.unflushed_total = 0;
+            let cell = to.cell(to.record(r).cell);
+            let mut current = cell.state.load(Ordering::Acquire);
+            loop {
+                let mut usage = decode(current);
+                if usage.period_start_ms == now.usage.period_start_ms {
+                    usage.used += now.usage.used - then.usage.used.min(now.usage.used);
+                }
+                usage.tat_ns = usage.tat_ns.max(now.usage.tat_ns);
+                match cell.state.compare_exchange(
+                    current,
+                    encode(&usage),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break,
+                    Err(seen) => current = seen,
+                }
+            }
+            cell.total.fetch_add(extra as u64, Ordering::AcqRel);
+            cell.last_used_ms
+                .fetch_max(now.last_used_at_ms.unwrap_or(0), Ordering::AcqRel);
         }
-        out
+    }
+}
+
+fn write_record(dst: *mut Record, entry: &KeyEntry, cell: u64) {
+    let mut id = [0u8; 48];
+    let id_len = entry.id.len().min(MAX_ID_LEN);
+    id[..id_len].copy_from_slice(&entry.id.as_bytes()[..id_len]);
+    let mut plan = [0u8; 64];
+    let plan_len = match &entry.plan {
+        Some(p) => {
+            let n = p.len().min(MAX_PLAN_LEN);
+            plan[..n].copy_from_slice(&p.as_bytes()[..n]);
+            n as u8
+        }
+        None => NO_PLAN,
+    };
+    let p = &entry.policy;
+    let record = Record {
+        digest: entry.digest,
+        row: entry.row,
+        cell,
+        expires_at_ms: p.expires_at_ms.unwrap_or(NEVER),
+        quota_limit: p.quota.map_or(0, |q| q.limit),
+        rate_limit: p.rate.map_or(0, |r| r.limit),
+        rate_window_ms: p.rate.map_or(0, |r| r.window_ms),
+        rate_burst: p.rate.map_or(0, |r| r.burst),
+        revoked: p.revoked as u8,
+        quota_period: match p.quota.map(|q| q.period) {
+            None => 0,
+            Some(Period::Daily) => 1,
+            Some(Period::Monthly) => 2,
+        },
+        id_len: id_len as u8,
+        plan_len,
+        _pad: [0; 4],
+        id,
+        plan,
+    };
+    // Not yet reachable by any reader: it is published afterwards by the index store (Release).
+    unsafe { dst.write(record) };
+}
+
+fn policy_of(r: &Record) -> KeyPolicy {
+    KeyPolicy {
+        revoked: r.revoked != 0,
+        expires_at_ms: (r.expires_at_ms != NEVER).then_some(r.expires_at_ms),
+        quota: match r.quota_period {
+            1 => Some(Quota {
+                limit: r.quota_limit,
+                period: Period::Daily,
+            }),
+            2 => Some(Quota {
+                limit: r.quota_limit,
+                period: Period::Monthly,
+            }),
+            _ => None,
+        },
+        rate: (r.rate_limit > 0).then_some(RateLimit {
+            limit: r.rate_limit,
+            window_ms: r.rate_window_ms,
+            burst: r.rate_burst,
+        }),
+    }
+}
+
+fn key_ref(r: &Record) -> KeyRef {
+    KeyRef {
+        id: r.id,
+        id_len: r.id_len.min(MAX_ID_LEN as u8),
+        plan: r.plan,
+        plan_len: r.plan_len,
+        cell: r.cell,
+    }
+}
+
+fn encode(u: &Usage) -> u128 {
+    let day = (u.period_start_ms.div_euclid(DAY_MS) as u64) & 0xFF_FFFF;
+    let quota_word = day << USED_BITS | (u.used as u64 & USED_MASK);
+    (u.tat_ns as u64 as u128) << 64 | quota_word as u128
+}
+
+fn decode(v: u128) -> Usage {
+    let quota_word = v as u64;
+    Usage {
+        period_start_ms: (quota_word >> USED_BITS) as i64 * DAY_MS,
+        used: (quota_word & USED_MASK) as i64,
+        tat_ns: (v >> 64) as u64 as i64,
+    }
+}
+
+fn tally_of(cell: &Cell) -> Tally {
+    let last = cell.last_used_ms.load(Ordering::Acquire);
+    Tally {
+        usage: decode(cell.state.load(Ordering::Acquire)),
+        total: cell.total.load(Ordering::Acquire) as i64,
+        last_used_at_ms: (last > 0).then_some(last),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_round_trips_through_the_packed_word() {
+        let u = Usage {
+            period_start_ms: 20_000 * DAY_MS,
+            used: 123_456_789,
+            tat_ns: 1_800_000_000_000_000_000,
+        };
+        assert_eq!(decode(encode(&u)), u);
+        assert_eq!(decode(encode(&Usage::default())), Usage::default());
     }
 
-    /// Puts back deltas whose write failed, so that no count is lost.
-    pub fn restore(&self, deltas: &[Delta]) {
-        let cells = self.cells.read();
-        for d in deltas {
-            if let Some(cell) = cells.get(&d.slot) {
-                let mut c = cell.lock();
-                if c.tally.usage.period_start_ms == d.period_start_ms {
-                    c.unflushed_used += d.used;
-                }
-                c.unflushed_total += d.total;
-            }
+    #[test]
+    fn layout_leaves_the_index_at_most_half_full() {
+        for keys in [0, 1, 4096, 1_000_000] {
+            let g = Geometry::for_keys(keys);
+            assert!(g.index_slots >= 2 * g.max_cells && g.max_cells >= keys + keys / 2);
+            assert!(g.file_len >= g.records_off + g.max_records * 208);
         }
     }
 }

@@ -298,8 +298,8 @@ fn to_result(checked: &Checked) -> ms_check_result {
         plan: [0; 64],
     };
     if let Some(key) = &checked.key {
-        copy_c(&mut r.key_id, &key.id);
-        copy_c(&mut r.plan, key.plan.as_deref().unwrap_or(""));
+        copy_c(&mut r.key_id, key.id());
+        copy_c(&mut r.plan, key.plan().unwrap_or(""));
     }
     r
 }

@@ -6,16 +6,18 @@ use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use arc_swap::ArcSwap;
+use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
 use serde_json::{Map, Value};
 
-use crate::counters::{Counters, Delta, Slot, Tally};
+use crate::counters::{self, Dirty, KeyEntry, KeyRef, SharedCounters, Tally};
 use crate::error::{Error, Result};
 use crate::gcra::RateLimit;
 use crate::key::{self, Env, KeyDigest, Presented};
@@ -75,7 +77,7 @@ pub const DEFAULT_RATE: RateLimit = RateLimit {
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
-    /// Counts are written to the file at most this often (and on close).
+    /// Counts are written to the database at most this often (and on close).
     pub flush_interval: Duration,
     /// Lifetime of a key created without `expires_at_ms`; `None`: such keys never expire.
     pub default_lifetime_ms: Option<i64>,
@@ -83,6 +85,8 @@ pub struct StoreOptions {
     pub default_rate: Option<RateLimit>,
     /// How long a write waits for another process's write lock before failing with `MS_ERR_STORE`.
     pub busy_timeout: Duration,
+    /// When counts reach the database.
+    pub durability: Durability,
 }
 
 impl Default for StoreOptions {
@@ -92,36 +96,34 @@ impl Default for StoreOptions {
             default_lifetime_ms: Some(DEFAULT_LIFETIME_MS),
             default_rate: Some(DEFAULT_RATE),
             busy_timeout: Duration::from_secs(5),
+            durability: Durability::Batched,
         }
     }
 }
 
-/// A key as the hot path sees it.
-#[derive(Debug)]
-pub struct IndexedKey {
-    pub slot: Slot,
-    pub id: String,
-    pub plan: Option<String>,
-    pub policy: KeyPolicy,
-    stored: Tally,
-}
-
-#[derive(Default)]
-struct KeyIndex {
-    by_digest: HashMap<KeyDigest, Arc<IndexedKey>>,
-    generation: i64,
-}
-
 struct Db {
     conn: Connection,
-    data_version: i64,
+}
+
+/// The database connection of one process. SQLite must never be used across `fork()`: a child gets a
+/// fresh slot (and a fresh lock, in case another thread held the parent's) on first use.
+struct DbSlot {
+    fork_generation: u64,
+    db: Mutex<Option<Db>>,
+}
+
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+static ATFORK: Once = Once::new();
+
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
 }
 
 /// The answer to a check: the decision and the key it matched, if any.
 #[derive(Debug)]
 pub struct Checked {
     pub decision: Decision,
-    pub key: Option<Arc<IndexedKey>>,
+    pub key: Option<KeyRef>,
 }
 
 /// The answer of [`Store::create_key`]: the plaintext key (shown once) and the record.
@@ -137,14 +139,23 @@ impl Created {
     }
 }
 
-/// An open store. Safe to share between threads (`Arc<Store>`).
+/// How counts reach the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Counts are in the shared counters file at once (they survive any process crash) and in the
+    /// database at most one flush interval later (what a power loss can take).
+    Batched,
+    /// Every admitted check is also written to the database in its own transaction before it returns.
+    Strict,
+}
+
+/// An open store. Safe to share between threads (`Arc<Store>`), and across `fork()`.
 pub struct Store {
     path: PathBuf,
+    counters_path: PathBuf,
     options: StoreOptions,
-    db: Mutex<Db>,
-    index: RwLock<Arc<KeyIndex>>,
-    counters: Counters,
-    last_flush: Mutex<Instant>,
+    db: ArcSwap<DbSlot>,
+    shared: ArcSwap<SharedCounters>,
 }
 
 impl Store {
@@ -152,33 +163,30 @@ impl Store {
         Store::open_with(path, StoreOptions::default())
     }
 
-    /// Opens or creates the store at `path` (a new file gets mode 0600), migrating an older schema.
+    /// Opens or creates the store at `path` (a new file gets mode 0600), migrating an older schema, and
+    /// maps its shared counters file (built from the database if missing, damaged or from another boot).
     pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
+        ATFORK.call_once(|| unsafe {
+            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+        });
         let path = path.as_ref().to_path_buf();
-        let conn = open_connection(&path, options.busy_timeout).map_err(|e| {
-            Error::store(format!(
-                "cannot open store {}: {}",
-                path.display(),
-                e.message
-            ))
-        })?;
-        let store = Store {
-            path,
-            options,
-            db: Mutex::new(Db {
-                conn,
-                data_version: 0,
-            }),
-            index: RwLock::new(Arc::new(KeyIndex::default())),
-            counters: Counters::new(),
-            last_flush: Mutex::new(Instant::now()),
+        let explain = |e: Error| Error {
+            status: e.status,
+            message: format!("cannot open store {}: {}", path.display(), e.message),
         };
-        {
-            let mut db = store.db.lock();
-            db.data_version = data_version(&db.conn)?;
-            store.reload(&db.conn)?;
-        }
-        Ok(store)
+        let mut conn = open_connection(&path, options.busy_timeout).map_err(explain)?;
+        let counters_path = counters::path_for(&path);
+        let shared = map_counters(&mut conn, &path, &counters_path).map_err(explain)?;
+        Ok(Store {
+            path: path.clone(),
+            counters_path,
+            options,
+            db: ArcSwap::from_pointee(DbSlot {
+                fork_generation: FORK_GENERATION.load(Ordering::SeqCst),
+                db: Mutex::new(Some(Db { conn })),
+            }),
+            shared: ArcSwap::from_pointee(shared),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -186,6 +194,7 @@ impl Store {
     }
 
     /// Decides one request. `key` is the raw header value (`None` when absent); `now_ms` is Unix ms.
+    /// Touches no database and makes no system call unless a flush is due.
     pub fn check(&self, key: Option<&[u8]>, now_ms: i64) -> Result<Checked> {
         spec::check_time_ms("now_ms", now_ms)?;
         let candidate = match key::classify(key) {
@@ -193,106 +202,93 @@ impl Store {
             Presented::Malformed => return Ok(no_key(Status::ApiKeyInvalid)),
             Presented::Candidate(c) => c,
         };
-        self.flush_if_due()?;
-        let index = self.current_index()?;
-        let Some(found) = index.by_digest.get(&key::digest(candidate)) else {
+        let digest = key::digest(candidate);
+        let shared = self.counters()?;
+        let interval_ns = self.options.flush_interval.as_nanos() as u64;
+        if shared.claim_flush(interval_ns) {
+            self.flush_counters(&shared)?;
+        }
+        let Some((decision, key)) = shared.admit(&digest, now_ms) else {
             return Ok(no_key(Status::ApiKeyInvalid));
         };
-        let decision = self
-            .counters
-            .admit(found.slot, || found.stored, &found.policy, now_ms);
+        if self.options.durability == Durability::Strict && decision.status == Status::Ok {
+            let mut db = self.db()?;
+            write_counts(&mut db.conn, &[shared.dirty_one(&key)]).map_err(|e| {
+                Error::store(format!(
+                    "cannot write the count to {}: {}",
+                    self.path.display(),
+                    e.message
+                ))
+            })?;
+        }
         Ok(Checked {
             decision,
-            key: Some(found.clone()),
+            key: Some(key),
         })
     }
 
-    /// The key index, reloaded first if another connection (the CLI, another process) changed the keys.
-    fn current_index(&self) -> Result<Arc<KeyIndex>> {
-        let mut db = self.db.lock();
-        let version = data_version(&db.conn)?;
-        if version != db.data_version {
-            db.data_version = version;
-            let generation: i64 = db.conn.query_row(
-                "SELECT value FROM meta WHERE name = 'generation'",
-                [],
-                |r| r.get(0),
-            )?;
-            if generation != self.index.read().generation {
-                self.reload(&db.conn)?;
-            }
+    /// The current counters file; maps the new one if another process replaced it.
+    fn counters(&self) -> Result<arc_swap::Guard<Arc<SharedCounters>>> {
+        let shared = self.shared.load();
+        if !shared.is_superseded() {
+            return Ok(shared);
         }
-        Ok(self.index.read().clone())
+        drop(shared);
+        let mut db = self.db()?;
+        let fresh = map_counters(&mut db.conn, &self.path, &self.counters_path)?;
+        self.shared.store(Arc::new(fresh));
+        Ok(self.shared.load())
     }
 
-    fn reload(&self, conn: &Connection) -> Result<()> {
-        let generation: i64 = conn.query_row(
-            "SELECT value FROM meta WHERE name = 'generation'",
-            [],
-            |r| r.get(0),
-        )?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT k.row, k.id, k.digest, k.plan, k.expires_at_ms, k.revoked_at_ms, k.quota_limit, k.quota_period,
-                    k.rate_limit, k.rate_window_ms, k.rate_burst,
-                    u.period_start_ms, u.used, u.total, u.last_used_at_ms, u.rate_tat_ns
-             FROM keys k LEFT JOIN usage u ON u.key_row = k.row",
-        )?;
-        let mut by_digest = HashMap::new();
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let digest: Vec<u8> = row.get(2)?;
-            let digest: KeyDigest = digest
-                .try_into()
-                .map_err(|_| Error::store("corrupt store: a key digest is not 32 bytes"))?;
-            let key = IndexedKey {
-                slot: row.get(0)?,
-                id: row.get(1)?,
-                plan: row.get(3)?,
-                policy: KeyPolicy {
-                    revoked: row.get::<_, Option<i64>>(5)?.is_some(),
-                    expires_at_ms: row.get(4)?,
-                    quota: quota_of(row, 6)?,
-                    rate: rate_of(row, 8)?,
-                },
-                stored: tally_of(row, 11)?,
-            };
-            by_digest.insert(digest, Arc::new(key));
+    /// This process's database connection, opened again after a fork.
+    fn db(&self) -> Result<parking_lot::MappedMutexGuard<'_, Db>> {
+        let generation = FORK_GENERATION.load(Ordering::SeqCst);
+        let mut slot = self.db.load_full();
+        if slot.fork_generation != generation {
+            // The parent's connection is left alone (never used, never closed) in the child.
+            std::mem::forget(Arc::clone(&slot));
+            let fresh = Arc::new(DbSlot {
+                fork_generation: generation,
+                db: Mutex::new(None),
+            });
+            self.db.store(fresh.clone());
+            slot = fresh;
         }
-        *self.index.write() = Arc::new(KeyIndex {
-            by_digest,
-            generation,
-        });
-        Ok(())
+        // The guard borrows the slot, which lives as long as `self` holds it or it was forgotten.
+        let slot: &DbSlot = unsafe { &*Arc::as_ptr(&slot) };
+        let mut guard = slot.db.lock();
+        if guard.is_none() {
+            let conn = open_connection(&self.path, self.options.busy_timeout)?;
+            *guard = Some(Db { conn });
+        }
+        Ok(MutexGuard::map(guard, |db| {
+            db.as_mut().expect("opened above")
+        }))
     }
 
-    fn flush_if_due(&self) -> Result<()> {
-        let Some(mut last) = self.last_flush.try_lock() else {
-            return Ok(());
-        };
-        if last.elapsed() < self.options.flush_interval {
-            return Ok(());
-        }
-        self.flush()?;
-        *last = Instant::now();
-        Ok(())
-    }
-
-    /// Writes the counts not yet in the file, in one transaction. On failure they stay counted in memory
-    /// and are written by a later flush.
+    /// Writes every count not yet in the database in one transaction, and brings the counters file up to
+    /// date with admin changes another process committed but did not finish applying.
     pub fn flush(&self) -> Result<()> {
-        let deltas = self.counters.take_unflushed();
-        if deltas.is_empty() {
-            return Ok(());
-        }
-        let mut db = self.db.lock();
-        let written = write_deltas(&mut db.conn, &deltas);
-        if let Err(e) = written {
-            self.counters.restore(&deltas);
-            return Err(Error::store(format!(
+        let shared = self.counters()?;
+        self.flush_counters(&shared)
+    }
+
+    fn flush_counters(&self, shared: &SharedCounters) -> Result<()> {
+        let mut db = self.db()?;
+        let failed = |e: Error| {
+            Error::store(format!(
                 "cannot write usage counts to {}: {}",
                 self.path.display(),
                 e.message
-            )));
+            ))
+        };
+        let dirty = shared.dirty();
+        if !dirty.is_empty() {
+            write_counts(&mut db.conn, &dirty).map_err(failed)?;
+            shared.mark_flushed(&dirty);
+        }
+        if generation(&db.conn)? != shared.generation() {
+            resync(&mut db.conn, shared)?;
         }
         Ok(())
     }
@@ -364,7 +360,7 @@ impl Store {
                 {
                     Err(Error::invalid("this key is already in the store"))
                 }
-                other => other.map(|_| ()).map_err(Error::from),
+                other => other.map(|_| vec![tx.last_insert_rowid()]).map_err(Error::from),
             }
         })?;
         let record = self.get_key(&id)?;
@@ -375,7 +371,7 @@ impl Store {
     }
 
     pub fn get_key(&self, id: &str) -> Result<KeyRecord> {
-        let db = self.db.lock();
+        let db = self.db()?;
         let record = db
             .conn
             .prepare_cached(&format!("{RECORD_SELECT} WHERE k.id = ?1"))?
@@ -386,7 +382,7 @@ impl Store {
     }
 
     pub fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>> {
-        let db = self.db.lock();
+        let db = self.db()?;
         let mut stmt = db.conn.prepare_cached(&format!(
             "{RECORD_SELECT} WHERE (?1 IS NULL OR k.plan = ?1) AND (?2 IS NULL OR k.env = ?2) ORDER BY k.row"
         ))?;
@@ -429,7 +425,7 @@ impl Store {
             if let Some(meta) = patch.meta.clone().into_change() {
                 set("meta", &Value::Object(meta.unwrap_or_default()).to_string())?;
             }
-            Ok(())
+            Ok(vec![row])
         })?;
         self.get_key(id)
     }
@@ -444,30 +440,62 @@ impl Store {
                 "UPDATE keys SET revoked_at_ms = ?1, revoked_reason = ?2 WHERE row = ?3 AND revoked_at_ms IS NULL",
                 params![now_ms, reason.unwrap_or("manual"), row],
             )?;
-            Ok(())
+            Ok(vec![row])
         })?;
         self.get_key(id)
     }
 
-    /// Runs an admin change in one transaction that also bumps the generation, then reloads the index so
-    /// the change is in force on this handle's next check (other handles see the new generation).
-    fn admin(&self, change: impl FnOnce(&Transaction) -> Result<()>) -> Result<()> {
-        let mut db = self.db.lock();
+    /// Runs an admin change in one write transaction that also bumps the generation, and applies it to
+    /// the counters file before committing, so every process sees it from its next check on. `change`
+    /// returns the rows it changed. If anything fails after the file was touched, the file's generation
+    /// no longer matches the database and the next flush (in any process) brings it back in line.
+    fn admin(&self, change: impl FnOnce(&Transaction) -> Result<Vec<i64>>) -> Result<()> {
+        let mut db = self.db()?;
         let tx = db
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        change(&tx)?;
+        let rows = change(&tx)?;
         tx.execute(
             "UPDATE meta SET value = value + 1 WHERE name = 'generation'",
             [],
         )?;
+        let generation = generation(&tx)?;
+        let mut shared = self.shared.load_full();
+        if shared.is_superseded() {
+            shared = Arc::new(map_counters_locked(
+                &tx,
+                &self.path,
+                &self.counters_path,
+                None,
+            )?);
+            self.shared.store(shared.clone());
+        }
+        shared.set_generation(-1);
+        for row in rows {
+            let entry = load_entries(&tx, Some(row))?
+                .pop()
+                .ok_or_else(|| Error::internal("a changed key vanished"))?;
+            if shared.upsert(&entry).is_err() {
+                shared = Arc::new(map_counters_locked(
+                    &tx,
+                    &self.path,
+                    &self.counters_path,
+                    Some(&shared),
+                )?);
+                self.shared.store(shared.clone());
+                shared
+                    .upsert(&entry)
+                    .map_err(|_| Error::internal("a rebuilt counters file is full"))?;
+            }
+        }
         tx.commit()?;
-        self.reload(&db.conn)
+        shared.set_generation(generation);
+        Ok(())
     }
 
-    /// A record's usage with the counts of this process that are not yet in the file.
-    fn with_live_usage(&self, (slot, mut record): (Slot, KeyRecord)) -> KeyRecord {
-        if let Some(t) = self.counters.tally(slot) {
+    /// A record's usage as counted in the shared file (the database lags it by up to a flush interval).
+    fn with_live_usage(&self, (digest, mut record): (KeyDigest, KeyRecord)) -> KeyRecord {
+        if let Some(t) = self.shared.load().tally(&digest) {
             record.usage = UsageJson {
                 period_start_ms: t.usage.period_start_ms,
                 used: t.usage.used,
@@ -581,35 +609,40 @@ pub fn schema_version() -> usize {
     MIGRATIONS.len()
 }
 
-fn data_version(conn: &Connection) -> Result<i64> {
-    Ok(conn
-        .prepare_cached("PRAGMA data_version")?
-        .query_row([], |r| r.get(0))?)
+fn generation(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT value FROM meta WHERE name = 'generation'",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
-fn write_deltas(conn: &mut Connection, deltas: &[Delta]) -> Result<()> {
+/// Writes absolute counts (so writing the same counts twice, or from two processes, changes nothing),
+/// never moving a count back.
+fn write_counts(conn: &mut Connection, counts: &[Dirty]) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO usage (key_row, period_start_ms, used, total, last_used_at_ms, rate_tat_ns)
              SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM keys WHERE row = ?1)
              ON CONFLICT (key_row) DO UPDATE SET
-                used = CASE WHEN period_start_ms = excluded.period_start_ms THEN used + excluded.used
-                            WHEN period_start_ms < excluded.period_start_ms THEN excluded.used
+                used = CASE WHEN excluded.period_start_ms > period_start_ms THEN excluded.used
+                            WHEN excluded.period_start_ms = period_start_ms THEN MAX(used, excluded.used)
                             ELSE used END,
                 period_start_ms = MAX(period_start_ms, excluded.period_start_ms),
-                total = total + excluded.total,
+                total = MAX(total, excluded.total),
                 last_used_at_ms = MAX(COALESCE(last_used_at_ms, 0), COALESCE(excluded.last_used_at_ms, 0)),
                 rate_tat_ns = MAX(rate_tat_ns, excluded.rate_tat_ns)",
         )?;
-        for d in deltas {
+        for d in counts {
+            let t = &d.tally;
             stmt.execute(params![
-                d.slot,
-                d.period_start_ms,
-                d.used,
-                d.total,
-                d.last_used_at_ms,
-                d.tat_ns
+                d.row,
+                t.usage.period_start_ms,
+                t.usage.used,
+                t.total,
+                t.last_used_at_ms,
+                t.usage.tat_ns
             ])?;
         }
     }
@@ -617,7 +650,119 @@ fn write_deltas(conn: &mut Connection, deltas: &[Delta]) -> Result<()> {
     Ok(())
 }
 
-fn slot_of(tx: &Transaction, id: &str) -> Result<Slot> {
+/// Every key (or the one at `row`) as the counters file needs it, with its stored counts.
+fn load_entries(conn: &Connection, row: Option<i64>) -> Result<Vec<KeyEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT k.row, k.id, k.digest, k.plan, k.expires_at_ms, k.revoked_at_ms, k.quota_limit, k.quota_period,
+                k.rate_limit, k.rate_window_ms, k.rate_burst,
+                u.period_start_ms, u.used, u.total, u.last_used_at_ms, u.rate_tat_ns
+         FROM keys k LEFT JOIN usage u ON u.key_row = k.row WHERE ?1 IS NULL OR k.row = ?1",
+    )?;
+    let mut rows = stmt.query([row])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(KeyEntry {
+            row: row.get(0)?,
+            id: row.get(1)?,
+            digest: digest_of(row, 2)?,
+            plan: row.get(3)?,
+            policy: KeyPolicy {
+                revoked: row.get::<_, Option<i64>>(5)?.is_some(),
+                expires_at_ms: row.get(4)?,
+                quota: quota_of(row, 6)?,
+                rate: rate_of(row, 8)?,
+            },
+            tally: tally_of(row, 11)?,
+        });
+    }
+    Ok(out)
+}
+
+fn digest_of(row: &Row, at: usize) -> Result<KeyDigest> {
+    let digest: Vec<u8> = row.get(at)?;
+    digest
+        .try_into()
+        .map_err(|_| Error::store("corrupt store: a key digest is not 32 bytes"))
+}
+
+/// Maps the counters file, building it under the database's write lock when it is missing or unusable.
+fn map_counters(conn: &mut Connection, db_path: &Path, path: &Path) -> Result<SharedCounters> {
+    if let Some(existing) = SharedCounters::open_existing(path)? {
+        if existing.generation() == generation(conn)? {
+            return Ok(existing);
+        }
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mapped = map_counters_locked(&tx, db_path, path, None)?;
+    tx.commit()?;
+    Ok(mapped)
+}
+
+/// With the write lock held: maps the counters file if it is usable (bringing its keys up to date), or
+/// builds a new one from the database. With `grow_from`, always builds a larger one, carrying over the
+/// counts of the file it replaces, including those charged while the new one was being built.
+fn map_counters_locked(
+    tx: &Transaction,
+    db_path: &Path,
+    path: &Path,
+    grow_from: Option<&SharedCounters>,
+) -> Result<SharedCounters> {
+    let generation = generation(tx)?;
+    if grow_from.is_none() {
+        if let Some(existing) = SharedCounters::open_existing(path)? {
+            if existing.generation() != generation {
+                resync_entries(&load_entries(tx, None)?, &existing, generation)?;
+            }
+            return Ok(existing);
+        }
+    }
+    let mut entries = load_entries(tx, None)?;
+    let before = grow_from.map(|old| old.snapshot()).unwrap_or_default();
+    let carried: HashMap<KeyDigest, Tally> = before.iter().copied().collect();
+    for entry in &mut entries {
+        if let Some(t) = carried.get(&entry.digest) {
+            entry.tally = *t;
+        }
+    }
+    // More room than the keys need now, so that growing is rare.
+    let room = if grow_from.is_some() {
+        entries.len() * 2
+    } else {
+        entries.len()
+    };
+    let built = SharedCounters::build(path, &entries, room, generation, db_path)?;
+    if let Some(old) = grow_from {
+        old.supersede();
+        // Checks that read the old file just before it was superseded finish within microseconds.
+        std::thread::sleep(Duration::from_millis(2));
+        old.carry_late_counts(&before, &built);
+    }
+    Ok(built)
+}
+
+/// Applies to the counters file every key whose policy there differs from the database's.
+fn resync(conn: &mut Connection, shared: &SharedCounters) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let generation = generation(&tx)?;
+    resync_entries(&load_entries(&tx, None)?, shared, generation)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn resync_entries(entries: &[KeyEntry], shared: &SharedCounters, generation: i64) -> Result<()> {
+    shared.set_generation(-1);
+    for entry in entries {
+        if !shared.holds(entry) && shared.upsert(entry).is_err() {
+            // Full: mark it superseded so that the next check of every process maps a rebuilt one.
+            shared.supersede();
+            return Ok(());
+        }
+    }
+    shared.set_generation(generation);
+    Ok(())
+}
+
+fn slot_of(tx: &Transaction, id: &str) -> Result<i64> {
     tx.query_row("SELECT row FROM keys WHERE id = ?1", [id], |r| r.get(0))
         .optional()?
         .ok_or_else(|| Error::not_found(format!("no key with id {id:?}")))
@@ -664,14 +809,14 @@ fn corrupt(what: &str) -> Error {
     Error::store(format!("corrupt store: a key's {what} is inconsistent"))
 }
 
-const RECORD_SELECT: &str = "SELECT k.row, k.id, k.prefix, k.env, k.name, k.plan, k.created_at_ms, k.expires_at_ms,
+const RECORD_SELECT: &str = "SELECT k.digest, k.id, k.prefix, k.env, k.name, k.plan, k.created_at_ms, k.expires_at_ms,
         k.revoked_at_ms, k.revoked_reason, k.quota_limit, k.quota_period, k.rate_limit, k.rate_window_ms,
         k.rate_burst, k.meta, u.period_start_ms, u.used, u.total, u.last_used_at_ms, u.rate_tat_ns
      FROM keys k LEFT JOIN usage u ON u.key_row = k.row";
 
 /// Reads a row of [`RECORD_SELECT`]; the outer `rusqlite::Result` is SQLite's, the inner one ours.
-fn record_of(row: &Row) -> rusqlite::Result<Result<(Slot, KeyRecord)>> {
-    let build = || -> Result<(Slot, KeyRecord)> {
+fn record_of(row: &Row) -> rusqlite::Result<Result<(KeyDigest, KeyRecord)>> {
+    let build = || -> Result<(KeyDigest, KeyRecord)> {
         let meta: String = row.get(15)?;
         let meta: Map<String, Value> = serde_json::from_str(&meta).map_err(|_| corrupt("meta"))?;
         let tally = tally_of(row, 16)?;
@@ -695,7 +840,7 @@ fn record_of(row: &Row) -> rusqlite::Result<Result<(Slot, KeyRecord)>> {
             },
             meta,
         };
-        Ok((row.get(0)?, record))
+        Ok((digest_of(row, 0)?, record))
     };
     Ok(build())
 }

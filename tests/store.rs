@@ -58,10 +58,7 @@ fn every_documented_answer() {
 
     let checked = store.check(Some(ok.key.as_bytes()), NOW).unwrap();
     let key = checked.key.unwrap();
-    assert_eq!(
-        (key.id.as_str(), key.plan.as_deref()),
-        (ok.record.id.as_str(), Some("pro"))
-    );
+    assert_eq!((key.id(), key.plan()), (ok.record.id.as_str(), Some("pro")));
 }
 
 #[test]

@@ -11,6 +11,7 @@ if [ ! -f "$MS_AUTH_TARGET_DIR/libms_auth.so" ]; then
          "(or set MS_AUTH_TARGET_DIR)" >&2
     exit 1
 fi
+MS_AUTH_TARGET_DIR="$(cd "$MS_AUTH_TARGET_DIR" && pwd)"  # absolute: the tests run from elsewhere
 
 # System packages, installed only when missing: python3 with venv/ensurepip, and a C compiler
 # (the loader tests build small fake libraries to prove the ABI check).
@@ -30,5 +31,7 @@ if [ ! -x "$PY" ] || ! "$PY" -c 'import sys' >/dev/null 2>&1; then
     python3 -m venv "$VENV"
 fi
 "$PY" -m pip install -q --disable-pip-version-check -r "$HERE/requirements-test.txt"
-# Reinstalled every time so that the tests run against the package as pip installs it.
+# Reinstalled every time so that the tests run against the package as pip installs it; setuptools
+# builds in-tree and would carry stale files (an old bundled library) over from build/.
+rm -rf "$HERE/build" "$HERE/src/ms_auth.egg-info"
 "$PY" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "$HERE"

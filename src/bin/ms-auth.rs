@@ -227,8 +227,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     "retry_after_ms": d.retry_after_ms,
                     "quota_limit": d.quota_limit, "quota_remaining": d.quota_remaining, "quota_reset_ms": d.quota_reset_ms,
                     "rate_limit": d.rate_limit, "rate_remaining": d.rate_remaining, "rate_reset_ms": d.rate_reset_ms,
-                    "key_id": checked.key.as_ref().map(|k| k.id.clone()),
-                    "plan": checked.key.as_ref().and_then(|k| k.plan.clone()),
+                    "key_id": checked.key.as_ref().map(|k| k.id().to_string()),
+                    "plan": checked.key.as_ref().and_then(|k| k.plan().map(str::to_string)),
                     "body": body,
                 });
                 println!("{out}");
@@ -237,8 +237,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 if let Some(k) = &checked.key {
                     println!(
                         "key:       {}{}",
-                        k.id,
-                        k.plan
+                        k.id(),
+                        k.plan()
                             .as_ref()
                             .map(|p| format!(" (plan {p})"))
                             .unwrap_or_default()
