@@ -10,6 +10,7 @@
  *    and freed with ms_string_free. Strings returned directly (ms_status_*, ms_version) are static.
  *  - Times are Unix milliseconds (UTC). Quota periods are UTC days and months.
  *  - Every function is thread-safe, except that a handle must not be used after or during ms_store_close.
+ *  - Handles survive fork(): open in a master process, check in its workers.
  *  - No function aborts the process: a bug inside the library is reported as MS_ERR_INTERNAL.
  */
 
@@ -151,7 +152,8 @@ extern "C" {
  *
  * `path`: NUL-terminated UTF-8 path of the SQLite file; a new file is created with mode 0600.
  * Opening the path that is already open is a no-op returning `MS_OK`; another path while one is open is
- * `MS_ERR_INVALID_ARGUMENT` (call `ms_close` first). Thread-safe.
+ * `MS_ERR_INVALID_ARGUMENT` (call `ms_close` first). Thread-safe, and usable across `fork()` like
+ * `ms_store_open`'s handles.
  * Returns `MS_OK`, `MS_ERR_INVALID_ARGUMENT` (NULL or non-UTF-8 path) or `MS_ERR_STORE`.
  */
 int32_t ms_open(const char *path);
@@ -178,9 +180,13 @@ void ms_close(void);
  * Opens (or creates) a store and hands out a handle in `*out_store`.
  *
  * `path`: NUL-terminated UTF-8 path; a new file is created with mode 0600, an older schema is migrated,
- * a file from a newer ms-auth is refused with `MS_ERR_STORE`. `out_store` must not be NULL; it is written
- * only on `MS_OK`. The handle is owned by the caller and released with `ms_store_close`; it may be shared
- * by threads. Do not use a handle across `fork()`: open it in the process that checks.
+ * a file from a newer ms-auth is refused with `MS_ERR_STORE`. Beside it the store keeps `<path>-counters`,
+ * the usage counters shared by every process that opens the same path (on a local filesystem), so quotas
+ * and rate limits are exact across processes and admin changes apply on every process's next check.
+ * `out_store` must not be NULL; it is written only on `MS_OK`. The handle is owned by the caller and
+ * released with `ms_store_close`; it may be shared by threads, and it keeps working in the children of a
+ * `fork()` (a master opens, workers check): each child opens its own database connection when it needs
+ * one and never touches its parent's.
  */
 int32_t ms_store_open(const char *path,
                       struct ms_store **out_store);
@@ -193,7 +199,9 @@ int32_t ms_store_open(const char *path,
 void ms_store_close(struct ms_store *store);
 
 /**
- * Decides one request and fills `*out` with the decision and its figures.
+ * Decides one request and fills `*out` with the decision and its figures. A known key costs a SHA-256
+ * and a few atomic operations on shared memory: no database query, no system call, no lock (except
+ * when this process's turn to write counts to the database comes, at most once per second).
  *
  * `key`: the header value, `key_len` bytes (need not be NUL-terminated; NULL means the header is absent).
  * `now_ms`: Unix ms. `out`: may be NULL; written only when the return value is a decision (0..6).

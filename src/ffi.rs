@@ -160,7 +160,8 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
 ///
 /// `path`: NUL-terminated UTF-8 path of the SQLite file; a new file is created with mode 0600.
 /// Opening the path that is already open is a no-op returning `MS_OK`; another path while one is open is
-/// `MS_ERR_INVALID_ARGUMENT` (call `ms_close` first). Thread-safe.
+/// `MS_ERR_INVALID_ARGUMENT` (call `ms_close` first). Thread-safe, and usable across `fork()` like
+/// `ms_store_open`'s handles.
 /// Returns `MS_OK`, `MS_ERR_INVALID_ARGUMENT` (NULL or non-UTF-8 path) or `MS_ERR_STORE`.
 #[no_mangle]
 pub unsafe extern "C" fn ms_open(path: *const c_char) -> i32 {
@@ -227,9 +228,13 @@ pub extern "C" fn ms_close() {
 /// Opens (or creates) a store and hands out a handle in `*out_store`.
 ///
 /// `path`: NUL-terminated UTF-8 path; a new file is created with mode 0600, an older schema is migrated,
-/// a file from a newer ms-auth is refused with `MS_ERR_STORE`. `out_store` must not be NULL; it is written
-/// only on `MS_OK`. The handle is owned by the caller and released with `ms_store_close`; it may be shared
-/// by threads. Do not use a handle across `fork()`: open it in the process that checks.
+/// a file from a newer ms-auth is refused with `MS_ERR_STORE`. Beside it the store keeps `<path>-counters`,
+/// the usage counters shared by every process that opens the same path (on a local filesystem), so quotas
+/// and rate limits are exact across processes and admin changes apply on every process's next check.
+/// `out_store` must not be NULL; it is written only on `MS_OK`. The handle is owned by the caller and
+/// released with `ms_store_close`; it may be shared by threads, and it keeps working in the children of a
+/// `fork()` (a master opens, workers check): each child opens its own database connection when it needs
+/// one and never touches its parent's.
 #[no_mangle]
 pub unsafe extern "C" fn ms_store_open(path: *const c_char, out_store: *mut *mut ms_store) -> i32 {
     ffi_boundary(|| {
@@ -254,7 +259,9 @@ pub unsafe extern "C" fn ms_store_close(store: *mut ms_store) {
     });
 }
 
-/// Decides one request and fills `*out` with the decision and its figures.
+/// Decides one request and fills `*out` with the decision and its figures. A known key costs a SHA-256
+/// and a few atomic operations on shared memory: no database query, no system call, no lock (except
+/// when this process's turn to write counts to the database comes, at most once per second).
 ///
 /// `key`: the header value, `key_len` bytes (need not be NUL-terminated; NULL means the header is absent).
 /// `now_ms`: Unix ms. `out`: may be NULL; written only when the return value is a decision (0..6).

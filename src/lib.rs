@@ -6,7 +6,7 @@
 //! - [`period`]: calendar quota periods in UTC;
 //! - [`gcra`]: the rate limiter;
 //! - [`policy`]: the pure decision (record + counters + now → decision), no I/O;
-//! - [`counters`]: the usage state (quota counts, rate buckets) behind one narrow boundary;
+//! - [`counters`]: the state shared by every process (key index, policies, quota counts, rate buckets);
 //! - [`spec`]: key specs, patches and records as JSON;
 //! - [`store`]: the SQLite store (schema, migrations, admin) and the check entry point;
 //! - [`ffi`]: the C ABI, a thin layer over the Rust API.

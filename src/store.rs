@@ -1,6 +1,6 @@
-//! The SQLite store: one file in WAL mode holding keys (as SHA-256 digests) and their stored usage;
-//! schema migrations; the admin operations; and `check`, which decides a request from an in-memory
-//! index of the keys and the [`Counters`]. Only this module knows about SQL.
+//! The SQLite store: one file in WAL mode holding keys (as SHA-256 digests) and their usage, the source
+//! of truth; schema migrations; the admin operations; flushing counts; and `check`, which decides from
+//! the shared counters file ([`SharedCounters`]) alone. Only this module knows about SQL.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
