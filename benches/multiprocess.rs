@@ -188,7 +188,8 @@ fn worker(implementation: &str) {
         }
         _ => vec![fixture_key(0)],
     };
-    let mut check: Box<dyn FnMut(&[u8]) -> Status> = match implementation {
+    type Checker = Box<dyn FnMut(&[u8]) -> Status>;
+    let mut check: Checker = match implementation {
         "ms-auth" => {
             let store = Store::open(&db).unwrap();
             Box::new(move |k| store.check(Some(k), NOW).unwrap().decision.status)
