@@ -2,9 +2,10 @@
 //! (`<db>-counters`), mapped `MAP_SHARED`, holding an index of every key's digest, each key's policy, and
 //! each key's usage (quota period and count, GCRA arrival time, totals).
 //!
-//! Layout: a header page; an open-addressing hash index of 8-byte slots (a 24-bit digest tag and a record
-//! number); 64-byte counter cells, one per key for the life of the file; and 208-byte policy records,
-//! immutable once published. An admin change writes a new record and swaps the key's index slot to it
+//! Layout: a header page; an open-addressing hash index of 8-byte slots (a 24-bit digest tag and a block
+//! number); then 320-byte blocks, each a 64-byte counter cell and a 208-byte policy record. A key's first
+//! block holds both its cell (for the life of the file) and its first record, so a check touches two
+//! places in memory: the index slot and one block. Records are immutable once published. An admin change writes a new record and swaps the key's index slot to it
 //! with one atomic store, so a check sees either the old policy or the new one, never half of each.
 //! A check decides and charges with one 128-bit compare-and-swap over (quota word, arrival time): quota and
 //! rate are charged together or not at all, and no lock exists that a killed process could leave held.
@@ -96,10 +97,9 @@ struct Header {
     boot_id: [u8; 48],
     index_slots: u64,
     max_cells: u64,
-    max_records: u64,
+    max_blocks: u64,
     index_off: u64,
-    cells_off: u64,
-    records_off: u64,
+    blocks_off: u64,
     file_len: u64,
     checksum: u64,
     _pad0: [u8; 112],
@@ -108,7 +108,7 @@ struct Header {
     _pad1: [u8; 60],
     generation: AtomicI64,
     cells_used: AtomicU64,
-    records_used: AtomicU64,
+    blocks_used: AtomicU64,
     next_flush_ns: AtomicU64,
 }
 
@@ -146,6 +146,16 @@ struct Record {
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN as usize);
 const _: () = assert!(std::mem::size_of::<Cell>() == 64);
 const _: () = assert!(std::mem::size_of::<Record>() == 208);
+
+/// A key's cell and first record together (later versions of the record use only the record part).
+#[repr(C, align(64))]
+struct Block {
+    cell: Cell,
+    record: Record,
+}
+
+const BLOCK_LEN: u64 = std::mem::size_of::<Block>() as u64;
+const _: () = assert!(BLOCK_LEN == 320);
 
 /// The file is full: the store rebuilds it larger.
 #[derive(Debug)]
@@ -194,10 +204,9 @@ pub fn monotonic_ns() -> u64 {
 struct Geometry {
     index_slots: u64,
     max_cells: u64,
-    max_records: u64,
+    max_blocks: u64,
     index_off: u64,
-    cells_off: u64,
-    records_off: u64,
+    blocks_off: u64,
     file_len: u64,
 }
 
@@ -206,21 +215,16 @@ impl Geometry {
     fn for_keys(keys: u64) -> Geometry {
         let max_cells = (keys + keys / 2).max(4096);
         let index_slots = (max_cells * 2).next_power_of_two();
-        let max_records = max_cells * 2;
+        let max_blocks = max_cells * 2;
         let index_off = HEADER_LEN;
-        let cells_off = align(index_off + index_slots * 8, 64);
-        let records_off = align(cells_off + max_cells * 64, 64);
-        let file_len = align(
-            records_off + max_records * std::mem::size_of::<Record>() as u64,
-            4096,
-        );
+        let blocks_off = align(index_off + index_slots * 8, 64);
+        let file_len = align(blocks_off + max_blocks * BLOCK_LEN, 4096);
         Geometry {
             index_slots,
             max_cells,
-            max_records,
+            max_blocks,
             index_off,
-            cells_off,
-            records_off,
+            blocks_off,
             file_len,
         }
     }
@@ -237,10 +241,9 @@ fn checksum(h: &Header) -> u64 {
         h.layout_version as u64,
         h.index_slots,
         h.max_cells,
-        h.max_records,
+        h.max_blocks,
         h.index_off,
-        h.cells_off,
-        h.records_off,
+        h.blocks_off,
         h.file_len,
     ];
     let mut hash: u64 = 0xcbf29ce484222325;
@@ -288,11 +291,11 @@ impl SharedCounters {
             && h.state.load(Ordering::Acquire) == READY
             && Geometry::for_keys(0).index_off == h.index_off
             && h.index_slots.is_power_of_two()
-            && h.cells_off >= h.index_off + h.index_slots * 8
-            && h.records_off >= h.cells_off + h.max_cells * 64
-            && h.file_len >= h.records_off + h.max_records * std::mem::size_of::<Record>() as u64
+            && h.blocks_off >= h.index_off + h.index_slots * 8
+            && h.max_cells <= h.max_blocks
+            && h.file_len >= h.blocks_off + h.max_blocks * BLOCK_LEN
             && h.cells_used.load(Ordering::Acquire) <= h.max_cells
-            && h.records_used.load(Ordering::Acquire) <= h.max_records;
+            && h.blocks_used.load(Ordering::Acquire) <= h.max_blocks;
         Ok(valid.then_some(counters))
     }
 
@@ -354,10 +357,9 @@ impl SharedCounters {
                 h.boot_id = boot_id();
                 h.index_slots = g.index_slots;
                 h.max_cells = g.max_cells;
-                h.max_records = g.max_records;
+                h.max_blocks = g.max_blocks;
                 h.index_off = g.index_off;
-                h.cells_off = g.cells_off;
-                h.records_off = g.records_off;
+                h.blocks_off = g.blocks_off;
                 h.file_len = g.file_len;
                 h.checksum = checksum(h);
                 h.generation.store(generation, Ordering::Relaxed);
@@ -394,22 +396,25 @@ impl SharedCounters {
         unsafe { &*(self.map.as_ptr().add((h.index_off + i * 8) as usize) as *const AtomicU64) }
     }
 
-    fn cell(&self, i: u64) -> &Cell {
+    fn block(&self, i: u64) -> *mut Block {
         let h = self.header();
         assert!(
-            i < h.max_cells,
-            "cell number out of range: damaged counters file"
+            i < h.max_blocks,
+            "block number out of range: damaged counters file"
         );
-        unsafe { &*(self.map.as_ptr().add((h.cells_off + i * 64) as usize) as *const Cell) }
+        unsafe {
+            self.map
+                .as_mut_ptr()
+                .add((h.blocks_off + i * BLOCK_LEN) as usize) as *mut Block
+        }
+    }
+
+    fn cell(&self, i: u64) -> &Cell {
+        unsafe { &(*self.block(i)).cell }
     }
 
     fn record(&self, i: u64) -> &Record {
-        let h = self.header();
-        assert!(
-            i < h.max_records,
-            "record number out of range: damaged counters file"
-        );
-        unsafe { &*(self.map.as_ptr().add((h.records_off + i * 208) as usize) as *const Record) }
+        unsafe { &(*self.block(i)).record }
     }
 
     /// True once another process has put a newer file in place: the caller maps the new one.
@@ -508,6 +513,10 @@ impl SharedCounters {
     pub fn upsert(&self, entry: &KeyEntry) -> std::result::Result<(), Full> {
         let h = self.header();
         let found = self.find(&entry.digest);
+        let b = h.blocks_used.load(Ordering::Acquire);
+        if b >= h.max_blocks {
+            return Err(Full);
+        }
         let cell = match found {
             Some((_, _, r)) => self.record(r).cell,
             None => {
@@ -515,7 +524,7 @@ impl SharedCounters {
                 if c >= h.max_cells {
                     return Err(Full);
                 }
-                let cell = self.cell(c);
+                let cell = self.cell(b);
                 cell.state
                     .store(encode(&entry.tally.usage), Ordering::Relaxed);
                 cell.total
@@ -526,15 +535,13 @@ impl SharedCounters {
                     .store(entry.tally.last_used_at_ms.unwrap_or(0), Ordering::Relaxed);
                 cell.row.store(entry.row, Ordering::Relaxed);
                 h.cells_used.store(c + 1, Ordering::Release);
-                c
+                b
             }
         };
-        let r = h.records_used.load(Ordering::Acquire);
-        if r >= h.max_records {
-            return Err(Full);
-        }
-        write_record(self.record_ptr(r), entry, cell);
-        h.records_used.store(r + 1, Ordering::Release);
+        // Not yet reachable by any reader: it is published afterwards by the index store (Release).
+        unsafe { std::ptr::addr_of_mut!((*self.block(b)).record).write(record_of(entry, cell)) };
+        h.blocks_used.store(b + 1, Ordering::Release);
+        let r = b;
         let tag = u64::from(
             u32::from_le_bytes(entry.digest[8..12].try_into().expect("4 bytes")) & 0xFF_FFFF,
         );
@@ -554,23 +561,16 @@ impl SharedCounters {
         Ok(())
     }
 
-    fn record_ptr(&self, i: u64) -> *mut Record {
-        let h = self.header();
-        unsafe {
-            self.map
-                .as_mut_ptr()
-                .add((h.records_off + i * 208) as usize) as *mut Record
-        }
-    }
-
     /// The keys whose counts changed since they were last written to the database.
     pub fn dirty(&self) -> Vec<Dirty> {
-        let used = self.key_count();
+        let used = self.header().blocks_used.load(Ordering::Acquire);
         (0..used)
             .filter_map(|c| {
                 let cell = self.cell(c);
                 let total = cell.total.load(Ordering::Acquire);
-                (total != cell.flushed_total.load(Ordering::Acquire)).then(|| Dirty {
+                // Blocks of later record versions have no cell in use (row 0).
+                let in_use = cell.row.load(Ordering::Relaxed) != 0;
+                (in_use && total != cell.flushed_total.load(Ordering::Acquire)).then(|| Dirty {
                     row: cell.row.load(Ordering::Relaxed),
                     tally: tally_of(cell),
                     cell: c,
@@ -625,7 +625,7 @@ impl SharedCounters {
 
     /// Every key's digest and counts, to carry them into a rebuilt file.
     pub fn snapshot(&self) -> Vec<(KeyDigest, Tally)> {
-        let used = self.header().records_used.load(Ordering::Acquire);
+        let used = self.header().blocks_used.load(Ordering::Acquire);
         let mut seen = std::collections::HashMap::new();
         for r in 0..used {
             let record = self.record(r);
@@ -669,7 +669,7 @@ impl SharedCounters {
     }
 }
 
-fn write_record(dst: *mut Record, entry: &KeyEntry, cell: u64) {
+fn record_of(entry: &KeyEntry, cell: u64) -> Record {
     let mut id = [0u8; 48];
     let id_len = entry.id.len().min(MAX_ID_LEN);
     id[..id_len].copy_from_slice(&entry.id.as_bytes()[..id_len]);
@@ -683,7 +683,7 @@ fn write_record(dst: *mut Record, entry: &KeyEntry, cell: u64) {
         None => NO_PLAN,
     };
     let p = &entry.policy;
-    let record = Record {
+    Record {
         digest: entry.digest,
         row: entry.row,
         cell,
@@ -703,9 +703,7 @@ fn write_record(dst: *mut Record, entry: &KeyEntry, cell: u64) {
         _pad: [0; 4],
         id,
         plan,
-    };
-    // Not yet reachable by any reader: it is published afterwards by the index store (Release).
-    unsafe { dst.write(record) };
+    }
 }
 
 fn policy_of(r: &Record) -> KeyPolicy {
@@ -785,7 +783,7 @@ mod tests {
         for keys in [0, 1, 4096, 1_000_000] {
             let g = Geometry::for_keys(keys);
             assert!(g.index_slots >= 2 * g.max_cells && g.max_cells >= keys + keys / 2);
-            assert!(g.file_len >= g.records_off + g.max_records * 208);
+            assert!(g.file_len >= g.blocks_off + g.max_blocks * BLOCK_LEN);
         }
     }
 }

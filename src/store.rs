@@ -203,10 +203,13 @@ impl Store {
             Presented::Candidate(c) => c,
         };
         let digest = key::digest(candidate);
-        let shared = self.counters()?;
+        let mut shared = self.counters()?;
         let interval_ns = self.options.flush_interval.as_nanos() as u64;
         if shared.claim_flush(interval_ns) {
             self.flush_counters(&shared)?;
+            if shared.is_superseded() {
+                shared = self.counters()?;
+            }
         }
         let Some((decision, key)) = shared.admit(&digest, now_ms) else {
             return Ok(no_key(Status::ApiKeyInvalid));
@@ -289,6 +292,11 @@ impl Store {
         }
         if generation(&db.conn)? != shared.generation() {
             resync(&mut db.conn, shared)?;
+        }
+        if shared.is_replaced() {
+            // Deleted or replaced under us: every process mapping this one moves to the file at the path
+            // (rebuilt from the database, which now has these counts) on its next check.
+            shared.supersede();
         }
         Ok(())
     }
