@@ -23,18 +23,10 @@ fn bench(c: &mut Criterion) {
     let mut n = 0u64;
 
     let mut group = c.benchmark_group("check");
-    group.bench_function("sha256 of the key (baseline)", |b| {
-        b.iter(|| Sha256::digest(black_box(hot.as_bytes())))
-    });
-    group.bench_function("hot valid key", |b| {
-        b.iter(|| store.check(Some(black_box(hot.as_bytes())), NOW).unwrap())
-    });
+    group.bench_function("sha256 of the key (baseline)", |b| b.iter(|| Sha256::digest(black_box(hot.as_bytes()))));
+    group.bench_function("hot valid key", |b| b.iter(|| store.check(Some(black_box(hot.as_bytes())), NOW).unwrap()));
     group.bench_function("unknown key, generated shape", |b| {
-        b.iter(|| {
-            store
-                .check(Some(black_box(unknown_generated.as_bytes())), NOW)
-                .unwrap()
-        })
+        b.iter(|| store.check(Some(black_box(unknown_generated.as_bytes())), NOW).unwrap())
     });
     group.bench_function("unknown key, other shapes", |b| {
         b.iter(|| {
@@ -43,23 +35,14 @@ fn bench(c: &mut Criterion) {
             store.check(Some(black_box(key.as_bytes())), NOW).unwrap()
         })
     });
-    group.bench_function(
-        "format of a varying key (subtract from the line above)",
-        |b| {
-            b.iter(|| {
-                n += 1;
-                black_box(format!("{unknown_other}{n}"))
-            })
-        },
-    );
-    let strict = Store::open_with(
-        &db,
-        StoreOptions {
-            durability: Durability::Strict,
-            ..StoreOptions::default()
-        },
-    )
-    .unwrap();
+    group.bench_function("format of a varying key (subtract from the line above)", |b| {
+        b.iter(|| {
+            n += 1;
+            black_box(format!("{unknown_other}{n}"))
+        })
+    });
+    let strict =
+        Store::open_with(&db, StoreOptions { durability: Durability::Strict, ..StoreOptions::default() }).unwrap();
     group.bench_function("hot valid key, strict durability", |b| {
         b.iter(|| strict.check(Some(black_box(hot.as_bytes())), NOW).unwrap())
     });

@@ -16,10 +16,7 @@ use common::{fixture, fixture_key, SqlitePerCheck, NOW};
 use ms_auth::{Status, Store};
 
 fn seconds() -> f64 {
-    std::env::var("MS_AUTH_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0)
+    std::env::var("MS_AUTH_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0)
 }
 
 fn main() {
@@ -72,7 +69,9 @@ fn main() {
     let reopened = Store::open(&large).unwrap();
     let open_s = started.elapsed().as_secs_f64();
     drop(reopened);
-    println!("fixture written in {fixture_s:.1}s; first open (builds the counters file) {build_s:.2}s; open {open_s:.3}s");
+    println!(
+        "fixture written in {fixture_s:.1}s; first open (builds the counters file) {build_s:.2}s; open {open_s:.3}s"
+    );
     println!("| keys | checks/s | p50 | p99 | private memory (RssAnon) |");
     println!("|---|---|---|---|---|");
     let k1 = run("ms-auth", &small, 1, "random:1000");
@@ -83,13 +82,7 @@ fn main() {
         ("1,000,000 (1,000 of them in use)", &hot),
         ("1,000,000 (all in use, uniformly)", &m1),
     ] {
-        println!(
-            "| {keys} | {:.0} | {} | {} | {} |",
-            r.rate,
-            ns(r.pct(50.0)),
-            ns(r.pct(99.0)),
-            r.rss_anon
-        );
+        println!("| {keys} | {:.0} | {} | {} | {} |", r.rate, ns(r.pct(50.0)), ns(r.pct(99.0)), r.rss_anon);
     }
     println!(
         "ratios to 1,000 keys: {:.2}x with 1,000 keys in use among 1,000,000; {:.2}x with all 1,000,000 in use",
@@ -163,18 +156,10 @@ fn run(implementation: &str, db: &Path, procs: usize, keys: &str) -> Run {
         rate += lines.next().unwrap().parse::<f64>().unwrap();
         rss_anon = lines.next().unwrap_or("").to_string();
         let bytes = std::fs::read(&out).unwrap();
-        latencies.extend(
-            bytes
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap())),
-        );
+        latencies.extend(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())));
     }
     latencies.sort_unstable();
-    Run {
-        latencies,
-        rate,
-        rss_anon,
-    }
+    Run { latencies, rate, rss_anon }
 }
 
 fn worker(implementation: &str) {

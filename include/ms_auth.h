@@ -260,6 +260,92 @@ int32_t ms_key_get(struct ms_store *store, const char *key_id, char **out_json);
 int32_t ms_key_list(struct ms_store *store, const char *filter_json, char **out_json);
 
 /**
+ * Names the actor that the audit log records for this handle's admin calls (default: the program,
+ * its pid and uid). `actor`: NUL-terminated UTF-8, at most 200 bytes; copied.
+ */
+int32_t ms_store_set_actor(struct ms_store *store, const char *actor);
+
+/**
+ * Rotates a key: creates a new key with the same policy, plan and meta that counts against the same
+ * quota (the customer's quota is not reset), and schedules the old key's revocation (reason "rotated")
+ * at `now_ms` + grace. `opts_json`: NULL or `{"grace_ms": N}` (default 86400000, 24 h; 0 ends it at
+ * once). Writes the new key's create answer (record with the plaintext `"key"`, shown once; its
+ * `"rotated_from"` names the old key, whose `"rotated_to"` names it) to `*out_json` on `MS_OK`.
+ * A revoked or already rotated key is `MS_ERR_INVALID_ARGUMENT`.
+ */
+int32_t ms_key_rotate(struct ms_store *store,
+                      const char *key_id,
+                      const char *opts_json,
+                      int64_t now_ms,
+                      char **out_json);
+
+/**
+ * Creates or replaces a plan: `{"name": "pro", "quota": {"limit": N, "period": "daily"|"monthly"} | null,
+ * "rate_limit": {"limit": N, "window_ms": N, "burst": N} | null, "lifetime_ms": N | null}` (absent quota
+ * or lifetime: none; absent rate limit: 60 per minute). Keys on the plan that set no quota or rate limit
+ * of their own follow it from their next check; `lifetime_ms` sets the expiry of keys created on it
+ * without one. Writes the plan (with `"updated_at_ms"` and `"keys"`, the number of keys on it) on `MS_OK`.
+ */
+int32_t ms_plan_put(struct ms_store *store,
+                    const char *plan_json,
+                    int64_t now_ms,
+                    char **out_json);
+
+/**
+ * Writes `{"plans": [plan, ...]}` to `*out_json` on `MS_OK`.
+ */
+int32_t ms_plan_list(struct ms_store *store, char **out_json);
+
+/**
+ * Sets store-wide revocation policies: `{"idle": {"days": N} | null, "abuse": {"limit": X, "window_ms": Y}
+ * | null}` (absent: unchanged; null: off). `idle` revokes keys unused for N days (reason "idle"); `abuse`
+ * revokes a key refused by its rate limit more than X times within a window of Y ms (reason "abuse").
+ * Rotated keys are always revoked when their grace ends (reason "rotated"). Every check enforces them,
+ * in every process, from its next check on; no thread is started. Writes the policies now in force
+ * (as `ms_policy_get`) on `MS_OK`.
+ */
+int32_t ms_policy_put(struct ms_store *store,
+                      const char *policy_json,
+                      int64_t now_ms,
+                      char **out_json);
+
+/**
+ * Writes the policies in force, `{"idle": {"days": N} | null, "abuse": {...} | null, "rotated": "always"}`.
+ */
+int32_t ms_policy_get(struct ms_store *store,
+                      char **out_json);
+
+/**
+ * Writes the audit log, oldest first: `{"events": [{"seq", "at_ms", "actor", "action", "key_id",
+ * "detail"}, ...]}`. Actions: key.create, key.update, key.revoke, key.revoke.policy, key.rotate, plan.put,
+ * policy.set. `filter_json`: NULL or `{"key_id": "...", "since_ms": N, "limit": N}` (default: the last 1000).
+ */
+int32_t ms_audit(struct ms_store *store,
+                 const char *filter_json,
+                 char **out_json);
+
+/**
+ * Writes a key's decisions per UTC day from `from_ms` to `to_ms`: `{"key_id", "last_used_at_ms",
+ * "days": [{"date": "2026-11-26", "start_ms", "admitted", "rejected": {"api_key_expired",
+ * "api_key_revoked", "api_key_quota_exceeded", "rate_limit_exceeded"}}, ...]}`, every day in the range
+ * included. Counts of every process are included (pending counts are written first).
+ */
+int32_t ms_usage(struct ms_store *store,
+                 const char *key_id,
+                 int64_t from_ms,
+                 int64_t to_ms,
+                 char **out_json);
+
+/**
+ * Writes Prometheus text exposition (version 0.0.4) to `*out_text` on `MS_OK`, for a host to serve on
+ * its own /metrics: `ms_auth_checks_total{status}` (decisions about known keys, every process),
+ * `ms_auth_unmatched_checks_total{status}` (missing and invalid, this process), `ms_auth_keys{state}`,
+ * `ms_auth_quota_used{plan}` and `ms_auth_quota_limit{plan}`. Free it with `ms_string_free`.
+ */
+int32_t ms_metrics_text(struct ms_store *store,
+                        char **out_text);
+
+/**
  * Frees a string returned by this library. NULL is a no-op; freeing twice is undefined behaviour.
  */
 void ms_string_free(char *s);

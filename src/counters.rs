@@ -3,7 +3,7 @@
 //! each key's usage (quota period and count, GCRA arrival time, totals).
 //!
 //! Layout: a header page; an open-addressing hash index of 8-byte slots (a 24-bit digest tag and a block
-//! number); then 320-byte blocks, each a 64-byte counter cell and a 208-byte policy record. A key's first
+//! number); then 384-byte blocks, each a 128-byte counter cell and a 224-byte policy record. A key's first
 //! block holds both its cell (for the life of the file) and its first record, so a check touches two
 //! places in memory: the index slot and one block. Records are immutable once published. An admin change writes a new record and swaps the key's index slot to it
 //! with one atomic store, so a check sees either the old policy or the new one, never half of each.
@@ -26,6 +26,7 @@ use crate::gcra::RateLimit;
 use crate::key::KeyDigest;
 use crate::period::{Period, DAY_MS};
 use crate::policy::{self, Decision, KeyPolicy, Quota, Usage};
+use crate::status::Status;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"MSAUTHC1");
 const LAYOUT_VERSION: u32 = 1;
@@ -57,8 +58,42 @@ pub struct KeyEntry {
     pub id: String,
     pub plan: Option<String>,
     pub policy: KeyPolicy,
+    pub created_at_ms: i64,
     /// Counts to start from when the key is new to this file.
     pub tally: Tally,
+    /// The key whose counters this one shares (a rotated key's successor counts with it).
+    pub shares_with: Option<KeyDigest>,
+}
+
+/// A key's decisions on one UTC day.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DayCounts {
+    /// Days since 1970-01-01 (UTC).
+    pub day: i64,
+    pub admitted: i64,
+    pub expired: i64,
+    pub revoked: i64,
+    pub quota_exceeded: i64,
+    pub rate_limited: i64,
+}
+
+/// The store-wide revocation policies, kept in the file so every check applies them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policies {
+    /// Revoke keys unused for this long (0: off).
+    pub idle_ms: i64,
+    /// Revoke keys rate-limited more than this many times within `abuse_window_ms` (0: off).
+    pub abuse_limit: i64,
+    pub abuse_window_ms: i64,
+}
+
+/// What a check of a known key found.
+#[derive(Clone, Copy, Debug)]
+pub struct Admission {
+    pub decision: Decision,
+    pub key: KeyRef,
+    /// This refusal took the key over the abuse policy's limit: the store revokes it.
+    pub abusive: bool,
 }
 
 /// The matched key's id and plan, copied out of the file without allocating.
@@ -76,8 +111,7 @@ impl KeyRef {
         std::str::from_utf8(&self.id[..self.id_len as usize]).unwrap_or("")
     }
     pub fn plan(&self) -> Option<&str> {
-        (self.plan_len != NO_PLAN)
-            .then(|| std::str::from_utf8(&self.plan[..self.plan_len as usize]).unwrap_or(""))
+        (self.plan_len != NO_PLAN).then(|| std::str::from_utf8(&self.plan[..self.plan_len as usize]).unwrap_or(""))
     }
 }
 
@@ -86,7 +120,10 @@ impl KeyRef {
 pub struct Dirty {
     pub row: i64,
     pub tally: Tally,
+    /// The days whose decisions the cell still holds (at most two: today and yesterday).
+    pub days: [Option<DayCounts>; 2],
     cell: u64,
+    activity: u64,
 }
 
 #[repr(C)]
@@ -110,6 +147,9 @@ struct Header {
     cells_used: AtomicU64,
     blocks_used: AtomicU64,
     next_flush_ns: AtomicU64,
+    idle_ms: AtomicI64,
+    abuse_limit: AtomicI64,
+    abuse_window_ms: AtomicI64,
 }
 
 #[repr(C, align(64))]
@@ -119,9 +159,15 @@ struct Cell {
     state: AtomicU128,
     total: AtomicU64,
     last_used_ms: AtomicI64,
-    flushed_total: AtomicU64,
+    /// Decisions of any kind about this key, and how many of them the database has seen.
+    activity: AtomicU64,
+    flushed_activity: AtomicU64,
     row: AtomicI64,
-    _pad: [u64; 2],
+    /// Rate-limit refusals in the abuse policy's current window: window number (32 bits), count (32 bits).
+    abuse: AtomicU64,
+    /// Decisions per UTC day, for the two most recent days (by day parity); see `DAY_FIELDS`.
+    days: [AtomicU128; 2],
+    _pad: [u64; 4],
 }
 
 #[repr(C)]
@@ -130,6 +176,8 @@ struct Record {
     row: i64,
     cell: u64,
     expires_at_ms: i64,
+    revoke_at_ms: i64,
+    created_at_ms: i64,
     quota_limit: i64,
     rate_limit: i64,
     rate_window_ms: i64,
@@ -144,8 +192,8 @@ struct Record {
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN as usize);
-const _: () = assert!(std::mem::size_of::<Cell>() == 64);
-const _: () = assert!(std::mem::size_of::<Record>() == 208);
+const _: () = assert!(std::mem::size_of::<Cell>() == 128);
+const _: () = assert!(std::mem::size_of::<Record>() == 224);
 
 /// A key's cell and first record together (later versions of the record use only the record part).
 #[repr(C, align(64))]
@@ -155,7 +203,7 @@ struct Block {
 }
 
 const BLOCK_LEN: u64 = std::mem::size_of::<Block>() as u64;
-const _: () = assert!(BLOCK_LEN == 320);
+const _: () = assert!(BLOCK_LEN == 384);
 
 /// The file is full: the store rebuilds it larger.
 #[derive(Debug)]
@@ -193,10 +241,7 @@ fn boot_id() -> [u8; 48] {
 /// CLOCK_MONOTONIC in nanoseconds: system-wide, so processes agree on when a flush is due; read
 /// through the vDSO, not a system call.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -219,14 +264,7 @@ impl Geometry {
         let index_off = HEADER_LEN;
         let blocks_off = align(index_off + index_slots * 8, 64);
         let file_len = align(blocks_off + max_blocks * BLOCK_LEN, 4096);
-        Geometry {
-            index_slots,
-            max_cells,
-            max_blocks,
-            index_off,
-            blocks_off,
-            file_len,
-        }
+        Geometry { index_slots, max_cells, max_blocks, index_off, blocks_off, file_len }
     }
 }
 
@@ -266,9 +304,7 @@ impl SharedCounters {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error("cannot open counters file", path, e)),
         };
-        let meta = file
-            .metadata()
-            .map_err(|e| io_error("cannot stat counters file", path, e))?;
+        let meta = file.metadata().map_err(|e| io_error("cannot stat counters file", path, e))?;
         if meta.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -276,12 +312,7 @@ impl SharedCounters {
             .len(meta.len() as usize)
             .map_raw(&file)
             .map_err(|e| io_error("cannot map counters file", path, e))?;
-        let counters = SharedCounters {
-            map,
-            path: path.to_path_buf(),
-            inode: meta.ino(),
-            _file: file,
-        };
+        let counters = SharedCounters { map, path: path.to_path_buf(), inode: meta.ino(), _file: file };
         let h = counters.header();
         let valid = h.magic == MAGIC
             && h.layout_version == LAYOUT_VERSION
@@ -323,33 +354,17 @@ impl SharedCounters {
         let built = (|| {
             if let Ok(db) = std::fs::metadata(owner_of) {
                 if db.uid() != unsafe { libc::geteuid() } {
-                    std::os::unix::fs::fchown(&file, Some(db.uid()), Some(db.gid())).map_err(
-                        |e| {
-                            io_error(
-                                "cannot give the counters file the database's owner",
-                                &tmp,
-                                e,
-                            )
-                        },
-                    )?;
+                    std::os::unix::fs::fchown(&file, Some(db.uid()), Some(db.gid()))
+                        .map_err(|e| io_error("cannot give the counters file the database's owner", &tmp, e))?;
                 }
             }
-            file.set_len(g.file_len)
-                .map_err(|e| io_error("cannot size counters file", &tmp, e))?;
+            file.set_len(g.file_len).map_err(|e| io_error("cannot size counters file", &tmp, e))?;
             let map = MmapOptions::new()
                 .len(g.file_len as usize)
                 .map_raw(&file)
                 .map_err(|e| io_error("cannot map counters file", &tmp, e))?;
-            let inode = file
-                .metadata()
-                .map_err(|e| io_error("cannot stat counters file", &tmp, e))?
-                .ino();
-            let counters = SharedCounters {
-                map,
-                path: path.to_path_buf(),
-                inode,
-                _file: file,
-            };
+            let inode = file.metadata().map_err(|e| io_error("cannot stat counters file", &tmp, e))?.ino();
+            let counters = SharedCounters { map, path: path.to_path_buf(), inode, _file: file };
             {
                 let h = counters.header_mut();
                 h.magic = MAGIC;
@@ -365,13 +380,10 @@ impl SharedCounters {
                 h.generation.store(generation, Ordering::Relaxed);
             }
             for entry in entries {
-                counters
-                    .upsert(entry)
-                    .map_err(|Full| Error::internal("a new counters file is too small"))?;
+                counters.upsert(entry).map_err(|Full| Error::internal("a new counters file is too small"))?;
             }
             counters.header().state.store(READY, Ordering::Release);
-            std::fs::rename(&tmp, path)
-                .map_err(|e| io_error("cannot put counters file in place", path, e))?;
+            std::fs::rename(&tmp, path).map_err(|e| io_error("cannot put counters file in place", path, e))?;
             Ok(counters)
         })();
         if built.is_err() {
@@ -398,15 +410,8 @@ impl SharedCounters {
 
     fn block(&self, i: u64) -> *mut Block {
         let h = self.header();
-        assert!(
-            i < h.max_blocks,
-            "block number out of range: damaged counters file"
-        );
-        unsafe {
-            self.map
-                .as_mut_ptr()
-                .add((h.blocks_off + i * BLOCK_LEN) as usize) as *mut Block
-        }
+        assert!(i < h.max_blocks, "block number out of range: damaged counters file");
+        unsafe { self.map.as_mut_ptr().add((h.blocks_off + i * BLOCK_LEN) as usize) as *mut Block }
     }
 
     fn cell(&self, i: u64) -> &Cell {
@@ -428,9 +433,7 @@ impl SharedCounters {
 
     /// True when the file at the path is no longer the one mapped (deleted or replaced).
     pub fn is_replaced(&self) -> bool {
-        std::fs::metadata(&self.path)
-            .map(|m| m.ino() != self.inode)
-            .unwrap_or(true)
+        std::fs::metadata(&self.path).map(|m| m.ino() != self.inode).unwrap_or(true)
     }
 
     /// The database generation whose admin changes this file holds.
@@ -439,9 +442,7 @@ impl SharedCounters {
     }
 
     pub fn set_generation(&self, generation: i64) {
-        self.header()
-            .generation
-            .store(generation, Ordering::Release);
+        self.header().generation.store(generation, Ordering::Release);
     }
 
     pub fn key_count(&self) -> u64 {
@@ -453,8 +454,7 @@ impl SharedCounters {
         let h = self.header();
         let mask = h.index_slots - 1;
         let hash = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
-        let tag =
-            u64::from(u32::from_le_bytes(digest[8..12].try_into().expect("4 bytes")) & 0xFF_FFFF);
+        let tag = u64::from(u32::from_le_bytes(digest[8..12].try_into().expect("4 bytes")) & 0xFF_FFFF);
         let mut i = hash & mask;
         // The index is never more than half full, so an empty slot ends every probe.
         for _ in 0..h.index_slots {
@@ -475,31 +475,73 @@ impl SharedCounters {
 
     /// Decides one request for the key with this digest and charges it if admitted.
     /// `None`: no such key.
-    pub fn admit(&self, digest: &KeyDigest, now_ms: i64) -> Option<(Decision, KeyRef)> {
+    pub fn admit(&self, digest: &KeyDigest, now_ms: i64) -> Option<Admission> {
         let (_, _, r) = self.find(digest)?;
         let record = self.record(r);
-        let policy = policy_of(record);
         let cell = self.cell(record.cell);
+        let mut policy = policy_of(record);
+        let idle_ms = self.header().idle_ms.load(Ordering::Relaxed);
+        if idle_ms > 0 {
+            let active = cell.last_used_ms.load(Ordering::Relaxed).max(record.created_at_ms);
+            let idle_at = active.saturating_add(idle_ms);
+            policy.revoke_at_ms = Some(policy.revoke_at_ms.map_or(idle_at, |at| at.min(idle_at)));
+        }
         let mut current = cell.state.load(Ordering::Acquire);
         let decision = loop {
             let usage = decode(current);
             let (decision, next) = policy::decide(&policy, &usage, now_ms);
             let Some(next) = next else { break decision };
-            match cell.state.compare_exchange_weak(
-                current,
-                encode(&next),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match cell.state.compare_exchange_weak(current, encode(&next), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     cell.total.fetch_add(1, Ordering::Relaxed);
-                    cell.last_used_ms.fetch_max(now_ms, Ordering::Relaxed);
+                    if cell.last_used_ms.load(Ordering::Relaxed) < now_ms {
+                        cell.last_used_ms.fetch_max(now_ms, Ordering::Relaxed);
+                    }
                     break decision;
                 }
                 Err(seen) => current = seen,
             }
         };
-        Some((decision, key_ref(record)))
+        count_day(cell, now_ms, decision.status);
+        cell.activity.fetch_add(1, Ordering::Release);
+        let abusive = decision.status == Status::RateLimitExceeded && self.count_abuse(cell, now_ms);
+        Some(Admission { decision, key: key_ref(record), abusive })
+    }
+
+    /// Counts a rate-limit refusal; true when it is the one that goes over the abuse limit.
+    fn count_abuse(&self, cell: &Cell, now_ms: i64) -> bool {
+        let h = self.header();
+        let limit = h.abuse_limit.load(Ordering::Relaxed);
+        let window_ms = h.abuse_window_ms.load(Ordering::Relaxed);
+        if limit <= 0 || window_ms <= 0 {
+            return false;
+        }
+        let window = (now_ms / window_ms) as u64 & 0xFFFF_FFFF;
+        let mut current = cell.abuse.load(Ordering::Acquire);
+        loop {
+            let count = if current >> 32 == window { (current & 0xFFFF_FFFF) + 1 } else { 1 };
+            let next = window << 32 | count.min(0xFFFF_FFFF);
+            match cell.abuse.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return count as i64 == limit + 1,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    pub fn set_policies(&self, p: &Policies) {
+        let h = self.header();
+        h.idle_ms.store(p.idle_ms, Ordering::Release);
+        h.abuse_limit.store(p.abuse_limit, Ordering::Release);
+        h.abuse_window_ms.store(p.abuse_window_ms, Ordering::Release);
+    }
+
+    pub fn policies(&self) -> Policies {
+        let h = self.header();
+        Policies {
+            idle_ms: h.idle_ms.load(Ordering::Acquire),
+            abuse_limit: h.abuse_limit.load(Ordering::Acquire),
+            abuse_window_ms: h.abuse_window_ms.load(Ordering::Acquire),
+        }
     }
 
     /// The counts of the key with this digest.
@@ -517,22 +559,21 @@ impl SharedCounters {
         if b >= h.max_blocks {
             return Err(Full);
         }
-        let cell = match found {
-            Some((_, _, r)) => self.record(r).cell,
-            None => {
+        let shared_cell = entry.shares_with.and_then(|d| self.find(&d)).map(|(_, _, r)| self.record(r).cell);
+        let cell = match (found, shared_cell) {
+            (Some((_, _, r)), _) => self.record(r).cell,
+            (None, Some(cell)) => cell,
+            (None, None) => {
                 let c = h.cells_used.load(Ordering::Acquire);
                 if c >= h.max_cells {
                     return Err(Full);
                 }
                 let cell = self.cell(b);
-                cell.state
-                    .store(encode(&entry.tally.usage), Ordering::Relaxed);
-                cell.total
-                    .store(entry.tally.total as u64, Ordering::Relaxed);
-                cell.flushed_total
-                    .store(entry.tally.total as u64, Ordering::Relaxed);
-                cell.last_used_ms
-                    .store(entry.tally.last_used_at_ms.unwrap_or(0), Ordering::Relaxed);
+                cell.state.store(encode(&entry.tally.usage), Ordering::Relaxed);
+                cell.total.store(entry.tally.total as u64, Ordering::Relaxed);
+                cell.activity.store(0, Ordering::Relaxed);
+                cell.flushed_activity.store(0, Ordering::Relaxed);
+                cell.last_used_ms.store(entry.tally.last_used_at_ms.unwrap_or(0), Ordering::Relaxed);
                 cell.row.store(entry.row, Ordering::Relaxed);
                 h.cells_used.store(c + 1, Ordering::Release);
                 b
@@ -542,16 +583,13 @@ impl SharedCounters {
         unsafe { std::ptr::addr_of_mut!((*self.block(b)).record).write(record_of(entry, cell)) };
         h.blocks_used.store(b + 1, Ordering::Release);
         let r = b;
-        let tag = u64::from(
-            u32::from_le_bytes(entry.digest[8..12].try_into().expect("4 bytes")) & 0xFF_FFFF,
-        );
+        let tag = u64::from(u32::from_le_bytes(entry.digest[8..12].try_into().expect("4 bytes")) & 0xFF_FFFF);
         let value = tag << RECORD_BITS | (r + 1);
         match found {
             Some((i, _, _)) => self.slot(i).store(value, Ordering::Release),
             None => {
                 let mask = h.index_slots - 1;
-                let mut i =
-                    u64::from_le_bytes(entry.digest[..8].try_into().expect("8 bytes")) & mask;
+                let mut i = u64::from_le_bytes(entry.digest[..8].try_into().expect("8 bytes")) & mask;
                 while self.slot(i).load(Ordering::Acquire) != 0 {
                     i = (i + 1) & mask;
                 }
@@ -567,14 +605,11 @@ impl SharedCounters {
         (0..used)
             .filter_map(|c| {
                 let cell = self.cell(c);
-                let total = cell.total.load(Ordering::Acquire);
                 // Blocks of later record versions have no cell in use (row 0).
                 let in_use = cell.row.load(Ordering::Relaxed) != 0;
-                (in_use && total != cell.flushed_total.load(Ordering::Acquire)).then(|| Dirty {
-                    row: cell.row.load(Ordering::Relaxed),
-                    tally: tally_of(cell),
-                    cell: c,
-                })
+                let activity = cell.activity.load(Ordering::Acquire);
+                let changed = activity != cell.flushed_activity.load(Ordering::Acquire);
+                (in_use && changed).then(|| dirty_of(cell, c, activity))
             })
             .collect()
     }
@@ -582,11 +617,7 @@ impl SharedCounters {
     /// The counts of the key a check just matched, to write them at once (strict durability).
     pub fn dirty_one(&self, key: &KeyRef) -> Dirty {
         let cell = self.cell(key.cell);
-        Dirty {
-            row: cell.row.load(Ordering::Relaxed),
-            tally: tally_of(cell),
-            cell: key.cell,
-        }
+        dirty_of(cell, key.cell, cell.activity.load(Ordering::Acquire))
     }
 
     /// True when the file holds exactly this key's policy, id and plan.
@@ -605,9 +636,7 @@ impl SharedCounters {
     /// Records that these counts are in the database.
     pub fn mark_flushed(&self, written: &[Dirty]) {
         for d in written {
-            self.cell(d.cell)
-                .flushed_total
-                .fetch_max(d.tally.total as u64, Ordering::AcqRel);
+            self.cell(d.cell).flushed_activity.fetch_max(d.activity, Ordering::AcqRel);
         }
     }
 
@@ -618,9 +647,7 @@ impl SharedCounters {
         let now = monotonic_ns();
         let due = h.next_flush_ns.load(Ordering::Relaxed);
         now >= due
-            && h.next_flush_ns
-                .compare_exchange(due, now + interval_ns, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+            && h.next_flush_ns.compare_exchange(due, now + interval_ns, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
     /// Every key's digest and counts, to carry them into a rebuilt file.
@@ -652,19 +679,13 @@ impl SharedCounters {
                     usage.used += now.usage.used - then.usage.used.min(now.usage.used);
                 }
                 usage.tat_ns = usage.tat_ns.max(now.usage.tat_ns);
-                match cell.state.compare_exchange(
-                    current,
-                    encode(&usage),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
+                match cell.state.compare_exchange(current, encode(&usage), Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => break,
                     Err(seen) => current = seen,
                 }
             }
             cell.total.fetch_add(extra as u64, Ordering::AcqRel);
-            cell.last_used_ms
-                .fetch_max(now.last_used_at_ms.unwrap_or(0), Ordering::AcqRel);
+            cell.last_used_ms.fetch_max(now.last_used_at_ms.unwrap_or(0), Ordering::AcqRel);
         }
     }
 }
@@ -688,6 +709,8 @@ fn record_of(entry: &KeyEntry, cell: u64) -> Record {
         row: entry.row,
         cell,
         expires_at_ms: p.expires_at_ms.unwrap_or(NEVER),
+        revoke_at_ms: p.revoke_at_ms.unwrap_or(NEVER),
+        created_at_ms: entry.created_at_ms,
         quota_limit: p.quota.map_or(0, |q| q.limit),
         rate_limit: p.rate.map_or(0, |r| r.limit),
         rate_window_ms: p.rate.map_or(0, |r| r.window_ms),
@@ -709,16 +732,11 @@ fn record_of(entry: &KeyEntry, cell: u64) -> Record {
 fn policy_of(r: &Record) -> KeyPolicy {
     KeyPolicy {
         revoked: r.revoked != 0,
+        revoke_at_ms: (r.revoke_at_ms != NEVER).then_some(r.revoke_at_ms),
         expires_at_ms: (r.expires_at_ms != NEVER).then_some(r.expires_at_ms),
         quota: match r.quota_period {
-            1 => Some(Quota {
-                limit: r.quota_limit,
-                period: Period::Daily,
-            }),
-            2 => Some(Quota {
-                limit: r.quota_limit,
-                period: Period::Monthly,
-            }),
+            1 => Some(Quota { limit: r.quota_limit, period: Period::Daily }),
+            2 => Some(Quota { limit: r.quota_limit, period: Period::Monthly }),
             _ => None,
         },
         rate: (r.rate_limit > 0).then_some(RateLimit {
@@ -730,13 +748,7 @@ fn policy_of(r: &Record) -> KeyPolicy {
 }
 
 fn key_ref(r: &Record) -> KeyRef {
-    KeyRef {
-        id: r.id,
-        id_len: r.id_len.min(MAX_ID_LEN as u8),
-        plan: r.plan,
-        plan_len: r.plan_len,
-        cell: r.cell,
-    }
+    KeyRef { id: r.id, id_len: r.id_len.min(MAX_ID_LEN as u8), plan: r.plan, plan_len: r.plan_len, cell: r.cell }
 }
 
 fn encode(u: &Usage) -> u128 {
@@ -763,17 +775,61 @@ fn tally_of(cell: &Cell) -> Tally {
     }
 }
 
+fn dirty_of(cell: &Cell, c: u64, activity: u64) -> Dirty {
+    let days = [0, 1].map(|i| {
+        let word = cell.days[i].load(Ordering::Acquire);
+        (word != 0).then(|| decode_day(word))
+    });
+    Dirty { row: cell.row.load(Ordering::Relaxed), tally: tally_of(cell), days, cell: c, activity }
+}
+
+// A day's decisions packed in 128 bits: day 20, admitted 34, expired 16, revoked 16, quota 20, rate 22.
+const DAY_FIELDS: [(u32, u32); 6] = [(0, 20), (20, 34), (54, 16), (70, 16), (86, 20), (106, 22)];
+
+fn field(word: u128, (at, bits): (u32, u32)) -> u128 {
+    (word >> at) & ((1u128 << bits) - 1)
+}
+
+fn decode_day(word: u128) -> DayCounts {
+    let f = |i: usize| field(word, DAY_FIELDS[i]) as i64;
+    DayCounts { day: f(0), admitted: f(1), expired: f(2), revoked: f(3), quota_exceeded: f(4), rate_limited: f(5) }
+}
+
+/// Counts one decision in the cell's slot for its UTC day, saturating rather than wrapping.
+fn count_day(cell: &Cell, now_ms: i64, status: Status) {
+    let which = match status {
+        Status::Ok => 1,
+        Status::ApiKeyExpired => 2,
+        Status::ApiKeyRevoked => 3,
+        Status::ApiKeyQuotaExceeded => 4,
+        Status::RateLimitExceeded => 5,
+        _ => return,
+    };
+    let day = (now_ms.div_euclid(DAY_MS) as u128) & ((1 << 20) - 1);
+    let slot = &cell.days[(day & 1) as usize];
+    let mut current = slot.load(Ordering::Acquire);
+    loop {
+        let slot_day = field(current, DAY_FIELDS[0]);
+        if slot_day > day && current != 0 {
+            return; // a later day already took this slot (clocks that disagree): never erase it
+        }
+        let base = if slot_day == day && current != 0 { current } else { day };
+        let (at, bits) = DAY_FIELDS[which];
+        let next = if field(base, (at, bits)) == (1u128 << bits) - 1 { base } else { base + (1u128 << at) };
+        match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(seen) => current = seen,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn usage_round_trips_through_the_packed_word() {
-        let u = Usage {
-            period_start_ms: 20_000 * DAY_MS,
-            used: 123_456_789,
-            tat_ns: 1_800_000_000_000_000_000,
-        };
+        let u = Usage { period_start_ms: 20_000 * DAY_MS, used: 123_456_789, tat_ns: 1_800_000_000_000_000_000 };
         assert_eq!(decode(encode(&u)), u);
         assert_eq!(decode(encode(&Usage::default())), Usage::default());
     }

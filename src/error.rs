@@ -12,28 +12,16 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn invalid(message: impl Into<String>) -> Error {
-        Error {
-            status: Status::ErrInvalidArgument,
-            message: message.into(),
-        }
+        Error { status: Status::ErrInvalidArgument, message: message.into() }
     }
     pub fn store(message: impl Into<String>) -> Error {
-        Error {
-            status: Status::ErrStore,
-            message: message.into(),
-        }
+        Error { status: Status::ErrStore, message: message.into() }
     }
     pub fn not_found(message: impl Into<String>) -> Error {
-        Error {
-            status: Status::ErrNotFound,
-            message: message.into(),
-        }
+        Error { status: Status::ErrNotFound, message: message.into() }
     }
     pub fn internal(message: impl Into<String>) -> Error {
-        Error {
-            status: Status::ErrInternal,
-            message: message.into(),
-        }
+        Error { status: Status::ErrInternal, message: message.into() }
     }
 }
 

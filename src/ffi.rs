@@ -105,9 +105,7 @@ fn ffi_boundary(body: impl FnOnce() -> Result<i32>) -> i32 {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_string());
-            set_last_error(&Error::internal(format!(
-                "ms-auth bug, please report: {what}"
-            )));
+            set_last_error(&Error::internal(format!("ms-auth bug, please report: {what}")));
             MS_ERR_INTERNAL
         }
     }
@@ -118,16 +116,12 @@ unsafe fn str_arg<'a>(p: *const c_char, name: &str) -> Result<&'a str> {
     if p.is_null() {
         return Err(Error::invalid(format!("{name} is NULL")));
     }
-    CStr::from_ptr(p)
-        .to_str()
-        .map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))
+    CStr::from_ptr(p).to_str().map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))
 }
 
 /// # Safety: `p` is NULL or a live handle from `ms_store_open`.
 unsafe fn store_arg<'a>(p: *mut ms_store) -> Result<&'a Store> {
-    p.as_ref()
-        .map(|h| &h.store)
-        .ok_or_else(|| Error::invalid("store is NULL"))
+    p.as_ref().map(|h| &h.store).ok_or_else(|| Error::invalid("store is NULL"))
 }
 
 fn check_out<T>(p: *mut T, name: &str) -> Result<()> {
@@ -350,11 +344,7 @@ pub unsafe extern "C" fn ms_key_create(
 /// Revoking a revoked key changes nothing. Returns `MS_OK`, `MS_ERR_NOT_FOUND`, `MS_ERR_INVALID_ARGUMENT`,
 /// `MS_ERR_STORE`.
 #[no_mangle]
-pub unsafe extern "C" fn ms_key_revoke(
-    store: *mut ms_store,
-    key_id: *const c_char,
-    now_ms: i64,
-) -> i32 {
+pub unsafe extern "C" fn ms_key_revoke(store: *mut ms_store, key_id: *const c_char, now_ms: i64) -> i32 {
     ffi_boundary(|| {
         let store = store_arg(store)?;
         store.revoke_key(str_arg(key_id, "key_id")?, now_ms, None)?;
@@ -385,11 +375,7 @@ pub unsafe extern "C" fn ms_key_update(
 /// Writes the record of key `key_id` to `*out_json` on `MS_OK` (free with `ms_string_free`).
 /// Returns `MS_OK`, `MS_ERR_NOT_FOUND`, `MS_ERR_INVALID_ARGUMENT`, `MS_ERR_STORE`.
 #[no_mangle]
-pub unsafe extern "C" fn ms_key_get(
-    store: *mut ms_store,
-    key_id: *const c_char,
-    out_json: *mut *mut c_char,
-) -> i32 {
+pub unsafe extern "C" fn ms_key_get(store: *mut ms_store, key_id: *const c_char, out_json: *mut *mut c_char) -> i32 {
     ffi_boundary(|| {
         let store = store_arg(store)?;
         let key_id = str_arg(key_id, "key_id")?;
@@ -416,6 +402,175 @@ pub unsafe extern "C" fn ms_key_list(
         check_out(out_json, "out_json")?;
         let records = store.list_keys(&filter)?;
         Ok(give_string(out_json, list_json(&records)))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Key lifecycle and monitoring (added after v1; nothing above changed).
+
+/// Names the actor that the audit log records for this handle's admin calls (default: the program,
+/// its pid and uid). `actor`: NUL-terminated UTF-8, at most 200 bytes; copied.
+#[no_mangle]
+pub unsafe extern "C" fn ms_store_set_actor(store: *mut ms_store, actor: *const c_char) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let actor = str_arg(actor, "actor")?;
+        if actor.len() > 200 {
+            return Err(Error::invalid("actor is longer than 200 bytes"));
+        }
+        store.set_actor(actor);
+        Ok(MS_OK)
+    })
+}
+
+/// Rotates a key: creates a new key with the same policy, plan and meta that counts against the same
+/// quota (the customer's quota is not reset), and schedules the old key's revocation (reason "rotated")
+/// at `now_ms` + grace. `opts_json`: NULL or `{"grace_ms": N}` (default 86400000, 24 h; 0 ends it at
+/// once). Writes the new key's create answer (record with the plaintext `"key"`, shown once; its
+/// `"rotated_from"` names the old key, whose `"rotated_to"` names it) to `*out_json` on `MS_OK`.
+/// A revoked or already rotated key is `MS_ERR_INVALID_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_rotate(
+    store: *mut ms_store,
+    key_id: *const c_char,
+    opts_json: *const c_char,
+    now_ms: i64,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let key_id = str_arg(key_id, "key_id")?;
+        let grace_ms = if opts_json.is_null() {
+            crate::store::DEFAULT_GRACE_MS
+        } else {
+            match serde_json::from_str::<serde_json::Value>(str_arg(opts_json, "opts_json")?) {
+                Ok(serde_json::Value::Object(o)) if o.keys().all(|k| k == "grace_ms") => match o.get("grace_ms") {
+                    None => crate::store::DEFAULT_GRACE_MS,
+                    Some(v) => v.as_i64().ok_or_else(|| Error::invalid("grace_ms must be an integer"))?,
+                },
+                _ => return Err(Error::invalid("opts_json must be {\"grace_ms\": N}")),
+            }
+        };
+        check_out(out_json, "out_json")?;
+        let created = store.rotate_key(key_id, grace_ms, now_ms)?;
+        Ok(give_string(out_json, created.to_json()))
+    })
+}
+
+/// Creates or replaces a plan: `{"name": "pro", "quota": {"limit": N, "period": "daily"|"monthly"} | null,
+/// "rate_limit": {"limit": N, "window_ms": N, "burst": N} | null, "lifetime_ms": N | null}` (absent quota
+/// or lifetime: none; absent rate limit: 60 per minute). Keys on the plan that set no quota or rate limit
+/// of their own follow it from their next check; `lifetime_ms` sets the expiry of keys created on it
+/// without one. Writes the plan (with `"updated_at_ms"` and `"keys"`, the number of keys on it) on `MS_OK`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_plan_put(
+    store: *mut ms_store,
+    plan_json: *const c_char,
+    now_ms: i64,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let plan = crate::store::PlanSpec::from_json(str_arg(plan_json, "plan_json")?)?;
+        check_out(out_json, "out_json")?;
+        let written = store.put_plan(&plan, now_ms)?;
+        Ok(give_string(out_json, written.to_string()))
+    })
+}
+
+/// Writes `{"plans": [plan, ...]}` to `*out_json` on `MS_OK`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_plan_list(store: *mut ms_store, out_json: *mut *mut c_char) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        check_out(out_json, "out_json")?;
+        let plans = store.list_plans()?;
+        Ok(give_string(out_json, serde_json::json!({ "plans": plans }).to_string()))
+    })
+}
+
+/// Sets store-wide revocation policies: `{"idle": {"days": N} | null, "abuse": {"limit": X, "window_ms": Y}
+/// | null}` (absent: unchanged; null: off). `idle` revokes keys unused for N days (reason "idle"); `abuse`
+/// revokes a key refused by its rate limit more than X times within a window of Y ms (reason "abuse").
+/// Rotated keys are always revoked when their grace ends (reason "rotated"). Every check enforces them,
+/// in every process, from its next check on; no thread is started. Writes the policies now in force
+/// (as `ms_policy_get`) on `MS_OK`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_policy_put(
+    store: *mut ms_store,
+    policy_json: *const c_char,
+    now_ms: i64,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let change = crate::store::PolicySpec::from_json(str_arg(policy_json, "policy_json")?)?;
+        check_out(out_json, "out_json")?;
+        let now = store.set_policies(&change, now_ms)?;
+        Ok(give_string(out_json, now.to_string()))
+    })
+}
+
+/// Writes the policies in force, `{"idle": {"days": N} | null, "abuse": {...} | null, "rotated": "always"}`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_policy_get(store: *mut ms_store, out_json: *mut *mut c_char) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        check_out(out_json, "out_json")?;
+        let policies = store.policies()?;
+        Ok(give_string(out_json, policies.to_string()))
+    })
+}
+
+/// Writes the audit log, oldest first: `{"events": [{"seq", "at_ms", "actor", "action", "key_id",
+/// "detail"}, ...]}`. Actions: key.create, key.update, key.revoke, key.revoke.policy, key.rotate, plan.put,
+/// policy.set. `filter_json`: NULL or `{"key_id": "...", "since_ms": N, "limit": N}` (default: the last 1000).
+#[no_mangle]
+pub unsafe extern "C" fn ms_audit(store: *mut ms_store, filter_json: *const c_char, out_json: *mut *mut c_char) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let filter = match filter_json.is_null() {
+            true => crate::store::AuditFilter::default(),
+            false => crate::store::AuditFilter::from_json(str_arg(filter_json, "filter_json")?)?,
+        };
+        check_out(out_json, "out_json")?;
+        let events = store.audit_events(&filter)?;
+        Ok(give_string(out_json, serde_json::json!({ "events": events }).to_string()))
+    })
+}
+
+/// Writes a key's decisions per UTC day from `from_ms` to `to_ms`: `{"key_id", "last_used_at_ms",
+/// "days": [{"date": "2026-11-26", "start_ms", "admitted", "rejected": {"api_key_expired",
+/// "api_key_revoked", "api_key_quota_exceeded", "rate_limit_exceeded"}}, ...]}`, every day in the range
+/// included. Counts of every process are included (pending counts are written first).
+#[no_mangle]
+pub unsafe extern "C" fn ms_usage(
+    store: *mut ms_store,
+    key_id: *const c_char,
+    from_ms: i64,
+    to_ms: i64,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let key_id = str_arg(key_id, "key_id")?;
+        check_out(out_json, "out_json")?;
+        let history = store.usage(key_id, from_ms, to_ms)?;
+        Ok(give_string(out_json, serde_json::to_string(&history).expect("history serializes")))
+    })
+}
+
+/// Writes Prometheus text exposition (version 0.0.4) to `*out_text` on `MS_OK`, for a host to serve on
+/// its own /metrics: `ms_auth_checks_total{status}` (decisions about known keys, every process),
+/// `ms_auth_unmatched_checks_total{status}` (missing and invalid, this process), `ms_auth_keys{state}`,
+/// `ms_auth_quota_used{plan}` and `ms_auth_quota_limit{plan}`. Free it with `ms_string_free`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_metrics_text(store: *mut ms_store, out_text: *mut *mut c_char) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        check_out(out_text, "out_text")?;
+        let text = store.metrics_text(crate::store::clock_ms())?;
+        Ok(give_string(out_text, text))
     })
 }
 
@@ -499,23 +654,14 @@ mod tests {
     fn a_panic_becomes_an_internal_error_with_its_message() {
         let rc = ffi_boundary(|| panic!("boom at the boundary"));
         assert_eq!(rc, MS_ERR_INTERNAL);
-        let explained = unsafe { CStr::from_ptr(ms_last_error()) }
-            .to_str()
-            .unwrap()
-            .to_string();
-        assert!(
-            explained.starts_with("internal_error: ") && explained.contains("boom at the boundary"),
-            "{explained}"
-        );
+        let explained = unsafe { CStr::from_ptr(ms_last_error()) }.to_str().unwrap().to_string();
+        assert!(explained.starts_with("internal_error: ") && explained.contains("boom at the boundary"), "{explained}");
     }
 
     #[test]
     fn long_ids_and_plans_are_truncated_and_terminated() {
         let mut buf = [1 as c_char; 8];
         copy_c(&mut buf, "abcdefghijkl");
-        assert_eq!(
-            unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap(),
-            "abcdefg"
-        );
+        assert_eq!(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap(), "abcdefg");
     }
 }

@@ -16,11 +16,7 @@ pub struct RateLimit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rate {
     /// Admitted: the new TAT to store, and the figures after this request.
-    Admit {
-        tat_ns: i64,
-        remaining: i64,
-        reset_ms: i64,
-    },
+    Admit { tat_ns: i64, remaining: i64, reset_ms: i64 },
     /// Refused: nothing to store.
     Reject { retry_after_ms: i64, reset_ms: i64 },
 }
@@ -40,17 +36,10 @@ impl RateLimit {
         let tat = tat_ns.max(now);
         let tolerance = self.tolerance_ns();
         if tat - now > tolerance {
-            return Rate::Reject {
-                retry_after_ms: ceil_ms(tat - tolerance - now),
-                reset_ms: ceil_ms(tat),
-            };
+            return Rate::Reject { retry_after_ms: ceil_ms(tat - tolerance - now), reset_ms: ceil_ms(tat) };
         }
         let new_tat = tat + self.interval_ns();
-        Rate::Admit {
-            tat_ns: new_tat,
-            remaining: self.remaining(new_tat, now),
-            reset_ms: ceil_ms(new_tat),
-        }
+        Rate::Admit { tat_ns: new_tat, remaining: self.remaining(new_tat, now), reset_ms: ceil_ms(new_tat) }
     }
 
     /// Requests that would be admitted at `now_ms` without charging anything, and when the bucket is full.
@@ -91,11 +80,7 @@ mod tests {
 
     #[test]
     fn burst_then_refill() {
-        let rl = RateLimit {
-            limit: 60,
-            window_ms: 60_000,
-            burst: 60,
-        };
+        let rl = RateLimit { limit: 60, window_ms: 60_000, burst: 60 };
         let mut tat = 0;
         for i in 0..60 {
             match run(&rl, &mut tat, T0) {
@@ -104,76 +89,31 @@ mod tests {
             }
         }
         // The 61st at the same instant waits exactly one interval.
-        assert_eq!(
-            run(&rl, &mut tat, T0),
-            Rate::Reject {
-                retry_after_ms: 1000,
-                reset_ms: T0 + 60_000
-            }
-        );
-        assert!(matches!(
-            run(&rl, &mut tat, T0 + 999),
-            Rate::Reject {
-                retry_after_ms: 1,
-                ..
-            }
-        ));
-        assert!(matches!(
-            run(&rl, &mut tat, T0 + 1000),
-            Rate::Admit { remaining: 0, .. }
-        ));
+        assert_eq!(run(&rl, &mut tat, T0), Rate::Reject { retry_after_ms: 1000, reset_ms: T0 + 60_000 });
+        assert!(matches!(run(&rl, &mut tat, T0 + 999), Rate::Reject { retry_after_ms: 1, .. }));
+        assert!(matches!(run(&rl, &mut tat, T0 + 1000), Rate::Admit { remaining: 0, .. }));
         // After a full window the bucket is full again.
         assert_eq!(rl.peek(tat, T0 + 61_000), (60, T0 + 61_000));
     }
 
     #[test]
     fn burst_smaller_than_limit() {
-        let rl = RateLimit {
-            limit: 10,
-            window_ms: 1000,
-            burst: 2,
-        };
+        let rl = RateLimit { limit: 10, window_ms: 1000, burst: 2 };
         let mut tat = 0;
-        assert!(
-            matches!(run(&rl, &mut tat, T0), Rate::Admit { remaining: 1, reset_ms, .. } if reset_ms == T0 + 100)
-        );
-        assert!(
-            matches!(run(&rl, &mut tat, T0), Rate::Admit { remaining: 0, reset_ms, .. } if reset_ms == T0 + 200)
-        );
-        assert_eq!(
-            run(&rl, &mut tat, T0 + 50),
-            Rate::Reject {
-                retry_after_ms: 50,
-                reset_ms: T0 + 200
-            }
-        );
+        assert!(matches!(run(&rl, &mut tat, T0), Rate::Admit { remaining: 1, reset_ms, .. } if reset_ms == T0 + 100));
+        assert!(matches!(run(&rl, &mut tat, T0), Rate::Admit { remaining: 0, reset_ms, .. } if reset_ms == T0 + 200));
+        assert_eq!(run(&rl, &mut tat, T0 + 50), Rate::Reject { retry_after_ms: 50, reset_ms: T0 + 200 });
         assert!(matches!(run(&rl, &mut tat, T0 + 100), Rate::Admit { .. }));
     }
 
     #[test]
     fn uneven_interval_rounds_retry_up() {
         // 7 per second: 142.857… ms apart.
-        let rl = RateLimit {
-            limit: 7,
-            window_ms: 1000,
-            burst: 1,
-        };
+        let rl = RateLimit { limit: 7, window_ms: 1000, burst: 1 };
         let mut tat = 0;
         assert!(matches!(run(&rl, &mut tat, T0), Rate::Admit { .. }));
-        assert_eq!(
-            run(&rl, &mut tat, T0),
-            Rate::Reject {
-                retry_after_ms: 143,
-                reset_ms: T0 + 143
-            }
-        );
-        assert!(matches!(
-            run(&rl, &mut tat, T0 + 142),
-            Rate::Reject {
-                retry_after_ms: 1,
-                ..
-            }
-        ));
+        assert_eq!(run(&rl, &mut tat, T0), Rate::Reject { retry_after_ms: 143, reset_ms: T0 + 143 });
+        assert!(matches!(run(&rl, &mut tat, T0 + 142), Rate::Reject { retry_after_ms: 1, .. }));
         assert!(matches!(run(&rl, &mut tat, T0 + 143), Rate::Admit { .. }));
         // Over a long run exactly 7 per second are admitted.
         let mut admitted = 0;

@@ -37,9 +37,7 @@ impl Env {
         match s {
             "live" => Ok(Env::Live),
             "test" => Ok(Env::Test),
-            _ => Err(Error::invalid(format!(
-                "env must be \"live\" or \"test\", not {s:?}"
-            ))),
+            _ => Err(Error::invalid(format!("env must be \"live\" or \"test\", not {s:?}"))),
         }
     }
     fn prefix(self) -> &'static str {
@@ -70,10 +68,7 @@ pub fn classify(raw: Option<&[u8]>) -> Presented<'_> {
     if key.is_empty() {
         return Presented::Missing;
     }
-    if key.len() > MAX_KEY_LEN
-        || key.len() < MIN_IMPORTED_KEY_LEN
-        || !key.iter().all(|b| (0x21..=0x7e).contains(b))
-    {
+    if key.len() > MAX_KEY_LEN || key.len() < MIN_IMPORTED_KEY_LEN || !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
         return Presented::Malformed;
     }
     if has_generated_shape(key) && !checksum_matches(key) {
@@ -127,8 +122,7 @@ pub fn random_base62(len: usize) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(len);
     let mut buf = [0u8; 64];
     while out.len() < len {
-        getrandom::getrandom(&mut buf)
-            .map_err(|e| Error::internal(format!("OS random source failed: {e}")))?;
+        getrandom::getrandom(&mut buf).map_err(|e| Error::internal(format!("OS random source failed: {e}")))?;
         for b in buf {
             // 248 = 4 * 62: bytes at or above it would favour the first characters.
             if b < 248 && out.len() < len {
@@ -193,10 +187,7 @@ mod tests {
         assert!(re_like(&live) && live.starts_with("ms_live_"), "{live}");
         assert!(re_like(&test) && test.starts_with("ms_test_"), "{test}");
         assert_ne!(generate(Env::Live).unwrap(), live);
-        assert_eq!(
-            classify(Some(live.as_bytes())),
-            Presented::Candidate(live.as_bytes())
-        );
+        assert_eq!(classify(Some(live.as_bytes())), Presented::Candidate(live.as_bytes()));
     }
 
     #[test]
@@ -215,19 +206,13 @@ mod tests {
         assert_eq!(classify(None), Presented::Missing);
         assert_eq!(classify(Some(b"")), Presented::Missing);
         assert_eq!(classify(Some(b" \t \t")), Presented::Missing);
-        assert_eq!(
-            classify(Some(b"  abcdefgh\t")),
-            Presented::Candidate(b"abcdefgh")
-        );
+        assert_eq!(classify(Some(b"  abcdefgh\t")), Presented::Candidate(b"abcdefgh"));
         assert_eq!(classify(Some(b"abc defgh")), Presented::Malformed);
         assert_eq!(classify(Some(b"abcd\x01efgh")), Presented::Malformed);
         assert_eq!(classify(Some("abcdéfgh".as_bytes())), Presented::Malformed);
         assert_eq!(classify(Some(b"short")), Presented::Malformed);
         assert_eq!(classify(Some(&[b'a'; 513])), Presented::Malformed);
-        assert_eq!(
-            classify(Some(&[b'a'; 512])),
-            Presented::Candidate(&[b'a'; 512])
-        );
+        assert_eq!(classify(Some(&[b'a'; 512])), Presented::Candidate(&[b'a'; 512]));
         // The seed's example is not of the generated shape, so it is importable.
         assert!(validate_import("ms_live_1a2b3c4d5e6f7g8h9i0j").is_ok());
         assert!(validate_import(" leading-space").is_err());
@@ -236,14 +221,8 @@ mod tests {
 
     #[test]
     fn prefixes_never_reveal_a_short_key() {
-        assert_eq!(
-            display_prefix("ms_live_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"),
-            "ms_live_AbCd"
-        );
-        assert_eq!(
-            display_prefix("ms_live_1a2b3c4d5e6f7g8h9i0j"),
-            "ms_live_1a2b"
-        );
+        assert_eq!(display_prefix("ms_live_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"), "ms_live_AbCd");
+        assert_eq!(display_prefix("ms_live_1a2b3c4d5e6f7g8h9i0j"), "ms_live_1a2b");
         assert_eq!(display_prefix("ms_test_abcdefgh"), "ms_test_ab");
         assert_eq!(display_prefix("abcdefgh"), "ab");
     }

@@ -24,9 +24,7 @@ impl Period {
         match s {
             "daily" => Ok(Period::Daily),
             "monthly" => Ok(Period::Monthly),
-            _ => Err(Error::invalid(format!(
-                "quota period must be \"daily\" or \"monthly\", not {s:?}"
-            ))),
+            _ => Err(Error::invalid(format!("quota period must be \"daily\" or \"monthly\", not {s:?}"))),
         }
     }
 
@@ -37,8 +35,7 @@ impl Period {
             Period::Daily => (day_start, day_start + DAY_MS),
             Period::Monthly => {
                 let date = date_of(day_start);
-                let first =
-                    NaiveDate::from_ymd_opt(date.year(), date.month(), 1).expect("valid month");
+                let first = NaiveDate::from_ymd_opt(date.year(), date.month(), 1).expect("valid month");
                 let next = if date.month() == 12 {
                     NaiveDate::from_ymd_opt(date.year() + 1, 1, 1)
                 } else {
@@ -66,23 +63,14 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     fn ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32, milli: i64) -> i64 {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
-            .unwrap()
-            .timestamp_millis()
-            + milli
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap().timestamp_millis() + milli
     }
 
     #[test]
     fn last_millisecond_of_a_day_belongs_to_it() {
         let last = ms(2026, 3, 14, 23, 59, 59, 999);
-        assert_eq!(
-            Period::Daily.bounds(last),
-            (ms(2026, 3, 14, 0, 0, 0, 0), ms(2026, 3, 15, 0, 0, 0, 0))
-        );
-        assert_eq!(
-            Period::Daily.bounds(last + 1).0,
-            ms(2026, 3, 15, 0, 0, 0, 0)
-        );
+        assert_eq!(Period::Daily.bounds(last), (ms(2026, 3, 14, 0, 0, 0, 0), ms(2026, 3, 15, 0, 0, 0, 0)));
+        assert_eq!(Period::Daily.bounds(last + 1).0, ms(2026, 3, 15, 0, 0, 0, 0));
     }
 
     #[test]
@@ -103,13 +91,7 @@ mod tests {
             assert_eq!(Period::Monthly.bounds(last + 1).0, end);
         }
         // 2028 is a leap year: Feb 28 is not the last day.
-        assert_eq!(
-            Period::Monthly.bounds(ms(2028, 2, 28, 23, 59, 59, 999)).1,
-            ms(2028, 3, 1, 0, 0, 0, 0)
-        );
-        assert_eq!(
-            Period::Daily.bounds(ms(2026, 12, 31, 23, 59, 59, 999)).1,
-            ms(2027, 1, 1, 0, 0, 0, 0)
-        );
+        assert_eq!(Period::Monthly.bounds(ms(2028, 2, 28, 23, 59, 59, 999)).1, ms(2028, 3, 1, 0, 0, 0, 0));
+        assert_eq!(Period::Daily.bounds(ms(2026, 12, 31, 23, 59, 59, 999)).1, ms(2027, 1, 1, 0, 0, 0, 0));
     }
 }

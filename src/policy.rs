@@ -15,6 +15,9 @@ pub struct Quota {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyPolicy {
     pub revoked: bool,
+    /// A revocation that takes effect at this instant: the end of a rotation's grace, or the moment the
+    /// key became idle under the store's idle policy.
+    pub revoke_at_ms: Option<i64>,
     /// `None`: never expires.
     pub expires_at_ms: Option<i64>,
     pub quota: Option<Quota>,
@@ -90,55 +93,25 @@ pub fn decide(policy: &KeyPolicy, usage: &Usage, now_ms: i64) -> (Decision, Opti
         d.rate_reset_ms = reset;
     }
 
-    if policy.revoked {
-        return (
-            Decision {
-                status: Status::ApiKeyRevoked,
-                ..d
-            },
-            None,
-        );
+    if policy.revoked || policy.revoke_at_ms.is_some_and(|at| now_ms >= at) {
+        return (Decision { status: Status::ApiKeyRevoked, ..d }, None);
     }
     if policy.expires_at_ms.is_some_and(|at| now_ms >= at) {
-        return (
-            Decision {
-                status: Status::ApiKeyExpired,
-                ..d
-            },
-            None,
-        );
+        return (Decision { status: Status::ApiKeyExpired, ..d }, None);
     }
     if policy.quota.is_some() && d.quota_remaining == 0 {
         let retry = d.quota_reset_ms - now_ms;
-        return (
-            Decision {
-                status: Status::ApiKeyQuotaExceeded,
-                retry_after_ms: retry,
-                ..d
-            },
-            None,
-        );
+        return (Decision { status: Status::ApiKeyQuotaExceeded, retry_after_ms: retry, ..d }, None);
     }
     let mut tat_ns = usage.tat_ns;
     if let Some(r) = policy.rate {
         match r.offer(usage.tat_ns, now_ms) {
-            Rate::Reject {
-                retry_after_ms,
-                reset_ms,
-            } => {
-                let refused = Decision {
-                    status: Status::RateLimitExceeded,
-                    retry_after_ms,
-                    rate_reset_ms: reset_ms,
-                    ..d
-                };
+            Rate::Reject { retry_after_ms, reset_ms } => {
+                let refused =
+                    Decision { status: Status::RateLimitExceeded, retry_after_ms, rate_reset_ms: reset_ms, ..d };
                 return (refused, None);
             }
-            Rate::Admit {
-                tat_ns: new_tat,
-                remaining,
-                reset_ms,
-            } => {
+            Rate::Admit { tat_ns: new_tat, remaining, reset_ms } => {
                 tat_ns = new_tat;
                 d.rate_remaining = remaining;
                 d.rate_reset_ms = reset_ms;
@@ -149,14 +122,7 @@ pub fn decide(policy: &KeyPolicy, usage: &Usage, now_ms: i64) -> (Decision, Opti
         used += 1;
         d.quota_remaining -= 1;
     }
-    (
-        d,
-        Some(Usage {
-            period_start_ms: period_start,
-            used,
-            tat_ns,
-        }),
-    )
+    (d, Some(Usage { period_start_ms: period_start, used, tat_ns }))
 }
 
 #[cfg(test)]
@@ -165,20 +131,13 @@ mod tests {
     use chrono::{TimeZone, Utc};
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
-            .unwrap()
-            .timestamp_millis()
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap().timestamp_millis()
     }
 
     const NOW: i64 = 1_800_000_000_000;
 
     fn open_policy() -> KeyPolicy {
-        KeyPolicy {
-            revoked: false,
-            expires_at_ms: None,
-            quota: None,
-            rate: None,
-        }
+        KeyPolicy { revoked: false, revoke_at_ms: None, expires_at_ms: None, quota: None, rate: None }
     }
 
     fn run(p: &KeyPolicy, u: &mut Usage, now: i64) -> Decision {
@@ -198,49 +157,34 @@ mod tests {
 
     #[test]
     fn revoked_comes_before_expired_and_limits() {
-        let p = KeyPolicy {
-            revoked: true,
-            expires_at_ms: Some(NOW - 1),
-            ..open_policy()
-        };
-        assert_eq!(
-            decide(&p, &Usage::default(), NOW).0.status,
-            Status::ApiKeyRevoked
-        );
+        let p = KeyPolicy { revoked: true, expires_at_ms: Some(NOW - 1), ..open_policy() };
+        assert_eq!(decide(&p, &Usage::default(), NOW).0.status, Status::ApiKeyRevoked);
         assert_eq!(decide(&p, &Usage::default(), NOW).1, None);
     }
 
     #[test]
-    fn expiry_is_exact_to_the_millisecond() {
-        let p = KeyPolicy {
-            expires_at_ms: Some(NOW),
-            ..open_policy()
-        };
+    fn a_scheduled_revocation_is_exact_to_the_millisecond() {
+        let p = KeyPolicy { revoke_at_ms: Some(NOW), ..open_policy() };
         assert_eq!(decide(&p, &Usage::default(), NOW - 1).0.status, Status::Ok);
-        assert_eq!(
-            decide(&p, &Usage::default(), NOW).0.status,
-            Status::ApiKeyExpired
-        );
+        assert_eq!(decide(&p, &Usage::default(), NOW).0.status, Status::ApiKeyRevoked);
+    }
+
+    #[test]
+    fn expiry_is_exact_to_the_millisecond() {
+        let p = KeyPolicy { expires_at_ms: Some(NOW), ..open_policy() };
+        assert_eq!(decide(&p, &Usage::default(), NOW - 1).0.status, Status::Ok);
+        assert_eq!(decide(&p, &Usage::default(), NOW).0.status, Status::ApiKeyExpired);
         assert_eq!(decide(&p, &Usage::default(), NOW).1, None);
     }
 
     #[test]
     fn daily_quota_counts_until_the_last_millisecond() {
-        let p = KeyPolicy {
-            quota: Some(Quota {
-                limit: 2,
-                period: Period::Daily,
-            }),
-            ..open_policy()
-        };
+        let p = KeyPolicy { quota: Some(Quota { limit: 2, period: Period::Daily }), ..open_policy() };
         let mut u = Usage::default();
         let morning = at(2026, 12, 31, 8, 0, 0);
         let last_ms = at(2027, 1, 1, 0, 0, 0) - 1;
         let d = run(&p, &mut u, morning);
-        assert_eq!(
-            (d.status, d.quota_remaining, d.quota_reset_ms),
-            (Status::Ok, 1, last_ms + 1)
-        );
+        assert_eq!((d.status, d.quota_remaining, d.quota_reset_ms), (Status::Ok, 1, last_ms + 1));
         assert_eq!(run(&p, &mut u, morning).quota_remaining, 0);
         let refused = run(&p, &mut u, last_ms);
         assert_eq!(refused.status, Status::ApiKeyQuotaExceeded);
@@ -253,13 +197,7 @@ mod tests {
 
     #[test]
     fn monthly_quota_resets_on_the_first() {
-        let p = KeyPolicy {
-            quota: Some(Quota {
-                limit: 1,
-                period: Period::Monthly,
-            }),
-            ..open_policy()
-        };
+        let p = KeyPolicy { quota: Some(Quota { limit: 1, period: Period::Monthly }), ..open_policy() };
         for (last_day, next_first) in [
             (at(2026, 1, 31, 23, 59, 59) + 999, at(2026, 2, 1, 0, 0, 0)),
             (at(2026, 2, 28, 23, 59, 59) + 999, at(2026, 3, 1, 0, 0, 0)),
@@ -268,10 +206,7 @@ mod tests {
             let mut u = Usage::default();
             assert_eq!(run(&p, &mut u, last_day - 86_000_000).status, Status::Ok);
             let refused = run(&p, &mut u, last_day);
-            assert_eq!(
-                (refused.status, refused.retry_after_ms),
-                (Status::ApiKeyQuotaExceeded, 1)
-            );
+            assert_eq!((refused.status, refused.retry_after_ms), (Status::ApiKeyQuotaExceeded, 1));
             assert_eq!(run(&p, &mut u, next_first).status, Status::Ok);
         }
     }
@@ -279,44 +214,24 @@ mod tests {
     #[test]
     fn a_refusal_charges_nothing() {
         let p = KeyPolicy {
-            quota: Some(Quota {
-                limit: 5,
-                period: Period::Daily,
-            }),
-            rate: Some(RateLimit {
-                limit: 1,
-                window_ms: 1000,
-                burst: 1,
-            }),
+            quota: Some(Quota { limit: 5, period: Period::Daily }),
+            rate: Some(RateLimit { limit: 1, window_ms: 1000, burst: 1 }),
             ..open_policy()
         };
         let mut u = Usage::default();
         assert_eq!(run(&p, &mut u, NOW).status, Status::Ok);
         let before = u;
         let d = run(&p, &mut u, NOW + 10);
-        assert_eq!(
-            (d.status, d.retry_after_ms),
-            (Status::RateLimitExceeded, 990)
-        );
-        assert_eq!(
-            d.quota_remaining, 4,
-            "the rate-limited request took no quota"
-        );
+        assert_eq!((d.status, d.retry_after_ms), (Status::RateLimitExceeded, 990));
+        assert_eq!(d.quota_remaining, 4, "the rate-limited request took no quota");
         assert_eq!(u, before);
     }
 
     #[test]
     fn quota_is_checked_before_rate() {
         let p = KeyPolicy {
-            quota: Some(Quota {
-                limit: 1,
-                period: Period::Daily,
-            }),
-            rate: Some(RateLimit {
-                limit: 1,
-                window_ms: 60_000,
-                burst: 1,
-            }),
+            quota: Some(Quota { limit: 1, period: Period::Daily }),
+            rate: Some(RateLimit { limit: 1, window_ms: 60_000, burst: 1 }),
             ..open_policy()
         };
         let mut u = Usage::default();
@@ -329,15 +244,8 @@ mod tests {
     #[test]
     fn figures_of_an_admitted_request() {
         let p = KeyPolicy {
-            quota: Some(Quota {
-                limit: 100,
-                period: Period::Daily,
-            }),
-            rate: Some(RateLimit {
-                limit: 60,
-                window_ms: 60_000,
-                burst: 60,
-            }),
+            quota: Some(Quota { limit: 100, period: Period::Daily }),
+            rate: Some(RateLimit { limit: 60, window_ms: 60_000, burst: 60 }),
             ..open_policy()
         };
         let d = decide(&p, &Usage::default(), NOW).0;

@@ -56,12 +56,18 @@ pub struct KeyPatch {
     pub quota: Field<Quota>,
     pub rate_limit: Field<RateLimit>,
     pub meta: Field<Map<String, Value>>,
+    /// `"quota": "plan"`: drop the key's own quota and follow its plan's.
+    pub quota_follows_plan: bool,
+    /// `"rate_limit": "plan"`: drop the key's own rate limit and follow its plan's.
+    pub rate_follows_plan: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct KeyFilter {
     pub plan: Option<String>,
     pub env: Option<Env>,
+    /// Only active keys that expire at or before this instant (Unix ms).
+    pub expiring_before_ms: Option<i64>,
 }
 
 pub type QuotaSpec = Quota;
@@ -71,9 +77,7 @@ impl KeySpec {
     pub fn from_json(text: &str) -> Result<KeySpec> {
         let mut obj = parse_object(text, "key spec")?;
         let spec = KeySpec {
-            env: take_str(&mut obj, "env")?
-                .map(|s| Env::parse(&s))
-                .transpose()?,
+            env: take_str(&mut obj, "env")?.map(|s| Env::parse(&s)).transpose()?,
             name: take_name(&mut obj)?.or(None),
             plan: take_plan(&mut obj)?.or(None),
             expires_at_ms: take_time(&mut obj, "expires_at_ms")?,
@@ -90,6 +94,15 @@ impl KeySpec {
 impl KeyPatch {
     pub fn from_json(text: &str) -> Result<KeyPatch> {
         let mut obj = parse_object(text, "key patch")?;
+        let follows = |obj: &mut Map<String, Value>, name: &str| {
+            let yes = obj.get(name).is_some_and(|v| v == "plan");
+            if yes {
+                obj.remove(name);
+            }
+            yes
+        };
+        let quota_follows_plan = follows(&mut obj, "quota");
+        let rate_follows_plan = follows(&mut obj, "rate_limit");
         let patch = KeyPatch {
             name: take_name(&mut obj)?,
             plan: take_plan(&mut obj)?,
@@ -97,12 +110,50 @@ impl KeyPatch {
             quota: take_quota(&mut obj)?,
             rate_limit: take_rate(&mut obj)?,
             meta: take_meta(&mut obj)?,
+            quota_follows_plan,
+            rate_follows_plan,
         };
-        reject_leftovers(
-            obj,
-            "key patch (a revoked key cannot be un-revoked; use ms_key_revoke to revoke)",
-        )?;
+        reject_leftovers(obj, "key patch (a revoked key cannot be un-revoked; use ms_key_revoke to revoke)")?;
         Ok(patch)
+    }
+}
+
+impl KeyPatch {
+    /// The change as JSON, for the audit log.
+    pub fn to_json(&self) -> Value {
+        fn put<T: Serialize>(out: &mut Map<String, Value>, name: &str, field: &Field<T>) {
+            match field {
+                Field::Absent => {}
+                Field::Null => {
+                    out.insert(name.into(), Value::Null);
+                }
+                Field::Set(v) => {
+                    out.insert(name.into(), serde_json::to_value(v).unwrap_or(Value::Null));
+                }
+            }
+        }
+        let mut out = Map::new();
+        put(&mut out, "name", &self.name);
+        put(&mut out, "plan", &self.plan);
+        put(&mut out, "expires_at_ms", &self.expires_at_ms);
+        put(&mut out, "quota", &map_field(&self.quota, |q| QuotaJson::from(*q)));
+        put(&mut out, "rate_limit", &map_field(&self.rate_limit, |r| RateJson::from(*r)));
+        put(&mut out, "meta", &self.meta);
+        if self.quota_follows_plan {
+            out.insert("quota".into(), "plan".into());
+        }
+        if self.rate_follows_plan {
+            out.insert("rate_limit".into(), "plan".into());
+        }
+        Value::Object(out)
+    }
+}
+
+fn map_field<T, U>(f: &Field<T>, map: impl Fn(&T) -> U) -> Field<U> {
+    match f {
+        Field::Absent => Field::Absent,
+        Field::Null => Field::Null,
+        Field::Set(v) => Field::Set(map(v)),
     }
 }
 
@@ -111,9 +162,11 @@ impl KeyFilter {
         let mut obj = parse_object(text, "key filter")?;
         let filter = KeyFilter {
             plan: take_str(&mut obj, "plan")?,
-            env: take_str(&mut obj, "env")?
-                .map(|s| Env::parse(&s))
-                .transpose()?,
+            env: take_str(&mut obj, "env")?.map(|s| Env::parse(&s)).transpose()?,
+            expiring_before_ms: match take_time(&mut obj, "expiring_before_ms")? {
+                Field::Set(ms) => Some(ms),
+                _ => None,
+            },
         };
         reject_leftovers(obj, "key filter")?;
         Ok(filter)
@@ -159,9 +212,7 @@ fn take_label(obj: &mut Map<String, Value>, name: &str, max: usize) -> Result<Fi
             if s.len() > max {
                 Err(Error::invalid(format!("{name} is longer than {max} bytes")))
             } else if s.chars().any(char::is_control) {
-                Err(Error::invalid(format!(
-                    "{name} must not contain control characters"
-                )))
+                Err(Error::invalid(format!("{name} must not contain control characters")))
             } else {
                 Ok(Field::Set(s))
             }
@@ -194,9 +245,7 @@ fn take_time(obj: &mut Map<String, Value>, name: &str) -> Result<Field<i64>> {
         Field::Null => Ok(Field::Null),
         Field::Set(v) => match v.as_i64() {
             Some(ms) => Ok(Field::Set(check_time_ms(name, ms)?)),
-            None => Err(Error::invalid(format!(
-                "{name} must be an integer (Unix ms) or null"
-            ))),
+            None => Err(Error::invalid(format!("{name} must be an integer (Unix ms) or null"))),
         },
     }
 }
@@ -206,13 +255,9 @@ fn positive(obj: &mut Map<String, Value>, name: &str, context: &str) -> Result<O
         Field::Absent => Ok(None),
         Field::Set(v) => match v.as_i64() {
             Some(n) if n >= 1 => Ok(Some(n)),
-            _ => Err(Error::invalid(format!(
-                "{context}.{name} must be a positive integer"
-            ))),
+            _ => Err(Error::invalid(format!("{context}.{name} must be a positive integer"))),
         },
-        Field::Null => Err(Error::invalid(format!(
-            "{context}.{name} must be a positive integer"
-        ))),
+        Field::Null => Err(Error::invalid(format!("{context}.{name} must be a positive integer"))),
     }
 }
 
@@ -221,22 +266,17 @@ fn take_quota(obj: &mut Map<String, Value>) -> Result<Field<Quota>> {
         Field::Absent => Ok(Field::Absent),
         Field::Null => Ok(Field::Null),
         Field::Set(Value::Object(mut q)) => {
-            let limit = positive(&mut q, "limit", "quota")?
-                .ok_or_else(|| Error::invalid("quota.limit is required"))?;
+            let limit = positive(&mut q, "limit", "quota")?.ok_or_else(|| Error::invalid("quota.limit is required"))?;
             let period = match take_str(&mut q, "period")? {
                 Some(p) => Period::parse(&p)?,
-                None => {
-                    return Err(Error::invalid(
-                        "quota.period is required (\"daily\" or \"monthly\")",
-                    ))
-                }
+                None => return Err(Error::invalid("quota.period is required (\"daily\" or \"monthly\")")),
             };
             reject_leftovers(q, "quota")?;
             Ok(Field::Set(Quota { limit, period }))
         }
-        Field::Set(_) => Err(Error::invalid(
-            "quota must be an object {\"limit\": N, \"period\": \"daily\"|\"monthly\"} or null",
-        )),
+        Field::Set(_) => {
+            Err(Error::invalid("quota must be an object {\"limit\": N, \"period\": \"daily\"|\"monthly\"} or null"))
+        }
     }
 }
 
@@ -252,9 +292,9 @@ fn take_rate(obj: &mut Map<String, Value>) -> Result<Field<RateLimit>> {
             reject_leftovers(r, "rate_limit")?;
             Ok(Field::Set(checked_rate(limit, window_ms, burst)?))
         }
-        Field::Set(_) => Err(Error::invalid(
-            "rate_limit must be an object {\"limit\", \"window_ms\", \"burst\"} or null",
-        )),
+        Field::Set(_) => {
+            Err(Error::invalid("rate_limit must be an object {\"limit\", \"window_ms\", \"burst\"} or null"))
+        }
     }
 }
 
@@ -263,25 +303,15 @@ fn take_rate(obj: &mut Map<String, Value>) -> Result<Field<RateLimit>> {
 pub fn checked_rate(limit: i64, window_ms: i64, burst: i64) -> Result<RateLimit> {
     const YEAR_MS: i64 = 366 * 86_400_000;
     if window_ms > YEAR_MS {
-        return Err(Error::invalid(
-            "rate_limit.window_ms must be at most a year",
-        ));
+        return Err(Error::invalid("rate_limit.window_ms must be at most a year"));
     }
     if limit > window_ms.saturating_mul(1_000_000) {
-        return Err(Error::invalid(
-            "rate_limit.limit is more than one request per nanosecond",
-        ));
+        return Err(Error::invalid("rate_limit.limit is more than one request per nanosecond"));
     }
     if burst > 1_000_000_000 {
-        return Err(Error::invalid(
-            "rate_limit.burst must be at most 1000000000",
-        ));
+        return Err(Error::invalid("rate_limit.burst must be at most 1000000000"));
     }
-    Ok(RateLimit {
-        limit,
-        window_ms,
-        burst,
-    })
+    Ok(RateLimit { limit, window_ms, burst })
 }
 
 fn take_meta(obj: &mut Map<String, Value>) -> Result<Field<Map<String, Value>>> {
@@ -309,6 +339,12 @@ pub struct KeyRecord {
     pub rate_limit: Option<RateJson>,
     pub usage: UsageJson,
     pub meta: Map<String, Value>,
+    /// Fields added after v1 (additions only): a scheduled revocation (a rotation's grace end), the
+    /// rotation links, and which limits come from the key's plan.
+    pub revoke_at_ms: Option<i64>,
+    pub rotated_from: Option<String>,
+    pub rotated_to: Option<String>,
+    pub follows_plan: Vec<&'static str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -334,20 +370,13 @@ pub struct UsageJson {
 
 impl From<Quota> for QuotaJson {
     fn from(q: Quota) -> QuotaJson {
-        QuotaJson {
-            limit: q.limit,
-            period: q.period.as_str(),
-        }
+        QuotaJson { limit: q.limit, period: q.period.as_str() }
     }
 }
 
 impl From<RateLimit> for RateJson {
     fn from(r: RateLimit) -> RateJson {
-        RateJson {
-            limit: r.limit,
-            window_ms: r.window_ms,
-            burst: r.burst,
-        }
+        RateJson { limit: r.limit, window_ms: r.window_ms, burst: r.burst }
     }
 }
 
@@ -386,24 +415,12 @@ mod tests {
 
     #[test]
     fn absent_null_and_set_are_told_apart() {
-        let s = KeySpec::from_json(
-            r#"{"expires_at_ms": null, "rate_limit": {"limit": 10, "window_ms": 1000}}"#,
-        )
-        .unwrap();
+        let s =
+            KeySpec::from_json(r#"{"expires_at_ms": null, "rate_limit": {"limit": 10, "window_ms": 1000}}"#).unwrap();
         assert_eq!(s.expires_at_ms, Field::Null);
-        assert_eq!(
-            s.rate_limit,
-            Field::Set(RateLimit {
-                limit: 10,
-                window_ms: 1000,
-                burst: 10
-            })
-        );
+        assert_eq!(s.rate_limit, Field::Set(RateLimit { limit: 10, window_ms: 1000, burst: 10 }));
         let s = KeySpec::from_json("{}").unwrap();
-        assert_eq!(
-            (s.expires_at_ms, s.rate_limit),
-            (Field::Absent, Field::Absent)
-        );
+        assert_eq!((s.expires_at_ms, s.rate_limit), (Field::Absent, Field::Absent));
     }
 
     #[test]
@@ -413,20 +430,15 @@ mod tests {
         assert!(err("[1]").contains("must be a JSON object"));
         assert!(err(r#"{"plann": "x"}"#).contains("unknown field \"plann\""));
         assert!(err(r#"{"env": "prod"}"#).contains("env must be"));
-        assert!(err(r#"{"quota": {"limit": 0, "period": "daily"}}"#)
-            .contains("quota.limit must be a positive integer"));
+        assert!(err(r#"{"quota": {"limit": 0, "period": "daily"}}"#).contains("quota.limit must be a positive integer"));
         assert!(err(r#"{"quota": {"limit": 5, "period": "weekly"}}"#).contains("weekly"));
         assert!(err(r#"{"quota": {"limit": 5}}"#).contains("quota.period is required"));
         assert!(err(r#"{"expires_at_ms": 1700000000}"#).contains("not seconds"));
         assert!(err(r#"{"expires_at_ms": "soon"}"#).contains("integer"));
         assert!(err(&format!(r#"{{"plan": "{}"}}"#, "p".repeat(64))).contains("longer than 63"));
         assert!(err(r#"{"meta": [1]}"#).contains("meta must be a JSON object"));
-        assert!(err(r#"{"rate_limit": {"limit": 10, "burst": -1}}"#)
-            .contains("burst must be a positive"));
-        assert!(KeyPatch::from_json(r#"{"revoked_at_ms": 1}"#)
-            .unwrap_err()
-            .message
-            .contains("cannot be un-revoked"));
+        assert!(err(r#"{"rate_limit": {"limit": 10, "burst": -1}}"#).contains("burst must be a positive"));
+        assert!(KeyPatch::from_json(r#"{"revoked_at_ms": 1}"#).unwrap_err().message.contains("cannot be un-revoked"));
     }
 
     #[test]
@@ -441,21 +453,22 @@ mod tests {
             expires_at_ms: None,
             revoked_at_ms: None,
             revoked_reason: None,
-            quota: Some(QuotaJson {
-                limit: 10,
-                period: "daily",
-            }),
+            quota: Some(QuotaJson { limit: 10, period: "daily" }),
             rate_limit: None,
-            usage: UsageJson {
-                period_start_ms: 0,
-                used: 0,
-                total: 0,
-                last_used_at_ms: None,
-            },
+            usage: UsageJson { period_start_ms: 0, used: 0, total: 0, last_used_at_ms: None },
             meta: Map::new(),
+            revoke_at_ms: None,
+            rotated_from: None,
+            rotated_to: None,
+            follows_plan: vec![],
         };
         let json = r.to_json_with_key("ms_live_secret");
-        assert!(json.starts_with(r#"{"id":"key_x","key":"ms_live_secret","prefix":"ms_live_AbCd","env":"live","name":null,"plan":"pro""#), "{json}");
+        assert!(
+            json.starts_with(
+                r#"{"id":"key_x","key":"ms_live_secret","prefix":"ms_live_AbCd","env":"live","name":null,"plan":"pro""#
+            ),
+            "{json}"
+        );
         assert!(!r.to_json().contains("\"key\""));
     }
 }

@@ -93,10 +93,7 @@ impl Status {
     pub fn http(self) -> i32 {
         match self {
             Status::Ok => 200,
-            Status::ApiKeyMissing
-            | Status::ApiKeyInvalid
-            | Status::ApiKeyExpired
-            | Status::ApiKeyRevoked => 401,
+            Status::ApiKeyMissing | Status::ApiKeyInvalid | Status::ApiKeyExpired | Status::ApiKeyRevoked => 401,
             Status::ApiKeyQuotaExceeded | Status::RateLimitExceeded => 429,
             Status::ErrInvalidArgument | Status::ErrInternal => 500,
             Status::ErrNotOpen | Status::ErrStore => 503,

@@ -10,9 +10,7 @@ struct Cli {
 
 impl Cli {
     fn new() -> Cli {
-        Cli {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Cli { dir: tempfile::tempdir().unwrap() }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -26,11 +24,7 @@ impl Cli {
 
     fn ok_json(&self, args: &[&str]) -> Value {
         let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -38,35 +32,21 @@ impl Cli {
         let mut args = vec!["check", key, "--json"];
         args.extend_from_slice(extra);
         let out = self.run(&args);
-        (
-            out.status.code().unwrap(),
-            serde_json::from_slice(&out.stdout).unwrap(),
-        )
+        (out.status.code().unwrap(), serde_json::from_slice(&out.stdout).unwrap())
     }
 }
 
 #[test]
 fn issue_check_and_revoke_on_the_default_store() {
     let cli = Cli::new();
-    let created = cli.ok_json(&[
-        "key", "create", "--plan", "pro", "--name", "billing", "--quota", "2/day", "--json",
-    ]);
+    let created = cli.ok_json(&["key", "create", "--plan", "pro", "--name", "billing", "--quota", "2/day", "--json"]);
     let key = created["key"].as_str().unwrap();
     let id = created["id"].as_str().unwrap();
-    assert!(
-        cli.dir.path().join("ms_auth.db").exists(),
-        "--db defaults to ./ms_auth.db"
-    );
-    assert_eq!(
-        created["quota"],
-        serde_json::json!({"limit": 2, "period": "daily"})
-    );
+    assert!(cli.dir.path().join("ms_auth.db").exists(), "--db defaults to ./ms_auth.db");
+    assert_eq!(created["quota"], serde_json::json!({"limit": 2, "period": "daily"}));
 
     let (code, ok) = cli.check(key, &[]);
-    assert_eq!(
-        (code, ok["code"].as_str(), ok["http_status"].as_i64()),
-        (0, Some("ok"), Some(200))
-    );
+    assert_eq!((code, ok["code"].as_str(), ok["http_status"].as_i64()), (0, Some("ok"), Some(200)));
     assert_eq!(ok["key_id"], id);
     assert_eq!(ok["plan"], "pro");
     let (code, _) = cli.check(key, &[]);
@@ -77,10 +57,7 @@ fn issue_check_and_revoke_on_the_default_store() {
     assert_eq!(refused["body"]["error"]["httpStatus"], 429);
 
     let show = cli.ok_json(&["key", "show", id, "--json"]);
-    assert_eq!(
-        show["usage"]["used"], 2,
-        "counts from earlier processes are in the file"
-    );
+    assert_eq!(show["usage"]["used"], 2, "counts from earlier processes are in the file");
     assert!(show.get("key").is_none());
 
     let out = cli.run(&["key", "revoke", id, "--reason", "leaked"]);
@@ -88,41 +65,23 @@ fn issue_check_and_revoke_on_the_default_store() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Revoked"));
     let (_, revoked) = cli.check(key, &[]);
     assert_eq!(revoked["code"], "api_key_revoked");
-    assert_eq!(
-        cli.ok_json(&["key", "show", id, "--json"])["revoked_reason"],
-        "leaked"
-    );
+    assert_eq!(cli.ok_json(&["key", "show", id, "--json"])["revoked_reason"], "leaked");
 }
 
 #[test]
 fn every_documented_answer_from_the_cli() {
     let cli = Cli::new();
-    let expired = cli.ok_json(&[
-        "key",
-        "create",
-        "--expires-at",
-        "2001-01-01T00:00:00Z",
-        "--json",
-    ]);
+    let expired = cli.ok_json(&["key", "create", "--expires-at", "2001-01-01T00:00:00Z", "--json"]);
     let rate = cli.ok_json(&["key", "create", "--rate", "1/min", "--no-expiry", "--json"]);
     let (_, missing) = cli.check("", &[]);
     assert_eq!(
         missing["body"].to_string(),
         r#"{"success":false,"error":{"code":"api_key_missing","message":"API key is missing.","httpStatus":401}}"#
     );
-    assert_eq!(
-        cli.check("ms_live_unknown", &[]).1["code"],
-        "api_key_invalid"
-    );
-    assert_eq!(
-        cli.check(expired["key"].as_str().unwrap(), &[]).1["code"],
-        "api_key_expired"
-    );
+    assert_eq!(cli.check("ms_live_unknown", &[]).1["code"], "api_key_invalid");
+    assert_eq!(cli.check(expired["key"].as_str().unwrap(), &[]).1["code"], "api_key_expired");
     let key = rate["key"].as_str().unwrap();
-    assert_eq!(
-        cli.check(key, &["--now", "2030-01-01T00:00:00Z"]).1["code"],
-        "ok"
-    );
+    assert_eq!(cli.check(key, &["--now", "2030-01-01T00:00:00Z"]).1["code"], "ok");
     let (_, limited) = cli.check(key, &["--now", "2030-01-01T00:00:01Z"]);
     assert_eq!(limited["code"], "rate_limit_exceeded");
     assert_eq!(limited["retry_after_ms"], 59_000);
@@ -131,10 +90,7 @@ fn every_documented_answer_from_the_cli() {
 #[test]
 fn update_list_import_and_human_output() {
     let cli = Cli::new();
-    let id = cli.ok_json(&["key", "create", "--plan", "free", "--json"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = cli.ok_json(&["key", "create", "--plan", "free", "--json"])["id"].as_str().unwrap().to_string();
     let updated = cli.ok_json(&[
         "key",
         "update",
@@ -149,10 +105,7 @@ fn update_list_import_and_human_output() {
         "--json",
     ]);
     assert_eq!(updated["expires_at_ms"], Value::Null);
-    assert_eq!(
-        updated["rate_limit"],
-        serde_json::json!({"limit": 10, "window_ms": 1000, "burst": 20})
-    );
+    assert_eq!(updated["rate_limit"], serde_json::json!({"limit": 10, "window_ms": 1000, "burst": 20}));
     assert_eq!(updated["meta"]["team"], "x");
     let burst_only = cli.ok_json(&["key", "update", &id, "--burst", "5", "--json"]);
     assert_eq!(burst_only["rate_limit"]["limit"], 10);
@@ -176,31 +129,17 @@ fn update_list_import_and_human_output() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"ms_live_1a2b3c4d5e6f7g8h9i0j\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ms_live_1a2b3c4d5e6f7g8h9i0j\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    assert_eq!(
-        cli.check("ms_live_1a2b3c4d5e6f7g8h9i0j", &[]).1["code"],
-        "ok"
-    );
+    assert_eq!(cli.check("ms_live_1a2b3c4d5e6f7g8h9i0j", &[]).1["code"], "ok");
 
     let pro = cli.ok_json(&["key", "list", "--plan", "pro", "--json"]);
     assert_eq!(pro["keys"].as_array().unwrap().len(), 1);
     let table = String::from_utf8(cli.run(&["key", "list"]).stdout).unwrap();
-    assert!(
-        table.starts_with("ID ") && table.contains(&id) && table.contains("ms_live_1a2b"),
-        "{table}"
-    );
+    assert!(table.starts_with("ID ") && table.contains(&id) && table.contains("ms_live_1a2b"), "{table}");
     let human = String::from_utf8(cli.run(&["key", "create", "--env", "test"]).stdout).unwrap();
-    assert!(
-        human.starts_with("Key (shown once, store it now): ms_test_"),
-        "{human}"
-    );
+    assert!(human.starts_with("Key (shown once, store it now): ms_test_"), "{human}");
 }
 
 #[test]
@@ -218,20 +157,11 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
         let out = cli.run(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8(out.stderr).unwrap();
-        assert!(
-            err.starts_with("ms-auth: ") && err.ends_with('\n') && err.lines().count() == 1,
-            "{args:?}: {err:?}"
-        );
+        assert!(err.starts_with("ms-auth: ") && err.ends_with('\n') && err.lines().count() == 1, "{args:?}: {err:?}");
         assert!(out.stdout.is_empty());
     }
     let env_db = cli.dir.path().join("from-env.db");
-    let out = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
-        .env("MS_AUTH_DB", &env_db)
-        .args(["key", "list"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && env_db.exists(),
-        "--db falls back to $MS_AUTH_DB"
-    );
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_ms-auth")).env("MS_AUTH_DB", &env_db).args(["key", "list"]).output().unwrap();
+    assert!(out.status.success() && env_db.exists(), "--db falls back to $MS_AUTH_DB");
 }

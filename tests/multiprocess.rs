@@ -32,11 +32,7 @@ fn spawn(role: &str, db: &Path, key: &str, extra: &[(&str, String)]) -> Child {
 fn results(child: Child) -> Vec<String> {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "child failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix('=').map(str::to_string))
-        .collect()
+    String::from_utf8(out.stdout).unwrap().lines().filter_map(|l| l.strip_prefix('=').map(str::to_string)).collect()
 }
 
 /// Prints a result line for the parent (on a line of its own: the test harness shares stdout).
@@ -58,12 +54,7 @@ fn child() {
     };
     let db = env("MS_AUTH_CHILD_DB");
     let key = env("MS_AUTH_CHILD_KEY");
-    let count = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0usize)
-    };
+    let count = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(0usize);
     match role.as_str() {
         // Threads hammering one key; prints how many were admitted.
         "hammer" => {
@@ -72,11 +63,7 @@ fn child() {
                 .map(|_| {
                     let (store, key) = (store.clone(), key.clone());
                     let n = count("CHECKS");
-                    std::thread::spawn(move || {
-                        (0..n)
-                            .filter(|_| status(&store, &key, NOW) == Status::Ok)
-                            .count()
-                    })
+                    std::thread::spawn(move || (0..n).filter(|_| status(&store, &key, NOW) == Status::Ok).count())
                 })
                 .collect();
             let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
@@ -94,18 +81,12 @@ fn child() {
         // Opens, then forks workers that check (as nginx and gunicorn --preload do).
         "fork" => {
             let store = Store::open(&db).unwrap();
-            assert_eq!(
-                status(&store, &key, NOW),
-                Status::Ok,
-                "the parent checks before forking"
-            );
+            assert_eq!(status(&store, &key, NOW), Status::Ok, "the parent checks before forking");
             let mut pids = Vec::new();
             for _ in 0..count("WORKERS") {
                 let pid = unsafe { libc::fork() };
                 if pid == 0 {
-                    let admitted = (0..count("CHECKS"))
-                        .filter(|_| status(&store, &key, NOW) == Status::Ok)
-                        .count();
+                    let admitted = (0..count("CHECKS")).filter(|_| status(&store, &key, NOW) == Status::Ok).count();
                     // The child's own database connection works too (an admin call after the fork).
                     let made = store.create_key(&spec("{}"), NOW).is_ok();
                     store.flush().unwrap();
@@ -135,9 +116,7 @@ fn child() {
         // Checks, then dies without closing anything.
         "die" => {
             let store = Store::open(&db).unwrap();
-            let admitted = (0..count("CHECKS"))
-                .filter(|_| status(&store, &key, NOW) == Status::Ok)
-                .count();
+            let admitted = (0..count("CHECKS")).filter(|_| status(&store, &key, NOW) == Status::Ok).count();
             report(&admitted.to_string());
             std::io::stdout().flush().unwrap();
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -157,14 +136,10 @@ fn fresh(spec_json: &str) -> (tempfile::TempDir, std::path::PathBuf, String, Str
 
 #[test]
 fn a_quota_is_exact_across_four_processes_of_four_threads() {
-    let (_dir, db, key, id) =
-        fresh(r#"{"quota": {"limit": 3000, "period": "daily"}, "rate_limit": null}"#);
+    let (_dir, db, key, id) = fresh(r#"{"quota": {"limit": 3000, "period": "daily"}, "rate_limit": null}"#);
     let extra = [("THREADS", "4".to_string()), ("CHECKS", "400".to_string())];
     let children: Vec<_> = (0..4).map(|_| spawn("hammer", &db, &key, &extra)).collect();
-    let admitted: usize = children
-        .into_iter()
-        .map(|c| results(c)[0].parse::<usize>().unwrap())
-        .sum();
+    let admitted: usize = children.into_iter().map(|c| results(c)[0].parse::<usize>().unwrap()).sum();
     assert_eq!(admitted, 3000, "4 x 4 x 400 = 6400 tries, quota 3000");
     let store = Store::open(&db).unwrap();
     assert_eq!(store.get_key(&id).unwrap().usage.used, 3000);
@@ -173,14 +148,10 @@ fn a_quota_is_exact_across_four_processes_of_four_threads() {
 #[test]
 fn one_rate_bucket_is_shared_by_four_processes() {
     // A bucket of 250 that refills once an hour: at one instant exactly 250 pass, whoever asks.
-    let (_dir, db, key, _) =
-        fresh(r#"{"rate_limit": {"limit": 1, "window_ms": 3600000, "burst": 250}}"#);
+    let (_dir, db, key, _) = fresh(r#"{"rate_limit": {"limit": 1, "window_ms": 3600000, "burst": 250}}"#);
     let extra = [("THREADS", "2".to_string()), ("CHECKS", "100".to_string())];
     let children: Vec<_> = (0..4).map(|_| spawn("hammer", &db, &key, &extra)).collect();
-    let admitted: usize = children
-        .into_iter()
-        .map(|c| results(c)[0].parse::<usize>().unwrap())
-        .sum();
+    let admitted: usize = children.into_iter().map(|c| results(c)[0].parse::<usize>().unwrap()).sum();
     assert_eq!(admitted, 250);
 }
 
@@ -188,10 +159,8 @@ fn one_rate_bucket_is_shared_by_four_processes() {
 fn a_revocation_is_seen_by_a_running_process_on_its_next_check() {
     let (_dir, db, key, id) = fresh("{}");
     let mut child = spawn("watch", &db, &key, &[]);
-    let mut lines = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map(|l| l.unwrap())
-        .filter(|l| l.starts_with('='));
+    let mut lines =
+        BufReader::new(child.stdout.take().unwrap()).lines().map(|l| l.unwrap()).filter(|l| l.starts_with('='));
     assert_eq!(lines.next().unwrap(), "=Ok");
     // Revoked through the CLI, as an operator would.
     let out = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
@@ -206,39 +175,22 @@ fn a_revocation_is_seen_by_a_running_process_on_its_next_check() {
 
 #[test]
 fn a_store_opened_before_fork_works_in_the_children() {
-    let (_dir, db, key, _) =
-        fresh(r#"{"quota": {"limit": 500, "period": "daily"}, "rate_limit": null}"#);
+    let (_dir, db, key, _) = fresh(r#"{"quota": {"limit": 500, "period": "daily"}, "rate_limit": null}"#);
     let extra = [("WORKERS", "4".to_string()), ("CHECKS", "200".to_string())];
     let lines = results(spawn("fork", &db, &key, &extra));
     assert_eq!(lines.len(), 4);
-    let admitted: usize = lines
-        .iter()
-        .map(|l| l.split(' ').next().unwrap().parse::<usize>().unwrap())
-        .sum();
+    let admitted: usize = lines.iter().map(|l| l.split(' ').next().unwrap().parse::<usize>().unwrap()).sum();
     assert_eq!(admitted, 499, "the parent took one before forking");
-    assert!(
-        lines.iter().all(|l| l.ends_with(" true")),
-        "admin calls work in every child: {lines:?}"
-    );
-    assert_eq!(
-        Store::open(&db)
-            .unwrap()
-            .list_keys(&KeyFilter::default())
-            .unwrap()
-            .len(),
-        5
-    );
+    assert!(lines.iter().all(|l| l.ends_with(" true")), "admin calls work in every child: {lines:?}");
+    assert_eq!(Store::open(&db).unwrap().list_keys(&KeyFilter::default()).unwrap().len(), 5);
 }
 
 #[test]
 fn repeated_kill_9_under_load_loses_no_count_and_stalls_no_one() {
-    let (_dir, db, key, id) =
-        fresh(r#"{"quota": {"limit": 100000000, "period": "monthly"}, "rate_limit": null}"#);
+    let (_dir, db, key, id) = fresh(r#"{"quota": {"limit": 100000000, "period": "monthly"}, "rate_limit": null}"#);
     let mut reported = 0usize;
     let mut kills = 0usize;
-    let mut survivors: Vec<Child> = (0..2)
-        .map(|_| spawn("until-killed", &db, &key, &[]))
-        .collect();
+    let mut survivors: Vec<Child> = (0..2).map(|_| spawn("until-killed", &db, &key, &[])).collect();
     for round in 0..8 {
         let mut victim = spawn("until-killed", &db, &key, &[]);
         let mut out = victim.stdout.take().unwrap();
@@ -262,24 +214,17 @@ fn repeated_kill_9_under_load_loses_no_count_and_stalls_no_one() {
         std::io::Read::read_to_string(&mut out, &mut text).unwrap();
         survivor_reports += text.lines().filter(|l| *l == "=1").count();
     }
-    assert!(
-        survivor_reports > 0,
-        "the other processes kept being answered"
-    );
+    assert!(survivor_reports > 0, "the other processes kept being answered");
     reported += survivor_reports;
     let total = Store::open(&db).unwrap().get_key(&id).unwrap().usage.total as usize;
     // Every admission a process reported is counted; at most one per killed process was admitted
     // but not yet reported when it died.
-    assert!(
-        total >= reported && total <= reported + kills,
-        "total {total}, reported {reported}, kills {kills}"
-    );
+    assert!(total >= reported && total <= reported + kills, "total {total}, reported {reported}, kills {kills}");
 }
 
 #[test]
 fn counts_are_intact_after_every_process_dies_uncleanly() {
-    let (_dir, db, key, id) =
-        fresh(r#"{"quota": {"limit": 1000000, "period": "daily"}, "rate_limit": null}"#);
+    let (_dir, db, key, id) = fresh(r#"{"quota": {"limit": 1000000, "period": "daily"}, "rate_limit": null}"#);
     let extra = [("CHECKS", "300".to_string())];
     let children: Vec<_> = (0..3).map(|_| spawn("die", &db, &key, &extra)).collect();
     for c in children {
@@ -292,10 +237,7 @@ fn counts_are_intact_after_every_process_dies_uncleanly() {
     store.close().unwrap();
     // Flushed on close: the database alone has them, even if the counters file is lost.
     std::fs::remove_file(ms_auth::counters::path_for(&db)).unwrap();
-    assert_eq!(
-        Store::open(&db).unwrap().get_key(&id).unwrap().usage.used,
-        900
-    );
+    assert_eq!(Store::open(&db).unwrap().get_key(&id).unwrap().usage.used, 900);
 }
 
 #[test]
@@ -348,54 +290,29 @@ fn the_counters_file_grows_when_keys_outgrow_it() {
     let db = dir.path().join("keys.db");
     let server = Store::open(&db).unwrap();
     let admin = Store::open(&db).unwrap();
-    let first = admin
-        .create_key(
-            &spec(r#"{"quota": {"limit": 100, "period": "daily"}}"#),
-            NOW,
-        )
-        .unwrap();
+    let first = admin.create_key(&spec(r#"{"quota": {"limit": 100, "period": "daily"}}"#), NOW).unwrap();
     assert_eq!(status(&server, &first.key, NOW), Status::Ok);
     // The first file has room for 4096 keys and 8192 policy versions; go well past both.
     let mut last = String::new();
     for i in 0..5000 {
-        let k = admin
-            .create_key(&spec(r#"{"rate_limit": null}"#), NOW)
-            .unwrap();
+        let k = admin.create_key(&spec(r#"{"rate_limit": null}"#), NOW).unwrap();
         if i % 1000 == 0 {
-            admin
-                .update_key(
-                    &first.record.id,
-                    &ms_auth::KeyPatch::from_json(r#"{"name": "x"}"#).unwrap(),
-                )
-                .unwrap();
+            admin.update_key(&first.record.id, &ms_auth::KeyPatch::from_json(r#"{"name": "x"}"#).unwrap()).unwrap();
         }
         last = k.key;
     }
-    assert_eq!(
-        status(&server, &last, NOW),
-        Status::Ok,
-        "a handle opened before the growth sees new keys"
-    );
+    assert_eq!(status(&server, &last, NOW), Status::Ok, "a handle opened before the growth sees new keys");
     assert_eq!(status(&server, &first.key, NOW), Status::Ok);
-    assert_eq!(
-        admin.get_key(&first.record.id).unwrap().usage.used,
-        2,
-        "counts carried into the larger file"
-    );
+    assert_eq!(admin.get_key(&first.record.id).unwrap().usage.used, 2, "counts carried into the larger file");
 }
 
 #[test]
 fn a_counters_file_deleted_while_in_use_is_replaced_without_losing_counts() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("keys.db");
-    let opts = ms_auth::StoreOptions {
-        flush_interval: std::time::Duration::ZERO,
-        ..Default::default()
-    };
+    let opts = ms_auth::StoreOptions { flush_interval: std::time::Duration::ZERO, ..Default::default() };
     let store = Store::open_with(&db, opts).unwrap();
-    let k = store
-        .create_key(&spec(r#"{"quota": {"limit": 10, "period": "daily"}}"#), NOW)
-        .unwrap();
+    let k = store.create_key(&spec(r#"{"quota": {"limit": 10, "period": "daily"}}"#), NOW).unwrap();
     for _ in 0..3 {
         assert_eq!(status(&store, &k.key, NOW), Status::Ok);
     }

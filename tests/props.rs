@@ -30,6 +30,7 @@ proptest! {
     ) {
         let policy = KeyPolicy {
             revoked: false,
+            revoke_at_ms: None,
             expires_at_ms: None,
             quota: Some(Quota { limit: quota, period: Period::Daily }),
             rate: Some(RateLimit { limit, window_ms, burst }),

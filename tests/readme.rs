@@ -5,10 +5,7 @@ const README: &str = include_str!("../README.md");
 #[test]
 fn the_c_example_is_the_tested_one() {
     let example = include_str!("c/example.c");
-    assert!(
-        README.contains(example),
-        "README.md must quote tests/c/example.c verbatim"
-    );
+    assert!(README.contains(example), "README.md must quote tests/c/example.c verbatim");
 }
 
 #[test]

@@ -37,19 +37,11 @@ pub fn fixture(dir: &Path, n: usize) -> PathBuf {
         for i in 1..n {
             let key = fixture_key(i);
             insert
-                .execute(params![
-                    format!("key_bench{i}"),
-                    ms_auth::key::digest(key.as_bytes()).to_vec(),
-                    NOW
-                ])
+                .execute(params![format!("key_bench{i}"), ms_auth::key::digest(key.as_bytes()).to_vec(), NOW])
                 .unwrap();
         }
     }
-    tx.execute(
-        "UPDATE meta SET value = value + 1 WHERE name = 'generation'",
-        [],
-    )
-    .unwrap();
+    tx.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'", []).unwrap();
     tx.commit().unwrap();
     db
 }
@@ -62,19 +54,14 @@ pub struct SqlitePerCheck {
 impl SqlitePerCheck {
     pub fn open(db: &Path) -> SqlitePerCheck {
         let conn = Connection::open(db).unwrap();
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .unwrap();
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
-            .unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;").unwrap();
         SqlitePerCheck { conn }
     }
 
     pub fn check(&mut self, key: &[u8], now_ms: i64) -> Status {
         let digest = ms_auth::key::digest(key);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .unwrap();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
         let found = tx
             .query_row(
                 "SELECT k.row, k.revoked_at_ms, k.expires_at_ms, k.quota_limit, k.quota_period,
@@ -101,19 +88,15 @@ impl SqlitePerCheck {
         };
         let policy = KeyPolicy {
             revoked: revoked.is_some(),
+            revoke_at_ms: None,
             expires_at_ms: expires,
             quota: limit.map(|limit| ms_auth::policy::Quota {
                 limit,
-                period: ms_auth::period::Period::parse(period.as_deref().unwrap_or("daily"))
-                    .unwrap(),
+                period: ms_auth::period::Period::parse(period.as_deref().unwrap_or("daily")).unwrap(),
             }),
             rate: None,
         };
-        let usage = Usage {
-            period_start_ms: start.unwrap_or(0),
-            used: used.unwrap_or(0),
-            tat_ns: tat.unwrap_or(0),
-        };
+        let usage = Usage { period_start_ms: start.unwrap_or(0), used: used.unwrap_or(0), tat_ns: tat.unwrap_or(0) };
         let (decision, next) = decide(&policy, &usage, now_ms);
         if let Some(n) = next {
             tx.execute(

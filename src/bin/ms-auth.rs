@@ -19,14 +19,11 @@ use ms_auth::{Error, KeyFilter, KeyPatch, KeyRecord, KeySpec, Status, Store};
 #[command(name = "ms-auth", version, about)]
 struct Cli {
     /// The store file [default: $MS_AUTH_DB, else ./ms_auth.db]
-    #[arg(
-        long,
-        global = true,
-        env = "MS_AUTH_DB",
-        default_value = "ms_auth.db",
-        hide_default_value = true
-    )]
+    #[arg(long, global = true, env = "MS_AUTH_DB", default_value = "ms_auth.db", hide_default_value = true)]
     db: String,
+    /// Who the audit log names for this command's changes [default: cli:$USER].
+    #[arg(long, global = true, env = "MS_AUTH_ACTOR")]
+    actor: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +41,92 @@ enum Command {
         /// The instant to decide at, RFC 3339 [default: now].
         #[arg(long)]
         now: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Named plans: default quota, rate limit and lifetime of the keys on them.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Store-wide revocation policies (idle keys, abusive keys; rotated keys always).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The audit log of admin changes, oldest first.
+    Audit {
+        /// Only the changes to this key.
+        #[arg(long = "key", value_name = "ID")]
+        key_id: Option<String>,
+        /// Only changes since this instant (RFC 3339) or this long ago (30d, 12h).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many (the latest) [default: 1000].
+        #[arg(long)]
+        limit: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A key's decisions per UTC day: a table with a bar chart, or JSON or CSV for export.
+    Usage {
+        id: String,
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Prometheus text exposition of the store: decisions by status, keys by state, quota use by plan.
+    Metrics,
+}
+
+#[derive(Subcommand)]
+enum PlanCommand {
+    /// Create or replace a plan; its keys without limits of their own follow it from their next request.
+    Put {
+        name: String,
+        /// N/day or N/month.
+        #[arg(long, conflicts_with = "no_quota")]
+        quota: Option<String>,
+        #[arg(long)]
+        no_quota: bool,
+        /// N/s, N/min or N/hour [default: 60/min].
+        #[arg(long, conflicts_with = "no_rate_limit")]
+        rate: Option<String>,
+        #[arg(long, conflicts_with = "no_rate_limit")]
+        burst: Option<i64>,
+        #[arg(long)]
+        no_rate_limit: bool,
+        /// Lifetime of keys created on the plan: 365d, 12h.
+        #[arg(long)]
+        lifetime: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List plans.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Change policies; every server applies them from its next request on.
+    Set {
+        /// Revoke keys unused for this long: 90d.
+        #[arg(long, conflicts_with = "no_idle")]
+        idle: Option<String>,
+        #[arg(long)]
+        no_idle: bool,
+        /// Revoke keys rate-limited more than N times within a window: 100/10m, 1000/1h.
+        #[arg(long, value_name = "N/WINDOW", conflicts_with = "no_abuse")]
+        abuse: Option<String>,
+        #[arg(long)]
+        no_abuse: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the policies in force.
+    Show {
         #[arg(long)]
         json: bool,
     },
@@ -68,6 +151,19 @@ enum KeyCommand {
     List {
         #[arg(long)]
         plan: Option<String>,
+        /// Only active keys that expire within this long: 30d.
+        #[arg(long, value_name = "DURATION")]
+        expiring: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a key with a new one (same policy, plan, meta and quota count); the old one keeps working
+    /// for the grace period, then is revoked (reason "rotated").
+    Rotate {
+        id: String,
+        /// How long the old key keeps working: 24h, 7d, 0s.
+        #[arg(long, default_value = "24h")]
+        grace: String,
         #[arg(long)]
         json: bool,
     },
@@ -116,11 +212,7 @@ struct PolicyArgs {
     #[arg(long)]
     no_quota: bool,
     /// N/s, N/min or N/hour.
-    #[arg(
-        long,
-        value_name = "N/s|N/min|N/hour",
-        conflicts_with = "no_rate_limit"
-    )]
+    #[arg(long, value_name = "N/s|N/min|N/hour", conflicts_with = "no_rate_limit")]
     rate: Option<String>,
     /// Requests admitted at once when the bucket is full [default: the rate's N].
     #[arg(long, conflicts_with = "no_rate_limit")]
@@ -149,14 +241,11 @@ fn now_ms() -> i64 {
 
 fn run(cli: Cli) -> Result<ExitCode, Error> {
     let store = Store::open(&cli.db)?;
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    store.set_actor(&cli.actor.unwrap_or_else(|| format!("cli:{user}")));
     let now = now_ms();
     match cli.command {
-        Command::Key(KeyCommand::Create {
-            env,
-            policy,
-            import,
-            json,
-        }) => {
+        Command::Key(KeyCommand::Create { env, policy, import, json }) => {
             let key = import.map(|k| read_secret(&k)).transpose()?;
             let spec = KeySpec {
                 env: env.map(|e| Env::parse(&e)).transpose()?,
@@ -176,8 +265,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 print_record(&created.record, now);
             }
         }
-        Command::Key(KeyCommand::List { plan, json }) => {
-            let records = store.list_keys(&KeyFilter { plan, env: None })?;
+        Command::Key(KeyCommand::List { plan, expiring, json }) => {
+            let expiring_before_ms = expiring.map(|d| parse_duration(&d).map(|ms| now + ms)).transpose()?;
+            let records = store.list_keys(&KeyFilter { plan, env: None, expiring_before_ms })?;
             if json {
                 println!("{}", ms_auth::spec::list_json(&records));
             } else {
@@ -198,6 +288,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     burst: r.burst,
                 }))?,
                 meta: policy.meta()?,
+                quota_follows_plan: policy.quota.as_deref() == Some("plan"),
+                rate_follows_plan: policy.rate.as_deref() == Some("plan"),
             };
             show(&store.update_key(&id, &patch)?, json, now);
         }
@@ -206,12 +298,127 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             if json {
                 println!("{}", record.to_json());
             } else {
-                println!(
-                    "Revoked {} ({}): refused from the next request on.",
-                    record.id, record.prefix
-                );
+                println!("Revoked {} ({}): refused from the next request on.", record.id, record.prefix);
             }
         }
+        Command::Key(KeyCommand::Rotate { id, grace, json }) => {
+            let created = store.rotate_key(&id, parse_duration(&grace)?, now)?;
+            if json {
+                println!("{}", created.to_json());
+            } else {
+                println!("Key (shown once, store it now): {}", created.key);
+                println!(
+                    "{id} keeps working until {}, then is revoked (rotated).\n",
+                    fmt_time(Some(now + parse_duration(&grace)?))
+                );
+                print_record(&created.record, now);
+            }
+        }
+        Command::Plan(PlanCommand::Put { name, quota, no_quota, rate, burst, no_rate_limit, lifetime, json }) => {
+            let limits = PolicyArgs {
+                name: None,
+                plan: None,
+                expires_in: None,
+                expires_at: None,
+                no_expiry: false,
+                quota,
+                no_quota,
+                rate,
+                burst,
+                no_rate_limit,
+                meta: None,
+            };
+            let plan = ms_auth::store::PlanSpec {
+                name,
+                quota: limits.quota()?.or(None).map(Into::into),
+                rate_limit: limits.rate(None)?.or(Some(ms_auth::store::DEFAULT_RATE)).map(Into::into),
+                lifetime_ms: lifetime.map(|l| parse_duration(&l)).transpose()?,
+            };
+            let written = store.put_plan(&plan, now)?;
+            if json {
+                println!("{written}");
+            } else {
+                print_plans(&[written]);
+            }
+        }
+        Command::Plan(PlanCommand::List { json }) => {
+            let plans = store.list_plans()?;
+            if json {
+                println!("{}", json!({ "plans": plans }));
+            } else {
+                print_plans(&plans);
+            }
+        }
+        Command::Policy(PolicyCommand::Set { idle, no_idle, abuse, no_abuse, json }) => {
+            let mut change = ms_auth::store::PolicySpec::default();
+            if no_idle {
+                change.idle_ms = Some(0);
+            } else if let Some(idle) = idle {
+                let ms = parse_duration(&idle)?;
+                if ms < 86_400_000 || ms % 86_400_000 != 0 {
+                    return Err(Error::invalid("--idle must be a whole number of days, like 90d"));
+                }
+                change.idle_ms = Some(ms);
+            }
+            if no_abuse {
+                change.abuse = Some((0, 0));
+            } else if let Some(abuse) = abuse {
+                let (n, window) = split_rate(&abuse, "--abuse")?;
+                change.abuse = Some((n, parse_duration(window)?));
+            }
+            let now_in_force = store.set_policies(&change, now)?;
+            print_policies(&now_in_force, json);
+        }
+        Command::Policy(PolicyCommand::Show { json }) => print_policies(&store.policies()?, json),
+        Command::Audit { key_id, since, limit, json } => {
+            let since_ms = since
+                .map(|s| if s.contains('T') { parse_time(&s) } else { parse_duration(&s).map(|d| now - d) })
+                .transpose()?;
+            let events = store.audit_events(&ms_auth::store::AuditFilter { key_id, since_ms, limit })?;
+            if json {
+                println!("{}", json!({ "events": events }));
+            } else {
+                for e in &events {
+                    println!(
+                        "{}  {:<18} {:<24} {:<26} {}",
+                        fmt_time(Some(e.at_ms)),
+                        e.action,
+                        e.key_id.as_deref().unwrap_or("-"),
+                        e.actor,
+                        e.detail
+                    );
+                }
+                if events.is_empty() {
+                    println!("(no changes)");
+                }
+            }
+        }
+        Command::Usage { id, days, json, csv } => {
+            if !(1..=3650).contains(&days) {
+                return Err(Error::invalid("--days must be between 1 and 3650"));
+            }
+            let history = store.usage(&id, now - (days - 1) * 86_400_000, now)?;
+            if json {
+                println!("{}", serde_json::to_string(&history).expect("history serializes"));
+            } else if csv {
+                println!("date,admitted,api_key_expired,api_key_revoked,api_key_quota_exceeded,rate_limit_exceeded");
+                for d in &history.days {
+                    let r = &d.rejected;
+                    println!(
+                        "{},{},{},{},{},{}",
+                        d.date,
+                        d.admitted,
+                        r.api_key_expired,
+                        r.api_key_revoked,
+                        r.api_key_quota_exceeded,
+                        r.rate_limit_exceeded
+                    );
+                }
+            } else {
+                print_usage(&history);
+            }
+        }
+        Command::Metrics => print!("{}", store.metrics_text(now)?),
         Command::Check { key, now: at, json } => {
             let at = match at {
                 Some(t) => parse_time(&t)?,
@@ -238,10 +445,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     println!(
                         "key:       {}{}",
                         k.id(),
-                        k.plan()
-                            .as_ref()
-                            .map(|p| format!(" (plan {p})"))
-                            .unwrap_or_default()
+                        k.plan().as_ref().map(|p| format!(" (plan {p})")).unwrap_or_default()
                     );
                 }
                 if d.retry_after_ms > 0 {
@@ -256,11 +460,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     );
                 }
                 if d.rate_limit >= 0 {
-                    println!(
-                        "rate:      {} left now, full at {}",
-                        d.rate_remaining,
-                        fmt_time(Some(d.rate_reset_ms))
-                    );
+                    println!("rate:      {} left now, full at {}", d.rate_remaining, fmt_time(Some(d.rate_reset_ms)));
                 }
                 println!("body:      {}", d.status.error_json());
             }
@@ -281,9 +481,7 @@ fn read_secret(arg: &str) -> Result<String, Error> {
         eprintln!("Reading the key from standard input...");
     }
     let mut s = String::new();
-    std::io::stdin()
-        .read_to_string(&mut s)
-        .map_err(|e| Error::invalid(format!("cannot read standard input: {e}")))?;
+    std::io::stdin().read_to_string(&mut s).map_err(|e| Error::invalid(format!("cannot read standard input: {e}")))?;
     Ok(s.trim_end_matches(['\n', '\r']).to_string())
 }
 
@@ -305,18 +503,14 @@ impl PolicyArgs {
         if self.no_quota {
             return Ok(Field::Null);
         }
-        let Some(q) = &self.quota else {
+        let Some(q) = self.quota.as_ref().filter(|q| *q != "plan") else {
             return Ok(Field::Absent);
         };
         let (n, unit) = split_rate(q, "--quota")?;
         let period = match unit {
             "day" | "daily" => Period::Daily,
             "month" | "monthly" => Period::Monthly,
-            _ => {
-                return Err(Error::invalid(format!(
-                    "--quota {q}: the period must be day or month"
-                )))
-            }
+            _ => return Err(Error::invalid(format!("--quota {q}: the period must be day or month"))),
         };
         Ok(Field::Set(Quota { limit: n, period }))
     }
@@ -326,32 +520,20 @@ impl PolicyArgs {
         if self.no_rate_limit {
             return Ok(Field::Null);
         }
-        let base = match &self.rate {
+        let base = match self.rate.as_ref().filter(|r| *r != "plan") {
             Some(r) => {
                 let (n, unit) = split_rate(r, "--rate")?;
                 let window_ms = match unit {
                     "s" | "sec" | "second" => 1_000,
                     "m" | "min" | "minute" => 60_000,
                     "h" | "hour" => 3_600_000,
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "--rate {r}: the window must be s, min or hour"
-                        )))
-                    }
+                    _ => return Err(Error::invalid(format!("--rate {r}: the window must be s, min or hour"))),
                 };
-                RateLimit {
-                    limit: n,
-                    window_ms,
-                    burst: n,
-                }
+                RateLimit { limit: n, window_ms, burst: n }
             }
             None => match (self.burst, current) {
                 (Some(_), Some(current)) => current,
-                (Some(_), None) => {
-                    return Err(Error::invalid(
-                        "--burst needs --rate (this key has no rate limit)",
-                    ))
-                }
+                (Some(_), None) => return Err(Error::invalid("--burst needs --rate (this key has no rate limit)")),
                 (None, _) => return Ok(Field::Absent),
             },
         };
@@ -368,12 +550,56 @@ impl PolicyArgs {
             None => Ok(Field::Absent),
             Some(text) => match serde_json::from_str(text) {
                 Ok(Value::Object(m)) => Ok(Field::Set(m)),
-                _ => Err(Error::invalid(format!(
-                    "--meta must be a JSON object, not {text:?}"
-                ))),
+                _ => Err(Error::invalid(format!("--meta must be a JSON object, not {text:?}"))),
             },
         }
     }
+}
+
+fn print_plans(plans: &[Value]) {
+    println!("{:<16} {:<16} {:<24} {:<10} KEYS", "PLAN", "QUOTA", "RATE", "LIFETIME");
+    for p in plans {
+        let quota = p["quota"]
+            .as_object()
+            .map_or("none".into(), |q| format!("{}/{}", q["limit"], q["period"].as_str().unwrap_or("")));
+        let rate = p["rate_limit"]
+            .as_object()
+            .map_or("none".into(), |r| format!("{}/{}ms burst {}", r["limit"], r["window_ms"], r["burst"]));
+        let lifetime = p["lifetime_ms"].as_i64().map_or("default".into(), |ms| format!("{}d", ms / 86_400_000));
+        println!("{:<16} {:<16} {:<24} {:<10} {}", p["name"].as_str().unwrap_or(""), quota, rate, lifetime, p["keys"]);
+    }
+    if plans.is_empty() {
+        println!("(no plans)");
+    }
+}
+
+fn print_policies(p: &Value, json: bool) {
+    if json {
+        println!("{p}");
+        return;
+    }
+    let idle = p["idle"].get("days").map_or("off".into(), |d| format!("revoke keys unused for {d} days"));
+    let abuse = p["abuse"].as_object().map_or("off".into(), |a| {
+        format!("revoke keys rate-limited more than {} times within {} ms", a["limit"], a["window_ms"])
+    });
+    println!("idle     {idle}\nabuse    {abuse}\nrotated  revoke rotated keys when their grace ends (always)");
+}
+
+fn print_usage(h: &ms_auth::store::UsageHistory) {
+    let peak = h.days.iter().map(|d| d.admitted).max().unwrap_or(0).max(1);
+    println!(
+        "{:<10}  {:>9}  {:>8}  {:>8}  {:>8}  {:>8}  ADMITTED PER DAY",
+        "DATE", "ADMITTED", "EXPIRED", "REVOKED", "QUOTA", "RATE"
+    );
+    for d in &h.days {
+        let r = &d.rejected;
+        let bar = "#".repeat(((d.admitted * 40 + peak - 1) / peak) as usize);
+        println!(
+            "{:<10}  {:>9}  {:>8}  {:>8}  {:>8}  {:>8}  {bar}",
+            d.date, d.admitted, r.api_key_expired, r.api_key_revoked, r.api_key_quota_exceeded, r.rate_limit_exceeded
+        );
+    }
+    println!("last used: {}", h.last_used_at_ms.map_or("never".into(), |t| fmt_time(Some(t))));
 }
 
 fn split_rate<'a>(text: &'a str, flag: &str) -> Result<(i64, &'a str), Error> {
@@ -381,19 +607,13 @@ fn split_rate<'a>(text: &'a str, flag: &str) -> Result<(i64, &'a str), Error> {
     let (n, unit) = text.split_once('/').ok_or_else(bad)?;
     let n: i64 = n.trim().parse().map_err(|_| bad())?;
     if n < 1 {
-        return Err(Error::invalid(format!(
-            "{flag} {text}: N must be at least 1"
-        )));
+        return Err(Error::invalid(format!("{flag} {text}: N must be at least 1")));
     }
     Ok((n, unit.trim()))
 }
 
 fn parse_duration(text: &str) -> Result<i64, Error> {
-    let bad = || {
-        Error::invalid(format!(
-            "duration {text:?}: expected a number and a unit, like 30d, 12h, 90m or 45s"
-        ))
-    };
+    let bad = || Error::invalid(format!("duration {text:?}: expected a number and a unit, like 30d, 12h, 90m or 45s"));
     let unit_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let n: i64 = text[..unit_at].parse().map_err(|_| bad())?;
     let unit_ms = match &text[unit_at..] {
@@ -409,11 +629,7 @@ fn parse_duration(text: &str) -> Result<i64, Error> {
 fn parse_time(text: &str) -> Result<i64, Error> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis())
-        .map_err(|e| {
-            Error::invalid(format!(
-                "time {text:?} is not RFC 3339 (like 2027-01-01T00:00:00Z): {e}"
-            ))
-        })
+        .map_err(|e| Error::invalid(format!("time {text:?} is not RFC 3339 (like 2027-01-01T00:00:00Z): {e}")))
 }
 
 fn fmt_time(ms: Option<i64>) -> String {
@@ -425,10 +641,7 @@ fn fmt_time(ms: Option<i64>) -> String {
 
 fn state(r: &KeyRecord, now: i64) -> String {
     if r.revoked_at_ms.is_some() {
-        format!(
-            "revoked ({})",
-            r.revoked_reason.as_deref().unwrap_or("manual")
-        )
+        format!("revoked ({})", r.revoked_reason.as_deref().unwrap_or("manual"))
     } else if r.expires_at_ms.is_some_and(|t| now >= t) {
         "expired".to_string()
     } else {
@@ -437,15 +650,11 @@ fn state(r: &KeyRecord, now: i64) -> String {
 }
 
 fn quota_text(r: &KeyRecord) -> String {
-    r.quota
-        .as_ref()
-        .map_or("none".into(), |q| format!("{}/{}", q.limit, q.period))
+    r.quota.as_ref().map_or("none".into(), |q| format!("{}/{}", q.limit, q.period))
 }
 
 fn rate_text(r: &KeyRecord) -> String {
-    r.rate_limit.as_ref().map_or("none".into(), |rl| {
-        format!("{}/{}ms burst {}", rl.limit, rl.window_ms, rl.burst)
-    })
+    r.rate_limit.as_ref().map_or("none".into(), |rl| format!("{}/{}ms burst {}", rl.limit, rl.window_ms, rl.burst))
 }
 
 fn show(r: &KeyRecord, json: bool, now: i64) {
@@ -468,16 +677,8 @@ fn print_record(r: &KeyRecord, now: i64) {
         ("expires", fmt_time(r.expires_at_ms)),
         ("quota", quota_text(r)),
         ("rate limit", rate_text(r)),
-        (
-            "used",
-            format!("{} this period, {} in all", r.usage.used, r.usage.total),
-        ),
-        (
-            "last used",
-            r.usage
-                .last_used_at_ms
-                .map_or("never".into(), |t| fmt_time(Some(t))),
-        ),
+        ("used", format!("{} this period, {} in all", r.usage.used, r.usage.total)),
+        ("last used", r.usage.last_used_at_ms.map_or("never".into(), |t| fmt_time(Some(t)))),
         ("meta", Value::Object(r.meta.clone()).to_string()),
     ];
     for (label, value) in lines {
@@ -486,9 +687,7 @@ fn print_record(r: &KeyRecord, now: i64) {
 }
 
 fn print_table(records: &[KeyRecord], now: i64) {
-    let header = [
-        "ID", "PREFIX", "ENV", "PLAN", "NAME", "STATE", "EXPIRES", "QUOTA", "USED", "RATE",
-    ];
+    let header = ["ID", "PREFIX", "ENV", "PLAN", "NAME", "STATE", "EXPIRES", "QUOTA", "USED", "RATE"];
     let rows: Vec<[String; 11]> = records
         .iter()
         .map(|r| {
@@ -514,11 +713,7 @@ fn print_table(records: &[KeyRecord], now: i64) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let parts: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(header.to_vec());

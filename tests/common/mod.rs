@@ -16,9 +16,5 @@ pub fn spec(json: &str) -> KeySpec {
 }
 
 pub fn status(store: &Store, key: &str, now: i64) -> Status {
-    store
-        .check(Some(key.as_bytes()), now)
-        .unwrap()
-        .decision
-        .status
+    store.check(Some(key.as_bytes()), now).unwrap().decision.status
 }

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, MutexGuard};
-use rusqlite::{
-    params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior,
-};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 use serde_json::{Map, Value};
 
 use crate::counters::{self, Dirty, KeyEntry, KeyRef, SharedCounters, Tally};
+
+mod lifecycle;
 use crate::error::{Error, Result};
 use crate::gcra::RateLimit;
 use crate::key::{self, Env, KeyDigest, Presented};
@@ -25,6 +25,8 @@ use crate::period::Period;
 use crate::policy::{Decision, KeyPolicy, Quota, Usage};
 use crate::spec::{self, KeyFilter, KeyPatch, KeyRecord, KeySpec, QuotaJson, RateJson, UsageJson};
 use crate::status::Status;
+use lifecycle::{load_policies, plan_of};
+pub use lifecycle::{AuditEvent, AuditFilter, PlanSpec, PolicySpec, UsageDay, UsageHistory, DEFAULT_GRACE_MS};
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {
@@ -66,14 +68,55 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO meta (name, value) VALUES ('generation', 0);",
+    // 2: key lifecycle (rotation, plans, revocation by policy), the audit log and daily usage.
+    "ALTER TABLE keys ADD COLUMN revoke_at_ms INTEGER;
+    ALTER TABLE keys ADD COLUMN rotated_from TEXT;
+    ALTER TABLE keys ADD COLUMN rotated_to TEXT;
+    ALTER TABLE keys ADD COLUMN counts_with INTEGER REFERENCES keys(row);
+    ALTER TABLE keys ADD COLUMN quota_from_plan INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE keys ADD COLUMN rate_from_plan INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE plans (
+        name           TEXT PRIMARY KEY,
+        quota_limit    INTEGER,
+        quota_period   TEXT,
+        rate_limit     INTEGER,
+        rate_window_ms INTEGER,
+        rate_burst     INTEGER,
+        lifetime_ms    INTEGER,
+        updated_at_ms  INTEGER NOT NULL
+    );
+    CREATE VIEW key_policy AS
+        SELECT k.row AS row,
+               CASE WHEN k.quota_from_plan = 1 AND p.name IS NOT NULL THEN p.quota_limit ELSE k.quota_limit END AS quota_limit,
+               CASE WHEN k.quota_from_plan = 1 AND p.name IS NOT NULL THEN p.quota_period ELSE k.quota_period END AS quota_period,
+               CASE WHEN k.rate_from_plan = 1 AND p.name IS NOT NULL THEN p.rate_limit ELSE k.rate_limit END AS rate_limit,
+               CASE WHEN k.rate_from_plan = 1 AND p.name IS NOT NULL THEN p.rate_window_ms ELSE k.rate_window_ms END AS rate_window_ms,
+               CASE WHEN k.rate_from_plan = 1 AND p.name IS NOT NULL THEN p.rate_burst ELSE k.rate_burst END AS rate_burst
+        FROM keys k LEFT JOIN plans p ON p.name = k.plan;
+    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE audit (
+        seq     INTEGER PRIMARY KEY,
+        at_ms   INTEGER NOT NULL,
+        actor   TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        key_id  TEXT,
+        detail  TEXT NOT NULL
+    );
+    CREATE INDEX audit_key ON audit(key_id, seq);
+    CREATE TABLE usage_daily (
+        key_row        INTEGER NOT NULL REFERENCES keys(row) ON DELETE CASCADE,
+        day            INTEGER NOT NULL,
+        admitted       INTEGER NOT NULL,
+        expired        INTEGER NOT NULL,
+        revoked        INTEGER NOT NULL,
+        quota_exceeded INTEGER NOT NULL,
+        rate_limited   INTEGER NOT NULL,
+        PRIMARY KEY (key_row, day)
+    );",
 ];
 
 pub const DEFAULT_LIFETIME_MS: i64 = 365 * 86_400_000;
-pub const DEFAULT_RATE: RateLimit = RateLimit {
-    limit: 60,
-    window_ms: 60_000,
-    burst: 60,
-};
+pub const DEFAULT_RATE: RateLimit = RateLimit { limit: 60, window_ms: 60_000, burst: 60 };
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -156,6 +199,10 @@ pub struct Store {
     options: StoreOptions,
     db: ArcSwap<DbSlot>,
     shared: ArcSwap<SharedCounters>,
+    /// Who the audit log names for this handle's admin calls.
+    actor: Mutex<String>,
+    /// Checks in this process that matched no key: missing, invalid (for metrics).
+    unmatched: [AtomicU64; 2],
 }
 
 impl Store {
@@ -186,6 +233,8 @@ impl Store {
                 db: Mutex::new(Some(Db { conn })),
             }),
             shared: ArcSwap::from_pointee(shared),
+            actor: Mutex::new(default_actor()),
+            unmatched: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
@@ -198,36 +247,42 @@ impl Store {
     pub fn check(&self, key: Option<&[u8]>, now_ms: i64) -> Result<Checked> {
         spec::check_time_ms("now_ms", now_ms)?;
         let candidate = match key::classify(key) {
-            Presented::Missing => return Ok(no_key(Status::ApiKeyMissing)),
-            Presented::Malformed => return Ok(no_key(Status::ApiKeyInvalid)),
+            Presented::Missing => {
+                self.unmatched[0].fetch_add(1, Ordering::Relaxed);
+                return Ok(no_key(Status::ApiKeyMissing));
+            }
+            Presented::Malformed => {
+                self.unmatched[1].fetch_add(1, Ordering::Relaxed);
+                return Ok(no_key(Status::ApiKeyInvalid));
+            }
             Presented::Candidate(c) => c,
         };
         let digest = key::digest(candidate);
         let mut shared = self.counters()?;
         let interval_ns = self.options.flush_interval.as_nanos() as u64;
         if shared.claim_flush(interval_ns) {
-            self.flush_counters(&shared)?;
+            self.flush_counters(&shared, now_ms)?;
             if shared.is_superseded() {
                 shared = self.counters()?;
             }
         }
-        let Some((decision, key)) = shared.admit(&digest, now_ms) else {
+        let Some(admission) = shared.admit(&digest, now_ms) else {
+            self.unmatched[1].fetch_add(1, Ordering::Relaxed);
             return Ok(no_key(Status::ApiKeyInvalid));
         };
+        let (decision, key) = (admission.decision, admission.key);
         if self.options.durability == Durability::Strict && decision.status == Status::Ok {
             let mut db = self.db()?;
             write_counts(&mut db.conn, &[shared.dirty_one(&key)]).map_err(|e| {
-                Error::store(format!(
-                    "cannot write the count to {}: {}",
-                    self.path.display(),
-                    e.message
-                ))
+                Error::store(format!("cannot write the count to {}: {}", self.path.display(), e.message))
             })?;
         }
-        Ok(Checked {
-            decision,
-            key: Some(key),
-        })
+        if admission.abusive {
+            // This refusal went over the abuse policy's limit: revoked from the next check on.
+            drop(shared);
+            self.revoke_by_policy(key.id(), now_ms, "abuse")?;
+        }
+        Ok(Checked { decision, key: Some(key) })
     }
 
     /// The current counters file; maps the new one if another process replaced it.
@@ -250,10 +305,7 @@ impl Store {
         if slot.fork_generation != generation {
             // The parent's connection is left alone (never used, never closed) in the child.
             std::mem::forget(Arc::clone(&slot));
-            let fresh = Arc::new(DbSlot {
-                fork_generation: generation,
-                db: Mutex::new(None),
-            });
+            let fresh = Arc::new(DbSlot { fork_generation: generation, db: Mutex::new(None) });
             self.db.store(fresh.clone());
             slot = fresh;
         }
@@ -264,27 +316,27 @@ impl Store {
             let conn = open_connection(&self.path, self.options.busy_timeout)?;
             *guard = Some(Db { conn });
         }
-        Ok(MutexGuard::map(guard, |db| {
-            db.as_mut().expect("opened above")
-        }))
+        Ok(MutexGuard::map(guard, |db| db.as_mut().expect("opened above")))
     }
 
     /// Writes every count not yet in the database in one transaction, and brings the counters file up to
     /// date with admin changes another process committed but did not finish applying.
     pub fn flush(&self) -> Result<()> {
         let shared = self.counters()?;
-        self.flush_counters(&shared)
+        self.flush_counters(&shared, clock_ms())
     }
 
-    fn flush_counters(&self, shared: &SharedCounters) -> Result<()> {
+    /// Writes counts, then makes lasting the revocations that policies decided by `now_ms` (rotations
+    /// past their grace, idle keys), which checks already enforce from the counters file.
+    fn flush_counters(&self, shared: &SharedCounters, now_ms: i64) -> Result<()> {
+        self.write_dirty(shared)?;
+        self.persist_policy_revocations(now_ms)
+    }
+
+    fn write_dirty(&self, shared: &SharedCounters) -> Result<()> {
         let mut db = self.db()?;
-        let failed = |e: Error| {
-            Error::store(format!(
-                "cannot write usage counts to {}: {}",
-                self.path.display(),
-                e.message
-            ))
-        };
+        let failed =
+            |e: Error| Error::store(format!("cannot write usage counts to {}: {}", self.path.display(), e.message));
         let dirty = shared.dirty();
         if !dirty.is_empty() {
             write_counts(&mut db.conn, &dirty).map_err(failed)?;
@@ -328,23 +380,22 @@ impl Store {
                 (key::generate(env)?, env)
             }
         };
-        let default_expiry = self
-            .options
-            .default_lifetime_ms
-            .map(|l| now_ms.saturating_add(l));
-        let expires_at_ms = spec.expires_at_ms.clone().or(default_expiry);
-        let rate = spec.rate_limit.clone().or(self.options.default_rate);
-        let id = format!(
-            "key_{}",
-            String::from_utf8(key::random_base62(20)?).expect("base62 is ASCII")
-        );
+        let id = new_key_id()?;
         let meta = Value::Object(spec.meta.clone().unwrap_or_default()).to_string();
-
         self.admin(|tx| {
+            // A key on a plan follows the plan's quota, rate limit and lifetime where it sets none itself.
+            let plan = match &spec.plan {
+                Some(name) => plan_of(tx, name)?,
+                None => None,
+            };
+            let lifetime = plan.as_ref().and_then(|p| p.lifetime_ms).or(self.options.default_lifetime_ms);
+            let expires_at_ms = spec.expires_at_ms.clone().or(lifetime.map(|l| now_ms.saturating_add(l)));
+            let rate = spec.rate_limit.clone().or(self.options.default_rate);
             let inserted = tx.execute(
                 "INSERT INTO keys (id, digest, prefix, env, name, plan, created_at_ms, expires_at_ms,
-                                   quota_limit, quota_period, rate_limit, rate_window_ms, rate_burst, meta)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                   quota_limit, quota_period, rate_limit, rate_window_ms, rate_burst, meta,
+                                   quota_from_plan, rate_from_plan)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 params![
                     id,
                     key::digest(plaintext.as_bytes()).to_vec(),
@@ -360,22 +411,24 @@ impl Store {
                     rate.map(|r| r.window_ms),
                     rate.map(|r| r.burst),
                     meta,
+                    spec.quota.is_none() as i64,
+                    matches!(spec.rate_limit, spec::Field::Absent) as i64,
                 ],
             );
-            match inserted {
+            let row = match inserted {
                 Err(rusqlite::Error::SqliteFailure(e, Some(msg)))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation && msg.contains("digest") =>
                 {
-                    Err(Error::invalid("this key is already in the store"))
+                    return Err(Error::invalid("this key is already in the store"));
                 }
-                other => other.map(|_| vec![tx.last_insert_rowid()]).map_err(Error::from),
-            }
+                other => other.map(|_| tx.last_insert_rowid())?,
+            };
+            let detail = serde_json::json!({"env": env.as_str(), "plan": spec.plan, "name": spec.name, "imported": spec.key.is_some()});
+            self.audit(tx, now_ms, "key.create", Some(&id), detail)?;
+            Ok(vec![row])
         })?;
         let record = self.get_key(&id)?;
-        Ok(Created {
-            key: plaintext,
-            record,
-        })
+        Ok(Created { key: plaintext, record })
     }
 
     pub fn get_key(&self, id: &str) -> Result<KeyRecord> {
@@ -392,9 +445,12 @@ impl Store {
     pub fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>> {
         let db = self.db()?;
         let mut stmt = db.conn.prepare_cached(&format!(
-            "{RECORD_SELECT} WHERE (?1 IS NULL OR k.plan = ?1) AND (?2 IS NULL OR k.env = ?2) ORDER BY k.row"
+            "{RECORD_SELECT} WHERE (?1 IS NULL OR k.plan = ?1) AND (?2 IS NULL OR k.env = ?2)
+               AND (?3 IS NULL OR (k.expires_at_ms IS NOT NULL AND k.expires_at_ms <= ?3 AND k.revoked_at_ms IS NULL))
+             ORDER BY k.row"
         ))?;
-        let rows = stmt.query_map(params![filter.plan, filter.env.map(Env::as_str)], record_of)?;
+        let rows =
+            stmt.query_map(params![filter.plan, filter.env.map(Env::as_str), filter.expiring_before_ms], record_of)?;
         let mut out = Vec::new();
         for row in rows {
             out.push(self.with_live_usage(row??));
@@ -406,10 +462,7 @@ impl Store {
         self.admin(|tx| {
             let row = slot_of(tx, id)?;
             let set = |column: &str, value: &dyn rusqlite::ToSql| -> Result<()> {
-                tx.execute(
-                    &format!("UPDATE keys SET {column} = ?1 WHERE row = ?2"),
-                    params![value, row],
-                )?;
+                tx.execute(&format!("UPDATE keys SET {column} = ?1 WHERE row = ?2"), params![value, row])?;
                 Ok(())
             };
             if let Some(name) = patch.name.clone().into_change() {
@@ -421,18 +474,25 @@ impl Store {
             if let Some(expires) = patch.expires_at_ms.clone().into_change() {
                 set("expires_at_ms", &expires)?;
             }
-            if let Some(quota) = patch.quota.clone().into_change() {
+            if patch.quota_follows_plan {
+                set("quota_from_plan", &1)?;
+            } else if let Some(quota) = patch.quota.clone().into_change() {
                 set("quota_limit", &quota.map(|q| q.limit))?;
                 set("quota_period", &quota.map(|q| q.period.as_str()))?;
+                set("quota_from_plan", &0)?;
             }
-            if let Some(rate) = patch.rate_limit.clone().into_change() {
+            if patch.rate_follows_plan {
+                set("rate_from_plan", &1)?;
+            } else if let Some(rate) = patch.rate_limit.clone().into_change() {
                 set("rate_limit", &rate.map(|r| r.limit))?;
                 set("rate_window_ms", &rate.map(|r| r.window_ms))?;
                 set("rate_burst", &rate.map(|r| r.burst))?;
+                set("rate_from_plan", &0)?;
             }
             if let Some(meta) = patch.meta.clone().into_change() {
                 set("meta", &Value::Object(meta.unwrap_or_default()).to_string())?;
             }
+            self.audit(tx, clock_ms(), "key.update", Some(id), patch.to_json())?;
             Ok(vec![row])
         })?;
         self.get_key(id)
@@ -442,15 +502,54 @@ impl Store {
     /// revocation's time and reason.
     pub fn revoke_key(&self, id: &str, now_ms: i64, reason: Option<&str>) -> Result<KeyRecord> {
         spec::check_time_ms("now_ms", now_ms)?;
+        self.revoke_as(id, now_ms, reason.unwrap_or("manual"), "key.revoke")?;
+        self.get_key(id)
+    }
+
+    /// Revokes a key by a store policy ("idle", "abuse", "rotated"), recorded as such.
+    pub(crate) fn revoke_by_policy(&self, id: &str, at_ms: i64, reason: &str) -> Result<()> {
+        self.revoke_as(id, at_ms, reason, "key.revoke.policy")
+    }
+
+    fn revoke_as(&self, id: &str, at_ms: i64, reason: &str, action: &str) -> Result<()> {
         self.admin(|tx| {
             let row = slot_of(tx, id)?;
-            tx.execute(
+            let changed = tx.execute(
                 "UPDATE keys SET revoked_at_ms = ?1, revoked_reason = ?2 WHERE row = ?3 AND revoked_at_ms IS NULL",
-                params![now_ms, reason.unwrap_or("manual"), row],
+                params![at_ms, reason, row],
             )?;
+            if changed > 0 {
+                self.audit(tx, at_ms, action, Some(id), serde_json::json!({"reason": reason}))?;
+            }
             Ok(vec![row])
-        })?;
-        self.get_key(id)
+        })
+    }
+
+    /// Makes lasting the revocations that checks already enforce: rotated keys past their grace, and
+    /// keys idle for longer than the idle policy allows.
+    fn persist_policy_revocations(&self, now_ms: i64) -> Result<()> {
+        let due: Vec<(String, i64, &str)> = {
+            let db = self.db()?;
+            let idle_ms = load_policies(&db.conn)?.idle_ms;
+            let mut stmt = db.conn.prepare_cached(
+                "SELECT k.id, k.revoke_at_ms, 'rotated' FROM keys k
+                 WHERE k.revoked_at_ms IS NULL AND k.revoke_at_ms IS NOT NULL AND k.revoke_at_ms <= ?1
+                 UNION ALL
+                 SELECT k.id, MAX(COALESCE(u.last_used_at_ms, 0), k.created_at_ms) + ?2, 'idle' FROM keys k
+                 LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)
+                 WHERE ?2 > 0 AND k.revoked_at_ms IS NULL
+                   AND MAX(COALESCE(u.last_used_at_ms, 0), k.created_at_ms) + ?2 <= ?1",
+            )?;
+            let rows = stmt.query_map(params![now_ms, idle_ms], |r| {
+                let reason: String = r.get(2)?;
+                Ok((r.get(0)?, r.get(1)?, if reason == "rotated" { "rotated" } else { "idle" }))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (id, at_ms, reason) in due {
+            self.revoke_by_policy(&id, at_ms, reason)?;
+        }
+        Ok(())
     }
 
     /// Runs an admin change in one write transaction that also bumps the generation, and applies it to
@@ -459,46 +558,45 @@ impl Store {
     /// no longer matches the database and the next flush (in any process) brings it back in line.
     fn admin(&self, change: impl FnOnce(&Transaction) -> Result<Vec<i64>>) -> Result<()> {
         let mut db = self.db()?;
-        let tx = db
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = db.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let rows = change(&tx)?;
-        tx.execute(
-            "UPDATE meta SET value = value + 1 WHERE name = 'generation'",
-            [],
-        )?;
+        let policies = load_policies(&tx)?;
+        tx.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'", [])?;
         let generation = generation(&tx)?;
         let mut shared = self.shared.load_full();
         if shared.is_superseded() {
-            shared = Arc::new(map_counters_locked(
-                &tx,
-                &self.path,
-                &self.counters_path,
-                None,
-            )?);
+            shared = Arc::new(map_counters_locked(&tx, &self.path, &self.counters_path, None)?);
             self.shared.store(shared.clone());
         }
         shared.set_generation(-1);
         for row in rows {
-            let entry = load_entries(&tx, Some(row))?
-                .pop()
-                .ok_or_else(|| Error::internal("a changed key vanished"))?;
+            let entry =
+                load_entries(&tx, Keys::Row(row))?.pop().ok_or_else(|| Error::internal("a changed key vanished"))?;
             if shared.upsert(&entry).is_err() {
-                shared = Arc::new(map_counters_locked(
-                    &tx,
-                    &self.path,
-                    &self.counters_path,
-                    Some(&shared),
-                )?);
+                shared = Arc::new(map_counters_locked(&tx, &self.path, &self.counters_path, Some(&shared))?);
                 self.shared.store(shared.clone());
-                shared
-                    .upsert(&entry)
-                    .map_err(|_| Error::internal("a rebuilt counters file is full"))?;
+                shared.upsert(&entry).map_err(|_| Error::internal("a rebuilt counters file is full"))?;
             }
         }
         tx.commit()?;
+        shared.set_policies(&policies);
         shared.set_generation(generation);
         Ok(())
+    }
+
+    /// Adds an entry to the audit log, in the admin change's own transaction.
+    fn audit(&self, tx: &Transaction, at_ms: i64, action: &str, key_id: Option<&str>, detail: Value) -> Result<()> {
+        let actor = self.actor.lock().clone();
+        tx.execute(
+            "INSERT INTO audit (at_ms, actor, action, key_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![at_ms, actor, action, key_id, detail.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Names the actor the audit log records for this handle's admin calls (default: process and user).
+    pub fn set_actor(&self, actor: &str) {
+        *self.actor.lock() = actor.to_string();
     }
 
     /// A record's usage as counted in the shared file (the database lags it by up to a flush interval).
@@ -534,10 +632,7 @@ impl<T> spec::Field<T> {
 }
 
 fn no_key(status: Status) -> Checked {
-    Checked {
-        decision: Decision::without_key(status),
-        key: None,
-    }
+    Checked { decision: Decision::without_key(status), key: None }
 }
 
 fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
@@ -547,10 +642,7 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     if !path.exists() {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
-                return Err(Error::store(format!(
-                    "directory {} does not exist",
-                    dir.display()
-                )));
+                return Err(Error::store(format!("directory {} does not exist", dir.display())));
             }
         }
         // Create it ourselves so that it is private from the first byte; SQLite gives its WAL and shared
@@ -571,9 +663,7 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| Error::store(describe_open_failure(e)))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::store(format!(
-            "cannot use WAL mode (journal mode is {mode})"
-        )));
+        return Err(Error::store(format!("cannot use WAL mode (journal mode is {mode})")));
     }
     conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
     migrate(&mut conn)?;
@@ -582,9 +672,7 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
 
 fn describe_open_failure(e: rusqlite::Error) -> String {
     match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::NotADatabase) => {
-            "not an ms-auth store (file is not a database)".to_string()
-        }
+        Some(rusqlite::ErrorCode::NotADatabase) => "not an ms-auth store (file is not a database)".to_string(),
         Some(rusqlite::ErrorCode::ReadOnly) => "the file is read-only".to_string(),
         _ => e.to_string(),
     }
@@ -608,8 +696,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         tx.execute_batch(migration)?;
     }
     tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
-    tx.commit()
-        .map_err(|e| Error::store(describe_open_failure(e)))?;
+    tx.commit().map_err(|e| Error::store(describe_open_failure(e)))?;
     Ok(())
 }
 
@@ -617,12 +704,22 @@ pub fn schema_version() -> usize {
     MIGRATIONS.len()
 }
 
+/// The wall clock, for admin calls and flushes that are given no time.
+pub fn clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn default_actor() -> String {
+    let exe = std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    format!("{} (pid {}, uid {})", exe.unwrap_or_else(|| "?".into()), std::process::id(), unsafe { libc::geteuid() })
+}
+
+fn new_key_id() -> Result<String> {
+    Ok(format!("key_{}", String::from_utf8(key::random_base62(20)?).expect("base62 is ASCII")))
+}
+
 fn generation(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row(
-        "SELECT value FROM meta WHERE name = 'generation'",
-        [],
-        |r| r.get(0),
-    )?)
+    Ok(conn.query_row("SELECT value FROM meta WHERE name = 'generation'", [], |r| r.get(0))?)
 }
 
 /// Writes absolute counts (so writing the same counts twice, or from two processes, changes nothing),
@@ -653,20 +750,59 @@ fn write_counts(conn: &mut Connection, counts: &[Dirty]) -> Result<()> {
                 t.usage.tat_ns
             ])?;
         }
+        let mut daily = tx.prepare_cached(
+            "INSERT INTO usage_daily (key_row, day, admitted, expired, revoked, quota_exceeded, rate_limited)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM keys WHERE row = ?1)
+             ON CONFLICT (key_row, day) DO UPDATE SET
+                admitted = MAX(admitted, excluded.admitted), expired = MAX(expired, excluded.expired),
+                revoked = MAX(revoked, excluded.revoked), quota_exceeded = MAX(quota_exceeded, excluded.quota_exceeded),
+                rate_limited = MAX(rate_limited, excluded.rate_limited)",
+        )?;
+        for d in counts {
+            for day in d.days.iter().flatten() {
+                daily.execute(params![
+                    d.row,
+                    day.day,
+                    day.admitted,
+                    day.expired,
+                    day.revoked,
+                    day.quota_exceeded,
+                    day.rate_limited
+                ])?;
+            }
+        }
     }
     tx.commit()?;
     Ok(())
 }
 
-/// Every key (or the one at `row`) as the counters file needs it, with its stored counts.
-fn load_entries(conn: &Connection, row: Option<i64>) -> Result<Vec<KeyEntry>> {
+/// Which keys [`load_entries`] reads.
+pub(crate) enum Keys<'a> {
+    All,
+    Row(i64),
+    Plan(&'a str),
+}
+
+/// Keys as the counters file needs them: effective policy (their own or their plan's), stored counts
+/// (a rotated key's successor counts with the key it replaced).
+pub(crate) fn load_entries(conn: &Connection, which: Keys) -> Result<Vec<KeyEntry>> {
+    let (row, plan) = match which {
+        Keys::All => (None, None),
+        Keys::Row(r) => (Some(r), None),
+        Keys::Plan(p) => (None, Some(p)),
+    };
     let mut stmt = conn.prepare_cached(
-        "SELECT k.row, k.id, k.digest, k.plan, k.expires_at_ms, k.revoked_at_ms, k.quota_limit, k.quota_period,
-                k.rate_limit, k.rate_window_ms, k.rate_burst,
-                u.period_start_ms, u.used, u.total, u.last_used_at_ms, u.rate_tat_ns
-         FROM keys k LEFT JOIN usage u ON u.key_row = k.row WHERE ?1 IS NULL OR k.row = ?1",
+        "SELECT k.row, k.id, k.digest, k.plan, k.expires_at_ms, k.revoked_at_ms, e.quota_limit, e.quota_period,
+                e.rate_limit, e.rate_window_ms, e.rate_burst,
+                u.period_start_ms, u.used, u.total, u.last_used_at_ms, u.rate_tat_ns,
+                k.revoke_at_ms, k.created_at_ms, o.digest
+         FROM keys k JOIN key_policy e ON e.row = k.row
+         LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)
+         LEFT JOIN keys o ON o.row = k.counts_with
+         WHERE (?1 IS NULL OR k.row = ?1) AND (?2 IS NULL OR k.plan = ?2)
+         ORDER BY k.row",
     )?;
-    let mut rows = stmt.query([row])?;
+    let mut rows = stmt.query(params![row, plan])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(KeyEntry {
@@ -676,11 +812,14 @@ fn load_entries(conn: &Connection, row: Option<i64>) -> Result<Vec<KeyEntry>> {
             plan: row.get(3)?,
             policy: KeyPolicy {
                 revoked: row.get::<_, Option<i64>>(5)?.is_some(),
+                revoke_at_ms: row.get(16)?,
                 expires_at_ms: row.get(4)?,
                 quota: quota_of(row, 6)?,
                 rate: rate_of(row, 8)?,
             },
+            created_at_ms: row.get(17)?,
             tally: tally_of(row, 11)?,
+            shares_with: row.get::<_, Option<Vec<u8>>>(18)?.map(|_| digest_of(row, 18)).transpose()?,
         });
     }
     Ok(out)
@@ -688,9 +827,7 @@ fn load_entries(conn: &Connection, row: Option<i64>) -> Result<Vec<KeyEntry>> {
 
 fn digest_of(row: &Row, at: usize) -> Result<KeyDigest> {
     let digest: Vec<u8> = row.get(at)?;
-    digest
-        .try_into()
-        .map_err(|_| Error::store("corrupt store: a key digest is not 32 bytes"))
+    digest.try_into().map_err(|_| Error::store("corrupt store: a key digest is not 32 bytes"))
 }
 
 /// Maps the counters file, building it under the database's write lock when it is missing or unusable.
@@ -719,12 +856,13 @@ fn map_counters_locked(
     if grow_from.is_none() {
         if let Some(existing) = SharedCounters::open_existing(path)? {
             if existing.generation() != generation {
-                resync_entries(&load_entries(tx, None)?, &existing, generation)?;
+                resync_entries(&load_entries(tx, Keys::All)?, &existing, generation)?;
+                existing.set_policies(&load_policies(tx)?);
             }
             return Ok(existing);
         }
     }
-    let mut entries = load_entries(tx, None)?;
+    let mut entries = load_entries(tx, Keys::All)?;
     let before = grow_from.map(|old| old.snapshot()).unwrap_or_default();
     let carried: HashMap<KeyDigest, Tally> = before.iter().copied().collect();
     for entry in &mut entries {
@@ -733,12 +871,9 @@ fn map_counters_locked(
         }
     }
     // More room than the keys need now, so that growing is rare.
-    let room = if grow_from.is_some() {
-        entries.len() * 2
-    } else {
-        entries.len()
-    };
+    let room = if grow_from.is_some() { entries.len() * 2 } else { entries.len() };
     let built = SharedCounters::build(path, &entries, room, generation, db_path)?;
+    built.set_policies(&load_policies(tx)?);
     if let Some(old) = grow_from {
         old.supersede();
         // Checks that read the old file just before it was superseded finish within microseconds.
@@ -752,7 +887,8 @@ fn map_counters_locked(
 fn resync(conn: &mut Connection, shared: &SharedCounters) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let generation = generation(&tx)?;
-    resync_entries(&load_entries(&tx, None)?, shared, generation)?;
+    resync_entries(&load_entries(&tx, Keys::All)?, shared, generation)?;
+    shared.set_policies(&load_policies(&tx)?);
     tx.commit()?;
     Ok(())
 }
@@ -780,22 +916,20 @@ fn quota_of(row: &Row, at: usize) -> Result<Option<Quota>> {
     let limit: Option<i64> = row.get(at)?;
     let period: Option<String> = row.get(at + 1)?;
     match (limit, period) {
-        (Some(limit), Some(period)) => Ok(Some(Quota {
-            limit,
-            period: Period::parse(&period).map_err(|_| corrupt("quota_period"))?,
-        })),
+        (Some(limit), Some(period)) => {
+            Ok(Some(Quota { limit, period: Period::parse(&period).map_err(|_| corrupt("quota_period"))? }))
+        }
         (None, None) => Ok(None),
         _ => Err(corrupt("quota")),
     }
 }
 
 fn rate_of(row: &Row, at: usize) -> Result<Option<RateLimit>> {
-    let fields: (Option<i64>, Option<i64>, Option<i64>) =
-        (row.get(at)?, row.get(at + 1)?, row.get(at + 2)?);
+    let fields: (Option<i64>, Option<i64>, Option<i64>) = (row.get(at)?, row.get(at + 1)?, row.get(at + 2)?);
     match fields {
-        (Some(limit), Some(window_ms), Some(burst)) => spec::checked_rate(limit, window_ms, burst)
-            .map(Some)
-            .map_err(|_| corrupt("rate limit")),
+        (Some(limit), Some(window_ms), Some(burst)) => {
+            spec::checked_rate(limit, window_ms, burst).map(Some).map_err(|_| corrupt("rate limit"))
+        }
         (None, None, None) => Ok(None),
         _ => Err(corrupt("rate limit")),
     }
@@ -818,9 +952,10 @@ fn corrupt(what: &str) -> Error {
 }
 
 const RECORD_SELECT: &str = "SELECT k.digest, k.id, k.prefix, k.env, k.name, k.plan, k.created_at_ms, k.expires_at_ms,
-        k.revoked_at_ms, k.revoked_reason, k.quota_limit, k.quota_period, k.rate_limit, k.rate_window_ms,
-        k.rate_burst, k.meta, u.period_start_ms, u.used, u.total, u.last_used_at_ms, u.rate_tat_ns
-     FROM keys k LEFT JOIN usage u ON u.key_row = k.row";
+        k.revoked_at_ms, k.revoked_reason, e.quota_limit, e.quota_period, e.rate_limit, e.rate_window_ms,
+        e.rate_burst, k.meta, u.period_start_ms, u.used, u.total, u.last_used_at_ms, u.rate_tat_ns,
+        k.revoke_at_ms, k.rotated_from, k.rotated_to, k.quota_from_plan, k.rate_from_plan
+     FROM keys k JOIN key_policy e ON e.row = k.row LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)";
 
 /// Reads a row of [`RECORD_SELECT`]; the outer `rusqlite::Result` is SQLite's, the inner one ours.
 fn record_of(row: &Row) -> rusqlite::Result<Result<(KeyDigest, KeyRecord)>> {
@@ -847,6 +982,14 @@ fn record_of(row: &Row) -> rusqlite::Result<Result<(KeyDigest, KeyRecord)>> {
                 last_used_at_ms: tally.last_used_at_ms,
             },
             meta,
+            revoke_at_ms: row.get(21)?,
+            rotated_from: row.get(22)?,
+            rotated_to: row.get(23)?,
+            follows_plan: [("quota", row.get::<_, i64>(24)?), ("rate_limit", row.get::<_, i64>(25)?)]
+                .into_iter()
+                .filter(|(_, follows)| *follows == 1)
+                .map(|(what, _)| what)
+                .collect(),
         };
         Ok((digest_of(row, 0)?, record))
     };
