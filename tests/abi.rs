@@ -281,3 +281,69 @@ fn store_errors_explain_themselves() {
         last_error()
     );
 }
+
+#[test]
+fn lifecycle_functions_through_the_abi() {
+    let h = open();
+    let mut out = null_mut();
+    unsafe {
+        assert_eq!(ms_store_set_actor(h.0, c("nginx-worker-3").as_ptr()), MS_OK);
+        assert_eq!(ms_store_set_actor(h.0, null()), MS_ERR_INVALID_ARGUMENT);
+        assert_eq!(
+            ms_plan_put(h.0, c(r#"{"name": "pro", "quota": {"limit": 3, "period": "daily"}}"#).as_ptr(), NOW, &mut out),
+            MS_OK
+        );
+        let plan = take(out);
+        assert_eq!(
+            (plan["name"].as_str(), plan["quota"]["limit"].as_i64(), plan["keys"].as_i64()),
+            (Some("pro"), Some(3), Some(0))
+        );
+        assert_eq!(ms_plan_put(h.0, c(r#"{"name": ""}"#).as_ptr(), NOW, &mut out), MS_ERR_INVALID_ARGUMENT);
+        assert_eq!(ms_plan_list(h.0, &mut out), MS_OK);
+        assert_eq!(take(out)["plans"][0]["name"], "pro");
+
+        let (key, id) = create(&h, r#"{"plan": "pro"}"#);
+        assert_eq!(check(&h, key.as_bytes(), NOW).1.quota_limit, 3, "the plan's quota");
+        assert_eq!(ms_key_rotate(h.0, c(&id).as_ptr(), c(r#"{"grace_ms": 1000}"#).as_ptr(), NOW, &mut out), MS_OK);
+        let rotated = take(out);
+        let new_key = rotated["key"].as_str().unwrap().to_string();
+        assert_eq!(rotated["rotated_from"], id.as_str());
+        assert_eq!(check(&h, new_key.as_bytes(), NOW).1.quota_remaining, 1, "one quota for both keys");
+        assert_eq!(check(&h, key.as_bytes(), NOW + 1000).0, MS_API_KEY_REVOKED, "grace over");
+        assert_eq!(ms_key_rotate(h.0, c(&id).as_ptr(), null(), NOW, &mut out), MS_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("already rotated"), "{}", last_error());
+        assert_eq!(
+            ms_key_rotate(h.0, c(&id).as_ptr(), c(r#"{"grace": 1}"#).as_ptr(), NOW, &mut out),
+            MS_ERR_INVALID_ARGUMENT
+        );
+
+        assert_eq!(ms_policy_put(h.0, c(r#"{"idle": {"days": 7}}"#).as_ptr(), NOW, &mut out), MS_OK);
+        assert_eq!(take(out)["idle"]["days"], 7);
+        assert_eq!(ms_policy_get(h.0, &mut out), MS_OK);
+        assert_eq!(take(out)["rotated"], "always");
+        assert_eq!(ms_policy_put(h.0, c(r#"{"idle": 7}"#).as_ptr(), NOW, &mut out), MS_ERR_INVALID_ARGUMENT);
+
+        assert_eq!(ms_audit(h.0, c(&format!(r#"{{"key_id": "{id}"}}"#)).as_ptr(), &mut out), MS_OK);
+        let events = take(out);
+        assert_eq!(events["events"][0]["action"], "key.create");
+        assert_eq!(events["events"][0]["actor"], "nginx-worker-3");
+        assert_eq!(ms_audit(h.0, null(), &mut out), MS_OK);
+        let all = take(out);
+        let actions: Vec<&str> =
+            all["events"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+        assert_eq!(actions, ["plan.put", "key.create", "key.rotate", "policy.set"]);
+
+        assert_eq!(ms_usage(h.0, c(&id).as_ptr(), NOW, NOW, &mut out), MS_OK);
+        let usage = take(out);
+        assert_eq!(usage["days"][0]["admitted"], 2, "both keys' admissions");
+        assert_eq!(usage["days"][0]["rejected"]["api_key_revoked"], 1);
+        assert_eq!(ms_usage(h.0, c(&id).as_ptr(), NOW, NOW - 1, &mut out), MS_ERR_INVALID_ARGUMENT);
+        assert_eq!(ms_usage(h.0, c("key_nope").as_ptr(), NOW, NOW, &mut out), MS_ERR_NOT_FOUND);
+
+        assert_eq!(ms_metrics_text(h.0, &mut out), MS_OK);
+        let text = CStr::from_ptr(out).to_str().unwrap().to_string();
+        ms_string_free(out);
+        assert!(text.contains("# TYPE ms_auth_keys gauge"), "{text}");
+        assert_eq!(ms_metrics_text(h.0, null_mut()), MS_ERR_INVALID_ARGUMENT);
+    }
+}

@@ -165,3 +165,62 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
         Command::new(env!("CARGO_BIN_EXE_ms-auth")).env("MS_AUTH_DB", &env_db).args(["key", "list"]).output().unwrap();
     assert!(out.status.success() && env_db.exists(), "--db falls back to $MS_AUTH_DB");
 }
+
+#[test]
+fn lifecycle_from_the_cli() {
+    let cli = Cli::new();
+    let plan =
+        cli.ok_json(&["plan", "put", "pro", "--quota", "2/day", "--rate", "10/s", "--lifetime", "30d", "--json"]);
+    assert_eq!((plan["quota"]["limit"].as_i64(), plan["rate_limit"]["limit"].as_i64()), (Some(2), Some(10)));
+    let table = String::from_utf8(cli.run(&["plan", "list"]).stdout).unwrap();
+    assert!(table.contains("pro") && table.contains("2/daily") && table.contains("30d"), "{table}");
+
+    let created = cli.ok_json(&["--actor", "ops:bob", "key", "create", "--plan", "pro", "--json"]);
+    let (key, id) = (created["key"].as_str().unwrap().to_string(), created["id"].as_str().unwrap().to_string());
+    assert_eq!(cli.check(&key, &[]).1["quota_limit"], 2);
+
+    let rotated = cli.ok_json(&["key", "rotate", &id, "--grace", "0s", "--json"]);
+    let new_key = rotated["key"].as_str().unwrap();
+    assert_eq!(cli.check(&key, &[]).1["code"], "api_key_revoked");
+    assert_eq!(cli.check(new_key, &[]).1["code"], "ok");
+    assert_eq!(cli.check(new_key, &[]).1["code"], "api_key_quota_exceeded", "the quota was not reset");
+
+    let policy = cli.ok_json(&["policy", "set", "--idle", "90d", "--abuse", "100/10m", "--json"]);
+    assert_eq!(policy["idle"]["days"], 90);
+    assert_eq!(policy["abuse"], serde_json::json!({"limit": 100, "window_ms": 600000}));
+    let shown = String::from_utf8(cli.run(&["policy", "show"]).stdout).unwrap();
+    assert!(shown.contains("90 days"), "{shown}");
+
+    let audit = cli.ok_json(&["audit", "--key", &id, "--json"]);
+    let actions: Vec<&str> =
+        audit["events"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    // The grace ended at once; the next process to write counts made the revocation lasting.
+    assert_eq!(actions, ["key.create", "key.rotate", "key.revoke.policy"]);
+    assert_eq!(audit["events"][2]["detail"]["reason"], "rotated");
+    assert_eq!(audit["events"][0]["actor"], "ops:bob");
+    let human = String::from_utf8(cli.run(&["audit", "--since", "1d"]).stdout).unwrap();
+    assert!(human.contains("policy.set") && human.contains("cli:"), "{human}");
+
+    let usage = String::from_utf8(cli.run(&["usage", &id, "--days", "3"]).stdout).unwrap();
+    let today = usage.lines().nth(3).unwrap();
+    assert!(usage.starts_with("DATE") && today.contains('#'), "{usage}");
+    let csv = String::from_utf8(cli.run(&["usage", &id, "--days", "2", "--csv"]).stdout).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    assert!(
+        csv.lines().last().unwrap().ends_with(",1,0"),
+        "one admitted on the old key, the quota refusal on the new: {csv}"
+    );
+    let json = cli.ok_json(&["usage", &id, "--days", "1", "--json"]);
+    assert_eq!(json["days"][0]["admitted"], 2);
+
+    let expiring = cli.ok_json(&["key", "list", "--expiring", "31d", "--json"]);
+    assert_eq!(
+        expiring["keys"].as_array().unwrap().len(),
+        1,
+        "the new key (30 days, from the plan); the old one is revoked"
+    );
+    assert_eq!(cli.ok_json(&["key", "list", "--expiring", "29d", "--json"])["keys"].as_array().unwrap().len(), 0);
+
+    let metrics = String::from_utf8(cli.run(&["metrics"]).stdout).unwrap();
+    assert!(metrics.contains("ms_auth_checks_total{status=\"ok\"} 2"), "{metrics}");
+}
