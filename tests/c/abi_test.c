@@ -172,6 +172,30 @@ int main(void) {
         admitted += races[i].admitted;
     }
     EXPECT(admitted == 1000);
+
+    /* Lifecycle additions: a plan, a rotation that keeps the quota, metrics text. */
+    json = NULL;
+    EXPECT(ms_store_set_actor(store, "c-test") == MS_OK);
+    EXPECT(ms_plan_put(store, "{\"name\":\"gold\",\"quota\":{\"limit\":2,\"period\":\"daily\"}}", NOW, &json) == MS_OK);
+    EXPECT(json != NULL && strstr(json, "\"name\":\"gold\"") != NULL);
+    ms_string_free(json);
+    char gold_key[600], gold_id[48], next_key[600], next_id[48];
+    create(store, "{\"plan\":\"gold\"}", gold_key, gold_id);
+    EXPECT(check(store, gold_key, &r) == MS_OK && r.quota_limit == 2 && r.quota_remaining == 1);
+    json = NULL;
+    EXPECT(ms_key_rotate(store, gold_id, "{\"grace_ms\":0}", NOW, &json) == MS_OK);
+    json_string(json, "key", next_key, sizeof next_key);
+    json_string(json, "id", next_id, sizeof next_id);
+    ms_string_free(json);
+    EXPECT(check(store, gold_key, &r) == MS_API_KEY_REVOKED);
+    EXPECT(check(store, next_key, &r) == MS_OK && r.quota_remaining == 0);
+    EXPECT(check(store, next_key, &r) == MS_API_KEY_QUOTA_EXCEEDED);
+    json = NULL;
+    EXPECT(ms_metrics_text(store, &json) == MS_OK && strstr(json, "ms_auth_keys{state=") != NULL);
+    ms_string_free(json);
+    json = NULL;
+    EXPECT(ms_audit(store, NULL, &json) == MS_OK && strstr(json, "\"actor\":\"c-test\"") != NULL);
+    ms_string_free(json);
     ms_store_close(store);
 
     /* The process-wide store, and counts that survive close and reopen. */

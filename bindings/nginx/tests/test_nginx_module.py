@@ -485,8 +485,14 @@ class Variables(unittest.TestCase):
         request(PORT, "/logged-ok", key=rec["key"])
         request(PORT, "/logged-missing")
         request(PORT, "/logged-invalid", key="ms_live_invalid")
-        with open(MAIN.access_log) as f:
-            log = f.read()
+        # nginx writes the access log after the response is sent: wait for the last line.
+        deadline = time.monotonic() + 5
+        while True:
+            with open(MAIN.access_log) as f:
+                log = f.read()
+            if "/logged-invalid " in log or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         self.assertIn("/logged-ok 200 key=%s plan=logged status=ok" % rec["id"], log)
         self.assertIn("/logged-missing 401 key=- plan=- status=api_key_missing", log)
         self.assertIn("/logged-invalid 401 key=- plan=- status=api_key_invalid", log)

@@ -253,9 +253,10 @@ def test_ok(http: Server, store: Store) -> None:
     assert resp.status == 200
     assert resp.json() == {"key_id": keys.ok.id, "plan": "pro", "has_result": True}
     assert "retry-after" not in resp.headers
-    assert resp.headers["ratelimit-policy"] == '"rate";q=100, "quota";q=1000'
-    assert resp.headers["ratelimit"].startswith('"rate";r=99;t=1, "quota";r=999;t=')
-    assert get(http, keys.ok.key).headers["ratelimit"].startswith('"rate";r=98;')
+    assert resp.headers["ratelimit-policy"] == '"quota";q=1000, "rate";q=100'
+    assert resp.headers["ratelimit"].startswith('"quota";r=999;t=')
+    assert resp.headers["ratelimit"].endswith(', "rate";r=99;t=1')
+    assert '"rate";r=98;' in get(http, keys.ok.key).headers["ratelimit"]
 
 
 def test_app_headers_are_not_overridden(http: Server, store: Store) -> None:
@@ -263,7 +264,7 @@ def test_app_headers_are_not_overridden(http: Server, store: Store) -> None:
     resp = get(http, keys.ok.key, path="/own-ratelimit")
     assert resp.status == 200
     assert resp.headers["ratelimit"] == '"app";r=1;t=1'
-    assert resp.headers["ratelimit-policy"] == '"rate";q=100, "quota";q=1000'
+    assert resp.headers["ratelimit-policy"] == '"quota";q=1000, "rate";q=100'
 
 
 def test_closed_store_fails_closed(http: Server, tmp_path: Any) -> None:

@@ -129,8 +129,8 @@ def test_check_ok_figures(store: Store) -> None:
     with pytest.raises(ValueError):
         r.error_body()
     assert r.headers() == {
-        "RateLimit-Policy": '"rate";q=5, "quota";q=10',
-        "RateLimit": f'"rate";r=4;t=1, "quota";r=9;t={DAY_MS // 1000}',
+        "RateLimit-Policy": '"quota";q=10, "rate";q=5',
+        "RateLimit": f'"quota";r=9;t={DAY_MS // 1000}, "rate";r=4;t=1',
     }
 
 

@@ -204,7 +204,7 @@ class CheckResult:
 
         ``Retry-After`` (whole seconds, rounded up) on 429s, and for a matched key that is in force
         the IETF draft (httpapi-ratelimit-headers) fields: ``RateLimit-Policy`` with one item per
-        policy (``"rate"``, ``"quota"``; ``q`` = limit) and ``RateLimit`` with the remaining
+        policy (``"quota"``, ``"rate"``; ``q`` = limit) and ``RateLimit`` with the remaining
         requests ``r`` and the seconds ``t`` until more are available.
         """
         raw = self._raw
@@ -218,13 +218,14 @@ class CheckResult:
         policies: List[str] = []
         states: List[str] = []
         now = self.now_ms
+        # Quota first, as the decision order checks it first (the Go and nginx bindings agree).
+        if raw[3] >= 0:
+            policies.append(f'"quota";q={raw[3]}')
+            states.append(f'"quota";r={max(raw[4], 0)};t={_ceil_seconds(raw[5] - now)}')
         if raw[6] >= 0:
             policies.append(f'"rate";q={raw[6]}')
             wait = raw[2] if status == 6 else raw[8] - now
             states.append(f'"rate";r={max(raw[7], 0)};t={_ceil_seconds(wait)}')
-        if raw[3] >= 0:
-            policies.append(f'"quota";q={raw[3]}')
-            states.append(f'"quota";r={max(raw[4], 0)};t={_ceil_seconds(raw[5] - now)}')
         if policies:
             out["RateLimit-Policy"] = ", ".join(policies)
             out["RateLimit"] = ", ".join(states)
