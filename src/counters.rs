@@ -212,9 +212,33 @@ pub struct Full;
 /// A mapped counters file.
 pub struct SharedCounters {
     map: MmapRaw,
+    /// The geometry, validated once and copied out of the shared header: later writes to the header by
+    /// another process cannot move what this process reads.
+    layout: Layout,
     path: PathBuf,
     inode: u64,
     _file: File,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    index_slots: u64,
+    max_cells: u64,
+    max_blocks: u64,
+    index_off: u64,
+    blocks_off: u64,
+}
+
+/// What a check found in the counters file.
+#[derive(Clone, Copy, Debug)]
+pub enum Found {
+    Key(Admission),
+    /// No key has this digest.
+    Unknown,
+    /// This file was superseded by a larger one while the check ran: map the new one and ask again.
+    Moved,
+    /// The file is damaged (it was marked superseded, so the next check rebuilds it from the database).
+    Damaged(&'static str),
 }
 
 // The mapping is only reached through atomics and immutable-once-published records.
@@ -312,22 +336,42 @@ impl SharedCounters {
             .len(meta.len() as usize)
             .map_raw(&file)
             .map_err(|e| io_error("cannot map counters file", path, e))?;
-        let counters = SharedCounters { map, path: path.to_path_buf(), inode: meta.ino(), _file: file };
-        let h = counters.header();
+        // Every offset is checked with checked arithmetic: the file is shared, so it may be hostile.
+        let h = unsafe { &*(map.as_ptr() as *const Header) };
+        let fits = || -> Option<bool> {
+            let index_end = h.index_off.checked_add(h.index_slots.checked_mul(8)?)?;
+            let blocks_end = h.blocks_off.checked_add(h.max_blocks.checked_mul(BLOCK_LEN)?)?;
+            Some(
+                h.index_off == HEADER_LEN
+                    && h.index_slots.is_power_of_two()
+                    && h.index_slots >= 2 * h.max_cells
+                    && h.blocks_off >= index_end
+                    && h.blocks_off % 64 == 0
+                    && h.max_cells <= h.max_blocks
+                    && h.max_blocks < RECORD_MASK
+                    && blocks_end <= h.file_len,
+            )
+        };
         let valid = h.magic == MAGIC
             && h.layout_version == LAYOUT_VERSION
             && h.checksum == checksum(h)
             && h.boot_id == boot_id()
             && h.file_len == meta.len()
             && h.state.load(Ordering::Acquire) == READY
-            && Geometry::for_keys(0).index_off == h.index_off
-            && h.index_slots.is_power_of_two()
-            && h.blocks_off >= h.index_off + h.index_slots * 8
-            && h.max_cells <= h.max_blocks
-            && h.file_len >= h.blocks_off + h.max_blocks * BLOCK_LEN
+            && fits() == Some(true)
             && h.cells_used.load(Ordering::Acquire) <= h.max_cells
             && h.blocks_used.load(Ordering::Acquire) <= h.max_blocks;
-        Ok(valid.then_some(counters))
+        if !valid {
+            return Ok(None);
+        }
+        let layout = Layout {
+            index_slots: h.index_slots,
+            max_cells: h.max_cells,
+            max_blocks: h.max_blocks,
+            index_off: h.index_off,
+            blocks_off: h.blocks_off,
+        };
+        Ok(Some(SharedCounters { map, layout, path: path.to_path_buf(), inode: meta.ino(), _file: file }))
     }
 
     /// Builds a new file with room for `entries` (and growth), then puts it in place of `path` in one
@@ -342,6 +386,7 @@ impl SharedCounters {
         owner_of: &Path,
     ) -> Result<SharedCounters> {
         let g = Geometry::for_keys(room.max(entries.len()) as u64);
+        remove_stale_builds(path);
         let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let file = OpenOptions::new()
@@ -358,13 +403,26 @@ impl SharedCounters {
                         .map_err(|e| io_error("cannot give the counters file the database's owner", &tmp, e))?;
                 }
             }
-            file.set_len(g.file_len).map_err(|e| io_error("cannot size counters file", &tmp, e))?;
+            // Allocate every block now: a page first written through the mapping on a full disk would
+            // kill the process with SIGBUS instead of failing here with an error.
+            use std::os::fd::AsRawFd;
+            let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, g.file_len as libc::off_t) };
+            if rc != 0 {
+                return Err(io_error("cannot allocate counters file", &tmp, std::io::Error::from_raw_os_error(rc)));
+            }
             let map = MmapOptions::new()
                 .len(g.file_len as usize)
                 .map_raw(&file)
                 .map_err(|e| io_error("cannot map counters file", &tmp, e))?;
             let inode = file.metadata().map_err(|e| io_error("cannot stat counters file", &tmp, e))?.ino();
-            let counters = SharedCounters { map, path: path.to_path_buf(), inode, _file: file };
+            let layout = Layout {
+                index_slots: g.index_slots,
+                max_cells: g.max_cells,
+                max_blocks: g.max_blocks,
+                index_off: g.index_off,
+                blocks_off: g.blocks_off,
+            };
+            let counters = SharedCounters { map, layout, path: path.to_path_buf(), inode, _file: file };
             {
                 let h = counters.header_mut();
                 h.magic = MAGIC;
@@ -402,16 +460,38 @@ impl SharedCounters {
         unsafe { &mut *(self.map.as_mut_ptr() as *mut Header) }
     }
 
+    /// Callers pass `i < index_slots` (a masked hash).
     fn slot(&self, i: u64) -> &AtomicU64 {
-        let h = self.header();
-        debug_assert!(i < h.index_slots);
-        unsafe { &*(self.map.as_ptr().add((h.index_off + i * 8) as usize) as *const AtomicU64) }
+        let l = &self.layout;
+        assert!(i < l.index_slots, "index slot out of range");
+        unsafe { &*(self.map.as_ptr().add((l.index_off + i * 8) as usize) as *const AtomicU64) }
     }
 
+    /// Callers check `i < max_blocks` for numbers read from the file (see `find` and `valid_record`).
     fn block(&self, i: u64) -> *mut Block {
-        let h = self.header();
-        assert!(i < h.max_blocks, "block number out of range: damaged counters file");
-        unsafe { self.map.as_mut_ptr().add((h.blocks_off + i * BLOCK_LEN) as usize) as *mut Block }
+        let l = &self.layout;
+        assert!(i < l.max_blocks, "block number out of range");
+        unsafe { self.map.as_mut_ptr().add((l.blocks_off + i * BLOCK_LEN) as usize) as *mut Block }
+    }
+
+    /// Blocks in use, never more than the layout holds whatever the shared header says.
+    fn blocks_used(&self) -> u64 {
+        self.header().blocks_used.load(Ordering::Acquire).min(self.layout.max_blocks)
+    }
+
+    /// Checks what a record read from the file says before it is trusted.
+    fn valid_record(&self, r: &Record) -> std::result::Result<(), &'static str> {
+        let rate_ok =
+            r.rate_limit == 0 || crate::spec::checked_rate(r.rate_limit, r.rate_window_ms, r.rate_burst).is_ok();
+        let quota_ok = r.quota_period == 0 || (r.quota_period <= 2 && r.quota_limit >= 1);
+        match () {
+            _ if r.cell >= self.layout.max_blocks => Err("a record names a cell outside the file"),
+            _ if !quota_ok => Err("a record has an impossible quota"),
+            _ if !rate_ok => Err("a record has an impossible rate limit"),
+            _ if r.id_len as usize > MAX_ID_LEN => Err("a record has an impossible id"),
+            _ if r.plan_len != NO_PLAN && r.plan_len as usize > MAX_PLAN_LEN => Err("a record has an impossible plan"),
+            _ => Ok(()),
+        }
     }
 
     fn cell(&self, i: u64) -> &Cell {
@@ -451,19 +531,23 @@ impl SharedCounters {
 
     /// Finds the published record of a digest: (index slot, slot value, record number).
     fn find(&self, digest: &KeyDigest) -> Option<(u64, u64, u64)> {
-        let h = self.header();
-        let mask = h.index_slots - 1;
+        let slots = self.layout.index_slots;
+        let mask = slots - 1;
         let hash = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
         let tag = u64::from(u32::from_le_bytes(digest[8..12].try_into().expect("4 bytes")) & 0xFF_FFFF);
         let mut i = hash & mask;
         // The index is never more than half full, so an empty slot ends every probe.
-        for _ in 0..h.index_slots {
+        for _ in 0..slots {
             let v = self.slot(i).load(Ordering::Acquire);
             if v == 0 {
                 return None;
             }
             if v >> RECORD_BITS == tag {
-                let r = (v & RECORD_MASK) - 1;
+                let r = (v & RECORD_MASK).wrapping_sub(1);
+                if r >= self.layout.max_blocks {
+                    // A damaged slot: say so rather than read outside the file.
+                    return Some((i, v, u64::MAX));
+                }
                 if self.record(r).digest == *digest {
                     return Some((i, v, r));
                 }
@@ -474,10 +558,15 @@ impl SharedCounters {
     }
 
     /// Decides one request for the key with this digest and charges it if admitted.
-    /// `None`: no such key.
-    pub fn admit(&self, digest: &KeyDigest, now_ms: i64) -> Option<Admission> {
-        let (_, _, r) = self.find(digest)?;
+    pub fn admit(&self, digest: &KeyDigest, now_ms: i64) -> Found {
+        let Some((_, _, r)) = self.find(digest) else { return Found::Unknown };
+        if r == u64::MAX {
+            return self.damaged("an index slot names a record outside the file");
+        }
         let record = self.record(r);
+        if let Err(why) = self.valid_record(record) {
+            return self.damaged(why);
+        }
         let cell = self.cell(record.cell);
         let mut policy = policy_of(record);
         let idle_ms = self.header().idle_ms.load(Ordering::Relaxed);
@@ -488,6 +577,9 @@ impl SharedCounters {
         }
         let mut current = cell.state.load(Ordering::Acquire);
         let decision = loop {
+            if current as u64 & FROZEN != 0 {
+                return Found::Moved;
+            }
             let usage = decode(current);
             let (decision, next) = policy::decide(&policy, &usage, now_ms);
             let Some(next) = next else { break decision };
@@ -505,7 +597,82 @@ impl SharedCounters {
         count_day(cell, now_ms, decision.status);
         cell.activity.fetch_add(1, Ordering::Release);
         let abusive = decision.status == Status::RateLimitExceeded && self.count_abuse(cell, now_ms);
-        Some(Admission { decision, key: key_ref(record), abusive })
+        Found::Key(Admission { decision, key: key_ref(record), abusive })
+    }
+
+    fn damaged(&self, why: &'static str) -> Found {
+        self.supersede();
+        Found::Damaged(why)
+    }
+
+    /// Stops every counter of this (superseded) file: a check that reads a frozen counter maps the new
+    /// file instead, so the counts carried over from this one are final.
+    pub fn freeze(&self) {
+        for c in 0..self.blocks_used() {
+            let cell = self.cell(c);
+            let mut current = cell.state.load(Ordering::Acquire);
+            while current as u64 & FROZEN == 0 {
+                match cell.state.compare_exchange_weak(
+                    current,
+                    current | FROZEN as u128,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break,
+                    Err(seen) => current = seen,
+                }
+            }
+        }
+    }
+
+    /// Makes a digest refuse every request (revoked) and never be written to the database: for a key
+    /// this file holds that the database does not (an admin change that failed to commit).
+    pub fn tombstone(&self, digest: &KeyDigest) -> std::result::Result<(), Full> {
+        let Some((_, _, r)) = self.find(digest) else { return Ok(()) };
+        if r == u64::MAX {
+            return Ok(());
+        }
+        let record = self.record(r);
+        let entry = KeyEntry {
+            row: 0,
+            digest: *digest,
+            id: String::new(),
+            plan: None,
+            policy: KeyPolicy { revoked: true, revoke_at_ms: None, expires_at_ms: None, quota: None, rate: None },
+            created_at_ms: record.created_at_ms,
+            tally: Tally::default(),
+            shares_with: None,
+        };
+        let cell = record.cell;
+        self.upsert(&entry)?;
+        // Its row number may be handed to another key: never flush this cell under it.
+        if cell < self.layout.max_blocks && self.shares_no_cell(digest, cell) {
+            self.cell(cell).row.store(0, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// True when no other key's current record counts in `cell`.
+    fn shares_no_cell(&self, digest: &KeyDigest, cell: u64) -> bool {
+        (0..self.layout.index_slots).all(|i| {
+            let v = self.slot(i).load(Ordering::Acquire);
+            let r = (v & RECORD_MASK).wrapping_sub(1);
+            v == 0 || r >= self.layout.max_blocks || {
+                let record = self.record(r);
+                record.cell != cell || record.digest == *digest
+            }
+        })
+    }
+
+    /// The digests of every key this file answers for.
+    pub fn digests(&self) -> Vec<KeyDigest> {
+        (0..self.layout.index_slots)
+            .filter_map(|i| {
+                let v = self.slot(i).load(Ordering::Acquire);
+                let r = (v & RECORD_MASK).wrapping_sub(1);
+                (v != 0 && r < self.layout.max_blocks).then(|| self.record(r).digest)
+            })
+            .collect()
     }
 
     /// Counts a rate-limit refusal; true when it is the one that goes over the abuse limit.
@@ -547,7 +714,9 @@ impl SharedCounters {
     /// The counts of the key with this digest.
     pub fn tally(&self, digest: &KeyDigest) -> Option<Tally> {
         let (_, _, r) = self.find(digest)?;
-        Some(tally_of(self.cell(self.record(r).cell)))
+        let record = (r != u64::MAX).then(|| self.record(r))?;
+        self.valid_record(record).ok()?;
+        Some(tally_of(self.cell(record.cell)))
     }
 
     /// Adds or changes a key. Only one process at a time may call it (the store holds the database's
@@ -556,16 +725,17 @@ impl SharedCounters {
         let h = self.header();
         let found = self.find(&entry.digest);
         let b = h.blocks_used.load(Ordering::Acquire);
-        if b >= h.max_blocks {
+        if b >= self.layout.max_blocks {
             return Err(Full);
         }
+        let found = found.filter(|(_, _, r)| *r != u64::MAX && self.record(*r).cell < self.layout.max_blocks);
         let shared_cell = entry.shares_with.and_then(|d| self.find(&d)).map(|(_, _, r)| self.record(r).cell);
         let cell = match (found, shared_cell) {
             (Some((_, _, r)), _) => self.record(r).cell,
             (None, Some(cell)) => cell,
             (None, None) => {
                 let c = h.cells_used.load(Ordering::Acquire);
-                if c >= h.max_cells {
+                if c >= self.layout.max_cells {
                     return Err(Full);
                 }
                 let cell = self.cell(b);
@@ -588,7 +758,7 @@ impl SharedCounters {
         match found {
             Some((i, _, _)) => self.slot(i).store(value, Ordering::Release),
             None => {
-                let mask = h.index_slots - 1;
+                let mask = self.layout.index_slots - 1;
                 let mut i = u64::from_le_bytes(entry.digest[..8].try_into().expect("8 bytes")) & mask;
                 while self.slot(i).load(Ordering::Acquire) != 0 {
                     i = (i + 1) & mask;
@@ -601,8 +771,7 @@ impl SharedCounters {
 
     /// The keys whose counts changed since they were last written to the database.
     pub fn dirty(&self) -> Vec<Dirty> {
-        let used = self.header().blocks_used.load(Ordering::Acquire);
-        (0..used)
+        (0..self.blocks_used())
             .filter_map(|c| {
                 let cell = self.cell(c);
                 // Blocks of later record versions have no cell in use (row 0).
@@ -650,33 +819,36 @@ impl SharedCounters {
             && h.next_flush_ns.compare_exchange(due, now + interval_ns, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
-    /// Every key's digest and counts, to carry them into a rebuilt file.
+    /// Every counter cell's counts, under the digest of one key that counts in it (keys that share a cell
+    /// after a rotation appear once), to carry them into a rebuilt file.
     pub fn snapshot(&self) -> Vec<(KeyDigest, Tally)> {
-        let used = self.header().blocks_used.load(Ordering::Acquire);
-        let mut seen = std::collections::HashMap::new();
-        for r in 0..used {
+        let mut by_cell = std::collections::HashMap::new();
+        for r in 0..self.blocks_used() {
             let record = self.record(r);
-            seen.insert(record.digest, tally_of(self.cell(record.cell)));
+            if record.cell < self.layout.max_blocks {
+                by_cell.insert(record.cell, (record.digest, tally_of(self.cell(record.cell))));
+            }
         }
-        seen.into_iter().collect()
+        by_cell.into_values().collect()
     }
 
-    /// Adds counts charged to this (superseded) file after `before` was taken into `to`.
+    /// Adds the counts charged to this (superseded, frozen) file after `before` was taken into `to`.
     pub fn carry_late_counts(&self, before: &[(KeyDigest, Tally)], to: &SharedCounters) {
         for (digest, then) in before {
-            let (Some(now), Some((_, _, r))) = (self.tally(digest), to.find(digest)) else {
-                continue;
-            };
-            let extra = now.total - then.total;
-            if extra <= 0 {
+            let (Some(now), Some((_, _, r))) = (self.tally(digest), to.find(digest)) else { continue };
+            if r == u64::MAX || now.total <= then.total || to.valid_record(to.record(r)).is_err() {
                 continue;
             }
+            let same_period = then.usage.period_start_ms == now.usage.period_start_ms;
+            let extra_used = now.usage.used - if same_period { then.usage.used.min(now.usage.used) } else { 0 };
             let cell = to.cell(to.record(r).cell);
             let mut current = cell.state.load(Ordering::Acquire);
             loop {
                 let mut usage = decode(current);
                 if usage.period_start_ms == now.usage.period_start_ms {
-                    usage.used += now.usage.used - then.usage.used.min(now.usage.used);
+                    usage.used += extra_used;
+                } else if usage.period_start_ms < now.usage.period_start_ms {
+                    usage = Usage { period_start_ms: now.usage.period_start_ms, used: extra_used, ..usage };
                 }
                 usage.tat_ns = usage.tat_ns.max(now.usage.tat_ns);
                 match cell.state.compare_exchange(current, encode(&usage), Ordering::AcqRel, Ordering::Acquire) {
@@ -684,8 +856,9 @@ impl SharedCounters {
                     Err(seen) => current = seen,
                 }
             }
-            cell.total.fetch_add(extra as u64, Ordering::AcqRel);
+            cell.total.fetch_add((now.total - then.total) as u64, Ordering::AcqRel);
             cell.last_used_ms.fetch_max(now.last_used_at_ms.unwrap_or(0), Ordering::AcqRel);
+            cell.activity.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -751,8 +924,11 @@ fn key_ref(r: &Record) -> KeyRef {
     KeyRef { id: r.id, id_len: r.id_len.min(MAX_ID_LEN as u8), plan: r.plan, plan_len: r.plan_len, cell: r.cell }
 }
 
+/// Top bit of the quota word: the counter belongs to a superseded file and must not change any more.
+const FROZEN: u64 = 1 << 63;
+
 fn encode(u: &Usage) -> u128 {
-    let day = (u.period_start_ms.div_euclid(DAY_MS) as u64) & 0xFF_FFFF;
+    let day = (u.period_start_ms.div_euclid(DAY_MS) as u64) & 0x7F_FFFF;
     let quota_word = day << USED_BITS | (u.used as u64 & USED_MASK);
     (u.tat_ns as u64 as u128) << 64 | quota_word as u128
 }
@@ -760,7 +936,7 @@ fn encode(u: &Usage) -> u128 {
 fn decode(v: u128) -> Usage {
     let quota_word = v as u64;
     Usage {
-        period_start_ms: (quota_word >> USED_BITS) as i64 * DAY_MS,
+        period_start_ms: ((quota_word & !FROZEN) >> USED_BITS) as i64 * DAY_MS,
         used: (quota_word & USED_MASK) as i64,
         tat_ns: (v >> 64) as u64 as i64,
     }
@@ -772,6 +948,30 @@ fn tally_of(cell: &Cell) -> Tally {
         usage: decode(cell.state.load(Ordering::Acquire)),
         total: cell.total.load(Ordering::Acquire) as i64,
         last_used_at_ms: (last > 0).then_some(last),
+    }
+}
+
+/// Removes temporary files of builds whose process died (`<path>.<pid>.tmp`).
+fn remove_stale_builds(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(name))
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -841,5 +1041,86 @@ mod tests {
             assert!(g.index_slots >= 2 * g.max_cells && g.max_cells >= keys + keys / 2);
             assert!(g.file_len >= g.blocks_off + g.max_blocks * BLOCK_LEN);
         }
+    }
+}
+
+#[cfg(test)]
+mod hardening_tests {
+    use super::*;
+
+    fn entry(n: u8, shares_with: Option<KeyDigest>) -> KeyEntry {
+        KeyEntry {
+            row: n as i64 + 1,
+            digest: crate::key::digest(&[n; 16]),
+            id: format!("key_{n}"),
+            plan: None,
+            policy: KeyPolicy { revoked: false, revoke_at_ms: None, expires_at_ms: None, quota: None, rate: None },
+            created_at_ms: 1_800_000_000_000,
+            tally: Tally::default(),
+            shares_with,
+        }
+    }
+
+    fn built(dir: &tempfile::TempDir, entries: &[KeyEntry]) -> (PathBuf, SharedCounters) {
+        let path = dir.path().join("c");
+        let db = dir.path().join("db");
+        std::fs::write(&db, b"").unwrap();
+        let c = SharedCounters::build(&path, entries, entries.len(), 1, &db).unwrap();
+        (path, c)
+    }
+
+    #[test]
+    fn a_forged_header_with_overflowing_sizes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, c) = built(&dir, &[entry(1, None)]);
+        let h = c.header_mut();
+        h.index_slots = 1 << 61; // index_slots * 8 wraps to 0
+        h.checksum = checksum(h); // anyone who can write the file can recompute it
+        drop(c);
+        assert!(SharedCounters::open_existing(&path).unwrap().is_none());
+    }
+
+    #[test]
+    fn keys_sharing_a_cell_are_carried_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = entry(1, None);
+        let (_, c) = built(&dir, &[first.clone(), entry(2, Some(first.digest))]);
+        assert_eq!(c.snapshot().len(), 1, "one cell, one carry");
+    }
+
+    #[test]
+    fn a_damaged_record_is_reported_and_the_file_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = entry(1, None);
+        let (_, c) = built(&dir, std::slice::from_ref(&e));
+        assert!(matches!(c.admit(&e.digest, 1_800_000_000_000), Found::Key(_)));
+        let (_, _, r) = c.find(&e.digest).unwrap();
+        unsafe { (*c.block(r)).record.plan_len = 200 };
+        assert!(matches!(c.admit(&e.digest, 1_800_000_000_000), Found::Damaged(_)));
+        assert!(c.is_superseded(), "the next check rebuilds it from the database");
+    }
+
+    #[test]
+    fn a_frozen_file_sends_checks_to_its_successor() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = entry(1, None);
+        let (_, c) = built(&dir, std::slice::from_ref(&e));
+        c.supersede();
+        c.freeze();
+        assert!(matches!(c.admit(&e.digest, 1_800_000_000_000), Found::Moved));
+    }
+
+    #[test]
+    fn a_tombstoned_key_is_refused_and_never_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = entry(1, None);
+        let (_, c) = built(&dir, std::slice::from_ref(&e));
+        assert!(matches!(c.admit(&e.digest, 1_800_000_000_000), Found::Key(_)));
+        c.tombstone(&e.digest).unwrap();
+        match c.admit(&e.digest, 1_800_000_000_000) {
+            Found::Key(a) => assert_eq!(a.decision.status, Status::ApiKeyRevoked),
+            other => panic!("{other:?}"),
+        }
+        assert!(c.dirty().is_empty(), "its counts are never written under a row another key may get");
     }
 }

@@ -14,6 +14,7 @@ use crate::policy::Quota;
 pub const MIN_TIME_MS: i64 = 100_000_000_000;
 pub const MAX_PLAN_LEN: usize = 63;
 pub const MAX_NAME_LEN: usize = 256;
+pub const MAX_QUOTA: i64 = (1 << 40) - 1;
 
 /// A field that may be absent (keep the default or the current value), null, or set.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -267,6 +268,10 @@ fn take_quota(obj: &mut Map<String, Value>) -> Result<Field<Quota>> {
         Field::Null => Ok(Field::Null),
         Field::Set(Value::Object(mut q)) => {
             let limit = positive(&mut q, "limit", "quota")?.ok_or_else(|| Error::invalid("quota.limit is required"))?;
+            // The shared counters keep a period's count in 40 bits.
+            if limit > MAX_QUOTA {
+                return Err(Error::invalid(format!("quota.limit must be at most {MAX_QUOTA}")));
+            }
             let period = match take_str(&mut q, "period")? {
                 Some(p) => Period::parse(&p)?,
                 None => return Err(Error::invalid("quota.period is required (\"daily\" or \"monthly\")")),

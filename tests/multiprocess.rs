@@ -121,6 +121,45 @@ fn child() {
             std::io::stdout().flush().unwrap();
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
         }
+        // Opens, forks; the child writes while the parent closes (SQLite must not cross the fork).
+        "fork-admin" => {
+            let store = Store::open(&db).unwrap();
+            let (mut to_child, mut to_parent) = ([0; 2], [0; 2]);
+            unsafe {
+                assert_eq!(libc::pipe(to_child.as_mut_ptr()), 0);
+                assert_eq!(libc::pipe(to_parent.as_mut_ptr()), 0);
+            }
+            let byte = [0u8; 1];
+            let mut buf = [0u8; 1];
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let first = store.create_key(&spec("{}"), NOW).unwrap().record.id;
+                unsafe { libc::write(to_parent[1], byte.as_ptr().cast(), 1) };
+                unsafe { libc::read(to_child[0], buf.as_mut_ptr().cast(), 1) };
+                let second = store.create_key(&spec("{}"), NOW).unwrap().record.id;
+                report(&format!("{first} {second}"));
+                drop(store);
+                unsafe { libc::_exit(0) };
+            }
+            unsafe { libc::read(to_parent[0], buf.as_mut_ptr().cast(), 1) };
+            drop(store); // the parent closes while the child still writes
+            unsafe { libc::write(to_child[1], byte.as_ptr().cast(), 1) };
+            let mut st = 0;
+            unsafe { libc::waitpid(pid, &mut st, 0) };
+            assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0);
+        }
+        // Opens with a file-size limit too small for the counters file: an error, not a crash.
+        "small-disk" => {
+            unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let limit = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+            }
+            match Store::open(&db) {
+                Ok(_) => report("opened"),
+                Err(e) => report(&format!("{:?}: {}", e.status, e.message)),
+            }
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -322,4 +361,23 @@ fn a_counters_file_deleted_while_in_use_is_replaced_without_losing_counts() {
     assert_eq!(status(&store, &k.key, NOW), Status::Ok);
     assert!(ms_auth::counters::path_for(&db).exists());
     assert_eq!(store.get_key(&k.record.id).unwrap().usage.used, 5);
+}
+
+#[test]
+fn writes_made_in_a_forked_child_are_never_lost() {
+    let (_dir, db, key, _) = fresh("{}");
+    let lines = results(spawn("fork-admin", &db, &key, &[]));
+    let ids: Vec<&str> = lines[0].split(' ').collect();
+    let store = Store::open(&db).unwrap();
+    for id in ids {
+        assert!(store.get_key(id).is_ok(), "{id} was created in the child and must be in the file");
+    }
+}
+
+#[test]
+fn a_disk_too_small_for_the_counters_file_is_a_store_error_not_a_crash() {
+    let (_dir, db, key, _) = fresh("{}");
+    std::fs::remove_file(ms_auth::counters::path_for(&db)).unwrap();
+    let lines = results(spawn("small-disk", &db, &key, &[]));
+    assert!(lines[0].starts_with("ErrStore: ") && lines[0].contains("cannot allocate counters file"), "{lines:?}");
 }

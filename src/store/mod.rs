@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Once, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,7 +15,7 @@ use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 use serde_json::{Map, Value};
 
-use crate::counters::{self, Dirty, KeyEntry, KeyRef, SharedCounters, Tally};
+use crate::counters::{self, Dirty, Found, KeyEntry, KeyRef, SharedCounters, Tally};
 
 mod lifecycle;
 use crate::error::{Error, Result};
@@ -148,18 +148,37 @@ struct Db {
     conn: Connection,
 }
 
-/// The database connection of one process. SQLite must never be used across `fork()`: a child gets a
-/// fresh slot (and a fresh lock, in case another thread held the parent's) on first use.
+/// A store's database connection, opened on first need. SQLite must never cross a `fork()`, not even
+/// as its per-process lock bookkeeping: just before any fork, every store's connection is closed (under
+/// its lock, so no thread is inside SQLite), and parent and child each open a fresh one when they next
+/// need it. The shared counters mapping is inherited as is, which is what lets children check at once.
 struct DbSlot {
-    fork_generation: u64,
     db: Mutex<Option<Db>>,
 }
 
-static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+static LIVE: Mutex<Vec<Weak<DbSlot>>> = Mutex::new(Vec::new());
+static HELD_ACROSS_FORK: Mutex<Vec<Arc<DbSlot>>> = Mutex::new(Vec::new());
 static ATFORK: Once = Once::new();
 
-extern "C" fn after_fork_in_child() {
-    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+extern "C" fn before_fork() {
+    let live = LIVE.lock();
+    let mut held = HELD_ACROSS_FORK.lock();
+    for slot in live.iter().filter_map(Weak::upgrade) {
+        let mut guard = slot.db.lock();
+        *guard = None; // closes the connection
+        std::mem::forget(guard); // stays locked across the fork; released just after it
+        held.push(slot);
+    }
+    std::mem::forget(held);
+    std::mem::forget(live);
+}
+
+extern "C" fn after_fork() {
+    unsafe { HELD_ACROSS_FORK.force_unlock() };
+    for slot in HELD_ACROSS_FORK.lock().drain(..) {
+        unsafe { slot.db.force_unlock() };
+    }
+    unsafe { LIVE.force_unlock() };
 }
 
 /// The answer to a check: the decision and the key it matched, if any.
@@ -197,10 +216,10 @@ pub struct Store {
     path: PathBuf,
     counters_path: PathBuf,
     options: StoreOptions,
-    db: ArcSwap<DbSlot>,
+    db: Arc<DbSlot>,
     shared: ArcSwap<SharedCounters>,
     /// Who the audit log names for this handle's admin calls.
-    actor: Mutex<String>,
+    actor: ArcSwap<String>,
     /// Checks in this process that matched no key: missing, invalid (for metrics).
     unmatched: [AtomicU64; 2],
 }
@@ -214,7 +233,7 @@ impl Store {
     /// maps its shared counters file (built from the database if missing, damaged or from another boot).
     pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         ATFORK.call_once(|| unsafe {
-            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+            libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork));
         });
         let path = path.as_ref().to_path_buf();
         let explain = |e: Error| Error {
@@ -228,12 +247,9 @@ impl Store {
             path: path.clone(),
             counters_path,
             options,
-            db: ArcSwap::from_pointee(DbSlot {
-                fork_generation: FORK_GENERATION.load(Ordering::SeqCst),
-                db: Mutex::new(Some(Db { conn })),
-            }),
+            db: register(DbSlot { db: Mutex::new(Some(Db { conn })) }),
             shared: ArcSwap::from_pointee(shared),
-            actor: Mutex::new(default_actor()),
+            actor: ArcSwap::from_pointee(default_actor()),
             unmatched: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
@@ -266,9 +282,27 @@ impl Store {
                 shared = self.counters()?;
             }
         }
-        let Some(admission) = shared.admit(&digest, now_ms) else {
-            self.unmatched[1].fetch_add(1, Ordering::Relaxed);
-            return Ok(no_key(Status::ApiKeyInvalid));
+        // A file superseded by a larger one mid-check answers Moved: map the new one and ask again.
+        let mut attempts = 0;
+        let admission = loop {
+            match shared.admit(&digest, now_ms) {
+                Found::Key(admission) => break admission,
+                Found::Unknown => {
+                    self.unmatched[1].fetch_add(1, Ordering::Relaxed);
+                    return Ok(no_key(Status::ApiKeyInvalid));
+                }
+                Found::Moved if attempts < 8 => {
+                    attempts += 1;
+                    shared = self.counters()?;
+                }
+                Found::Moved => return Err(Error::store("the counters file keeps being replaced; try again")),
+                Found::Damaged(why) => {
+                    return Err(Error::store(format!(
+                        "the counters file {} is damaged ({why}); it is rebuilt from the database on the next check",
+                        self.counters_path.display()
+                    )))
+                }
+            }
         };
         let (decision, key) = (admission.decision, admission.key);
         if self.options.durability == Durability::Strict && decision.status == Status::Ok {
@@ -300,18 +334,7 @@ impl Store {
 
     /// This process's database connection, opened again after a fork.
     fn db(&self) -> Result<parking_lot::MappedMutexGuard<'_, Db>> {
-        let generation = FORK_GENERATION.load(Ordering::SeqCst);
-        let mut slot = self.db.load_full();
-        if slot.fork_generation != generation {
-            // The parent's connection is left alone (never used, never closed) in the child.
-            std::mem::forget(Arc::clone(&slot));
-            let fresh = Arc::new(DbSlot { fork_generation: generation, db: Mutex::new(None) });
-            self.db.store(fresh.clone());
-            slot = fresh;
-        }
-        // The guard borrows the slot, which lives as long as `self` holds it or it was forgotten.
-        let slot: &DbSlot = unsafe { &*Arc::as_ptr(&slot) };
-        let mut guard = slot.db.lock();
+        let mut guard = self.db.db.lock();
         if guard.is_none() {
             let conn = open_connection(&self.path, self.options.busy_timeout)?;
             *guard = Some(Db { conn });
@@ -343,7 +366,17 @@ impl Store {
             shared.mark_flushed(&dirty);
         }
         if generation(&db.conn)? != shared.generation() {
-            resync(&mut db.conn, shared)?;
+            let tx = db.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = generation(&tx)?;
+            // Under the write lock, look again: an admin that was committing has published by now.
+            if current != shared.generation() {
+                shared.set_policies(&load_policies(&tx)?);
+                if !resync_entries(&load_entries(&tx, Keys::All)?, shared, current)? {
+                    let grown = map_counters_locked(&tx, &self.path, &self.counters_path, Some(shared))?;
+                    self.shared.store(Arc::new(grown));
+                }
+            }
+            tx.commit()?;
         }
         if shared.is_replaced() {
             // Deleted or replaced under us: every process mapping this one moves to the file at the path
@@ -564,29 +597,45 @@ impl Store {
         tx.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'", [])?;
         let generation = generation(&tx)?;
         let mut shared = self.shared.load_full();
-        if shared.is_superseded() {
+        if shared.is_superseded() || shared.is_replaced() {
             shared = Arc::new(map_counters_locked(&tx, &self.path, &self.counters_path, None)?);
             self.shared.store(shared.clone());
         }
+        // Until the commit succeeds the file does not match any committed generation.
         shared.set_generation(-1);
-        for row in rows {
-            let entry =
-                load_entries(&tx, Keys::Row(row))?.pop().ok_or_else(|| Error::internal("a changed key vanished"))?;
-            if shared.upsert(&entry).is_err() {
-                shared = Arc::new(map_counters_locked(&tx, &self.path, &self.counters_path, Some(&shared))?);
-                self.shared.store(shared.clone());
-                shared.upsert(&entry).map_err(|_| Error::internal("a rebuilt counters file is full"))?;
+        let mut added = Vec::new();
+        let applied = (|| -> Result<()> {
+            for row in rows {
+                let entry = load_entries(&tx, Keys::Row(row))?
+                    .pop()
+                    .ok_or_else(|| Error::internal("a changed key vanished"))?;
+                if shared.tally(&entry.digest).is_none() {
+                    added.push(entry.digest);
+                }
+                if shared.upsert(&entry).is_err() {
+                    shared = Arc::new(map_counters_locked(&tx, &self.path, &self.counters_path, Some(&shared))?);
+                    self.shared.store(shared.clone());
+                    shared.upsert(&entry).map_err(|_| Error::internal("a rebuilt counters file is full"))?;
+                }
+            }
+            // Published while the write lock is held, so no other admin can interleave.
+            shared.set_policies(&policies);
+            shared.set_generation(generation);
+            Ok(tx.commit()?)
+        })();
+        if applied.is_err() {
+            // Not committed: keys it added must not answer, and the next flush re-applies the database.
+            shared.set_generation(-1);
+            for digest in &added {
+                let _ = shared.tombstone(digest);
             }
         }
-        tx.commit()?;
-        shared.set_policies(&policies);
-        shared.set_generation(generation);
-        Ok(())
+        applied
     }
 
     /// Adds an entry to the audit log, in the admin change's own transaction.
     fn audit(&self, tx: &Transaction, at_ms: i64, action: &str, key_id: Option<&str>, detail: Value) -> Result<()> {
-        let actor = self.actor.lock().clone();
+        let actor = self.actor.load_full();
         tx.execute(
             "INSERT INTO audit (at_ms, actor, action, key_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![at_ms, actor, action, key_id, detail.to_string()],
@@ -596,7 +645,7 @@ impl Store {
 
     /// Names the actor the audit log records for this handle's admin calls (default: process and user).
     pub fn set_actor(&self, actor: &str) {
-        *self.actor.lock() = actor.to_string();
+        self.actor.store(Arc::new(actor.to_string()));
     }
 
     /// A record's usage as counted in the shared file (the database lags it by up to a flush interval).
@@ -712,6 +761,14 @@ pub fn clock_ms() -> i64 {
 fn default_actor() -> String {
     let exe = std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
     format!("{} (pid {}, uid {})", exe.unwrap_or_else(|| "?".into()), std::process::id(), unsafe { libc::geteuid() })
+}
+
+fn register(slot: DbSlot) -> Arc<DbSlot> {
+    let slot = Arc::new(slot);
+    let mut live = LIVE.lock();
+    live.retain(|w| w.strong_count() > 0);
+    live.push(Arc::downgrade(&slot));
+    slot
 }
 
 fn new_key_id() -> Result<String> {
@@ -855,11 +912,14 @@ fn map_counters_locked(
     let generation = generation(tx)?;
     if grow_from.is_none() {
         if let Some(existing) = SharedCounters::open_existing(path)? {
-            if existing.generation() != generation {
-                resync_entries(&load_entries(tx, Keys::All)?, &existing, generation)?;
-                existing.set_policies(&load_policies(tx)?);
+            if existing.generation() == generation {
+                return Ok(existing);
             }
-            return Ok(existing);
+            existing.set_policies(&load_policies(tx)?);
+            if resync_entries(&load_entries(tx, Keys::All)?, &existing, generation)? {
+                return Ok(existing);
+            }
+            return map_counters_locked(tx, db_path, path, Some(&existing));
         }
     }
     let mut entries = load_entries(tx, Keys::All)?;
@@ -875,35 +935,31 @@ fn map_counters_locked(
     let built = SharedCounters::build(path, &entries, room, generation, db_path)?;
     built.set_policies(&load_policies(tx)?);
     if let Some(old) = grow_from {
+        // From here on no check can charge the old file: it maps the new one instead.
         old.supersede();
-        // Checks that read the old file just before it was superseded finish within microseconds.
-        std::thread::sleep(Duration::from_millis(2));
+        old.freeze();
         old.carry_late_counts(&before, &built);
     }
     Ok(built)
 }
 
-/// Applies to the counters file every key whose policy there differs from the database's.
-fn resync(conn: &mut Connection, shared: &SharedCounters) -> Result<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let generation = generation(&tx)?;
-    resync_entries(&load_entries(&tx, Keys::All)?, shared, generation)?;
-    shared.set_policies(&load_policies(&tx)?);
-    tx.commit()?;
-    Ok(())
-}
-
-fn resync_entries(entries: &[KeyEntry], shared: &SharedCounters, generation: i64) -> Result<()> {
+/// Brings the file's keys in line with the database: keys whose policy differs are rewritten, keys the
+/// database does not have are tombstoned. `false`: the file is full (the caller grows it).
+fn resync_entries(entries: &[KeyEntry], shared: &SharedCounters, generation: i64) -> Result<bool> {
     shared.set_generation(-1);
     for entry in entries {
         if !shared.holds(entry) && shared.upsert(entry).is_err() {
-            // Full: mark it superseded so that the next check of every process maps a rebuilt one.
-            shared.supersede();
-            return Ok(());
+            return Ok(false);
+        }
+    }
+    let known: std::collections::HashSet<KeyDigest> = entries.iter().map(|e| e.digest).collect();
+    for digest in shared.digests() {
+        if !known.contains(&digest) && shared.tombstone(&digest).is_err() {
+            return Ok(false);
         }
     }
     shared.set_generation(generation);
-    Ok(())
+    Ok(true)
 }
 
 fn slot_of(tx: &Transaction, id: &str) -> Result<i64> {
