@@ -174,7 +174,7 @@ impl KeyFilter {
     }
 }
 
-fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>> {
+pub(crate) fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(obj)) => Ok(obj),
         Ok(_) => Err(Error::invalid(format!("{what} must be a JSON object"))),

@@ -31,7 +31,7 @@ impl PlanSpec {
     /// `{"name": "pro", "quota": {...} | null, "rate_limit": {...} | null, "lifetime_ms": N | null}`;
     /// an absent quota or lifetime means none, an absent rate limit the store default (60 per minute).
     pub fn from_json(text: &str) -> Result<PlanSpec> {
-        let mut obj = object(text, "plan")?;
+        let mut obj = spec::parse_object(text, "plan")?;
         let name = match obj.remove("name") {
             Some(Value::String(n)) if !n.is_empty() && n.len() <= spec::MAX_PLAN_LEN => n,
             _ => return Err(Error::invalid("plan.name must be a string of 1..=63 bytes")),
@@ -75,7 +75,7 @@ pub struct PolicySpec {
 impl PolicySpec {
     /// `{"idle": {"days": 90} | null, "abuse": {"limit": 100, "window_ms": 600000} | null}`.
     pub fn from_json(text: &str) -> Result<PolicySpec> {
-        let mut obj = object(text, "policy")?;
+        let mut obj = spec::parse_object(text, "policy")?;
         let mut out = PolicySpec::default();
         match obj.remove("idle") {
             None => {}
@@ -139,7 +139,7 @@ pub struct AuditFilter {
 impl AuditFilter {
     /// `{"key_id": "...", "since_ms": N, "limit": N}`, each optional.
     pub fn from_json(text: &str) -> Result<AuditFilter> {
-        let obj = object(text, "audit filter")?;
+        let obj = spec::parse_object(text, "audit filter")?;
         let mut out = AuditFilter::default();
         for (k, v) in obj {
             match (k.as_str(), v) {
@@ -175,14 +175,6 @@ pub struct UsageHistory {
     pub key_id: String,
     pub last_used_at_ms: Option<i64>,
     pub days: Vec<UsageDay>,
-}
-
-fn object(text: &str, what: &str) -> Result<Map<String, Value>> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(o)) => Ok(o),
-        Ok(_) => Err(Error::invalid(format!("{what} must be a JSON object"))),
-        Err(e) => Err(Error::invalid(format!("{what} is not valid JSON: {e}"))),
-    }
 }
 
 pub(crate) fn load_policies(conn: &Connection) -> Result<Policies> {
