@@ -123,7 +123,8 @@ pub struct Dirty {
     /// The days whose decisions the cell still holds (at most two: today and yesterday).
     pub days: [Option<DayCounts>; 2],
     cell: u64,
-    activity: u64,
+    /// The day words as read: what the database has once this is written.
+    day_words: [u128; 2],
 }
 
 #[repr(C)]
@@ -159,16 +160,18 @@ struct Cell {
     state: AtomicU128,
     total: AtomicU64,
     last_used_ms: AtomicI64,
-    /// Decisions of any kind about this key, and how many of them the database has seen.
-    activity: AtomicU64,
-    flushed_activity: AtomicU64,
     row: AtomicI64,
     /// Rate-limit refusals in the abuse policy's current window: window number (32 bits), count (32 bits).
     abuse: AtomicU64,
-    /// Decisions per UTC day, for the two most recent days (by day parity); see `DAY_FIELDS`.
+    /// Decisions per UTC day, for the two most recent days (by day parity); see `DAY_FIELDS`. Every
+    /// decision changes one, so they also tell whether the database is behind.
     days: [AtomicU128; 2],
-    _pad: [u64; 4],
+    /// The day words the database has seen; `STALE` forces the next flush to write this cell.
+    flushed_days: [AtomicU128; 2],
 }
+
+/// Never a real day word (its day field would be 2^20 - 1, past the year 4840).
+const STALE: u128 = u128::MAX;
 
 #[repr(C)]
 struct Record {
@@ -376,6 +379,7 @@ impl SharedCounters {
 
     /// Builds a new file with room for `entries` (and growth), then puts it in place of `path` in one
     /// rename, so other processes see either the old file or the complete new one.
+    /// `unflushed`: the entries carry counts the database may not have yet (they are flushed next).
     /// `room`: how many keys to size it for (at least the entries); `owner_of`: the database file, whose
     /// owner and group the new file takes (so workers that dropped root can open what root built).
     pub fn build(
@@ -384,6 +388,7 @@ impl SharedCounters {
         room: usize,
         generation: i64,
         owner_of: &Path,
+        unflushed: bool,
     ) -> Result<SharedCounters> {
         let g = Geometry::for_keys(room.max(entries.len()) as u64);
         remove_stale_builds(path);
@@ -439,6 +444,12 @@ impl SharedCounters {
             }
             for entry in entries {
                 counters.upsert(entry).map_err(|Full| Error::internal("a new counters file is too small"))?;
+            }
+            if unflushed {
+                // Counts carried from the file this one replaces may be newer than the database's.
+                for c in 0..counters.blocks_used() {
+                    counters.cell(c).flushed_days[0].store(STALE, Ordering::Relaxed);
+                }
             }
             counters.header().state.store(READY, Ordering::Release);
             std::fs::rename(&tmp, path).map_err(|e| io_error("cannot put counters file in place", path, e))?;
@@ -595,7 +606,6 @@ impl SharedCounters {
             }
         };
         count_day(cell, now_ms, decision.status);
-        cell.activity.fetch_add(1, Ordering::Release);
         let abusive = decision.status == Status::RateLimitExceeded && self.count_abuse(cell, now_ms);
         Found::Key(Admission { decision, key: key_ref(record), abusive })
     }
@@ -741,8 +751,10 @@ impl SharedCounters {
                 let cell = self.cell(b);
                 cell.state.store(encode(&entry.tally.usage), Ordering::Relaxed);
                 cell.total.store(entry.tally.total as u64, Ordering::Relaxed);
-                cell.activity.store(0, Ordering::Relaxed);
-                cell.flushed_activity.store(0, Ordering::Relaxed);
+                for i in 0..2 {
+                    cell.days[i].store(0, Ordering::Relaxed);
+                    cell.flushed_days[i].store(0, Ordering::Relaxed);
+                }
                 cell.last_used_ms.store(entry.tally.last_used_at_ms.unwrap_or(0), Ordering::Relaxed);
                 cell.row.store(entry.row, Ordering::Relaxed);
                 h.cells_used.store(c + 1, Ordering::Release);
@@ -776,9 +788,9 @@ impl SharedCounters {
                 let cell = self.cell(c);
                 // Blocks of later record versions have no cell in use (row 0).
                 let in_use = cell.row.load(Ordering::Relaxed) != 0;
-                let activity = cell.activity.load(Ordering::Acquire);
-                let changed = activity != cell.flushed_activity.load(Ordering::Acquire);
-                (in_use && changed).then(|| dirty_of(cell, c, activity))
+                let changed = (0..2)
+                    .any(|i| cell.days[i].load(Ordering::Acquire) != cell.flushed_days[i].load(Ordering::Acquire));
+                (in_use && changed).then(|| dirty_of(cell, c))
             })
             .collect()
     }
@@ -786,7 +798,7 @@ impl SharedCounters {
     /// The counts of the key a check just matched, to write them at once (strict durability).
     pub fn dirty_one(&self, key: &KeyRef) -> Dirty {
         let cell = self.cell(key.cell);
-        dirty_of(cell, key.cell, cell.activity.load(Ordering::Acquire))
+        dirty_of(cell, key.cell)
     }
 
     /// True when the file holds exactly this key's policy, id and plan.
@@ -805,7 +817,10 @@ impl SharedCounters {
     /// Records that these counts are in the database.
     pub fn mark_flushed(&self, written: &[Dirty]) {
         for d in written {
-            self.cell(d.cell).flushed_activity.fetch_max(d.activity, Ordering::AcqRel);
+            let cell = self.cell(d.cell);
+            for i in 0..2 {
+                cell.flushed_days[i].store(d.day_words[i], Ordering::Release);
+            }
         }
     }
 
@@ -858,7 +873,7 @@ impl SharedCounters {
             }
             cell.total.fetch_add((now.total - then.total) as u64, Ordering::AcqRel);
             cell.last_used_ms.fetch_max(now.last_used_at_ms.unwrap_or(0), Ordering::AcqRel);
-            cell.activity.fetch_add(1, Ordering::AcqRel);
+            cell.flushed_days[0].store(STALE, Ordering::Release);
         }
     }
 }
@@ -975,12 +990,10 @@ fn remove_stale_builds(path: &Path) {
     }
 }
 
-fn dirty_of(cell: &Cell, c: u64, activity: u64) -> Dirty {
-    let days = [0, 1].map(|i| {
-        let word = cell.days[i].load(Ordering::Acquire);
-        (word != 0).then(|| decode_day(word))
-    });
-    Dirty { row: cell.row.load(Ordering::Relaxed), tally: tally_of(cell), days, cell: c, activity }
+fn dirty_of(cell: &Cell, c: u64) -> Dirty {
+    let day_words = [0, 1].map(|i| cell.days[i].load(Ordering::Acquire));
+    let days = day_words.map(|word| (word != 0).then(|| decode_day(word)));
+    Dirty { row: cell.row.load(Ordering::Relaxed), tally: tally_of(cell), days, cell: c, day_words }
 }
 
 // A day's decisions packed in 128 bits: day 20, admitted 34, expired 16, revoked 16, quota 20, rate 22.
@@ -1065,7 +1078,7 @@ mod hardening_tests {
         let path = dir.path().join("c");
         let db = dir.path().join("db");
         std::fs::write(&db, b"").unwrap();
-        let c = SharedCounters::build(&path, entries, entries.len(), 1, &db).unwrap();
+        let c = SharedCounters::build(&path, entries, entries.len(), 1, &db, false).unwrap();
         (path, c)
     }
 

@@ -381,3 +381,20 @@ fn a_disk_too_small_for_the_counters_file_is_a_store_error_not_a_crash() {
     let lines = results(spawn("small-disk", &db, &key, &[]));
     assert!(lines[0].starts_with("ErrStore: ") && lines[0].contains("cannot allocate counters file"), "{lines:?}");
 }
+
+#[test]
+fn counts_carried_into_a_grown_file_reach_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let admin = Store::open(&db).unwrap();
+    let k = admin.create_key(&spec(r#"{"quota": {"limit": 9, "period": "daily"}}"#), NOW).unwrap();
+    let server = Store::open(&db).unwrap();
+    assert_eq!(status(&server, &k.key, NOW), Status::Ok); // counted in the file, not yet in the database
+    for _ in 0..5000 {
+        admin.create_key(&spec(r#"{"rate_limit": null}"#), NOW).unwrap();
+    }
+    server.close().unwrap();
+    admin.close().unwrap();
+    std::fs::remove_file(ms_auth::counters::path_for(&db)).unwrap();
+    assert_eq!(Store::open(&db).unwrap().get_key(&k.record.id).unwrap().usage.used, 1);
+}

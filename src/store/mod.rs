@@ -932,7 +932,7 @@ fn map_counters_locked(
     }
     // More room than the keys need now, so that growing is rare.
     let room = if grow_from.is_some() { entries.len() * 2 } else { entries.len() };
-    let built = SharedCounters::build(path, &entries, room, generation, db_path)?;
+    let built = SharedCounters::build(path, &entries, room, generation, db_path, grow_from.is_some())?;
     built.set_policies(&load_policies(tx)?);
     if let Some(old) = grow_from {
         // From here on no check can charge the old file: it maps the new one instead.
