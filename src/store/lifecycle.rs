@@ -10,10 +10,8 @@ use serde_json::{json, Map, Value};
 use super::{load_entries, new_key_id, slot_of, Created, Keys, Store};
 use crate::counters::Policies;
 use crate::error::{Error, Result};
-use crate::gcra::RateLimit;
 use crate::key::{self, Env};
 use crate::period::{Period, DAY_MS};
-use crate::policy::Quota;
 use crate::spec::{self, QuotaJson, RateJson};
 
 pub const DEFAULT_GRACE_MS: i64 = 86_400_000;
@@ -492,7 +490,3 @@ impl Store {
 fn escape_label(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
-
-/// Unused-import guard for types only named in docs.
-#[allow(dead_code)]
-fn _types(_: Quota, _: RateLimit) {}
