@@ -151,6 +151,7 @@ struct Header {
     idle_ms: AtomicI64,
     abuse_limit: AtomicI64,
     abuse_window_ms: AtomicI64,
+    flush_cursor: AtomicU64,
 }
 
 #[repr(C, align(64))]
@@ -783,16 +784,27 @@ impl SharedCounters {
 
     /// The keys whose counts changed since they were last written to the database.
     pub fn dirty(&self) -> Vec<Dirty> {
-        (0..self.blocks_used())
-            .filter_map(|c| {
-                let cell = self.cell(c);
-                // Blocks of later record versions have no cell in use (row 0).
-                let in_use = cell.row.load(Ordering::Relaxed) != 0;
-                let changed = (0..2)
-                    .any(|i| cell.days[i].load(Ordering::Acquire) != cell.flushed_days[i].load(Ordering::Acquire));
-                (in_use && changed).then(|| dirty_of(cell, c))
-            })
-            .collect()
+        (0..self.blocks_used()).filter_map(|c| self.dirty_cell(c)).collect()
+    }
+
+    fn dirty_cell(&self, c: u64) -> Option<Dirty> {
+        let cell = self.cell(c);
+        // Blocks of later record versions have no cell in use (row 0).
+        let in_use = cell.row.load(Ordering::Relaxed) != 0;
+        let changed =
+            (0..2).any(|i| cell.days[i].load(Ordering::Acquire) != cell.flushed_days[i].load(Ordering::Acquire));
+        (in_use && changed).then(|| dirty_of(cell, c))
+    }
+
+    /// Like [`SharedCounters::dirty`] for the next `limit` cells only, taking turns around the file with
+    /// every other process (a shared cursor), so that one flush never scans a million cells.
+    pub fn dirty_next(&self, limit: u64) -> Vec<Dirty> {
+        let used = self.blocks_used();
+        if used <= limit {
+            return self.dirty();
+        }
+        let start = self.header().flush_cursor.fetch_add(limit, Ordering::AcqRel) % used;
+        (0..limit).filter_map(|i| self.dirty_cell((start + i) % used)).collect()
     }
 
     /// The counts of the key a check just matched, to write them at once (strict durability).
@@ -1121,6 +1133,25 @@ mod hardening_tests {
         c.supersede();
         c.freeze();
         assert!(matches!(c.admit(&e.digest, 1_800_000_000_000), Found::Moved));
+    }
+
+    #[test]
+    fn flushes_on_the_check_path_take_turns_over_a_large_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<KeyEntry> = (0..10).map(|n| entry(n, None)).collect();
+        let (_, c) = built(&dir, &entries);
+        for e in &entries {
+            assert!(matches!(c.admit(&e.digest, 1_800_000_000_000), Found::Key(_)));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let slice = c.dirty_next(3);
+            assert!(slice.len() <= 3);
+            c.mark_flushed(&slice);
+            seen.extend(slice.iter().map(|d| d.row));
+        }
+        assert_eq!(seen.len(), 10, "every key written within ceil(10 / 3) flushes");
+        assert!(c.dirty().is_empty());
     }
 
     #[test]

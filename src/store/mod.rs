@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Once, Weak};
 use std::time::Duration;
 
@@ -113,6 +113,8 @@ const MIGRATIONS: &[&str] = &[
         rate_limited   INTEGER NOT NULL,
         PRIMARY KEY (key_row, day)
     );",
+    // 3: flushes look for rotations past their grace every second: keep that lookup off a full scan.
+    "CREATE INDEX keys_revoke_at ON keys(revoke_at_ms) WHERE revoke_at_ms IS NOT NULL AND revoked_at_ms IS NULL;",
 ];
 
 pub const DEFAULT_LIFETIME_MS: i64 = 365 * 86_400_000;
@@ -222,6 +224,21 @@ pub struct Store {
     actor: ArcSwap<String>,
     /// Checks in this process that matched no key: missing, invalid (for metrics).
     unmatched: [AtomicU64; 2],
+    /// When (callers' clock) this process last recorded idle revocations.
+    last_idle_sweep_ms: AtomicI64,
+}
+
+const IDLE_SWEEP_MS: i64 = 60_000;
+
+/// Cells a flush on the check path looks at: bounds the pause of the check that flushes, whatever the
+/// number of keys (a store of up to this many keys is covered by every flush; a larger one in turns).
+const FLUSH_SLICE: u64 = 65_536;
+
+/// Which cells a flush writes.
+#[derive(Clone, Copy)]
+enum Scan {
+    All,
+    Next,
 }
 
 impl Store {
@@ -251,6 +268,7 @@ impl Store {
             shared: ArcSwap::from_pointee(shared),
             actor: ArcSwap::from_pointee(default_actor()),
             unmatched: [AtomicU64::new(0), AtomicU64::new(0)],
+            last_idle_sweep_ms: AtomicI64::new(i64::MIN / 2),
         })
     }
 
@@ -277,7 +295,7 @@ impl Store {
         let mut shared = self.counters()?;
         let interval_ns = self.options.flush_interval.as_nanos() as u64;
         if shared.claim_flush(interval_ns) {
-            self.flush_counters(&shared, now_ms)?;
+            self.flush_counters(&shared, now_ms, Scan::Next)?;
             if shared.is_superseded() {
                 shared = self.counters()?;
             }
@@ -346,21 +364,24 @@ impl Store {
     /// date with admin changes another process committed but did not finish applying.
     pub fn flush(&self) -> Result<()> {
         let shared = self.counters()?;
-        self.flush_counters(&shared, clock_ms())
+        self.flush_counters(&shared, clock_ms(), Scan::All)
     }
 
     /// Writes counts, then makes lasting the revocations that policies decided by `now_ms` (rotations
     /// past their grace, idle keys), which checks already enforce from the counters file.
-    fn flush_counters(&self, shared: &SharedCounters, now_ms: i64) -> Result<()> {
-        self.write_dirty(shared)?;
+    fn flush_counters(&self, shared: &SharedCounters, now_ms: i64, scope: Scan) -> Result<()> {
+        self.write_dirty(shared, scope)?;
         self.persist_policy_revocations(now_ms)
     }
 
-    fn write_dirty(&self, shared: &SharedCounters) -> Result<()> {
+    fn write_dirty(&self, shared: &SharedCounters, scope: Scan) -> Result<()> {
         let mut db = self.db()?;
         let failed =
             |e: Error| Error::store(format!("cannot write usage counts to {}: {}", self.path.display(), e.message));
-        let dirty = shared.dirty();
+        let dirty = match scope {
+            Scan::All => shared.dirty(),
+            Scan::Next => shared.dirty_next(FLUSH_SLICE),
+        };
         if !dirty.is_empty() {
             write_counts(&mut db.conn, &dirty).map_err(failed)?;
             shared.mark_flushed(&dirty);
@@ -563,21 +584,32 @@ impl Store {
     fn persist_policy_revocations(&self, now_ms: i64) -> Result<()> {
         let due: Vec<(String, i64, &str)> = {
             let db = self.db()?;
+            let mut due: Vec<(String, i64, &str)> = db
+                .conn
+                .prepare_cached(
+                    "SELECT id, revoke_at_ms FROM keys
+                     WHERE revoke_at_ms IS NOT NULL AND revoked_at_ms IS NULL AND revoke_at_ms <= ?1",
+                )?
+                .query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, "rotated")))?
+                .collect::<rusqlite::Result<_>>()?;
+            // Idle keys are refused by every check already; recording them takes a scan of every key, so
+            // it runs at most once a minute (of the callers' clock) per process.
             let idle_ms = load_policies(&db.conn)?.idle_ms;
-            let mut stmt = db.conn.prepare_cached(
-                "SELECT k.id, k.revoke_at_ms, 'rotated' FROM keys k
-                 WHERE k.revoked_at_ms IS NULL AND k.revoke_at_ms IS NOT NULL AND k.revoke_at_ms <= ?1
-                 UNION ALL
-                 SELECT k.id, MAX(COALESCE(u.last_used_at_ms, 0), k.created_at_ms) + ?2, 'idle' FROM keys k
-                 LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)
-                 WHERE ?2 > 0 AND k.revoked_at_ms IS NULL
-                   AND MAX(COALESCE(u.last_used_at_ms, 0), k.created_at_ms) + ?2 <= ?1",
-            )?;
-            let rows = stmt.query_map(params![now_ms, idle_ms], |r| {
-                let reason: String = r.get(2)?;
-                Ok((r.get(0)?, r.get(1)?, if reason == "rotated" { "rotated" } else { "idle" }))
-            })?;
-            rows.collect::<rusqlite::Result<_>>()?
+            let last = self.last_idle_sweep_ms.load(Ordering::Relaxed);
+            if idle_ms > 0 && (now_ms - last >= IDLE_SWEEP_MS || now_ms < last) {
+                self.last_idle_sweep_ms.store(now_ms, Ordering::Relaxed);
+                let idle = db
+                    .conn
+                    .prepare_cached(
+                        "SELECT k.id, MAX(COALESCE(u.last_used_at_ms, 0), k.created_at_ms) + ?2 FROM keys k
+                         LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)
+                         WHERE k.revoked_at_ms IS NULL AND MAX(COALESCE(u.last_used_at_ms, 0), k.created_at_ms) + ?2 <= ?1",
+                    )?
+                    .query_map(params![now_ms, idle_ms], |r| Ok((r.get(0)?, r.get(1)?, "idle")))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                due.extend(idle);
+            }
+            due
         };
         for (id, at_ms, reason) in due {
             self.revoke_by_policy(&id, at_ms, reason)?;
