@@ -528,6 +528,12 @@ impl SharedCounters {
         std::fs::metadata(&self.path).map(|m| m.ino() != self.inode).unwrap_or(true)
     }
 
+    /// True when `keys` keys (some perhaps already here) fit without growing.
+    pub fn has_room_for(&self, keys: u64) -> bool {
+        let new = keys.saturating_sub(self.key_count());
+        keys <= self.layout.max_cells && self.blocks_used() + new <= self.layout.max_blocks
+    }
+
     /// The database generation whose admin changes this file holds.
     pub fn generation(&self) -> i64 {
         self.header().generation.load(Ordering::Acquire)

@@ -942,19 +942,19 @@ fn map_counters_locked(
     grow_from: Option<&SharedCounters>,
 ) -> Result<SharedCounters> {
     let generation = generation(tx)?;
-    if grow_from.is_none() {
-        if let Some(existing) = SharedCounters::open_existing(path)? {
-            if existing.generation() == generation {
-                return Ok(existing);
-            }
-            existing.set_policies(&load_policies(tx)?);
-            if resync_entries(&load_entries(tx, Keys::All)?, &existing, generation)? {
-                return Ok(existing);
-            }
-            return map_counters_locked(tx, db_path, path, Some(&existing));
-        }
+    let existing = if grow_from.is_none() { SharedCounters::open_existing(path)? } else { None };
+    if existing.as_ref().is_some_and(|e| e.generation() == generation) {
+        return Ok(existing.expect("checked above"));
     }
     let mut entries = load_entries(tx, Keys::All)?;
+    if let Some(e) = &existing {
+        // An existing file that still has room is brought up to date in place.
+        e.set_policies(&load_policies(tx)?);
+        if e.has_room_for(entries.len() as u64) && resync_entries(&entries, e, generation)? {
+            return Ok(existing.expect("checked above"));
+        }
+    }
+    let grow_from = grow_from.or(existing.as_ref());
     let before = grow_from.map(|old| old.snapshot()).unwrap_or_default();
     let carried: HashMap<KeyDigest, Tally> = before.iter().copied().collect();
     for entry in &mut entries {
