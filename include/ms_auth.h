@@ -192,6 +192,19 @@ int32_t ms_store_open(const char *path,
                       struct ms_store **out_store);
 
 /**
+ * `ms_store_open` with options: `options_json` is NULL (all defaults) or
+ * `{"flush_interval_ms": N, "durability": "batched" | "strict", "busy_timeout_ms": N}`, each optional.
+ * `flush_interval_ms` (default 1000, 0..=3600000): counts reach the database at most this often (and
+ * on close); they are in the shared counters file at once, so only a power loss can take that window.
+ * `durability: "strict"` also writes every admitted check to the database in its own transaction
+ * before answering (about 13 us a check instead of 0.2 us). `busy_timeout_ms` (default 5000): how long a
+ * write waits for another process's write lock. Ownership and errors as `ms_store_open`.
+ */
+int32_t ms_store_open_v2(const char *path,
+                         const char *options_json,
+                         struct ms_store **out_store);
+
+/**
  * Writes the store's counts to the file and releases the handle. NULL is a no-op.
  * No other thread may use the handle during or after this call. If the final write fails,
  * `ms_last_error()` says why (the handle is released all the same).

@@ -23,7 +23,7 @@ fn take(s: *mut c_char) -> serde_json::Value {
 }
 
 /// A handle and the directory that holds its file (kept alive as long as the handle).
-struct Handle(*mut ms_store, #[allow(dead_code)] tempfile::TempDir);
+struct Handle(*mut ms_store, tempfile::TempDir);
 
 fn open() -> Handle {
     let dir = tempfile::tempdir().unwrap();
@@ -345,5 +345,34 @@ fn lifecycle_functions_through_the_abi() {
         ms_string_free(out);
         assert!(text.contains("# TYPE ms_auth_keys gauge"), "{text}");
         assert_eq!(ms_metrics_text(h.0, null_mut()), MS_ERR_INVALID_ARGUMENT);
+    }
+}
+
+#[test]
+fn open_v2_takes_durability_and_flush_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = c(dir.path().join("keys.db").to_str().unwrap());
+    let mut store = null_mut();
+    unsafe {
+        for bad in [r#"{"durability": "sometimes"}"#, r#"{"flush_interval_ms": -1}"#, r#"{"flush": 1}"#, "[]"] {
+            assert_eq!(ms_store_open_v2(path.as_ptr(), c(bad).as_ptr(), &mut store), MS_ERR_INVALID_ARGUMENT, "{bad}");
+            assert!(store.is_null());
+        }
+        let opts = c(r#"{"durability": "strict", "flush_interval_ms": 60000, "busy_timeout_ms": 100}"#);
+        assert_eq!(ms_store_open_v2(path.as_ptr(), opts.as_ptr(), &mut store), MS_OK, "{}", last_error());
+        let h = Handle(store, dir);
+        let (key, id) = create(&h, r#"{"quota": {"limit": 5, "period": "daily"}}"#);
+        assert_eq!(check(&h, key.as_bytes(), NOW).0, MS_OK);
+        // Strict: the count is in the database before the check returns, whatever the flush interval.
+        let conn = rusqlite::Connection::open(h.1.path().join("keys.db")).unwrap();
+        let used: i64 = conn
+            .query_row("SELECT u.used FROM usage u JOIN keys k ON k.row = u.key_row WHERE k.id = ?1", [&id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(used, 1);
+        let mut plain = null_mut();
+        assert_eq!(ms_store_open_v2(path.as_ptr(), null(), &mut plain), MS_OK);
+        ms_store_close(plain);
     }
 }

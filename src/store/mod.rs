@@ -134,6 +134,35 @@ pub struct StoreOptions {
     pub durability: Durability,
 }
 
+impl StoreOptions {
+    /// `{"flush_interval_ms": N, "durability": "batched" | "strict", "busy_timeout_ms": N}`, each optional.
+    pub fn from_json(text: &str) -> Result<StoreOptions> {
+        let obj = spec::parse_object(text, "store options")?;
+        let mut options = StoreOptions::default();
+        let ms = |v: &Value, name: &str, max: u64| -> Result<Duration> {
+            match v.as_u64() {
+                Some(n) if n <= max => Ok(Duration::from_millis(n)),
+                _ => Err(Error::invalid(format!("{name} must be an integer from 0 to {max}"))),
+            }
+        };
+        for (name, value) in &obj {
+            match name.as_str() {
+                "flush_interval_ms" => options.flush_interval = ms(value, name, 3_600_000)?,
+                "busy_timeout_ms" => options.busy_timeout = ms(value, name, 600_000)?,
+                "durability" => {
+                    options.durability = match value.as_str() {
+                        Some("batched") => Durability::Batched,
+                        Some("strict") => Durability::Strict,
+                        _ => return Err(Error::invalid("durability must be \"batched\" or \"strict\"")),
+                    }
+                }
+                other => return Err(Error::invalid(format!("unknown field {other:?} in store options"))),
+            }
+        }
+        Ok(options)
+    }
+}
+
 impl Default for StoreOptions {
     fn default() -> StoreOptions {
         StoreOptions {
