@@ -719,15 +719,6 @@ impl SharedCounters {
         h.abuse_window_ms.store(p.abuse_window_ms, Ordering::Release);
     }
 
-    pub fn policies(&self) -> Policies {
-        let h = self.header();
-        Policies {
-            idle_ms: h.idle_ms.load(Ordering::Acquire),
-            abuse_limit: h.abuse_limit.load(Ordering::Acquire),
-            abuse_window_ms: h.abuse_window_ms.load(Ordering::Acquire),
-        }
-    }
-
     /// The counts of the key with this digest.
     pub fn tally(&self, digest: &KeyDigest) -> Option<Tally> {
         let (_, _, r) = self.find(digest)?;

@@ -231,13 +231,7 @@ pub extern "C" fn ms_close() {
 /// one and never touches its parent's.
 #[no_mangle]
 pub unsafe extern "C" fn ms_store_open(path: *const c_char, out_store: *mut *mut ms_store) -> i32 {
-    ffi_boundary(|| {
-        let path = str_arg(path, "path")?;
-        check_out(out_store, "out_store")?;
-        let store = Store::open(path)?;
-        *out_store = Box::into_raw(Box::new(ms_store { store }));
-        Ok(MS_OK)
-    })
+    ms_store_open_v2(path, std::ptr::null(), out_store)
 }
 
 /// `ms_store_open` with options: `options_json` is NULL (all defaults) or

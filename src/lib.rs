@@ -24,6 +24,6 @@ pub mod store;
 
 pub use error::{Error, Result};
 pub use policy::Decision;
-pub use spec::{KeyFilter, KeyPatch, KeyRecord, KeySpec, QuotaSpec, RateSpec};
+pub use spec::{KeyFilter, KeyPatch, KeyRecord, KeySpec};
 pub use status::Status;
 pub use store::{Created, Store, StoreOptions};

@@ -71,9 +71,6 @@ pub struct KeyFilter {
     pub expiring_before_ms: Option<i64>,
 }
 
-pub type QuotaSpec = Quota;
-pub type RateSpec = RateLimit;
-
 impl KeySpec {
     pub fn from_json(text: &str) -> Result<KeySpec> {
         let mut obj = parse_object(text, "key spec")?;
