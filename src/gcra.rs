@@ -22,46 +22,49 @@ pub enum Rate {
 }
 
 impl RateLimit {
-    fn interval_ns(&self) -> i64 {
-        (self.window_ms as i128 * NS_PER_MS as i128 / self.limit as i128) as i64
+    // Arithmetic in 128 bits: `spec::checked_rate` and the time bounds keep every value far inside 64
+    // bits, but a record read from a shared (possibly hostile) file must not make the limiter wrap.
+    fn interval_ns(&self) -> i128 {
+        (self.window_ms as i128 * NS_PER_MS as i128 / self.limit.max(1) as i128).max(1)
     }
 
-    fn tolerance_ns(&self) -> i64 {
-        self.interval_ns().saturating_mul(self.burst - 1)
+    fn tolerance_ns(&self) -> i128 {
+        self.interval_ns() * (self.burst.max(1) as i128 - 1)
     }
 
     /// Offers one request at `now_ms` to a bucket whose TAT is `tat_ns` (0 for a fresh bucket).
     pub fn offer(&self, tat_ns: i64, now_ms: i64) -> Rate {
-        let now = now_ms.saturating_mul(NS_PER_MS);
-        let tat = tat_ns.max(now);
+        let now = now_ms as i128 * NS_PER_MS as i128;
+        let tat = (tat_ns as i128).max(now);
         let tolerance = self.tolerance_ns();
-        if tat - now > tolerance {
-            return Rate::Reject { retry_after_ms: ceil_ms(tat - tolerance - now), reset_ms: ceil_ms(tat) };
-        }
         let new_tat = tat + self.interval_ns();
-        Rate::Admit { tat_ns: new_tat, remaining: self.remaining(new_tat, now), reset_ms: ceil_ms(new_tat) }
+        if tat - now > tolerance || new_tat > i64::MAX as i128 {
+            return Rate::Reject { retry_after_ms: ceil_ms(tat - tolerance - now).max(1), reset_ms: ceil_ms(tat) };
+        }
+        Rate::Admit { tat_ns: new_tat as i64, remaining: self.remaining(new_tat, now), reset_ms: ceil_ms(new_tat) }
     }
 
     /// Requests that would be admitted at `now_ms` without charging anything, and when the bucket is full.
     pub fn peek(&self, tat_ns: i64, now_ms: i64) -> (i64, i64) {
-        let now = now_ms.saturating_mul(NS_PER_MS);
-        let tat = tat_ns.max(now);
+        let now = now_ms as i128 * NS_PER_MS as i128;
+        let tat = (tat_ns as i128).max(now);
         (self.remaining(tat, now), ceil_ms(tat))
     }
 
     /// How many requests in a row a bucket at `tat` admits at `now`.
-    fn remaining(&self, tat: i64, now: i64) -> i64 {
+    fn remaining(&self, tat: i128, now: i128) -> i64 {
         let slack = now + self.tolerance_ns() - tat;
         if slack < 0 {
             0
         } else {
-            (slack / self.interval_ns() + 1).min(self.burst)
+            (slack / self.interval_ns() + 1).min(self.burst as i128) as i64
         }
     }
 }
 
-fn ceil_ms(ns: i64) -> i64 {
-    ns.div_euclid(NS_PER_MS) + i64::from(ns.rem_euclid(NS_PER_MS) != 0)
+fn ceil_ms(ns: i128) -> i64 {
+    let ms = ns.div_euclid(NS_PER_MS as i128) + i128::from(ns.rem_euclid(NS_PER_MS as i128) != 0);
+    ms.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
 #[cfg(test)]
@@ -104,6 +107,24 @@ mod tests {
         assert!(matches!(run(&rl, &mut tat, T0), Rate::Admit { remaining: 0, reset_ms, .. } if reset_ms == T0 + 200));
         assert_eq!(run(&rl, &mut tat, T0 + 50), Rate::Reject { retry_after_ms: 50, reset_ms: T0 + 200 });
         assert!(matches!(run(&rl, &mut tat, T0 + 100), Rate::Admit { .. }));
+    }
+
+    /// Review: 1 per 366 days with burst 1000 admitted 3,000 checks at one instant (the tolerance was
+    /// capped and `tat + interval` wrapped). The largest bucket accepted now admits exactly its burst.
+    #[test]
+    fn the_largest_accepted_buckets_admit_exactly_their_burst() {
+        let year = 366 * 86_400_000;
+        let late = crate::spec::MAX_TIME_MS - 1;
+        for (limit, window_ms) in [(1, year), (1, 86_400_000), (10, 86_400_000), (1, 3_600_000)] {
+            let burst = (crate::spec::MAX_REFILL_MS as i128 * limit as i128 / window_ms as i128) as i64;
+            let rl = crate::spec::checked_rate(limit, window_ms, burst).unwrap();
+            for now in [T0, late] {
+                let mut tat = 0;
+                let admitted =
+                    (0..rl.burst + 100).filter(|_| matches!(run(&rl, &mut tat, now), Rate::Admit { .. })).count();
+                assert_eq!(admitted as i64, rl.burst, "{rl:?} at {now}");
+            }
+        }
     }
 
     #[test]

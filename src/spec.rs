@@ -12,6 +12,12 @@ use crate::policy::Quota;
 
 /// Below this a time is almost surely in seconds, not milliseconds (before 1973).
 pub const MIN_TIME_MS: i64 = 100_000_000_000;
+/// 2200-01-01T00:00:00Z. Above this a time is almost surely in microseconds; the bound also keeps every
+/// rate limiter's arrival time (nanoseconds, 64 bits, good until 2262) far from overflowing.
+pub const MAX_TIME_MS: i64 = 7_258_118_400_000;
+/// The longest time a rate limit's bucket may take to refill from empty (`burst` × `window_ms` / `limit`):
+/// ten years, so that a time before 2200 plus a full bucket's tolerance stays within 64-bit nanoseconds.
+pub const MAX_REFILL_MS: i64 = 3653 * 86_400_000;
 pub const MAX_PLAN_LEN: usize = 63;
 pub const MAX_NAME_LEN: usize = 256;
 pub const MAX_QUOTA: i64 = (1 << 40) - 1;
@@ -227,11 +233,17 @@ fn take_plan(obj: &mut Map<String, Value>) -> Result<Field<String>> {
     take_label(obj, "plan", MAX_PLAN_LEN)
 }
 
-/// Checks a Unix time in milliseconds (a value in seconds is a likely mistake, so it is refused).
+/// Checks a Unix time in milliseconds: a value in seconds or in microseconds is a likely mistake, so
+/// anything before 1973 or from 2200 on is refused.
 pub fn check_time_ms(name: &str, value: i64) -> Result<i64> {
     if value < MIN_TIME_MS {
         return Err(Error::invalid(format!(
             "{name} = {value} is before 1973: times are Unix milliseconds, not seconds"
+        )));
+    }
+    if value >= MAX_TIME_MS {
+        return Err(Error::invalid(format!(
+            "{name} = {value} is after the year 2200: times are Unix milliseconds, not microseconds"
         )));
     }
     Ok(value)
@@ -301,17 +313,26 @@ fn take_rate(obj: &mut Map<String, Value>) -> Result<Field<RateLimit>> {
 }
 
 /// A rate limit whose arithmetic cannot overflow: at most one request per nanosecond, a window of at
-/// most a year, and a burst no larger than a window's worth times a thousand.
+/// most a year, and a bucket that refills from empty within [`MAX_REFILL_MS`] (ten years). Anything
+/// larger is refused here rather than represented inexactly: a limiter must never stop limiting.
 pub fn checked_rate(limit: i64, window_ms: i64, burst: i64) -> Result<RateLimit> {
     const YEAR_MS: i64 = 366 * 86_400_000;
+    if limit < 1 || window_ms < 1 || burst < 1 {
+        return Err(Error::invalid("rate_limit.limit, window_ms and burst must be positive integers"));
+    }
     if window_ms > YEAR_MS {
         return Err(Error::invalid("rate_limit.window_ms must be at most a year"));
     }
     if limit > window_ms.saturating_mul(1_000_000) {
         return Err(Error::invalid("rate_limit.limit is more than one request per nanosecond"));
     }
-    if burst > 1_000_000_000 {
-        return Err(Error::invalid("rate_limit.burst must be at most 1000000000"));
+    // Exact in 128 bits: burst × window ≤ MAX_REFILL × limit.
+    if burst as i128 * window_ms as i128 > MAX_REFILL_MS as i128 * limit as i128 {
+        let max_burst = (MAX_REFILL_MS as i128 * limit as i128 / window_ms as i128).max(1);
+        return Err(Error::invalid(format!(
+            "rate_limit.burst {burst} at {limit} per {window_ms} ms would take more than 10 years to refill; \
+             the largest burst for this rate is {max_burst}"
+        )));
     }
     Ok(RateLimit { limit, window_ms, burst })
 }
@@ -440,7 +461,21 @@ mod tests {
         assert!(err(&format!(r#"{{"plan": "{}"}}"#, "p".repeat(64))).contains("longer than 63"));
         assert!(err(r#"{"meta": [1]}"#).contains("meta must be a JSON object"));
         assert!(err(r#"{"rate_limit": {"limit": 10, "burst": -1}}"#).contains("burst must be a positive"));
+        assert!(err(r#"{"expires_at_ms": 1800000000000000}"#).contains("not microseconds"));
         assert!(KeyPatch::from_json(r#"{"revoked_at_ms": 1}"#).unwrap_err().message.contains("cannot be un-revoked"));
+    }
+
+    #[test]
+    fn rate_limits_that_cannot_be_represented_are_refused() {
+        // Review: 1 per 366 days with burst 1000, and 1 per day with burst 100,000, never limited.
+        let year = 366 * 86_400_000;
+        let e = checked_rate(1, year, 1000).unwrap_err().message;
+        assert!(e.contains("10 years") && e.contains("largest burst for this rate is 9"), "{e}");
+        assert!(checked_rate(1, 86_400_000, 100_000).unwrap_err().message.contains("largest burst"));
+        assert!(checked_rate(1, 86_400_000, 3653).is_ok(), "exactly ten years is allowed");
+        assert!(checked_rate(1, 86_400_000, 3654).is_err());
+        assert!(checked_rate(1, year, 1).is_ok());
+        assert!(checked_rate(1_000_000, 1000, 1_000_000_000).is_ok());
     }
 
     #[test]

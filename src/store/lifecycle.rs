@@ -433,6 +433,12 @@ impl Store {
                 n.load(std::sync::atomic::Ordering::Relaxed)
             );
         }
+        out.push_str(
+            "# HELP ms_auth_flush_failures_total Flush turns of checks in this process that could not write to \
+             the database (write lock busy, disk failing); each is retried at the next turn.\n",
+        );
+        out.push_str("# TYPE ms_auth_flush_failures_total counter\n");
+        let _ = writeln!(out, "ms_auth_flush_failures_total {}", self.flush_failures());
         let states: [i64; 3] = db.conn.query_row(
             "SELECT COALESCE(SUM(revoked_at_ms IS NULL AND (revoke_at_ms IS NULL OR revoke_at_ms > ?1)
                          AND (expires_at_ms IS NULL OR expires_at_ms > ?1)), 0),

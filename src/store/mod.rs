@@ -2,7 +2,6 @@
 //! of truth; schema migrations; the admin operations; flushing counts; and `check`, which decides from
 //! the shared counters file ([`SharedCounters`]) alone. Only this module knows about SQL.
 
-use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -15,8 +14,9 @@ use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 use serde_json::{Map, Value};
 
-use crate::counters::{self, Dirty, Found, KeyEntry, KeyRef, SharedCounters, Tally};
+use crate::counters::{self, Dirty, Found, KeyEntry, KeyRef, SharedCounters, Tally, Turn};
 
+mod identity;
 mod lifecycle;
 use crate::error::{Error, Result};
 use crate::gcra::RateLimit;
@@ -115,6 +115,18 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: flushes look for rotations past their grace every second: keep that lookup off a full scan.
     "CREATE INDEX keys_revoke_at ON keys(revoke_at_ms) WHERE revoke_at_ms IS NOT NULL AND revoked_at_ms IS NULL;",
+    // 4: earlier versions accepted rate limits whose bucket takes more than ten years to refill, which
+    // the limiter could not represent (it stopped limiting). Lower their burst to the largest that
+    // refills within ten years (spec::MAX_REFILL_MS = 315,619,200,000 ms), exactly in integers where the
+    // product fits in 64 bits.
+    "UPDATE keys SET rate_burst = MAX(1, MIN(rate_burst, CASE WHEN rate_limit <= 29000000
+            THEN rate_limit * 315619200000 / rate_window_ms
+            ELSE CAST(315619200000.0 * rate_limit / rate_window_ms AS INTEGER) - 1 END))
+        WHERE rate_limit > 0 AND rate_window_ms > 0 AND rate_burst > 0;
+    UPDATE plans SET rate_burst = MAX(1, MIN(rate_burst, CASE WHEN rate_limit <= 29000000
+            THEN rate_limit * 315619200000 / rate_window_ms
+            ELSE CAST(315619200000.0 * rate_limit / rate_window_ms AS INTEGER) - 1 END))
+        WHERE rate_limit > 0 AND rate_window_ms > 0 AND rate_burst > 0;",
 ];
 
 pub const DEFAULT_LIFETIME_MS: i64 = 365 * 86_400_000;
@@ -184,7 +196,12 @@ struct Db {
 /// its lock, so no thread is inside SQLite), and parent and child each open a fresh one when they next
 /// need it. The shared counters mapping is inherited as is, which is what lets children check at once.
 struct DbSlot {
+    /// For admin calls, explicit flushes and strict durability: waits up to the busy timeout for the
+    /// write lock.
     db: Mutex<Option<Db>>,
+    /// For the work a check may do (its flush turn, mapping a rebuilt counters file): never waits, not
+    /// for another thread of this process nor for another process's write lock.
+    quick: Mutex<Option<Db>>,
 }
 
 static LIVE: Mutex<Vec<Weak<DbSlot>>> = Mutex::new(Vec::new());
@@ -192,12 +209,15 @@ static HELD_ACROSS_FORK: Mutex<Vec<Arc<DbSlot>>> = Mutex::new(Vec::new());
 static ATFORK: Once = Once::new();
 
 extern "C" fn before_fork() {
+    identity::lock_for_fork();
     let live = LIVE.lock();
     let mut held = HELD_ACROSS_FORK.lock();
     for slot in live.iter().filter_map(Weak::upgrade) {
-        let mut guard = slot.db.lock();
-        *guard = None; // closes the connection
-        std::mem::forget(guard); // stays locked across the fork; released just after it
+        for db in [&slot.db, &slot.quick] {
+            let mut guard = db.lock();
+            *guard = None; // closes the connection
+            std::mem::forget(guard); // stays locked across the fork; released just after it
+        }
         held.push(slot);
     }
     std::mem::forget(held);
@@ -208,8 +228,10 @@ extern "C" fn after_fork() {
     unsafe { HELD_ACROSS_FORK.force_unlock() };
     for slot in HELD_ACROSS_FORK.lock().drain(..) {
         unsafe { slot.db.force_unlock() };
+        unsafe { slot.quick.force_unlock() };
     }
     unsafe { LIVE.force_unlock() };
+    identity::unlock_after_fork();
 }
 
 /// The answer to a check: the decision and the key it matched, if any.
@@ -255,6 +277,15 @@ pub struct Store {
     unmatched: [AtomicU64; 2],
     /// When (callers' clock) this process last recorded idle revocations.
     last_idle_sweep_ms: AtomicI64,
+    /// Keys the abuse policy revoked whose revocation is not in the database yet (the write lock was
+    /// busy): retried at this process's next flush turn, explicit flush or close.
+    pending_abuse: Mutex<Vec<(String, i64)>>,
+    /// Flush turns of this process that could not write (lock busy, disk failing), and the last reason:
+    /// a check never answers with them, so they are kept for `metrics_text` and `last_flush_error`.
+    flush_failures: AtomicU64,
+    last_flush_error: Mutex<Option<String>>,
+    /// Marks the database file as opened by ms-auth in this process (see [`identity`]).
+    _open: identity::OpenFile,
 }
 
 const IDLE_SWEEP_MS: i64 = 60_000;
@@ -277,36 +308,47 @@ impl Store {
 
     /// Opens or creates the store at `path` (a new file gets mode 0600), migrating an older schema, and
     /// maps its shared counters file (built from the database if missing, damaged or from another boot).
+    /// The path is resolved (symbolic links, `..`) so that every name of one database shares one
+    /// counters file; a database file with several hard links is refused, as SQLite cannot lock it safely.
     pub fn open_with(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         ATFORK.call_once(|| unsafe {
             libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork));
         });
-        let path = path.as_ref().to_path_buf();
+        let given = path.as_ref().to_path_buf();
         let explain = |e: Error| Error {
             status: e.status,
-            message: format!("cannot open store {}: {}", path.display(), e.message),
+            message: format!("cannot open store {}: {}", given.display(), e.message),
         };
-        let mut conn = open_connection(&path, options.busy_timeout).map_err(explain)?;
+        let opening = identity::check_not_held(&given).map_err(explain)?;
+        let mut conn = open_connection(&given, options.busy_timeout).map_err(explain)?;
+        let path = identity::resolve(&given).map_err(explain)?;
+        let open = opening.register(&path).map_err(explain)?;
         let counters_path = counters::path_for(&path);
         let shared = map_counters(&mut conn, &path, &counters_path).map_err(explain)?;
         Ok(Store {
-            path: path.clone(),
+            path,
             counters_path,
             options,
-            db: register(DbSlot { db: Mutex::new(Some(Db { conn })) }),
+            db: register(DbSlot { db: Mutex::new(Some(Db { conn })), quick: Mutex::new(None) }),
             shared: ArcSwap::from_pointee(shared),
             actor: ArcSwap::from_pointee(default_actor()),
             unmatched: [AtomicU64::new(0), AtomicU64::new(0)],
             last_idle_sweep_ms: AtomicI64::new(i64::MIN / 2),
+            pending_abuse: Mutex::new(Vec::new()),
+            flush_failures: AtomicU64::new(0),
+            last_flush_error: Mutex::new(None),
+            _open: open,
         })
     }
 
+    /// The database file, resolved.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// Decides one request. `key` is the raw header value (`None` when absent); `now_ms` is Unix ms.
-    /// Touches no database and makes no system call unless a flush is due.
+    /// Touches no database and makes no system call unless a flush is due, and never waits for SQLite: a
+    /// flush turn that cannot have the write lock at once is left to the next turn.
     pub fn check(&self, key: Option<&[u8]>, now_ms: i64) -> Result<Checked> {
         spec::check_time_ms("now_ms", now_ms)?;
         let candidate = match key::classify(key) {
@@ -321,13 +363,17 @@ impl Store {
             Presented::Candidate(c) => c,
         };
         let digest = key::digest(candidate);
-        let mut shared = self.counters()?;
+        let mut shared = self.counters_for_check()?;
         let interval_ns = self.options.flush_interval.as_nanos() as u64;
-        if shared.claim_flush(interval_ns) {
-            self.flush_counters(&shared, now_ms, Scan::Next)?;
-            if shared.is_superseded() {
-                shared = self.counters()?;
+        match shared.claim_flush(interval_ns) {
+            Turn::NotDue => {}
+            Turn::Claimed => {
+                self.flush_turn(&shared, now_ms);
+                if shared.is_superseded() {
+                    shared = self.counters_for_check()?;
+                }
             }
+            Turn::Unusable => shared = self.counters_for_check()?,
         }
         // A file superseded by a larger one mid-check answers Moved: map the new one and ask again.
         let mut attempts = 0;
@@ -340,7 +386,7 @@ impl Store {
                 }
                 Found::Moved if attempts < 8 => {
                     attempts += 1;
-                    shared = self.counters()?;
+                    shared = self.counters_for_check()?;
                 }
                 Found::Moved => return Err(Error::store("the counters file keeps being replaced; try again")),
                 Found::Damaged(why) => {
@@ -353,20 +399,58 @@ impl Store {
         };
         let (decision, key) = (admission.decision, admission.key);
         if self.options.durability == Durability::Strict && decision.status == Status::Ok {
+            // Strict durability is the caller's choice to wait for the database on every admitted check.
             let mut db = self.db()?;
             write_counts(&mut db.conn, &[shared.dirty_one(&key)]).map_err(|e| {
                 Error::store(format!("cannot write the count to {}: {}", self.path.display(), e.message))
             })?;
         }
         if admission.abusive {
-            // This refusal went over the abuse policy's limit: revoked from the next check on.
+            // This refusal went over the abuse policy's limit. The key is being refused by its rate limit
+            // anyway; its revocation is written now if the write lock is free, else at a later flush.
             drop(shared);
-            self.revoke_by_policy(key.id(), now_ms, "abuse")?;
+            self.pending_abuse.lock().push((key.id().to_string(), now_ms));
+            match self.quick_db() {
+                Ok(Some(mut db)) => {
+                    if let Err(e) = self.revoke_pending_abuse(&mut db.conn) {
+                        self.note_flush_failure(e);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => self.note_flush_failure(e),
+            }
         }
         Ok(Checked { decision, key: Some(key) })
     }
 
-    /// The current counters file; maps the new one if another process replaced it.
+    /// The current counters file, for a check: maps the one at the path if another process replaced this
+    /// one. A complete file is used as it is (a flush brings it in line with the database if it is
+    /// behind); only building a new one needs the write lock, and a check does not wait for it.
+    fn counters_for_check(&self) -> Result<arc_swap::Guard<Arc<SharedCounters>>> {
+        let shared = self.shared.load();
+        if !shared.is_superseded() {
+            return Ok(shared);
+        }
+        drop(shared);
+        let fresh = match SharedCounters::open_existing(&self.counters_path)? {
+            Some(existing) => existing,
+            None => {
+                let busy = || Error::store("the counters file is being rebuilt by another caller; try again");
+                let mut db = self.quick_db()?.ok_or_else(busy)?;
+                let tx = db.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => busy(),
+                    other => other.into(),
+                })?;
+                let mapped = map_counters_locked(&tx, &self.path, &self.counters_path, None)?;
+                tx.commit()?;
+                mapped
+            }
+        };
+        self.shared.store(Arc::new(fresh));
+        Ok(self.shared.load())
+    }
+
+    /// The current counters file, for admin calls and explicit flushes (which may wait for the lock).
     fn counters(&self) -> Result<arc_swap::Guard<Arc<SharedCounters>>> {
         let shared = self.shared.load();
         if !shared.is_superseded() {
@@ -389,22 +473,64 @@ impl Store {
         Ok(MutexGuard::map(guard, |db| db.as_mut().expect("opened above")))
     }
 
+    /// The connection for a check's own work, if no other thread of this process is using it. It never
+    /// waits for another process's write lock either (a busy timeout of zero).
+    fn quick_db(&self) -> Result<Option<parking_lot::MappedMutexGuard<'_, Db>>> {
+        let Some(mut guard) = self.db.quick.try_lock() else { return Ok(None) };
+        if guard.is_none() {
+            let conn = open_connection(&self.path, Duration::ZERO)?;
+            *guard = Some(Db { conn });
+        }
+        Ok(Some(MutexGuard::map(guard, |db| db.as_mut().expect("opened above"))))
+    }
+
+    /// A check's flush turn: writes what it can without waiting and keeps any failure for metrics and
+    /// [`Store::last_flush_error`]; the request is decided from the shared file whatever happens here.
+    fn flush_turn(&self, shared: &SharedCounters, now_ms: i64) {
+        let done = match self.quick_db() {
+            Ok(Some(mut db)) => self.flush_on(&mut db.conn, shared, now_ms, Scan::Next),
+            Ok(None) => Ok(()), // another thread of this process is flushing
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            self.note_flush_failure(e);
+        }
+    }
+
+    fn note_flush_failure(&self, e: Error) {
+        self.flush_failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_flush_error.lock() = Some(e.message);
+    }
+
+    /// Why this process's last flush turn (or abuse revocation) on the check path could not write, if one
+    /// failed: checks never answer with it. The next turn tries again.
+    pub fn last_flush_error(&self) -> Option<String> {
+        self.last_flush_error.lock().clone()
+    }
+
+    /// How many flush turns of this process's checks could not write.
+    pub fn flush_failures(&self) -> u64 {
+        self.flush_failures.load(Ordering::Relaxed)
+    }
+
     /// Writes every count not yet in the database in one transaction, and brings the counters file up to
-    /// date with admin changes another process committed but did not finish applying.
+    /// date with admin changes another process committed but did not finish applying. Waits for the
+    /// write lock (up to the busy timeout) and returns any failure.
     pub fn flush(&self) -> Result<()> {
         let shared = self.counters()?;
-        self.flush_counters(&shared, clock_ms(), Scan::All)
+        let mut db = self.db()?;
+        self.flush_on(&mut db.conn, &shared, clock_ms(), Scan::All)
     }
 
     /// Writes counts, then makes lasting the revocations that policies decided by `now_ms` (rotations
-    /// past their grace, idle keys), which checks already enforce from the counters file.
-    fn flush_counters(&self, shared: &SharedCounters, now_ms: i64, scope: Scan) -> Result<()> {
-        self.write_dirty(shared, scope)?;
-        self.persist_policy_revocations(now_ms)
+    /// past their grace, idle keys, abuse), which checks already enforce from the counters file.
+    fn flush_on(&self, conn: &mut Connection, shared: &SharedCounters, now_ms: i64, scope: Scan) -> Result<()> {
+        self.write_dirty(conn, shared, scope)?;
+        self.revoke_pending_abuse(conn)?;
+        self.persist_policy_revocations(conn, now_ms)
     }
 
-    fn write_dirty(&self, shared: &SharedCounters, scope: Scan) -> Result<()> {
-        let mut db = self.db()?;
+    fn write_dirty(&self, conn: &mut Connection, shared: &SharedCounters, scope: Scan) -> Result<()> {
         let failed =
             |e: Error| Error::store(format!("cannot write usage counts to {}: {}", self.path.display(), e.message));
         let dirty = match scope {
@@ -412,19 +538,16 @@ impl Store {
             Scan::Next => shared.dirty_next(FLUSH_SLICE),
         };
         if !dirty.is_empty() {
-            write_counts(&mut db.conn, &dirty).map_err(failed)?;
+            write_counts(conn, &dirty).map_err(failed)?;
             shared.mark_flushed(&dirty);
         }
-        if generation(&db.conn)? != shared.generation() {
-            let tx = db.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if generation(conn)? != shared.generation() {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let current = generation(&tx)?;
             // Under the write lock, look again: an admin that was committing has published by now.
             if current != shared.generation() {
-                shared.set_policies(&load_policies(&tx)?);
-                if !resync_entries(&load_entries(&tx, Keys::All)?, shared, current)? {
-                    let grown = map_counters_locked(&tx, &self.path, &self.counters_path, Some(shared))?;
-                    self.shared.store(Arc::new(grown));
-                }
+                let mut shared = self.shared.load_full();
+                self.bring_in_line(&tx, &mut shared, current)?;
             }
             tx.commit()?;
         }
@@ -434,6 +557,37 @@ impl Store {
             shared.supersede();
         }
         Ok(())
+    }
+
+    /// With the write lock held: makes the counters file hold exactly the database's keys and policies,
+    /// marked with `generation`; rebuilds it larger (or undamaged) if that cannot be done in place.
+    fn bring_in_line(&self, tx: &Transaction, shared: &mut Arc<SharedCounters>, generation: i64) -> Result<()> {
+        if shared.is_superseded() || shared.is_replaced() {
+            *shared = Arc::new(map_counters_locked(tx, &self.path, &self.counters_path, None)?);
+            self.shared.store(shared.clone());
+        }
+        shared.set_policies(&load_policies(tx)?);
+        if !resync_entries(&load_entries(tx, Keys::All)?, shared, generation)? {
+            *shared = Arc::new(map_counters_locked(tx, &self.path, &self.counters_path, Some(shared))?);
+            self.shared.store(shared.clone());
+        }
+        Ok(())
+    }
+
+    /// Writes the revocations the abuse policy decided in this process's checks; those that fail stay
+    /// pending for the next try.
+    fn revoke_pending_abuse(&self, conn: &mut Connection) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending_abuse.lock());
+        let mut result = Ok(());
+        for (i, (id, at_ms)) in pending.iter().enumerate() {
+            let revoked = self.revoke_as(conn, id, *at_ms, "abuse", "key.revoke.policy");
+            if let Err(e) = revoked.or_else(|e| if e.status == Status::ErrNotFound { Ok(()) } else { Err(e) }) {
+                self.pending_abuse.lock().extend(pending[i..].iter().cloned());
+                result = Err(e);
+                break;
+            }
+        }
+        result
     }
 
     /// Flushes the counts and closes the file.
@@ -585,17 +739,15 @@ impl Store {
     /// revocation's time and reason.
     pub fn revoke_key(&self, id: &str, now_ms: i64, reason: Option<&str>) -> Result<KeyRecord> {
         spec::check_time_ms("now_ms", now_ms)?;
-        self.revoke_as(id, now_ms, reason.unwrap_or("manual"), "key.revoke")?;
+        {
+            let mut db = self.db()?;
+            self.revoke_as(&mut db.conn, id, now_ms, reason.unwrap_or("manual"), "key.revoke")?;
+        }
         self.get_key(id)
     }
 
-    /// Revokes a key by a store policy ("idle", "abuse", "rotated"), recorded as such.
-    pub(crate) fn revoke_by_policy(&self, id: &str, at_ms: i64, reason: &str) -> Result<()> {
-        self.revoke_as(id, at_ms, reason, "key.revoke.policy")
-    }
-
-    fn revoke_as(&self, id: &str, at_ms: i64, reason: &str, action: &str) -> Result<()> {
-        self.admin(|tx| {
+    fn revoke_as(&self, conn: &mut Connection, id: &str, at_ms: i64, reason: &str, action: &str) -> Result<()> {
+        self.admin_on(conn, |tx| {
             let row = slot_of(tx, id)?;
             let changed = tx.execute(
                 "UPDATE keys SET revoked_at_ms = ?1, revoked_reason = ?2 WHERE row = ?3 AND revoked_at_ms IS NULL",
@@ -610,62 +762,65 @@ impl Store {
 
     /// Makes lasting the revocations that checks already enforce: rotated keys past their grace, and
     /// keys idle for longer than the idle policy allows.
-    fn persist_policy_revocations(&self, now_ms: i64) -> Result<()> {
-        let due: Vec<(String, i64, &str)> = {
-            let db = self.db()?;
-            let mut due: Vec<(String, i64, &str)> = db
-                .conn
+    fn persist_policy_revocations(&self, conn: &mut Connection, now_ms: i64) -> Result<()> {
+        let mut due: Vec<(String, i64, &str)> = conn
+            .prepare_cached(
+                "SELECT id, revoke_at_ms FROM keys
+                 WHERE revoke_at_ms IS NOT NULL AND revoked_at_ms IS NULL AND revoke_at_ms <= ?1",
+            )?
+            .query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, "rotated")))?
+            .collect::<rusqlite::Result<_>>()?;
+        // Idle keys are refused by every check already; recording them takes a scan of every key, so
+        // it runs at most once a minute (of the callers' clock) per process.
+        let idle_ms = load_policies(conn)?.idle_ms;
+        let last = self.last_idle_sweep_ms.load(Ordering::Relaxed);
+        if idle_ms > 0 && (now_ms - last >= IDLE_SWEEP_MS || now_ms < last) {
+            self.last_idle_sweep_ms.store(now_ms, Ordering::Relaxed);
+            let idle = conn
                 .prepare_cached(
-                    "SELECT id, revoke_at_ms FROM keys
-                     WHERE revoke_at_ms IS NOT NULL AND revoked_at_ms IS NULL AND revoke_at_ms <= ?1",
+                    "SELECT k.id, MAX(COALESCE(u.last_used_at_ms, 0), k.created_at_ms) + ?2 FROM keys k
+                     LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)
+                     WHERE k.revoked_at_ms IS NULL AND MAX(COALESCE(u.last_used_at_ms, 0), k.created_at_ms) + ?2 <= ?1",
                 )?
-                .query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, "rotated")))?
-                .collect::<rusqlite::Result<_>>()?;
-            // Idle keys are refused by every check already; recording them takes a scan of every key, so
-            // it runs at most once a minute (of the callers' clock) per process.
-            let idle_ms = load_policies(&db.conn)?.idle_ms;
-            let last = self.last_idle_sweep_ms.load(Ordering::Relaxed);
-            if idle_ms > 0 && (now_ms - last >= IDLE_SWEEP_MS || now_ms < last) {
-                self.last_idle_sweep_ms.store(now_ms, Ordering::Relaxed);
-                let idle = db
-                    .conn
-                    .prepare_cached(
-                        "SELECT k.id, MAX(COALESCE(u.last_used_at_ms, 0), k.created_at_ms) + ?2 FROM keys k
-                         LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)
-                         WHERE k.revoked_at_ms IS NULL AND MAX(COALESCE(u.last_used_at_ms, 0), k.created_at_ms) + ?2 <= ?1",
-                    )?
-                    .query_map(params![now_ms, idle_ms], |r| Ok((r.get(0)?, r.get(1)?, "idle")))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                due.extend(idle);
-            }
-            due
-        };
+                .query_map(params![now_ms, idle_ms], |r| Ok((r.get(0)?, r.get(1)?, "idle")))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            due.extend(idle);
+        }
         for (id, at_ms, reason) in due {
-            self.revoke_by_policy(&id, at_ms, reason)?;
+            self.revoke_as(conn, &id, at_ms, reason, "key.revoke.policy")?;
         }
         Ok(())
     }
 
-    /// Runs an admin change in one write transaction that also bumps the generation, and applies it to
-    /// the counters file before committing, so every process sees it from its next check on. `change`
-    /// returns the rows it changed. If anything fails after the file was touched, the file's generation
-    /// no longer matches the database and the next flush (in any process) brings it back in line.
+    /// Runs an admin change in one write transaction (on this process's admin connection).
     fn admin(&self, change: impl FnOnce(&Transaction) -> Result<Vec<i64>>) -> Result<()> {
         let mut db = self.db()?;
-        let tx = db.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.admin_on(&mut db.conn, change)
+    }
+
+    /// Runs an admin change in one write transaction that also gives the database a new generation (a
+    /// random number, never reused), and applies it to the counters file before committing, so every
+    /// process sees it from its next check on. `change` returns the rows it changed.
+    ///
+    /// The file carries the generation of the database it reflects. While a change is applied it carries
+    /// none (-1); a file whose generation is not the committed one (an admin died between publishing and
+    /// committing) is first brought in line with the database, so a later commit can never make a change
+    /// that was not committed look current. If the commit fails, keys it added are tombstoned while the
+    /// write lock is still held, or, if SQLite already released it, under a new one.
+    fn admin_on(&self, conn: &mut Connection, change: impl FnOnce(&Transaction) -> Result<Vec<i64>>) -> Result<()> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let committed = generation(&tx)?;
         let rows = change(&tx)?;
         let policies = load_policies(&tx)?;
-        tx.execute("UPDATE meta SET value = value + 1 WHERE name = 'generation'", [])?;
-        let generation = generation(&tx)?;
+        let generation = new_generation(committed)?;
+        tx.execute("UPDATE meta SET value = ?1 WHERE name = 'generation'", [generation])?;
         let mut shared = self.shared.load_full();
-        if shared.is_superseded() || shared.is_replaced() {
-            shared = Arc::new(map_counters_locked(&tx, &self.path, &self.counters_path, None)?);
-            self.shared.store(shared.clone());
-        }
-        // Until the commit succeeds the file does not match any committed generation.
-        shared.set_generation(-1);
         let mut added = Vec::new();
         let applied = (|| -> Result<()> {
+            if shared.is_superseded() || shared.is_replaced() || shared.generation() != committed {
+                self.bring_in_line(&tx, &mut shared, generation)?;
+            }
+            shared.set_generation(-1);
             for row in rows {
                 let entry = load_entries(&tx, Keys::Row(row))?
                     .pop()
@@ -682,16 +837,34 @@ impl Store {
             // Published while the write lock is held, so no other admin can interleave.
             shared.set_policies(&policies);
             shared.set_generation(generation);
-            Ok(tx.commit()?)
+            tx.execute_batch("COMMIT")?;
+            Ok(())
         })();
-        if applied.is_err() {
-            // Not committed: keys it added must not answer, and the next flush re-applies the database.
-            shared.set_generation(-1);
+        let Err(e) = applied else { return Ok(()) };
+        shared.set_generation(-1);
+        if !tx.is_autocommit() {
+            // Still in the transaction, so still the only writer: nobody can take these blocks meanwhile.
             for digest in &added {
                 let _ = shared.tombstone(digest);
             }
+            drop(tx); // rolls back
+        } else {
+            drop(tx);
+            // SQLite rolled back and released the lock: bring the file in line under a new one. If that
+            // fails too, the next flush in any process does it (the file's generation is -1).
+            let _ = self.resync_locked(conn);
         }
-        applied
+        Err(e)
+    }
+
+    /// Takes the write lock and brings the counters file in line with the committed database.
+    fn resync_locked(&self, conn: &mut Connection) -> Result<()> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let committed = generation(&tx)?;
+        let mut shared = self.shared.load_full();
+        self.bring_in_line(&tx, &mut shared, committed)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Adds an entry to the audit log, in the admin change's own transaction.
@@ -745,6 +918,7 @@ fn no_key(status: Status) -> Checked {
     Checked { decision: Decision::without_key(status), key: None }
 }
 
+/// Opens a connection; `busy_timeout` zero for the check path's connection, which never waits.
 fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     if path.as_os_str().is_empty() {
         return Err(Error::invalid("the path is empty"));
@@ -776,7 +950,7 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
         return Err(Error::store(format!("cannot use WAL mode (journal mode is {mode})")));
     }
     conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
-    migrate(&mut conn)?;
+    migrate(&mut conn, !busy_timeout.is_zero())?;
     Ok(conn)
 }
 
@@ -788,9 +962,15 @@ fn describe_open_failure(e: rusqlite::Error) -> String {
     }
 }
 
-/// Applies the migrations this file lacks, each in its own write transaction (which also proves the file is
-/// writable). A file written by a newer ms-auth is refused rather than misread.
-fn migrate(conn: &mut Connection) -> Result<()> {
+/// Applies the migrations this file lacks, all in one write transaction (which also proves the file is
+/// writable). A file written by a newer ms-auth is refused rather than misread. With `prove_writable`
+/// false and nothing to migrate, no write lock is taken: a connection opened on the check path (after a
+/// fork) must not wait for another process's writer.
+fn migrate(conn: &mut Connection, prove_writable: bool) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if !prove_writable && current == MIGRATIONS.len() as i64 {
+        return Ok(());
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| Error::store(describe_open_failure(e)))?;
@@ -838,6 +1018,19 @@ fn new_key_id() -> Result<String> {
 
 fn generation(conn: &Connection) -> Result<i64> {
     Ok(conn.query_row("SELECT value FROM meta WHERE name = 'generation'", [], |r| r.get(0))?)
+}
+
+/// A generation for one admin attempt: random, so an attempt that died before committing can never share
+/// its number with a later committed one (the counters file would then look current with its change).
+fn new_generation(committed: i64) -> Result<i64> {
+    loop {
+        let mut bytes = [0u8; 8];
+        getrandom::getrandom(&mut bytes).map_err(|e| Error::internal(format!("no randomness: {e}")))?;
+        let g = i64::from_le_bytes(bytes) & i64::MAX;
+        if g != committed && g > 0 {
+            return Ok(g);
+        }
+    }
 }
 
 /// Writes absolute counts (so writing the same counts twice, or from two processes, changes nothing),
@@ -937,6 +1130,7 @@ pub(crate) fn load_entries(conn: &Connection, which: Keys) -> Result<Vec<KeyEntr
             },
             created_at_ms: row.get(17)?,
             tally: tally_of(row, 11)?,
+            carry: None,
             shares_with: row.get::<_, Option<Vec<u8>>>(18)?.map(|_| digest_of(row, 18)).transpose()?,
         });
     }
@@ -984,16 +1178,15 @@ fn map_counters_locked(
         }
     }
     let grow_from = grow_from.or(existing.as_ref());
+    // Each cell's whole state is carried, under every key that counts in it (a rotated key and its
+    // successor share one): the database may lack what the file counted since its last flush.
     let before = grow_from.map(|old| old.snapshot()).unwrap_or_default();
-    let carried: HashMap<KeyDigest, Tally> = before.iter().copied().collect();
     for entry in &mut entries {
-        if let Some(t) = carried.get(&entry.digest) {
-            entry.tally = *t;
-        }
+        entry.carry = before.cell_of(&entry.digest);
     }
     // More room than the keys need now, so that growing is rare.
     let room = if grow_from.is_some() { entries.len() * 2 } else { entries.len() };
-    let built = SharedCounters::build(path, &entries, room, generation, db_path, grow_from.is_some())?;
+    let built = SharedCounters::build(path, &entries, room, generation, db_path)?;
     built.set_policies(&load_policies(tx)?);
     if let Some(old) = grow_from {
         // From here on no check can charge the old file: it maps the new one instead.
@@ -1005,11 +1198,12 @@ fn map_counters_locked(
 }
 
 /// Brings the file's keys in line with the database: keys whose policy differs are rewritten, keys the
-/// database does not have are tombstoned. `false`: the file is full (the caller grows it).
+/// database does not have are tombstoned. `false`: the file is full, or so damaged that some key of the
+/// database would not be decidable after all (the caller builds a new one).
 fn resync_entries(entries: &[KeyEntry], shared: &SharedCounters, generation: i64) -> Result<bool> {
     shared.set_generation(-1);
     for entry in entries {
-        if !shared.holds(entry) && shared.upsert(entry).is_err() {
+        if !shared.holds(entry) && (shared.upsert(entry).is_err() || !shared.holds(entry)) {
             return Ok(false);
         }
     }

@@ -1,0 +1,95 @@
+//! Which file a store is: the database path resolved once, so that every name of one database (a
+//! symbolic link, a relative path, `..`) shares one counters file; and the checks SQLite's own
+//! documentation asks for (<https://www.sqlite.org/howtocorrupt.html>, sections 2.2 and 2.5): no
+//! second set of hard links to the database, and no other code in this process holding the file open,
+//! since closing any descriptor of a file drops every POSIX lock this process holds on it, and a second
+//! copy of SQLite (Python's `sqlite3`, Go's drivers) does not see ours.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+
+/// Database files (device, inode) that ms-auth stores of this process have open, with how many.
+static OPEN: Mutex<Option<HashMap<(u64, u64), usize>>> = Mutex::new(None);
+
+/// The path with every symbolic link and `..` resolved; refused if the file has several hard links.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    let resolved = std::fs::canonicalize(path).map_err(|e| Error::store(format!("cannot resolve the path: {e}")))?;
+    let links = std::fs::metadata(&resolved).map_err(|e| Error::store(format!("cannot stat the file: {e}")))?.nlink();
+    if links > 1 {
+        return Err(Error::store(format!(
+            "the database file has {links} hard links: SQLite cannot lock a file reached by several names \
+             safely (its journal is named after the path); keep one link, or use a symbolic link"
+        )));
+    }
+    Ok(resolved)
+}
+
+/// Held while a store is opened, so that two stores of this process opening one new file at once do not
+/// take each other's descriptors for a stranger's.
+pub struct Opening(MutexGuard<'static, Option<HashMap<(u64, u64), usize>>>);
+
+/// Refuses a database file that something else in this process (not an ms-auth store) holds open.
+pub fn check_not_held(path: &Path) -> Result<Opening> {
+    let open = OPEN.lock();
+    let Ok(meta) = std::fs::metadata(path) else { return Ok(Opening(open)) };
+    let id = (meta.dev(), meta.ino());
+    if open.as_ref().is_some_and(|m| m.get(&id).is_some_and(|n| *n > 0)) {
+        // Our own descriptors cannot be told apart from a stranger's: trust the first open's check.
+        return Ok(Opening(open));
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::metadata(fd.path()) else { continue };
+            if target.is_file() && (target.dev(), target.ino()) == id {
+                return Err(Error::store(format!(
+                    "file descriptor {} of this process already has the database open outside ms-auth (another \
+                     copy of SQLite, such as Python's sqlite3 module?): its locks and ms-auth's do not see each \
+                     other and closing it drops ms-auth's, which can corrupt the database; use the ms-auth API \
+                     in this process, or read the file from another process",
+                    fd.file_name().to_string_lossy()
+                )));
+            }
+        }
+    }
+    Ok(Opening(open))
+}
+
+/// Marks a database file as open by an ms-auth store of this process for as long as it lives.
+pub struct OpenFile {
+    id: (u64, u64),
+}
+
+impl Opening {
+    /// Records the (now existing) file as opened by ms-auth.
+    pub fn register(mut self, path: &Path) -> Result<OpenFile> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::store(format!("cannot stat the file: {e}")))?;
+        let id = (meta.dev(), meta.ino());
+        *self.0.get_or_insert_with(HashMap::new).entry(id).or_insert(0) += 1;
+        Ok(OpenFile { id })
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        let mut open = OPEN.lock();
+        if let Some(n) = open.as_mut().and_then(|m| m.get_mut(&self.id)) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Called just before `fork()`: no thread may hold the registry across it (the child would find it
+/// locked forever).
+pub fn lock_for_fork() {
+    std::mem::forget(OPEN.lock());
+}
+
+/// Called in parent and child just after `fork()`.
+pub fn unlock_after_fork() {
+    unsafe { OPEN.force_unlock() };
+}
