@@ -1295,6 +1295,50 @@ mod hardening_tests {
         assert!(c.is_superseded(), "the next check rebuilds it from the database");
     }
 
+    /// Review (issue 9, item 5): a check whose compare-and-swap landed before `freeze()` but whose
+    /// statistics were not bumped yet was dropped by the carry, which compared `total`.
+    #[test]
+    fn a_late_charge_whose_statistics_lag_is_carried() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = entry(1, None);
+        e.policy.quota = Some(Quota { limit: 10, period: Period::Daily });
+        let (_, old) = built(&dir, std::slice::from_ref(&e));
+        let now = 1_800_000_000_000;
+        assert!(matches!(old.admit(&e.digest, now), Found::Key(_)));
+        let before = old.snapshot();
+        // The charge of a check in flight: its CAS on the state word, and nothing else yet.
+        let (_, _, r) = old.find(&e.digest).unwrap();
+        let cell = old.cell(old.record(r).cell);
+        let mut usage = decode(cell.state.load(Ordering::Acquire));
+        usage.used += 1;
+        cell.state.store(encode(&usage), Ordering::Release);
+        let mut carried = e.clone();
+        carried.carry = before.cell_of(&e.digest);
+        let dir2 = tempfile::tempdir().unwrap();
+        let (_, new) = built(&dir2, &[carried]);
+        old.supersede();
+        old.freeze();
+        old.carry_late_counts(&before, &new);
+        assert_eq!(new.tally(&e.digest).unwrap().usage.used, 2, "the late charge counts in the new file");
+    }
+
+    /// Review (issue 9, item 7): `holds` and the shared-cell path of `upsert` trusted numbers read from
+    /// the file, and panicked on a slot naming a block past the end.
+    #[test]
+    fn damaged_slots_are_neither_held_nor_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = entry(1, None);
+        let (_, c) = built(&dir, std::slice::from_ref(&first));
+        let (i, v, _) = c.find(&first.digest).unwrap();
+        c.slot(i).store(v & !RECORD_MASK | (c.layout.max_blocks + 5), Ordering::Release);
+        assert!(!c.holds(&first));
+        let successor = entry(2, Some(first.digest));
+        assert!(c.upsert(&successor).is_ok(), "a damaged predecessor is not followed");
+        assert!(c.holds(&successor));
+        let (_, _, r) = c.find(&first.digest).unwrap();
+        assert_eq!(r, u64::MAX, "still reported as damaged, for the check to say so");
+    }
+
     #[test]
     fn a_frozen_file_sends_checks_to_its_successor() {
         let dir = tempfile::tempdir().unwrap();

@@ -363,17 +363,16 @@ impl Store {
             Presented::Candidate(c) => c,
         };
         let digest = key::digest(candidate);
-        let mut shared = self.counters_for_check()?;
-        let interval_ns = self.options.flush_interval.as_nanos() as u64;
-        match shared.claim_flush(interval_ns) {
-            Turn::NotDue => {}
-            Turn::Claimed => {
-                self.flush_turn(&shared, now_ms);
-                if shared.is_superseded() {
-                    shared = self.counters_for_check()?;
-                }
-            }
-            Turn::Unusable => shared = self.counters_for_check()?,
+        // The flush turn comes first: it is also where a truncated file is noticed, before any other
+        // read of the mapping.
+        let mut shared = self.shared.load();
+        let turn = shared.claim_flush(self.options.flush_interval.as_nanos() as u64);
+        if turn == Turn::Claimed {
+            self.flush_turn(&shared, now_ms);
+        }
+        if turn == Turn::Unusable || shared.is_superseded() {
+            drop(shared);
+            shared = self.remap_for_check()?;
         }
         // A file superseded by a larger one mid-check answers Moved: map the new one and ask again.
         let mut attempts = 0;
@@ -386,7 +385,8 @@ impl Store {
                 }
                 Found::Moved if attempts < 8 => {
                     attempts += 1;
-                    shared = self.counters_for_check()?;
+                    drop(shared);
+                    shared = self.remap_for_check()?;
                 }
                 Found::Moved => return Err(Error::store("the counters file keeps being replaced; try again")),
                 Found::Damaged(why) => {
@@ -423,15 +423,10 @@ impl Store {
         Ok(Checked { decision, key: Some(key) })
     }
 
-    /// The current counters file, for a check: maps the one at the path if another process replaced this
-    /// one. A complete file is used as it is (a flush brings it in line with the database if it is
-    /// behind); only building a new one needs the write lock, and a check does not wait for it.
-    fn counters_for_check(&self) -> Result<arc_swap::Guard<Arc<SharedCounters>>> {
-        let shared = self.shared.load();
-        if !shared.is_superseded() {
-            return Ok(shared);
-        }
-        drop(shared);
+    /// For a check whose counters file was replaced (or found unusable): maps the one at the path. A
+    /// complete file is used as it is (a flush brings it in line with the database if it is behind); only
+    /// building a new one needs the write lock, and a check does not wait for it.
+    fn remap_for_check(&self) -> Result<arc_swap::Guard<Arc<SharedCounters>>> {
         let fresh = match SharedCounters::open_existing(&self.counters_path)? {
             Some(existing) => existing,
             None => {
