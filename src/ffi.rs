@@ -181,7 +181,8 @@ pub unsafe extern "C" fn ms_open(path: *const c_char) -> i32 {
 /// Decides one request against the process-wide store opened by `ms_open`.
 ///
 /// `key`: the NUL-terminated value of the X-API-Key header, or NULL when the request has none.
-/// `now_ms`: Unix time in milliseconds (a value below 100000000000 is taken for seconds and refused).
+/// `now_ms`: Unix time in milliseconds, from 1973 up to (not including) 2200-01-01: a value below
+/// 100000000000 is taken for seconds, one from 7258118400000 on for microseconds, and both are refused.
 /// Returns the decision (0..6; `MS_OK` admits the request and counts it) or a library error:
 /// `MS_ERR_NOT_OPEN` before `ms_open`, `MS_ERR_INVALID_ARGUMENT`, `MS_ERR_STORE`, `MS_ERR_INTERNAL`.
 /// Thread-safe.
@@ -223,8 +224,15 @@ pub extern "C" fn ms_close() {
 ///
 /// `path`: NUL-terminated UTF-8 path; a new file is created with mode 0600, an older schema is migrated,
 /// a file from a newer ms-auth is refused with `MS_ERR_STORE`. Beside it the store keeps `<path>-counters`,
-/// the usage counters shared by every process that opens the same path (on a local filesystem), so quotas
-/// and rate limits are exact across processes and admin changes apply on every process's next check.
+/// the usage counters shared by every process that opens the same database (on a local filesystem), so
+/// quotas and rate limits are exact across processes and admin changes apply on every process's next
+/// check. The path is resolved first (symbolic links, `..`), so every name of one database shares one
+/// counters file. Refused with `MS_ERR_STORE`, as SQLite documents them as ways to corrupt a database: a
+/// database file with several hard links, and a database file that something else in this process
+/// already holds open (another copy of SQLite, such as Python's `sqlite3` module: its locks and ours do
+/// not see each other). The counters file is opened without following symbolic links; any process of the
+/// same user can write it, so it is checked as it is read (a damaged file is rebuilt from the database),
+/// but truncating it while in use can kill a process that touches it within the next 100 ms (SIGBUS).
 /// `out_store` must not be NULL; it is written only on `MS_OK`. The handle is owned by the caller and
 /// released with `ms_store_close`; it may be shared by threads, and it keeps working in the children of a
 /// `fork()` (a master opens, workers check): each child opens its own database connection when it needs
@@ -275,12 +283,18 @@ pub unsafe extern "C" fn ms_store_close(store: *mut ms_store) {
 
 /// Decides one request and fills `*out` with the decision and its figures. A known key costs a SHA-256
 /// and a few atomic operations on shared memory: no database query, no system call, no lock (except
-/// when this process's turn to write counts to the database comes, at most once per second).
+/// when this process's turn to write counts to the database comes, at most once per flush interval).
+/// A check never waits for SQLite: a turn that cannot have the database's write lock at once (another
+/// process is writing) or fails to write is retried at the next turn, and counted in the metric
+/// `ms_auth_flush_failures_total`; the request is decided from the shared counters all the same.
 ///
 /// `key`: the header value, `key_len` bytes (need not be NUL-terminated; NULL means the header is absent).
-/// `now_ms`: Unix ms. `out`: may be NULL; written only when the return value is a decision (0..6).
-/// Returns the decision, or `MS_ERR_INVALID_ARGUMENT` (NULL store, time in seconds), `MS_ERR_STORE`,
-/// `MS_ERR_INTERNAL`. Thread-safe.
+/// `now_ms`: Unix ms, as for `ms_auth_check` (1973 up to 2200). `out`: may be NULL; written only when the
+/// return value is a decision (0..6).
+/// Returns the decision, or `MS_ERR_INVALID_ARGUMENT` (NULL store, time in seconds or microseconds),
+/// `MS_ERR_STORE` (the counters file is damaged, or must be rebuilt while another process holds the
+/// write lock; or, with strict durability, the count could not be written), `MS_ERR_INTERNAL`.
+/// Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn ms_store_check(
     store: *mut ms_store,
@@ -340,6 +354,9 @@ fn copy_c(dst: &mut [c_char], s: &str) {
 /// Creates a key from a JSON spec (every field optional: `env`, `name`, `plan`, `expires_at_ms`, `quota`,
 /// `rate_limit`, `meta`, `key` to import an existing key; see the README) and writes the record with the
 /// plaintext `"key"` (shown this once; only its SHA-256 digest is stored) to `*out_json`.
+/// A rate limit must refill its whole bucket within ten years (`burst` × `window_ms` / `limit` at most
+/// 315619200000 ms, `window_ms` at most 366 days): a larger one is refused with the largest burst that
+/// fits, never stored inexactly. Times (`expires_at_ms`) are Unix ms from 1973 up to 2200.
 ///
 /// `spec_json`: NUL-terminated JSON object ("{}" for all defaults). `now_ms`: Unix ms of creation.
 /// `*out_json` is written only on `MS_OK`; free it with `ms_string_free`.

@@ -186,8 +186,9 @@ fn an_uncommitted_revocation_left_by_a_dead_admin_is_undone_by_the_next_admin() 
     let store = Store::open_with(&db, no_flush()).unwrap();
     let k = store.create_key(&spec("{}"), NOW).unwrap();
     assert_eq!(status(&store, &k.key, NOW), Status::Ok);
-    // What a process killed inside ms_key_revoke's COMMIT leaves: the revoked record published and the
-    // file marked with the generation that version 1.0.0 would have committed next.
+    let other = Store::open_with(&db, no_flush()).unwrap(); // another process, already running
+                                                            // What a process killed inside ms_key_revoke's COMMIT leaves: the revoked record published and the
+                                                            // file marked with the generation that version 1.0.0 would have committed next.
     let committed: i64 = rusqlite::Connection::open(&db)
         .unwrap()
         .query_row("SELECT value FROM meta WHERE name = 'generation'", [], |r| r.get(0))
@@ -207,8 +208,7 @@ fn an_uncommitted_revocation_left_by_a_dead_admin_is_undone_by_the_next_admin() 
     file.upsert(&revoked).unwrap();
     file.set_generation(committed + 1);
     assert_eq!(status(&store, &k.key, NOW), Status::ApiKeyRevoked, "the dead admin's change is visible");
-    // Another process's admin runs before any flush.
-    let other = Store::open_with(&db, no_flush()).unwrap();
+    // The other process's admin runs before any flush.
     other.create_key(&spec("{}"), NOW).unwrap();
     assert_eq!(status(&store, &k.key, NOW), Status::Ok, "the database says not revoked");
     assert_eq!(store.get_key(&k.record.id).unwrap().revoked_at_ms, None);

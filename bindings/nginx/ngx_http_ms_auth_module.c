@@ -214,22 +214,29 @@ ngx_http_ms_auth_store_handle(ngx_log_t *log)
 }
 
 
-static ngx_table_elt_t *
-ngx_http_ms_auth_find_header(ngx_http_request_t *r, ngx_str_t *name)
+/*
+ * Finds the key header: NGX_OK with *found set (NULL: none), or NGX_DECLINED
+ * when it comes more than once, as an upstream could then read another copy
+ * than the one checked.
+ */
+static ngx_int_t
+ngx_http_ms_auth_find_header(ngx_http_request_t *r, ngx_str_t *name,
+    ngx_table_elt_t **found)
 {
     ngx_uint_t        i;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
 
+    *found = NULL;
+
     part = &r->headers_in.headers.part;
     h = part->elts;
 
-    /* the first header of that name counts, as the list keeps arrival order */
     for (i = 0; /* void */ ; i++) {
 
         if (i >= part->nelts) {
             if (part->next == NULL) {
-                return NULL;
+                return NGX_OK;
             }
 
             part = part->next;
@@ -244,7 +251,11 @@ ngx_http_ms_auth_find_header(ngx_http_request_t *r, ngx_str_t *name)
         if (h[i].key.len == name->len
             && ngx_strncasecmp(h[i].key.data, name->data, name->len) == 0)
         {
-            return &h[i];
+            if (*found != NULL) {
+                return NGX_DECLINED;
+            }
+
+            *found = &h[i];
         }
     }
 }
@@ -292,14 +303,21 @@ ngx_http_ms_auth_handler(ngx_http_request_t *r)
     ctx->res.quota_limit = -1;
     ctx->res.rate_limit = -1;
 
+    if (ngx_http_ms_auth_find_header(r, &alcf->header, &h) != NGX_OK) {
+        /* refused unchecked, so nothing is counted; never failed open */
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "ms_auth: client sent more than one \"%V\" header",
+                      &alcf->header);
+        ctx->status = MS_API_KEY_INVALID;
+        return ngx_http_ms_auth_reject(r, ctx);
+    }
+
     store = ngx_http_ms_auth_store_handle(r->connection->log);
 
     if (store == NULL) {
         ctx->status = ngx_http_ms_auth_open_status;
 
     } else {
-        h = ngx_http_ms_auth_find_header(r, &alcf->header);
-
         /* no header: a NULL key, which the library answers api_key_missing */
         ctx->status = ms_store_check(store,
                                      h ? (const char *) h->value.data : NULL,

@@ -60,7 +60,7 @@ def main() -> int:
             for _ in range(n):
                 check(plain, now)
 
-        handle = store._handle
+        handle = store._native.handle
         raw_key = plain.encode()
         out = _ffi.CheckResultStruct()
         out_addr = ctypes.addressof(out)

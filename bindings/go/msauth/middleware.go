@@ -65,15 +65,28 @@ func PlanFromContext(ctx context.Context) (string, bool) {
 // RateLimit headers; an admitted one reaches next with the key id and plan in
 // its context (KeyIDFromContext, PlanFromContext) and the RateLimit headers
 // on its response. A library failure answers 503 with a JSON body (fail
-// closed) unless WithFailOpen is given.
+// closed) unless WithFailOpen is given. A request with more than one key
+// header is refused as api_key_invalid without a check.
 func Middleware(store *Store, opts ...Option) func(http.Handler) http.Handler {
 	c := config{header: DefaultHeader, clock: time.Now}
 	for _, o := range opts {
 		o(&c)
 	}
+	name := http.CanonicalHeaderKey(c.header)
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			res := store.Check(r.Header.Get(c.header), c.clock())
+			keys := r.Header[name]
+			if len(keys) > 1 {
+				// next may read another copy than the one checked: refused
+				// unchecked, so nothing is counted.
+				writeJSON(w, StatusAPIKeyInvalid.HTTPStatus(), errorBody(StatusAPIKeyInvalid))
+				return
+			}
+			key := ""
+			if len(keys) == 1 {
+				key = keys[0]
+			}
+			res := store.Check(key, c.clock())
 			switch {
 			case res.OK():
 				res.setHeaders(w.Header())

@@ -1,11 +1,14 @@
 package msauth
 
 import (
+	"bufio"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -185,6 +188,107 @@ func TestMiddlewareLibraryFailure(t *testing.T) {
 	get(t, open.URL, "X-API-Key", k.Key, answer{200, "app key= plan= idOK=false planOK=false", nil})
 	if atomic.LoadInt64(&seen) != 3 {
 		t.Errorf("error handler saw %d failures, want 3", seen)
+	}
+}
+
+// rawGet sends one GET with the header lines exactly as given (names keep
+// their case on the wire) and answers status and body.
+func rawGet(t *testing.T, srv *httptest.Server, lines ...string) (int, string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := "GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n" + strings.Join(lines, "\r\n") + "\r\n\r\n"
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// Several key headers: the upstream could read another copy than the one
+// checked, so the request is refused as api_key_invalid, and unchecked: no
+// quota is charged, whatever the copies hold.
+func TestMiddlewareRepeatedKeyHeader(t *testing.T) {
+	s := openTemp(t)
+	srv := httptest.NewServer(Middleware(s, WithClock(func() time.Time { return t0 }))(appHandler))
+	defer srv.Close()
+	k := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 5, Period: Daily}, RateLimit: Null[RateLimit]()}, t0)
+	other := mustCreate(t, s, KeySpec{RateLimit: Null[RateLimit]()}, t0)
+	invalid := jsonAnswer(401, documentedBodies[StatusAPIKeyInvalid], nil)
+
+	for _, pair := range [][2]string{{k.Key, k.Key}, {k.Key, other.Key}, {other.Key, k.Key}, {k.Key, ""}} {
+		req, err := http.NewRequest(http.MethodGet, srv.URL, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Add("X-API-Key", pair[0])
+		req.Header.Add("X-API-Key", pair[1])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != invalid.status || string(body) != invalid.body {
+			t.Errorf("two headers %q: %d %s, want %d %s", pair, resp.StatusCode, body, invalid.status, invalid.body)
+		}
+		for name, v := range invalid.headers {
+			if got := resp.Header.Get(name); got != v {
+				t.Errorf("two headers %q: header %s = %q, want %q", pair, name, got, v)
+			}
+		}
+	}
+	// Names differing in case are the same header.
+	if code, body := rawGet(t, srv, "x-api-key: "+k.Key, "X-API-KEY: "+k.Key); code != 401 || body != invalid.body {
+		t.Errorf("x-api-key + X-API-KEY: %d %s", code, body)
+	}
+	// One copy is decided as usual, and the quota is untouched.
+	get(t, srv.URL, "X-API-Key", k.Key, answer{200, "app key=" + k.Record.ID + " plan= idOK=true planOK=true",
+		map[string]string{"RateLimit": `"quota";r=4;t=43200`}})
+	for id, want := range map[string]int64{k.Record.ID: 1, other.Record.ID: 0} {
+		if rec, err := s.GetKey(id); err != nil || rec.Usage.Total != want {
+			t.Errorf("key %s: usage %+v (%v), want %d admitted", id, rec.Usage, err, want)
+		}
+	}
+
+	// The configured header name follows the same rule.
+	custom := httptest.NewServer(Middleware(s, WithHeader("X-Custom-Key"), WithClock(func() time.Time { return t0 }))(appHandler))
+	defer custom.Close()
+	if code, body := rawGet(t, custom, "X-Custom-Key: "+other.Key, "x-custom-key: "+other.Key); code != 401 || body != invalid.body {
+		t.Errorf("two X-Custom-Key: %d %s", code, body)
+	}
+	if code, _ := rawGet(t, custom, "X-Custom-Key: "+other.Key, "X-API-Key: "+k.Key); code != 200 {
+		t.Errorf("one X-Custom-Key and one X-API-Key: %d, want 200", code)
+	}
+
+	// No check at all: a closed store with WithFailOpen would let a checked
+	// request through, a repeated header is refused before.
+	closed, err := Open(t.TempDir() + "/keys.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = closed.Close()
+	var failures int64
+	open := httptest.NewServer(Middleware(closed, WithFailOpen(), WithErrorHandler(func(*http.Request, error) {
+		atomic.AddInt64(&failures, 1)
+	}))(appHandler))
+	defer open.Close()
+	if code, body := rawGet(t, open, "X-API-Key: "+k.Key, "X-API-Key: "+k.Key); code != 401 || body != invalid.body {
+		t.Errorf("repeated header, fail-open closed store: %d %s", code, body)
+	}
+	if n := atomic.LoadInt64(&failures); n != 0 {
+		t.Errorf("the store was called %d times for a repeated header", n)
 	}
 }
 

@@ -458,10 +458,31 @@ class Locations(unittest.TestCase):
         for name in ("Authorization-Key", "authorization-key"):
             self.assertEqual(request(PORT, "/custom", headers=[(name, self.rec["key"])])[0], 200)
 
-    def test_first_of_several_headers_counts(self):
-        two = [("X-API-Key", self.rec["key"]), ("X-API-Key", "ms_live_junk")]
-        self.assertEqual(request(PORT, "/", headers=two)[0], 200)
-        self.assertEqual(request(PORT, "/", headers=two[::-1])[:3:2], (401, INVALID))
+    def test_repeated_key_header_is_invalid_and_not_counted(self):
+        # An upstream could read another copy than the one checked: refused unchecked.
+        rec = ENV.create_key("--quota", "5/day", "--rate", "1000/s")
+        other = ENV.create_key("--plan", "other")
+        k = rec["key"]
+        for path, name, pairs in (
+            ("/", "X-API-Key", [(k, k), (k, "ms_live_junk"), ("ms_live_junk", k), (k, other["key"]),
+                                (k, "")]),
+            ("/custom", "Authorization-Key", [(k, k), (other["key"], k)]),
+        ):
+            for a, b in pairs:
+                for second in (name, name.lower(), name.upper()):
+                    code, h, data = request(PORT, path, headers=[(name, a), (second, b)])
+                    self.assertEqual((code, data), (401, INVALID), (path, name, second, a, b))
+                    self.assertEqual(h["Content-Type"], "application/json")
+                    self.assertEqual(h["Content-Length"], str(len(INVALID)))
+                    self.assertIsNone(h["Retry-After"])
+                    self.assertIsNone(h["RateLimit"])
+        # One copy is decided as before, with the whole quota left.
+        code, h, _ = request(PORT, "/limits", key=k)
+        self.assertEqual(code, 200)
+        self.assertRegex(h["RateLimit"], r'^"quota";r=4;t=\d+, ')
+        # One key header beside a header of another name is a single key.
+        self.assertEqual(request(PORT, "/custom", headers=[("Authorization-Key", k), ("X-API-Key", k)])[0],
+                         200)
 
     def test_internal_redirect_is_charged_once(self):
         rec = ENV.create_key("--quota", "2/day", "--rate", "1000/s")

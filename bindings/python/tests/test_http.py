@@ -9,7 +9,9 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from http.client import HTTPConnection
 from typing import (
     Any,
     Callable,
@@ -183,6 +185,21 @@ def get(http: Server, key: Optional[str], path: str = "/", header: str = "X-API-
     return http.fetch(http.base + path, {} if key is None else {header: key})
 
 
+def get_lines(base: str, headers: List[Tuple[str, str]]) -> Resp:
+    """A GET with these header lines as given: names may repeat, and keep their case."""
+    url = urllib.parse.urlsplit(base)
+    conn = HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=10)
+    try:
+        conn.putrequest("GET", "/")
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return Resp(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
 def assert_documented(resp: Resp, code: str) -> None:
     status = documented_body(code)["error"]["httpStatus"]
     assert resp.status == status
@@ -285,6 +302,45 @@ def test_closed_store_fails_closed(http: Server, tmp_path: Any) -> None:
     }
 
 
+def test_repeated_key_header_is_invalid(http: Server, store: Store) -> None:
+    # An app could read another copy than the one checked: the documented api_key_invalid answer,
+    # and nothing counted. ASGI refuses without a check; a WSGI server joins the copies into one
+    # value ("k1,k2", see the next test), which is no key.
+    keys = make_keys(store)
+    k, other = keys.ok.key, keys.quota.key
+    for a, b in ((k, k), (k, other), (other, k), (k, "")):
+        for name in ("X-API-Key", "x-api-key", "X-API-KEY"):
+            resp = get_lines(http.base, [("X-API-Key", a), (name, b)])
+            assert_documented(resp, "api_key_invalid")
+            assert "retry-after" not in resp.headers and "ratelimit" not in resp.headers
+    assert store.get(keys.ok.id)["usage"]["used"] == 0
+    assert store.get(keys.quota.id)["usage"]["used"] == 0
+    resp = get_lines(http.base, [("X-API-Key", k), ("X-Other-Key", other)])
+    assert resp.status == 200 and resp.headers["ratelimit"].startswith('"quota";r=999;')
+
+
+def test_wsgiref_joins_a_repeated_header() -> None:
+    # What a WSGI middleware gets of two X-API-Key headers from wsgiref (the README says so).
+    seen: List[Optional[str]] = []
+
+    def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        seen.append(environ.get("HTTP_X_API_KEY"))
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    httpd: WSGIServer = make_server("127.0.0.1", 0, app, handler_class=QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_port}"
+        assert get_lines(base, [("X-API-Key", "k1"), ("x-api-key", "k2")]).status == 200
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+    assert seen == ["k1,k2"]
+
+
 # -- middleware options (servers built per test) -------------------------------------------------
 
 
@@ -373,6 +429,15 @@ def test_asgi_repeated_header_is_invalid(store: Store) -> None:
     assert sent[0]["status"] == 401 and sent[1]["body"] == documented_bytes("api_key_invalid")
     sent = call_asgi(mw, http_scope([(b"X-Api-Key", k)]))
     assert sent[0]["status"] == 200
+    # Refused before any check: a failing store that fails open would have let it through.
+    mw_open = ms_auth.asgi.ApiKeyMiddleware(asgi_app, BrokenStore(), fail_open=True)
+    sent = call_asgi(mw_open, http_scope([(b"x-api-key", k), (b"X-API-KEY", k)]))
+    assert sent[0]["status"] == 401 and sent[1]["body"] == documented_bytes("api_key_invalid")
+    ws = {"type": "websocket", "path": "/ws", "headers": [(b"x-api-key", k), (b"x-api-key", k)],
+          "extensions": {"websocket.http.response": {}}}
+    sent = call_asgi(mw, ws)
+    assert sent[0]["type"] == "websocket.http.response.start" and sent[0]["status"] == 401
+    assert sent[1]["body"] == documented_bytes("api_key_invalid")
 
 
 def test_asgi_library_failure_and_fail_open() -> None:

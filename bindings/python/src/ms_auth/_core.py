@@ -311,6 +311,73 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+class _Native:
+    """The native handle and the guard that keeps it alive while calls use it.
+
+    Every call puts an item in ``calls`` before it reads ``handle`` and takes it out when done;
+    ``close`` (or the finalizer, at garbage collection or interpreter exit) first takes the handle
+    away, so that no new call uses it, then waits for ``calls`` to empty before freeing it: no
+    thread calls into a freed handle. Under the GIL ``list.append``/``pop`` are atomic and each
+    thread sees the others' steps in order, so the check path needs no lock (a lock costs it three
+    times as much). Kept apart from the Store so that the finalizer does not keep the Store alive.
+    """
+
+    __slots__ = ("handle", "calls", "lock", "idle", "__weakref__")
+
+    def __init__(self, handle: int) -> None:
+        self.handle: Optional[int] = handle
+        self.calls: List[None] = []
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        _natives.add(self)
+
+    def enter(self, operation: str) -> int:
+        self.calls.append(None)
+        handle = self.handle
+        if handle is None:
+            self.leave()
+            raise StoreNotOpenError(101, "the Store was closed", operation)
+        return handle
+
+    def leave(self) -> None:
+        self.calls.pop()
+        if self.handle is None:
+            self.wake()
+
+    def wake(self) -> None:
+        """Tells a waiting close() that a call has ended."""
+        with self.lock:
+            self.idle.notify_all()
+
+    def close(self) -> None:
+        # The lock is held to the end, so that a concurrent close() also returns only once the
+        # handle is freed.
+        with self.lock:
+            handle = self.handle
+            if handle is None:
+                return
+            self.handle = None
+            while self.calls:
+                self.idle.wait()
+            _lib.ms_store_close(handle)
+
+
+_natives: "weakref.WeakSet[_Native]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread lives on in a child: calls that the parent's other threads had in
+    # progress never end there, and must not hold close() (or the exit) up for ever.
+    for native in list(_natives):
+        native.calls.clear()
+        native.lock = threading.Lock()
+        native.idle = threading.Condition(native.lock)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 _S = TypeVar("_S", bound="Store")
 
 
@@ -318,32 +385,33 @@ class Store:
     """An open ms-auth store (one SQLite file). Safe to share between threads.
 
     Use it as a context manager or call ``close()``; a forgotten store is closed when it is
-    garbage-collected. Do not close a store while other threads are still calling it.
+    garbage-collected, and a live one at interpreter exit. Closing waits for the calls other
+    threads have in progress; their later calls raise StoreNotOpenError.
     """
 
     def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
         self.path = os.fspath(path)
-        self._handle: Optional[int] = None
         handle = ctypes.c_void_p()
         rc = _lib.ms_store_open(os.fsencode(self.path), ctypes.byref(handle))
         if rc != 0:
             raise error_from_code(rc, f"open {self.path}")
         if not handle.value:
             raise error_from_code(104, f"open {self.path}: the library returned no handle")
-        self._handle = handle.value
-        self._finalizer = weakref.finalize(self, _lib.ms_store_close, handle.value)
+        self._native = _Native(handle.value)
+        self._finalizer = weakref.finalize(self, self._native.close)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the store; further calls raise StoreNotOpenError. Idempotent."""
-        if self._handle is not None:
-            self._handle = None
-            self._finalizer()
+        """Close the store, once the calls other threads have in progress return; further calls
+        raise StoreNotOpenError. Idempotent. Not from a signal handler: the thread it interrupts
+        may be inside a call, which would then never return."""
+        self._native.close()
+        self._finalizer.detach()
 
     @property
     def closed(self) -> bool:
-        return self._handle is None
+        return self._native.handle is None
 
     def __enter__(self: _S) -> _S:
         return self
@@ -352,14 +420,17 @@ class Store:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._handle is None else "open"
+        state = "closed" if self.closed else "open"
         return f"Store({self.path!r}, {state})"
 
-    def _live_handle(self, operation: str) -> int:
-        handle = self._handle
-        if handle is None:
-            raise StoreNotOpenError(101, "the Store was closed", operation)
-        return handle
+    def _call(self, operation: str, fn: Callable[..., int], *args: Any) -> int:
+        """``fn(handle, *args)`` with the handle held open until it returns."""
+        native = self._native
+        handle = native.enter(operation)
+        try:
+            return fn(handle, *args)
+        finally:
+            native.leave()
 
     # -- the hot path ------------------------------------------------------------------------
 
@@ -371,9 +442,6 @@ class Store:
         """
         if now_ms is None:
             now_ms = _time_ns() // 1_000_000
-        handle = self._handle
-        if handle is None:
-            raise StoreNotOpenError(101, "the Store was closed", "check")
         if key is None:
             length = 0
         else:
@@ -386,8 +454,20 @@ class Store:
                     key = bytes(memoryview(key))  # bytearray, memoryview; TypeError for others
             length = len(key)
         scratch = _scratch
-        # The length goes with the pointer so that an embedded NUL is seen (and rejected).
-        rc: int = _store_check(handle, key, length, now_ms, scratch.addr)
+        # _Native.enter and leave, inlined: this is the hot path.
+        native = self._native
+        calls = native.calls
+        calls.append(None)
+        try:
+            handle = native.handle
+            if handle is None:
+                raise StoreNotOpenError(101, "the Store was closed", "check")
+            # The length goes with the pointer so that an embedded NUL is seen (and rejected).
+            rc: int = _store_check(handle, key, length, now_ms, scratch.addr)
+        finally:
+            calls.pop()
+            if native.handle is None:
+                native.wake()
         if rc > 6 or rc < 0:
             # 100+: a library failure. Anything else unknown is not a decision this package
             # understands: it fails closed the same way.
@@ -398,7 +478,7 @@ class Store:
 
     def _json_call(self, fn: Callable[..., int], operation: str, *args: Any) -> Any:
         out = ctypes.c_void_p()
-        rc = fn(*args, ctypes.byref(out))
+        rc = self._call(operation, fn, *args, ctypes.byref(out))
         if rc != 0:
             raise error_from_code(rc, operation)
         if not out.value:
@@ -440,10 +520,7 @@ class Store:
         if key is not None:
             spec["key"] = key
         when = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-        handle = self._live_handle("create_key")
-        record: KeyRecord = self._json_call(
-            _lib.ms_key_create, "create_key", handle, _dumps(spec), when
-        )
+        record: KeyRecord = self._json_call(_lib.ms_key_create, "create_key", _dumps(spec), when)
         plaintext = record.pop("key", None)
         if not isinstance(plaintext, str):
             raise error_from_code(104, "create_key: the answer carries no key")
@@ -451,9 +528,8 @@ class Store:
 
     def get(self, key_id: str) -> KeyRecord:
         """The record of ``key_id``; KeyNotFoundError if there is none."""
-        handle = self._live_handle("get")
         record: KeyRecord = self._json_call(
-            _lib.ms_key_get, f"get {key_id}", handle, key_id.encode("utf-8")
+            _lib.ms_key_get, f"get {key_id}", key_id.encode("utf-8")
         )
         return record
 
@@ -464,10 +540,7 @@ class Store:
             flt["plan"] = plan
         if env is not None:
             flt["env"] = env
-        handle = self._live_handle("list")
-        answer = self._json_call(
-            _lib.ms_key_list, "list", handle, _dumps(flt) if flt else None
-        )
+        answer = self._json_call(_lib.ms_key_list, "list", _dumps(flt) if flt else None)
         keys: List[KeyRecord] = answer["keys"]
         return keys
 
@@ -497,16 +570,14 @@ class Store:
             patch["rate_limit"] = _rate_json(rate_limit)
         if meta is not UNCHANGED:
             patch["meta"] = meta
-        handle = self._live_handle("update")
         record: KeyRecord = self._json_call(
-            _lib.ms_key_update, f"update {key_id}", handle, key_id.encode("utf-8"), _dumps(patch)
+            _lib.ms_key_update, f"update {key_id}", key_id.encode("utf-8"), _dumps(patch)
         )
         return record
 
     def revoke(self, key_id: str, now_ms: Optional[int] = None) -> None:
         """Revoke a key for good: its next check answers api_key_revoked."""
         when = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-        handle = self._live_handle("revoke")
-        rc = _lib.ms_key_revoke(handle, key_id.encode("utf-8"), when)
+        rc = self._call(f"revoke {key_id}", _lib.ms_key_revoke, key_id.encode("utf-8"), when)
         if rc != 0:
             raise error_from_code(rc, f"revoke {key_id}")

@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any, Dict, List, Optional, Protocol, Tuple, Union
 
-from ._core import CheckResult
+from ._core import ERROR_BODIES, CheckResult, Status
 from ._errors import MsAuthError
 
 logger = logging.getLogger("ms_auth")
@@ -46,6 +46,17 @@ def rejection(result: CheckResult) -> Tuple[int, Headers, bytes]:
     ]
     headers.extend(result.headers().items())
     return result.http_status, headers, body
+
+
+def repeated_key() -> Tuple[int, Headers, bytes]:
+    """The answer to a request with more than one key header, given without a check (an app
+    could read another copy than the one checked): api_key_invalid, as for a refused key."""
+    body = ERROR_BODIES[Status.API_KEY_INVALID]
+    headers: Headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+    ]
+    return Status.API_KEY_INVALID.http_status, headers, body
 
 
 def failure(exc: MsAuthError) -> Tuple[int, Headers, bytes]:

@@ -15,10 +15,10 @@ The check runs inline on the event loop: it is an in-process call of a few micro
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, List, MutableMapping, Optional, Tuple
+from typing import Any, Awaitable, Callable, List, MutableMapping, Tuple
 
 from ._errors import MsAuthError
-from ._http import Checker, failure, rejection
+from ._http import Checker, failure, rejection, repeated_key
 
 __all__ = ["ApiKeyMiddleware"]
 
@@ -38,6 +38,7 @@ def _raw(headers: List[Tuple[str, str]]) -> RawHeaders:
 class ApiKeyMiddleware:
     """Checks the API key header of every HTTP request and WebSocket handshake against ``store``.
 
+    A request with more than one key header is refused as api_key_invalid, without a check.
     ``fail_open=True`` lets requests through when the library fails (default: answer 503).
     """
 
@@ -50,21 +51,20 @@ class ApiKeyMiddleware:
         self.fail_open = fail_open
         self._name = header.lower().encode("latin-1")
 
-    def _key(self, scope: Scope) -> Optional[bytes]:
-        key: Optional[bytes] = None
-        for name, value in scope.get("headers") or ():
-            if bytes(name).lower() == self._name:
-                # A repeated header is joined the way HTTP joins it, so "a, b" is never a valid key.
-                key = bytes(value) if key is None else key + b", " + bytes(value)
-        return key
+    def _keys(self, scope: Scope) -> List[bytes]:
+        return [bytes(v) for n, v in scope.get("headers") or () if bytes(n).lower() == self._name]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
+        keys = self._keys(scope)
+        if len(keys) > 1:
+            await self._respond(scope, send, *repeated_key())
+            return
         try:
-            result = self.store.check(self._key(scope))
+            result = self.store.check(keys[0] if keys else None)
         except MsAuthError as exc:
             if self.fail_open:
                 await self.app(scope, receive, send)

@@ -36,6 +36,8 @@ def _key_bytes(value: Optional[str]) -> Optional[bytes]:
 class ApiKeyMiddleware:
     """Checks the API key header of every request against ``store``.
 
+    Servers merge repeated headers into one environ value (wsgiref and gunicorn join them with
+    ","), and no generated key holds a comma: such a request is answered api_key_invalid.
     ``fail_open=True`` lets requests through when the library fails (default: answer 503).
     """
 
