@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test of ms-auth, from a fresh machine: Rust (unit, integration, ABI, CLI, header freshness),
-# lint, C programs (static, shared, AddressSanitizer), and each host binding that has landed.
+# lint, C programs (static, shared, AddressSanitizer), fault injection (libfiu), and each host binding that
+# has landed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -17,6 +18,9 @@ cargo test --quiet 2>&1
 
 echo "== C tests"
 bash tests/c/run.sh
+
+echo "== fault injection (libfiu)"
+bash tests/fault/run.sh
 
 for binding in $(cat bindings/LANDED 2>/dev/null); do
     echo "== bindings/$binding"
