@@ -1,4 +1,4 @@
-//! Status codes of the C ABI v1 and their documented texts (see `shared/spec/c-abi.md`).
+//! Status codes of the C ABI v1 and their documented texts (see `docs/c-abi.md`).
 //! Codes 0..99 are decisions about a key; 100 and up are failures of the library.
 
 /// A decision about a request (0..=6) or a failure of the library (100..=104).

@@ -14,3 +14,23 @@ fn committed_header_is_fresh() {
         "include/ms_auth.h is stale: regenerate it with `MS_AUTH_BLESS=1 cargo test --test header` and commit it"
     );
 }
+
+/// The contract document and the header name the same functions: none added to one and not the other.
+#[test]
+fn the_contract_document_names_every_function_of_the_header() {
+    let names = |text: &str| -> std::collections::BTreeSet<String> {
+        let mut found = std::collections::BTreeSet::new();
+        for (i, _) in text.match_indices("ms_") {
+            let rest = &text[i..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            if rest[end..].starts_with('(') && text[..i].chars().last().map_or(true, |c| !c.is_ascii_alphanumeric()) {
+                found.insert(rest[..end].to_string());
+            }
+        }
+        found
+    };
+    let header = names(include_str!("../include/ms_auth.h"));
+    let contract = names(include_str!("../docs/c-abi.md"));
+    assert!(!header.is_empty());
+    assert_eq!(header, contract, "docs/c-abi.md and include/ms_auth.h disagree on the functions");
+}
