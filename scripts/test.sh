@@ -6,6 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
+echo "== system packages"
+# The fleet tests run a real redis-server (Debian's); the fault tests install libfiu themselves.
+if ! command -v redis-server >/dev/null; then
+    (apt-get install -y -qq redis-server || (apt-get update -qq && apt-get install -y -qq redis-server)) >/dev/null
+fi
+redis-server --version
+
 echo "== lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

@@ -14,6 +14,7 @@
 pub mod counters;
 pub mod error;
 pub mod ffi;
+pub mod fleet;
 pub mod gcra;
 pub mod key;
 pub mod period;

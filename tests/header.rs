@@ -23,7 +23,7 @@ fn the_contract_document_names_every_function_of_the_header() {
         for (i, _) in text.match_indices("ms_") {
             let rest = &text[i..];
             let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
-            if rest[end..].starts_with('(') && text[..i].chars().last().map_or(true, |c| !c.is_ascii_alphanumeric()) {
+            if rest[end..].starts_with('(') && text[..i].chars().last().is_none_or(|c| !c.is_ascii_alphanumeric()) {
                 found.insert(rest[..end].to_string());
             }
         }

@@ -14,6 +14,9 @@ use ms_auth::policy::Quota;
 use ms_auth::spec::{checked_rate, Field};
 use ms_auth::{Error, KeyFilter, KeyPatch, KeyRecord, KeySpec, Status, Store};
 
+#[path = "ms-auth/fleet.rs"]
+mod fleet;
+
 /// Issue, inspect and revoke API keys in an ms-auth store, and check keys against its policy.
 #[derive(Parser)]
 #[command(name = "ms-auth", version, about)]
@@ -47,6 +50,9 @@ enum Command {
     /// Named plans: default quota, rate limit and lifetime of the keys on them.
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// Fleet mode: keep this host's store in one policy with other hosts through Redis.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// Store-wide revocation policies (idle keys, abusive keys; rotated keys always).
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -419,6 +425,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
         }
         Command::Metrics => print!("{}", store.metrics_text(now)?),
+        Command::Fleet(command) => return fleet::run(&store, command),
         Command::Check { key, now: at, json } => {
             let at = match at {
                 Some(t) => parse_time(&t)?,

@@ -1,0 +1,416 @@
+//! The fleet agent: the one process per host that talks to Redis. In a loop it publishes this host's
+//! changes (the store's outbox) to the fleet's log, applies the log to the store, and reports itself in
+//! the fleet's member list. Redis being unreachable never touches the check path: servers keep deciding
+//! from their store, changes made meanwhile wait in the outbox, and the agent reconnects with backoff.
+//!
+//! Redis keys, for fleet F: `ms-auth:F:log` (a Stream: fields `kind`, `id`, `body`, `origin`, `sig`),
+//! `ms-auth:F:state` (a hash: the newest change of every record, for hosts that start from scratch or
+//! whose position the log trimmed past), `ms-auth:F:members` (a hash: host → last report).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::Commands;
+use serde_json::{json, Value};
+
+use super::{Change, Secret, KINDS};
+use crate::error::{Error, Result};
+use crate::store::{clock_ms, Store};
+
+pub struct Config {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
+    pub redis_url: String,
+    /// The CA certificate (PEM) that signed the server's, for `rediss://`.
+    pub ca_file: Option<PathBuf>,
+    pub fleet: String,
+    pub host: String,
+    pub secret: Secret,
+    /// Entries the log keeps (about; older ones are trimmed, the state hash covers them).
+    pub max_log: usize,
+    /// How often the agent reports itself (and reads the member list).
+    pub heartbeat: Duration,
+}
+
+/// Publishes one change: appends it to the log and makes it the record's newest state, atomically.
+const PUBLISH: &str = r#"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+    'kind', ARGV[2], 'id', ARGV[3], 'body', ARGV[4], 'origin', ARGV[5], 'sig', ARGV[6])
+redis.call('HSET', KEYS[2], ARGV[2] .. ':' .. ARGV[3], cjson.encode({stream_id = id, kind = ARGV[2],
+    id = ARGV[3], body = ARGV[4], origin = ARGV[5], sig = ARGV[6]}))
+return id
+"#;
+
+struct Names {
+    log: String,
+    state: String,
+    members: String,
+}
+
+/// What the agent counts and reports (`ms-auth fleet status`).
+#[derive(Default)]
+struct Health {
+    redis_ok: bool,
+    last_error: Option<String>,
+    published: u64,
+    applied: u64,
+    refused: u64,
+    last_id: Option<String>,
+    members: Value,
+    /// Whether the position was compared with the log since the last (re)connection.
+    position_checked: bool,
+}
+
+/// Runs until `stop` is set (SIGTERM), then publishes what is pending if Redis is there, and returns.
+pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&str)) -> Result<()> {
+    if store.fleet_join(&cfg.fleet, &cfg.host)? {
+        log(&format!("joined fleet {:?} as host {:?}: this store's records are published", cfg.fleet, cfg.host));
+    }
+    let names = Names {
+        log: format!("ms-auth:{}:log", cfg.fleet),
+        state: format!("ms-auth:{}:state", cfg.fleet),
+        members: format!("ms-auth:{}:members", cfg.fleet),
+    };
+    let publish = redis::Script::new(PUBLISH);
+    let mut health = Health::default();
+    let mut conn: Option<redis::Connection> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut next_report = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if conn.is_none() {
+            match connect(cfg) {
+                Ok(c) => {
+                    log(&format!("connected to Redis at {}", redacted(&cfg.redis_url)));
+                    conn = Some(c);
+                    health.redis_ok = true;
+                    health.position_checked = false;
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    let why = format!("Redis at {} unreachable: {e}", redacted(&cfg.redis_url));
+                    if health.redis_ok || health.last_error.as_deref() != Some(why.as_str()) {
+                        log(&format!("{why}; checks go on from the local store, changes wait in its outbox"));
+                    }
+                    health.redis_ok = false;
+                    health.last_error = Some(why);
+                    report_locally(store, cfg, &health, log);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let stepped = step(store, cfg, &names, &publish, c, &mut health, log).and_then(|()| {
+            if Instant::now() >= next_report {
+                next_report = Instant::now() + cfg.heartbeat;
+                heartbeat(store, cfg, &names, c, &mut health)?;
+                report_locally(store, cfg, &health, log);
+            }
+            Ok(())
+        });
+        if let Err(e) = stepped {
+            match e {
+                Failure::Redis(e) => {
+                    log(&format!("lost Redis: {e}; reconnecting"));
+                    health.last_error = Some(format!("Redis: {e}"));
+                    health.redis_ok = false;
+                    conn = None;
+                }
+                Failure::Store(e) => {
+                    log(&format!("store: {}", e.message));
+                    health.last_error = Some(e.message);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+    if let Some(c) = conn.as_mut() {
+        if let Err(e) = publish_outbox(store, cfg, &names, &publish, c, &mut health) {
+            log(&format!("at exit, pending changes stay in the outbox: {e:?}"));
+        }
+        let _: redis::RedisResult<()> = c.hdel(&names.members, &cfg.host);
+    }
+    health.redis_ok = false;
+    report_locally(store, cfg, &health, log);
+    log("stopped");
+    Ok(())
+}
+
+#[derive(Debug)]
+enum Failure {
+    Redis(redis::RedisError),
+    Store(Error),
+}
+
+impl From<redis::RedisError> for Failure {
+    fn from(e: redis::RedisError) -> Failure {
+        Failure::Redis(e)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Store(e)
+    }
+}
+
+fn connect(cfg: &Config) -> std::result::Result<redis::Connection, String> {
+    let client = match &cfg.ca_file {
+        Some(ca) => {
+            let root_cert = std::fs::read(ca).map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?;
+            let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+            redis::Client::build_with_tls(cfg.redis_url.as_str(), certs).map_err(|e| e.to_string())?
+        }
+        None => redis::Client::open(cfg.redis_url.as_str()).map_err(|e| e.to_string())?,
+    };
+    let conn = client.get_connection_with_timeout(Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// One round: catch up if needed, publish the outbox, apply what the log has after our position
+/// (waiting up to 100 ms for news).
+fn step(
+    store: &Store,
+    cfg: &Config,
+    names: &Names,
+    publish: &redis::Script,
+    c: &mut redis::Connection,
+    health: &mut Health,
+    log: &mut dyn FnMut(&str),
+) -> std::result::Result<(), Failure> {
+    let position = match store.fleet_position()? {
+        Some(p) if health.position_checked => p,
+        Some(p) if !trimmed_past(c, names, &p)? => p,
+        _ => load_snapshot(store, cfg, names, c, health, log)?,
+    };
+    health.position_checked = true;
+    publish_outbox(store, cfg, names, publish, c, health)?;
+    let options = StreamReadOptions::default().count(500).block(100);
+    let reply: StreamReadReply = c.xread_options(&[&names.log], &[&position], &options)?;
+    let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+    let Some(last) = entries.last().map(|e| e.id.clone()) else { return Ok(()) };
+    let changes = verified(cfg, &entries, health, log);
+    apply(store, &changes, &last, health, log)?;
+    health.last_id = Some(last);
+    Ok(())
+}
+
+fn apply(
+    store: &Store,
+    changes: &[Change],
+    position: &str,
+    health: &mut Health,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let refused = store.fleet_apply(changes, position)?;
+    health.applied += (changes.len() - refused.len()) as u64;
+    health.refused += refused.len() as u64;
+    for r in refused {
+        log(&format!("not applied: {} {}: {}", r.kind, r.id, r.why));
+    }
+    Ok(())
+}
+
+/// The changes of log entries whose signature is the fleet's; the others are logged and counted.
+fn verified(cfg: &Config, entries: &[StreamId], health: &mut Health, log: &mut dyn FnMut(&str)) -> Vec<Change> {
+    let mut out = Vec::new();
+    for e in entries {
+        let field = |name: &str| e.get::<String>(name);
+        let change = match (field("kind"), field("id"), field("body"), field("origin")) {
+            (Some(kind), Some(id), Some(body), Some(origin)) if KINDS.contains(&kind.as_str()) => {
+                Change { kind, id, body, origin }
+            }
+            _ => {
+                health.refused += 1;
+                log(&format!("refused log entry {}: not an ms-auth change", e.id));
+                continue;
+            }
+        };
+        match field("sig") {
+            Some(sig) if cfg.secret.verify(&cfg.fleet, &change, &sig) => out.push(change),
+            _ => {
+                health.refused += 1;
+                log(&format!(
+                    "refused log entry {} ({} {} from {:?}): not signed with this fleet's secret",
+                    e.id, change.kind, change.id, change.origin
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn publish_outbox(
+    store: &Store,
+    cfg: &Config,
+    names: &Names,
+    publish: &redis::Script,
+    c: &mut redis::Connection,
+    health: &mut Health,
+) -> std::result::Result<(), Failure> {
+    loop {
+        let (changes, upto) = store.fleet_outbox(&cfg.host, 200)?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        for change in &changes {
+            let sig = cfg.secret.sign(&cfg.fleet, change);
+            let _id: String = publish
+                .key(&names.log)
+                .key(&names.state)
+                .arg(cfg.max_log)
+                .arg(&change.kind)
+                .arg(&change.id)
+                .arg(&change.body)
+                .arg(&change.origin)
+                .arg(sig)
+                .invoke(c)?;
+            health.published += 1;
+        }
+        store.fleet_published(upto)?;
+    }
+}
+
+/// True when the log no longer holds every entry after `position` (it was trimmed, or Redis lost it).
+fn trimmed_past(c: &mut redis::Connection, names: &Names, position: &str) -> redis::RedisResult<bool> {
+    let first: StreamRangeReply = c.xrange_count(&names.log, "-", "+", 1)?;
+    let last: StreamRangeReply = c.xrevrange_count(&names.log, "+", "-", 1)?;
+    let (Some(first), Some(last)) = (first.ids.first(), last.ids.first()) else {
+        // An empty log: nothing to miss, unless Redis lost what we had applied (restarted empty).
+        return Ok(position != "0-0");
+    };
+    // Our last applied entry is still in the log unless the log starts after it; a log that ends before
+    // it lost entries (Redis restarted from older data).
+    let pos = stream_id_key(position);
+    Ok(stream_id_key(&first.id) > pos || stream_id_key(&last.id) < pos)
+}
+
+fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Applies the newest state of every record (the state hash) and returns the log position it covers.
+/// If Redis lost everything (restarted empty), this host's records are published again.
+fn load_snapshot(
+    store: &Store,
+    cfg: &Config,
+    names: &Names,
+    c: &mut redis::Connection,
+    health: &mut Health,
+    log: &mut dyn FnMut(&str),
+) -> std::result::Result<String, Failure> {
+    let last: StreamRangeReply = c.xrevrange_count(&names.log, "+", "-", 1)?;
+    let position = last.ids.first().map_or_else(|| "0-0".to_string(), |e| e.id.clone());
+    let state: std::collections::HashMap<String, String> = c.hgetall(&names.state)?;
+    let mut records: Vec<(String, Change, String)> = Vec::new();
+    for (field, text) in state {
+        let entry: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let get = |name: &str| entry[name].as_str().map(str::to_string);
+        match (get("kind"), get("id"), get("body"), get("origin"), get("sig"), get("stream_id")) {
+            (Some(kind), Some(id), Some(body), Some(origin), Some(sig), Some(stream_id)) => {
+                let change = Change { kind, id, body, origin };
+                if cfg.secret.verify(&cfg.fleet, &change, &sig) {
+                    records.push((stream_id, change, field));
+                } else {
+                    health.refused += 1;
+                    log(&format!("refused state {field}: not signed with this fleet's secret"));
+                }
+            }
+            _ => {
+                health.refused += 1;
+                log(&format!("refused state {field}: not an ms-auth change"));
+            }
+        }
+    }
+    // Policies and plans before keys; keys in the order they were created, so that a rotated key's
+    // successor finds the key it counts with.
+    let rank = |c: &Change| KINDS.iter().position(|k| *k == c.kind).map_or(0, |i| 2 - i);
+    let created =
+        |c: &Change| serde_json::from_str::<Value>(&c.body).ok().and_then(|v| v["created_at_ms"].as_i64()).unwrap_or(0);
+    records.sort_by_key(|(stream_id, c, _)| (rank(c), created(c), stream_id_key(stream_id)));
+    let changes: Vec<Change> = records.into_iter().map(|(_, c, _)| c).collect();
+    let had_position = store.fleet_position()?.is_some();
+    log(&format!("catching up from the fleet's state: {} records, position {position}", changes.len()));
+    apply(store, &changes, &position, health, log)?;
+    if changes.is_empty() && had_position {
+        // Redis came back empty: republish this host's records (the others do the same).
+        store.fleet_republish()?;
+        log("the fleet's state was empty: this host's records are published again");
+    }
+    Ok(position)
+}
+
+fn stream_id_key(id: &str) -> (u64, u64) {
+    stream_id(id).unwrap_or((0, 0))
+}
+
+fn heartbeat(
+    store: &Store,
+    cfg: &Config,
+    names: &Names,
+    c: &mut redis::Connection,
+    health: &mut Health,
+) -> std::result::Result<(), Failure> {
+    let position = store.fleet_position()?;
+    let report = json!({"last_seen_ms": clock_ms(), "position": position, "version": env!("CARGO_PKG_VERSION")});
+    let _: () = c.hset(&names.members, &cfg.host, report.to_string())?;
+    let members: std::collections::HashMap<String, String> = c.hgetall(&names.members)?;
+    let mut list: Vec<Value> = members
+        .into_iter()
+        .map(|(host, text)| {
+            let mut v: Value = serde_json::from_str(&text).unwrap_or(json!({}));
+            v["host"] = json!(host);
+            v
+        })
+        .collect();
+    list.sort_by(|a, b| a["host"].as_str().cmp(&b["host"].as_str()));
+    health.members = Value::Array(list);
+    let last: StreamRangeReply = c.xrevrange_count(&names.log, "+", "-", 1)?;
+    health.last_id = last.ids.first().map(|e| e.id.clone());
+    health.redis_ok = true;
+    health.last_error = None;
+    Ok(())
+}
+
+/// Writes what `ms-auth fleet status` shows into the store.
+fn report_locally(store: &Store, cfg: &Config, health: &Health, log: &mut dyn FnMut(&str)) {
+    let position = store.fleet_position().ok().flatten();
+    let lag_ms = match (position.as_deref().and_then(stream_id), health.last_id.as_deref().and_then(stream_id)) {
+        (Some((at, _)), Some((head, _))) => json!(head.saturating_sub(at)),
+        _ => Value::Null,
+    };
+    let status = json!({
+        "fleet": cfg.fleet,
+        "host": cfg.host,
+        "redis": {"url": redacted(&cfg.redis_url), "reachable": health.redis_ok, "last_error": health.last_error},
+        "position": position,
+        "log_head": health.last_id,
+        "lag_ms": lag_ms,
+        "published": health.published,
+        "applied": health.applied,
+        "refused": health.refused,
+        "members": health.members,
+        "reported_at_ms": clock_ms(),
+        "agent_pid": std::process::id(),
+    });
+    if let Err(e) = store.fleet_set_status(&status) {
+        log(&format!("cannot record the status in the store: {}", e.message));
+    }
+}
+
+/// The URL without its password.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}

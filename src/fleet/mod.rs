@@ -1,0 +1,128 @@
+//! Fleet mode: several hosts, each with its own store, kept to one policy through Redis (or Valkey).
+//!
+//! Server processes never talk to the network: they check against their host's store as always. One
+//! agent per host (`ms-auth fleet sync`, [`agent`]) is the host's only connection to Redis. Every admin
+//! change made on a member host is caught in the database by triggers (an outbox, in the change's own
+//! transaction), published by that host's agent to one Redis Stream (the fleet's change log, one total
+//! order), and applied by every agent to its own store, its own changes included, in log order. A change
+//! is the whole new state of one record (a key, a plan, the policies), so applying it twice changes
+//! nothing and every host that applied the log up to a point holds the same records; a revocation is
+//! never undone by an older change (a revoked key stays revoked). Redis also keeps the newest change of
+//! every record in a hash: a host that is new, or whose position the log has trimmed past, starts from it.
+//!
+//! Every change is signed with the fleet's secret (HMAC-SHA256), and agents refuse what is unsigned or
+//! badly signed: write access to Redis alone cannot mint a key or lift a revocation. The log carries key
+//! digests, never a plaintext key.
+
+pub mod agent;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::error::{Error, Result};
+
+/// What a change is about.
+pub const KINDS: [&str; 3] = ["key", "plan", "policies"];
+
+/// One record's new state, as published to the change log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// `key`, `plan` or `policies`.
+    pub kind: String,
+    /// The record: a key id, a plan name, or `policies`.
+    pub id: String,
+    /// The record's whole state, a JSON object (see `store::replica` for each kind's fields).
+    pub body: String,
+    /// The host whose store made the change.
+    pub origin: String,
+}
+
+/// A fleet's secret, read from a file named on the command line.
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// At least 16 bytes (surrounding whitespace ignored): a short secret could be guessed offline from
+    /// one signed change.
+    pub fn from_file(path: &std::path::Path) -> Result<Secret> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::invalid(format!("cannot read the fleet secret {}: {e}", path.display())))?;
+        let text = String::from_utf8_lossy(&bytes);
+        let trimmed = text.trim();
+        if trimmed.len() < 16 {
+            return Err(Error::invalid(format!(
+                "the fleet secret in {} is shorter than 16 bytes (generate one with `head -c 32 /dev/urandom | base64`)",
+                path.display()
+            )));
+        }
+        Ok(Secret(trimmed.as_bytes().to_vec()))
+    }
+
+    pub fn new(bytes: &[u8]) -> Secret {
+        Secret(bytes.to_vec())
+    }
+
+    fn mac(&self, fleet: &str, change: &Change) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        // Length-prefixed fields: no two different changes sign the same bytes.
+        for part in [fleet, &change.kind, &change.id, &change.body, &change.origin] {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac
+    }
+
+    /// The signature of a change in a fleet, hex.
+    pub fn sign(&self, fleet: &str, change: &Change) -> String {
+        hex(&self.mac(fleet, change).finalize().into_bytes())
+    }
+
+    /// True when `signature` is this secret's signature of the change (compared in constant time).
+    pub fn verify(&self, fleet: &str, change: &Change, signature: &str) -> bool {
+        match unhex(signature) {
+            Some(bytes) => self.mac(fleet, change).verify_slice(&bytes).is_ok(),
+            None => false,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change() -> Change {
+        Change { kind: "key".into(), id: "key_1".into(), body: r#"{"revoked_at_ms":null}"#.into(), origin: "a".into() }
+    }
+
+    #[test]
+    fn a_signature_covers_every_field_and_the_fleet() {
+        let secret = Secret::new(b"0123456789abcdef");
+        let sig = secret.sign("prod", &change());
+        assert!(secret.verify("prod", &change(), &sig));
+        assert!(!secret.verify("staging", &change(), &sig));
+        assert!(!Secret::new(b"another secret!!").verify("prod", &change(), &sig));
+        for tamper in [
+            |c: &mut Change| c.kind = "plan".into(),
+            |c: &mut Change| c.id = "key_2".into(),
+            |c: &mut Change| c.body = r#"{"revoked_at_ms":1}"#.into(),
+            |c: &mut Change| c.origin = "b".into(),
+        ] {
+            let mut c = change();
+            tamper(&mut c);
+            assert!(!secret.verify("prod", &c, &sig));
+        }
+        assert!(!secret.verify("prod", &change(), ""));
+        assert!(!secret.verify("prod", &change(), "zz"));
+    }
+}

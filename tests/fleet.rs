@@ -1,0 +1,350 @@
+//! Fleet mode against a real redis-server (Debian's, which the test command installs): "hosts" are
+//! separate store directories on this machine, each with its own agent (`ms-auth fleet sync`, a child
+//! process); all traffic stays on 127.0.0.1.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ms_auth::{Status, Store};
+
+const SECRET: &str = "a fleet secret of more than sixteen bytes";
+
+/// A redis-server on a free loopback port with AOF on, in its own directory; stopped on drop.
+struct Redis {
+    dir: PathBuf,
+    port: u16,
+    password: Option<String>,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start(dir: &Path, password: Option<&str>) -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = Redis { dir: dir.to_path_buf(), port, password: password.map(str::to_string), child: None };
+        redis.restart();
+        redis
+    }
+
+    fn restart(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        self.child = Some(cmd.spawn().expect("redis-server is installed (scripts/test.sh installs it)"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis::Client::open(self.url()).and_then(|c| c.get_connection()).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            child.wait().unwrap();
+        }
+    }
+
+    fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A host: a store directory and its agent.
+struct Host {
+    db: PathBuf,
+    name: String,
+    agent: Option<Child>,
+    secret: PathBuf,
+    log: PathBuf,
+}
+
+impl Host {
+    fn new(root: &Path, name: &str) -> Host {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = root.join("secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        Host { db: dir.join("keys.db"), name: name.into(), agent: None, secret, log: dir.join("agent.log") }
+    }
+
+    fn start_agent(&mut self, url: &str) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
+            .arg("--db")
+            .arg(&self.db)
+            .args(["fleet", "sync", "--redis", url, "--fleet", "test", "--host", &self.name, "--secret-file"])
+            .arg(&self.secret)
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+
+    /// SIGTERM, and the agent's exit status.
+    fn stop_agent(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.agent.take()?;
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            assert!(Instant::now() < deadline, "the agent did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn store(&self) -> Store {
+        Store::open(&self.db).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until `f` is true; how long it took.
+fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+fn fleet(n: usize) -> (tempfile::TempDir, Redis, Vec<Host>) {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&dir.path().join("redis"), None);
+    let mut hosts: Vec<Host> = (0..n).map(|i| Host::new(dir.path(), &format!("host{i}"))).collect();
+    for h in &mut hosts {
+        h.start_agent(&redis.url());
+    }
+    (dir, redis, hosts)
+}
+
+fn checks_as(store: &Store, key: &str, status_wanted: Status) -> bool {
+    store.check(Some(key.as_bytes()), clock()).is_ok_and(|c| c.decision.status == status_wanted)
+}
+
+fn clock() -> i64 {
+    ms_auth::store::clock_ms()
+}
+
+#[test]
+fn a_key_created_on_one_host_is_admitted_on_the_others_within_a_second() {
+    let (_dir, _redis, hosts) = fleet(3);
+    let created = hosts[1].store().create_key(&spec(r#"{"plan": "pro"}"#), clock()).unwrap();
+    for h in [&hosts[0], &hosts[2]] {
+        let store = h.store();
+        let took = within(Duration::from_secs(5), || checks_as(&store, &created.key, Status::Ok));
+        assert!(took.is_some_and(|t| t <= Duration::from_secs(1)), "{}: {took:?}\n{}", h.name, h.log());
+        let record = store.get_key(&created.record.id).unwrap();
+        assert_eq!((record.plan.as_deref(), record.prefix.as_str()), (Some("pro"), created.record.prefix.as_str()));
+    }
+}
+
+#[test]
+fn a_revocation_on_one_host_is_refused_everywhere_within_a_second_p99() {
+    let (_dir, _redis, hosts) = fleet(3);
+    let stores: Vec<Store> = hosts.iter().map(Host::store).collect();
+    let mut times = Vec::new();
+    for trial in 0..20 {
+        let k = stores[trial % 3].create_key(&spec("{}"), clock()).unwrap();
+        for s in &stores {
+            assert!(within(Duration::from_secs(5), || checks_as(s, &k.key, Status::Ok)).is_some(), "created");
+        }
+        let started = Instant::now();
+        stores[trial % 3].revoke_key(&k.record.id, clock(), Some("leaked")).unwrap();
+        for (i, s) in stores.iter().enumerate().filter(|(i, _)| *i != trial % 3) {
+            within(Duration::from_secs(5), || checks_as(s, &k.key, Status::ApiKeyRevoked))
+                .unwrap_or_else(|| panic!("trial {trial}: not revoked on host{i}\n{}", hosts[i].log()));
+            times.push(started.elapsed());
+        }
+    }
+    times.sort();
+    let (p50, p99) = (times[times.len() / 2], times[times.len() * 99 / 100]);
+    eprintln!(
+        "revocation propagation over {} host-trials: p50 {p50:?}, p99 {p99:?}, max {:?}",
+        times.len(),
+        times.last().unwrap()
+    );
+    assert!(p99 <= Duration::from_secs(1), "p99 {p99:?}");
+}
+
+#[test]
+fn plans_policies_and_rotations_reach_every_host() {
+    let (_dir, _redis, hosts) = fleet(2);
+    let (a, b) = (hosts[0].store(), hosts[1].store());
+    let plan =
+        ms_auth::store::PlanSpec::from_json(r#"{"name": "pro", "quota": {"limit": 3, "period": "daily"}}"#).unwrap();
+    a.put_plan(&plan, clock()).unwrap();
+    let k = a.create_key(&spec(r#"{"plan": "pro"}"#), clock()).unwrap();
+    let policy = ms_auth::store::PolicySpec::from_json(r#"{"idle": {"days": 30}}"#).unwrap();
+    a.set_policies(&policy, clock()).unwrap();
+    let rotated = a.rotate_key(&k.record.id, 60_000, clock()).unwrap();
+    assert!(within(Duration::from_secs(5), || checks_as(&b, &rotated.key, Status::Ok)).is_some(), "{}", hosts[1].log());
+    let on_b = b.get_key(&rotated.record.id).unwrap();
+    assert_eq!(on_b.quota.map(|q| q.limit), Some(3), "the plan's quota");
+    assert_eq!(on_b.rotated_from.as_deref(), Some(k.record.id.as_str()));
+    assert!(b.get_key(&k.record.id).unwrap().revoke_at_ms.is_some(), "the old key's grace");
+    assert_eq!(b.policies().unwrap()["idle"]["days"], 30);
+}
+
+#[test]
+fn a_change_not_signed_with_the_fleet_secret_is_refused_by_every_agent() {
+    let (_dir, redis, hosts) = fleet(2);
+    let a = hosts[0].store();
+    let k = a.create_key(&spec("{}"), clock()).unwrap();
+    let b = hosts[1].store();
+    assert!(within(Duration::from_secs(5), || checks_as(&b, &k.key, Status::Ok)).is_some());
+    // Someone with write access to Redis, but not the secret, tries to lift a revocation and to mint a key.
+    a.revoke_key(&k.record.id, clock(), None).unwrap();
+    assert!(within(Duration::from_secs(5), || checks_as(&b, &k.key, Status::ApiKeyRevoked)).is_some());
+    let mut conn = redis.conn();
+    let state: String =
+        redis::cmd("HGET").arg("ms-auth:test:state").arg(format!("key:{}", k.record.id)).query(&mut conn).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let mut body: serde_json::Value = serde_json::from_str(state["body"].as_str().unwrap()).unwrap();
+    assert!(body["revoked_at_ms"].is_i64(), "the newest state is the revocation");
+    body["revoked_at_ms"] = serde_json::Value::Null;
+    for sig in ["", "00", &"ab".repeat(32)] {
+        let _: String = redis::cmd("XADD")
+            .arg("ms-auth:test:log")
+            .arg("*")
+            .arg(&["kind", "key", "id", &k.record.id, "body", &body.to_string(), "origin", "host0", "sig", sig])
+            .query(&mut conn)
+            .unwrap();
+    }
+    let minted = ms_auth::key::generate(ms_auth::key::Env::Live).unwrap();
+    body["id"] = "key_minted".into();
+    body["digest"] =
+        ms_auth::key::digest(minted.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>().into();
+    let _: String = redis::cmd("XADD")
+        .arg("ms-auth:test:log")
+        .arg("*")
+        .arg(&["kind", "key", "id", "key_minted", "body", &body.to_string(), "origin", "host0", "sig", "00"])
+        .query(&mut conn)
+        .unwrap();
+    for h in &hosts {
+        assert!(
+            within(Duration::from_secs(5), || h.log().matches("not signed with this fleet's secret").count() >= 4)
+                .is_some(),
+            "{}",
+            h.log()
+        );
+        let store = h.store();
+        assert_eq!(store.check(Some(k.key.as_bytes()), clock()).unwrap().decision.status, Status::ApiKeyRevoked);
+        assert_eq!(store.check(Some(minted.as_bytes()), clock()).unwrap().decision.status, Status::ApiKeyInvalid);
+    }
+}
+
+#[test]
+fn changes_made_while_redis_is_down_arrive_when_it_is_back() {
+    let (_dir, mut redis, hosts) = fleet(2);
+    let (a, b) = (hosts[0].store(), hosts[1].store());
+    let k = a.create_key(&spec("{}"), clock()).unwrap();
+    assert!(within(Duration::from_secs(5), || checks_as(&b, &k.key, Status::Ok)).is_some());
+    redis.stop();
+    // Checks are local: they go on at full speed on both hosts while Redis is gone.
+    let started = Instant::now();
+    for _ in 0..10_000 {
+        assert!(checks_as(&b, &k.key, Status::Ok) || checks_as(&b, &k.key, Status::RateLimitExceeded));
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let during = a.create_key(&spec(r#"{"rate_limit": null}"#), clock()).unwrap();
+    a.revoke_key(&k.record.id, clock(), None).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(hosts[0].log().contains("unreachable") || hosts[0].log().contains("lost Redis"), "{}", hosts[0].log());
+    redis.restart();
+    assert!(within(Duration::from_secs(10), || checks_as(&b, &during.key, Status::Ok)).is_some(), "{}", hosts[1].log());
+    assert!(within(Duration::from_secs(5), || checks_as(&b, &k.key, Status::ApiKeyRevoked)).is_some());
+}
+
+#[test]
+fn after_redis_restarts_empty_the_fleet_converges_and_a_new_host_gets_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start(&dir.path().join("redis"), None);
+    let mut hosts: Vec<Host> = (0..2).map(|i| Host::new(dir.path(), &format!("host{i}"))).collect();
+    for h in &mut hosts {
+        h.start_agent(&redis.url());
+    }
+    let keys: Vec<_> = (0..5).map(|i| hosts[i % 2].store().create_key(&spec("{}"), clock()).unwrap()).collect();
+    let b = hosts[1].store();
+    assert!(within(Duration::from_secs(5), || keys.iter().all(|k| checks_as(&b, &k.key, Status::Ok))).is_some());
+    redis.stop();
+    std::fs::remove_dir_all(dir.path().join("redis")).unwrap();
+    redis.restart();
+    let mut late = Host::new(dir.path(), "late");
+    late.start_agent(&redis.url());
+    let c = late.store();
+    let took = within(Duration::from_secs(15), || keys.iter().all(|k| checks_as(&c, &k.key, Status::Ok)));
+    assert!(took.is_some(), "{}\n{}\n{}", hosts[0].log(), hosts[1].log(), late.log());
+}
+
+#[test]
+fn an_agent_stops_cleanly_on_sigterm_and_a_password_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&dir.path().join("redis"), Some("s3cret-pass"));
+    let mut host = Host::new(dir.path(), "solo");
+    host.start_agent(&redis.url());
+    let store = host.store();
+    let k = store.create_key(&spec("{}"), clock()).unwrap();
+    let mut conn = redis.conn();
+    let published = within(Duration::from_secs(5), || {
+        redis::cmd("HEXISTS")
+            .arg("ms-auth:test:state")
+            .arg(format!("key:{}", k.record.id))
+            .query(&mut conn)
+            .unwrap_or(false)
+    });
+    assert!(published.is_some(), "{}", host.log());
+    let status = host.stop_agent().unwrap();
+    assert!(status.success(), "{status:?}\n{}", host.log());
+    assert!(!host.log().contains("s3cret-pass"), "the password never reaches the log");
+    let report = store.fleet_status().unwrap().unwrap();
+    assert_eq!(report["host"], "solo");
+    assert_eq!(report["redis"]["url"], format!("redis://:***@127.0.0.1:{}", redis.port));
+}
+
+#[test]
+fn a_store_in_no_fleet_publishes_nothing() {
+    let (_dir, store) = temp_store();
+    store.create_key(&spec("{}"), NOW).unwrap();
+    assert!(store.fleet_outbox("x", 10).unwrap().0.is_empty());
+    assert!(store.fleet_membership().unwrap().is_none());
+}
