@@ -72,10 +72,33 @@ impl Decision {
     }
 }
 
+/// In fleet mode, what this host may count of a key's quota in the current period: the lease its agent
+/// holds (the leases of all hosts never add up to more than the quota), and whether the fleet's quota for
+/// the period is spent, so that a refusal's retry is the period's end rather than the next top-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allowance {
+    pub up_to: i64,
+    pub fleet_spent: bool,
+}
+
+/// How long a request refused for want of a lease waits: the agent tops leases up well within it.
+pub const TOP_UP_RETRY_MS: i64 = 1000;
+
 /// Decides steps 3 to 7 of the decision order. Returns the new usage state when the request is admitted
 /// (both quota and rate charged) and `None` when it is refused (neither charged).
 pub fn decide(policy: &KeyPolicy, usage: &Usage, now_ms: i64) -> (Decision, Option<Usage>) {
+    decide_within(policy, usage, now_ms, None)
+}
+
+/// [`decide`] on a host of a fleet, whose counts in the current quota period may not pass `allowance`.
+pub fn decide_within(
+    policy: &KeyPolicy,
+    usage: &Usage,
+    now_ms: i64,
+    allowance: Option<Allowance>,
+) -> (Decision, Option<Usage>) {
     let mut d = Decision::without_key(Status::Ok);
+    let mut wait_for_lease = false;
     let mut period_start = usage.period_start_ms;
     let mut used = 0;
     if let Some(q) = policy.quota {
@@ -85,6 +108,12 @@ pub fn decide(policy: &KeyPolicy, usage: &Usage, now_ms: i64) -> (Decision, Opti
         d.quota_limit = q.limit;
         d.quota_remaining = (q.limit - used).max(0);
         d.quota_reset_ms = end;
+        if let Some(a) = allowance {
+            if a.up_to - used < d.quota_remaining {
+                d.quota_remaining = (a.up_to - used).max(0);
+                wait_for_lease = !a.fleet_spent;
+            }
+        }
     }
     if let Some(r) = policy.rate {
         let (remaining, reset) = r.peek(usage.tat_ns, now_ms);
@@ -100,7 +129,8 @@ pub fn decide(policy: &KeyPolicy, usage: &Usage, now_ms: i64) -> (Decision, Opti
         return (Decision { status: Status::ApiKeyExpired, ..d }, None);
     }
     if policy.quota.is_some() && d.quota_remaining == 0 {
-        let retry = d.quota_reset_ms - now_ms;
+        let to_period_end = d.quota_reset_ms - now_ms;
+        let retry = if wait_for_lease { TOP_UP_RETRY_MS.min(to_period_end) } else { to_period_end };
         return (Decision { status: Status::ApiKeyQuotaExceeded, retry_after_ms: retry, ..d }, None);
     }
     let mut tat_ns = usage.tat_ns;
@@ -255,6 +285,34 @@ mod tests {
         assert_eq!(d.rate_remaining, 59);
         assert_eq!(d.rate_reset_ms, NOW + 1000);
         assert_eq!(d.retry_after_ms, 0);
+    }
+
+    #[test]
+    fn a_fleet_host_counts_only_up_to_its_lease() {
+        let p = KeyPolicy { quota: Some(Quota { limit: 10, period: Period::Daily }), ..open_policy() };
+        let lease = Some(Allowance { up_to: 2, fleet_spent: false });
+        let mut u = Usage::default();
+        for remaining in [1, 0] {
+            let (d, next) = decide_within(&p, &u, NOW, lease);
+            assert_eq!((d.status, d.quota_limit, d.quota_remaining), (Status::Ok, 10, remaining));
+            u = next.unwrap();
+        }
+        let (refused, next) = decide_within(&p, &u, NOW, lease);
+        assert_eq!(
+            (refused.status, refused.retry_after_ms, next),
+            (Status::ApiKeyQuotaExceeded, TOP_UP_RETRY_MS, None)
+        );
+        let spent = Some(Allowance { up_to: 2, fleet_spent: true });
+        let refused = decide_within(&p, &u, NOW, spent).0;
+        assert_eq!(
+            refused.retry_after_ms,
+            refused.quota_reset_ms - NOW,
+            "the fleet's quota is spent: wait for the period"
+        );
+        let none = decide_within(&p, &Usage::default(), NOW, Some(Allowance { up_to: 0, fleet_spent: false })).0;
+        assert_eq!(none.status, Status::ApiKeyQuotaExceeded, "no lease yet: refused, never over-admitted");
+        let generous = decide_within(&p, &u, NOW, Some(Allowance { up_to: 50, fleet_spent: false })).0;
+        assert_eq!(generous.quota_remaining, 7, "a lease never lifts the key's own quota");
     }
 
     impl Decision {

@@ -107,7 +107,14 @@ fn an_unrepresentable_rate_limit_stored_by_an_older_version_is_lowered_on_upgrad
     };
     // What version 1.0.0 accepted: 1 per day with a burst of 100,000 (it admitted 105,000 at once).
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("UPDATE keys SET rate_burst = 100000; PRAGMA user_version = 3;").unwrap();
+    // Back to the schema of 1.0.0 (version 3): what later migrations added goes.
+    conn.execute_batch(
+        "DROP TRIGGER fleet_key_insert; DROP TRIGGER fleet_key_update; DROP TRIGGER fleet_plan_insert;
+         DROP TRIGGER fleet_plan_update; DROP TRIGGER fleet_policies_insert; DROP TRIGGER fleet_policies_update;
+         DROP TABLE fleet_outbox;
+         UPDATE keys SET rate_burst = 100000; PRAGMA user_version = 3;",
+    )
+    .unwrap();
     drop(conn);
     std::fs::remove_file(counters::path_for(&path)).unwrap();
     let store = Store::open(&path).unwrap();

@@ -155,7 +155,7 @@ int main(void) {
     free(exact);
     char tiny[4];
     EXPECT(ms_error_json(MS_API_KEY_MISSING, tiny, sizeof tiny) > sizeof tiny && strcmp(tiny, "{\"s") == 0);
-    EXPECT(strcmp(ms_version(), "1.0.0") == 0 && ms_abi_version() == MS_ABI_VERSION);
+    EXPECT(strcmp(ms_version(), "1.1.0") == 0 && ms_abi_version() == MS_ABI_VERSION);
 
     /* Eight threads on one handle: exactly the quota is admitted. */
     char race_key[600], race_id[48];

@@ -89,10 +89,83 @@ static msgo_ret msgo_key_list(ms_store *s, const char *filter, char **out) {
 	o.err = msgo_take_error(o.status);
 	return o;
 }
+
+// Key lifecycle and monitoring (added to the ABI after v1).
+
+static msgo_ret msgo_store_open_v2(const char *path, const char *options, ms_store **out) {
+	msgo_ret o;
+	o.status = ms_store_open_v2(path, options, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_set_actor(ms_store *s, const char *actor) {
+	msgo_ret o;
+	o.status = ms_store_set_actor(s, actor);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_key_rotate(ms_store *s, const char *id, const char *opts, int64_t now_ms, char **out) {
+	msgo_ret o;
+	o.status = ms_key_rotate(s, id, opts, now_ms, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_plan_put(ms_store *s, const char *plan, int64_t now_ms, char **out) {
+	msgo_ret o;
+	o.status = ms_plan_put(s, plan, now_ms, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_plan_list(ms_store *s, char **out) {
+	msgo_ret o;
+	o.status = ms_plan_list(s, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_policy_put(ms_store *s, const char *policy, int64_t now_ms, char **out) {
+	msgo_ret o;
+	o.status = ms_policy_put(s, policy, now_ms, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_policy_get(ms_store *s, char **out) {
+	msgo_ret o;
+	o.status = ms_policy_get(s, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_audit(ms_store *s, const char *filter, char **out) {
+	msgo_ret o;
+	o.status = ms_audit(s, filter, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_usage(ms_store *s, const char *id, int64_t from_ms, int64_t to_ms, char **out) {
+	msgo_ret o;
+	o.status = ms_usage(s, id, from_ms, to_ms, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
+
+static msgo_ret msgo_metrics_text(ms_store *s, char **out) {
+	msgo_ret o;
+	o.status = ms_metrics_text(s, out);
+	o.err = msgo_take_error(o.status);
+	return o;
+}
 */
 import "C"
 
 import (
+	"strings"
 	"time"
 	"unsafe"
 )
@@ -118,11 +191,29 @@ func takeJSON(p *C.char) []byte {
 	return C.GoBytes(unsafe.Pointer(p), C.int(C.strlen(p)))
 }
 
-func cStoreOpen(path string) (*C.ms_store, error) {
+// cString is s as a C string for the library. C would stop at a NUL byte and
+// act on another key id (or actor) than the one given: refused.
+func cString(name, s string) (*C.char, error) {
+	if strings.IndexByte(s, 0) >= 0 {
+		return nil, invalidArgument(name+" contains a NUL byte", nil)
+	}
+	return C.CString(s), nil
+}
+
+// cStoreOpen opens with ms_store_open, or with ms_store_open_v2 when options
+// (JSON) are given.
+func cStoreOpen(path string, options []byte) (*C.ms_store, error) {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var h *C.ms_store
-	r := C.msgo_store_open(cpath, &h)
+	var r C.msgo_ret
+	if options == nil {
+		r = C.msgo_store_open(cpath, &h)
+	} else {
+		copts := C.CString(string(options))
+		defer C.free(unsafe.Pointer(copts))
+		r = C.msgo_store_open_v2(cpath, copts, &h)
+	}
 	if err := takeError(r.status, r.err); err != nil {
 		return nil, err
 	}
@@ -185,13 +276,19 @@ func cKeyCreate(h *C.ms_store, spec []byte, nowMS int64) ([]byte, error) {
 }
 
 func cKeyRevoke(h *C.ms_store, id string, nowMS int64) error {
-	cid := C.CString(id)
+	cid, err := cString("key_id", id)
+	if err != nil {
+		return err
+	}
 	defer C.free(unsafe.Pointer(cid))
 	return statusError(C.msgo_key_revoke(h, cid, C.int64_t(nowMS)))
 }
 
 func cKeyUpdate(h *C.ms_store, id string, patch []byte) ([]byte, error) {
-	cid := C.CString(id)
+	cid, err := cString("key_id", id)
+	if err != nil {
+		return nil, err
+	}
 	defer C.free(unsafe.Pointer(cid))
 	cp := C.CString(string(patch))
 	defer C.free(unsafe.Pointer(cp))
@@ -202,7 +299,10 @@ func cKeyUpdate(h *C.ms_store, id string, patch []byte) ([]byte, error) {
 }
 
 func cKeyGet(h *C.ms_store, id string) ([]byte, error) {
-	cid := C.CString(id)
+	cid, err := cString("key_id", id)
+	if err != nil {
+		return nil, err
+	}
 	defer C.free(unsafe.Pointer(cid))
 	var out *C.char
 	r := C.msgo_key_get(h, cid, &out)
@@ -218,6 +318,92 @@ func cKeyList(h *C.ms_store, filter []byte) ([]byte, error) {
 	}
 	var out *C.char
 	r := C.msgo_key_list(h, cf, &out)
+	js := takeJSON(out)
+	return js, statusError(r)
+}
+
+func cSetActor(h *C.ms_store, actor string) error {
+	ca, err := cString("actor", actor)
+	if err != nil {
+		return err
+	}
+	defer C.free(unsafe.Pointer(ca))
+	return statusError(C.msgo_set_actor(h, ca))
+}
+
+func cKeyRotate(h *C.ms_store, id string, opts []byte, nowMS int64) ([]byte, error) {
+	cid, err := cString("key_id", id)
+	if err != nil {
+		return nil, err
+	}
+	defer C.free(unsafe.Pointer(cid))
+	co := C.CString(string(opts))
+	defer C.free(unsafe.Pointer(co))
+	var out *C.char
+	r := C.msgo_key_rotate(h, cid, co, C.int64_t(nowMS), &out)
+	js := takeJSON(out)
+	return js, statusError(r)
+}
+
+func cPlanPut(h *C.ms_store, plan []byte, nowMS int64) ([]byte, error) {
+	cp := C.CString(string(plan))
+	defer C.free(unsafe.Pointer(cp))
+	var out *C.char
+	r := C.msgo_plan_put(h, cp, C.int64_t(nowMS), &out)
+	js := takeJSON(out)
+	return js, statusError(r)
+}
+
+func cPlanList(h *C.ms_store) ([]byte, error) {
+	var out *C.char
+	r := C.msgo_plan_list(h, &out)
+	js := takeJSON(out)
+	return js, statusError(r)
+}
+
+func cPolicyPut(h *C.ms_store, policy []byte, nowMS int64) ([]byte, error) {
+	cp := C.CString(string(policy))
+	defer C.free(unsafe.Pointer(cp))
+	var out *C.char
+	r := C.msgo_policy_put(h, cp, C.int64_t(nowMS), &out)
+	js := takeJSON(out)
+	return js, statusError(r)
+}
+
+func cPolicyGet(h *C.ms_store) ([]byte, error) {
+	var out *C.char
+	r := C.msgo_policy_get(h, &out)
+	js := takeJSON(out)
+	return js, statusError(r)
+}
+
+func cAudit(h *C.ms_store, filter []byte) ([]byte, error) {
+	var cf *C.char // NULL: the last 1000 events
+	if filter != nil {
+		cf = C.CString(string(filter))
+		defer C.free(unsafe.Pointer(cf))
+	}
+	var out *C.char
+	r := C.msgo_audit(h, cf, &out)
+	js := takeJSON(out)
+	return js, statusError(r)
+}
+
+func cUsage(h *C.ms_store, id string, fromMS, toMS int64) ([]byte, error) {
+	cid, err := cString("key_id", id)
+	if err != nil {
+		return nil, err
+	}
+	defer C.free(unsafe.Pointer(cid))
+	var out *C.char
+	r := C.msgo_usage(h, cid, C.int64_t(fromMS), C.int64_t(toMS), &out)
+	js := takeJSON(out)
+	return js, statusError(r)
+}
+
+func cMetricsText(h *C.ms_store) ([]byte, error) {
+	var out *C.char
+	r := C.msgo_metrics_text(h, &out)
 	js := takeJSON(out)
 	return js, statusError(r)
 }

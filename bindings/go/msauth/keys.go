@@ -166,6 +166,10 @@ type Record struct {
 	RateLimit     *RateLimit      `json:"rate_limit"`     // nil: no rate limit
 	Usage         Usage           `json:"usage"`
 	Meta          json.RawMessage `json:"meta"`
+	RevokeAtMS    *int64          `json:"revoke_at_ms"` // a scheduled revocation: a rotated key's grace end
+	RotatedFrom   *string         `json:"rotated_from"` // the key this one replaced
+	RotatedTo     *string         `json:"rotated_to"`   // the key that replaced this one
+	FollowsPlan   []string        `json:"follows_plan"` // limits taken from the plan: "quota", "rate_limit"
 
 	// Raw is the record's JSON as the library wrote it, including members
 	// newer library versions add.
@@ -222,7 +226,7 @@ func parseCreated(js []byte) (Created, error) {
 		return Created{}, badAnswer(err)
 	}
 	if k.Key == "" {
-		return Created{}, &Error{Code: StatusInternal, Message: "ms_key_create answered no key"}
+		return Created{}, &Error{Code: StatusInternal, Message: "the library answered no plaintext key"}
 	}
 	return Created{Key: k.Key, Record: r}, nil
 }

@@ -23,11 +23,23 @@ var liveHandles int64
 
 // Open opens the store at path, creating the file when it does not exist.
 // Several Stores may be open at once, also on the same file.
-func Open(path string) (*Store, error) {
+func Open(path string) (*Store, error) { return open(path, nil) }
+
+// OpenWithOptions is Open with store options (ms_store_open_v2): the flush
+// interval, the durability and the lock wait.
+func OpenWithOptions(path string, opts Options) (*Store, error) {
+	body, err := opts.MarshalJSON()
+	if err != nil {
+		return nil, invalidArgument("store options", err)
+	}
+	return open(path, body)
+}
+
+func open(path string, options []byte) (*Store, error) {
 	if err := checkABI(); err != nil {
 		return nil, err
 	}
-	h, err := cStoreOpen(path)
+	h, err := cStoreOpen(path, options)
 	if err != nil {
 		return nil, err
 	}

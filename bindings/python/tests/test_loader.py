@@ -205,6 +205,10 @@ def test_prototypes_match_the_header() -> None:
     header = _header_prototypes()
     missing = sorted(set(_ffi.PROTOTYPES) - set(header))
     assert not missing, f"declared here but not in the header: {missing}"
+    # Every function of the ABI is reachable from Python, the ones added after v1 included.
+    undeclared = sorted(set(header) - set(_ffi.PROTOTYPES))
+    assert not undeclared, f"in the header but not declared here: {undeclared}"
+    assert {"ms_store_open_v2", "ms_key_rotate", "ms_usage", "ms_metrics_text"} <= set(header)
     # ms_string_free takes back a pointer the library allocated: the binding keeps it as void*
     # (a char* argtype would make ctypes hand over a copy of the string instead).
     header["ms_string_free"] = (None, [ctypes.c_void_p])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import datetime as _dt
 import enum
 import json
 import os
@@ -10,21 +11,35 @@ import struct
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, TypeVar, Union
 
 from . import _ffi
-from ._errors import StoreNotOpenError, error_from_code
+from ._errors import InvalidArgumentError, StoreNotOpenError, error_from_code
 
 _lib = _ffi.lib
 
 KeyRecord = Dict[str, Any]
 """A key record as documented in the C ABI (``id``, ``prefix``, ``plan``, ``quota``, ``usage``...)."""
 
+TimeLike = Union[int, _dt.datetime]
+"""An instant: Unix milliseconds, or a timezone-aware ``datetime``."""
+
+DurationLike = Union[int, _dt.timedelta]
+"""A duration: milliseconds, or a ``timedelta`` (whole milliseconds; finer parts are dropped)."""
+
 QuotaSpec = Tuple[int, str]
 """``(limit, "daily" | "monthly")``."""
 
-RateLimitSpec = Union[Tuple[int, int], Tuple[int, int, int]]
+RateLimitSpec = Union[Tuple[int, DurationLike], Tuple[int, DurationLike, int]]
 """``(limit, window_ms)`` or ``(limit, window_ms, burst)``."""
+
+AbuseSpec = Tuple[int, DurationLike]
+"""``(limit, window_ms)``: revoke a key refused by its rate limit more than ``limit`` times
+within ``window_ms``."""
+
+Durability = Literal["batched", "strict"]
+"""When admitted checks reach the database: within a flush interval, or each before its answer."""
 
 
 class Status(enum.IntEnum):
@@ -274,6 +289,240 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# -- times, durations and C strings ----------------------------------------------------------------
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_ONE_MS = _dt.timedelta(milliseconds=1)
+
+
+def _time_ms(value: TimeLike, name: str, operation: str) -> int:
+    """Unix ms of an instant: an int is taken as ms already, a datetime must carry its zone."""
+    if isinstance(value, _dt.datetime):
+        if value.utcoffset() is None:
+            # Python would read it as local time, and the library's times are UTC: refuse to guess.
+            raise InvalidArgumentError(
+                100, f"{name} is a naive datetime: give it a tzinfo (timezone.utc)", operation
+            )
+        return (value - _EPOCH) // _ONE_MS
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise TypeError(f"{name} must be an int (Unix ms) or a datetime, not {type(value).__name__}")
+
+
+def _duration_ms(value: DurationLike, name: str) -> int:
+    if isinstance(value, _dt.timedelta):
+        return value // _ONE_MS
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise TypeError(f"{name} must be an int (ms) or a timedelta, not {type(value).__name__}")
+
+
+def _when(value: Optional[TimeLike], operation: str) -> int:
+    """The ``now_ms`` of an admin call: the wall clock unless one is given."""
+    if value is None:
+        return time.time_ns() // 1_000_000
+    return _time_ms(value, "now_ms", operation)
+
+
+def _utc(ms: int) -> _dt.datetime:
+    return _EPOCH + _dt.timedelta(milliseconds=ms)
+
+
+def _cstr(value: str, name: str, operation: str) -> bytes:
+    """A C string argument. C would stop at a NUL and act on another key id (or actor) than the
+    one given: refused."""
+    raw = value.encode("utf-8")
+    if b"\0" in raw:
+        raise InvalidArgumentError(100, f"{name} contains a NUL character", operation)
+    return raw
+
+
+# -- typed answers of the lifecycle calls ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A number of requests per UTC calendar period (``"daily"`` or ``"monthly"``)."""
+
+    limit: int
+    period: str
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: ``burst`` requests at once, refilled at ``limit`` per ``window_ms``."""
+
+    limit: int
+    window_ms: int
+    burst: int
+
+    @property
+    def window(self) -> _dt.timedelta:
+        return _dt.timedelta(milliseconds=self.window_ms)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A plan: the limits and lifetime of the keys on it that set none of their own."""
+
+    name: str
+    quota: Optional[Quota]
+    """None: the plan's keys have no quota."""
+    rate_limit: Optional[RateLimit]
+    """None: the plan's keys have no rate limit."""
+    lifetime_ms: Optional[int]
+    """Lifetime of keys created on the plan without an expiry; None: the store default."""
+    updated_at_ms: int
+    keys: int
+    """How many keys are on the plan."""
+
+    @property
+    def lifetime(self) -> Optional[_dt.timedelta]:
+        return None if self.lifetime_ms is None else _dt.timedelta(milliseconds=self.lifetime_ms)
+
+    @property
+    def updated_at(self) -> _dt.datetime:
+        return _utc(self.updated_at_ms)
+
+
+@dataclass(frozen=True)
+class AbusePolicy:
+    """Revoke a key refused by its rate limit more than ``limit`` times within ``window_ms``."""
+
+    limit: int
+    window_ms: int
+
+    @property
+    def window(self) -> _dt.timedelta:
+        return _dt.timedelta(milliseconds=self.window_ms)
+
+
+@dataclass(frozen=True)
+class Policies:
+    """The store-wide revocation policies in force; None: that policy is off."""
+
+    idle_days: Optional[int]
+    """Revoke keys unused (or never used) for this many days."""
+    abuse: Optional[AbusePolicy]
+    rotated: str = "always"
+    """Rotated keys are always revoked when their grace ends."""
+
+    @property
+    def idle(self) -> Optional[_dt.timedelta]:
+        return None if self.idle_days is None else _dt.timedelta(days=self.idle_days)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One admin action: ``key.create``, ``key.update``, ``key.revoke``, ``key.revoke.policy``,
+    ``key.rotate``, ``plan.put`` or ``policy.set``."""
+
+    seq: int
+    at_ms: int
+    actor: str
+    action: str
+    key_id: Optional[str]
+    """None for store-wide actions (plans, policies)."""
+    detail: Any
+    """The change, as the library recorded it (never a plaintext key)."""
+
+    @property
+    def at(self) -> _dt.datetime:
+        return _utc(self.at_ms)
+
+
+@dataclass(frozen=True)
+class UsageDay:
+    """One UTC day of a key's decisions."""
+
+    date: _dt.date
+    start_ms: int
+    admitted: int
+    rejected: Dict[Status, int]
+    """Refusals by status: ``API_KEY_EXPIRED``, ``API_KEY_REVOKED``, ``API_KEY_QUOTA_EXCEEDED``,
+    ``RATE_LIMIT_EXCEEDED``."""
+
+    @property
+    def start(self) -> _dt.datetime:
+        return _utc(self.start_ms)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A key's decisions per UTC day (every day of the range, in order) and its last use."""
+
+    key_id: str
+    last_used_at_ms: Optional[int]
+    days: Tuple[UsageDay, ...]
+
+    @property
+    def last_used_at(self) -> Optional[_dt.datetime]:
+        return None if self.last_used_at_ms is None else _utc(self.last_used_at_ms)
+
+
+_STATUS_BY_CODE: Dict[str, Status] = {s.code: s for s in Status}
+
+
+def _quota_of(value: Any) -> Optional[Quota]:
+    return None if value is None else Quota(int(value["limit"]), str(value["period"]))
+
+
+def _rate_of(value: Any) -> Optional[RateLimit]:
+    if value is None:
+        return None
+    return RateLimit(int(value["limit"]), int(value["window_ms"]), int(value["burst"]))
+
+
+def _plan_of(value: Dict[str, Any]) -> Plan:
+    return Plan(
+        name=str(value["name"]),
+        quota=_quota_of(value.get("quota")),
+        rate_limit=_rate_of(value.get("rate_limit")),
+        lifetime_ms=value.get("lifetime_ms"),
+        updated_at_ms=int(value["updated_at_ms"]),
+        keys=int(value["keys"]),
+    )
+
+
+def _policies_of(value: Dict[str, Any]) -> Policies:
+    idle = value.get("idle")
+    abuse = value.get("abuse")
+    return Policies(
+        idle_days=None if idle is None else int(idle["days"]),
+        abuse=None if abuse is None else AbusePolicy(int(abuse["limit"]), int(abuse["window_ms"])),
+        rotated=str(value.get("rotated", "always")),
+    )
+
+
+def _event_of(value: Dict[str, Any]) -> AuditEvent:
+    return AuditEvent(
+        seq=int(value["seq"]),
+        at_ms=int(value["at_ms"]),
+        actor=str(value["actor"]),
+        action=str(value["action"]),
+        key_id=value.get("key_id"),
+        detail=value.get("detail"),
+    )
+
+
+def _usage_of(value: Dict[str, Any]) -> Usage:
+    days = tuple(
+        UsageDay(
+            date=_dt.date.fromisoformat(d["date"]),
+            start_ms=int(d["start_ms"]),
+            admitted=int(d["admitted"]),
+            # A status a newer library adds has no Status member here: left out, not an error.
+            rejected={
+                _STATUS_BY_CODE[code]: int(n)
+                for code, n in d["rejected"].items()
+                if code in _STATUS_BY_CODE
+            },
+        )
+        for d in value["days"]
+    )
+    return Usage(str(value["key_id"]), value.get("last_used_at_ms"), days)
+
+
 class _Scratch(threading.local):
     """One ms_check_result per thread: ctypes releases the GIL during the call, so threads
     cannot share one, and allocating one per call would cost more than the check."""
@@ -288,23 +537,64 @@ _store_check = _lib.ms_store_check
 _time_ns = time.time_ns
 
 
-def _quota_json(quota: Optional[QuotaSpec]) -> Optional[Dict[str, Any]]:
+def _quota_json(quota: Union[QuotaSpec, Quota, None]) -> Optional[Dict[str, Any]]:
     if quota is None:
         return None
+    if isinstance(quota, Quota):
+        return {"limit": quota.limit, "period": quota.period}
     if not isinstance(quota, tuple) or len(quota) != 2:
         raise TypeError('quota must be None or (limit, "daily" | "monthly")')
     return {"limit": quota[0], "period": quota[1]}
 
 
-def _rate_json(rate: Optional[RateLimitSpec]) -> Optional[Dict[str, Any]]:
+def _rate_json(rate: Union[RateLimitSpec, RateLimit, None]) -> Optional[Dict[str, Any]]:
     if rate is None:
         return None
+    if isinstance(rate, RateLimit):
+        return {"limit": rate.limit, "window_ms": rate.window_ms, "burst": rate.burst}
     if not isinstance(rate, tuple) or len(rate) not in (2, 3):
         raise TypeError("rate_limit must be None, (limit, window_ms) or (limit, window_ms, burst)")
-    spec: Dict[str, Any] = {"limit": rate[0], "window_ms": rate[1]}
+    window = _duration_ms(rate[1], "rate_limit window")
+    spec: Dict[str, Any] = {"limit": rate[0], "window_ms": window}
     if len(rate) == 3:
         spec["burst"] = rate[2]
     return spec
+
+
+def _abuse_json(abuse: Union[AbuseSpec, AbusePolicy, None]) -> Optional[Dict[str, Any]]:
+    if abuse is None:
+        return None
+    if isinstance(abuse, AbusePolicy):
+        return {"limit": abuse.limit, "window_ms": abuse.window_ms}
+    if not isinstance(abuse, tuple) or len(abuse) != 2:
+        raise TypeError("abuse must be None, an AbusePolicy or (limit, window_ms)")
+    return {"limit": abuse[0], "window_ms": _duration_ms(abuse[1], "abuse window")}
+
+
+def _idle_json(
+    idle_days: Union[int, _dt.timedelta, None], operation: str
+) -> Optional[Dict[str, Any]]:
+    if idle_days is None:
+        return None
+    if isinstance(idle_days, _dt.timedelta):
+        days, rest = divmod(idle_days, _dt.timedelta(days=1))
+        if rest:
+            raise InvalidArgumentError(100, "idle_days must be a whole number of days", operation)
+        return {"days": days}
+    if isinstance(idle_days, int) and not isinstance(idle_days, bool):
+        return {"days": idle_days}
+    raise TypeError(f"idle_days must be an int or a timedelta, not {type(idle_days).__name__}")
+
+
+def _optional_time(value: Optional[TimeLike], name: str, operation: str) -> Optional[int]:
+    return None if value is None else _time_ms(value, name, operation)
+
+
+def _created(record: KeyRecord, operation: str) -> CreatedKey:
+    plaintext = record.pop("key", None)
+    if not isinstance(plaintext, str):
+        raise error_from_code(104, f"{operation}: the answer carries no key")
+    return CreatedKey(str(record["id"]), plaintext, record)
 
 
 def _dumps(value: Any) -> bytes:
@@ -389,10 +679,33 @@ class Store:
     threads have in progress; their later calls raise StoreNotOpenError.
     """
 
-    def __init__(self, path: Union[str, "os.PathLike[str]"]) -> None:
+    def __init__(
+        self,
+        path: Union[str, "os.PathLike[str]"],
+        *,
+        flush_interval_ms: Optional[DurationLike] = None,
+        durability: Optional[Durability] = None,
+        busy_timeout_ms: Optional[DurationLike] = None,
+    ) -> None:
+        """Open (or create) the store at ``path``. Options left as None keep the library's
+        defaults: counts written to the database at most every second (``flush_interval_ms``),
+        ``durability="batched"`` (``"strict"`` also writes every admitted check before answering),
+        and admin writes waiting up to 5 s for another process's lock (``busy_timeout_ms``)."""
         self.path = os.fspath(path)
+        options: Dict[str, Any] = {}
+        if flush_interval_ms is not None:
+            options["flush_interval_ms"] = _duration_ms(flush_interval_ms, "flush_interval_ms")
+        if durability is not None:
+            options["durability"] = durability
+        if busy_timeout_ms is not None:
+            options["busy_timeout_ms"] = _duration_ms(busy_timeout_ms, "busy_timeout_ms")
         handle = ctypes.c_void_p()
-        rc = _lib.ms_store_open(os.fsencode(self.path), ctypes.byref(handle))
+        if options:
+            rc = _lib.ms_store_open_v2(
+                os.fsencode(self.path), _dumps(options), ctypes.byref(handle)
+            )
+        else:
+            rc = _lib.ms_store_open(os.fsencode(self.path), ctypes.byref(handle))
         if rc != 0:
             raise error_from_code(rc, f"open {self.path}")
         if not handle.value:
@@ -434,7 +747,9 @@ class Store:
 
     # -- the hot path ------------------------------------------------------------------------
 
-    def check(self, key: Union[str, bytes, None], now_ms: Optional[int] = None) -> CheckResult:
+    def check(
+        self, key: Union[str, bytes, None], now_ms: Optional[TimeLike] = None
+    ) -> CheckResult:
         """Decide one request carrying ``key`` (None: no key header) at ``now_ms`` (default: now).
 
         An admitted request (``.ok``) is counted against the key's quota and rate limit.
@@ -442,6 +757,8 @@ class Store:
         """
         if now_ms is None:
             now_ms = _time_ns() // 1_000_000
+        elif not isinstance(now_ms, int):
+            now_ms = _time_ms(now_ms, "now_ms", "check")
         if key is None:
             length = 0
         else:
@@ -476,7 +793,8 @@ class Store:
 
     # -- administration ----------------------------------------------------------------------
 
-    def _json_call(self, fn: Callable[..., int], operation: str, *args: Any) -> Any:
+    def _string_call(self, fn: Callable[..., int], operation: str, *args: Any) -> bytes:
+        """``fn(handle, *args, &out)``; the library's string, copied and freed."""
         out = ctypes.c_void_p()
         rc = self._call(operation, fn, *args, ctypes.byref(out))
         if rc != 0:
@@ -484,10 +802,12 @@ class Store:
         if not out.value:
             raise error_from_code(104, f"{operation}: the library returned no answer")
         try:
-            text = ctypes.string_at(out.value)
+            return ctypes.string_at(out.value)
         finally:
             _lib.ms_string_free(out)
-        return json.loads(text)
+
+    def _json_call(self, fn: Callable[..., int], operation: str, *args: Any) -> Any:
+        return json.loads(self._string_call(fn, operation, *args))
 
     def create_key(
         self,
@@ -495,12 +815,12 @@ class Store:
         env: str = "live",
         name: Optional[str] = None,
         plan: Optional[str] = None,
-        expires_at_ms: Union[int, None, _Default] = DEFAULT,
+        expires_at_ms: Union[TimeLike, None, _Default] = DEFAULT,
         quota: Optional[QuotaSpec] = None,
         rate_limit: Union[RateLimitSpec, None, _Default] = DEFAULT,
         meta: Any = None,
         key: Optional[str] = None,
-        now_ms: Optional[int] = None,
+        now_ms: Optional[TimeLike] = None,
     ) -> CreatedKey:
         """Issue a key (or import ``key``). ``expires_at_ms=None``: never expires;
         ``rate_limit=None``: no rate limit; DEFAULT leaves them to the store (365 d, 60/min)."""
@@ -510,7 +830,7 @@ class Store:
         if plan is not None:
             spec["plan"] = plan
         if expires_at_ms is not DEFAULT:
-            spec["expires_at_ms"] = expires_at_ms
+            spec["expires_at_ms"] = _optional_time(expires_at_ms, "expires_at_ms", "create_key")
         if quota is not None:
             spec["quota"] = _quota_json(quota)
         if rate_limit is not DEFAULT:
@@ -519,18 +839,14 @@ class Store:
             spec["meta"] = meta
         if key is not None:
             spec["key"] = key
-        when = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        when = _when(now_ms, "create_key")
         record: KeyRecord = self._json_call(_lib.ms_key_create, "create_key", _dumps(spec), when)
-        plaintext = record.pop("key", None)
-        if not isinstance(plaintext, str):
-            raise error_from_code(104, "create_key: the answer carries no key")
-        return CreatedKey(str(record["id"]), plaintext, record)
+        return _created(record, "create_key")
 
     def get(self, key_id: str) -> KeyRecord:
         """The record of ``key_id``; KeyNotFoundError if there is none."""
-        record: KeyRecord = self._json_call(
-            _lib.ms_key_get, f"get {key_id}", key_id.encode("utf-8")
-        )
+        op = f"get {key_id}"
+        record: KeyRecord = self._json_call(_lib.ms_key_get, op, _cstr(key_id, "key_id", op))
         return record
 
     def list(self, *, plan: Optional[str] = None, env: Optional[str] = None) -> List[KeyRecord]:
@@ -550,7 +866,7 @@ class Store:
         *,
         name: Union[str, None, _Unchanged] = UNCHANGED,
         plan: Union[str, None, _Unchanged] = UNCHANGED,
-        expires_at_ms: Union[int, None, _Unchanged] = UNCHANGED,
+        expires_at_ms: Union[TimeLike, None, _Unchanged] = UNCHANGED,
         quota: Union[QuotaSpec, None, _Unchanged] = UNCHANGED,
         rate_limit: Union[RateLimitSpec, None, _Unchanged] = UNCHANGED,
         meta: Any = UNCHANGED,
@@ -562,8 +878,9 @@ class Store:
             patch["name"] = name
         if plan is not UNCHANGED:
             patch["plan"] = plan
+        op = f"update {key_id}"
         if expires_at_ms is not UNCHANGED:
-            patch["expires_at_ms"] = expires_at_ms
+            patch["expires_at_ms"] = _optional_time(expires_at_ms, "expires_at_ms", op)
         if quota is not UNCHANGED:
             patch["quota"] = _quota_json(quota)
         if rate_limit is not UNCHANGED:
@@ -571,13 +888,133 @@ class Store:
         if meta is not UNCHANGED:
             patch["meta"] = meta
         record: KeyRecord = self._json_call(
-            _lib.ms_key_update, f"update {key_id}", key_id.encode("utf-8"), _dumps(patch)
+            _lib.ms_key_update, op, _cstr(key_id, "key_id", op), _dumps(patch)
         )
         return record
 
-    def revoke(self, key_id: str, now_ms: Optional[int] = None) -> None:
+    def revoke(self, key_id: str, now_ms: Optional[TimeLike] = None) -> None:
         """Revoke a key for good: its next check answers api_key_revoked."""
-        when = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-        rc = self._call(f"revoke {key_id}", _lib.ms_key_revoke, key_id.encode("utf-8"), when)
+        op = f"revoke {key_id}"
+        when = _when(now_ms, op)
+        rc = self._call(op, _lib.ms_key_revoke, _cstr(key_id, "key_id", op), when)
         if rc != 0:
-            raise error_from_code(rc, f"revoke {key_id}")
+            raise error_from_code(rc, op)
+
+    # -- key lifecycle and monitoring ----------------------------------------------------------
+
+    def set_actor(self, actor: str) -> None:
+        """Name the actor the audit log records for this store's admin calls (default: the
+        program, its pid and uid), e.g. ``"portal:alice@example.com"``; at most 200 bytes."""
+        rc = self._call("set_actor", _lib.ms_store_set_actor, _cstr(actor, "actor", "set_actor"))
+        if rc != 0:
+            raise error_from_code(rc, "set_actor")
+
+    def rotate(
+        self,
+        key_id: str,
+        *,
+        grace_ms: Optional[DurationLike] = None,
+        now_ms: Optional[TimeLike] = None,
+    ) -> CreatedKey:
+        """Replace a key with a new one of the same policy, plan and meta that counts against the
+        same quota. The old key works for ``grace_ms`` more (None: the library's 24 hours; 0: ends
+        at once), then answers api_key_revoked. The new plaintext key is shown only here."""
+        op = f"rotate {key_id}"
+        opts = None
+        if grace_ms is not None:
+            opts = _dumps({"grace_ms": _duration_ms(grace_ms, "grace_ms")})
+        record: KeyRecord = self._json_call(
+            _lib.ms_key_rotate, op, _cstr(key_id, "key_id", op), opts, _when(now_ms, op)
+        )
+        return _created(record, op)
+
+    def put_plan(
+        self,
+        name: str,
+        *,
+        quota: Union[QuotaSpec, Quota, None] = None,
+        rate_limit: Union[RateLimitSpec, RateLimit, None, _Default] = DEFAULT,
+        lifetime_ms: Optional[DurationLike] = None,
+        now_ms: Optional[TimeLike] = None,
+    ) -> Plan:
+        """Create or replace a plan. Keys on it that set no quota (or rate limit) of their own
+        follow it from their next check, in every process. ``quota=None``: no quota;
+        ``rate_limit=None``: no rate limit, DEFAULT: the store's (60 per minute);
+        ``lifetime_ms``: the expiry of keys created on the plan without one."""
+        op = f"put_plan {name}"
+        spec: Dict[str, Any] = {"name": name}
+        if quota is not None:
+            spec["quota"] = _quota_json(quota)
+        if rate_limit is not DEFAULT:
+            spec["rate_limit"] = _rate_json(rate_limit)
+        if lifetime_ms is not None:
+            spec["lifetime_ms"] = _duration_ms(lifetime_ms, "lifetime_ms")
+        answer = self._json_call(_lib.ms_plan_put, op, _dumps(spec), _when(now_ms, op))
+        return _plan_of(answer)
+
+    def plans(self) -> List[Plan]:
+        """Every plan, by name."""
+        answer = self._json_call(_lib.ms_plan_list, "plans")
+        return [_plan_of(p) for p in answer["plans"]]
+
+    def set_policy(
+        self,
+        *,
+        idle_days: Union[int, _dt.timedelta, None, _Unchanged] = UNCHANGED,
+        abuse: Union[AbuseSpec, AbusePolicy, None, _Unchanged] = UNCHANGED,
+        now_ms: Optional[TimeLike] = None,
+    ) -> Policies:
+        """Change the store-wide revocation policies; every process enforces them from its next
+        check. None turns a policy off, a policy left out stays as it is. ``idle_days``: revoke
+        keys unused for that many days; ``abuse=(limit, window_ms)``: revoke a key refused by its
+        rate limit more than ``limit`` times within ``window_ms``. Returns the policies now in
+        force."""
+        change: Dict[str, Any] = {}
+        if idle_days is not UNCHANGED:
+            change["idle"] = _idle_json(idle_days, "set_policy")
+        if abuse is not UNCHANGED:
+            change["abuse"] = _abuse_json(abuse)
+        answer = self._json_call(
+            _lib.ms_policy_put, "set_policy", _dumps(change), _when(now_ms, "set_policy")
+        )
+        return _policies_of(answer)
+
+    def policy(self) -> Policies:
+        """The revocation policies in force."""
+        return _policies_of(self._json_call(_lib.ms_policy_get, "policy"))
+
+    def audit(
+        self,
+        *,
+        key_id: Optional[str] = None,
+        since_ms: Optional[TimeLike] = None,
+        limit: Optional[int] = None,
+    ) -> List[AuditEvent]:
+        """The audit log, oldest first: of one key, from an instant on, the last ``limit`` events
+        (the library's default: the last 1000)."""
+        flt: Dict[str, Any] = {}
+        if key_id is not None:
+            flt["key_id"] = key_id
+        if since_ms is not None:
+            flt["since_ms"] = _time_ms(since_ms, "since_ms", "audit")
+        if limit is not None:
+            flt["limit"] = limit
+        answer = self._json_call(_lib.ms_audit, "audit", _dumps(flt) if flt else None)
+        return [_event_of(e) for e in answer["events"]]
+
+    def usage(self, key_id: str, from_ms: TimeLike, to_ms: TimeLike) -> Usage:
+        """A key's admitted requests and refusals per UTC day, every day from ``from_ms`` to
+        ``to_ms`` included, counted by every process; and its last use."""
+        op = f"usage {key_id}"
+        answer = self._json_call(
+            _lib.ms_usage,
+            op,
+            _cstr(key_id, "key_id", op),
+            _time_ms(from_ms, "from_ms", op),
+            _time_ms(to_ms, "to_ms", op),
+        )
+        return _usage_of(answer)
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition (version 0.0.4), for the host's own ``/metrics``."""
+        return self._string_call(_lib.ms_metrics_text, "metrics_text").decode("utf-8")

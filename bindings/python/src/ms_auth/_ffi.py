@@ -1,4 +1,4 @@
-"""Loading libms_auth and declaring the C ABI v1 (see shared/spec/c-abi.md).
+"""Loading libms_auth and declaring the C ABI v1 (see docs/c-abi.md).
 
 Every symbol gets explicit ``argtypes``/``restype``: without them ctypes would pass Python ints as
 C ``int`` and truncate the 64-bit timestamps and sizes.
@@ -76,6 +76,29 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     ),
     "ms_key_get": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_char_p, _c_void_p_p]),
     "ms_key_list": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_char_p, _c_void_p_p]),
+    # Added to the ABI after v1 (key lifecycle and monitoring).
+    "ms_store_open_v2": (ctypes.c_int32, [ctypes.c_char_p, ctypes.c_char_p, _c_void_p_p]),
+    "ms_store_set_actor": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_char_p]),
+    "ms_key_rotate": (
+        ctypes.c_int32,
+        [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int64, _c_void_p_p],
+    ),
+    "ms_plan_put": (
+        ctypes.c_int32,
+        [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64, _c_void_p_p],
+    ),
+    "ms_plan_list": (ctypes.c_int32, [ctypes.c_void_p, _c_void_p_p]),
+    "ms_policy_put": (
+        ctypes.c_int32,
+        [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64, _c_void_p_p],
+    ),
+    "ms_policy_get": (ctypes.c_int32, [ctypes.c_void_p, _c_void_p_p]),
+    "ms_audit": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_char_p, _c_void_p_p]),
+    "ms_usage": (
+        ctypes.c_int32,
+        [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64, ctypes.c_int64, _c_void_p_p],
+    ),
+    "ms_metrics_text": (ctypes.c_int32, [ctypes.c_void_p, _c_void_p_p]),
     "ms_string_free": (None, [ctypes.c_void_p]),
     "ms_status_code": (ctypes.c_char_p, [ctypes.c_int32]),
     "ms_status_message": (ctypes.c_char_p, [ctypes.c_int32]),
