@@ -221,7 +221,7 @@ fn an_uncommitted_revocation_left_by_a_dead_admin_is_undone_by_the_next_admin() 
     assert_eq!(store.get_key(&k.record.id).unwrap().revoked_at_ms, None);
 }
 
-// Item 5 is a unit test in src/counters.rs (a charge whose statistics were not yet bumped).
+// Item 5 is a unit test in src/counters/carry.rs (a charge whose statistics were not yet bumped).
 
 // Item 6 is `a_check_never_waits_for_the_write_lock_and_loses_no_count` in tests/store.rs.
 

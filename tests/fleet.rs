@@ -13,6 +13,14 @@ use ms_auth::{Status, Store};
 
 const SECRET: &str = "a fleet secret of more than sixteen bytes";
 
+/// The fleet tests run one at a time: each starts a Redis, agents and busy checking processes, and their
+/// timing bounds (within a second) are about the product, not about sharing 2 cores with each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A redis-server on a free loopback port with AOF on, in its own directory; stopped on drop.
 struct Redis {
     dir: PathBuf,
@@ -157,6 +165,102 @@ fn fleet(n: usize) -> (tempfile::TempDir, Redis, Vec<Host>) {
     (dir, redis, hosts)
 }
 
+/// A checking process of a host (this test binary run again): checks one key from 2 threads until the
+/// fleet's quota is spent (refusals that say to wait for the period's end), prints how many it admitted.
+#[test]
+fn hammer_child() {
+    let (Ok(db), Ok(key)) = (std::env::var("MS_AUTH_FLEET_DB"), std::env::var("MS_AUTH_FLEET_KEY")) else { return };
+    let store = std::sync::Arc::new(Store::open(&db).unwrap());
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            std::thread::spawn(move || {
+                let (mut admitted, mut spent_in_a_row) = (0u64, 0);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while spent_in_a_row < 200 && Instant::now() < deadline {
+                    let d = store.check(Some(key.as_bytes()), clock()).unwrap().decision;
+                    match d.status {
+                        Status::Ok => {
+                            admitted += 1;
+                            spent_in_a_row = 0;
+                        }
+                        Status::ApiKeyQuotaExceeded if d.retry_after_ms > ms_auth::policy::TOP_UP_RETRY_MS => {
+                            spent_in_a_row += 1;
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Status::ApiKeyQuotaExceeded => std::thread::sleep(Duration::from_millis(1)),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let admitted: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    println!("\nADMITTED {admitted}");
+}
+
+fn hammer(db: &Path, key: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "hammer_child", "--nocapture", "--test-threads=1"])
+        .env("MS_AUTH_FLEET_DB", db)
+        .env("MS_AUTH_FLEET_KEY", key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn admitted_by(child: Child) -> u64 {
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find_map(|l| l.split_once("ADMITTED ").and_then(|(_, n)| n.trim().parse().ok())).expect("a count")
+}
+
+#[test]
+fn a_quota_is_exact_across_three_hosts_of_four_processes() {
+    let _serial = serial();
+    let (_dir, _redis, hosts) = fleet(3);
+    let k = hosts[0]
+        .store()
+        .create_key(&spec(r#"{"quota": {"limit": 10000, "period": "daily"}, "rate_limit": null}"#), clock())
+        .unwrap();
+    for h in &hosts[1..] {
+        let s = h.store();
+        assert!(within(Duration::from_secs(5), || s.get_key(&k.record.id).is_ok()).is_some(), "{}", h.log());
+    }
+    let started = Instant::now();
+    let children: Vec<Child> =
+        hosts.iter().flat_map(|h| (0..4).map(|_| hammer(&h.db, &k.key)).collect::<Vec<_>>()).collect();
+    let per_process: Vec<u64> = children.into_iter().map(admitted_by).collect();
+    let total: u64 = per_process.iter().sum();
+    eprintln!("quota 10000 over 3 hosts x 4 processes: admitted {total} in {:?} ({per_process:?})", started.elapsed());
+    assert_eq!(total, 10_000, "exactly the quota, fleet-wide\n{}", hosts[0].log());
+    // Each host's own count agrees, and no host counted past its lease.
+    let used: i64 = hosts.iter().map(|h| h.store().get_key(&k.record.id).unwrap().usage.used).sum();
+    assert_eq!(used, 10_000);
+}
+
+#[test]
+fn without_its_agent_a_fleet_host_never_admits_past_its_lease() {
+    let _serial = serial();
+    let (_dir, mut redis, mut hosts) = fleet(2);
+    let k = hosts[0]
+        .store()
+        .create_key(&spec(r#"{"quota": {"limit": 1000, "period": "daily"}, "rate_limit": null}"#), clock())
+        .unwrap();
+    let b = hosts[1].store();
+    assert!(within(Duration::from_secs(5), || checks_as(&b, &k.key, Status::Ok)).is_some(), "{}", hosts[1].log());
+    redis.stop();
+    hosts[0].stop_agent();
+    // Whatever each host held when Redis went away is all it can spend: never more than the quota.
+    let a = hosts[0].store();
+    let spent = (0..3000).filter(|_| checks_as(&a, &k.key, Status::Ok)).count()
+        + (0..3000).filter(|_| checks_as(&b, &k.key, Status::Ok)).count();
+    assert!(spent < 1000, "{spent}");
+    let refused = a.check(Some(k.key.as_bytes()), clock()).unwrap().decision;
+    assert_eq!(refused.status, Status::ApiKeyQuotaExceeded);
+}
+
 fn checks_as(store: &Store, key: &str, status_wanted: Status) -> bool {
     store.check(Some(key.as_bytes()), clock()).is_ok_and(|c| c.decision.status == status_wanted)
 }
@@ -167,6 +271,7 @@ fn clock() -> i64 {
 
 #[test]
 fn a_key_created_on_one_host_is_admitted_on_the_others_within_a_second() {
+    let _serial = serial();
     let (_dir, _redis, hosts) = fleet(3);
     let created = hosts[1].store().create_key(&spec(r#"{"plan": "pro"}"#), clock()).unwrap();
     for h in [&hosts[0], &hosts[2]] {
@@ -180,6 +285,7 @@ fn a_key_created_on_one_host_is_admitted_on_the_others_within_a_second() {
 
 #[test]
 fn a_revocation_on_one_host_is_refused_everywhere_within_a_second_p99() {
+    let _serial = serial();
     let (_dir, _redis, hosts) = fleet(3);
     let stores: Vec<Store> = hosts.iter().map(Host::store).collect();
     let mut times = Vec::new();
@@ -208,6 +314,7 @@ fn a_revocation_on_one_host_is_refused_everywhere_within_a_second_p99() {
 
 #[test]
 fn plans_policies_and_rotations_reach_every_host() {
+    let _serial = serial();
     let (_dir, _redis, hosts) = fleet(2);
     let (a, b) = (hosts[0].store(), hosts[1].store());
     let plan =
@@ -227,6 +334,7 @@ fn plans_policies_and_rotations_reach_every_host() {
 
 #[test]
 fn a_change_not_signed_with_the_fleet_secret_is_refused_by_every_agent() {
+    let _serial = serial();
     let (_dir, redis, hosts) = fleet(2);
     let a = hosts[0].store();
     let k = a.create_key(&spec("{}"), clock()).unwrap();
@@ -275,6 +383,7 @@ fn a_change_not_signed_with_the_fleet_secret_is_refused_by_every_agent() {
 
 #[test]
 fn changes_made_while_redis_is_down_arrive_when_it_is_back() {
+    let _serial = serial();
     let (_dir, mut redis, hosts) = fleet(2);
     let (a, b) = (hosts[0].store(), hosts[1].store());
     let k = a.create_key(&spec("{}"), clock()).unwrap();
@@ -297,6 +406,7 @@ fn changes_made_while_redis_is_down_arrive_when_it_is_back() {
 
 #[test]
 fn after_redis_restarts_empty_the_fleet_converges_and_a_new_host_gets_every_key() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut redis = Redis::start(&dir.path().join("redis"), None);
     let mut hosts: Vec<Host> = (0..2).map(|i| Host::new(dir.path(), &format!("host{i}"))).collect();
@@ -318,6 +428,7 @@ fn after_redis_restarts_empty_the_fleet_converges_and_a_new_host_gets_every_key(
 
 #[test]
 fn an_agent_stops_cleanly_on_sigterm_and_a_password_is_used() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(&dir.path().join("redis"), Some("s3cret-pass"));
     let mut host = Host::new(dir.path(), "solo");
@@ -343,6 +454,7 @@ fn an_agent_stops_cleanly_on_sigterm_and_a_password_is_used() {
 
 #[test]
 fn a_store_in_no_fleet_publishes_nothing() {
+    let _serial = serial();
     let (_dir, store) = temp_store();
     store.create_key(&spec("{}"), NOW).unwrap();
     assert!(store.fleet_outbox("x", 10).unwrap().0.is_empty());

@@ -15,6 +15,7 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadRe
 use redis::Commands;
 use serde_json::{json, Value};
 
+use super::quota::{self, Leases};
 use super::{Change, Secret, KINDS};
 use crate::error::{Error, Result};
 use crate::store::{clock_ms, Store};
@@ -73,6 +74,8 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
         members: format!("ms-auth:{}:members", cfg.fleet),
     };
     let publish = redis::Script::new(PUBLISH);
+    let scripts = Scripts { grant: redis::Script::new(quota::GRANT) };
+    let mut leases = Leases::default();
     let mut health = Health::default();
     let mut conn: Option<redis::Connection> = None;
     let mut backoff = Duration::from_millis(100);
@@ -85,6 +88,7 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
                     conn = Some(c);
                     health.redis_ok = true;
                     health.position_checked = false;
+                    leases.reassert_all = true;
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
@@ -103,6 +107,7 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
         }
         let c = conn.as_mut().expect("connected above");
         let stepped = step(store, cfg, &names, &publish, c, &mut health, log).and_then(|()| {
+            lease_round(store, cfg, &scripts, c, &mut leases)?;
             if Instant::now() >= next_report {
                 next_report = Instant::now() + cfg.heartbeat;
                 heartbeat(store, cfg, &names, c, &mut health)?;
@@ -130,12 +135,106 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
         if let Err(e) = publish_outbox(store, cfg, &names, &publish, c, &mut health) {
             log(&format!("at exit, pending changes stay in the outbox: {e:?}"));
         }
+        match hand_back(store, cfg, c) {
+            Ok(n) if n > 0 => log(&format!("handed back the unused leases of {n} quotas")),
+            Ok(_) => {}
+            Err(e) => log(&format!("at exit, could not hand back unused leases: {e:?}")),
+        }
         let _: redis::RedisResult<()> = c.hdel(&names.members, &cfg.host);
     }
     health.redis_ok = false;
     report_locally(store, cfg, &health, log);
     log("stopped");
     Ok(())
+}
+
+struct Scripts {
+    grant: redis::Script,
+}
+
+/// Tops up this host's leases of the quotas its checks are using (and takes the next period's a few
+/// seconds before it starts), so that local checks count within what the fleet granted this host.
+fn lease_round(
+    store: &Store,
+    cfg: &Config,
+    scripts: &Scripts,
+    c: &mut redis::Connection,
+    leases: &mut Leases,
+) -> std::result::Result<(), Failure> {
+    let now = clock_ms();
+    let view = store.fleet_quota_view(now)?;
+    let mut oldest_period = i64::MAX;
+    for q in &view {
+        let cell = &q.quota;
+        oldest_period = oldest_period.min(cell.period_start_ms);
+        let chunk = leases.chunk(q);
+        if leases.reassert_all && cell.lease > 0 {
+            grant(store, cfg, scripts, c, q, cell.period_start_ms, cell.period_end_ms, 0, cell.used, cell.lease)?;
+        }
+        if leases.wants_more(q, chunk) {
+            grant(store, cfg, scripts, c, q, cell.period_start_ms, cell.period_end_ms, chunk, cell.used, cell.lease)?;
+        }
+        if cell.period_end_ms - now < 5_000 && cell.next_lease == 0 {
+            grant(store, cfg, scripts, c, q, cell.period_end_ms, cell.period_end_ms + 31 * 86_400_000, chunk, 0, 0)?;
+        }
+    }
+    leases.reassert_all = false;
+    if oldest_period != i64::MAX {
+        leases.forget_before(oldest_period);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn grant(
+    store: &Store,
+    cfg: &Config,
+    scripts: &Scripts,
+    c: &mut redis::Connection,
+    q: &crate::store::FleetQuota,
+    period_start_ms: i64,
+    expires_after_ms: i64,
+    want: i64,
+    used: i64,
+    held: i64,
+) -> std::result::Result<(), Failure> {
+    let ttl_s = (expires_after_ms - clock_ms()).max(0) / 1000 + 2 * 86_400;
+    let (lease, spent): (i64, i64) = scripts
+        .grant
+        .key(quota::hash_name(&cfg.fleet, &q.owner, period_start_ms))
+        .arg(&cfg.host)
+        .arg(want)
+        .arg(q.quota.limit)
+        .arg(used)
+        .arg(held)
+        .arg(ttl_s)
+        .invoke(c)?;
+    store.fleet_set_lease(&q.digest, period_start_ms, lease, spent == 1, false)?;
+    Ok(())
+}
+
+/// Gives the fleet back what this host holds and did not use (the agent is stopping): local checks stop
+/// counting past what they used, then Redis learns the lease is no larger than that.
+fn hand_back(store: &Store, cfg: &Config, c: &mut redis::Connection) -> std::result::Result<usize, Failure> {
+    let now = clock_ms();
+    let held: Vec<_> = store.fleet_quota_view(now)?.into_iter().filter(|q| q.quota.lease > q.quota.used).collect();
+    for q in &held {
+        store.fleet_set_lease(&q.digest, q.quota.period_start_ms, q.quota.used, q.quota.spent, true)?;
+    }
+    // Checks that read the lease just before it was lowered finish within microseconds.
+    std::thread::sleep(Duration::from_millis(20));
+    let hand_back = redis::Script::new(quota::HAND_BACK);
+    for q in store.fleet_quota_view(now)? {
+        if let Some(before) = held.iter().find(|h| h.owner == q.owner) {
+            let used = q.quota.used.max(before.quota.used);
+            let _: i64 = hand_back
+                .key(quota::hash_name(&cfg.fleet, &q.owner, q.quota.period_start_ms))
+                .arg(&cfg.host)
+                .arg(used)
+                .invoke(c)?;
+        }
+    }
+    Ok(held.len())
 }
 
 #[derive(Debug)]

@@ -15,6 +15,7 @@
 //! digests, never a plaintext key.
 
 pub mod agent;
+pub mod quota;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};

@@ -180,7 +180,15 @@ pub(crate) fn load_policies(conn: &Connection) -> Result<Policies> {
         conn.query_row("SELECT value FROM settings WHERE name = 'policies'", [], |r| r.get(0)).optional()?;
     let v: Value = text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
     let n = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
-    Ok(Policies { idle_ms: n("idle_ms"), abuse_limit: n("abuse_limit"), abuse_window_ms: n("abuse_window_ms") })
+    // A member of a fleet counts quotas only within the leases its agent holds.
+    let fleet_leases =
+        conn.query_row("SELECT 1 FROM settings WHERE name = 'fleet'", [], |_| Ok(())).optional()?.is_some();
+    Ok(Policies {
+        idle_ms: n("idle_ms"),
+        abuse_limit: n("abuse_limit"),
+        abuse_window_ms: n("abuse_window_ms"),
+        fleet_leases,
+    })
 }
 
 pub(crate) struct StoredPlan {

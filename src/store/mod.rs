@@ -28,6 +28,7 @@ use crate::spec::{self, KeyFilter, KeyPatch, KeyRecord, KeySpec, QuotaJson, Rate
 use crate::status::Status;
 use lifecycle::{load_policies, plan_of};
 pub use lifecycle::{AuditEvent, AuditFilter, PlanSpec, PolicySpec, UsageDay, UsageHistory, DEFAULT_GRACE_MS};
+pub use replica::{FleetQuota, Refused};
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {

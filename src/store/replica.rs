@@ -8,8 +8,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{load_entries, Keys, Store};
+use crate::counters::QuotaCell;
 use crate::error::{Error, Result};
 use crate::fleet::Change;
+use crate::key::KeyDigest;
 use crate::period::Period;
 
 /// A key's whole state as the triggers write it (`fleet_key_insert`/`fleet_key_update`).
@@ -63,6 +65,16 @@ struct PoliciesState {
     abuse_window_ms: i64,
 }
 
+/// One key quota as this host counts it, for the fleet agent.
+#[derive(Clone, Debug)]
+pub struct FleetQuota {
+    /// The id of the key that owns the counter cell: the quota's name in the fleet.
+    pub owner: String,
+    /// A digest of a key counting in the cell, to address it.
+    pub digest: KeyDigest,
+    pub quota: QuotaCell,
+}
+
 /// A change from the log that was not applied, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
@@ -102,6 +114,8 @@ impl Store {
         if current.is_none() {
             self.fleet_republish()?;
         }
+        // Every process learns fleet mode (quotas within leases) from its next check.
+        self.admin(|_| Ok(vec![]))?;
         Ok(current.is_none())
     }
 
@@ -213,6 +227,44 @@ impl Store {
             Ok(rows)
         })?;
         Ok(refused)
+    }
+
+    /// Every key quota this host counts, once per counter cell (a rotated key and its successor share
+    /// one), named by the key that owns the cell (the one the others count with): for the fleet agent.
+    pub fn fleet_quota_view(&self, now_ms: i64) -> Result<Vec<FleetQuota>> {
+        let owners: Vec<(String, Vec<u8>)> = {
+            let db = self.db()?;
+            let mut stmt = db.conn.prepare_cached(
+                "SELECT COALESCE(o.id, k.id), MIN(k.digest) FROM keys k JOIN key_policy e ON e.row = k.row
+                 LEFT JOIN keys o ON o.row = k.counts_with
+                 WHERE e.quota_limit IS NOT NULL AND k.revoked_at_ms IS NULL
+                 GROUP BY COALESCE(o.id, k.id)",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let shared = self.counters()?;
+        let mut out = Vec::with_capacity(owners.len());
+        for (owner, digest) in owners {
+            let Ok(digest) = <[u8; 32]>::try_from(digest) else { continue };
+            if let Some(q) = shared.quota_cell(&digest, now_ms) {
+                out.push(FleetQuota { owner, digest, quota: q });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records this host's lease of a key's quota (see `SharedCounters::set_lease`).
+    pub fn fleet_set_lease(
+        &self,
+        digest: &KeyDigest,
+        period_start_ms: i64,
+        up_to: i64,
+        spent: bool,
+        lower: bool,
+    ) -> Result<()> {
+        self.counters()?.set_lease(digest, period_start_ms, up_to, spent, lower);
+        Ok(())
     }
 
     /// What the agent last reported (for `ms-auth fleet status`).

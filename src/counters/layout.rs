@@ -1,0 +1,405 @@
+//! The counters file's format and its life: the header page, the geometry of the index and blocks, and
+//! how a file is built (in a temporary file, put in place with one rename), opened (every field of a
+//! possibly hostile header checked), superseded by a larger one, and given up when found truncated.
+//! Everything else reaches the mapping through the accessors here, within the validated `Layout`.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use super::cell::Cell;
+use super::index::{Record, RECORD_MASK};
+use super::{Full, KeyEntry, SharedCounters};
+use crate::error::{Error, Result};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"MSAUTHC1");
+const LAYOUT_VERSION: u32 = 1;
+const READY: u32 = 1;
+const SUPERSEDED: u32 = 2;
+const HEADER_LEN: u64 = 4096;
+
+#[repr(C)]
+pub(super) struct Header {
+    magic: u64,
+    layout_version: u32,
+    _reserved: u32,
+    boot_id: [u8; 48],
+    index_slots: u64,
+    max_cells: u64,
+    max_blocks: u64,
+    index_off: u64,
+    blocks_off: u64,
+    file_len: u64,
+    checksum: u64,
+    _pad0: [u8; 112],
+    // Mutable fields, on their own cache lines away from what every check reads.
+    state: AtomicU32,
+    _pad1: [u8; 60],
+    generation: AtomicI64,
+    pub(super) cells_used: AtomicU64,
+    pub(super) blocks_used: AtomicU64,
+    pub(super) next_flush_ns: AtomicU64,
+    pub(super) idle_ms: AtomicI64,
+    pub(super) abuse_limit: AtomicI64,
+    pub(super) abuse_window_ms: AtomicI64,
+    pub(super) flush_cursor: AtomicU64,
+    /// 1 in fleet mode: keys with a quota count only within this host's leases (added in 1.1; zero, off,
+    /// in files built before).
+    pub(super) fleet_leases: AtomicU32,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN as usize);
+
+/// A key's cell and first record together (later versions of the record use only the record part).
+#[repr(C, align(64))]
+pub(super) struct Block {
+    pub(super) cell: Cell,
+    pub(super) record: Record,
+}
+
+const BLOCK_LEN: u64 = std::mem::size_of::<Block>() as u64;
+const _: () = assert!(BLOCK_LEN == 384);
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Layout {
+    pub(super) index_slots: u64,
+    pub(super) max_cells: u64,
+    pub(super) max_blocks: u64,
+    pub(super) index_off: u64,
+    blocks_off: u64,
+    file_len: u64,
+}
+
+/// How often each process checks that the counters file was not truncated under its mapping.
+pub(super) const SIZE_CHECK_NS: u64 = 100_000_000;
+
+fn boot_id() -> [u8; 48] {
+    let mut id = [0u8; 48];
+    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+        let text = text.trim().as_bytes();
+        let n = text.len().min(48);
+        id[..n].copy_from_slice(&text[..n]);
+    }
+    id
+}
+
+struct Geometry {
+    index_slots: u64,
+    max_cells: u64,
+    max_blocks: u64,
+    index_off: u64,
+    blocks_off: u64,
+    file_len: u64,
+}
+
+impl Geometry {
+    /// Room for `keys` keys with half as many again to grow, and two policy versions per key.
+    fn for_keys(keys: u64) -> Geometry {
+        let max_cells = (keys + keys / 2).max(4096);
+        let index_slots = (max_cells * 2).next_power_of_two();
+        let max_blocks = max_cells * 2;
+        let index_off = HEADER_LEN;
+        let blocks_off = align(index_off + index_slots * 8, 64);
+        let file_len = align(blocks_off + max_blocks * BLOCK_LEN, 4096);
+        Geometry { index_slots, max_cells, max_blocks, index_off, blocks_off, file_len }
+    }
+}
+
+fn align(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+fn checksum(h: &Header) -> u64 {
+    // FNV-1a over the immutable fields: a torn or foreign header does not pass.
+    let fields = [
+        h.magic,
+        h.layout_version as u64,
+        h.index_slots,
+        h.max_cells,
+        h.max_blocks,
+        h.index_off,
+        h.blocks_off,
+        h.file_len,
+    ];
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for byte in fields.iter().flat_map(|f| f.to_le_bytes()).chain(h.boot_id) {
+        hash = (hash ^ byte as u64).wrapping_mul(0x100000001b3);
+    }
+    hash
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::store(format!("{what} {}: {e}", path.display()))
+}
+
+impl SharedCounters {
+    /// Maps the file at `path` if it is a complete counters file of this boot; `None` when it is missing,
+    /// damaged, from an older boot or layout, or superseded (the caller then rebuilds it).
+    pub fn open_existing(path: &Path) -> Result<Option<SharedCounters>> {
+        // Never through a symbolic link (as SQLite opens its files): a planted link is replaced by a rebuild.
+        let file = match OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+            Err(e) => return Err(io_error("cannot open counters file", path, e)),
+        };
+        let meta = file.metadata().map_err(|e| io_error("cannot stat counters file", path, e))?;
+        if meta.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let map = MmapOptions::new()
+            .len(meta.len() as usize)
+            .map_raw(&file)
+            .map_err(|e| io_error("cannot map counters file", path, e))?;
+        // Every offset is checked with checked arithmetic: the file is shared, so it may be hostile.
+        let h = unsafe { &*(map.as_ptr() as *const Header) };
+        let fits = || -> Option<bool> {
+            let index_end = h.index_off.checked_add(h.index_slots.checked_mul(8)?)?;
+            let blocks_end = h.blocks_off.checked_add(h.max_blocks.checked_mul(BLOCK_LEN)?)?;
+            Some(
+                h.index_off == HEADER_LEN
+                    && h.index_slots.is_power_of_two()
+                    && h.index_slots >= 2 * h.max_cells
+                    && h.blocks_off >= index_end
+                    && h.blocks_off % 64 == 0
+                    && h.max_cells <= h.max_blocks
+                    && h.max_blocks < RECORD_MASK
+                    && blocks_end <= h.file_len,
+            )
+        };
+        let valid = h.magic == MAGIC
+            && h.layout_version == LAYOUT_VERSION
+            && h.checksum == checksum(h)
+            && h.boot_id == boot_id()
+            && h.file_len == meta.len()
+            && h.state.load(Ordering::Acquire) == READY
+            && fits() == Some(true)
+            && h.cells_used.load(Ordering::Acquire) <= h.max_cells
+            && h.blocks_used.load(Ordering::Acquire) <= h.max_blocks;
+        if !valid {
+            return Ok(None);
+        }
+        let layout = Layout {
+            index_slots: h.index_slots,
+            max_cells: h.max_cells,
+            max_blocks: h.max_blocks,
+            index_off: h.index_off,
+            blocks_off: h.blocks_off,
+            file_len: h.file_len,
+        };
+        Ok(Some(SharedCounters::new(map, layout, path, meta.ino(), file)))
+    }
+
+    /// Builds a new file with room for `entries` (and growth), then puts it in place of `path` in one
+    /// rename, so other processes see either the old file or the complete new one.
+    /// Entries with a `carry` take the whole state of their cell from the file this one replaces.
+    /// `room`: how many keys to size it for (at least the entries); `owner_of`: the database file, whose
+    /// owner and group the new file takes (so workers that dropped root can open what root built).
+    pub fn build(
+        path: &Path,
+        entries: &[KeyEntry],
+        room: usize,
+        generation: i64,
+        owner_of: &Path,
+    ) -> Result<SharedCounters> {
+        let g = Geometry::for_keys(room.max(entries.len()) as u64);
+        remove_stale_builds(path);
+        let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io_error("cannot create counters file", &tmp, e))?;
+        let built = (|| {
+            if let Ok(db) = std::fs::metadata(owner_of) {
+                if db.uid() != unsafe { libc::geteuid() } {
+                    std::os::unix::fs::fchown(&file, Some(db.uid()), Some(db.gid()))
+                        .map_err(|e| io_error("cannot give the counters file the database's owner", &tmp, e))?;
+                }
+            }
+            // Allocate every block now: a page first written through the mapping on a full disk would
+            // kill the process with SIGBUS instead of failing here with an error.
+            use std::os::fd::AsRawFd;
+            let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, g.file_len as libc::off_t) };
+            if rc != 0 {
+                return Err(io_error("cannot allocate counters file", &tmp, std::io::Error::from_raw_os_error(rc)));
+            }
+            let map = MmapOptions::new()
+                .len(g.file_len as usize)
+                .map_raw(&file)
+                .map_err(|e| io_error("cannot map counters file", &tmp, e))?;
+            let inode = file.metadata().map_err(|e| io_error("cannot stat counters file", &tmp, e))?.ino();
+            let layout = Layout {
+                index_slots: g.index_slots,
+                max_cells: g.max_cells,
+                max_blocks: g.max_blocks,
+                index_off: g.index_off,
+                blocks_off: g.blocks_off,
+                file_len: g.file_len,
+            };
+            let counters = SharedCounters::new(map, layout, path, inode, file);
+            {
+                let h = counters.header_mut();
+                h.magic = MAGIC;
+                h.layout_version = LAYOUT_VERSION;
+                h.boot_id = boot_id();
+                h.index_slots = g.index_slots;
+                h.max_cells = g.max_cells;
+                h.max_blocks = g.max_blocks;
+                h.index_off = g.index_off;
+                h.blocks_off = g.blocks_off;
+                h.file_len = g.file_len;
+                h.checksum = checksum(h);
+                h.generation.store(generation, Ordering::Relaxed);
+            }
+            for entry in entries {
+                counters.upsert(entry).map_err(|Full| Error::internal("a new counters file is too small"))?;
+            }
+            counters.header().state.store(READY, Ordering::Release);
+            std::fs::rename(&tmp, path).map_err(|e| io_error("cannot put counters file in place", path, e))?;
+            Ok(counters)
+        })();
+        if built.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        built
+    }
+
+    fn new(map: MmapRaw, layout: Layout, path: &Path, inode: u64, file: File) -> SharedCounters {
+        SharedCounters {
+            map,
+            layout,
+            path: path.to_path_buf(),
+            inode,
+            file,
+            unusable: AtomicBool::new(false),
+            next_size_check_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+// Reaching the mapping within the validated layout, and the header's shared state.
+impl SharedCounters {
+    pub(super) fn header(&self) -> &Header {
+        unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn header_mut(&self) -> &mut Header {
+        // Only while building, before any other process can see the file.
+        unsafe { &mut *(self.map.as_mut_ptr() as *mut Header) }
+    }
+
+    /// Callers check `i < max_blocks` for numbers read from the file (see `find` and `valid_record`).
+    pub(super) fn block(&self, i: u64) -> *mut Block {
+        let l = &self.layout;
+        assert!(i < l.max_blocks, "block number out of range");
+        unsafe { self.map.as_mut_ptr().add((l.blocks_off + i * BLOCK_LEN) as usize) as *mut Block }
+    }
+
+    /// Blocks in use, never more than the layout holds whatever the shared header says.
+    pub(super) fn blocks_used(&self) -> u64 {
+        self.header().blocks_used.load(Ordering::Acquire).min(self.layout.max_blocks)
+    }
+
+    /// True once another process has put a newer file in place (or this one found the file truncated):
+    /// the caller maps the new one.
+    pub fn is_superseded(&self) -> bool {
+        self.unusable.load(Ordering::Relaxed) || self.header().state.load(Ordering::Acquire) != READY
+    }
+
+    pub fn supersede(&self) {
+        if !self.unusable.load(Ordering::Relaxed) {
+            self.header().state.store(SUPERSEDED, Ordering::Release);
+        }
+    }
+
+    /// True when the file is shorter than its layout; the mapping is then never touched again.
+    pub(super) fn truncated(&self) -> bool {
+        let short = self.file.metadata().map_or(true, |m| m.len() < self.layout.file_len);
+        if short {
+            self.unusable.store(true, Ordering::Relaxed);
+        }
+        short
+    }
+
+    /// True when the file at the path is no longer the one mapped (deleted or replaced).
+    pub fn is_replaced(&self) -> bool {
+        std::fs::metadata(&self.path).map(|m| m.ino() != self.inode).unwrap_or(true)
+    }
+
+    /// True when `keys` keys (some perhaps already here) fit without growing.
+    pub fn has_room_for(&self, keys: u64) -> bool {
+        let new = keys.saturating_sub(self.key_count());
+        keys <= self.layout.max_cells && self.blocks_used() + new <= self.layout.max_blocks
+    }
+
+    /// The database generation whose admin changes this file holds.
+    pub fn generation(&self) -> i64 {
+        self.header().generation.load(Ordering::Acquire)
+    }
+
+    pub fn set_generation(&self, generation: i64) {
+        self.header().generation.store(generation, Ordering::Release);
+    }
+
+    pub fn key_count(&self) -> u64 {
+        self.header().cells_used.load(Ordering::Acquire)
+    }
+}
+
+/// Removes temporary files of builds whose process died (`<path>.<pid>.tmp`).
+fn remove_stale_builds(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(name))
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{built, entry};
+    use super::*;
+
+    #[test]
+    fn layout_leaves_the_index_at_most_half_full() {
+        for keys in [0, 1, 4096, 1_000_000] {
+            let g = Geometry::for_keys(keys);
+            assert!(g.index_slots >= 2 * g.max_cells && g.max_cells >= keys + keys / 2);
+            assert!(g.file_len >= g.blocks_off + g.max_blocks * BLOCK_LEN);
+        }
+    }
+
+    #[test]
+    fn a_forged_header_with_overflowing_sizes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, c) = built(&dir, &[entry(1, None)]);
+        let h = c.header_mut();
+        h.index_slots = 1 << 61; // index_slots * 8 wraps to 0
+        h.checksum = checksum(h); // anyone who can write the file can recompute it
+        drop(c);
+        assert!(SharedCounters::open_existing(&path).unwrap().is_none());
+    }
+}

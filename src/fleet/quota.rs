@@ -1,0 +1,116 @@
+//! Quotas exact fleet-wide, by leases (the agent's side; the check's side is `policy::Allowance`).
+//!
+//! For each key with a quota and each period, Redis holds one hash, `ms-auth:FLEET:quota:KEY:PERIOD`, with
+//! per host `lease:HOST` (how much of the quota the host may count, cumulative, never lowered except by
+//! the host handing back what it did not use) and `used:HOST` (what it counted, absolute: replays and
+//! restarts never double count). One script grants atomically, so the leases of all hosts never add up
+//! to more than the quota, and a host's checks never count past its lease: **the fleet never admits more
+//! than the quota**, with or without Redis, across partitions and crashes. The price is under-admission:
+//! at most the leases outstanding and unused at the period's end (each host's last chunk).
+//!
+//! Chunks follow each host's demand: the agent measures how fast each key is used on its host and asks for
+//! about two seconds of it (at least 1), topping up when less than half a chunk is left; the script gives
+//! at most half of what is left of the quota, so the last units are shared among the hosts that ask.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::store::FleetQuota;
+
+/// Grants a host more of a key's quota for one period. KEYS[1]: the period's hash. ARGV: host, amount
+/// wanted, the quota, what the host has counted, what the host holds locally (re-asserted after Redis
+/// lost its data), the hash's time to live in seconds. Returns {the host's lease, 1 if the quota is spent}.
+pub const GRANT: &str = r#"
+local host, want, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local used, held, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local total, mine = 0, 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 6) == 'lease:' then
+    local v = tonumber(fields[i + 1])
+    total = total + v
+    if fields[i] == 'lease:' .. host then mine = v end
+  end
+end
+-- A lease is never below what the host holds or has counted (Redis may have lost it).
+local floor = math.max(mine, held, used)
+total = total - mine + floor
+local left = limit - total
+local grant = 0
+if left > 0 and want > 0 then grant = math.min(want, math.max(1, math.floor(left / 2))) end
+local lease = floor + grant
+redis.call('HSET', KEYS[1], 'lease:' .. host, lease, 'used:' .. host, used)
+redis.call('EXPIRE', KEYS[1], ttl)
+local spent = 0
+if left - grant <= 0 then spent = 1 end
+return {lease, spent}
+"#;
+
+/// Hands back what a host holds beyond what it counted (at SIGTERM).
+pub const HAND_BACK: &str = r#"
+redis.call('HSET', KEYS[1], 'lease:' .. ARGV[1], ARGV[2], 'used:' .. ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// The agent's side of every lease this host holds: how much to ask for next, from demand.
+#[derive(Default)]
+pub struct Leases {
+    /// (owner, period start) → (chunk, used at the last round, when)
+    seen: HashMap<(String, i64), (i64, i64, Instant)>,
+    /// When a spent quota is asked again (another host may have handed some back).
+    next_retry_of_spent: HashMap<(String, i64), Instant>,
+    /// Set on every (re)connection: every lease held is re-asserted once (asking for nothing more), so
+    /// that a Redis that lost its data learns them before it grants anyone else more.
+    pub reassert_all: bool,
+}
+
+/// The leases' Redis hash of a key's quota in one period.
+pub fn hash_name(fleet: &str, owner: &str, period_start_ms: i64) -> String {
+    format!("ms-auth:{fleet}:quota:{owner}:{period_start_ms}")
+}
+
+impl Leases {
+    /// How much to ask for: at least a second of this host's recent rate for the key, doubled each time
+    /// the host ran out since the last round (so a burst ramps up in a few rounds), at least 1.
+    pub fn chunk(&mut self, q: &FleetQuota) -> i64 {
+        let now = Instant::now();
+        let c = &q.quota;
+        let entry = self.seen.entry((q.owner.clone(), c.period_start_ms)).or_insert((1, c.used, now));
+        let elapsed = now.duration_since(entry.2).as_secs_f64();
+        if elapsed >= 0.05 {
+            let rate = (c.used - entry.1).max(0) as f64 / elapsed;
+            let ran_out = c.used >= c.lease;
+            entry.0 = (if ran_out { entry.0 * 2 } else { entry.0 }).max(rate.ceil() as i64).clamp(1, c.limit.max(1));
+            entry.1 = c.used;
+            entry.2 = now;
+        }
+        entry.0
+    }
+
+    /// True when the host should ask for more of this key now.
+    pub fn wants_more(&mut self, q: &FleetQuota, chunk: i64) -> bool {
+        let c = &q.quota;
+        if c.lease - c.used > chunk / 2 {
+            return false;
+        }
+        if !c.spent {
+            return true;
+        }
+        // Spent: ask again now and then, in case another host handed some back.
+        let key = (q.owner.clone(), c.period_start_ms);
+        let now = Instant::now();
+        match self.next_retry_of_spent.get(&key) {
+            Some(at) if *at > now => false,
+            _ => {
+                self.next_retry_of_spent.insert(key, now + std::time::Duration::from_secs(1));
+                true
+            }
+        }
+    }
+
+    /// Forgets periods that ended.
+    pub fn forget_before(&mut self, period_start_ms: i64) {
+        self.seen.retain(|(_, start), _| *start >= period_start_ms);
+        self.next_retry_of_spent.retain(|(_, start), _| *start >= period_start_ms);
+    }
+}
