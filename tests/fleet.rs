@@ -261,6 +261,45 @@ fn without_its_agent_a_fleet_host_never_admits_past_its_lease() {
     assert_eq!(refused.status, Status::ApiKeyQuotaExceeded);
 }
 
+#[test]
+fn a_rate_limit_is_shared_by_the_live_hosts_within_the_stated_bound() {
+    let _serial = serial();
+    let (_dir, _redis, hosts) = fleet(3);
+    // 600 a minute, burst 30: each of 3 hosts gets 200 a minute with a burst of 10.
+    let k = hosts[0]
+        .store()
+        .create_key(&spec(r#"{"rate_limit": {"limit": 600, "window_ms": 60000, "burst": 30}}"#), clock())
+        .unwrap();
+    let stores: Vec<Store> = hosts.iter().map(Host::store).collect();
+    for s in &stores {
+        assert!(within(Duration::from_secs(5), || s.get_key(&k.record.id).is_ok()).is_some());
+    }
+    // Every agent has seen all three members (they report each second).
+    for h in &hosts {
+        let s = h.store();
+        let three = within(Duration::from_secs(5), || {
+            s.fleet_status().ok().flatten().is_some_and(|st| st["rate_shared_by"] == 3)
+        });
+        assert!(three.is_some(), "{}", h.log());
+    }
+    let started = Instant::now();
+    let mut admitted = 0u64;
+    while started.elapsed() < Duration::from_secs(3) {
+        for s in &stores {
+            admitted += u64::from(checks_as(s, &k.key, Status::Ok));
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // The documented bound: the fleet's rate (10/s) over the time, plus a burst of at most burst + hosts - 1.
+    let bound = (10.0 * seconds).ceil() as u64 + 30 + 2;
+    eprintln!(
+        "rate 600/min burst 30 over 3 hosts for {seconds:.2} s: admitted {admitted} (bound {bound}; unshared: {})",
+        3 * bound
+    );
+    assert!(admitted <= bound, "{admitted} > {bound}");
+    assert!(admitted >= (10.0 * seconds) as u64, "the fleet still gets its whole rate: {admitted}");
+}
+
 fn checks_as(store: &Store, key: &str, status_wanted: Status) -> bool {
     store.check(Some(key.as_bytes()), clock()).is_ok_and(|c| c.decision.status == status_wanted)
 }

@@ -61,6 +61,9 @@ impl SharedCounters {
             let idle_at = active.saturating_add(idle_ms);
             policy.revoke_at_ms = Some(policy.revoke_at_ms.map_or(idle_at, |at| at.min(idle_at)));
         }
+        if let Some(rate) = policy.rate.as_mut() {
+            share_rate(rate, self.header().rate_sharers.load(Ordering::Relaxed));
+        }
         // A lease only grows within its period: read before the compare-and-swap, a stale one under-admits.
         let allowance = policy.quota.and_then(|q| self.allowance(cell, &q, now_ms));
         let mut current = cell.state.load(Ordering::Acquire);
@@ -112,6 +115,11 @@ impl SharedCounters {
         }
     }
 
+    /// Fleet mode: how many live hosts share each key's rate limit (the agent sets it from heartbeats).
+    pub fn set_rate_sharers(&self, hosts: u32) {
+        self.header().rate_sharers.store(hosts, Ordering::Release);
+    }
+
     pub fn set_policies(&self, p: &Policies) {
         let h = self.header();
         h.idle_ms.store(p.idle_ms, Ordering::Release);
@@ -126,6 +134,17 @@ impl SharedCounters {
         let record = (r != u64::MAX).then(|| self.record(r))?;
         self.valid_record(record).ok()?;
         Some(tally_of(self.cell(record.cell)))
+    }
+}
+
+/// In fleet mode each of `hosts` live hosts enforces its share of a key's rate limit: the same interval
+/// times the number of hosts (so the fleet's sustained rate stays the limit) and a burst of
+/// `ceil(burst / hosts)` (so the fleet's burst is at most `burst + hosts - 1`).
+pub(super) fn share_rate(rate: &mut crate::gcra::RateLimit, hosts: u32) {
+    if hosts > 1 {
+        let n = i64::from(hosts.min(1024));
+        rate.window_ms = rate.window_ms.saturating_mul(n);
+        rate.burst = (rate.burst + n - 1) / n;
     }
 }
 

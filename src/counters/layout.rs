@@ -49,6 +49,8 @@ pub(super) struct Header {
     /// 1 in fleet mode: keys with a quota count only within this host's leases (added in 1.1; zero, off,
     /// in files built before).
     pub(super) fleet_leases: AtomicU32,
+    /// In fleet mode, how many live hosts share each key's rate limit (0 or 1: this host has all of it).
+    pub(super) rate_sharers: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN as usize);

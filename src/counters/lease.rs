@@ -130,6 +130,16 @@ mod tests {
     use crate::status::Status;
 
     #[test]
+    fn a_shared_rate_keeps_the_fleets_rate_and_bounds_its_burst() {
+        let mut rate = crate::gcra::RateLimit { limit: 600, window_ms: 60_000, burst: 100 };
+        super::super::cell::share_rate(&mut rate, 3);
+        assert_eq!((rate.limit, rate.window_ms, rate.burst), (600, 180_000, 34), "200 a minute each, burst 34");
+        let mut alone = crate::gcra::RateLimit { limit: 600, window_ms: 60_000, burst: 100 };
+        super::super::cell::share_rate(&mut alone, 1);
+        assert_eq!(alone.window_ms, 60_000);
+    }
+
+    #[test]
     fn a_fleet_host_admits_exactly_its_lease_and_leases_never_shrink_by_accident() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = entry(1, None);

@@ -59,6 +59,8 @@ struct Health {
     refused: u64,
     last_id: Option<String>,
     members: Value,
+    /// Live members sharing each key's rate limit.
+    rate_sharers: usize,
     /// Whether the position was compared with the log since the last (re)connection.
     position_checked: bool,
 }
@@ -468,6 +470,11 @@ fn heartbeat(
         })
         .collect();
     list.sort_by(|a, b| a["host"].as_str().cmp(&b["host"].as_str()));
+    // Members that reported within three heartbeats share each key's rate limit.
+    let live_after = clock_ms() - 3 * cfg.heartbeat.as_millis() as i64;
+    let live = list.iter().filter(|m| m["last_seen_ms"].as_i64().is_some_and(|t| t >= live_after)).count();
+    store.fleet_set_rate_sharers(live.max(1) as u32)?;
+    health.rate_sharers = live.max(1);
     health.members = Value::Array(list);
     let last: StreamRangeReply = c.xrevrange_count(&names.log, "+", "-", 1)?;
     health.last_id = last.ids.first().map(|e| e.id.clone());
@@ -494,6 +501,7 @@ fn report_locally(store: &Store, cfg: &Config, health: &Health, log: &mut dyn Fn
         "applied": health.applied,
         "refused": health.refused,
         "members": health.members,
+        "rate_shared_by": health.rate_sharers,
         "reported_at_ms": clock_ms(),
         "agent_pid": std::process::id(),
     });

@@ -267,6 +267,12 @@ impl Store {
         Ok(())
     }
 
+    /// Fleet mode: how many live hosts share each key's rate limit, from this host's next check on.
+    pub fn fleet_set_rate_sharers(&self, hosts: u32) -> Result<()> {
+        self.counters()?.set_rate_sharers(hosts);
+        Ok(())
+    }
+
     /// What the agent last reported (for `ms-auth fleet status`).
     pub fn fleet_status(&self) -> Result<Option<Value>> {
         let db = self.db()?;
