@@ -26,13 +26,16 @@ struct Redis {
     dir: PathBuf,
     port: u16,
     password: Option<String>,
+    /// TLS only (no plain port): the directory holding ca.crt, server.crt and server.key.
+    tls: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl Redis {
     fn start(dir: &Path, password: Option<&str>) -> Redis {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = Redis { dir: dir.to_path_buf(), port, password: password.map(str::to_string), child: None };
+        let mut redis =
+            Redis { dir: dir.to_path_buf(), port, password: password.map(str::to_string), tls: None, child: None };
         redis.restart();
         redis
     }
@@ -40,16 +43,27 @@ impl Redis {
     fn restart(&mut self) {
         std::fs::create_dir_all(&self.dir).unwrap();
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""])
+        cmd.args(["--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null());
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some(certs) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(certs.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(certs.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(certs.join("ca.crt")),
+        };
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
         self.child = Some(cmd.spawn().expect("redis-server is installed (scripts/test.sh installs it)"));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while redis::Client::open(self.url()).and_then(|c| c.get_connection()).is_err() {
+        while self.client().get_connection().is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -63,14 +77,26 @@ impl Redis {
     }
 
     fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
+        }
+    }
+
+    fn client(&self) -> redis::Client {
+        match &self.tls {
+            None => redis::Client::open(self.url()).unwrap(),
+            Some(certs) => {
+                let root_cert = Some(std::fs::read(certs.join("ca.crt")).unwrap());
+                redis::Client::build_with_tls(self.url(), redis::TlsCertificates { client_tls: None, root_cert })
+                    .unwrap()
+            }
         }
     }
 
     fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+        self.client().get_connection().unwrap()
     }
 }
 
@@ -99,12 +125,17 @@ impl Host {
     }
 
     fn start_agent(&mut self, url: &str) {
+        self.start_agent_with(url, &[]);
+    }
+
+    fn start_agent_with(&mut self, url: &str, extra: &[&std::ffi::OsStr]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
             .arg("--db")
             .arg(&self.db)
             .args(["fleet", "sync", "--redis", url, "--fleet", "test", "--host", &self.name, "--secret-file"])
             .arg(&self.secret)
+            .args(extra)
             .stderr(log)
             .spawn()
             .unwrap();
@@ -489,6 +520,91 @@ fn an_agent_stops_cleanly_on_sigterm_and_a_password_is_used() {
     let report = store.fleet_status().unwrap().unwrap();
     assert_eq!(report["host"], "solo");
     assert_eq!(report["redis"]["url"], format!("redis://:***@127.0.0.1:{}", redis.port));
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with openssl.
+fn certificates(dir: &Path) -> PathBuf {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(&certs).output().expect("openssl is installed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ms-auth test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(certs.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    certs
+}
+
+#[test]
+fn agents_reach_redis_over_tls_with_a_password_and_refuse_an_unknown_ca() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = certificates(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut redis = Redis {
+        dir: dir.path().join("redis"),
+        port,
+        password: Some("tls-pass".into()),
+        tls: Some(certs.clone()),
+        child: None,
+    };
+    redis.restart();
+    let ca = certs.join("ca.crt");
+    let mut hosts: Vec<Host> = (0..2).map(|i| Host::new(dir.path(), &format!("host{i}"))).collect();
+    for h in &mut hosts {
+        h.start_agent_with(&redis.url(), &["--redis-ca".as_ref(), ca.as_os_str()]);
+    }
+    let k = hosts[0].store().create_key(&spec("{}"), clock()).unwrap();
+    let b = hosts[1].store();
+    assert!(within(Duration::from_secs(5), || checks_as(&b, &k.key, Status::Ok)).is_some(), "{}", hosts[1].log());
+    // Without the CA the server's certificate is not trusted: no connection, and a clear line in the log.
+    let mut stranger = Host::new(dir.path(), "stranger");
+    stranger.start_agent(&redis.url());
+    assert!(within(Duration::from_secs(5), || stranger.log().contains("unreachable")).is_some(), "{}", stranger.log());
+    assert!(!stranger.log().contains("tls-pass"));
 }
 
 #[test]
