@@ -247,10 +247,19 @@ fn admitted_by(child: Child) -> u64 {
     text.lines().find_map(|l| l.split_once("ADMITTED ").and_then(|(_, n)| n.trim().parse().ok())).expect("a count")
 }
 
+/// Script calls Redis has served (publish and lease grants).
+fn script_calls(redis: &Redis) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut redis.conn()).unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[test]
 fn a_quota_is_exact_across_three_hosts_of_four_processes() {
     let _serial = serial();
-    let (_dir, _redis, hosts) = fleet(3);
+    let (_dir, redis, hosts) = fleet(3);
     let k = hosts[0]
         .store()
         .create_key(&spec(r#"{"quota": {"limit": 10000, "period": "daily"}, "rate_limit": null}"#), clock())
@@ -259,16 +268,42 @@ fn a_quota_is_exact_across_three_hosts_of_four_processes() {
         let s = h.store();
         assert!(within(Duration::from_secs(5), || s.get_key(&k.record.id).is_ok()).is_some(), "{}", h.log());
     }
-    let started = Instant::now();
+    let (started, calls_before) = (Instant::now(), script_calls(&redis));
     let children: Vec<Child> =
         hosts.iter().flat_map(|h| (0..4).map(|_| hammer(&h.db, &k.key)).collect::<Vec<_>>()).collect();
     let per_process: Vec<u64> = children.into_iter().map(admitted_by).collect();
     let total: u64 = per_process.iter().sum();
-    eprintln!("quota 10000 over 3 hosts x 4 processes: admitted {total} in {:?} ({per_process:?})", started.elapsed());
+    let calls = script_calls(&redis) - calls_before;
+    eprintln!(
+        "quota 10000 over 3 hosts x 4 processes: admitted {total} in {:?} ({per_process:?}); {calls} script calls",
+        started.elapsed()
+    );
     assert_eq!(total, 10_000, "exactly the quota, fleet-wide\n{}", hosts[0].log());
     // Each host's own count agrees, and no host counted past its lease.
     let used: i64 = hosts.iter().map(|h| h.store().get_key(&k.record.id).unwrap().usage.used).sum();
     assert_eq!(used, 10_000);
+}
+
+#[test]
+fn an_agent_killed_and_restarted_mid_load_keeps_the_quota_exact() {
+    let _serial = serial();
+    let (_dir, redis, mut hosts) = fleet(2);
+    let k = hosts[0]
+        .store()
+        .create_key(&spec(r#"{"quota": {"limit": 5000, "period": "daily"}, "rate_limit": null}"#), clock())
+        .unwrap();
+    let b = hosts[1].store();
+    assert!(within(Duration::from_secs(5), || b.get_key(&k.record.id).is_ok()).is_some());
+    let children: Vec<Child> =
+        hosts.iter().flat_map(|h| (0..2).map(|_| hammer(&h.db, &k.key)).collect::<Vec<_>>()).collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let mut agent = hosts[0].agent.take().unwrap();
+    unsafe { libc::kill(agent.id() as i32, libc::SIGKILL) };
+    agent.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    hosts[0].start_agent(&redis.url());
+    let total: u64 = children.into_iter().map(admitted_by).sum();
+    assert_eq!(total, 5000, "{}", hosts[0].log());
 }
 
 #[test]

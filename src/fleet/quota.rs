@@ -9,8 +9,9 @@
 //! at most the leases outstanding and unused at the period's end (each host's last chunk).
 //!
 //! Chunks follow each host's demand: the agent measures how fast each key is used on its host and asks for
-//! about two seconds of it (at least 1), topping up when less than half a chunk is left; the script gives
-//! at most half of what is left of the quota, so the last units are shared among the hosts that ask.
+//! about a second of it (1% of the quota at first, doubling each round the host ran out), topping up when
+//! less than half a chunk is left; the script gives at most half of what is left of the quota, so the last
+//! units are shared among the hosts that ask.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -70,17 +71,19 @@ pub fn hash_name(fleet: &str, owner: &str, period_start_ms: i64) -> String {
 }
 
 impl Leases {
-    /// How much to ask for: at least a second of this host's recent rate for the key, doubled each time
-    /// the host ran out since the last round (so a burst ramps up in a few rounds), at least 1.
+    /// How much to ask for: a second of this host's recent rate for the key, doubled each round the host
+    /// ran out (so a burst ramps up in a few rounds); a first ask takes 1% of the quota, at least 1.
     pub fn chunk(&mut self, q: &FleetQuota) -> i64 {
         let now = Instant::now();
         let c = &q.quota;
-        let entry = self.seen.entry((q.owner.clone(), c.period_start_ms)).or_insert((1, c.used, now));
+        let first = (c.limit / 100).max(1);
+        let entry = self.seen.entry((q.owner.clone(), c.period_start_ms)).or_insert((first, c.used, now));
         let elapsed = now.duration_since(entry.2).as_secs_f64();
         if elapsed >= 0.05 {
-            let rate = (c.used - entry.1).max(0) as f64 / elapsed;
+            let per_second = ((c.used - entry.1).max(0) as f64 / elapsed).ceil() as i64;
             let ran_out = c.used >= c.lease;
-            entry.0 = (if ran_out { entry.0 * 2 } else { entry.0 }).max(rate.ceil() as i64).clamp(1, c.limit.max(1));
+            entry.0 = if ran_out { (entry.0 * 2).max(per_second) } else { per_second.max(1) };
+            entry.0 = entry.0.clamp(1, c.limit.max(1));
             entry.1 = c.used;
             entry.2 = now;
         }
