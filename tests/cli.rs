@@ -138,6 +138,15 @@ fn update_list_import_and_human_output() {
     assert_eq!(pro["keys"].as_array().unwrap().len(), 1);
     let table = String::from_utf8(cli.run(&["key", "list"]).stdout).unwrap();
     assert!(table.starts_with("ID ") && table.contains(&id) && table.contains("ms_live_1a2b"), "{table}");
+    // Every row has a cell under every heading, and rate limits read as people say them.
+    let mut lines = table.lines();
+    let headings: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(headings.last(), Some(&"RATE"));
+    let rate_column = table.lines().next().unwrap().find("RATE").unwrap();
+    for row in lines {
+        let rate = row.get(rate_column..).unwrap_or("");
+        assert!(rate == "none" || (rate.contains('/') && !rate.contains("000ms")), "{row}");
+    }
     let human = String::from_utf8(cli.run(&["key", "create", "--env", "test"]).stdout).unwrap();
     assert!(human.starts_with("Key (shown once, store it now): ms_test_"), "{human}");
 }

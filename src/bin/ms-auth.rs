@@ -661,7 +661,26 @@ fn quota_text(r: &KeyRecord) -> String {
 }
 
 fn rate_text(r: &KeyRecord) -> String {
-    r.rate_limit.as_ref().map_or("none".into(), |rl| format!("{}/{}ms burst {}", rl.limit, rl.window_ms, rl.burst))
+    r.rate_limit.as_ref().map_or("none".into(), |rl| {
+        let per = window_text(rl.window_ms);
+        if rl.burst == rl.limit {
+            format!("{}/{per}", rl.limit)
+        } else {
+            format!("{}/{per} burst {}", rl.limit, rl.burst)
+        }
+    })
+}
+
+/// A window as people say it: `s`, `min`, `hour`, `day`, else `10s` or `1500ms`.
+fn window_text(ms: i64) -> String {
+    match ms {
+        1_000 => "s".into(),
+        60_000 => "min".into(),
+        3_600_000 => "hour".into(),
+        86_400_000 => "day".into(),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
 }
 
 fn show(r: &KeyRecord, json: bool, now: i64) {
@@ -694,7 +713,7 @@ fn print_record(r: &KeyRecord, now: i64) {
 }
 
 fn print_table(records: &[KeyRecord], now: i64) {
-    let header = ["ID", "PREFIX", "ENV", "PLAN", "NAME", "STATE", "EXPIRES", "QUOTA", "USED", "RATE"];
+    let header = ["ID", "PREFIX", "ENV", "PLAN", "NAME", "STATE", "EXPIRES", "QUOTA", "USED", "TOTAL", "RATE"];
     let rows: Vec<[String; 11]> = records
         .iter()
         .map(|r| {
