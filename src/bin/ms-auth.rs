@@ -230,6 +230,21 @@ struct PolicyArgs {
     meta: Option<String>,
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(super::human_duration(26_276_977), "7h 17m 57s");
+        assert_eq!(super::human_duration(45_000), "45s");
+        assert_eq!(super::human_duration(44_001), "45s", "rounded up: a client that waits it is admitted");
+        assert_eq!(super::human_duration(90_061_000), "1d 1h 1m");
+        assert_eq!(super::human_duration(250), "250 ms");
+        assert_eq!(super::window_text(60_000), "min");
+        assert_eq!(super::window_text(10_000), "10s");
+        assert_eq!(super::window_text(1_500), "1500ms");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -456,7 +471,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     );
                 }
                 if d.retry_after_ms > 0 {
-                    println!("retry in:  {} ms", d.retry_after_ms);
+                    println!("retry in:  {} ({} ms)", human_duration(d.retry_after_ms), d.retry_after_ms);
                 }
                 if d.quota_limit >= 0 {
                     println!(
@@ -669,6 +684,17 @@ fn rate_text(r: &KeyRecord) -> String {
             format!("{}/{per} burst {}", rl.limit, rl.burst)
         }
     })
+}
+
+/// A wait as people read it, rounded up to the second: `7h 17m 57s`, `45s`; under a second, `250 ms`.
+fn human_duration(ms: i64) -> String {
+    if ms < 1_000 {
+        return format!("{ms} ms");
+    }
+    let seconds = (ms + 999) / 1_000;
+    let parts = [(seconds / 86_400, "d"), (seconds / 3_600 % 24, "h"), (seconds / 60 % 60, "m"), (seconds % 60, "s")];
+    let first = parts.iter().position(|(n, _)| *n > 0).unwrap_or(3);
+    parts[first..].iter().take(3).map(|(n, unit)| format!("{n}{unit}")).collect::<Vec<_>>().join(" ")
 }
 
 /// A window as people say it: `s`, `min`, `hour`, `day`, else `10s` or `1500ms`.
