@@ -230,21 +230,6 @@ struct PolicyArgs {
     meta: Option<String>,
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations_read_as_people_say_them() {
-        assert_eq!(super::human_duration(26_276_977), "7h 17m 57s");
-        assert_eq!(super::human_duration(45_000), "45s");
-        assert_eq!(super::human_duration(44_001), "45s", "rounded up: a client that waits it is admitted");
-        assert_eq!(super::human_duration(90_061_000), "1d 1h 1m");
-        assert_eq!(super::human_duration(250), "250 ms");
-        assert_eq!(super::window_text(60_000), "min");
-        assert_eq!(super::window_text(10_000), "10s");
-        assert_eq!(super::window_text(1_500), "1500ms");
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -774,5 +759,20 @@ fn print_table(records: &[KeyRecord], now: i64) {
     }
     if records.is_empty() {
         println!("(no keys)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(super::human_duration(26_276_977), "7h 17m 57s");
+        assert_eq!(super::human_duration(45_000), "45s");
+        assert_eq!(super::human_duration(44_001), "45s", "rounded up: a client that waits it is admitted");
+        assert_eq!(super::human_duration(90_061_000), "1d 1h 1m");
+        assert_eq!(super::human_duration(250), "250 ms");
+        assert_eq!(super::window_text(60_000), "min");
+        assert_eq!(super::window_text(10_000), "10s");
+        assert_eq!(super::window_text(1_500), "1500ms");
     }
 }
