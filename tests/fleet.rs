@@ -504,9 +504,26 @@ fn changes_made_while_redis_is_down_arrive_when_it_is_back() {
     a.revoke_key(&k.record.id, clock(), None).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert!(hosts[0].log().contains("unreachable") || hosts[0].log().contains("lost Redis"), "{}", hosts[0].log());
+    let status = fleet_status_text(&hosts[0]);
+    assert!(status.contains("(UNREACHABLE)") && status.contains("last error:"), "{status}");
     redis.restart();
     assert!(within(Duration::from_secs(10), || checks_as(&b, &during.key, Status::Ok)).is_some(), "{}", hosts[1].log());
     assert!(within(Duration::from_secs(5), || checks_as(&b, &k.key, Status::ApiKeyRevoked)).is_some());
+    assert!(within(Duration::from_secs(5), || fleet_status_text(&hosts[1]).contains("(reachable)")).is_some());
+    let status = fleet_status_text(&hosts[1]);
+    assert!(status.contains("fleet:      test") && status.contains("host0") && status.contains("host1"), "{status}");
+}
+
+/// `ms-auth fleet status` on a host, as an operator reads it.
+fn fleet_status_text(host: &Host) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
+        .arg("--db")
+        .arg(&host.db)
+        .args(["fleet", "status"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
