@@ -164,7 +164,12 @@ fn lease_round(
     leases: &mut Leases,
 ) -> std::result::Result<(), Failure> {
     let now = clock_ms();
-    let view = store.fleet_quota_view(now)?;
+    let generation = store.admin_generation()?;
+    if leases.owners_generation != Some(generation) {
+        leases.owners = store.fleet_quota_owners()?;
+        leases.owners_generation = Some(generation);
+    }
+    let view = store.fleet_quota_cells(&leases.owners, now)?;
     let mut oldest_period = i64::MAX;
     for q in &view {
         let cell = &q.quota;

@@ -63,6 +63,9 @@ pub struct Leases {
     /// Set on every (re)connection: every lease held is re-asserted once (asking for nothing more), so
     /// that a Redis that lost its data learns them before it grants anyone else more.
     pub reassert_all: bool,
+    /// The keys with a quota, and the admin generation they were read at (read again when it changes).
+    pub owners: Vec<(String, crate::key::KeyDigest)>,
+    pub owners_generation: Option<i64>,
 }
 
 /// The leases' Redis hash of a key's quota in one period.

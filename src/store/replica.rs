@@ -232,26 +232,45 @@ impl Store {
     /// Every key quota this host counts, once per counter cell (a rotated key and its successor share
     /// one), named by the key that owns the cell (the one the others count with): for the fleet agent.
     pub fn fleet_quota_view(&self, now_ms: i64) -> Result<Vec<FleetQuota>> {
-        let owners: Vec<(String, Vec<u8>)> = {
-            let db = self.db()?;
-            let mut stmt = db.conn.prepare_cached(
-                "SELECT COALESCE(o.id, k.id), MIN(k.digest) FROM keys k JOIN key_policy e ON e.row = k.row
-                 LEFT JOIN keys o ON o.row = k.counts_with
-                 WHERE e.quota_limit IS NOT NULL AND k.revoked_at_ms IS NULL
-                 GROUP BY COALESCE(o.id, k.id)",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        let shared = self.counters()?;
-        let mut out = Vec::with_capacity(owners.len());
-        for (owner, digest) in owners {
-            let Ok(digest) = <[u8; 32]>::try_from(digest) else { continue };
-            if let Some(q) = shared.quota_cell(&digest, now_ms) {
-                out.push(FleetQuota { owner, digest, quota: q });
+        self.fleet_quota_cells(&self.fleet_quota_owners()?, now_ms)
+    }
+
+    /// The keys with a quota, one per counter cell: (owner id, digest of a key counting in the cell). A
+    /// database query: the agent keeps it until [`Store::admin_generation`] changes.
+    pub fn fleet_quota_owners(&self) -> Result<Vec<(String, KeyDigest)>> {
+        let db = self.db()?;
+        let mut stmt = db.conn.prepare_cached(
+            "SELECT COALESCE(o.id, k.id), MIN(k.digest) FROM keys k JOIN key_policy e ON e.row = k.row
+             LEFT JOIN keys o ON o.row = k.counts_with
+             WHERE e.quota_limit IS NOT NULL AND k.revoked_at_ms IS NULL
+             GROUP BY COALESCE(o.id, k.id)",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (owner, digest) = row?;
+            if let Ok(digest) = <[u8; 32]>::try_from(digest) {
+                out.push((owner, digest));
             }
         }
         Ok(out)
+    }
+
+    /// These quotas as this host counts them at `now_ms`, from the shared counters (no query).
+    pub fn fleet_quota_cells(&self, owners: &[(String, KeyDigest)], now_ms: i64) -> Result<Vec<FleetQuota>> {
+        let shared = self.counters()?;
+        Ok(owners
+            .iter()
+            .filter_map(|(owner, digest)| {
+                let q = shared.quota_cell(digest, now_ms)?;
+                Some(FleetQuota { owner: owner.clone(), digest: *digest, quota: q })
+            })
+            .collect())
+    }
+
+    /// A number that changes with every admin change (in any process): the counters file's generation.
+    pub fn admin_generation(&self) -> Result<i64> {
+        Ok(self.counters()?.generation())
     }
 
     /// Records this host's lease of a key's quota (see `SharedCounters::set_lease`).
