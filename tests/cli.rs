@@ -233,3 +233,15 @@ fn lifecycle_from_the_cli() {
     let metrics = String::from_utf8(cli.run(&["metrics"]).stdout).unwrap();
     assert!(metrics.contains("ms_auth_checks_total{status=\"ok\"} 2"), "{metrics}");
 }
+
+#[test]
+fn shell_completions_need_no_store() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
+            .args(["--db", "/no/such/dir/keys.db", "completions", shell])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("ms-auth") && text.contains("rotate"), "{shell}: {text}");
+    }
+}

@@ -82,6 +82,8 @@ enum Command {
     },
     /// Prometheus text exposition of the store: decisions by status, keys by state, quota use by plan.
     Metrics,
+    /// Print a completion script for a shell (e.g. `ms-auth completions bash > /etc/bash_completion.d/ms-auth`).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -246,6 +248,11 @@ fn now_ms() -> i64 {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Error> {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "ms-auth", &mut std::io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = Store::open(&cli.db)?;
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     store.set_actor(&cli.actor.unwrap_or_else(|| format!("cli:{user}")));
@@ -426,6 +433,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Metrics => print!("{}", store.metrics_text(now)?),
         Command::Fleet(command) => return fleet::run(&store, command),
+        Command::Completions { .. } => unreachable!("answered before the store is opened"),
         Command::Check { key, now: at, json } => {
             let at = match at {
                 Some(t) => parse_time(&t)?,
