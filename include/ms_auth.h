@@ -88,6 +88,11 @@
 #define MS_ABI_VERSION 1
 
 /**
+ * Bytes (with the NUL) that every `ms_store_check_http` fields text fits in.
+ */
+#define MS_HTTP_FIELDS_MAX 512
+
+/**
  * An open store. Opaque: obtained from `ms_store_open`, released with `ms_store_close`.
  * A handle may be used by many threads at once.
  */
@@ -240,6 +245,38 @@ int32_t ms_store_check(struct ms_store *store,
                        size_t key_len,
                        int64_t now_ms,
                        struct ms_check_result *out);
+
+/**
+ * `ms_store_check`, which also writes the answer's rate-limit response fields: the one place every host
+ * takes them from, so that one policy gives the same answer through every host.
+ *
+ * The fields are lines `Name: value\r\n`, in this order and only when they apply:
+ * `Retry-After: S` on 429s (`retry_after_ms` in whole seconds, rounded up); then, on admitted requests
+ * and 429s of a key with a quota and/or a rate limit, the IETF draft-ietf-httpapi-ratelimit-headers
+ * fields, one item per policy, quota first:
+ * `RateLimit-Policy: "quota";q=LIMIT;w=WINDOW_S, "rate";q=LIMIT;w=WINDOW_S` and
+ * `RateLimit: "quota";r=REMAINING;t=S, "rate";r=REMAINING;t=S`. `w` is the window in seconds: 86400 for
+ * a daily quota, the current UTC month's length for a monthly one, the rate window (left out when that is
+ * not a whole number of seconds). `t` is the seconds, rounded up, from `now_ms` to the item's reset
+ * (`quota_reset_ms`, `rate_reset_ms`). 401s get no RateLimit fields; a 401 or an admitted request
+ * without limits gets "" (length 0).
+ *
+ * `store`, `key`, `key_len`, `now_ms`, `out` and the return value are as for `ms_store_check`; the
+ * request is decided and counted once. `fields`: a buffer of `fields_len` bytes owned by the caller,
+ * written like snprintf when the return value is a decision (0..6): at most `fields_len` bytes,
+ * NUL-terminated; NULL is allowed when `fields_len` is 0. `MS_HTTP_FIELDS_MAX` bytes always suffice (the
+ * request cannot be checked again for a larger buffer). `fields_needed`: may be NULL; when the return
+ * value is a decision, receives the text's length without the NUL (it was cut short if this is at
+ * least `fields_len`). Nothing is written on a library error. Thread-safe.
+ */
+int32_t ms_store_check_http(struct ms_store *store,
+                            const char *key,
+                            size_t key_len,
+                            int64_t now_ms,
+                            struct ms_check_result *out,
+                            char *fields,
+                            size_t fields_len,
+                            size_t *fields_needed);
 
 /**
  * Creates a key from a JSON spec (every field optional: `env`, `name`, `plan`, `expires_at_ms`, `quota`,

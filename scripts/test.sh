@@ -33,4 +33,7 @@ for binding in $(cat bindings/LANDED 2>/dev/null); do
     echo "== bindings/$binding"
     bash "bindings/$binding/test.sh"
 done
+
+echo "== cross-host answers (nginx, WSGI, Go)"
+bash scripts/cross_host.sh
 echo "== all tests passed"

@@ -46,6 +46,9 @@ pub const MS_ERR_NOT_FOUND: i32 = 103;
 pub const MS_ERR_INTERNAL: i32 = 104;
 /// The version of this C ABI; `ms_abi_version()` returns it.
 pub const MS_ABI_VERSION: i32 = 1;
+/// Bytes (with the NUL) that every `ms_store_check_http` fields text fits in.
+pub const MS_HTTP_FIELDS_MAX: usize = 512;
+const _: () = assert!(MS_HTTP_FIELDS_MAX == crate::headers::FIELDS_MAX);
 
 /// An open store. Opaque: obtained from `ms_store_open`, released with `ms_store_close`.
 /// A handle may be used by many threads at once.
@@ -315,6 +318,74 @@ pub unsafe extern "C" fn ms_store_check(
         }
         Ok(checked.decision.status as i32)
     })
+}
+
+/// `ms_store_check`, which also writes the answer's rate-limit response fields: the one place every host
+/// takes them from, so that one policy gives the same answer through every host.
+///
+/// The fields are lines `Name: value\r\n`, in this order and only when they apply:
+/// `Retry-After: S` on 429s (`retry_after_ms` in whole seconds, rounded up); then, on admitted requests
+/// and 429s of a key with a quota and/or a rate limit, the IETF draft-ietf-httpapi-ratelimit-headers
+/// fields, one item per policy, quota first:
+/// `RateLimit-Policy: "quota";q=LIMIT;w=WINDOW_S, "rate";q=LIMIT;w=WINDOW_S` and
+/// `RateLimit: "quota";r=REMAINING;t=S, "rate";r=REMAINING;t=S`. `w` is the window in seconds: 86400 for
+/// a daily quota, the current UTC month's length for a monthly one, the rate window (left out when that is
+/// not a whole number of seconds). `t` is the seconds, rounded up, from `now_ms` to the item's reset
+/// (`quota_reset_ms`, `rate_reset_ms`). 401s get no RateLimit fields; a 401 or an admitted request
+/// without limits gets "" (length 0).
+///
+/// `store`, `key`, `key_len`, `now_ms`, `out` and the return value are as for `ms_store_check`; the
+/// request is decided and counted once. `fields`: a buffer of `fields_len` bytes owned by the caller,
+/// written like snprintf when the return value is a decision (0..6): at most `fields_len` bytes,
+/// NUL-terminated; NULL is allowed when `fields_len` is 0. `MS_HTTP_FIELDS_MAX` bytes always suffice (the
+/// request cannot be checked again for a larger buffer). `fields_needed`: may be NULL; when the return
+/// value is a decision, receives the text's length without the NUL (it was cut short if this is at
+/// least `fields_len`). Nothing is written on a library error. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn ms_store_check_http(
+    store: *mut ms_store,
+    key: *const c_char,
+    key_len: usize,
+    now_ms: i64,
+    out: *mut ms_check_result,
+    fields: *mut c_char,
+    fields_len: usize,
+    fields_needed: *mut usize,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        if key_len > isize::MAX as usize {
+            return Err(Error::invalid("key_len is larger than any object can be"));
+        }
+        if fields.is_null() && fields_len > 0 {
+            return Err(Error::invalid("fields is NULL but fields_len is not 0"));
+        }
+        let key = (!key.is_null()).then(|| std::slice::from_raw_parts(key as *const u8, key_len));
+        let checked = store.check(key, now_ms)?;
+        let windows = checked.key.map_or(crate::headers::Windows::default(), |k| crate::headers::Windows {
+            quota: k.quota_period(),
+            rate_window_ms: k.rate_window_ms(),
+        });
+        let text = crate::headers::http_fields(&checked.decision, windows, now_ms);
+        write_c(fields, fields_len, &text);
+        if let Some(needed) = fields_needed.as_mut() {
+            *needed = text.len();
+        }
+        if let Some(out) = out.as_mut() {
+            *out = to_result(&checked);
+        }
+        Ok(checked.decision.status as i32)
+    })
+}
+
+/// Writes `text` to `buf` like snprintf: at most `buf_len` bytes, NUL-terminated; nothing when 0.
+/// # Safety: `buf` is NULL only when `buf_len` is 0, else valid for `buf_len` bytes.
+unsafe fn write_c(buf: *mut c_char, buf_len: usize, text: &str) {
+    if !buf.is_null() && buf_len > 0 {
+        let n = text.len().min(buf_len - 1);
+        std::ptr::copy_nonoverlapping(text.as_ptr(), buf as *mut u8, n);
+        *buf.add(n) = 0;
+    }
 }
 
 fn to_result(checked: &Checked) -> ms_check_result {
@@ -656,11 +727,7 @@ pub unsafe extern "C" fn ms_error_json(status: i32, buf: *mut c_char, buf_len: u
             r#"{{"success":false,"error":{{"code":"unknown","message":"Unknown status.","httpStatus":500,"status":{status}}}}}"#
         ),
     };
-    if !buf.is_null() && buf_len > 0 {
-        let n = body.len().min(buf_len - 1);
-        std::ptr::copy_nonoverlapping(body.as_ptr(), buf as *mut u8, n);
-        *buf.add(n) = 0;
-    }
+    write_c(buf, buf_len, &body);
     body.len()
 }
 

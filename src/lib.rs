@@ -6,6 +6,7 @@
 //! - [`period`]: calendar quota periods in UTC;
 //! - [`gcra`]: the rate limiter;
 //! - [`policy`]: the pure decision (record + counters + now → decision), no I/O;
+//! - [`headers`]: the answer's Retry-After and RateLimit fields (decision + windows + now → lines), no I/O;
 //! - [`counters`]: the state shared by every process (key index, policies, quota counts, rate buckets);
 //! - [`spec`]: key specs, patches and records as JSON;
 //! - [`store`]: the SQLite store (schema, migrations, admin) and the check entry point;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod ffi;
 pub mod fleet;
 pub mod gcra;
+pub mod headers;
 pub mod key;
 pub mod period;
 pub mod policy;

@@ -376,3 +376,76 @@ fn open_v2_takes_durability_and_flush_options() {
         ms_store_close(plain);
     }
 }
+
+fn check_http(h: &Handle, key: Option<&[u8]>, now: i64, buf: &mut [c_char]) -> (i32, ms_check_result, usize) {
+    let mut r: ms_check_result = unsafe { std::mem::zeroed() };
+    let mut needed = usize::MAX;
+    let (k, n) = key.map_or((null(), 0), |k| (k.as_ptr() as *const c_char, k.len()));
+    let rc = unsafe { ms_store_check_http(h.0, k, n, now, &mut r, buf.as_mut_ptr(), buf.len(), &mut needed) };
+    (rc, r, needed)
+}
+
+#[test]
+fn check_http_writes_the_answers_fields_like_snprintf() {
+    let h = open();
+    // NOW is 2027-01-15T08:00:00Z: 57600 s to the day's end.
+    let (key, _) =
+        create(&h, r#"{"quota": {"limit": 2, "period": "daily"}, "rate_limit": {"limit": 5, "window_ms": 60000}}"#);
+    let mut buf = [1 as c_char; MS_HTTP_FIELDS_MAX];
+    let (rc, r, needed) = check_http(&h, Some(key.as_bytes()), NOW, &mut buf);
+    assert_eq!((rc, r.status, r.quota_remaining, r.rate_remaining), (MS_OK, MS_OK, 1, 4));
+    let want = "RateLimit-Policy: \"quota\";q=2;w=86400, \"rate\";q=5;w=60\r\n\
+                RateLimit: \"quota\";r=1;t=57600, \"rate\";r=4;t=12\r\n";
+    assert_eq!((cstr(&buf), needed), (want.to_string(), want.len()));
+
+    // Too small a buffer: cut and terminated, the length it needed returned; the check counted once.
+    let mut small = [1 as c_char; 12];
+    let (rc, r, needed) = check_http(&h, Some(key.as_bytes()), NOW, &mut small);
+    assert_eq!((rc, r.quota_remaining), (MS_OK, 0));
+    assert_eq!(cstr(&small), "RateLimit-P");
+    assert!(needed > 12);
+
+    // A quota refusal: Retry-After first.
+    let (rc, _, needed) = check_http(&h, Some(key.as_bytes()), NOW, &mut buf);
+    assert_eq!(rc, MS_API_KEY_QUOTA_EXCEEDED);
+    let text = cstr(&buf);
+    assert!(text.starts_with("Retry-After: 57600\r\nRateLimit-Policy: \"quota\";q=2;w=86400,"), "{text}");
+    assert_eq!(needed, text.len());
+
+    // No buffer at all: only the length.
+    let mut needed = usize::MAX;
+    let rc = unsafe { ms_store_check_http(h.0, null(), 0, NOW, null_mut(), null_mut(), 0, &mut needed) };
+    assert_eq!((rc, needed), (MS_API_KEY_MISSING, 0));
+    // A 401 has no fields: "".
+    let (rc, _, needed) = check_http(&h, Some(b"ms_live_nope"), NOW, &mut buf);
+    assert_eq!((rc, cstr(&buf), needed), (MS_API_KEY_INVALID, String::new(), 0));
+}
+
+#[test]
+fn check_http_checks_its_pointers_and_writes_nothing_on_a_failure() {
+    let h = open();
+    let mut buf = [b'x' as c_char; 8];
+    let mut needed = 7usize;
+    let rc = unsafe { ms_store_check_http(h.0, null(), 0, NOW, null_mut(), null_mut(), 8, &mut needed) };
+    assert_eq!(rc, MS_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("fields"), "{}", last_error());
+    let rc = unsafe { ms_store_check_http(null_mut(), null(), 0, NOW, null_mut(), buf.as_mut_ptr(), 8, &mut needed) };
+    assert_eq!(rc, MS_ERR_INVALID_ARGUMENT);
+    // A time in seconds is refused: buffer and length untouched.
+    let rc = unsafe { ms_store_check_http(h.0, null(), 0, NOW / 1000, null_mut(), buf.as_mut_ptr(), 8, &mut needed) };
+    assert_eq!((rc, buf[0], needed), (MS_ERR_INVALID_ARGUMENT, b'x' as c_char, 7));
+}
+
+#[test]
+fn check_http_gives_a_monthly_quota_its_months_length() {
+    let h = open();
+    let (key, _) = create(&h, r#"{"quota": {"limit": 10000, "period": "monthly"}, "rate_limit": null}"#);
+    let mut buf = [0 as c_char; MS_HTTP_FIELDS_MAX];
+    let (rc, _, _) = check_http(&h, Some(key.as_bytes()), NOW, &mut buf);
+    assert_eq!(rc, MS_OK);
+    // January: 31 days; 16 days and 16 hours left to 2027-02-01.
+    assert_eq!(
+        cstr(&buf),
+        "RateLimit-Policy: \"quota\";q=10000;w=2678400\r\nRateLimit: \"quota\";r=9999;t=1440000\r\n"
+    );
+}

@@ -58,11 +58,16 @@ typedef struct {
     ngx_uint_t                 admitted;      /* 1: request went on */
     ms_check_result            res;
     int64_t                    now_ms;
+    /* the answer's Retry-After / RateLimit fields, from the library */
+    size_t                     fields_len;
+    char                       fields[MS_HTTP_FIELDS_MAX];
 } ngx_http_ms_auth_ctx_t;
 
 
 static ngx_int_t ngx_http_ms_auth_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_ms_auth_reject(ngx_http_request_t *r,
+    ngx_http_ms_auth_ctx_t *ctx);
+static ngx_int_t ngx_http_ms_auth_add_fields(ngx_http_request_t *r,
     ngx_http_ms_auth_ctx_t *ctx);
 static ngx_http_ms_auth_ctx_t *ngx_http_ms_auth_get_ctx(ngx_http_request_t *r);
 static void ngx_http_ms_auth_ctx_cleanup(void *data);
@@ -319,10 +324,20 @@ ngx_http_ms_auth_handler(ngx_http_request_t *r)
 
     } else {
         /* no header: a NULL key, which the library answers api_key_missing */
-        ctx->status = ms_store_check(store,
+        /* one builder of the answer's fields for every host: the library */
+        ctx->status = ms_store_check_http(store,
                                      h ? (const char *) h->value.data : NULL,
                                      h ? h->value.len : 0,
-                                     ctx->now_ms, &ctx->res);
+                                     ctx->now_ms, &ctx->res,
+                                     ctx->fields, sizeof(ctx->fields),
+                                     &ctx->fields_len);
+
+        if (ctx->status >= MS_ERR_INVALID_ARGUMENT
+            || ctx->fields_len >= sizeof(ctx->fields))
+        {
+            /* nothing written on a failure; never a cut line */
+            ctx->fields_len = 0;
+        }
 
         if (ctx->status >= MS_ERR_INVALID_ARGUMENT) {
             /* ms_last_error() reads "code: detail" */
@@ -333,6 +348,12 @@ ngx_http_ms_auth_handler(ngx_http_request_t *r)
 
     if (ctx->status == MS_OK) {
         ctx->admitted = 1;
+
+        /* on the response to come, as the Go and Python hosts do */
+        if (ngx_http_ms_auth_add_fields(r, ctx) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         return NGX_DECLINED;
     }
 
@@ -379,67 +400,55 @@ ngx_http_ms_auth_ctx_cleanup(void *data)
 }
 
 
-static int64_t
-ngx_http_ms_auth_ceil_s(int64_t ms)
-{
-    if (ms <= 0) {
-        return 0;
-    }
-
-    return (ms + 999) / 1000;
-}
-
-
 /*
- * IETF draft-ietf-httpapi-ratelimit-headers (-08 and later):
- *   RateLimit-Policy: "quota";q=50, "rate";q=1000
- *   RateLimit: "quota";r=0;t=3600, "rate";r=999;t=1
- * ms_check_result carries no window length, so "w" is left out (optional).
+ * The library's fields are lines "Name: value\r\n" (see ms_store_check_http):
+ *   Retry-After: 43200                                   (429s only)
+ *   RateLimit-Policy: "quota";q=50;w=86400, "rate";q=1000;w=1
+ *   RateLimit: "quota";r=0;t=43200, "rate";r=999;t=1
+ * Calls f(r, name, value) for each; the strings point into ctx->fields.
  */
-static u_char *
-ngx_http_ms_auth_policy_value(u_char *p, u_char *last, ms_check_result *res)
+static ngx_int_t
+ngx_http_ms_auth_each_field(ngx_http_request_t *r, ngx_http_ms_auth_ctx_t *ctx,
+    ngx_int_t (*f)(ngx_http_request_t *r, ngx_str_t *name, ngx_str_t *value,
+    void *data), void *data)
 {
-    u_char  *start = p;
+    u_char     *p, *last, *eol, *colon;
+    ngx_int_t   rc;
+    ngx_str_t   name, value;
 
-    if (res->quota_limit >= 0) {
-        p = ngx_slprintf(p, last, "\"quota\";q=%L", res->quota_limit);
+    p = (u_char *) ctx->fields;
+    last = p + ctx->fields_len;
+
+    while (p < last) {
+        eol = ngx_strlchr(p, last, '\r');
+        if (eol == NULL) {
+            eol = last;
+        }
+
+        colon = ngx_strlchr(p, eol, ':');
+
+        if (colon != NULL && colon + 1 < eol && colon[1] == ' ') {
+            name.data = p;
+            name.len = colon - p;
+            value.data = colon + 2;
+            value.len = eol - value.data;
+
+            rc = f(r, &name, &value, data);
+            if (rc != NGX_DECLINED) {
+                return rc;
+            }
+        }
+
+        p = eol + 2; /* past "\r\n" */
     }
 
-    if (res->rate_limit >= 0) {
-        p = ngx_slprintf(p, last, "%s\"rate\";q=%L",
-                         p == start ? "" : ", ", res->rate_limit);
-    }
-
-    return p;
-}
-
-
-static u_char *
-ngx_http_ms_auth_ratelimit_value(u_char *p, u_char *last,
-    ms_check_result *res, int64_t now_ms)
-{
-    u_char  *start = p;
-
-    if (res->quota_limit >= 0) {
-        p = ngx_slprintf(p, last, "\"quota\";r=%L;t=%L",
-                         res->quota_remaining < 0 ? 0 : res->quota_remaining,
-                         ngx_http_ms_auth_ceil_s(res->quota_reset_ms - now_ms));
-    }
-
-    if (res->rate_limit >= 0) {
-        p = ngx_slprintf(p, last, "%s\"rate\";r=%L;t=%L",
-                         p == start ? "" : ", ",
-                         res->rate_remaining < 0 ? 0 : res->rate_remaining,
-                         ngx_http_ms_auth_ceil_s(res->rate_reset_ms - now_ms));
-    }
-
-    return p;
+    return NGX_DECLINED;
 }
 
 
 static ngx_int_t
-ngx_http_ms_auth_add_header(ngx_http_request_t *r, const char *name,
-    u_char *value, size_t len)
+ngx_http_ms_auth_push_field(ngx_http_request_t *r, ngx_str_t *name,
+    ngx_str_t *value, void *data)
 {
     ngx_table_elt_t  *h;
 
@@ -449,15 +458,45 @@ ngx_http_ms_auth_add_header(ngx_http_request_t *r, const char *name,
     }
 
     h->hash = 1;
-    h->key.data = (u_char *) name;
-    h->key.len = ngx_strlen(name);
-    h->value.data = value;
-    h->value.len = len;
+    h->key = *name;
+    h->value = *value;
+    h->lowcase_key = NULL;
 #if (nginx_version >= 1023000)
     h->next = NULL;
 #endif
 
-    return NGX_OK;
+    return NGX_DECLINED; /* go on */
+}
+
+
+static ngx_int_t
+ngx_http_ms_auth_add_fields(ngx_http_request_t *r,
+    ngx_http_ms_auth_ctx_t *ctx)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_ms_auth_each_field(r, ctx, ngx_http_ms_auth_push_field,
+                                     NULL);
+
+    return rc == NGX_DECLINED ? NGX_OK : rc;
+}
+
+
+/* data: the wanted name; its value is stored there */
+static ngx_int_t
+ngx_http_ms_auth_find_field(ngx_http_request_t *r, ngx_str_t *name,
+    ngx_str_t *value, void *data)
+{
+    ngx_str_t  *want = data;
+
+    if (name->len == want->len
+        && ngx_strncmp(name->data, want->data, want->len) == 0)
+    {
+        *want = *value;
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
 }
 
 
@@ -466,14 +505,11 @@ ngx_http_ms_auth_reject(ngx_http_request_t *r, ngx_http_ms_auth_ctx_t *ctx)
 {
     char              tmp[256];
     size_t            len;
-    u_char           *p, *body;
+    u_char           *body;
     int32_t           http;
     ngx_int_t         rc;
     ngx_buf_t        *b;
     ngx_chain_t       out;
-    ms_check_result  *res;
-
-    res = &ctx->res;
 
     http = ms_status_http(ctx->status);
     if (http < 400 || http > 599) {
@@ -506,48 +542,9 @@ ngx_http_ms_auth_reject(ngx_http_request_t *r, ngx_http_ms_auth_ctx_t *ctx)
     r->headers_out.content_type_lowcase = NULL;
     r->headers_out.content_length_n = len;
 
-    if (http == NGX_HTTP_TOO_MANY_REQUESTS) {
-
-        if (res->retry_after_ms > 0) {
-            p = ngx_pnalloc(r->pool, NGX_INT64_LEN);
-            if (p == NULL) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            len = ngx_sprintf(p, "%L", ngx_http_ms_auth_ceil_s(
-                                  res->retry_after_ms)) - p;
-
-            if (ngx_http_ms_auth_add_header(r, "Retry-After", p, len)
-                != NGX_OK)
-            {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-        }
-
-        if (res->quota_limit >= 0 || res->rate_limit >= 0) {
-            p = ngx_pnalloc(r->pool, 2 * 128);
-            if (p == NULL) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            len = ngx_http_ms_auth_policy_value(p, p + 128, res) - p;
-
-            if (ngx_http_ms_auth_add_header(r, "RateLimit-Policy", p, len)
-                != NGX_OK)
-            {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-
-            p += 128;
-            len = ngx_http_ms_auth_ratelimit_value(p, p + 128, res,
-                                                   ctx->now_ms) - p;
-
-            if (ngx_http_ms_auth_add_header(r, "RateLimit", p, len)
-                != NGX_OK)
-            {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-        }
+    /* Retry-After on 429s and the RateLimit fields: none on 401s */
+    if (ngx_http_ms_auth_add_fields(r, ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     rc = ngx_http_send_header(r);
@@ -589,7 +586,7 @@ static ngx_int_t
 ngx_http_ms_auth_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    u_char                  *p;
+    ngx_str_t                name;
     const char              *s;
     ngx_http_ms_auth_ctx_t  *ctx;
 
@@ -622,22 +619,24 @@ ngx_http_ms_auth_variable(ngx_http_request_t *r,
         v->data = (u_char *) s;
         break;
 
-    default: /* RateLimit / RateLimit-Policy values for add_header */
-        if (ctx->res.quota_limit < 0 && ctx->res.rate_limit < 0) {
+    default: /* the RateLimit / RateLimit-Policy values, for logs */
+        if (data == NGX_HTTP_MS_AUTH_VAR_RATELIMIT) {
+            ngx_str_set(&name, "RateLimit");
+
+        } else {
+            ngx_str_set(&name, "RateLimit-Policy");
+        }
+
+        if (ngx_http_ms_auth_each_field(r, ctx, ngx_http_ms_auth_find_field,
+                                        &name)
+            != NGX_OK)
+        {
             v->not_found = 1;
             return NGX_OK;
         }
 
-        p = ngx_pnalloc(r->pool, 128);
-        if (p == NULL) {
-            return NGX_ERROR;
-        }
-
-        v->data = p;
-        v->len = (data == NGX_HTTP_MS_AUTH_VAR_RATELIMIT)
-                 ? ngx_http_ms_auth_ratelimit_value(p, p + 128, &ctx->res,
-                                                    ctx->now_ms) - p
-                 : ngx_http_ms_auth_policy_value(p, p + 128, &ctx->res) - p;
+        v->data = name.data;
+        v->len = name.len;
         break;
     }
 

@@ -87,7 +87,10 @@ impl SharedCounters {
         };
         count_day(cell, now_ms, decision.status);
         let abusive = decision.status == Status::RateLimitExceeded && self.count_abuse(cell, now_ms);
-        Found::Key(Admission { decision, key: key_ref(record), abusive })
+        let mut key = key_ref(record);
+        // The window this host enforces (a fleet member's share), which the answer's RateLimit describes.
+        key.rate_window_ms = policy.rate.map(|r| r.window_ms);
+        Found::Key(Admission { decision, key, abusive })
     }
 
     fn damaged(&self, why: &'static str) -> Found {

@@ -293,7 +293,16 @@ pub(super) fn policy_of(r: &Record) -> KeyPolicy {
 }
 
 pub(super) fn key_ref(r: &Record) -> KeyRef {
-    KeyRef { id: r.id, id_len: r.id_len.min(MAX_ID_LEN as u8), plan: r.plan, plan_len: r.plan_len, cell: r.cell }
+    let policy = policy_of(r);
+    KeyRef {
+        id: r.id,
+        id_len: r.id_len.min(MAX_ID_LEN as u8),
+        plan: r.plan,
+        plan_len: r.plan_len,
+        cell: r.cell,
+        quota_period: policy.quota.map(|q| q.period),
+        rate_window_ms: policy.rate.map(|r| r.window_ms),
+    }
 }
 
 #[cfg(test)]

@@ -110,9 +110,20 @@ pub struct KeyRef {
     plan: [u8; 64],
     plan_len: u8,
     cell: u64,
+    /// The windows of the policy this check applied, for the answer's RateLimit fields.
+    quota_period: Option<crate::period::Period>,
+    rate_window_ms: Option<i64>,
 }
 
 impl KeyRef {
+    /// The quota period the check counted against; None: no quota.
+    pub fn quota_period(&self) -> Option<crate::period::Period> {
+        self.quota_period
+    }
+    /// The rate limit's window in ms; None: no rate limit.
+    pub fn rate_window_ms(&self) -> Option<i64> {
+        self.rate_window_ms
+    }
     pub fn id(&self) -> &str {
         std::str::from_utf8(&self.id[..self.id_len as usize]).unwrap_or("")
     }

@@ -106,6 +106,17 @@ int main(void) {
     EXPECT(check(store, rate_key, &r) == MS_OK);
     EXPECT(check(store, rate_key, &r) == MS_RATE_LIMIT_EXCEEDED && r.retry_after_ms == 2000);
 
+    /* The answer's fields, built by the library for every host. */
+    char fields[MS_HTTP_FIELDS_MAX];
+    size_t needed = 0;
+    EXPECT(ms_store_check_http(store, rate_key, strlen(rate_key), NOW, &r, fields, sizeof fields, &needed)
+           == MS_RATE_LIMIT_EXCEEDED);
+    EXPECT(strcmp(fields, "Retry-After: 2\r\nRateLimit-Policy: \"rate\";q=1;w=2\r\n"
+                          "RateLimit: \"rate\";r=0;t=2\r\n") == 0);
+    EXPECT(needed == strlen(fields) && r.status == MS_RATE_LIMIT_EXCEEDED);
+    EXPECT(ms_store_check_http(store, NULL, 0, NOW, NULL, fields, sizeof fields, NULL) == MS_API_KEY_MISSING);
+    EXPECT(fields[0] == '\0');
+
     /* A key longer than 512 bytes is invalid, a huge one does not crash. */
     char *huge = malloc(100001);
     memset(huge, 'a', 100000);

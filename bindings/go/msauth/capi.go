@@ -24,20 +24,26 @@ typedef struct {
 typedef struct {
 	ms_check_result r;
 	char *err;
+	size_t fields_len;
+	char fields[MS_HTTP_FIELDS_MAX];
 } msgo_check_ret;
 
 // Returned by value: the result then lives in a Go stack variable instead of
-// a heap allocation that a Go pointer passed to C would force.
+// a heap allocation that a Go pointer passed to C would force. The answer's
+// Retry-After / RateLimit fields come from the library, as for every host.
 static msgo_check_ret msgo_check(ms_store *s, const char *key, size_t key_len, int64_t now_ms) {
 	msgo_check_ret o;
-	memset(&o, 0, sizeof o);
-	int32_t st = ms_store_check(s, key, key_len, now_ms, &o.r);
+	o.fields_len = 0;
+	o.fields[0] = 0;
+	memset(&o.r, 0, sizeof o.r);
+	int32_t st = ms_store_check_http(s, key, key_len, now_ms, &o.r, o.fields, sizeof o.fields, &o.fields_len);
 	o.r.status = st; // the return value is authoritative, also if out was not filled
+	if (o.fields_len >= sizeof o.fields) o.fields_len = 0; // cannot happen: MS_HTTP_FIELDS_MAX suffices
 	o.err = msgo_take_error(st);
 	return o;
 }
 
-// n checks in one cgo call: the library's own cost, for the benchmark to
+// n checks in one cgo call (ms_store_check, without the answer's fields): the library's own cost, for the benchmark to
 // tell it apart from the binding's. Answers the first non-OK status, or 0.
 static int32_t msgo_check_loop(ms_store *s, const char *key, size_t key_len, int64_t now_ms, int64_t n) {
 	ms_check_result r;
@@ -248,6 +254,9 @@ func cCheck(h *C.ms_store, key string, nowMS int64, out *Result) {
 	}
 	if r.r.plan[0] != 0 {
 		out.Plan = C.GoString(&r.r.plan[0])
+	}
+	if r.fields_len > 0 {
+		out.fields = C.GoStringN(&r.fields[0], C.int(r.fields_len))
 	}
 	out.Err = takeError(r.r.status, r.err)
 	if out.Status.IsFailure() {

@@ -102,7 +102,7 @@ func TestMiddlewareDocumentedAnswers(t *testing.T) {
 		map[string]string{
 			"Content-Type":     "text/plain",
 			"Retry-After":      "",
-			"RateLimit-Policy": `"quota";q=10, "rate";q=5`,
+			"RateLimit-Policy": `"quota";q=10;w=86400, "rate";q=5;w=60`,
 			"RateLimit":        `"quota";r=9;t=43200, "rate";r=4;t=12`,
 		}})
 	get(t, srv.URL, "X-API-Key", noPlan.Key, answer{200, "app key=" + noPlan.Record.ID + " plan= idOK=true planOK=true", noRateHeaders})
@@ -125,7 +125,7 @@ func TestMiddlewareDocumentedAnswers(t *testing.T) {
 	get(t, srv.URL, "X-API-Key", quota.Key, answer{200, "app key=" + quota.Record.ID + " plan= idOK=true planOK=true", nil})
 	get(t, srv.URL, "X-API-Key", quota.Key, jsonAnswer(429, documentedBodies[StatusAPIKeyQuotaExceeded], map[string]string{
 		"Retry-After":      "43200",
-		"RateLimit-Policy": `"quota";q=1`,
+		"RateLimit-Policy": `"quota";q=1;w=86400`,
 		"RateLimit":        `"quota";r=0;t=43200`,
 	}))
 
@@ -134,7 +134,7 @@ func TestMiddlewareDocumentedAnswers(t *testing.T) {
 	clock = t0.Add(2500 * time.Millisecond) // 7.5 s left: rounded up to 8
 	get(t, srv.URL, "X-API-Key", rate.Key, jsonAnswer(429, documentedBodies[StatusRateLimitExceeded], map[string]string{
 		"Retry-After":      "8",
-		"RateLimit-Policy": `"rate";q=1`,
+		"RateLimit-Policy": `"rate";q=1;w=10`,
 		"RateLimit":        `"rate";r=0;t=8`,
 	}))
 	clock = t0.Add(10 * time.Second)

@@ -2,7 +2,7 @@ package msauth
 
 import (
 	"net/http"
-	"strconv"
+	"strings"
 	"time"
 )
 
@@ -28,7 +28,7 @@ type Result struct {
 	// Status is 100 or more, else nil.
 	Err error
 
-	nowMS int64 // the time of the check, for the relative header values
+	fields string // the answer's fields from ms_store_check_http, "Name: value\r\n" lines
 }
 
 // OK reports an admitted request.
@@ -37,12 +37,13 @@ func (r Result) OK() bool { return r.Status == StatusOK && r.Err == nil }
 // ErrorBody is the documented JSON body for the result's status.
 func (r Result) ErrorBody() []byte { return ErrorBody(r.Status) }
 
-// Headers are the response headers for this result: Retry-After (whole
-// seconds, rounded up) on 429s, and the IETF draft
-// (draft-ietf-httpapi-ratelimit-headers) RateLimit-Policy and RateLimit
-// fields for the key's quota ("quota") and rate limit ("rate") when it has
-// them, on admitted and 429 answers. The draft's optional w (window) is left
-// out: ms_check_result does not carry the window.
+// Headers are the response headers for this result, as the library builds
+// them for every host (ms_store_check_http): Retry-After (whole seconds,
+// rounded up) on 429s, and the IETF draft (draft-ietf-httpapi-ratelimit-headers)
+// RateLimit-Policy and RateLimit fields for the key's quota ("quota") and rate
+// limit ("rate") when it has them, on admitted and 429 answers, with the
+// draft's w: the window in seconds (86400 for a daily quota, the month's
+// length for a monthly one).
 func (r Result) Headers() http.Header {
 	h := make(http.Header, 3)
 	r.setHeaders(h)
@@ -50,59 +51,12 @@ func (r Result) Headers() http.Header {
 }
 
 func (r Result) setHeaders(h http.Header) {
-	if r.HTTPStatus == http.StatusTooManyRequests && r.RetryAfter > 0 {
-		h.Set("Retry-After", strconv.FormatInt(ceilSeconds(r.RetryAfter.Milliseconds()), 10))
+	rest := r.fields
+	for rest != "" {
+		line, tail, _ := strings.Cut(rest, "\r\n")
+		rest = tail
+		if name, value, ok := strings.Cut(line, ": "); ok {
+			h.Set(name, value)
+		}
 	}
-	switch r.Status {
-	case StatusOK, StatusAPIKeyQuotaExceeded, StatusRateLimitExceeded:
-	default:
-		return // no usable key: there is no policy to describe
-	}
-	var policy, state []byte
-	if r.QuotaLimit >= 0 {
-		policy = appendItem(policy, "quota", 'q', r.QuotaLimit)
-		state = appendItem(state, "quota", 'r', max0(r.QuotaRemaining))
-		state = appendParam(state, 't', ceilSeconds(r.QuotaReset-r.nowMS))
-	}
-	if r.RateLimit >= 0 {
-		policy = appendItem(policy, "rate", 'q', r.RateLimit)
-		state = appendItem(state, "rate", 'r', max0(r.RateRemaining))
-		state = appendParam(state, 't', ceilSeconds(r.RateReset-r.nowMS))
-	}
-	if policy != nil {
-		h.Set("RateLimit-Policy", string(policy))
-		h.Set("RateLimit", string(state))
-	}
-}
-
-// appendItem appends a structured-field list member `"name";k=v`.
-func appendItem(b []byte, name string, k byte, v int64) []byte {
-	if len(b) > 0 {
-		b = append(b, ", "...)
-	}
-	b = append(b, '"')
-	b = append(b, name...)
-	b = append(b, '"')
-	return appendParam(b, k, v)
-}
-
-func appendParam(b []byte, k byte, v int64) []byte {
-	b = append(b, ';', k, '=')
-	return strconv.AppendInt(b, v, 10)
-}
-
-// ceilSeconds rounds milliseconds up to whole seconds, never below 0:
-// a client waiting the advertised time must not come back early.
-func ceilSeconds(ms int64) int64 {
-	if ms <= 0 {
-		return 0
-	}
-	return (ms + 999) / 1000
-}
-
-func max0(v int64) int64 {
-	if v < 0 {
-		return 0
-	}
-	return v
 }

@@ -77,7 +77,7 @@ var errClosed = &Error{Code: StatusNotOpen, Message: "the store is closed"}
 // failure is a Result with a Status of 100 and up and a non-nil Err: never OK.
 func (s *Store) Check(key string, now time.Time) Result {
 	var r Result
-	r.nowMS = now.UnixMilli()
+	nowMS := now.UnixMilli()
 	s.mu.RLock()
 	if s.h == nil {
 		s.mu.RUnlock()
@@ -85,7 +85,7 @@ func (s *Store) Check(key string, now time.Time) Result {
 		r.QuotaLimit, r.QuotaRemaining, r.RateLimit, r.RateRemaining = -1, -1, -1, -1
 		return r
 	}
-	cCheck(s.h, key, r.nowMS, &r)
+	cCheck(s.h, key, nowMS, &r)
 	s.mu.RUnlock()
 	// s must stay reachable until the C call has returned, or its finalizer
 	// could close the handle under it.

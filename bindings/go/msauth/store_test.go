@@ -276,7 +276,7 @@ func TestResultHeaders(t *testing.T) {
 		RateLimit: Some(RateLimit{Limit: 5, WindowMS: 60000})}, t0)
 	h := s.Check(k.Key, t0).Headers()
 	want := map[string]string{
-		"Ratelimit-Policy": `"quota";q=10, "rate";q=5`,
+		"Ratelimit-Policy": `"quota";q=10;w=86400, "rate";q=5;w=60`,
 		"Ratelimit":        `"quota";r=9;t=43200, "rate";r=4;t=12`,
 	}
 	if len(h) != len(want) {
@@ -309,5 +309,18 @@ func TestResultHeaders(t *testing.T) {
 	}
 	if got := r.Headers().Get("Retry-After"); got != "2" {
 		t.Errorf("Retry-After = %q, want 2", got)
+	}
+	// A rate refusal's t is the time until the bucket is full again, as on 200s.
+	if got := r.Headers().Get("RateLimit"); got != `"rate";r=0;t=2` {
+		t.Errorf("RateLimit of a rate refusal = %q", got)
+	}
+	if got := r.Headers().Get("RateLimit-Policy"); got != `"rate";q=2;w=3` {
+		t.Errorf("RateLimit-Policy of a rate refusal = %q", got)
+	}
+
+	// w tells a monthly quota from a daily one: the month's length in seconds (March: 31 days).
+	monthly := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 10000, Period: Monthly}, RateLimit: Null[RateLimit]()}, t0)
+	if got := s.Check(monthly.Key, t0).Headers().Get("RateLimit-Policy"); got != `"quota";q=10000;w=2678400` {
+		t.Errorf("RateLimit-Policy of a monthly quota = %q", got)
 	}
 }

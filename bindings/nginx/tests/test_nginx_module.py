@@ -286,9 +286,7 @@ def main_http_body(port, port2, store, extra=""):
         location = /echo {{ return 200 "$http_x_ms_key_id|$http_x_ms_plan|$http_x_ms_status"; }}
         location /limits {{
             ms_auth on;
-            add_header RateLimit $ms_auth_ratelimit;
-            add_header RateLimit-Policy $ms_auth_ratelimit_policy;
-            return 200 "limits\\n";
+            return 200 "$ms_auth_ratelimit_policy|$ms_auth_ratelimit";
         }}
         location /failopen {{ ms_auth on; ms_auth_failure open; return 200 "open:$ms_auth_status\\n"; }}
 {extra}
@@ -393,7 +391,7 @@ class Answers(unittest.TestCase):
         # Retry-After: whole seconds to the end of the UTC day, rounded up
         expect = (next_utc_midnight_ms(before) - before * 1000) / 1000
         self.assertAlmostEqual(int(h["Retry-After"]), math.ceil(expect), delta=2)
-        self.assertEqual(h["RateLimit-Policy"], '"quota";q=3, "rate";q=1000')
+        self.assertEqual(h["RateLimit-Policy"], '"quota";q=3;w=86400, "rate";q=1000;w=1')
         m = re.fullmatch(r'"quota";r=0;t=(\d+), "rate";r=(\d+);t=(\d+)', h["RateLimit"])
         self.assertIsNotNone(m, h["RateLimit"])
         self.assertAlmostEqual(int(m.group(1)), int(h["Retry-After"]), delta=1)
@@ -412,7 +410,7 @@ class Answers(unittest.TestCase):
         h = resp[1]
         # GCRA at 2/min: one request every 30 s once the burst of 2 is spent
         self.assertIn(int(h["Retry-After"]), (29, 30))
-        self.assertEqual(h["RateLimit-Policy"], '"rate";q=2')
+        self.assertEqual(h["RateLimit-Policy"], '"rate";q=2;w=60')
         m = re.fullmatch(r'"rate";r=0;t=(\d+)', h["RateLimit"])
         self.assertIsNotNone(m, h["RateLimit"])
         self.assertIn(int(m.group(1)), (59, 60))
@@ -518,12 +516,20 @@ class Variables(unittest.TestCase):
         self.assertIn("/logged-missing 401 key=- plan=- status=api_key_missing", log)
         self.assertIn("/logged-invalid 401 key=- plan=- status=api_key_invalid", log)
 
-    def test_ratelimit_variables_for_admitted_requests(self):
+    def test_ratelimit_fields_and_variables_for_admitted_requests(self):
+        # Admitted responses carry the fields, as the Go and Python hosts' do; the variables hold
+        # the same values (for logs).
         rec = ENV.create_key("--quota", "10/day", "--rate", "5/s")
-        code, h, _ = request(PORT, "/limits", key=rec["key"])
+        code, h, data = request(PORT, "/limits", key=rec["key"])
         self.assertEqual(code, 200)
-        self.assertEqual(h["RateLimit-Policy"], '"quota";q=10, "rate";q=5')
+        self.assertEqual(h["RateLimit-Policy"], '"quota";q=10;w=86400, "rate";q=5;w=1')
         self.assertRegex(h["RateLimit"], r'^"quota";r=9;t=\d+, "rate";r=4;t=[01]$')
+        self.assertIsNone(h["Retry-After"])
+        self.assertEqual(data.decode(), "%s|%s" % (h["RateLimit-Policy"], h["RateLimit"]))
+        # Proxied answers get them too, once.
+        code, h, _ = request(PORT, "/up", key=rec["key"])
+        self.assertEqual(code, 200)
+        self.assertEqual(h.get_all("RateLimit-Policy"), ['"quota";q=10;w=86400, "rate";q=5;w=1'])
 
 
 class CrossWorker(unittest.TestCase):

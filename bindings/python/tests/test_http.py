@@ -250,7 +250,7 @@ def test_quota_exceeded(http: Server, store: Store) -> None:
     assert_documented(resp, "api_key_quota_exceeded")
     midnight = next_utc_midnight_ms(t0)
     assert ceil_s(midnight - t1) <= int(resp.headers["retry-after"]) <= ceil_s(midnight - t0)
-    assert resp.headers["ratelimit-policy"] == '"quota";q=1'
+    assert resp.headers["ratelimit-policy"] == '"quota";q=1;w=86400'
     assert resp.headers["ratelimit"] == f'"quota";r=0;t={resp.headers["retry-after"]}'
 
 
@@ -260,7 +260,7 @@ def test_rate_limited(http: Server, store: Store) -> None:
     resp = get(http, keys.rate.key)
     assert_documented(resp, "rate_limit_exceeded")
     assert resp.headers["retry-after"] in ("59", "60")  # 60 s window, one slot, rounded up
-    assert resp.headers["ratelimit-policy"] == '"rate";q=1'
+    assert resp.headers["ratelimit-policy"] == '"rate";q=1;w=60'
     assert resp.headers["ratelimit"] == f'"rate";r=0;t={resp.headers["retry-after"]}'
 
 
@@ -270,7 +270,7 @@ def test_ok(http: Server, store: Store) -> None:
     assert resp.status == 200
     assert resp.json() == {"key_id": keys.ok.id, "plan": "pro", "has_result": True}
     assert "retry-after" not in resp.headers
-    assert resp.headers["ratelimit-policy"] == '"quota";q=1000, "rate";q=100'
+    assert resp.headers["ratelimit-policy"] == '"quota";q=1000;w=86400, "rate";q=100;w=60'
     assert resp.headers["ratelimit"].startswith('"quota";r=999;t=')
     assert resp.headers["ratelimit"].endswith(', "rate";r=99;t=1')
     assert '"rate";r=98;' in get(http, keys.ok.key).headers["ratelimit"]
@@ -281,7 +281,7 @@ def test_app_headers_are_not_overridden(http: Server, store: Store) -> None:
     resp = get(http, keys.ok.key, path="/own-ratelimit")
     assert resp.status == 200
     assert resp.headers["ratelimit"] == '"app";r=1;t=1'
-    assert resp.headers["ratelimit-policy"] == '"quota";q=1000, "rate";q=100'
+    assert resp.headers["ratelimit-policy"] == '"quota";q=1000;w=86400, "rate";q=100;w=60'
 
 
 def test_closed_store_fails_closed(http: Server, tmp_path: Any) -> None:

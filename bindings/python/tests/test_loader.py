@@ -216,6 +216,12 @@ def test_prototypes_match_the_header() -> None:
         assert header[name] == (restype, argtypes), name
 
 
+def test_the_fields_bound_matches_the_header() -> None:
+    # The buffer a check hands ms_store_check_http must be the size the header promises suffices.
+    m = re.search(r"#define MS_HTTP_FIELDS_MAX (\d+)", HEADER.read_text())
+    assert m and int(m.group(1)) == _ffi.HTTP_FIELDS_MAX
+
+
 def test_every_symbol_is_declared_on_the_loaded_library() -> None:
     lib = _ffi.lib
     for name, (restype, argtypes) in _ffi.PROTOTYPES.items():

@@ -129,7 +129,7 @@ def test_check_ok_figures(store: Store) -> None:
     with pytest.raises(ValueError):
         r.error_body()
     assert r.headers() == {
-        "RateLimit-Policy": '"quota";q=10, "rate";q=5',
+        "RateLimit-Policy": '"quota";q=10;w=86400, "rate";q=5;w=1',
         "RateLimit": f'"quota";r=9;t={DAY_MS // 1000}, "rate";r=4;t=1',
     }
 
@@ -223,7 +223,7 @@ def test_quota_exceeded_and_reset_at_utc_midnight(store: Store) -> None:
     assert r.error_body() == documented_body("api_key_quota_exceeded")
     assert r.headers() == {
         "Retry-After": "5",
-        "RateLimit-Policy": '"quota";q=2',
+        "RateLimit-Policy": '"quota";q=2;w=86400',
         "RateLimit": '"quota";r=0;t=5',
     }
     assert store.check(created.key, now_ms=T0 + DAY_MS).ok  # a new day, a new quota
@@ -237,7 +237,10 @@ def test_rate_limited_retry_after_rounds_up(store: Store) -> None:
     assert r.status is Status.RATE_LIMIT_EXCEEDED and r.http_status == 429
     assert r.retry_after_ms == 1499
     assert r.headers()["Retry-After"] == "2"  # 1.499 s rounded up
-    assert r.headers()["RateLimit"] == '"rate";r=0;t=2'
+    # t is the time until the bucket is full again (as nginx and Go said before the core built it),
+    # Retry-After the time until one request is admitted.
+    assert r.headers()["RateLimit"] == '"rate";r=0;t=3'
+    assert r.headers()["RateLimit-Policy"] == '"rate";q=2;w=3'
     assert r.error_body() == documented_body("rate_limit_exceeded")
     assert store.check(created.key, now_ms=T0 + 1500).ok
 

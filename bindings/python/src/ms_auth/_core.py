@@ -123,12 +123,14 @@ class CheckResult:
     ``Store.check`` cheap on the hot path.
     """
 
-    __slots__ = ("_raw", "now_ms")
+    __slots__ = ("_raw", "now_ms", "_fields")
 
-    def __init__(self, raw: _RawResult, now_ms: int) -> None:
+    def __init__(self, raw: _RawResult, now_ms: int, fields: bytes = b"") -> None:
         self._raw = raw
         self.now_ms = now_ms
         """The time (Unix ms) the decision was made for."""
+        # The answer's fields as the library builds them for every host (ms_store_check_http).
+        self._fields = fields
 
     @property
     def status(self) -> Status:
@@ -215,35 +217,19 @@ class CheckResult:
         return body
 
     def headers(self) -> Dict[str, str]:
-        """Response headers for this decision.
+        """Response headers for this decision, as the library builds them for every host
+        (``ms_store_check_http``), so that nginx, Go and Python answer alike.
 
         ``Retry-After`` (whole seconds, rounded up) on 429s, and for a matched key that is in force
         the IETF draft (httpapi-ratelimit-headers) fields: ``RateLimit-Policy`` with one item per
-        policy (``"quota"``, ``"rate"``; ``q`` = limit) and ``RateLimit`` with the remaining
-        requests ``r`` and the seconds ``t`` until more are available.
+        policy (``"quota"``, ``"rate"``; ``q`` = limit, ``w`` = window in seconds) and ``RateLimit``
+        with the remaining requests ``r`` and the seconds ``t`` until the item resets.
         """
-        raw = self._raw
-        status = raw[0]
         out: Dict[str, str] = {}
-        if raw[2] > 0:
-            out["Retry-After"] = str(_ceil_seconds(raw[2]))
-        # Limits of expired, revoked or unknown keys are not advertised: they are not in force.
-        if status not in (0, 5, 6) or raw[9][:1] == b"\0":
-            return out
-        policies: List[str] = []
-        states: List[str] = []
-        now = self.now_ms
-        # Quota first, as the decision order checks it first (the Go and nginx bindings agree).
-        if raw[3] >= 0:
-            policies.append(f'"quota";q={raw[3]}')
-            states.append(f'"quota";r={max(raw[4], 0)};t={_ceil_seconds(raw[5] - now)}')
-        if raw[6] >= 0:
-            policies.append(f'"rate";q={raw[6]}')
-            wait = raw[2] if status == 6 else raw[8] - now
-            states.append(f'"rate";r={max(raw[7], 0)};t={_ceil_seconds(wait)}')
-        if policies:
-            out["RateLimit-Policy"] = ", ".join(policies)
-            out["RateLimit"] = ", ".join(states)
+        for line in self._fields.decode("ascii").split("\r\n"):
+            name, sep, value = line.partition(": ")
+            if sep:
+                out[name] = value
         return out
 
     def as_dict(self) -> Dict[str, Any]:
@@ -530,10 +516,14 @@ class _Scratch(threading.local):
     def __init__(self) -> None:
         self.buf = _ffi.CheckResultStruct()
         self.addr = ctypes.addressof(self.buf)
+        # MS_HTTP_FIELDS_MAX: every answer's fields fit, so a check never has to be repeated.
+        self.fields = ctypes.create_string_buffer(_ffi.HTTP_FIELDS_MAX)
+        self.needed = ctypes.c_size_t()
+        self.needed_addr = ctypes.addressof(self.needed)
 
 
 _scratch = _Scratch()
-_store_check = _lib.ms_store_check
+_store_check_http = _lib.ms_store_check_http
 _time_ns = time.time_ns
 
 
@@ -780,7 +770,16 @@ class Store:
             if handle is None:
                 raise StoreNotOpenError(101, "the Store was closed", "check")
             # The length goes with the pointer so that an embedded NUL is seen (and rejected).
-            rc: int = _store_check(handle, key, length, now_ms, scratch.addr)
+            rc: int = _store_check_http(
+                handle,
+                key,
+                length,
+                now_ms,
+                scratch.addr,
+                scratch.fields,
+                _ffi.HTTP_FIELDS_MAX,
+                scratch.needed_addr,
+            )
         finally:
             calls.pop()
             if native.handle is None:
@@ -789,7 +788,8 @@ class Store:
             # 100+: a library failure. Anything else unknown is not a decision this package
             # understands: it fails closed the same way.
             raise error_from_code(rc, "check")
-        return CheckResult(_unpack_result(scratch.buf), now_ms)
+        n = scratch.needed.value
+        return CheckResult(_unpack_result(scratch.buf), now_ms, scratch.fields.raw[:n] if n else b"")
 
     # -- administration ----------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 ABI_VERSION = 1
+# MS_HTTP_FIELDS_MAX: bytes that ms_store_check_http's fields always fit in (with the NUL).
+HTTP_FIELDS_MAX = 512
 
 if sys.platform == "darwin":
     LIB_FILENAME = "libms_auth.dylib"
@@ -64,6 +66,19 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
     "ms_store_check": (
         ctypes.c_int32,
         [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int64, ctypes.c_void_p],
+    ),
+    "ms_store_check_http": (
+        ctypes.c_int32,
+        [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_void_p,
+        ],
     ),
     "ms_key_create": (
         ctypes.c_int32,
