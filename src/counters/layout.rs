@@ -164,7 +164,7 @@ impl SharedCounters {
             Some(
                 h.index_off == HEADER_LEN
                     && h.index_slots.is_power_of_two()
-                    && h.index_slots >= 2 * h.max_cells
+                    && h.index_slots >= h.max_cells.checked_mul(2)?
                     && h.blocks_off >= index_end
                     && h.blocks_off % 64 == 0
                     && h.max_cells <= h.max_blocks
@@ -401,6 +401,18 @@ mod tests {
         let h = c.header_mut();
         h.index_slots = 1 << 61; // index_slots * 8 wraps to 0
         h.checksum = checksum(h); // anyone who can write the file can recompute it
+        drop(c);
+        assert!(SharedCounters::open_existing(&path).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_forged_header_whose_cell_count_doubled_overflows_is_refused() {
+        // Found by the `counters` fuzz target: `2 * max_cells` overflowed (a panic with overflow checks).
+        let dir = tempfile::tempdir().unwrap();
+        let (path, c) = built(&dir, &[entry(1, None)]);
+        let h = c.header_mut();
+        h.max_cells = 1 << 63;
+        h.checksum = checksum(h);
         drop(c);
         assert!(SharedCounters::open_existing(&path).unwrap().is_none());
     }
