@@ -366,8 +366,9 @@ pub unsafe extern "C" fn ms_store_check_http(
             quota: k.quota_period(),
             rate_window_ms: k.rate_window_ms(),
         });
-        let text = crate::headers::http_fields(&checked.decision, windows, now_ms);
-        write_c(fields, fields_len, &text);
+        let built = crate::headers::build(&checked.decision, windows, now_ms);
+        let text = built.as_str();
+        write_c(fields, fields_len, text);
         if let Some(needed) = fields_needed.as_mut() {
             *needed = text.len();
         }

@@ -17,8 +17,6 @@
 //! would misstate the rate. On a fleet host it is the window this host enforces (its share: the window
 //! times the live members), which `r` and `t` describe.
 
-use std::fmt::Write;
-
 use crate::period::Period;
 use crate::policy::Decision;
 use crate::status::Status;
@@ -36,36 +34,90 @@ pub struct Windows {
     pub rate_window_ms: Option<i64>,
 }
 
+/// The answer's fields, built in place: no allocation on the check path (every host builds them for every
+/// request it decides).
+pub struct Fields {
+    buf: [u8; FIELDS_MAX],
+    len: usize,
+}
+
+impl Fields {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+
+    fn push(&mut self, s: &str) {
+        let end = (self.len + s.len()).min(FIELDS_MAX - 1);
+        self.buf[self.len..end].copy_from_slice(&s.as_bytes()[..end - self.len]);
+        self.len = end;
+    }
+
+    fn num(&mut self, n: i64) {
+        self.push(itoa::Buffer::new().format(n));
+    }
+}
+
 /// The answer's rate-limit fields for `d`, decided at `now_ms`, as `Name: value\r\n` lines ("" for none).
 pub fn http_fields(d: &Decision, windows: Windows, now_ms: i64) -> String {
-    let mut out = String::new();
+    build(d, windows, now_ms).as_str().to_string()
+}
+
+/// [`http_fields`] without allocating.
+pub fn build(d: &Decision, windows: Windows, now_ms: i64) -> Fields {
+    let mut out = Fields { buf: [0; FIELDS_MAX], len: 0 };
     if d.status.http() == 429 && d.retry_after_ms > 0 {
-        let _ = write!(out, "Retry-After: {}\r\n", ceil_s(d.retry_after_ms));
+        out.push("Retry-After: ");
+        out.num(ceil_s(d.retry_after_ms));
+        out.push("\r\n");
     }
     if !matches!(d.status, Status::Ok | Status::ApiKeyQuotaExceeded | Status::RateLimitExceeded) {
         return out;
     }
-    let mut policy = String::new();
-    let mut state = String::new();
-    if d.quota_limit >= 0 {
-        let _ = write!(policy, "\"quota\";q={}", d.quota_limit);
+    let quota = d.quota_limit >= 0;
+    let rate = d.rate_limit >= 0;
+    if !quota && !rate {
+        return out;
+    }
+    let rate_w = windows.rate_window_ms.filter(|w| *w > 0 && w % 1000 == 0);
+    out.push("RateLimit-Policy: ");
+    if quota {
+        out.push("\"quota\";q=");
+        out.num(d.quota_limit);
         if let Some(period) = windows.quota {
-            let (start, end) = period.bounds(now_ms);
-            let _ = write!(policy, ";w={}", (end - start) / 1000);
+            let w = match period {
+                Period::Daily => 86_400,
+                Period::Monthly => {
+                    let (start, end) = period.bounds(now_ms);
+                    (end - start) / 1000
+                }
+            };
+            out.push(";w=");
+            out.num(w);
         }
-        let _ = write!(state, "\"quota\";r={};t={}", d.quota_remaining.max(0), ceil_s(d.quota_reset_ms - now_ms));
     }
-    if d.rate_limit >= 0 {
-        let sep = if policy.is_empty() { "" } else { ", " };
-        let _ = write!(policy, "{sep}\"rate\";q={}", d.rate_limit);
-        if let Some(window_ms) = windows.rate_window_ms.filter(|w| *w > 0 && w % 1000 == 0) {
-            let _ = write!(policy, ";w={}", window_ms / 1000);
+    if rate {
+        out.push(if quota { ", \"rate\";q=" } else { "\"rate\";q=" });
+        out.num(d.rate_limit);
+        if let Some(w) = rate_w {
+            out.push(";w=");
+            out.num(w / 1000);
         }
-        let _ = write!(state, "{sep}\"rate\";r={};t={}", d.rate_remaining.max(0), ceil_s(d.rate_reset_ms - now_ms));
     }
-    if !policy.is_empty() {
-        let _ = write!(out, "RateLimit-Policy: {policy}\r\nRateLimit: {state}\r\n");
+    out.push("\r\nRateLimit: ");
+    if quota {
+        out.push("\"quota\";r=");
+        out.num(d.quota_remaining.max(0));
+        out.push(";t=");
+        out.num(ceil_s(d.quota_reset_ms - now_ms));
     }
+    if rate {
+        out.push(if quota { ", \"rate\";r=" } else { "\"rate\";r=" });
+        out.num(d.rate_remaining.max(0));
+        out.push(";t=");
+        out.num(ceil_s(d.rate_reset_ms - now_ms));
+    }
+    out.push("\r\n");
     out
 }
 
