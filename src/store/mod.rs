@@ -36,6 +36,30 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+/// A key's whole state as fleet mode publishes it (SQLite has no trigger for insert *or* update, so the
+/// insert and update triggers of migration 5 share this expression; `store::replica::KeyState` reads it).
+macro_rules! key_state {
+    () => {
+        "json_object('id', NEW.id, 'digest', lower(hex(NEW.digest)), 'prefix', NEW.prefix, 'env', NEW.env,
+            'name', NEW.name, 'plan', NEW.plan, 'created_at_ms', NEW.created_at_ms, 'expires_at_ms', NEW.expires_at_ms,
+            'revoked_at_ms', NEW.revoked_at_ms, 'revoked_reason', NEW.revoked_reason, 'quota_limit', NEW.quota_limit,
+            'quota_period', NEW.quota_period, 'rate_limit', NEW.rate_limit, 'rate_window_ms', NEW.rate_window_ms,
+            'rate_burst', NEW.rate_burst, 'meta', NEW.meta, 'revoke_at_ms', NEW.revoke_at_ms,
+            'rotated_from', NEW.rotated_from, 'rotated_to', NEW.rotated_to,
+            'counts_with', (SELECT id FROM keys WHERE row = NEW.counts_with),
+            'quota_from_plan', NEW.quota_from_plan, 'rate_from_plan', NEW.rate_from_plan)"
+    };
+}
+
+/// A plan's whole state as fleet mode publishes it (`store::replica::PlanState` reads it).
+macro_rules! plan_state {
+    () => {
+        "json_object('name', NEW.name, 'quota_limit', NEW.quota_limit, 'quota_period', NEW.quota_period,
+            'rate_limit', NEW.rate_limit, 'rate_window_ms', NEW.rate_window_ms, 'rate_burst', NEW.rate_burst,
+            'lifetime_ms', NEW.lifetime_ms, 'updated_at_ms', NEW.updated_at_ms)"
+    };
+}
+
 /// Append-only: a released migration is never edited; a new schema is a new entry. `PRAGMA user_version`
 /// holds how many have been applied.
 const MIGRATIONS: &[&str] = &[
@@ -132,39 +156,23 @@ const MIGRATIONS: &[&str] = &[
     // 5: fleet mode. Once this store is a member of a fleet (a `fleet` setting), every change of a key, a
     // plan or the policies is captured, in its own transaction, as the record's whole new state, for the
     // fleet agent to publish (see `fleet` and `store::replica`).
-    "CREATE TABLE fleet_outbox (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL);
+    concat!(
+        "CREATE TABLE fleet_outbox (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL);
     CREATE TRIGGER fleet_key_insert AFTER INSERT ON keys WHEN EXISTS (SELECT 1 FROM settings WHERE name = 'fleet')
-    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('key', NEW.id, json_object('id', NEW.id, 'digest', lower(hex(NEW.digest)), 'prefix', NEW.prefix, 'env', NEW.env,
-            'name', NEW.name, 'plan', NEW.plan, 'created_at_ms', NEW.created_at_ms, 'expires_at_ms', NEW.expires_at_ms,
-            'revoked_at_ms', NEW.revoked_at_ms, 'revoked_reason', NEW.revoked_reason, 'quota_limit', NEW.quota_limit,
-            'quota_period', NEW.quota_period, 'rate_limit', NEW.rate_limit, 'rate_window_ms', NEW.rate_window_ms,
-            'rate_burst', NEW.rate_burst, 'meta', NEW.meta, 'revoke_at_ms', NEW.revoke_at_ms,
-            'rotated_from', NEW.rotated_from, 'rotated_to', NEW.rotated_to,
-            'counts_with', (SELECT id FROM keys WHERE row = NEW.counts_with),
-            'quota_from_plan', NEW.quota_from_plan, 'rate_from_plan', NEW.rate_from_plan)); END;
+    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('key', NEW.id, ", key_state!(), "); END;
     CREATE TRIGGER fleet_key_update AFTER UPDATE ON keys WHEN EXISTS (SELECT 1 FROM settings WHERE name = 'fleet')
-    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('key', NEW.id, json_object('id', NEW.id, 'digest', lower(hex(NEW.digest)), 'prefix', NEW.prefix, 'env', NEW.env,
-            'name', NEW.name, 'plan', NEW.plan, 'created_at_ms', NEW.created_at_ms, 'expires_at_ms', NEW.expires_at_ms,
-            'revoked_at_ms', NEW.revoked_at_ms, 'revoked_reason', NEW.revoked_reason, 'quota_limit', NEW.quota_limit,
-            'quota_period', NEW.quota_period, 'rate_limit', NEW.rate_limit, 'rate_window_ms', NEW.rate_window_ms,
-            'rate_burst', NEW.rate_burst, 'meta', NEW.meta, 'revoke_at_ms', NEW.revoke_at_ms,
-            'rotated_from', NEW.rotated_from, 'rotated_to', NEW.rotated_to,
-            'counts_with', (SELECT id FROM keys WHERE row = NEW.counts_with),
-            'quota_from_plan', NEW.quota_from_plan, 'rate_from_plan', NEW.rate_from_plan)); END;
+    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('key', NEW.id, ", key_state!(), "); END;
     CREATE TRIGGER fleet_plan_insert AFTER INSERT ON plans WHEN EXISTS (SELECT 1 FROM settings WHERE name = 'fleet')
-    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('plan', NEW.name, json_object('name', NEW.name, 'quota_limit', NEW.quota_limit, 'quota_period', NEW.quota_period,
-            'rate_limit', NEW.rate_limit, 'rate_window_ms', NEW.rate_window_ms, 'rate_burst', NEW.rate_burst,
-            'lifetime_ms', NEW.lifetime_ms, 'updated_at_ms', NEW.updated_at_ms)); END;
+    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('plan', NEW.name, ", plan_state!(), "); END;
     CREATE TRIGGER fleet_plan_update AFTER UPDATE ON plans WHEN EXISTS (SELECT 1 FROM settings WHERE name = 'fleet')
-    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('plan', NEW.name, json_object('name', NEW.name, 'quota_limit', NEW.quota_limit, 'quota_period', NEW.quota_period,
-            'rate_limit', NEW.rate_limit, 'rate_window_ms', NEW.rate_window_ms, 'rate_burst', NEW.rate_burst,
-            'lifetime_ms', NEW.lifetime_ms, 'updated_at_ms', NEW.updated_at_ms)); END;
+    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('plan', NEW.name, ", plan_state!(), "); END;
     CREATE TRIGGER fleet_policies_insert AFTER INSERT ON settings
     WHEN NEW.name = 'policies' AND EXISTS (SELECT 1 FROM settings WHERE name = 'fleet')
     BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('policies', 'policies', NEW.value); END;
     CREATE TRIGGER fleet_policies_update AFTER UPDATE ON settings
     WHEN NEW.name = 'policies' AND EXISTS (SELECT 1 FROM settings WHERE name = 'fleet')
-    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('policies', 'policies', NEW.value); END;",
+    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('policies', 'policies', NEW.value); END;"
+    ),
 ];
 
 pub const DEFAULT_LIFETIME_MS: i64 = 365 * 86_400_000;
