@@ -308,11 +308,7 @@ pub unsafe extern "C" fn ms_store_check(
 ) -> i32 {
     ffi_boundary(|| {
         let store = store_arg(store)?;
-        if key_len > isize::MAX as usize {
-            return Err(Error::invalid("key_len is larger than any object can be"));
-        }
-        let key = (!key.is_null()).then(|| std::slice::from_raw_parts(key as *const u8, key_len));
-        let checked = store.check(key, now_ms)?;
+        let checked = store.check(key_arg(key, key_len)?, now_ms)?;
         if let Some(out) = out.as_mut() {
             *out = to_result(&checked);
         }
@@ -354,14 +350,10 @@ pub unsafe extern "C" fn ms_store_check_http(
 ) -> i32 {
     ffi_boundary(|| {
         let store = store_arg(store)?;
-        if key_len > isize::MAX as usize {
-            return Err(Error::invalid("key_len is larger than any object can be"));
-        }
         if fields.is_null() && fields_len > 0 {
             return Err(Error::invalid("fields is NULL but fields_len is not 0"));
         }
-        let key = (!key.is_null()).then(|| std::slice::from_raw_parts(key as *const u8, key_len));
-        let checked = store.check(key, now_ms)?;
+        let checked = store.check(key_arg(key, key_len)?, now_ms)?;
         let windows = checked.key.map_or(crate::headers::Windows::default(), |k| crate::headers::Windows {
             quota: k.quota_period(),
             rate_window_ms: k.rate_window_ms(),
@@ -377,6 +369,15 @@ pub unsafe extern "C" fn ms_store_check_http(
         }
         Ok(checked.decision.status as i32)
     })
+}
+
+/// The header value of a check: `key_len` bytes at `key` (not NUL-terminated), `None` when `key` is NULL.
+/// # Safety: a non-NULL `key` is valid for `key_len` bytes.
+unsafe fn key_arg<'a>(key: *const c_char, key_len: usize) -> Result<Option<&'a [u8]>> {
+    if key_len > isize::MAX as usize {
+        return Err(Error::invalid("key_len is larger than any object can be"));
+    }
+    Ok((!key.is_null()).then(|| std::slice::from_raw_parts(key as *const u8, key_len)))
 }
 
 /// Writes `text` to `buf` like snprintf: at most `buf_len` bytes, NUL-terminated; nothing when 0.

@@ -65,6 +65,8 @@ pub(super) struct Block {
 const BLOCK_LEN: u64 = std::mem::size_of::<Block>() as u64;
 const _: () = assert!(BLOCK_LEN == 384);
 
+/// The geometry of a counters file: computed for a new one, or validated and copied out of an existing
+/// one's header.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Layout {
     pub(super) index_slots: u64,
@@ -88,25 +90,16 @@ fn boot_id() -> [u8; 48] {
     id
 }
 
-struct Geometry {
-    index_slots: u64,
-    max_cells: u64,
-    max_blocks: u64,
-    index_off: u64,
-    blocks_off: u64,
-    file_len: u64,
-}
-
-impl Geometry {
+impl Layout {
     /// Room for `keys` keys with half as many again to grow, and two policy versions per key.
-    fn for_keys(keys: u64) -> Geometry {
+    fn for_keys(keys: u64) -> Layout {
         let max_cells = (keys + keys / 2).max(4096);
         let index_slots = (max_cells * 2).next_power_of_two();
         let max_blocks = max_cells * 2;
         let index_off = HEADER_LEN;
         let blocks_off = align(index_off + index_slots * 8, 64);
         let file_len = align(blocks_off + max_blocks * BLOCK_LEN, 4096);
-        Geometry { index_slots, max_cells, max_blocks, index_off, blocks_off, file_len }
+        Layout { index_slots, max_cells, max_blocks, index_off, blocks_off, file_len }
     }
 }
 
@@ -207,7 +200,7 @@ impl SharedCounters {
         generation: i64,
         owner_of: &Path,
     ) -> Result<SharedCounters> {
-        let g = Geometry::for_keys(room.max(entries.len()) as u64);
+        let g = Layout::for_keys(room.max(entries.len()) as u64);
         remove_stale_builds(path);
         let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
         let _ = std::fs::remove_file(&tmp);
@@ -237,15 +230,7 @@ impl SharedCounters {
                 .map_raw(&file)
                 .map_err(|e| io_error("cannot map counters file", &tmp, e))?;
             let inode = file.metadata().map_err(|e| io_error("cannot stat counters file", &tmp, e))?.ino();
-            let layout = Layout {
-                index_slots: g.index_slots,
-                max_cells: g.max_cells,
-                max_blocks: g.max_blocks,
-                index_off: g.index_off,
-                blocks_off: g.blocks_off,
-                file_len: g.file_len,
-            };
-            let counters = SharedCounters::new(map, layout, path, inode, file);
+            let counters = SharedCounters::new(map, g, path, inode, file);
             {
                 let h = counters.header_mut();
                 h.magic = MAGIC;
@@ -388,7 +373,7 @@ mod tests {
     #[test]
     fn layout_leaves_the_index_at_most_half_full() {
         for keys in [0, 1, 4096, 1_000_000] {
-            let g = Geometry::for_keys(keys);
+            let g = Layout::for_keys(keys);
             assert!(g.index_slots >= 2 * g.max_cells && g.max_cells >= keys + keys / 2);
             assert!(g.file_len >= g.blocks_off + g.max_blocks * BLOCK_LEN);
         }

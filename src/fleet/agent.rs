@@ -75,8 +75,11 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
         state: format!("ms-auth:{}:state", cfg.fleet),
         members: format!("ms-auth:{}:members", cfg.fleet),
     };
-    let publish = redis::Script::new(PUBLISH);
-    let scripts = Scripts { grant: redis::Script::new(quota::GRANT) };
+    let scripts = Scripts {
+        publish: redis::Script::new(PUBLISH),
+        grant: redis::Script::new(quota::GRANT),
+        hand_back: redis::Script::new(quota::HAND_BACK),
+    };
     let mut leases = Leases::default();
     let mut health = Health::default();
     let mut conn: Option<redis::Connection> = None;
@@ -108,7 +111,7 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
             }
         }
         let c = conn.as_mut().expect("connected above");
-        let stepped = step(store, cfg, &names, &publish, c, &mut health, log).and_then(|()| {
+        let stepped = step(store, cfg, &names, &scripts, c, &mut health, log).and_then(|()| {
             lease_round(store, cfg, &scripts, c, &mut leases)?;
             if Instant::now() >= next_report {
                 next_report = Instant::now() + cfg.heartbeat;
@@ -134,10 +137,10 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
         }
     }
     if let Some(c) = conn.as_mut() {
-        if let Err(e) = publish_outbox(store, cfg, &names, &publish, c, &mut health) {
+        if let Err(e) = publish_outbox(store, cfg, &names, &scripts, c, &mut health) {
             log(&format!("at exit, pending changes stay in the outbox: {e:?}"));
         }
-        match hand_back(store, cfg, c) {
+        match hand_back(store, cfg, &scripts, c) {
             Ok(n) if n > 0 => log(&format!("handed back the unused leases of {n} quotas")),
             Ok(_) => {}
             Err(e) => log(&format!("at exit, could not hand back unused leases: {e:?}")),
@@ -150,8 +153,11 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
     Ok(())
 }
 
+/// The agent's Lua scripts (loaded once per connection by EVALSHA, sent whole when Redis lacks them).
 struct Scripts {
+    publish: redis::Script,
     grant: redis::Script,
+    hand_back: redis::Script,
 }
 
 /// Tops up this host's leases of the quotas its checks are using (and takes the next period's a few
@@ -222,7 +228,12 @@ fn grant(
 
 /// Gives the fleet back what this host holds and did not use (the agent is stopping): local checks stop
 /// counting past what they used, then Redis learns the lease is no larger than that.
-fn hand_back(store: &Store, cfg: &Config, c: &mut redis::Connection) -> std::result::Result<usize, Failure> {
+fn hand_back(
+    store: &Store,
+    cfg: &Config,
+    scripts: &Scripts,
+    c: &mut redis::Connection,
+) -> std::result::Result<usize, Failure> {
     let now = clock_ms();
     let held: Vec<_> = store.fleet_quota_view(now)?.into_iter().filter(|q| q.quota.lease > q.quota.used).collect();
     for q in &held {
@@ -230,11 +241,11 @@ fn hand_back(store: &Store, cfg: &Config, c: &mut redis::Connection) -> std::res
     }
     // Checks that read the lease just before it was lowered finish within microseconds.
     std::thread::sleep(Duration::from_millis(20));
-    let hand_back = redis::Script::new(quota::HAND_BACK);
     for q in store.fleet_quota_view(now)? {
         if let Some(before) = held.iter().find(|h| h.owner == q.owner) {
             let used = q.quota.used.max(before.quota.used);
-            let _: i64 = hand_back
+            let _: i64 = scripts
+                .hand_back
                 .key(quota::hash_name(&cfg.fleet, &q.owner, q.quota.period_start_ms))
                 .arg(&cfg.host)
                 .arg(used)
@@ -283,7 +294,7 @@ fn step(
     store: &Store,
     cfg: &Config,
     names: &Names,
-    publish: &redis::Script,
+    scripts: &Scripts,
     c: &mut redis::Connection,
     health: &mut Health,
     log: &mut dyn FnMut(&str),
@@ -294,7 +305,7 @@ fn step(
         _ => load_snapshot(store, cfg, names, c, health, log)?,
     };
     health.position_checked = true;
-    publish_outbox(store, cfg, names, publish, c, health)?;
+    publish_outbox(store, cfg, names, scripts, c, health)?;
     let options = StreamReadOptions::default().count(500).block(100);
     let reply: StreamReadReply = c.xread_options(&[&names.log], &[&position], &options)?;
     let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
@@ -354,7 +365,7 @@ fn publish_outbox(
     store: &Store,
     cfg: &Config,
     names: &Names,
-    publish: &redis::Script,
+    scripts: &Scripts,
     c: &mut redis::Connection,
     health: &mut Health,
 ) -> std::result::Result<(), Failure> {
@@ -365,7 +376,8 @@ fn publish_outbox(
         }
         for change in &changes {
             let sig = cfg.secret.sign(&cfg.fleet, change);
-            let _id: String = publish
+            let _id: String = scripts
+                .publish
                 .key(&names.log)
                 .key(&names.state)
                 .arg(cfg.max_log)

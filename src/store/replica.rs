@@ -331,11 +331,8 @@ fn apply_key(tx: &rusqlite::Transaction, change: &Change) -> Result<Vec<i64>> {
     if k.id != change.id {
         return Err(Error::invalid("the record's id is not the change's"));
     }
-    let digest: Vec<u8> = (0..k.digest.len())
-        .step_by(2)
-        .map(|i| k.digest.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect::<Option<_>>()
-        .filter(|d: &Vec<u8>| d.len() == 32)
+    let digest = crate::fleet::unhex(&k.digest)
+        .filter(|d| d.len() == 32)
         .ok_or_else(|| Error::invalid("a key digest must be 64 hex digits"))?;
     crate::key::Env::parse(&k.env)?;
     if let Some(p) = &k.quota_period {
