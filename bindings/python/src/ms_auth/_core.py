@@ -789,7 +789,8 @@ class Store:
             # understands: it fails closed the same way.
             raise error_from_code(rc, "check")
         n = scratch.needed.value
-        return CheckResult(_unpack_result(scratch.buf), now_ms, scratch.fields.raw[:n] if n else b"")
+        # .value stops at the NUL the library wrote after the n bytes: no copy of the whole buffer.
+        return CheckResult(_unpack_result(scratch.buf), now_ms, scratch.fields.value if n else b"")
 
     # -- administration ----------------------------------------------------------------------
 
