@@ -634,7 +634,8 @@ pub unsafe extern "C" fn ms_policy_get(store: *mut ms_store, out_json: *mut *mut
 
 /// Writes the audit log, oldest first: `{"events": [{"seq", "at_ms", "actor", "action", "key_id",
 /// "detail"}, ...]}`. Actions: key.create, key.update, key.revoke, key.revoke.policy, key.rotate, plan.put,
-/// policy.set. `filter_json`: NULL or `{"key_id": "...", "since_ms": N, "limit": N}` (default: the last 1000).
+/// policy.set. In a fleet, the log holds every member's changes and each event also has `"host"`, the
+/// host where it was made. `filter_json`: NULL or `{"key_id": "...", "since_ms": N, "limit": N}` (default: the last 1000).
 #[no_mangle]
 pub unsafe extern "C" fn ms_audit(store: *mut ms_store, filter_json: *const c_char, out_json: *mut *mut c_char) -> i32 {
     ffi_boundary(|| {
@@ -652,7 +653,8 @@ pub unsafe extern "C" fn ms_audit(store: *mut ms_store, filter_json: *const c_ch
 /// Writes a key's decisions per UTC day from `from_ms` to `to_ms`: `{"key_id", "last_used_at_ms",
 /// "days": [{"date": "2026-11-26", "start_ms", "admitted", "rejected": {"api_key_expired",
 /// "api_key_revoked", "api_key_quota_exceeded", "rate_limit_exceeded"}}, ...]}`, every day in the range
-/// included. Counts of every process are included (pending counts are written first).
+/// included. Counts of every process are included (pending counts are written first); in a fleet, the
+/// other hosts' counts too, as their agents last published them (about once a second).
 #[no_mangle]
 pub unsafe extern "C" fn ms_usage(
     store: *mut ms_store,
@@ -673,7 +675,9 @@ pub unsafe extern "C" fn ms_usage(
 /// Writes Prometheus text exposition (version 0.0.4) to `*out_text` on `MS_OK`, for a host to serve on
 /// its own /metrics: `ms_auth_checks_total{status}` (decisions about known keys, every process),
 /// `ms_auth_unmatched_checks_total{status}` (missing and invalid, this process), `ms_auth_keys{state}`,
-/// `ms_auth_quota_used{plan}` and `ms_auth_quota_limit{plan}`. Free it with `ms_string_free`.
+/// `ms_auth_quota_used{plan}` and `ms_auth_quota_limit{plan}`; in a fleet also
+/// `ms_auth_fleet_checks_total{host,status}` for every member host (sum over `host` for the fleet's
+/// totals). Free it with `ms_string_free`.
 #[no_mangle]
 pub unsafe extern "C" fn ms_metrics_text(store: *mut ms_store, out_text: *mut *mut c_char) -> i32 {
     ffi_boundary(|| {

@@ -668,3 +668,55 @@ fn a_store_in_no_fleet_publishes_nothing() {
     assert!(store.fleet_outbox("x", 10).unwrap().0.is_empty());
     assert!(store.fleet_membership().unwrap().is_none());
 }
+
+#[test]
+fn usage_audit_and_metrics_show_the_fleet_totals_on_every_host() {
+    let _serial = serial();
+    let (dir, redis, mut hosts) = fleet(3);
+    let k = hosts[0].store().create_key(&spec(r#"{"rate_limit": null}"#), clock()).unwrap();
+    let id = k.record.id.clone();
+    let stores: Vec<Store> = hosts.iter().map(Host::store).collect();
+    for s in &stores {
+        assert!(within(Duration::from_secs(5), || checks_as(s, &k.key, Status::Ok)).is_some());
+    }
+    // One check each above; then 2, 5 and 8 more: 3, 6 and 9 per host, 18 in the fleet.
+    for (i, s) in stores.iter().enumerate() {
+        for _ in 0..(3 * i + 2) {
+            assert!(checks_as(s, &k.key, Status::Ok));
+        }
+    }
+    let today = clock();
+    let admitted = |s: &Store| s.usage(&id, today, today).unwrap().days[0].admitted;
+    for (i, s) in stores.iter().enumerate() {
+        let took = within(Duration::from_secs(5), || admitted(s) == 18);
+        assert!(took.is_some(), "host{i} sees {} of 18\n{}", admitted(s), hosts[i].log());
+    }
+    let metrics = stores[1].metrics_text(clock()).unwrap();
+    for (host, n) in [("host0", 3), ("host1", 6), ("host2", 9)] {
+        let line = format!("ms_auth_fleet_checks_total{{host=\"{host}\",status=\"ok\"}} {n}\n");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains("ms_auth_checks_total{status=\"ok\"} 6\n"), "this host's own series: {metrics}");
+
+    // The audit log of every host has every host's changes, each once, with the host that made it.
+    stores[1].revoke_key(&id, clock(), Some("leaked")).unwrap();
+    let trail = |s: &Store| -> Vec<(String, Option<String>)> {
+        let filter = ms_auth::store::AuditFilter { key_id: Some(id.clone()), ..Default::default() };
+        s.audit_events(&filter).unwrap().into_iter().map(|e| (e.action, e.host)).collect()
+    };
+    let want = vec![("key.create".to_string(), Some("host0".to_string())), ("key.revoke".into(), Some("host1".into()))];
+    for (i, s) in stores.iter().enumerate() {
+        let took = within(Duration::from_secs(5), || trail(s) == want);
+        assert!(took.is_some(), "host{i}: {:?}\n{}", trail(s), hosts[i].log());
+    }
+
+    // A host that joins later gets the fleet's usage history and the key's last use.
+    let mut late = Host::new(dir.path(), "late");
+    late.start_agent(&redis.url());
+    let l = late.store();
+    let took = within(Duration::from_secs(10), || l.get_key(&id).is_ok() && admitted(&l) == 18);
+    assert!(took.is_some(), "{}", late.log());
+    assert!(l.usage(&id, today, today).unwrap().last_used_at_ms.is_some());
+    assert_eq!(trail(&l), want, "the audit trail the log still holds");
+    hosts.push(late);
+}

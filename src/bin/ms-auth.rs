@@ -391,9 +391,16 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             if json {
                 println!("{}", json!({ "events": events }));
             } else {
+                // In a fleet, the host each change was made on.
+                let hosts = events.iter().any(|e| e.host.is_some());
                 for e in &events {
+                    let host = match (&e.host, hosts) {
+                        (Some(h), _) => format!("{h:<12} "),
+                        (None, true) => format!("{:<12} ", "-"),
+                        (None, false) => String::new(),
+                    };
                     println!(
-                        "{}  {:<18} {:<24} {:<26} {}",
+                        "{}  {host}{:<18} {:<24} {:<26} {}",
                         fmt_time(Some(e.at_ms)),
                         e.action,
                         e.key_id.as_deref().unwrap_or("-"),

@@ -16,6 +16,7 @@ use redis::Commands;
 use serde_json::{json, Value};
 
 use super::quota::{self, Leases};
+use super::usage::UsageSync;
 use super::{Change, Secret, KINDS};
 use crate::error::{Error, Result};
 use crate::store::{clock_ms, Store};
@@ -34,12 +35,15 @@ pub struct Config {
     pub heartbeat: Duration,
 }
 
-/// Publishes one change: appends it to the log and makes it the record's newest state, atomically.
+/// Publishes one change: appends it to the log and makes it the record's newest state, atomically (an
+/// audit event is history, not state: the log only).
 const PUBLISH: &str = r#"
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
     'kind', ARGV[2], 'id', ARGV[3], 'body', ARGV[4], 'origin', ARGV[5], 'sig', ARGV[6])
-redis.call('HSET', KEYS[2], ARGV[2] .. ':' .. ARGV[3], cjson.encode({stream_id = id, kind = ARGV[2],
-    id = ARGV[3], body = ARGV[4], origin = ARGV[5], sig = ARGV[6]}))
+if ARGV[2] ~= 'audit' then
+  redis.call('HSET', KEYS[2], ARGV[2] .. ':' .. ARGV[3], cjson.encode({stream_id = id, kind = ARGV[2],
+      id = ARGV[3], body = ARGV[4], origin = ARGV[5], sig = ARGV[6]}))
+end
 return id
 "#;
 
@@ -81,6 +85,7 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
         hand_back: redis::Script::new(quota::HAND_BACK),
     };
     let mut leases = Leases::default();
+    let mut usage = UsageSync::default();
     let mut health = Health::default();
     let mut conn: Option<redis::Connection> = None;
     let mut backoff = Duration::from_millis(100);
@@ -94,6 +99,7 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
                     health.redis_ok = true;
                     health.position_checked = false;
                     leases.reassert_all = true;
+                    usage.reconnected();
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
@@ -103,7 +109,7 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
                     }
                     health.redis_ok = false;
                     health.last_error = Some(why);
-                    report_locally(store, cfg, &health, log);
+                    report_locally(store, cfg, &health, &usage, log);
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
@@ -116,7 +122,8 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
             if Instant::now() >= next_report {
                 next_report = Instant::now() + cfg.heartbeat;
                 heartbeat(store, cfg, &names, c, &mut health)?;
-                report_locally(store, cfg, &health, log);
+                usage.round(store, cfg, c, log)?;
+                report_locally(store, cfg, &health, &usage, log);
             }
             Ok(())
         });
@@ -148,7 +155,7 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
         let _: redis::RedisResult<()> = c.hdel(&names.members, &cfg.host);
     }
     health.redis_ok = false;
-    report_locally(store, cfg, &health, log);
+    report_locally(store, cfg, &health, &usage, log);
     log("stopped");
     Ok(())
 }
@@ -256,7 +263,7 @@ fn hand_back(
 }
 
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     Redis(redis::RedisError),
     Store(Error),
 }
@@ -301,7 +308,7 @@ fn step(
 ) -> std::result::Result<(), Failure> {
     let position = match store.fleet_position()? {
         Some(p) if health.position_checked => p,
-        Some(p) if !trimmed_past(c, names, &p)? => p,
+        Some(p) if !trimmed_past(c, &names.log, &p)? => p,
         _ => load_snapshot(store, cfg, names, c, health, log)?,
     };
     health.position_checked = true;
@@ -394,9 +401,9 @@ fn publish_outbox(
 }
 
 /// True when the log no longer holds every entry after `position` (it was trimmed, or Redis lost it).
-fn trimmed_past(c: &mut redis::Connection, names: &Names, position: &str) -> redis::RedisResult<bool> {
-    let first: StreamRangeReply = c.xrange_count(&names.log, "-", "+", 1)?;
-    let last: StreamRangeReply = c.xrevrange_count(&names.log, "+", "-", 1)?;
+pub(crate) fn trimmed_past(c: &mut redis::Connection, stream: &str, position: &str) -> redis::RedisResult<bool> {
+    let first: StreamRangeReply = c.xrange_count(stream, "-", "+", 1)?;
+    let last: StreamRangeReply = c.xrevrange_count(stream, "+", "-", 1)?;
     let (Some(first), Some(last)) = (first.ids.first(), last.ids.first()) else {
         // An empty log: nothing to miss, unless Redis lost what we had applied (restarted empty).
         return Ok(position != "0-0");
@@ -447,11 +454,12 @@ fn load_snapshot(
     }
     // Policies and plans before keys; keys in the order they were created, so that a rotated key's
     // successor finds the key it counts with.
-    let rank = |c: &Change| KINDS.iter().position(|k| *k == c.kind).map_or(0, |i| 2 - i);
+    let rank = |c: &Change| KINDS.iter().position(|k| *k == c.kind).unwrap_or(KINDS.len());
     let created =
         |c: &Change| serde_json::from_str::<Value>(&c.body).ok().and_then(|v| v["created_at_ms"].as_i64()).unwrap_or(0);
     records.sort_by_key(|(stream_id, c, _)| (rank(c), created(c), stream_id_key(stream_id)));
-    let changes: Vec<Change> = records.into_iter().map(|(_, c, _)| c).collect();
+    let mut changes: Vec<Change> = records.into_iter().map(|(_, c, _)| c).collect();
+    changes.extend(audit_in_log(cfg, names, c, &position, health, log)?);
     let had_position = store.fleet_position()?.is_some();
     log(&format!("catching up from the fleet's state: {} records, position {position}", changes.len()));
     apply(store, &changes, &position, health, log)?;
@@ -461,6 +469,32 @@ fn load_snapshot(
         log("the fleet's state was empty: this host's records are published again");
     }
     Ok(position)
+}
+
+/// The audit events the log still holds up to `position` (they are history, not in the state hash): a
+/// host starting from the state gets the fleet's recent audit trail too.
+fn audit_in_log(
+    cfg: &Config,
+    names: &Names,
+    c: &mut redis::Connection,
+    position: &str,
+    health: &mut Health,
+    log: &mut dyn FnMut(&str),
+) -> std::result::Result<Vec<Change>, Failure> {
+    let mut out = Vec::new();
+    let mut from = "-".to_string();
+    loop {
+        let page: StreamRangeReply = c.xrange_count(&names.log, &from, position, 1000)?;
+        let Some(last) = page.ids.last().map(|e| e.id.clone()) else { break };
+        let audit: Vec<StreamId> =
+            page.ids.into_iter().filter(|e| e.get::<String>("kind").as_deref() == Some("audit")).collect();
+        out.extend(verified(cfg, &audit, health, log));
+        if last == position {
+            break;
+        }
+        from = format!("({last}");
+    }
+    Ok(out)
 }
 
 fn stream_id_key(id: &str) -> (u64, u64) {
@@ -501,7 +535,7 @@ fn heartbeat(
 }
 
 /// Writes what `ms-auth fleet status` shows into the store.
-fn report_locally(store: &Store, cfg: &Config, health: &Health, log: &mut dyn FnMut(&str)) {
+fn report_locally(store: &Store, cfg: &Config, health: &Health, usage: &UsageSync, log: &mut dyn FnMut(&str)) {
     let position = store.fleet_position().ok().flatten();
     let lag_ms = match (position.as_deref().and_then(stream_id), health.last_id.as_deref().and_then(stream_id)) {
         (Some((at, _)), Some((head, _))) => json!(head.saturating_sub(at)),
@@ -519,6 +553,7 @@ fn report_locally(store: &Store, cfg: &Config, health: &Health, log: &mut dyn Fn
         "refused": health.refused,
         "members": health.members,
         "rate_shared_by": health.rate_sharers,
+        "usage_rows": {"published": usage.published_rows, "received": usage.received_rows, "refused": usage.refused_rows},
         "reported_at_ms": clock_ms(),
         "agent_pid": std::process::id(),
     });

@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod quota;
+pub mod usage;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -23,15 +24,16 @@ use sha2::Sha256;
 
 use crate::error::{Error, Result};
 
-/// What a change is about.
-pub const KINDS: [&str; 3] = ["key", "plan", "policies"];
+/// What a change is about, in the order a host starting from the fleet's state applies them (the
+/// policies and plans a key names first; audit events are in the log only, not in the state).
+pub const KINDS: [&str; 4] = ["policies", "plan", "key", "audit"];
 
 /// One record's new state, as published to the change log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
-    /// `key`, `plan` or `policies`.
+    /// One of [`KINDS`].
     pub kind: String,
-    /// The record: a key id, a plan name, or `policies`.
+    /// The record: a key id, a plan name, `policies`, or the origin's audit sequence number.
     pub id: String,
     /// The record's whole state, a JSON object (see `store::replica` for each kind's fields).
     pub body: String,
@@ -63,10 +65,10 @@ impl Secret {
         Secret(bytes.to_vec())
     }
 
-    fn mac(&self, fleet: &str, change: &Change) -> Hmac<Sha256> {
+    fn mac(&self, fleet: &str, parts: &[&str]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
-        // Length-prefixed fields: no two different changes sign the same bytes.
-        for part in [fleet, &change.kind, &change.id, &change.body, &change.origin] {
+        // Length-prefixed fields: no two different messages sign the same bytes.
+        for part in std::iter::once(&fleet).chain(parts) {
             mac.update(&(part.len() as u64).to_le_bytes());
             mac.update(part.as_bytes());
         }
@@ -75,15 +77,30 @@ impl Secret {
 
     /// The signature of a change in a fleet, hex.
     pub fn sign(&self, fleet: &str, change: &Change) -> String {
-        hex(&self.mac(fleet, change).finalize().into_bytes())
+        self.sign_parts(fleet, &change.parts())
     }
 
     /// True when `signature` is this secret's signature of the change (compared in constant time).
     pub fn verify(&self, fleet: &str, change: &Change, signature: &str) -> bool {
+        self.verify_parts(fleet, &change.parts(), signature)
+    }
+
+    /// The signature of any message made of `parts` (a usage report), hex.
+    pub fn sign_parts(&self, fleet: &str, parts: &[&str]) -> String {
+        hex(&self.mac(fleet, parts).finalize().into_bytes())
+    }
+
+    pub fn verify_parts(&self, fleet: &str, parts: &[&str], signature: &str) -> bool {
         match unhex(signature) {
-            Some(bytes) => self.mac(fleet, change).verify_slice(&bytes).is_ok(),
+            Some(bytes) => self.mac(fleet, parts).verify_slice(&bytes).is_ok(),
             None => false,
         }
+    }
+}
+
+impl Change {
+    fn parts(&self) -> [&str; 4] {
+        [&self.kind, &self.id, &self.body, &self.origin]
     }
 }
 

@@ -125,6 +125,9 @@ pub struct AuditEvent {
     pub action: String,
     pub key_id: Option<String>,
     pub detail: Value,
+    /// In a fleet: the host where the change was made (events of every member are in every host's log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -349,8 +352,9 @@ impl Store {
     pub fn audit_events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>> {
         let db = self.db()?;
         let mut stmt = db.conn.prepare_cached(
-            "SELECT seq, at_ms, actor, action, key_id, detail FROM audit
-             WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR at_ms >= ?2)
+            "SELECT seq, at_ms, actor, action, key_id, detail,
+                    COALESCE(host, (SELECT json_extract(value, '$.host') FROM settings WHERE name = 'fleet'))
+             FROM audit WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR at_ms >= ?2)
              ORDER BY seq DESC LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![filter.key_id, filter.since_ms, filter.limit.unwrap_or(1000)], |r| {
@@ -361,6 +365,7 @@ impl Store {
                 action: r.get(3)?,
                 key_id: r.get(4)?,
                 detail: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or(Value::Null),
+                host: r.get(6)?,
             })
         })?;
         let mut events: Vec<AuditEvent> = rows.collect::<rusqlite::Result<_>>()?;
@@ -385,13 +390,22 @@ impl Store {
              FROM keys k JOIN usage_daily d ON d.key_row = COALESCE(k.counts_with, k.row)
              WHERE k.id = ?1 AND d.day BETWEEN ?2 AND ?3",
         )?;
-        let mut found = std::collections::HashMap::new();
+        let mut found: std::collections::HashMap<i64, [i64; 5]> = std::collections::HashMap::new();
         for row in stmt.query_map(params![id, first, last], |r| {
             Ok((r.get::<_, i64>(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?]))
         })? {
             let (day, counts): (i64, [i64; 5]) = row?;
             found.insert(day, counts);
         }
+        // In a fleet: the other hosts' counts too, as their agents last published them.
+        let (others, others_last_used) = super::fleet_usage::others_usage(&db.conn, id, first, last)?;
+        for (day, counts) in others {
+            let total = found.entry(day).or_default();
+            for (t, c) in total.iter_mut().zip(counts) {
+                *t += c;
+            }
+        }
+        let last_used_at_ms = last_used_at_ms.max(others_last_used);
         let days = (first..=last)
             .map(|day| {
                 let c = found.get(&day).copied().unwrap_or_default();
@@ -447,6 +461,31 @@ impl Store {
         );
         out.push_str("# TYPE ms_auth_flush_failures_total counter\n");
         let _ = writeln!(out, "ms_auth_flush_failures_total {}", self.flush_failures());
+        let others = super::fleet_usage::others_totals(&db.conn)?;
+        if let Some(here) = super::fleet_usage::this_host(&db.conn)? {
+            out.push_str(
+                "# HELP ms_auth_fleet_checks_total Decisions about requests that matched a key, by host of the \
+                 fleet and status: this host's from its database, the others' as their agents last published \
+                 them (within a few seconds). Sum over hosts for the fleet's totals.\n",
+            );
+            out.push_str("# TYPE ms_auth_fleet_checks_total counter\n");
+            let mut hosts = vec![(here, totals)];
+            hosts.extend(others);
+            hosts.sort();
+            for (host, counts) in &hosts {
+                for (status, n) in
+                    ["ok", "api_key_expired", "api_key_revoked", "api_key_quota_exceeded", "rate_limit_exceeded"]
+                        .iter()
+                        .zip(counts)
+                {
+                    let _ = writeln!(
+                        out,
+                        "ms_auth_fleet_checks_total{{host=\"{}\",status=\"{status}\"}} {n}",
+                        escape_label(host)
+                    );
+                }
+            }
+        }
         let states: [i64; 3] = db.conn.query_row(
             "SELECT COALESCE(SUM(revoked_at_ms IS NULL AND (revoke_at_ms IS NULL OR revoke_at_ms > ?1)
                          AND (expires_at_ms IS NULL OR expires_at_ms > ?1)), 0),

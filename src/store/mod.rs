@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::counters::{self, Dirty, Found, KeyEntry, KeyRef, SharedCounters, Tally, Turn};
 
+mod fleet_usage;
 mod identity;
 mod lifecycle;
 mod replica;
@@ -26,6 +27,7 @@ use crate::period::Period;
 use crate::policy::{Decision, KeyPolicy, Quota, Usage};
 use crate::spec::{self, KeyFilter, KeyPatch, KeyRecord, KeySpec, QuotaJson, RateJson, UsageJson};
 use crate::status::Status;
+pub use fleet_usage::FleetUsageRow;
 use lifecycle::{load_policies, plan_of};
 pub use lifecycle::{AuditEvent, AuditFilter, PlanSpec, PolicySpec, UsageDay, UsageHistory, DEFAULT_GRACE_MS};
 pub use replica::{FleetQuota, Refused};
@@ -173,6 +175,30 @@ const MIGRATIONS: &[&str] = &[
     WHEN NEW.name = 'policies' AND EXISTS (SELECT 1 FROM settings WHERE name = 'fleet')
     BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('policies', 'policies', NEW.value); END;"
     ),
+    // 6: fleet-wide audit and usage. Audit events made here go to the fleet's log like any change (the
+    // others' arrive with their host and their own sequence number, once); `fleet_usage` holds each
+    // host's daily counts as its agent published them (this host's too: what it last published).
+    "ALTER TABLE audit ADD COLUMN host TEXT;
+    ALTER TABLE audit ADD COLUMN origin_seq INTEGER;
+    CREATE UNIQUE INDEX audit_origin ON audit(host, origin_seq) WHERE host IS NOT NULL;
+    CREATE TRIGGER fleet_audit_insert AFTER INSERT ON audit
+    WHEN NEW.host IS NULL AND EXISTS (SELECT 1 FROM settings WHERE name = 'fleet')
+    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('audit', CAST(NEW.seq AS TEXT),
+        json_object('at_ms', NEW.at_ms, 'actor', NEW.actor, 'action', NEW.action, 'key_id', NEW.key_id,
+                    'detail', NEW.detail)); END;
+    CREATE TABLE fleet_usage (
+        host            TEXT NOT NULL,
+        key_id          TEXT NOT NULL,
+        day             INTEGER NOT NULL,
+        admitted        INTEGER NOT NULL,
+        expired         INTEGER NOT NULL,
+        revoked         INTEGER NOT NULL,
+        quota_exceeded  INTEGER NOT NULL,
+        rate_limited    INTEGER NOT NULL,
+        last_used_at_ms INTEGER,
+        PRIMARY KEY (host, key_id, day)
+    ) WITHOUT ROWID;
+    CREATE INDEX fleet_usage_key ON fleet_usage(key_id, day);",
 ];
 
 pub const DEFAULT_LIFETIME_MS: i64 = 365 * 86_400_000;

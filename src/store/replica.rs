@@ -65,6 +65,17 @@ struct PoliciesState {
     abuse_window_ms: i64,
 }
 
+/// An audit event as the trigger `fleet_audit_insert` writes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditState {
+    at_ms: i64,
+    actor: String,
+    action: String,
+    key_id: Option<String>,
+    detail: String,
+}
+
 /// One key quota as this host counts it, for the fleet agent.
 #[derive(Clone, Debug)]
 pub struct FleetQuota {
@@ -192,6 +203,10 @@ impl Store {
         let mut refused = Vec::new();
         self.admin(|tx| {
             let before: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM fleet_outbox", [], |r| r.get(0))?;
+            let here: Option<String> = tx
+                .query_row("SELECT json_extract(value, '$.host') FROM settings WHERE name = 'fleet'", [], |r| r.get(0))
+                .optional()?
+                .flatten();
             let mut rows = Vec::new();
             // A key that counts with one not applied yet waits for the end of the batch, once.
             let (first, waiting): (Vec<&Change>, Vec<&Change>) =
@@ -202,6 +217,7 @@ impl Store {
                     "key" => apply_key(tx, change),
                     "plan" => apply_plan(tx, change),
                     "policies" => apply_policies(tx, change),
+                    "audit" => apply_audit(tx, change, here.as_deref()),
                     other => Err(Error::invalid(format!("unknown kind {other:?}"))),
                 };
                 match applied {
@@ -434,6 +450,24 @@ fn apply_policies(tx: &rusqlite::Transaction, change: &Change) -> Result<Vec<i64
     tx.execute(
         "INSERT INTO settings (name, value) VALUES ('policies', ?1) ON CONFLICT (name) DO UPDATE SET value = ?1",
         [stored.to_string()],
+    )?;
+    Ok(vec![])
+}
+
+/// Another host's audit event joins this host's log, once (its host and its sequence number there name
+/// it); this host's own events are in its log already.
+fn apply_audit(tx: &rusqlite::Transaction, change: &Change, here: Option<&str>) -> Result<Vec<i64>> {
+    if here == Some(change.origin.as_str()) {
+        return Ok(vec![]);
+    }
+    let a: AuditState = parse(change)?;
+    let origin_seq: i64 =
+        change.id.parse().map_err(|_| Error::invalid("an audit event's id must be its sequence number"))?;
+    serde_json::from_str::<Value>(&a.detail).map_err(|_| Error::invalid("an audit event's detail must be JSON"))?;
+    tx.execute(
+        "INSERT OR IGNORE INTO audit (at_ms, actor, action, key_id, detail, host, origin_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![a.at_ms, a.actor, a.action, a.key_id, a.detail, change.origin, origin_seq],
     )?;
     Ok(vec![])
 }

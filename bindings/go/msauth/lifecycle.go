@@ -317,6 +317,7 @@ type AuditEvent struct {
 	Action string
 	KeyID  string          // "": a store-wide action (plan.put, policy.set)
 	Detail json.RawMessage // the change as the library recorded it; never a plaintext key
+	Host   string          // in a fleet, the host where the change was made; "" on a store in no fleet
 }
 
 // Audit is the audit log, oldest first.
@@ -340,6 +341,7 @@ func (s *Store) Audit(filter AuditFilter) ([]AuditEvent, error) {
 			Action string          `json:"action"`
 			KeyID  *string         `json:"key_id"`
 			Detail json.RawMessage `json:"detail"`
+			Host   *string         `json:"host"`
 		} `json:"events"`
 	}
 	if err := json.Unmarshal(js, &l); err != nil {
@@ -348,6 +350,9 @@ func (s *Store) Audit(filter AuditFilter) ([]AuditEvent, error) {
 	out := make([]AuditEvent, len(l.Events))
 	for i, e := range l.Events {
 		out[i] = AuditEvent{Seq: e.Seq, At: utcMillis(e.AtMS), Actor: e.Actor, Action: e.Action, Detail: e.Detail}
+		if e.Host != nil {
+			out[i].Host = *e.Host
+		}
 		if e.KeyID != nil {
 			out[i].KeyID = *e.KeyID
 		}

@@ -411,6 +411,8 @@ class AuditEvent:
     """None for store-wide actions (plans, policies)."""
     detail: Any
     """The change, as the library recorded it (never a plaintext key)."""
+    host: Optional[str] = None
+    """In a fleet, the host where the change was made; None on a store in no fleet."""
 
     @property
     def at(self) -> _dt.datetime:
@@ -488,6 +490,7 @@ def _event_of(value: Dict[str, Any]) -> AuditEvent:
         action=str(value["action"]),
         key_id=value.get("key_id"),
         detail=value.get("detail"),
+        host=value.get("host"),
     )
 
 

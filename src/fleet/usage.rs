@@ -1,0 +1,290 @@
+//! Fleet-wide usage (the agent's side; the store's is `store::fleet_usage`): so that `usage` and
+//! `metrics` on any host show the fleet's totals, every agent publishes its host's daily counts per key
+//! (what changed since it last did, about once a second) and takes in everyone else's.
+//!
+//! Redis keys, for fleet F: `ms-auth:F:usage` (a Stream: each entry one host's batch of changed rows),
+//! `ms-auth:F:usage:HOST` (a hash: that host's rows of the last [`HISTORY_DAYS`] days, field `KEY:DAY`, for
+//! hosts that join or whose position the stream trimmed past) and `ms-auth:F:usage-hosts` (a set: the
+//! hosts that ever published). A row is a host's absolute count, so a row seen twice, or late, changes
+//! nothing. Each row is signed with the fleet's secret like a change: a writer of Redis without it cannot
+//! make a host report usage it did not see.
+
+use std::time::{Duration, Instant};
+
+use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::Commands;
+
+use super::agent::{Config, Failure};
+use crate::store::{clock_ms, FleetUsageRow, Store};
+
+/// Days of history each host keeps in Redis for hosts that join later (a 90-day chart, and a few more).
+pub const HISTORY_DAYS: i64 = 93;
+const DAY_MS: i64 = 86_400_000;
+/// Rows per stream entry.
+const BATCH: usize = 500;
+
+/// Appends one batch to the stream and keeps each row in the host's hash. KEYS: stream, host hash, host
+/// set. ARGV: stream length kept, host, rows (`ROW;SIG` lines, a row starting `KEY,DAY,`).
+const PUBLISH: &str = r#"
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'host', ARGV[2], 'rows', ARGV[3])
+for line in string.gmatch(ARGV[3], '[^\n]+') do
+  local key, day = string.match(line, '^([^,]+),([^,]+),')
+  if key then redis.call('HSET', KEYS[2], key .. ':' .. day, line) end
+end
+redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+"#;
+
+/// The agent's usage state across rounds.
+pub(crate) struct UsageSync {
+    script: redis::Script,
+    /// The whole retained history has been published since the agent started (then only today and
+    /// yesterday are compared, which is what flushes still change).
+    history_published: bool,
+    /// Whether Redis was asked, since the last (re)connection, if it still has this host's rows.
+    checked_since_connect: bool,
+    next_retire: Instant,
+    pub published_rows: u64,
+    pub received_rows: u64,
+    pub refused_rows: u64,
+}
+
+impl Default for UsageSync {
+    fn default() -> UsageSync {
+        UsageSync {
+            script: redis::Script::new(PUBLISH),
+            history_published: false,
+            checked_since_connect: false,
+            next_retire: Instant::now(),
+            published_rows: 0,
+            received_rows: 0,
+            refused_rows: 0,
+        }
+    }
+}
+
+struct Names {
+    stream: String,
+    hosts: String,
+}
+
+fn names(cfg: &Config) -> Names {
+    Names { stream: format!("ms-auth:{}:usage", cfg.fleet), hosts: format!("ms-auth:{}:usage-hosts", cfg.fleet) }
+}
+
+fn host_hash(cfg: &Config, host: &str) -> String {
+    format!("ms-auth:{}:usage:{host}", cfg.fleet)
+}
+
+impl UsageSync {
+    /// Redis was (re)connected: check once that it still holds what this host published.
+    pub(crate) fn reconnected(&mut self) {
+        self.checked_since_connect = false;
+    }
+
+    /// One round: publish what changed here, take in what the others published.
+    pub(crate) fn round(
+        &mut self,
+        store: &Store,
+        cfg: &Config,
+        c: &mut redis::Connection,
+        log: &mut dyn FnMut(&str),
+    ) -> std::result::Result<(), Failure> {
+        let n = names(cfg);
+        let own = host_hash(cfg, &cfg.host);
+        if !self.checked_since_connect {
+            let there: bool = c.exists(&own)?;
+            if !there && store.fleet_usage_published_any(&cfg.host)? {
+                log("Redis no longer has this host's usage (restarted empty?): publishing it again");
+                store.fleet_usage_forget(&cfg.host)?;
+                self.history_published = false;
+            }
+            self.checked_since_connect = true;
+        }
+        self.publish(store, cfg, &n, &own, c)?;
+        self.receive(store, cfg, &n, c, log)?;
+        if Instant::now() >= self.next_retire {
+            let today = clock_ms().div_euclid(DAY_MS);
+            let retired = store.fleet_usage_retire(&cfg.host, today - HISTORY_DAYS)?;
+            for chunk in retired.chunks(BATCH) {
+                let fields: Vec<String> = chunk.iter().map(|(key, day)| format!("{key}:{day}")).collect();
+                let _: i64 = c.hdel(&own, fields)?;
+            }
+            self.next_retire = Instant::now() + Duration::from_secs(3600);
+        }
+        Ok(())
+    }
+
+    fn publish(
+        &mut self,
+        store: &Store,
+        cfg: &Config,
+        n: &Names,
+        own: &str,
+        c: &mut redis::Connection,
+    ) -> std::result::Result<(), Failure> {
+        let today = clock_ms().div_euclid(DAY_MS);
+        let since = if self.history_published { today - 1 } else { today - HISTORY_DAYS };
+        // Bounded per round, so a long history never holds up the change log; the rest follows.
+        for _ in 0..20 {
+            let rows = store.fleet_usage_changed(&cfg.host, since, BATCH)?;
+            if rows.is_empty() {
+                self.history_published = true;
+                return Ok(());
+            }
+            let text: String = rows.iter().map(|r| signed_line(cfg, &cfg.host, r) + "\n").collect();
+            let _: i64 = self
+                .script
+                .key(&n.stream)
+                .key(own)
+                .key(&n.hosts)
+                .arg(cfg.max_log)
+                .arg(&cfg.host)
+                .arg(text)
+                .invoke(c)?;
+            store.fleet_usage_merge(&cfg.host, &rows)?;
+            self.published_rows += rows.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn receive(
+        &mut self,
+        store: &Store,
+        cfg: &Config,
+        n: &Names,
+        c: &mut redis::Connection,
+        log: &mut dyn FnMut(&str),
+    ) -> std::result::Result<(), Failure> {
+        let position = match store.fleet_usage_position()? {
+            Some(p) if !super::agent::trimmed_past(c, &n.stream, &p)? => p,
+            _ => self.catch_up(store, cfg, n, c, log)?,
+        };
+        let options = StreamReadOptions::default().count(200);
+        let reply: StreamReadReply = c.xread_options(&[&n.stream], &[&position], &options)?;
+        let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        let Some(last) = entries.last().map(|e| e.id.clone()) else { return Ok(()) };
+        for e in &entries {
+            let (Some(host), Some(rows)) = (e.get::<String>("host"), e.get::<String>("rows")) else {
+                self.refused_rows += 1;
+                continue;
+            };
+            if host != cfg.host {
+                self.take_in(store, cfg, &host, rows.lines(), log)?;
+            }
+        }
+        store.fleet_set_usage_position(&last)?;
+        Ok(())
+    }
+
+    /// Takes in every other host's retained rows (this host is new, or the stream trimmed past it) and
+    /// returns the stream position they cover.
+    fn catch_up(
+        &mut self,
+        store: &Store,
+        cfg: &Config,
+        n: &Names,
+        c: &mut redis::Connection,
+        log: &mut dyn FnMut(&str),
+    ) -> std::result::Result<String, Failure> {
+        // The position first: entries added while the hashes are read are read again, harmlessly.
+        let last: StreamRangeReply = c.xrevrange_count(&n.stream, "+", "-", 1)?;
+        let position = last.ids.first().map_or_else(|| "0-0".to_string(), |e| e.id.clone());
+        let hosts: Vec<String> = c.smembers(&n.hosts)?;
+        for host in hosts.iter().filter(|h| **h != cfg.host) {
+            let lines: Vec<String> = c
+                .hscan::<_, (String, String)>(host_hash(cfg, host))?
+                .map(|field| field.map(|(_, line)| line))
+                .collect::<redis::RedisResult<_>>()?;
+            self.take_in(store, cfg, host, lines.iter().map(String::as_str), log)?;
+        }
+        store.fleet_set_usage_position(&position)?;
+        Ok(position)
+    }
+
+    fn take_in<'a>(
+        &mut self,
+        store: &Store,
+        cfg: &Config,
+        host: &str,
+        lines: impl Iterator<Item = &'a str>,
+        log: &mut dyn FnMut(&str),
+    ) -> std::result::Result<(), Failure> {
+        let mut rows = Vec::new();
+        let mut refused = 0;
+        for line in lines {
+            match verified_row(cfg, host, line) {
+                Some(row) => rows.push(row),
+                None => refused += 1,
+            }
+        }
+        if refused > 0 {
+            self.refused_rows += refused;
+            log(&format!("refused {refused} usage rows from host {host:?}: not signed with this fleet's secret"));
+        }
+        for chunk in rows.chunks(BATCH) {
+            store.fleet_usage_merge(host, chunk)?;
+        }
+        self.received_rows += rows.len() as u64;
+        Ok(())
+    }
+}
+
+/// `KEY,DAY,ADMITTED,EXPIRED,REVOKED,QUOTA,RATE,LAST_USED;SIG` (LAST_USED empty when unknown).
+fn signed_line(cfg: &Config, host: &str, r: &FleetUsageRow) -> String {
+    let [a, e, v, q, l] = r.counts;
+    let last = r.last_used_at_ms.map_or(String::new(), |t| t.to_string());
+    let row = format!("{},{},{a},{e},{v},{q},{l},{last}", r.key_id, r.day);
+    let sig = cfg.secret.sign_parts(&cfg.fleet, &["usage", host, &row]);
+    format!("{row};{sig}")
+}
+
+fn verified_row(cfg: &Config, host: &str, line: &str) -> Option<FleetUsageRow> {
+    let (row, sig) = line.rsplit_once(';')?;
+    if !cfg.secret.verify_parts(&cfg.fleet, &["usage", host, row], sig) {
+        return None;
+    }
+    let fields: Vec<&str> = row.split(',').collect();
+    let [key_id, day, a, e, v, q, l, last] = fields.as_slice() else { return None };
+    let count = |s: &str| s.parse::<i64>().ok().filter(|n| *n >= 0);
+    Some(FleetUsageRow {
+        key_id: key_id.to_string(),
+        day: day.parse().ok()?,
+        counts: [count(a)?, count(e)?, count(v)?, count(q)?, count(l)?],
+        last_used_at_ms: if last.is_empty() { None } else { Some(last.parse().ok()?) },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::Secret;
+
+    fn cfg() -> Config {
+        Config {
+            redis_url: String::new(),
+            ca_file: None,
+            fleet: "prod".into(),
+            host: "a".into(),
+            secret: Secret::new(b"0123456789abcdef"),
+            max_log: 100,
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_usage_row_is_read_back_only_with_its_signature_host_and_fleet() {
+        let row =
+            FleetUsageRow { key_id: "key_1".into(), day: 20_000, counts: [5, 0, 1, 2, 3], last_used_at_ms: Some(7) };
+        let line = signed_line(&cfg(), "b", &row);
+        assert_eq!(verified_row(&cfg(), "b", &line), Some(row.clone()));
+        assert_eq!(verified_row(&cfg(), "c", &line), None, "another host's name");
+        let forged = line.replacen(",5,", ",9,", 1);
+        assert_eq!(verified_row(&cfg(), "b", &forged), None, "a count changed");
+        let other_fleet = Config { fleet: "staging".into(), ..cfg() };
+        assert_eq!(verified_row(&other_fleet, "b", &line), None);
+        let none = FleetUsageRow { last_used_at_ms: None, ..row };
+        assert_eq!(verified_row(&cfg(), "b", &signed_line(&cfg(), "b", &none)), Some(none));
+        assert_eq!(verified_row(&cfg(), "b", "garbage"), None);
+    }
+}

@@ -1,0 +1,179 @@
+//! Fleet-wide usage (see `crate::fleet::usage`): each host's daily counts per key, as its agent
+//! publishes them, kept in `fleet_usage` so that `usage` and `metrics` on any host show the fleet's
+//! totals. A host's own rows there are what its agent last published, so that only what changed since is
+//! sent again. Counts are absolute and only grow (a host's database counts never go down), so merging
+//! keeps the larger: a report arriving twice, or late, changes nothing.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::Store;
+use crate::error::Result;
+
+/// One host's decisions about one key (the key its rotations count with) on one UTC day.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetUsageRow {
+    pub key_id: String,
+    /// Days since 1970-01-01 (UTC).
+    pub day: i64,
+    /// admitted, expired, revoked, quota exceeded, rate limited.
+    pub counts: [i64; 5],
+    /// The key's last use on that host, when the row was published.
+    pub last_used_at_ms: Option<i64>,
+}
+
+impl Store {
+    /// This host's daily counts from `since_day` on that differ from what it last published as `host`
+    /// (at most `limit`). Counts of every process are written to the database first.
+    pub fn fleet_usage_changed(&self, host: &str, since_day: i64, limit: usize) -> Result<Vec<FleetUsageRow>> {
+        self.flush()?;
+        let db = self.db()?;
+        let mut stmt = db.conn.prepare_cached(
+            "SELECT k.id, d.day, d.admitted, d.expired, d.revoked, d.quota_exceeded, d.rate_limited, u.last_used_at_ms
+             FROM usage_daily d JOIN keys k ON k.row = d.key_row LEFT JOIN usage u ON u.key_row = d.key_row
+             LEFT JOIN fleet_usage f ON f.host = ?1 AND f.key_id = k.id AND f.day = d.day
+             WHERE d.day >= ?2 AND (f.host IS NULL OR f.admitted != d.admitted OR f.expired != d.expired
+                   OR f.revoked != d.revoked OR f.quota_exceeded != d.quota_exceeded OR f.rate_limited != d.rate_limited)
+             LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![host, since_day, limit as i64], |r| {
+            Ok(FleetUsageRow {
+                key_id: r.get(0)?,
+                day: r.get(1)?,
+                counts: [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
+                last_used_at_ms: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records a host's published counts (this host's: what it published), keeping the larger of each.
+    pub fn fleet_usage_merge(&self, host: &str, rows: &[FleetUsageRow]) -> Result<()> {
+        let mut db = self.db()?;
+        let tx = db.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO fleet_usage (host, key_id, day, admitted, expired, revoked, quota_exceeded, rate_limited,
+                                          last_used_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (host, key_id, day) DO UPDATE SET
+                    admitted = MAX(admitted, excluded.admitted), expired = MAX(expired, excluded.expired),
+                    revoked = MAX(revoked, excluded.revoked),
+                    quota_exceeded = MAX(quota_exceeded, excluded.quota_exceeded),
+                    rate_limited = MAX(rate_limited, excluded.rate_limited),
+                    last_used_at_ms = MAX(COALESCE(last_used_at_ms, excluded.last_used_at_ms),
+                                          COALESCE(excluded.last_used_at_ms, last_used_at_ms))",
+            )?;
+            for r in rows {
+                let [a, e, v, q, l] = r.counts;
+                stmt.execute(params![host, r.key_id, r.day, a, e, v, q, l, r.last_used_at_ms])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets what this host published as `host` (Redis lost it: everything is published again).
+    pub fn fleet_usage_forget(&self, host: &str) -> Result<()> {
+        let db = self.db()?;
+        db.conn.execute("DELETE FROM fleet_usage WHERE host = ?1", [host])?;
+        Ok(())
+    }
+
+    /// True when this host has published anything as `host`.
+    pub fn fleet_usage_published_any(&self, host: &str) -> Result<bool> {
+        let db = self.db()?;
+        Ok(db
+            .conn
+            .query_row("SELECT 1 FROM fleet_usage WHERE host = ?1 LIMIT 1", [host], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// The position in the fleet's usage stream up to which this store took it in.
+    pub fn fleet_usage_position(&self) -> Result<Option<String>> {
+        let db = self.db()?;
+        Ok(db
+            .conn
+            .query_row("SELECT value FROM settings WHERE name = 'fleet_usage_position'", [], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn fleet_set_usage_position(&self, position: &str) -> Result<()> {
+        let db = self.db()?;
+        db.conn.execute(
+            "INSERT INTO settings (name, value) VALUES ('fleet_usage_position', ?1)
+             ON CONFLICT (name) DO UPDATE SET value = ?1",
+            [position],
+        )?;
+        Ok(())
+    }
+
+    /// Drops this host's published rows of days before `before_day` and returns them (key id, day), for
+    /// the agent to drop from Redis too: Redis keeps a bounded history.
+    pub fn fleet_usage_retire(&self, host: &str, before_day: i64) -> Result<Vec<(String, i64)>> {
+        let mut db = self.db()?;
+        let tx = db.conn.transaction()?;
+        let retired = {
+            let mut stmt = tx.prepare_cached("SELECT key_id, day FROM fleet_usage WHERE host = ?1 AND day < ?2")?;
+            let rows = stmt.query_map(params![host, before_day], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<Vec<(String, i64)>>>()?
+        };
+        tx.execute("DELETE FROM fleet_usage WHERE host = ?1 AND day < ?2", params![host, before_day])?;
+        tx.commit()?;
+        Ok(retired)
+    }
+}
+
+/// This store's host name in its fleet, if it is a member (its own rows in `fleet_usage` are not counted
+/// twice: its database has them).
+pub(crate) fn this_host(conn: &Connection) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT json_extract(value, '$.host') FROM settings WHERE name = 'fleet'", [], |r| r.get(0))
+        .optional()?
+        .flatten())
+}
+
+/// A day (days since 1970-01-01) and its counts by status.
+pub(crate) type DayCounts = (i64, [i64; 5]);
+
+/// The other hosts' counts of a key (by the id its rotations count with) per day from `first` to `last`,
+/// and their latest use.
+pub(crate) fn others_usage(
+    conn: &Connection,
+    key_id: &str,
+    first: i64,
+    last: i64,
+) -> Result<(Vec<DayCounts>, Option<i64>)> {
+    let Some(here) = this_host(conn)? else { return Ok((vec![], None)) };
+    let mut stmt = conn.prepare_cached(
+        "SELECT f.day, SUM(f.admitted), SUM(f.expired), SUM(f.revoked), SUM(f.quota_exceeded), SUM(f.rate_limited)
+         FROM keys k LEFT JOIN keys o ON o.row = k.counts_with
+         JOIN fleet_usage f ON f.key_id = COALESCE(o.id, k.id)
+         WHERE k.id = ?1 AND f.host != ?2 AND f.day BETWEEN ?3 AND ?4 GROUP BY f.day",
+    )?;
+    let days = stmt
+        .query_map(params![key_id, here, first, last], |r| {
+            Ok((r.get::<_, i64>(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?]))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    // The latest use of any other host, even outside the range asked for.
+    let latest: Option<i64> = conn.query_row(
+        "SELECT MAX(f.last_used_at_ms) FROM keys k LEFT JOIN keys o ON o.row = k.counts_with
+         JOIN fleet_usage f ON f.key_id = COALESCE(o.id, k.id) WHERE k.id = ?1 AND f.host != ?2",
+        params![key_id, here],
+        |r| r.get(0),
+    )?;
+    Ok((days, latest))
+}
+
+/// Every other host's decisions in all, by status (admitted, expired, revoked, quota exceeded, rate
+/// limited), for the fleet's metrics.
+pub(crate) fn others_totals(conn: &Connection) -> Result<Vec<(String, [i64; 5])>> {
+    let Some(here) = this_host(conn)? else { return Ok(vec![]) };
+    let mut stmt = conn.prepare_cached(
+        "SELECT host, SUM(admitted), SUM(expired), SUM(revoked), SUM(quota_exceeded), SUM(rate_limited)
+         FROM fleet_usage WHERE host != ?1 GROUP BY host ORDER BY host",
+    )?;
+    let rows = stmt.query_map([here], |r| Ok((r.get(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?])))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
