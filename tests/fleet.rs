@@ -201,6 +201,8 @@ fn fleet(n: usize) -> (tempfile::TempDir, Redis, Vec<Host>) {
 #[test]
 fn hammer_child() {
     let (Ok(db), Ok(key)) = (std::env::var("MS_AUTH_FLEET_DB"), std::env::var("MS_AUTH_FLEET_KEY")) else { return };
+    // A pace between checks, to model steady traffic rather than a tight loop.
+    let pace = std::env::var("MS_AUTH_FLEET_PACE_US").ok().and_then(|p| p.parse().ok()).map(Duration::from_micros);
     let store = std::sync::Arc::new(Store::open(&db).unwrap());
     let threads: Vec<_> = (0..2)
         .map(|_| {
@@ -209,6 +211,9 @@ fn hammer_child() {
                 let (mut admitted, mut spent_in_a_row) = (0u64, 0);
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while spent_in_a_row < 200 && Instant::now() < deadline {
+                    if let Some(pace) = pace {
+                        std::thread::sleep(pace);
+                    }
                     let d = store.check(Some(key.as_bytes()), clock()).unwrap().decision;
                     match d.status {
                         Status::Ok => {
@@ -232,13 +237,19 @@ fn hammer_child() {
 }
 
 fn hammer(db: &Path, key: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "hammer_child", "--nocapture", "--test-threads=1"])
+    hammer_paced(db, key, None)
+}
+
+fn hammer_paced(db: &Path, key: &str, pace: Option<Duration>) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "hammer_child", "--nocapture", "--test-threads=1"])
         .env("MS_AUTH_FLEET_DB", db)
         .env("MS_AUTH_FLEET_KEY", key)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stdout(Stdio::piped());
+    if let Some(pace) = pace {
+        cmd.env("MS_AUTH_FLEET_PACE_US", pace.as_micros().to_string());
+    }
+    cmd.spawn().unwrap()
 }
 
 fn admitted_by(child: Child) -> u64 {
@@ -719,4 +730,76 @@ fn usage_audit_and_metrics_show_the_fleet_totals_on_every_host() {
     assert!(l.usage(&id, today, today).unwrap().last_used_at_ms.is_some());
     assert_eq!(trail(&l), want, "the audit trail the log still holds");
     hosts.push(late);
+}
+
+/// How long each check takes on `store`, sampled every 100 µs for `how_long`; and how many it admitted.
+fn check_latencies(store: &Store, key: &str, how_long: Duration) -> (Vec<Duration>, u64) {
+    let (mut out, mut admitted) = (Vec::new(), 0);
+    let start = Instant::now();
+    while start.elapsed() < how_long {
+        let t = Instant::now();
+        let decided = store.check(Some(key.as_bytes()), clock()).unwrap();
+        out.push(t.elapsed());
+        match decided.decision.status {
+            Status::Ok => admitted += 1,
+            Status::ApiKeyQuotaExceeded => {}
+            other => panic!("{other:?}"),
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    out.sort();
+    (out, admitted)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+#[test]
+fn a_ten_second_redis_outage_under_load_keeps_latency_and_the_quota_exact() {
+    let _serial = serial();
+    let (_dir, mut redis, hosts) = fleet(3);
+    let quota = 100_000;
+    let k = hosts[0]
+        .store()
+        .create_key(
+            &spec(&format!(r#"{{"quota": {{"limit": {quota}, "period": "daily"}}, "rate_limit": null}}"#)),
+            clock(),
+        )
+        .unwrap();
+    for h in &hosts[1..] {
+        let s = h.store();
+        assert!(within(Duration::from_secs(5), || s.get_key(&k.record.id).is_ok()).is_some(), "{}", h.log());
+    }
+    // Steady traffic on every host (2 processes x 2 threads each, a check every 400 us per thread).
+    let children: Vec<Child> = hosts
+        .iter()
+        .flat_map(|h| (0..2).map(|_| hammer_paced(&h.db, &k.key, Some(Duration::from_micros(400)))).collect::<Vec<_>>())
+        .collect();
+    let probe = hosts[1].store();
+    let (before, probed_before) = check_latencies(&probe, &k.key, Duration::from_secs(2));
+    redis.stop();
+    let during_outage = hosts[0].store().create_key(&spec(r#"{"rate_limit": null}"#), clock()).unwrap();
+    let (during, probed_during) = check_latencies(&probe, &k.key, Duration::from_secs(10));
+    let admitted_so_far: i64 = hosts.iter().map(|h| h.store().get_key(&k.record.id).unwrap().usage.used).sum();
+    redis.restart();
+    let total: u64 = children.into_iter().map(admitted_by).sum::<u64>() + probed_before + probed_during;
+    let (b50, b99, d50, d99) =
+        (percentile(&before, 0.5), percentile(&before, 0.99), percentile(&during, 0.5), percentile(&during, 0.99));
+    eprintln!(
+        "check latency on a fleet host, {} samples before / {} during a 10 s Redis outage under load: \
+         p50 {b50:?} / {d50:?}, p99 {b99:?} / {d99:?}, max {:?} / {:?}; admitted {admitted_so_far} by the outage's end, \
+         {total} in all (quota {quota})",
+        before.len(),
+        during.len(),
+        before.last().unwrap(),
+        during.last().unwrap()
+    );
+    assert!(admitted_so_far < quota, "the quota was not spent before Redis came back: the test tests the outage");
+    assert_eq!(total, quota as u64, "exactly the quota, fleet-wide, across the outage\n{}", hosts[0].log());
+    // No network on the check path: an outage does not slow checks (slack for a shared machine).
+    assert!(d99 <= b99 * 3 + Duration::from_micros(50), "p99 before {b99:?}, during {d99:?}");
+    let c = hosts[2].store();
+    let arrived = within(Duration::from_secs(10), || checks_as(&c, &during_outage.key, Status::Ok));
+    assert!(arrived.is_some(), "a key created during the outage reaches the others after it\n{}", hosts[0].log());
 }
