@@ -16,6 +16,26 @@ use serde_json::{Map, Value};
 
 use crate::counters::{self, Dirty, Found, KeyEntry, KeyRef, SharedCounters, Tally, Turn};
 
+/// An audit event as fleet mode publishes it, from a row of `audit` (`$row` is `NEW.` in the trigger of
+/// migration 6, empty where existing rows are published; `store::replica::AuditState` reads it).
+macro_rules! audit_state {
+    ($row:literal) => {
+        concat!(
+            "json_object('at_ms', ",
+            $row,
+            "at_ms, 'actor', ",
+            $row,
+            "actor, 'action', ",
+            $row,
+            "action, 'key_id', ",
+            $row,
+            "key_id, 'detail', ",
+            $row,
+            "detail)"
+        )
+    };
+}
+
 mod fleet_usage;
 mod identity;
 mod lifecycle;
@@ -178,14 +198,15 @@ const MIGRATIONS: &[&str] = &[
     // 6: fleet-wide audit and usage. Audit events made here go to the fleet's log like any change (the
     // others' arrive with their host and their own sequence number, once); `fleet_usage` holds each
     // host's daily counts as its agent published them (this host's too: what it last published).
-    "ALTER TABLE audit ADD COLUMN host TEXT;
+    concat!(
+        "ALTER TABLE audit ADD COLUMN host TEXT;
     ALTER TABLE audit ADD COLUMN origin_seq INTEGER;
     CREATE UNIQUE INDEX audit_origin ON audit(host, origin_seq) WHERE host IS NOT NULL;
     CREATE TRIGGER fleet_audit_insert AFTER INSERT ON audit
     WHEN NEW.host IS NULL AND EXISTS (SELECT 1 FROM settings WHERE name = 'fleet')
-    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('audit', CAST(NEW.seq AS TEXT),
-        json_object('at_ms', NEW.at_ms, 'actor', NEW.actor, 'action', NEW.action, 'key_id', NEW.key_id,
-                    'detail', NEW.detail)); END;
+    BEGIN INSERT INTO fleet_outbox (kind, id, body) VALUES ('audit', CAST(NEW.seq AS TEXT), ",
+        audit_state!("NEW."),
+        "); END;
     CREATE TABLE fleet_usage (
         host            TEXT NOT NULL,
         key_id          TEXT NOT NULL,
@@ -198,7 +219,8 @@ const MIGRATIONS: &[&str] = &[
         last_used_at_ms INTEGER,
         PRIMARY KEY (host, key_id, day)
     ) WITHOUT ROWID;
-    CREATE INDEX fleet_usage_key ON fleet_usage(key_id, day);",
+    CREATE INDEX fleet_usage_key ON fleet_usage(key_id, day);"
+    ),
 ];
 
 pub const DEFAULT_LIFETIME_MS: i64 = 365 * 86_400_000;

@@ -65,7 +65,7 @@ struct PoliciesState {
     abuse_window_ms: i64,
 }
 
-/// An audit event as the trigger `fleet_audit_insert` writes it.
+/// An audit event as fleet mode publishes it (`audit_state!` in `store/mod.rs`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuditState {
@@ -120,6 +120,18 @@ impl Store {
             "INSERT INTO settings (name, value) VALUES ('fleet', ?1) ON CONFLICT (name) DO UPDATE SET value = ?1",
             [&wanted],
         )?;
+        if current.is_none() {
+            // The audit trail of what this store did before it joined becomes the fleet's too (once: it
+            // is history, not state, so it is not published again when Redis loses its data).
+            tx.execute(
+                concat!(
+                    "INSERT INTO fleet_outbox (kind, id, body) SELECT 'audit', CAST(seq AS TEXT), ",
+                    audit_state!(""),
+                    " FROM audit WHERE host IS NULL ORDER BY seq"
+                ),
+                [],
+            )?;
+        }
         tx.commit()?;
         drop(db);
         if current.is_none() {
