@@ -803,3 +803,51 @@ fn a_ten_second_redis_outage_under_load_keeps_latency_and_the_quota_exact() {
     let arrived = within(Duration::from_secs(10), || checks_as(&c, &during_outage.key, Status::Ok));
     assert!(arrived.is_some(), "a key created during the outage reaches the others after it\n{}", hosts[0].log());
 }
+
+#[test]
+fn with_when_redis_down_share_the_hosts_split_what_was_unleased_and_never_exceed_the_quota() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start(&dir.path().join("redis"), None);
+    let mut hosts: Vec<Host> = (0..2).map(|i| Host::new(dir.path(), &format!("host{i}"))).collect();
+    for h in &mut hosts {
+        h.start_agent_with(&redis.url(), &["--when-redis-down".as_ref(), "share".as_ref()]);
+    }
+    let k = hosts[0]
+        .store()
+        .create_key(&spec(r#"{"quota": {"limit": 1000, "period": "daily"}, "rate_limit": null}"#), clock())
+        .unwrap();
+    let stores: Vec<Store> = hosts.iter().map(Host::store).collect();
+    let mut admitted = 0;
+    for s in &stores {
+        assert!(within(Duration::from_secs(5), || checks_as(s, &k.key, Status::Ok)).is_some(), "{}", hosts[1].log());
+        admitted += 1;
+    }
+    // Both hosts hold a small lease; a heartbeat later each knows what the fleet leased.
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.stop();
+    let raised = |h: &Host| h.log().contains("raised this host's lease of 1 quotas");
+    assert!(within(Duration::from_secs(8), || hosts.iter().all(raised)).is_some(), "{}", hosts[0].log());
+    for s in &stores {
+        admitted += (0..2000).filter(|_| checks_as(s, &k.key, Status::Ok)).count();
+    }
+    eprintln!("Redis down, --when-redis-down share: 2 hosts admitted {admitted} of a quota of 1000");
+    assert!(admitted <= 1000, "{admitted}");
+    assert!(admitted >= 990, "each host took its half of what was unleased: {admitted}");
+    // Back: the raised leases are the fleet's (re-asserted), and nothing more is granted.
+    redis.restart();
+    let leased = || -> i64 {
+        let mut conn = redis.conn();
+        let hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:test:quota:*").query(&mut conn).unwrap();
+        hashes
+            .iter()
+            .map(|h| {
+                let all: std::collections::HashMap<String, i64> =
+                    redis::cmd("HGETALL").arg(h).query(&mut conn).unwrap();
+                all.iter().filter(|(f, _)| f.starts_with("lease:")).map(|(_, v)| v).sum::<i64>()
+            })
+            .sum()
+    };
+    assert!(within(Duration::from_secs(10), || leased() as usize >= admitted).is_some(), "{}", hosts[0].log());
+    assert!(leased() <= 1000, "{}", leased());
+}

@@ -33,6 +33,8 @@ pub struct Config {
     pub max_log: usize,
     /// How often the agent reports itself (and reads the member list).
     pub heartbeat: Duration,
+    /// What a host admits while Redis is unreachable, once its leases run out.
+    pub when_down: super::WhenDown,
 }
 
 /// Publishes one change: appends it to the log and makes it the record's newest state, atomically (an
@@ -46,6 +48,9 @@ if ARGV[2] ~= 'audit' then
 end
 return id
 "#;
+
+/// How long Redis must be unreachable before `WhenDown::Share` takes its share (not for a blip).
+const SHARE_AFTER: Duration = Duration::from_secs(2);
 
 struct Names {
     log: String,
@@ -89,6 +94,8 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
     let mut health = Health::default();
     let mut conn: Option<redis::Connection> = None;
     let mut backoff = Duration::from_millis(100);
+    let mut down_since: Option<Instant> = None;
+    let mut ever_connected = false;
     let mut next_report = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if conn.is_none() {
@@ -98,8 +105,10 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
                     conn = Some(c);
                     health.redis_ok = true;
                     health.position_checked = false;
-                    leases.reassert_all = true;
+                    leases.reconnected(ever_connected);
+                    ever_connected = true;
                     usage.reconnected();
+                    down_since = None;
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
@@ -109,6 +118,19 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
                     }
                     health.redis_ok = false;
                     health.last_error = Some(why);
+                    let down_for = down_since.get_or_insert_with(Instant::now).elapsed();
+                    if cfg.when_down == super::WhenDown::Share && down_for >= SHARE_AFTER {
+                        match leases.share_while_down(store, health.rate_sharers, clock_ms()) {
+                            Ok(0) => {}
+                            Ok(n) => log(&format!(
+                                "Redis unreachable for {} s: raised this host's lease of {n} quotas by its share \
+                                 (1/{}) of what the fleet had not leased (--when-redis-down share)",
+                                down_for.as_secs(),
+                                health.rate_sharers
+                            )),
+                            Err(e) => log(&format!("store: {}", e.message)),
+                        }
+                    }
                     report_locally(store, cfg, &health, &usage, log);
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -122,6 +144,9 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
             if Instant::now() >= next_report {
                 next_report = Instant::now() + cfg.heartbeat;
                 heartbeat(store, cfg, &names, c, &mut health)?;
+                if cfg.when_down == super::WhenDown::Share {
+                    refresh_fleet_leased(store, cfg, c, &mut leases)?;
+                }
                 usage.round(store, cfg, c, log)?;
                 report_locally(store, cfg, &health, &usage, log);
             }
@@ -184,18 +209,46 @@ fn lease_round(
     }
     let view = store.fleet_quota_cells(&leases.owners, now)?;
     let mut oldest_period = i64::MAX;
+    let may_ask = leases.may_ask();
     for q in &view {
         let cell = &q.quota;
         oldest_period = oldest_period.min(cell.period_start_ms);
         let chunk = leases.chunk(q);
+        let current = (q.owner.clone(), cell.period_start_ms);
         if leases.reassert_all && cell.lease > 0 {
-            grant(store, cfg, scripts, c, q, cell.period_start_ms, cell.period_end_ms, 0, cell.used, cell.lease)?;
+            let leased =
+                grant(store, cfg, scripts, c, q, cell.period_start_ms, cell.period_end_ms, 0, cell.used, cell.lease)?;
+            leases.fleet_leased.insert(current.clone(), leased);
         }
-        if leases.wants_more(q, chunk) {
-            grant(store, cfg, scripts, c, q, cell.period_start_ms, cell.period_end_ms, chunk, cell.used, cell.lease)?;
+        if may_ask && leases.wants_more(q, chunk) {
+            let leased = grant(
+                store,
+                cfg,
+                scripts,
+                c,
+                q,
+                cell.period_start_ms,
+                cell.period_end_ms,
+                chunk,
+                cell.used,
+                cell.lease,
+            )?;
+            leases.fleet_leased.insert(current, leased);
         }
-        if cell.period_end_ms - now < 5_000 && cell.next_lease == 0 {
-            grant(store, cfg, scripts, c, q, cell.period_end_ms, cell.period_end_ms + 31 * 86_400_000, chunk, 0, 0)?;
+        if may_ask && cell.period_end_ms - now < 5_000 && cell.next_lease == 0 {
+            let leased = grant(
+                store,
+                cfg,
+                scripts,
+                c,
+                q,
+                cell.period_end_ms,
+                cell.period_end_ms + 31 * 86_400_000,
+                chunk,
+                0,
+                0,
+            )?;
+            leases.fleet_leased.insert((q.owner.clone(), cell.period_end_ms), leased);
         }
     }
     leases.reassert_all = false;
@@ -217,9 +270,9 @@ fn grant(
     want: i64,
     used: i64,
     held: i64,
-) -> std::result::Result<(), Failure> {
+) -> std::result::Result<i64, Failure> {
     let ttl_s = (expires_after_ms - clock_ms()).max(0) / 1000 + 2 * 86_400;
-    let (lease, spent): (i64, i64) = scripts
+    let (lease, spent, fleet_leased): (i64, i64, i64) = scripts
         .grant
         .key(quota::hash_name(&cfg.fleet, &q.owner, period_start_ms))
         .arg(&cfg.host)
@@ -230,6 +283,35 @@ fn grant(
         .arg(ttl_s)
         .invoke(c)?;
     store.fleet_set_lease(&q.digest, period_start_ms, lease, spent == 1, false)?;
+    Ok(fleet_leased)
+}
+
+/// `WhenDown::Share`: learns, once a heartbeat, what the fleet has leased of every quota this host holds
+/// a lease of (one pipelined read), so that a share taken in an outage starts from a current view.
+fn refresh_fleet_leased(
+    store: &Store,
+    cfg: &Config,
+    c: &mut redis::Connection,
+    leases: &mut Leases,
+) -> std::result::Result<(), Failure> {
+    let held: Vec<(String, i64)> = store
+        .fleet_quota_cells(&leases.owners, clock_ms())?
+        .into_iter()
+        .filter(|q| q.quota.lease > 0)
+        .map(|q| (q.owner, q.quota.period_start_ms))
+        .collect();
+    if held.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for (owner, start) in &held {
+        pipe.hgetall(quota::hash_name(&cfg.fleet, owner, *start));
+    }
+    let hashes: Vec<std::collections::HashMap<String, i64>> = pipe.query(c)?;
+    for (key, hash) in held.into_iter().zip(hashes) {
+        let leased = hash.iter().filter(|(field, _)| field.starts_with("lease:")).map(|(_, v)| v).sum();
+        leases.fleet_leased.insert(key, leased);
+    }
     Ok(())
 }
 

@@ -24,6 +24,18 @@ use sha2::Sha256;
 
 use crate::error::{Error, Result};
 
+/// What a host may admit while Redis is unreachable, once its quota leases run out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenDown {
+    /// Refuse (the default): a host spends only what it holds, so the fleet never admits more than a
+    /// quota, at the price of refusing once a host's lease is spent.
+    Refuse,
+    /// Each host adds its share (1/N of the live members) of what the fleet had not leased when the
+    /// host last heard about the quota from Redis: exact when the hosts' views were current, else
+    /// over by at most what other hosts were granted after this one last heard.
+    Share,
+}
+
 /// What a change is about, in the order a host starting from the fleet's state applies them (the
 /// policies and plans a key names first; audit events are in the log only, not in the state).
 pub const KINDS: [&str; 4] = ["policies", "plan", "key", "audit"];

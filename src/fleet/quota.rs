@@ -13,14 +13,15 @@
 //! less than half a chunk is left; the script gives at most half of what is left of the quota, so the last
 //! units are shared among the hosts that ask.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use crate::store::FleetQuota;
+use crate::store::{FleetQuota, Store};
 
 /// Grants a host more of a key's quota for one period. KEYS[1]: the period's hash. ARGV: host, amount
 /// wanted, the quota, what the host has counted, what the host holds locally (re-asserted after Redis
-/// lost its data), the hash's time to live in seconds. Returns {the host's lease, 1 if the quota is spent}.
+/// lost its data), the hash's time to live in seconds. Returns {the host's lease, 1 if the quota is spent,
+/// the leases of all hosts}.
 pub const GRANT: &str = r#"
 local host, want, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local used, held, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -44,7 +45,7 @@ redis.call('HSET', KEYS[1], 'lease:' .. host, lease, 'used:' .. host, used)
 redis.call('EXPIRE', KEYS[1], ttl)
 local spent = 0
 if left - grant <= 0 then spent = 1 end
-return {lease, spent}
+return {lease, spent, total + grant}
 "#;
 
 /// Hands back what a host holds beyond what it counted (at SIGTERM).
@@ -66,7 +67,16 @@ pub struct Leases {
     /// The keys with a quota, and the admin generation they were read at (read again when it changes).
     pub owners: Vec<(String, crate::key::KeyDigest)>,
     pub owners_generation: Option<i64>,
+    /// (owner, period start) → the leases of all hosts when this host last heard (for `WhenDown::Share`).
+    pub fleet_leased: HashMap<(String, i64), i64>,
+    /// The quotas whose unleased rest this host took its share of during the current outage.
+    shared_while_down: HashSet<(String, i64)>,
+    no_asking_until: Option<Instant>,
 }
+
+/// After an outage, how long hosts only re-assert their leases: longer than an agent's longest
+/// reconnection backoff (2 s) and a round.
+pub const REASSERT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The leases' Redis hash of a key's quota in one period.
 pub fn hash_name(fleet: &str, owner: &str, period_start_ms: i64) -> String {
@@ -114,9 +124,56 @@ impl Leases {
         }
     }
 
+    /// `WhenDown::Share`, Redis unreachable: raises this host's lease of every quota it counts by its
+    /// share (1/`members`) of what the fleet had not leased when this host last heard, once per outage
+    /// and period. A quota this host never asked about counts as wholly unleased. Returns how many
+    /// leases were raised.
+    pub fn share_while_down(&mut self, store: &Store, members: usize, now_ms: i64) -> crate::error::Result<usize> {
+        let mut raised = 0;
+        for q in store.fleet_quota_view(now_ms)? {
+            let c = &q.quota;
+            let key = (q.owner.clone(), c.period_start_ms);
+            if !self.shared_while_down.insert(key.clone()) {
+                continue;
+            }
+            let leased = self.fleet_leased.get(&key).copied().unwrap_or(c.lease).max(c.lease);
+            let share = (c.limit - leased).max(0) / members.max(1) as i64;
+            if share > 0 {
+                store.fleet_set_lease(&q.digest, c.period_start_ms, c.lease + share, false, false)?;
+                self.fleet_leased.insert(key, leased + share);
+                raised += 1;
+            }
+        }
+        Ok(raised)
+    }
+
+    /// Connected to Redis: every lease held is re-asserted (see `reassert_all`). After an outage (not at
+    /// the agent's start) no more is asked for during [`REASSERT_GRACE`], so that the other hosts, which
+    /// reconnect within their backoff, re-assert what they hold (a lease raised by `share_while_down`, or
+    /// one a Redis restarted empty or from an older AOF lost) before anyone is granted more.
+    pub fn reconnected(&mut self, after_outage: bool) {
+        self.reassert_all = true;
+        self.shared_while_down.clear();
+        if after_outage {
+            self.no_asking_until = Some(Instant::now() + REASSERT_GRACE);
+        }
+    }
+
+    /// False while the hosts re-assert their leases after an outage.
+    pub fn may_ask(&mut self) -> bool {
+        match self.no_asking_until {
+            Some(until) if Instant::now() < until => false,
+            _ => {
+                self.no_asking_until = None;
+                true
+            }
+        }
+    }
+
     /// Forgets periods that ended.
     pub fn forget_before(&mut self, period_start_ms: i64) {
         self.seen.retain(|(_, start), _| *start >= period_start_ms);
+        self.fleet_leased.retain(|(_, start), _| *start >= period_start_ms);
         self.next_retry_of_spent.retain(|(_, start), _| *start >= period_start_ms);
     }
 }

@@ -9,7 +9,7 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 use clap::Subcommand;
 use serde_json::Value;
 
-use ms_auth::fleet::{agent, Secret};
+use ms_auth::fleet::{agent, Secret, WhenDown};
 use ms_auth::{Error, Store};
 
 #[derive(Subcommand)]
@@ -36,6 +36,11 @@ pub enum FleetCommand {
         /// Log entries Redis keeps (older ones are trimmed; late hosts start from the state hash).
         #[arg(long, default_value_t = 100_000)]
         max_log: usize,
+        /// What a host may admit once Redis has been unreachable for 2 s and its quota leases run out:
+        /// `refuse` (exact: the fleet never admits more than a quota) or `share` (each host adds its
+        /// share, 1/N of live members, of what was not leased when it last heard from Redis).
+        #[arg(long, default_value = "refuse", value_parser = ["refuse", "share"])]
+        when_redis_down: String,
     },
     /// What this host's agent last reported: fleet, host, members and their last report, log position
     /// and lag, Redis reachable or not.
@@ -53,7 +58,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
     match command {
-        FleetCommand::Sync { redis, redis_ca, fleet, host, secret_file, max_log } => {
+        FleetCommand::Sync { redis, redis_ca, fleet, host, secret_file, max_log, when_redis_down } => {
             let host = host.unwrap_or_else(hostname);
             let config = agent::Config {
                 redis_url: redis,
@@ -63,6 +68,7 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
                 secret: Secret::from_file(&secret_file)?,
                 max_log,
                 heartbeat: Duration::from_secs(1),
+                when_down: if when_redis_down == "share" { WhenDown::Share } else { WhenDown::Refuse },
             };
             unsafe {
                 libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
