@@ -269,6 +269,7 @@ mod tests {
             secret: Secret::new(b"0123456789abcdef"),
             max_log: 100,
             heartbeat: Duration::from_secs(1),
+            when_down: crate::fleet::WhenDown::Refuse,
         }
     }
 
