@@ -39,6 +39,9 @@ pub struct QuotaCell {
     pub spent: bool,
     /// This host's lease of the next period, if taken already.
     pub next_lease: i64,
+    /// Checks on this host asked for the key in the current period (it holds a lease word, maybe empty):
+    /// the agent leases only keys its host uses.
+    pub wanted: bool,
 }
 
 /// Puts a lease word in the cell: into the slot of the same period (never lowering it unless `lower`),
@@ -77,12 +80,18 @@ impl SharedCounters {
         if self.header().fleet_leases.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let day = quota.period.bounds(now_ms).0.div_euclid(DAY_MS);
+        let start = quota.period.bounds(now_ms).0;
+        let day = start.div_euclid(DAY_MS);
         let lease = (0..2).find_map(|i| unpack(cell.leases[i].load(Ordering::Acquire)).filter(|(d, _, _)| *d == day));
-        Some(lease.map_or(Allowance { up_to: 0, fleet_spent: false }, |(_, up_to, spent)| Allowance {
-            up_to,
-            fleet_spent: spent,
-        }))
+        Some(match lease {
+            Some((_, up_to, spent)) => Allowance { up_to, fleet_spent: spent },
+            None => {
+                // The key is wanted here in this period: an empty lease word tells the agent to ask the
+                // fleet for some (it leases only what its host's checks use).
+                merge_word(cell, pack(start, 0, false), false);
+                Allowance { up_to: 0, fleet_spent: false }
+            }
+        })
     }
 
     /// Records this host's lease of a key's quota for the period starting at `period_start_ms` (every
@@ -107,7 +116,8 @@ impl SharedCounters {
                 unpack(cell.leases[i].load(Ordering::Acquire)).filter(|(d, _, _)| *d == start_ms.div_euclid(DAY_MS))
             })
         };
-        let (lease, spent) = lease_of(start).map_or((0, false), |(_, up_to, spent)| (up_to, spent));
+        let current = lease_of(start);
+        let (lease, spent) = current.map_or((0, false), |(_, up_to, spent)| (up_to, spent));
         let next_lease = lease_of(end).map_or(0, |(_, up_to, _)| up_to);
         Some(QuotaCell {
             limit: quota.limit,
@@ -117,6 +127,7 @@ impl SharedCounters {
             lease,
             spent,
             next_lease,
+            wanted: current.is_some(),
         })
     }
 }
@@ -151,8 +162,11 @@ mod tests {
             Found::Key(a) => a.decision.status,
             other => panic!("{other:?}"),
         };
-        assert_eq!(status(&c), Status::ApiKeyQuotaExceeded, "no lease yet: nothing admitted");
         let start = Period::Daily.bounds(now).0;
+        assert!(!c.quota_cell(&e.digest, now).unwrap().wanted, "not used here: the agent leases nothing");
+        assert_eq!(status(&c), Status::ApiKeyQuotaExceeded, "no lease yet: nothing admitted");
+        let q = c.quota_cell(&e.digest, now).unwrap();
+        assert!(q.wanted && q.lease == 0, "a check asked for it: the agent leases some");
         assert!(c.set_lease(&e.digest, start, 3, false, false));
         assert!(c.set_lease(&e.digest, start, 2, false, false), "an older, smaller grant does not lower it");
         let admitted = (0..10).filter(|_| status(&c) == Status::Ok).count();

@@ -235,7 +235,7 @@ fn lease_round(
             )?;
             leases.fleet_leased.insert(current, leased);
         }
-        if may_ask && cell.period_end_ms - now < 5_000 && cell.next_lease == 0 {
+        if may_ask && cell.wanted && cell.period_end_ms - now < 5_000 && cell.next_lease == 0 {
             let leased = grant(
                 store,
                 cfg,

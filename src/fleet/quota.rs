@@ -106,7 +106,7 @@ impl Leases {
     /// True when the host should ask for more of this key now.
     pub fn wants_more(&mut self, q: &FleetQuota, chunk: i64) -> bool {
         let c = &q.quota;
-        if c.lease - c.used > chunk / 2 {
+        if !c.wanted || c.lease - c.used > chunk / 2 {
             return false;
         }
         if !c.spent {
@@ -126,14 +126,15 @@ impl Leases {
 
     /// `WhenDown::Share`, Redis unreachable: raises this host's lease of every quota it counts by its
     /// share (1/`members`) of what the fleet had not leased when this host last heard, once per outage
-    /// and period. A quota this host never asked about counts as wholly unleased. Returns how many
+    /// and period, for the keys its checks use. A quota this host never asked about counts as wholly
+    /// unleased. Returns how many
     /// leases were raised.
     pub fn share_while_down(&mut self, store: &Store, members: usize, now_ms: i64) -> crate::error::Result<usize> {
         let mut raised = 0;
         for q in store.fleet_quota_view(now_ms)? {
             let c = &q.quota;
             let key = (q.owner.clone(), c.period_start_ms);
-            if !self.shared_while_down.insert(key.clone()) {
+            if !c.wanted || !self.shared_while_down.insert(key.clone()) {
                 continue;
             }
             let leased = self.fleet_leased.get(&key).copied().unwrap_or(c.lease).max(c.lease);

@@ -1,5 +1,7 @@
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use ms_auth::{KeySpec, Status, Store};
 
 /// 2027-01-15T10:00:00Z: a fixed instant so every test is exact.
