@@ -74,6 +74,10 @@ pub struct Leases {
     no_asking_until: Option<Instant>,
 }
 
+/// A first ask takes 1% of the quota, at most this much: a big quota is not tied up by a quiet host (the
+/// chunk then follows the host's rate).
+pub const FIRST_CHUNK_MAX: i64 = 1000;
+
 /// After an outage, how long hosts only re-assert their leases: longer than an agent's longest
 /// reconnection backoff (2 s) and a round.
 pub const REASSERT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -85,11 +89,16 @@ pub fn hash_name(fleet: &str, owner: &str, period_start_ms: i64) -> String {
 
 impl Leases {
     /// How much to ask for: a second of this host's recent rate for the key, doubled each round the host
-    /// ran out (so a burst ramps up in a few rounds); a first ask takes 1% of the quota, at least 1.
+    /// ran out (so a burst ramps up in a few rounds); a first ask takes 1% of the quota, at least 1 and at
+    /// most [`FIRST_CHUNK_MAX`].
     pub fn chunk(&mut self, q: &FleetQuota) -> i64 {
         let now = Instant::now();
         let c = &q.quota;
-        let first = (c.limit / 100).max(1);
+        let first = (c.limit / 100).clamp(1, FIRST_CHUNK_MAX);
+        if !c.wanted {
+            // Not used here this period: nothing to learn (and an empty lease is not a host running out).
+            return first;
+        }
         let entry = self.seen.entry((q.owner.clone(), c.period_start_ms)).or_insert((first, c.used, now));
         let elapsed = now.duration_since(entry.2).as_secs_f64();
         if elapsed >= 0.05 {
