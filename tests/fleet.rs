@@ -675,3 +675,96 @@ fn with_when_redis_down_share_the_hosts_split_what_was_unleased_and_never_exceed
     assert!(within(Duration::from_secs(10), || leased() as usize >= admitted).is_some(), "{}", hosts[0].log());
     assert!(leased() <= 1000, "{}", leased());
 }
+
+/// A Redis Sentinel (redis-server in sentinel mode) watching `master` as `mymaster`, quick to fail over.
+fn sentinel(dir: &Path, master_port: u16) -> (Child, u16) {
+    std::fs::create_dir_all(dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+             sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("redis-server").arg(&conf).arg("--sentinel").stdout(Stdio::null()).spawn().unwrap();
+    let url = format!("redis://127.0.0.1:{port}");
+    assert!(within(Duration::from_secs(10), || redis::Client::open(url.as_str()).unwrap().get_connection().is_ok())
+        .is_some());
+    (child, port)
+}
+
+/// A child process killed when the test ends, passed or not (a leftover would keep the test's output
+/// open).
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sentinel_knows_a_replica(sentinel_port: u16) -> bool {
+    let Ok(mut conn) = redis::Client::open(format!("redis://127.0.0.1:{sentinel_port}")).unwrap().get_connection()
+    else {
+        return false;
+    };
+    let replicas: redis::RedisResult<Vec<redis::Value>> =
+        redis::cmd("SENTINEL").arg("replicas").arg("mymaster").query(&mut conn);
+    replicas.is_ok_and(|r| !r.is_empty())
+}
+
+fn master_port_by_sentinel(sentinel_port: u16) -> Option<u16> {
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{sentinel_port}")).ok()?.get_connection().ok()?;
+    let addr: Vec<String> =
+        redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("mymaster").query(&mut conn).ok()?;
+    addr.get(1)?.parse().ok()
+}
+
+#[test]
+fn agents_find_the_master_through_sentinel_and_follow_a_failover() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Redis::start(&dir.path().join("master"), None);
+    let replica_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::create_dir_all(dir.path().join("replica")).unwrap();
+    let _replica = KilledOnDrop(
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &replica_port.to_string(), "--appendonly", "yes", "--save", ""])
+            .args(["--replicaof", "127.0.0.1", &master.port.to_string()])
+            .arg("--dir")
+            .arg(dir.path().join("replica"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (sentinel, sentinel_port) = sentinel(&dir.path().join("sentinel"), master.port);
+    let _sentinel = KilledOnDrop(sentinel);
+    let url = format!("redis-sentinel://127.0.0.1:{sentinel_port}#mymaster");
+    let mut hosts: Vec<Host> = (0..2).map(|i| Host::new(dir.path(), &format!("host{i}"))).collect();
+    for h in &mut hosts {
+        h.start_agent(&url);
+    }
+    let (a, b) = (hosts[0].store(), hosts[1].store());
+    let k = a.create_key(&spec(r#"{"rate_limit": null}"#), clock()).unwrap();
+    assert!(within(Duration::from_secs(5), || checks_as(&b, &k.key, Status::Ok)).is_some(), "{}", hosts[1].log());
+    assert!(hosts[0].log().contains("connected to Redis at redis-sentinel://"), "{}", hosts[0].log());
+
+    // The master dies; Sentinel promotes the replica; the agents follow it. (Sentinel learns of replicas
+    // from the master's INFO, every 10 s.)
+    let known = within(Duration::from_secs(20), || sentinel_knows_a_replica(sentinel_port));
+    assert!(known.is_some(), "Sentinel never saw the replica");
+    master.stop();
+    let promoted = within(Duration::from_secs(20), || master_port_by_sentinel(sentinel_port) == Some(replica_port));
+    assert!(promoted.is_some(), "Sentinel did not fail over");
+    let after = b.create_key(&spec(r#"{"rate_limit": null}"#), clock()).unwrap();
+    b.revoke_key(&k.record.id, clock(), None).unwrap();
+    let followed = within(Duration::from_secs(15), || {
+        checks_as(&a, &after.key, Status::Ok) && checks_as(&a, &k.key, Status::ApiKeyRevoked)
+    });
+    assert!(followed.is_some(), "{}\n{}", hosts[0].log(), hosts[1].log());
+}

@@ -17,7 +17,9 @@ pub enum FleetCommand {
     /// Run this host's fleet agent in the foreground: publish this store's admin changes to the fleet's
     /// log in Redis and apply everyone's. Stops (exit 0) on SIGTERM or SIGINT.
     Sync {
-        /// redis://[user:password@]host:port[/db], or rediss://… for TLS.
+        /// redis://[user:password@]host:port[/db], rediss://… for TLS, or
+        /// redis-sentinel://[[user]:password@]host[:port][,host[:port]][/db]#MASTER to find the master
+        /// through Redis Sentinel (and follow its failovers).
         #[arg(long, env = "MS_AUTH_REDIS_URL")]
         redis: String,
         /// The CA certificate (PEM) for rediss:// URLs.
