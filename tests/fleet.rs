@@ -758,13 +758,19 @@ fn agents_find_the_master_through_sentinel_and_follow_a_failover() {
     // from the master's INFO, every 10 s.)
     let known = within(Duration::from_secs(20), || sentinel_knows_a_replica(sentinel_port));
     assert!(known.is_some(), "Sentinel never saw the replica");
+    // A change made just before the master dies is not lost with it (it waits for a replica's
+    // acknowledgement, or in the outbox).
+    let just_before = a.create_key(&spec(r#"{"rate_limit": null}"#), clock()).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
     master.stop();
     let promoted = within(Duration::from_secs(20), || master_port_by_sentinel(sentinel_port) == Some(replica_port));
     assert!(promoted.is_some(), "Sentinel did not fail over");
     let after = b.create_key(&spec(r#"{"rate_limit": null}"#), clock()).unwrap();
     b.revoke_key(&k.record.id, clock(), None).unwrap();
     let followed = within(Duration::from_secs(15), || {
-        checks_as(&a, &after.key, Status::Ok) && checks_as(&a, &k.key, Status::ApiKeyRevoked)
+        checks_as(&a, &after.key, Status::Ok)
+            && checks_as(&a, &k.key, Status::ApiKeyRevoked)
+            && checks_as(&b, &just_before.key, Status::Ok)
     });
     assert!(followed.is_some(), "{}\n{}", hosts[0].log(), hosts[1].log());
 }

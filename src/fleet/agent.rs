@@ -540,8 +540,26 @@ fn publish_outbox(
                 .invoke(c)?;
             health.published += 1;
         }
+        // With replicas (a Sentinel setup), a change leaves the outbox only once a replica has it, so a
+        // failover cannot lose it; until then it is published again (applying twice changes nothing).
+        let replicas = connected_replicas(c)?;
+        if replicas > 0 {
+            let acked: i64 = redis::cmd("WAIT").arg(1).arg(REPLICA_WAIT_MS).query(c)?;
+            if acked < 1 {
+                health.last_error = Some("no replica acknowledged the last changes: they stay in the outbox".into());
+                return Ok(());
+            }
+        }
         store.fleet_published(upto)?;
     }
+}
+
+/// How long publishing waits for a replica to acknowledge (when the server has replicas).
+const REPLICA_WAIT_MS: i64 = 500;
+
+fn connected_replicas(c: &mut redis::Connection) -> redis::RedisResult<i64> {
+    let info: String = redis::cmd("INFO").arg("replication").query(c)?;
+    Ok(info.lines().find_map(|l| l.strip_prefix("connected_slaves:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0))
 }
 
 /// True when the log no longer holds every entry after `position` (it was trimmed, or Redis lost it).
