@@ -42,6 +42,9 @@ fn main() {
     for h in &mut hosts {
         h.start_agent(&redis.url());
     }
+    for h in &hosts {
+        h.wait_until_in_the_fleet();
+    }
     let spec = format!(r#"{{"quota": {{"limit": {QUOTA}, "period": "daily"}}, "rate_limit": null}}"#);
     let key = hosts[0].store().create_key(&KeySpec::from_json(&spec).unwrap(), ms_auth::store::clock_ms()).unwrap();
     let stores: Vec<Store> = hosts.iter().map(Host::store).collect();

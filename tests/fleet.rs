@@ -637,6 +637,9 @@ fn with_when_redis_down_share_the_hosts_split_what_was_unleased_and_never_exceed
     for h in &mut hosts {
         h.start_agent_with(&redis.url(), &["--when-redis-down".as_ref(), "share".as_ref()]);
     }
+    for h in &hosts {
+        h.wait_until_in_the_fleet();
+    }
     let k = hosts[0]
         .store()
         .create_key(&spec(r#"{"quota": {"limit": 1000, "period": "daily"}, "rate_limit": null}"#), clock())

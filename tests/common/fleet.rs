@@ -146,6 +146,13 @@ impl Host {
         }
     }
 
+    /// Until the agent has made the store a fleet member and reached Redis: a check before that is a
+    /// standalone store's (it counts no lease).
+    pub fn wait_until_in_the_fleet(&self) {
+        let joined = within(Duration::from_secs(10), || self.log().contains("connected to Redis"));
+        assert!(joined.is_some(), "{}: {}", self.name, self.log());
+    }
+
     pub fn store(&self) -> Store {
         Store::open(&self.db).unwrap()
     }
@@ -182,6 +189,9 @@ pub fn fleet(n: usize) -> (tempfile::TempDir, Redis, Vec<Host>) {
     let mut hosts: Vec<Host> = (0..n).map(|i| Host::new(dir.path(), &format!("host{i}"))).collect();
     for h in &mut hosts {
         h.start_agent(&redis.url());
+    }
+    for h in &hosts {
+        h.wait_until_in_the_fleet();
     }
     (dir, redis, hosts)
 }
