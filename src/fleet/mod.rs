@@ -15,6 +15,8 @@
 //! digests, never a plaintext key.
 
 pub mod agent;
+mod changelog;
+mod connect;
 pub mod quota;
 pub mod usage;
 

@@ -16,7 +16,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use crate::store::{FleetQuota, Store};
+use super::agent::{Config, Failure, Scripts};
+use crate::store::{clock_ms, FleetQuota, Store};
 
 /// Grants a host more of a key's quota for one period. KEYS[1]: the period's hash. ARGV: host, amount
 /// wanted, the quota, what the host has counted, what the host holds locally (re-asserted after Redis
@@ -186,4 +187,158 @@ impl Leases {
         self.fleet_leased.retain(|(_, start), _| *start >= period_start_ms);
         self.next_retry_of_spent.retain(|(_, start), _| *start >= period_start_ms);
     }
+}
+
+// The Redis side of leases, run by the agent each round.
+
+/// Tops up this host's leases of the quotas its checks are using (and takes the next period's a few
+/// seconds before it starts), so that local checks count within what the fleet granted this host.
+pub(super) fn lease_round(
+    store: &Store,
+    cfg: &Config,
+    scripts: &Scripts,
+    c: &mut redis::Connection,
+    leases: &mut Leases,
+) -> std::result::Result<(), Failure> {
+    let now = clock_ms();
+    let generation = store.admin_generation()?;
+    if leases.owners_generation != Some(generation) {
+        leases.owners = store.fleet_quota_owners()?;
+        leases.owners_generation = Some(generation);
+    }
+    let view = store.fleet_quota_cells(&leases.owners, now)?;
+    let mut oldest_period = i64::MAX;
+    let may_ask = leases.may_ask();
+    for q in &view {
+        let cell = &q.quota;
+        oldest_period = oldest_period.min(cell.period_start_ms);
+        let chunk = leases.chunk(q);
+        let current = (q.owner.clone(), cell.period_start_ms);
+        if leases.reassert_all && cell.lease > 0 {
+            let leased =
+                grant(store, cfg, scripts, c, q, cell.period_start_ms, cell.period_end_ms, 0, cell.used, cell.lease)?;
+            leases.fleet_leased.insert(current.clone(), leased);
+        }
+        if may_ask && leases.wants_more(q, chunk) {
+            let leased = grant(
+                store,
+                cfg,
+                scripts,
+                c,
+                q,
+                cell.period_start_ms,
+                cell.period_end_ms,
+                chunk,
+                cell.used,
+                cell.lease,
+            )?;
+            leases.fleet_leased.insert(current, leased);
+        }
+        if may_ask && cell.wanted && cell.period_end_ms - now < 5_000 && cell.next_lease == 0 {
+            let leased = grant(
+                store,
+                cfg,
+                scripts,
+                c,
+                q,
+                cell.period_end_ms,
+                cell.period_end_ms + 31 * 86_400_000,
+                chunk,
+                0,
+                0,
+            )?;
+            leases.fleet_leased.insert((q.owner.clone(), cell.period_end_ms), leased);
+        }
+    }
+    leases.reassert_all = false;
+    if oldest_period != i64::MAX {
+        leases.forget_before(oldest_period);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn grant(
+    store: &Store,
+    cfg: &Config,
+    scripts: &Scripts,
+    c: &mut redis::Connection,
+    q: &crate::store::FleetQuota,
+    period_start_ms: i64,
+    expires_after_ms: i64,
+    want: i64,
+    used: i64,
+    held: i64,
+) -> std::result::Result<i64, Failure> {
+    let ttl_s = (expires_after_ms - clock_ms()).max(0) / 1000 + 2 * 86_400;
+    let (lease, spent, fleet_leased): (i64, i64, i64) = scripts
+        .grant
+        .key(hash_name(&cfg.fleet, &q.owner, period_start_ms))
+        .arg(&cfg.host)
+        .arg(want)
+        .arg(q.quota.limit)
+        .arg(used)
+        .arg(held)
+        .arg(ttl_s)
+        .invoke(c)?;
+    store.fleet_set_lease(&q.digest, period_start_ms, lease, spent == 1, false)?;
+    Ok(fleet_leased)
+}
+
+/// `WhenDown::Share`: learns, once a heartbeat, what the fleet has leased of every quota this host holds
+/// a lease of (one pipelined read), so that a share taken in an outage starts from a current view.
+pub(super) fn refresh_fleet_leased(
+    store: &Store,
+    cfg: &Config,
+    c: &mut redis::Connection,
+    leases: &mut Leases,
+) -> std::result::Result<(), Failure> {
+    let held: Vec<(String, i64)> = store
+        .fleet_quota_cells(&leases.owners, clock_ms())?
+        .into_iter()
+        .filter(|q| q.quota.lease > 0)
+        .map(|q| (q.owner, q.quota.period_start_ms))
+        .collect();
+    if held.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for (owner, start) in &held {
+        pipe.hgetall(hash_name(&cfg.fleet, owner, *start));
+    }
+    let hashes: Vec<std::collections::HashMap<String, i64>> = pipe.query(c)?;
+    for (key, hash) in held.into_iter().zip(hashes) {
+        let leased = hash.iter().filter(|(field, _)| field.starts_with("lease:")).map(|(_, v)| v).sum();
+        leases.fleet_leased.insert(key, leased);
+    }
+    Ok(())
+}
+
+/// Gives the fleet back what this host holds and did not use (the agent is stopping): local checks stop
+/// counting past what they used, then Redis learns the lease is no larger than that.
+pub(super) fn hand_back(
+    store: &Store,
+    cfg: &Config,
+    scripts: &Scripts,
+    c: &mut redis::Connection,
+) -> std::result::Result<usize, Failure> {
+    let now = clock_ms();
+    let held: Vec<_> = store.fleet_quota_view(now)?.into_iter().filter(|q| q.quota.lease > q.quota.used).collect();
+    for q in &held {
+        store.fleet_set_lease(&q.digest, q.quota.period_start_ms, q.quota.used, q.quota.spent, true)?;
+    }
+    // Checks that read the lease just before it was lowered finish within microseconds.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for q in store.fleet_quota_view(now)? {
+        if let Some(before) = held.iter().find(|h| h.owner == q.owner) {
+            let used = q.quota.used.max(before.quota.used);
+            let _: i64 = scripts
+                .hand_back
+                .key(hash_name(&cfg.fleet, &q.owner, q.quota.period_start_ms))
+                .arg(&cfg.host)
+                .arg(used)
+                .invoke(c)?;
+        }
+    }
+    Ok(held.len())
 }

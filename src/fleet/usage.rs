@@ -157,7 +157,7 @@ impl UsageSync {
         log: &mut dyn FnMut(&str),
     ) -> std::result::Result<(), Failure> {
         let position = match store.fleet_usage_position()? {
-            Some(p) if !super::agent::trimmed_past(c, &n.stream, &p)? => p,
+            Some(p) if !super::changelog::trimmed_past(c, &n.stream, &p)? => p,
             _ => self.catch_up(store, cfg, n, c, log)?,
         };
         let options = StreamReadOptions::default().count(200);
