@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of ms-auth, from a fresh machine: Rust (unit, integration, ABI, CLI, header freshness),
-# lint, C programs (static, shared, AddressSanitizer), fault injection (libfiu), and each host binding that
-# has landed.
+# lint, C programs (static, shared, AddressSanitizer), fault injection (libfiu), each host binding that
+# has landed, and the release artifacts installed and used outside the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -36,4 +36,7 @@ done
 
 echo "== cross-host answers (nginx, WSGI, Go)"
 bash scripts/cross_host.sh
+
+echo "== distribution (make install, tarball, .deb + nginx module .deb, wheel, Go module)"
+bash packaging/test.sh
 echo "== all tests passed"

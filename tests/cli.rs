@@ -245,3 +245,49 @@ fn shell_completions_need_no_store() {
         assert!(out.status.success() && text.contains("ms-auth") && text.contains("rotate"), "{shell}: {text}");
     }
 }
+
+#[test]
+fn output_formats_are_one_option_for_every_command() {
+    let cli = Cli::new();
+    let text = |args: &[&str]| {
+        let out = cli.run(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // A name with a comma and quotes: the cells must come back as they went in.
+    let created = text(&["-o", "csv", "key", "create", "--name", "acme, \"eu\"", "--quota", "10/day"]);
+    let lines: Vec<&str> = created.lines().collect();
+    assert_eq!(lines.len(), 2, "{created}");
+    assert!(lines[0].starts_with("key,id,prefix,env,name,plan,state,"), "{created}");
+    assert!(lines[1].contains(",\"acme, \"\"eu\"\"\",,active,"), "RFC 4180 quoting: {created}");
+    let key = lines[1].split(',').next().unwrap().to_string();
+    assert!(key.starts_with("ms_live_"));
+
+    let list = text(&["key", "list", "--output", "csv"]);
+    assert_eq!(list.lines().count(), 2);
+    assert!(list.lines().nth(1).unwrap().contains(",10,daily,60,60000,60,0,0,,{}"), "{list}");
+    // --output json is the commands' --json.
+    assert_eq!(cli.ok_json(&["key", "list", "-o", "json"]), cli.ok_json(&["key", "list", "--json"]));
+
+    let check = text(&["check", &key, "-o", "csv"]);
+    assert!(check.starts_with("code,http_status,retry_after_ms,quota_limit,quota_remaining,"), "{check}");
+    assert!(check.lines().nth(1).unwrap().starts_with("ok,200,0,10,9,"), "{check}");
+    assert_eq!(
+        text(&["plan", "put", "pro", "--quota", "5/month", "-o", "csv"]).lines().nth(1),
+        Some("pro,5,monthly,60,60000,60,,0")
+    );
+    assert_eq!(text(&["policy", "set", "--idle", "90d", "-o", "csv"]), "idle_days,abuse_limit,abuse_window_ms\n90,,\n");
+    let audit = text(&["audit", "-o", "csv"]);
+    assert!(audit.starts_with("seq,at,actor,action,key_id,detail\n1,"), "{audit}");
+    assert_eq!(audit.lines().count(), 4, "create, plan put, policy set: {audit}");
+
+    // Disagreeing spellings are an error, not a guess; metrics has one format.
+    for args in
+        [&["key", "list", "--json", "-o", "csv"][..], &["metrics", "-o", "json"], &["fleet", "status", "-o", "csv"]]
+    {
+        let out = cli.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{args:?}");
+    }
+    assert_eq!(cli.run(&["key", "list", "-o", "yaml"]).status.code(), Some(2), "clap's usage error");
+}

@@ -23,9 +23,10 @@ awk '
   END {
     one = median(v["BenchmarkCheckHot"]); par = median(v["BenchmarkCheckHotParallel"])
     base = median(v["BenchmarkCgoBaseline"]); basep = median(v["BenchmarkCgoBaselineParallel"])
-    mw = median(v["BenchmarkMiddleware"]); inc = median(v["BenchmarkCheckInC"])
+    mw = median(v["BenchmarkMiddleware"]); lim = median(v["BenchmarkCheckLimited"]); inc = median(v["BenchmarkCheckInC"])
     printf "\n== summary (median of runs)\n"
     printf "check, 1 goroutine:        %8.0f ns  %10.0f checks/s\n", one, 1e9 / one
+    printf "check with RateLimit fields: %6.0f ns  %10.0f checks/s\n", lim, 1e9 / lim
     printf "check, parallel:           %8.0f ns  %10.0f checks/s\n", par, 1e9 / par
     printf "check looped inside C:     %8.0f ns  %10.0f checks/s  (binding overhead %.0f ns)\n", inc, 1e9 / inc, one - inc
     printf "middleware, 1 goroutine:   %8.0f ns  %10.0f requests/s\n", mw, 1e9 / mw

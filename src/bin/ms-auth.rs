@@ -27,8 +27,20 @@ struct Cli {
     /// Who the audit log names for this command's changes [default: cli:$USER].
     #[arg(long, global = true, env = "MS_AUTH_ACTOR")]
     actor: Option<String>,
+    /// How to print results: table for people, json or csv for scripts and spreadsheets
+    /// [default: table; `--json` is short for `--output json`].
+    #[arg(long, short = 'o', global = true, value_enum, value_name = "FORMAT")]
+    output: Option<Output>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The formats of `--output`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand)]
@@ -257,6 +269,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     store.set_actor(&cli.actor.unwrap_or_else(|| format!("cli:{user}")));
     let now = now_ms();
+    let global = cli.output;
+    let fmt = |json: bool| output_format(global, json);
     match cli.command {
         Command::Key(KeyCommand::Create { env, policy, import, json }) => {
             let key = import.map(|k| read_secret(&k)).transpose()?;
@@ -270,25 +284,32 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 meta: policy.meta()?.or(None),
                 key,
             };
+            let out = fmt(json)?;
             let created = store.create_key(&spec, now)?;
-            if json {
-                println!("{}", created.to_json());
-            } else {
-                println!("Key (shown once, store it now): {}\n", created.key);
-                print_record(&created.record, now);
+            match out {
+                Output::Json => println!("{}", created.to_json()),
+                Output::Csv => {
+                    write_csv(&key_csv_header(true), [key_csv_row(&created.record, Some(&created.key), now)])?
+                }
+                Output::Table => {
+                    println!("Key (shown once, store it now): {}\n", created.key);
+                    print_record(&created.record, now);
+                }
             }
         }
         Command::Key(KeyCommand::List { plan, expiring, json }) => {
             let expiring_before_ms = expiring.map(|d| parse_duration(&d).map(|ms| now + ms)).transpose()?;
+            let out = fmt(json)?;
             let records = store.list_keys(&KeyFilter { plan, env: None, expiring_before_ms })?;
-            if json {
-                println!("{}", ms_auth::spec::list_json(&records));
-            } else {
-                print_table(&records, now);
+            match out {
+                Output::Json => println!("{}", ms_auth::spec::list_json(&records)),
+                Output::Csv => write_csv(&key_csv_header(false), records.iter().map(|r| key_csv_row(r, None, now)))?,
+                Output::Table => print_table(&records, now),
             }
         }
-        Command::Key(KeyCommand::Show { id, json }) => show(&store.get_key(&id)?, json, now),
+        Command::Key(KeyCommand::Show { id, json }) => show(&store.get_key(&id)?, fmt(json)?, now)?,
         Command::Key(KeyCommand::Update { id, policy, json }) => {
+            let out = fmt(json)?;
             let current = store.get_key(&id)?;
             let patch = KeyPatch {
                 name: policy.name.clone().map_or(Field::Absent, Field::Set),
@@ -304,20 +325,25 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 quota_follows_plan: policy.quota.as_deref() == Some("plan"),
                 rate_follows_plan: policy.rate.as_deref() == Some("plan"),
             };
-            show(&store.update_key(&id, &patch)?, json, now);
+            show(&store.update_key(&id, &patch)?, out, now)?;
         }
         Command::Key(KeyCommand::Revoke { id, reason, json }) => {
+            let out = fmt(json)?;
             let record = store.revoke_key(&id, now, reason.as_deref())?;
-            if json {
-                println!("{}", record.to_json());
-            } else {
-                println!("Revoked {} ({}): refused from the next request on.", record.id, record.prefix);
+            match out {
+                Output::Table => {
+                    println!("Revoked {} ({}): refused from the next request on.", record.id, record.prefix)
+                }
+                out => show(&record, out, now)?,
             }
         }
         Command::Key(KeyCommand::Rotate { id, grace, json }) => {
+            let out = fmt(json)?;
             let created = store.rotate_key(&id, parse_duration(&grace)?, now)?;
-            if json {
+            if out == Output::Json {
                 println!("{}", created.to_json());
+            } else if out == Output::Csv {
+                write_csv(&key_csv_header(true), [key_csv_row(&created.record, Some(&created.key), now)])?;
             } else {
                 println!("Key (shown once, store it now): {}", created.key);
                 println!(
@@ -347,22 +373,25 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 rate_limit: limits.rate(None)?.or(Some(ms_auth::store::DEFAULT_RATE)).map(Into::into),
                 lifetime_ms: lifetime.map(|l| parse_duration(&l)).transpose()?,
             };
+            let out = fmt(json)?;
             let written = store.put_plan(&plan, now)?;
-            if json {
-                println!("{written}");
-            } else {
-                print_plans(&[written]);
+            match out {
+                Output::Json => println!("{written}"),
+                Output::Csv => write_plans_csv(&[written])?,
+                Output::Table => print_plans(&[written]),
             }
         }
         Command::Plan(PlanCommand::List { json }) => {
+            let out = fmt(json)?;
             let plans = store.list_plans()?;
-            if json {
-                println!("{}", json!({ "plans": plans }));
-            } else {
-                print_plans(&plans);
+            match out {
+                Output::Json => println!("{}", json!({ "plans": plans })),
+                Output::Csv => write_plans_csv(&plans)?,
+                Output::Table => print_plans(&plans),
             }
         }
         Command::Policy(PolicyCommand::Set { idle, no_idle, abuse, no_abuse, json }) => {
+            let out = fmt(json)?;
             let mut change = ms_auth::store::PolicySpec::default();
             if no_idle {
                 change.idle_ms = Some(0);
@@ -380,16 +409,29 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 change.abuse = Some((n, parse_duration(window)?));
             }
             let now_in_force = store.set_policies(&change, now)?;
-            print_policies(&now_in_force, json);
+            print_policies(&now_in_force, out)?;
         }
-        Command::Policy(PolicyCommand::Show { json }) => print_policies(&store.policies()?, json),
+        Command::Policy(PolicyCommand::Show { json }) => print_policies(&store.policies()?, fmt(json)?)?,
         Command::Audit { key_id, since, limit, json } => {
             let since_ms = since
                 .map(|s| if s.contains('T') { parse_time(&s) } else { parse_duration(&s).map(|d| now - d) })
                 .transpose()?;
+            let out = fmt(json)?;
             let events = store.audit_events(&ms_auth::store::AuditFilter { key_id, since_ms, limit })?;
-            if json {
+            if out == Output::Json {
                 println!("{}", json!({ "events": events }));
+            } else if out == Output::Csv {
+                let rows = events.iter().map(|e| {
+                    vec![
+                        e.seq.to_string(),
+                        fmt_time(Some(e.at_ms)),
+                        e.actor.clone(),
+                        e.action.clone(),
+                        e.key_id.clone().unwrap_or_default(),
+                        e.detail.to_string(),
+                    ]
+                });
+                write_csv(&["seq", "at", "actor", "action", "key_id", "detail"], rows)?;
             } else {
                 // In a fleet, the host each change was made on.
                 let hosts = events.iter().any(|e| e.host.is_some());
@@ -414,43 +456,104 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
         }
         Command::Usage { id, days, json, csv } => {
+            let out = match (csv, global) {
+                (true, None | Some(Output::Csv)) => Output::Csv,
+                (true, Some(_)) => return Err(Error::invalid("--csv and --output disagree: give one of them")),
+                (false, _) => fmt(json)?,
+            };
             if !(1..=3650).contains(&days) {
                 return Err(Error::invalid("--days must be between 1 and 3650"));
             }
             let history = store.usage(&id, now - (days - 1) * 86_400_000, now)?;
-            if json {
-                println!("{}", serde_json::to_string(&history).expect("history serializes"));
-            } else if csv {
-                println!("date,admitted,api_key_expired,api_key_revoked,api_key_quota_exceeded,rate_limit_exceeded");
-                for d in &history.days {
-                    let r = &d.rejected;
-                    println!(
-                        "{},{},{},{},{},{}",
-                        d.date,
-                        d.admitted,
-                        r.api_key_expired,
-                        r.api_key_revoked,
-                        r.api_key_quota_exceeded,
-                        r.rate_limit_exceeded
-                    );
+            match out {
+                Output::Json => println!("{}", serde_json::to_string(&history).expect("history serializes")),
+                Output::Csv => {
+                    let header = [
+                        "date",
+                        "admitted",
+                        "api_key_expired",
+                        "api_key_revoked",
+                        "api_key_quota_exceeded",
+                        "rate_limit_exceeded",
+                    ];
+                    let rows = history.days.iter().map(|d| {
+                        let r = &d.rejected;
+                        [
+                            d.admitted,
+                            r.api_key_expired,
+                            r.api_key_revoked,
+                            r.api_key_quota_exceeded,
+                            r.rate_limit_exceeded,
+                        ]
+                        .iter()
+                        .fold(vec![d.date.to_string()], |mut row, n| {
+                            row.push(n.to_string());
+                            row
+                        })
+                    });
+                    write_csv(&header, rows)?;
                 }
-            } else {
-                print_usage(&history);
+                Output::Table => print_usage(&history),
             }
         }
-        Command::Metrics => print!("{}", store.metrics_text(now)?),
-        Command::Fleet(command) => return fleet::run(&store, command),
+        Command::Metrics => {
+            // Prometheus' text format is the one format of metrics: scrapers read nothing else.
+            if global.is_some_and(|o| o != Output::Table) {
+                return Err(Error::invalid("metrics prints the Prometheus text format only (no --output)"));
+            }
+            print!("{}", store.metrics_text(now)?)
+        }
+        Command::Fleet(mut command) => {
+            match (&mut command, global) {
+                (_, None | Some(Output::Table)) => {}
+                (fleet::FleetCommand::Status { json }, Some(Output::Json)) => *json = true,
+                _ => return Err(Error::invalid("of the fleet commands, only `fleet status` has an --output: json")),
+            }
+            return fleet::run(&store, command);
+        }
         Command::Completions { .. } => unreachable!("answered before the store is opened"),
         Command::Check { key, now: at, json } => {
             let at = match at {
                 Some(t) => parse_time(&t)?,
                 None => now,
             };
+            let out = fmt(json)?;
             let key = read_secret(&key)?;
             let checked = store.check(Some(key.as_bytes()), at)?;
             let d = checked.decision;
             let body: Value = serde_json::from_str(&d.status.error_json()).expect("static JSON");
-            if json {
+            if out == Output::Csv {
+                let key_id = checked.key.as_ref().map(|k| k.id().to_string()).unwrap_or_default();
+                let plan = checked.key.as_ref().and_then(|k| k.plan().map(str::to_string)).unwrap_or_default();
+                let header = [
+                    "code",
+                    "http_status",
+                    "retry_after_ms",
+                    "quota_limit",
+                    "quota_remaining",
+                    "quota_reset",
+                    "rate_limit",
+                    "rate_remaining",
+                    "rate_reset",
+                    "key_id",
+                    "plan",
+                ];
+                let reset = |ms: i64| if ms > 0 { fmt_time(Some(ms)) } else { String::new() };
+                let row = vec![
+                    d.status.code().to_string(),
+                    d.status.http().to_string(),
+                    d.retry_after_ms.to_string(),
+                    d.quota_limit.to_string(),
+                    d.quota_remaining.to_string(),
+                    reset(d.quota_reset_ms),
+                    d.rate_limit.to_string(),
+                    d.rate_remaining.to_string(),
+                    reset(d.rate_reset_ms),
+                    key_id,
+                    plan,
+                ];
+                write_csv(&header, [row])?;
+            } else if out == Output::Json {
                 let out = json!({
                     "status": d.status as i32, "code": d.status.code(), "http_status": d.status.http(),
                     "retry_after_ms": d.retry_after_ms,
@@ -595,16 +698,134 @@ fn print_plans(plans: &[Value]) {
     }
 }
 
-fn print_policies(p: &Value, json: bool) {
-    if json {
-        println!("{p}");
-        return;
+fn print_policies(p: &Value, out: Output) -> Result<(), Error> {
+    match out {
+        Output::Json => {
+            println!("{p}");
+            return Ok(());
+        }
+        Output::Csv => {
+            let n = |v: &Value| v.as_i64().map_or(String::new(), |n| n.to_string());
+            let row = vec![n(&p["idle"]["days"]), n(&p["abuse"]["limit"]), n(&p["abuse"]["window_ms"])];
+            return write_csv(&["idle_days", "abuse_limit", "abuse_window_ms"], [row]);
+        }
+        Output::Table => {}
     }
     let idle = p["idle"].get("days").map_or("off".into(), |d| format!("revoke keys unused for {d} days"));
     let abuse = p["abuse"].as_object().map_or("off".into(), |a| {
         format!("revoke keys rate-limited more than {} times within {} ms", a["limit"], a["window_ms"])
     });
     println!("idle     {idle}\nabuse    {abuse}\nrotated  revoke rotated keys when their grace ends (always)");
+    Ok(())
+}
+
+/// `--output` of the command line with the command's own `--json` (its older spelling); a conflict
+/// between the two is an error rather than a guess.
+fn output_format(global: Option<Output>, json: bool) -> Result<Output, Error> {
+    match (global, json) {
+        (None | Some(Output::Json), true) => Ok(Output::Json),
+        (Some(_), true) => Err(Error::invalid("--json and --output disagree: give one of them")),
+        (global, false) => Ok(global.unwrap_or(Output::Table)),
+    }
+}
+
+/// CSV through the csv crate, so names, actors and JSON details with commas, quotes or newlines are
+/// quoted as RFC 4180 says and a spreadsheet reads the same cells back.
+fn write_csv<R, C>(header: &[&str], rows: impl IntoIterator<Item = R>) -> Result<(), Error>
+where
+    R: IntoIterator<Item = C>,
+    C: AsRef<[u8]>,
+{
+    let fail = |e: csv::Error| Error::internal(format!("cannot write CSV to standard output: {e}"));
+    let mut w = csv::Writer::from_writer(std::io::stdout().lock());
+    w.write_record(header).map_err(fail)?;
+    for row in rows {
+        w.write_record(row).map_err(fail)?;
+    }
+    w.flush().map_err(|e| Error::internal(format!("cannot write CSV to standard output: {e}")))
+}
+
+/// The columns of a key in CSV: one value a cell (limits split into their parts), times in RFC 3339,
+/// "" for none. `with_key` puts the plaintext key first (create and rotate, the one time it is shown).
+fn key_csv_header(with_key: bool) -> Vec<&'static str> {
+    let mut h = if with_key { vec!["key"] } else { vec![] };
+    h.extend([
+        "id",
+        "prefix",
+        "env",
+        "name",
+        "plan",
+        "state",
+        "revoked_reason",
+        "created_at",
+        "expires_at",
+        "quota_limit",
+        "quota_period",
+        "rate_limit",
+        "rate_window_ms",
+        "rate_burst",
+        "used",
+        "total",
+        "last_used_at",
+        "meta",
+    ]);
+    h
+}
+
+fn key_csv_row(r: &KeyRecord, key: Option<&str>, now: i64) -> Vec<String> {
+    let time = |t: Option<i64>| t.map_or(String::new(), |t| fmt_time(Some(t)));
+    let state = if r.revoked_at_ms.is_some() {
+        "revoked"
+    } else if r.expires_at_ms.is_some_and(|t| now >= t) {
+        "expired"
+    } else {
+        "active"
+    };
+    let mut row: Vec<String> = key.map(str::to_string).into_iter().collect();
+    row.extend([
+        r.id.clone(),
+        r.prefix.clone(),
+        r.env.clone(),
+        r.name.clone().unwrap_or_default(),
+        r.plan.clone().unwrap_or_default(),
+        state.to_string(),
+        r.revoked_reason.clone().unwrap_or_default(),
+        time(Some(r.created_at_ms)),
+        time(r.expires_at_ms),
+        r.quota.as_ref().map_or(String::new(), |q| q.limit.to_string()),
+        r.quota.as_ref().map_or(String::new(), |q| q.period.to_string()),
+        r.rate_limit.as_ref().map_or(String::new(), |l| l.limit.to_string()),
+        r.rate_limit.as_ref().map_or(String::new(), |l| l.window_ms.to_string()),
+        r.rate_limit.as_ref().map_or(String::new(), |l| l.burst.to_string()),
+        r.usage.used.to_string(),
+        r.usage.total.to_string(),
+        time(r.usage.last_used_at_ms),
+        Value::Object(r.meta.clone()).to_string(),
+    ]);
+    row
+}
+
+fn write_plans_csv(plans: &[Value]) -> Result<(), Error> {
+    let cell = |v: &Value| match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let rows = plans.iter().map(|p| {
+        vec![
+            cell(&p["name"]),
+            cell(&p["quota"]["limit"]),
+            cell(&p["quota"]["period"]),
+            cell(&p["rate_limit"]["limit"]),
+            cell(&p["rate_limit"]["window_ms"]),
+            cell(&p["rate_limit"]["burst"]),
+            cell(&p["lifetime_ms"]),
+            cell(&p["keys"]),
+        ]
+    });
+    let header =
+        ["name", "quota_limit", "quota_period", "rate_limit", "rate_window_ms", "rate_burst", "lifetime_ms", "keys"];
+    write_csv(&header, rows)
 }
 
 fn print_usage(h: &ms_auth::store::UsageHistory) {
@@ -709,12 +930,13 @@ fn window_text(ms: i64) -> String {
     }
 }
 
-fn show(r: &KeyRecord, json: bool, now: i64) {
-    if json {
-        println!("{}", r.to_json());
-    } else {
-        print_record(r, now);
+fn show(r: &KeyRecord, out: Output, now: i64) -> Result<(), Error> {
+    match out {
+        Output::Json => println!("{}", r.to_json()),
+        Output::Csv => write_csv(&key_csv_header(false), [key_csv_row(r, None, now)])?,
+        Output::Table => print_record(r, now),
     }
+    Ok(())
 }
 
 fn print_record(r: &KeyRecord, now: i64) {

@@ -30,6 +30,28 @@ func BenchmarkCheckHot(b *testing.B) {
 	}
 }
 
+// BenchmarkCheckLimited is a hot key with a quota and a rate limit too large to
+// refuse, so every check also carries the answer's RateLimit fields: the
+// common case behind an API gateway, and the one where the fields cost.
+func BenchmarkCheckLimited(b *testing.B) {
+	s := openTemp(b)
+	c := mustCreate(b, s, KeySpec{
+		Quota:     &Quota{Limit: 1_000_000_000_000, Period: Monthly},
+		RateLimit: Some(RateLimit{Limit: 1_000_000_000, WindowMS: 1000, Burst: 1_000_000_000}),
+	}, time.Now())
+	now := time.Now()
+	if r := s.Check(c.Key, now); !r.OK() || r.Headers().Get("RateLimit") == "" {
+		b.Fatal(r.Status, r.Headers())
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if r := s.Check(c.Key, now); r.Status != StatusOK {
+			b.Fatal(r.Status)
+		}
+	}
+}
+
 func BenchmarkCheckHotParallel(b *testing.B) {
 	s, key := hotKey(b)
 	now := time.Now()

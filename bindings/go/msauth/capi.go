@@ -171,6 +171,7 @@ static msgo_ret msgo_metrics_text(ms_store *s, char **out) {
 import "C"
 
 import (
+	"bytes"
 	"strings"
 	"time"
 	"unsafe"
@@ -249,15 +250,19 @@ func cCheck(h *C.ms_store, key string, nowMS int64, out *Result) {
 	out.RateLimit = int64(r.r.rate_limit)
 	out.RateRemaining = int64(r.r.rate_remaining)
 	out.RateReset = int64(r.r.rate_reset_ms)
+	// Not C.GoString(&r.r.key_id[0]): escape analysis cannot see into it,
+	// so handing it an address inside r moved all of r (704 bytes, with the
+	// fields' buffer) to the heap on every check. Reading the arrays here
+	// keeps r on the stack.
 	if r.r.key_id[0] != 0 {
-		out.KeyID = C.GoString(&r.r.key_id[0])
+		out.KeyID = cArrayString((*[len(r.r.key_id)]byte)(unsafe.Pointer(&r.r.key_id))[:])
 	}
 	if r.r.plan[0] != 0 {
-		out.Plan = C.GoString(&r.r.plan[0])
+		out.Plan = cArrayString((*[len(r.r.plan)]byte)(unsafe.Pointer(&r.r.plan))[:])
 	}
-	if r.fields_len > 0 {
-		out.fields = C.GoStringN(&r.fields[0], C.int(r.fields_len))
-	}
+	// The answer's fields stay bytes (no allocation): Headers and the
+	// middleware turn them into strings only when they are asked for.
+	out.fields.n = uint16(copy(out.fields.b[:], (*[C.MS_HTTP_FIELDS_MAX]byte)(unsafe.Pointer(&r.fields[0]))[:r.fields_len:r.fields_len]))
 	out.Err = takeError(r.r.status, r.err)
 	if out.Status.IsFailure() {
 		// The library leaves out untouched on a failure: give it the
@@ -266,6 +271,23 @@ func cCheck(h *C.ms_store, key string, nowMS int64, out *Result) {
 		out.QuotaLimit, out.QuotaRemaining, out.RateLimit, out.RateRemaining = -1, -1, -1, -1
 		out.RetryAfter, out.QuotaReset, out.RateReset = 0, 0, 0
 	}
+}
+
+// cArrayString is the text of a NUL-terminated char array, copied.
+func cArrayString(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
+}
+
+// answerFields is the answer's Retry-After / RateLimit-Policy / RateLimit
+// fields as ms_store_check_http wrote them ("Name: value\r\n" lines), kept
+// as bytes inside the Result: a check copies only the bytes written and
+// allocates nothing for them; strings are made only when headers are set.
+type answerFields struct {
+	n uint16
+	b [C.MS_HTTP_FIELDS_MAX]byte
 }
 
 // cCheckLoop runs n checks inside C (benchmark use only).

@@ -1,8 +1,8 @@
 package msauth
 
 import (
+	"bytes"
 	"net/http"
-	"strings"
 	"time"
 )
 
@@ -28,7 +28,7 @@ type Result struct {
 	// Status is 100 or more, else nil.
 	Err error
 
-	fields string // the answer's fields from ms_store_check_http, "Name: value\r\n" lines
+	fields answerFields // the answer's fields from ms_store_check_http, parsed on demand
 }
 
 // OK reports an admitted request.
@@ -50,13 +50,33 @@ func (r Result) Headers() http.Header {
 	return h
 }
 
-func (r Result) setHeaders(h http.Header) {
-	rest := r.fields
-	for rest != "" {
-		line, tail, _ := strings.Cut(rest, "\r\n")
+// setHeaders is a method on *Result: a Result carries its fields' bytes, and
+// the middleware's hot path should not copy them to read them.
+func (r *Result) setHeaders(h http.Header) {
+	rest := r.fields.b[:r.fields.n]
+	for len(rest) > 0 {
+		line, tail, _ := bytes.Cut(rest, crlf)
 		rest = tail
-		if name, value, ok := strings.Cut(line, ": "); ok {
-			h.Set(name, value)
+		if name, value, ok := bytes.Cut(line, colonSpace); ok {
+			// Under the key h.Set would use (Go's canonical form), without
+			// Set's canonicalising copy of each name: one string a value.
+			h[headerName(name)] = []string{string(value)}
 		}
 	}
+}
+
+var crlf, colonSpace = []byte("\r\n"), []byte(": ")
+
+// headerName answers the library's field names as constant strings (no
+// allocation for them), any other as a canonical copy.
+func headerName(name []byte) string {
+	switch string(name) { // compiled to comparisons, no conversion
+	case "Retry-After":
+		return "Retry-After"
+	case "RateLimit-Policy":
+		return "Ratelimit-Policy"
+	case "RateLimit":
+		return "Ratelimit"
+	}
+	return http.CanonicalHeaderKey(string(name))
 }
