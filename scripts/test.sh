@@ -26,6 +26,9 @@ cargo test --quiet 2>&1
 echo "== C tests"
 bash tests/c/run.sh
 
+echo "== console in a browser (Debian's chromium, Selenium)"
+bash tests/console/run.sh
+
 echo "== fault injection (libfiu)"
 bash tests/fault/run.sh
 

@@ -14,6 +14,8 @@ use ms_auth::policy::Quota;
 use ms_auth::spec::{checked_rate, Field};
 use ms_auth::{Error, KeyFilter, KeyPatch, KeyRecord, KeySpec, Status, Store};
 
+#[path = "ms-auth/console/mod.rs"]
+mod console;
 #[path = "ms-auth/fleet.rs"]
 mod fleet;
 
@@ -94,6 +96,9 @@ enum Command {
     },
     /// Prometheus text exposition of the store: decisions by status, keys by state, quota use by plan.
     Metrics,
+    /// Serve the support console (keys, usage charts, plans, policies, the audit log) and its JSON admin
+    /// API to a browser; see README, "Console".
+    Console(console::ConsoleArgs),
     /// Print a completion script for a shell (e.g. `ms-auth completions bash > /etc/bash_completion.d/ms-auth`).
     Completions { shell: clap_complete::Shell },
 }
@@ -268,10 +273,14 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     let store = Store::open(&cli.db)?;
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     store.set_actor(&cli.actor.unwrap_or_else(|| format!("cli:{user}")));
+    let command = match cli.command {
+        Command::Console(args) => return console::run(store, args).map(|()| ExitCode::SUCCESS),
+        other => other,
+    };
     let now = now_ms();
     let global = cli.output;
     let fmt = |json: bool| output_format(global, json);
-    match cli.command {
+    match command {
         Command::Key(KeyCommand::Create { env, policy, import, json }) => {
             let key = import.map(|k| read_secret(&k)).transpose()?;
             let spec = KeySpec {
@@ -512,6 +521,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             return fleet::run(&store, command);
         }
         Command::Completions { .. } => unreachable!("answered before the store is opened"),
+        Command::Console(_) => unreachable!("served above"),
         Command::Check { key, now: at, json } => {
             let at = match at {
                 Some(t) => parse_time(&t)?,

@@ -177,3 +177,16 @@ pub(crate) fn others_totals(conn: &Connection) -> Result<Vec<(String, [i64; 5])>
     let rows = stmt.query_map([here], |r| Ok((r.get(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?])))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
+
+/// Every other host's decisions about all keys per day from `first` to `last`.
+pub(crate) fn others_days(conn: &Connection, first: i64, last: i64) -> Result<Vec<DayCounts>> {
+    let Some(here) = this_host(conn)? else { return Ok(vec![]) };
+    let mut stmt = conn.prepare_cached(
+        "SELECT day, SUM(admitted), SUM(expired), SUM(revoked), SUM(quota_exceeded), SUM(rate_limited)
+         FROM fleet_usage WHERE host != ?1 AND day BETWEEN ?2 AND ?3 GROUP BY day",
+    )?;
+    let rows = stmt.query_map(params![here, first, last], |r| {
+        Ok((r.get(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?]))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

@@ -206,6 +206,21 @@ pub(crate) fn plan_of(conn: &Connection, name: &str) -> Result<Option<StoredPlan
         .optional()?)
 }
 
+/// A day's counts in `usage_daily`'s column order: admitted, expired, revoked, quota exceeded, rate limited.
+fn usage_day(day: i64, c: [i64; 5]) -> UsageDay {
+    UsageDay {
+        date: date_of(day),
+        start_ms: day * DAY_MS,
+        admitted: c[0],
+        rejected: Rejected {
+            api_key_expired: c[1],
+            api_key_revoked: c[2],
+            api_key_quota_exceeded: c[3],
+            rate_limit_exceeded: c[4],
+        },
+    }
+}
+
 fn date_of(day: i64) -> String {
     chrono::DateTime::from_timestamp_millis(day * DAY_MS).map_or_else(String::new, |t| t.format("%Y-%m-%d").to_string())
 }
@@ -406,23 +421,41 @@ impl Store {
             }
         }
         let last_used_at_ms = last_used_at_ms.max(others_last_used);
-        let days = (first..=last)
-            .map(|day| {
-                let c = found.get(&day).copied().unwrap_or_default();
-                UsageDay {
-                    date: date_of(day),
-                    start_ms: day * DAY_MS,
-                    admitted: c[0],
-                    rejected: Rejected {
-                        api_key_expired: c[1],
-                        api_key_revoked: c[2],
-                        api_key_quota_exceeded: c[3],
-                        rate_limit_exceeded: c[4],
-                    },
-                }
-            })
-            .collect();
+        let days = (first..=last).map(|day| usage_day(day, found.get(&day).copied().unwrap_or_default())).collect();
         Ok(UsageHistory { key_id: id.to_string(), last_used_at_ms, days })
+    }
+
+    /// The whole store's decisions per UTC day from `from_ms` to `to_ms` (days with none included, as
+    /// zeros): what [`Store::usage`] gives for one key, summed over every key (the console's overview); in
+    /// a fleet, every host's.
+    pub fn usage_totals(&self, from_ms: i64, to_ms: i64) -> Result<Vec<UsageDay>> {
+        spec::check_time_ms("from_ms", from_ms)?;
+        spec::check_time_ms("to_ms", to_ms)?;
+        if to_ms < from_ms || to_ms - from_ms > 3_660 * DAY_MS {
+            return Err(Error::invalid("to_ms must be at or after from_ms, and at most ten years later"));
+        }
+        self.flush()?;
+        let (first, last) = (from_ms.div_euclid(DAY_MS), to_ms.div_euclid(DAY_MS));
+        let db = self.db()?;
+        let mut stmt = db.conn.prepare_cached(
+            "SELECT day, SUM(admitted), SUM(expired), SUM(revoked), SUM(quota_exceeded), SUM(rate_limited)
+             FROM usage_daily WHERE day BETWEEN ?1 AND ?2 GROUP BY day",
+        )?;
+        let mut found = std::collections::HashMap::new();
+        for row in stmt.query_map(params![first, last], |r| {
+            Ok((r.get::<_, i64>(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?]))
+        })? {
+            let (day, counts): (i64, [i64; 5]) = row?;
+            found.insert(day, counts);
+        }
+        // In a fleet: the other hosts' counts too.
+        for (day, counts) in super::fleet_usage::others_days(&db.conn, first, last)? {
+            let total = found.entry(day).or_default();
+            for (t, c) in total.iter_mut().zip(counts) {
+                *t += c;
+            }
+        }
+        Ok((first..=last).map(|day| usage_day(day, found.get(&day).copied().unwrap_or_default())).collect())
     }
 
     /// Prometheus text exposition: decisions by status, keys by state, quota use per plan.
