@@ -317,3 +317,28 @@ fn a_check_never_waits_for_the_write_lock_and_loses_no_count() {
     let reopened = Store::open(&path).unwrap();
     assert_eq!(reopened.get_key(&k.record.id).unwrap().usage.used, 4, "no count was lost, none was added");
 }
+
+#[test]
+fn processes_opening_a_new_store_at_the_same_instant_all_succeed() {
+    // nginx starts its workers together: the first open of a store that does not exist yet races.
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_ms-auth"))
+                    .arg("--db")
+                    .arg(&path)
+                    .args(["key", "list"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}

@@ -1019,16 +1019,31 @@ fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
             }
         }
         // Create it ourselves so that it is private from the first byte; SQLite gives its WAL and shared
-        // memory files the same mode.
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| Error::store(format!("cannot create the file: {e}")))?;
+        // memory files the same mode. Another process starting at the same instant (nginx workers) may
+        // create it first: then it is there, which is all this needs.
+        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::store(format!("cannot create the file: {e}"))),
+        }
     } else if path.is_dir() {
         return Err(Error::store("it is a directory"));
     }
+    // Processes that start together on a store nobody has initialised yet (an empty file) race to turn
+    // it into a WAL database; the losers see "locked" for an instant, whatever their busy timeout.
+    let initialising = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match set_up_connection(path, busy_timeout) {
+            Err(e) if initialising && e.message.contains("locked") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn set_up_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(busy_timeout)?;
