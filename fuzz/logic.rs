@@ -371,6 +371,81 @@ fn patch(file: &mut [u8], mut ops: &[u8]) {
 // ---------------------------------------------------------------------------------------------------------
 // Inputs as files, for the regression test.
 
+// ---------------------------------------------------------------------------------------------------------
+// Target `cli_values`: the CLI's value parsers (`ms_auth::cli_values`), on what a shell can pass (UTF-8).
+
+/// Input: byte 0 chooses the parser; bytes 1..9 are `now_ms` (for `after`, `before`, `since`); the rest is
+/// the text. Every parser must answer `Ok` or `ErrInvalidArgument`, and what it accepts must mean what it
+/// says: a duration is never negative and reads back from its own spelling, a time reads back from its
+/// RFC 3339 form, a quota or a rate has N ≥ 1.
+pub fn cli_values(data: &[u8]) {
+    use ms_auth::cli_values as cv;
+    let Some((&which, rest)) = data.split_first() else { return };
+    let (now, rest) = take_i64(rest);
+    let Ok(text) = std::str::from_utf8(rest) else { return };
+    let refused = |e: ms_auth::Error| assert_eq!(e.status, Status::ErrInvalidArgument, "{text:?}: {e}");
+    match which % 7 {
+        0 => match cv::duration_ms(text) {
+            Ok(ms) => {
+                assert!(ms >= 0, "{text:?} -> {ms}");
+                let unit = *text.as_bytes().last().unwrap() as char;
+                let per = match unit {
+                    'd' => 86_400_000,
+                    'h' => 3_600_000,
+                    'm' => 60_000,
+                    's' => 1_000,
+                    _ => panic!("{text:?} accepted with unit {unit:?}"),
+                };
+                assert_eq!(ms % per, 0, "{text:?}");
+                assert_eq!(cv::duration_ms(&format!("{}{unit}", ms / per)).unwrap(), ms, "{text:?}");
+            }
+            Err(e) => refused(e),
+        },
+        1 => match cv::time_ms(text) {
+            Ok(ms) => {
+                // Whatever was accepted reads back from its own RFC 3339 spelling.
+                if let Some(t) = chrono_from_ms(ms) {
+                    assert_eq!(cv::time_ms(&t).unwrap(), ms, "{text:?} -> {t}");
+                }
+            }
+            Err(e) => refused(e),
+        },
+        2 => match cv::quota(text) {
+            Ok(q) => assert!(q.limit >= 1, "{text:?} -> {q:?}"),
+            Err(e) => refused(e),
+        },
+        3 => match cv::rate(text) {
+            Ok((n, window)) => assert!(n >= 1 && [1_000, 60_000, 3_600_000].contains(&window), "{text:?}"),
+            Err(e) => refused(e),
+        },
+        4 => match cv::after(now, text) {
+            Ok(t) => assert!(t >= now, "{text:?}"),
+            Err(e) => refused(e),
+        },
+        5 => match cv::before(now, text) {
+            Ok(t) => assert!(t <= now, "{text:?}"),
+            Err(e) => refused(e),
+        },
+        _ => match cv::split_rate(text, "--abuse") {
+            Ok((n, unit)) => {
+                assert!(n >= 1, "{text:?}");
+                assert_eq!(unit, unit.trim(), "{text:?}");
+                if let Err(e) = cv::since(now, unit) {
+                    refused(e);
+                }
+            }
+            Err(e) => refused(e),
+        },
+    }
+}
+
+/// `ms` as RFC 3339 with milliseconds, or `None` outside the years 0..=9999 (RFC 3339 has four digits).
+fn chrono_from_ms(ms: i64) -> Option<String> {
+    use chrono::Datelike;
+    let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)?;
+    (0..=9999).contains(&t.year()).then(|| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
 /// Every file under `fuzz/corpus/<target>` and `fuzz/regressions/<target>` (sorted, for stable output).
 pub fn inputs(root: &Path, target: &str) -> Vec<PathBuf> {
     let mut files = Vec::new();

@@ -692,7 +692,13 @@ pub unsafe extern "C" fn ms_metrics_text(store: *mut ms_store, out_text: *mut *m
 #[no_mangle]
 pub unsafe extern "C" fn ms_string_free(s: *mut c_char) {
     if !s.is_null() {
-        drop(CString::from_raw(s));
+        // Wiped before it goes back to the allocator: a create or rotate answer holds a plaintext key,
+        // which must not linger in freed heap for a core dump to keep (CString's drop clears one byte).
+        let mut bytes = CString::from_raw(s).into_bytes_with_nul();
+        for b in bytes.iter_mut() {
+            std::ptr::write_volatile(b, 0);
+        }
+        drop(bytes);
     }
 }
 

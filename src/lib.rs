@@ -8,10 +8,12 @@
 //! - [`policy`]: the pure decision (record + counters + now → decision), no I/O;
 //! - [`headers`]: the answer's Retry-After and RateLimit fields (decision + windows + now → lines), no I/O;
 //! - [`counters`]: the state shared by every process (key index, policies, quota counts, rate buckets);
+//! - [`cli_values`]: the CLI's values (`10000/day`, `60/min`, `30d`, RFC 3339), pure parsers;
 //! - [`spec`]: key specs, patches and records as JSON;
 //! - [`store`]: the SQLite store (schema, migrations, admin) and the check entry point;
 //! - [`ffi`]: the C ABI, a thin layer over the Rust API.
 
+pub mod cli_values;
 pub mod counters;
 pub mod error;
 pub mod ffi;

@@ -40,3 +40,8 @@ fn counters_inputs() {
     let target = logic::CountersTarget::new();
     replay("counters", |data| target.run(data));
 }
+
+#[test]
+fn cli_values_inputs() {
+    replay("cli_values", logic::cli_values);
+}

@@ -7,9 +7,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
+use ms_auth::cli_values;
 use ms_auth::gcra::RateLimit;
 use ms_auth::key::Env;
-use ms_auth::period::Period;
 use ms_auth::policy::Quota;
 use ms_auth::spec::{checked_rate, Field};
 use ms_auth::{Error, KeyFilter, KeyPatch, KeyRecord, KeySpec, Status, Store};
@@ -307,7 +307,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
         }
         Command::Key(KeyCommand::List { plan, expiring, json }) => {
-            let expiring_before_ms = expiring.map(|d| parse_duration(&d).map(|ms| now + ms)).transpose()?;
+            let expiring_before_ms = expiring.map(|d| cli_values::after(now, &d)).transpose()?;
             let out = fmt(json)?;
             let records = store.list_keys(&KeyFilter { plan, env: None, expiring_before_ms })?;
             match out {
@@ -348,7 +348,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Key(KeyCommand::Rotate { id, grace, json }) => {
             let out = fmt(json)?;
-            let created = store.rotate_key(&id, parse_duration(&grace)?, now)?;
+            let created = store.rotate_key(&id, cli_values::duration_ms(&grace)?, now)?;
             if out == Output::Json {
                 println!("{}", created.to_json());
             } else if out == Output::Csv {
@@ -357,7 +357,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 println!("Key (shown once, store it now): {}", created.key);
                 println!(
                     "{id} keeps working until {}, then is revoked (rotated).\n",
-                    fmt_time(Some(now + parse_duration(&grace)?))
+                    fmt_time(Some(cli_values::after(now, &grace)?))
                 );
                 print_record(&created.record, now);
             }
@@ -380,7 +380,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 name,
                 quota: limits.quota()?.or(None).map(Into::into),
                 rate_limit: limits.rate(None)?.or(Some(ms_auth::store::DEFAULT_RATE)).map(Into::into),
-                lifetime_ms: lifetime.map(|l| parse_duration(&l)).transpose()?,
+                lifetime_ms: lifetime.map(|l| cli_values::duration_ms(&l)).transpose()?,
             };
             let out = fmt(json)?;
             let written = store.put_plan(&plan, now)?;
@@ -405,7 +405,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             if no_idle {
                 change.idle_ms = Some(0);
             } else if let Some(idle) = idle {
-                let ms = parse_duration(&idle)?;
+                let ms = cli_values::duration_ms(&idle)?;
                 if ms < 86_400_000 || ms % 86_400_000 != 0 {
                     return Err(Error::invalid("--idle must be a whole number of days, like 90d"));
                 }
@@ -414,17 +414,15 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             if no_abuse {
                 change.abuse = Some((0, 0));
             } else if let Some(abuse) = abuse {
-                let (n, window) = split_rate(&abuse, "--abuse")?;
-                change.abuse = Some((n, parse_duration(window)?));
+                let (n, window) = cli_values::split_rate(&abuse, "--abuse")?;
+                change.abuse = Some((n, cli_values::duration_ms(window)?));
             }
             let now_in_force = store.set_policies(&change, now)?;
             print_policies(&now_in_force, out)?;
         }
         Command::Policy(PolicyCommand::Show { json }) => print_policies(&store.policies()?, fmt(json)?)?,
         Command::Audit { key_id, since, limit, json } => {
-            let since_ms = since
-                .map(|s| if s.contains('T') { parse_time(&s) } else { parse_duration(&s).map(|d| now - d) })
-                .transpose()?;
+            let since_ms = since.map(|s| cli_values::since(now, &s)).transpose()?;
             let out = fmt(json)?;
             let events = store.audit_events(&ms_auth::store::AuditFilter { key_id, since_ms, limit })?;
             if out == Output::Json {
@@ -524,7 +522,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Console(_) => unreachable!("served above"),
         Command::Check { key, now: at, json } => {
             let at = match at {
-                Some(t) => parse_time(&t)?,
+                Some(t) => cli_values::time_ms(&t)?,
                 None => now,
             };
             let out = fmt(json)?;
@@ -626,10 +624,10 @@ impl PolicyArgs {
             return Ok(Field::Null);
         }
         if let Some(d) = &self.expires_in {
-            return Ok(Field::Set(now + parse_duration(d)?));
+            return Ok(Field::Set(cli_values::after(now, d)?));
         }
         if let Some(t) = &self.expires_at {
-            return Ok(Field::Set(parse_time(t)?));
+            return Ok(Field::Set(cli_values::time_ms(t)?));
         }
         Ok(Field::Absent)
     }
@@ -641,13 +639,7 @@ impl PolicyArgs {
         let Some(q) = self.quota.as_ref().filter(|q| *q != "plan") else {
             return Ok(Field::Absent);
         };
-        let (n, unit) = split_rate(q, "--quota")?;
-        let period = match unit {
-            "day" | "daily" => Period::Daily,
-            "month" | "monthly" => Period::Monthly,
-            _ => return Err(Error::invalid(format!("--quota {q}: the period must be day or month"))),
-        };
-        Ok(Field::Set(Quota { limit: n, period }))
+        Ok(Field::Set(cli_values::quota(q)?))
     }
 
     /// The rate limit to set: `--rate` with `--burst`, or `--burst` alone applied to `current`.
@@ -657,13 +649,7 @@ impl PolicyArgs {
         }
         let base = match self.rate.as_ref().filter(|r| *r != "plan") {
             Some(r) => {
-                let (n, unit) = split_rate(r, "--rate")?;
-                let window_ms = match unit {
-                    "s" | "sec" | "second" => 1_000,
-                    "m" | "min" | "minute" => 60_000,
-                    "h" | "hour" => 3_600_000,
-                    _ => return Err(Error::invalid(format!("--rate {r}: the window must be s, min or hour"))),
-                };
+                let (n, window_ms) = cli_values::rate(r)?;
                 RateLimit { limit: n, window_ms, burst: n }
             }
             None => match (self.burst, current) {
@@ -853,36 +839,6 @@ fn print_usage(h: &ms_auth::store::UsageHistory) {
         );
     }
     println!("last used: {}", h.last_used_at_ms.map_or("never".into(), |t| fmt_time(Some(t))));
-}
-
-fn split_rate<'a>(text: &'a str, flag: &str) -> Result<(i64, &'a str), Error> {
-    let bad = || Error::invalid(format!("{flag} {text}: expected N/unit, like 60/min"));
-    let (n, unit) = text.split_once('/').ok_or_else(bad)?;
-    let n: i64 = n.trim().parse().map_err(|_| bad())?;
-    if n < 1 {
-        return Err(Error::invalid(format!("{flag} {text}: N must be at least 1")));
-    }
-    Ok((n, unit.trim()))
-}
-
-fn parse_duration(text: &str) -> Result<i64, Error> {
-    let bad = || Error::invalid(format!("duration {text:?}: expected a number and a unit, like 30d, 12h, 90m or 45s"));
-    let unit_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let n: i64 = text[..unit_at].parse().map_err(|_| bad())?;
-    let unit_ms = match &text[unit_at..] {
-        "d" => 86_400_000,
-        "h" => 3_600_000,
-        "m" => 60_000,
-        "s" => 1_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(unit_ms).ok_or_else(bad)
-}
-
-fn parse_time(text: &str) -> Result<i64, Error> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|e| Error::invalid(format!("time {text:?} is not RFC 3339 (like 2027-01-01T00:00:00Z): {e}")))
 }
 
 fn fmt_time(ms: Option<i64>) -> String {

@@ -80,14 +80,28 @@ pub(super) struct Layout {
 /// How often each process checks that the counters file was not truncated under its mapping.
 pub(super) const SIZE_CHECK_NS: u64 = 100_000_000;
 
-fn boot_id() -> [u8; 48] {
-    let mut id = [0u8; 48];
-    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
-        let text = text.trim().as_bytes();
-        let n = text.len().min(48);
-        id[..n].copy_from_slice(&text[..n]);
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// This boot's id (zeros where the kernel has none). Read once per process, and a failed read is an
+/// error, never zeros: a transient read error used to make a valid file look like another boot's, and
+/// its rebuild from the database dropped every process's counts not yet flushed (found by
+/// tests/fault/run.sh with libfiu failing read(2)).
+fn boot_id() -> Result<[u8; 48]> {
+    static ID: std::sync::OnceLock<[u8; 48]> = std::sync::OnceLock::new();
+    if let Some(id) = ID.get() {
+        return Ok(*id);
     }
-    id
+    let mut id = [0u8; 48];
+    match std::fs::read_to_string(BOOT_ID) {
+        Ok(text) => {
+            let text = text.trim().as_bytes();
+            let n = text.len().min(48);
+            id[..n].copy_from_slice(&text[..n]);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error("cannot read the boot id", Path::new(BOOT_ID), e)),
+    }
+    Ok(*ID.get_or_init(|| id))
 }
 
 impl Layout {
@@ -142,6 +156,7 @@ impl SharedCounters {
             Err(e) => return Err(io_error("cannot open counters file", path, e)),
         };
         let meta = file.metadata().map_err(|e| io_error("cannot stat counters file", path, e))?;
+        let boot = boot_id()?;
         if meta.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -168,7 +183,7 @@ impl SharedCounters {
         let valid = h.magic == MAGIC
             && h.layout_version == LAYOUT_VERSION
             && h.checksum == checksum(h)
-            && h.boot_id == boot_id()
+            && h.boot_id == boot
             && h.file_len == meta.len()
             && h.state.load(Ordering::Acquire) == READY
             && fits() == Some(true)
@@ -201,6 +216,7 @@ impl SharedCounters {
         owner_of: &Path,
     ) -> Result<SharedCounters> {
         let g = Layout::for_keys(room.max(entries.len()) as u64);
+        let boot = boot_id()?;
         remove_stale_builds(path);
         let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
         let _ = std::fs::remove_file(&tmp);
@@ -235,7 +251,7 @@ impl SharedCounters {
                 let h = counters.header_mut();
                 h.magic = MAGIC;
                 h.layout_version = LAYOUT_VERSION;
-                h.boot_id = boot_id();
+                h.boot_id = boot;
                 h.index_slots = g.index_slots;
                 h.max_cells = g.max_cells;
                 h.max_blocks = g.max_blocks;
@@ -314,6 +330,24 @@ impl SharedCounters {
             self.unusable.store(true, Ordering::Relaxed);
         }
         short
+    }
+
+    /// For a file deleted or replaced under running processes, by a caller holding the database's write
+    /// lock: supersedes it, freezes every counter (a check that meets a frozen one maps the file at the
+    /// path instead), and returns what was charged to it and not yet flushed, for the caller to write
+    /// before anything is rebuilt from the database. `None` when it was superseded already (whoever did
+    /// so carried or wrote its counts) or is truncated (its pages may be gone; it is given up).
+    pub fn retire(&self) -> Option<Vec<super::Dirty>> {
+        if self.is_superseded() || self.truncated() {
+            self.supersede();
+            return None;
+        }
+        self.supersede();
+        self.freeze();
+        // A check whose compare-and-swap landed just before the freeze bumps its totals and day counts
+        // right after it: give it that moment (this happens once per deleted file).
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        Some(self.dirty())
     }
 
     /// True when the file at the path is no longer the one mapped (deleted or replaced).

@@ -642,8 +642,14 @@ impl Store {
         }
         if shared.is_replaced() {
             // Deleted or replaced under us: every process mapping this one moves to the file at the path
-            // (rebuilt from the database, which now has these counts) on its next check.
-            shared.supersede();
+            // (rebuilt from the database) on its next check. What checks charged to this one since the
+            // counts above is written first, under the write lock that any rebuild needs, so the rebuilt
+            // file has every count (only superseding it lost those: tests/fault/run.sh).
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(late) = shared.retire() {
+                write_counts_in(&tx, &late).map_err(failed)?;
+            }
+            tx.commit()?;
         }
         Ok(())
     }
@@ -652,6 +658,10 @@ impl Store {
     /// marked with `generation`; rebuilds it larger (or undamaged) if that cannot be done in place.
     fn bring_in_line(&self, tx: &Transaction, shared: &mut Arc<SharedCounters>, generation: i64) -> Result<()> {
         if shared.is_superseded() || shared.is_replaced() {
+            // A file deleted under us: its counts not yet written go in first, as in `write_dirty`.
+            if let Some(late) = shared.retire() {
+                write_counts_in(tx, &late)?;
+            }
             *shared = Arc::new(map_counters_locked(tx, &self.path, &self.counters_path, None)?);
             self.shared.store(shared.clone());
         }
@@ -1141,6 +1151,13 @@ fn new_generation(committed: i64) -> Result<i64> {
 /// never moving a count back.
 fn write_counts(conn: &mut Connection, counts: &[Dirty]) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    write_counts_in(&tx, counts)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// [`write_counts`] inside a write transaction the caller holds.
+fn write_counts_in(tx: &Transaction, counts: &[Dirty]) -> Result<()> {
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO usage (key_row, period_start_ms, used, total, last_used_at_ms, rate_tat_ns)
@@ -1187,7 +1204,6 @@ fn write_counts(conn: &mut Connection, counts: &[Dirty]) -> Result<()> {
             }
         }
     }
-    tx.commit()?;
     Ok(())
 }
 
@@ -1201,23 +1217,28 @@ pub(crate) enum Keys<'a> {
 /// Keys as the counters file needs them: effective policy (their own or their plan's), stored counts
 /// (a rotated key's successor counts with the key it replaced).
 pub(crate) fn load_entries(conn: &Connection, which: Keys) -> Result<Vec<KeyEntry>> {
-    let (row, plan) = match which {
-        Keys::All => (None, None),
-        Keys::Row(r) => (Some(r), None),
-        Keys::Plan(p) => (None, Some(p)),
-    };
-    let mut stmt = conn.prepare_cached(
-        "SELECT k.row, k.id, k.digest, k.plan, k.expires_at_ms, k.revoked_at_ms, e.quota_limit, e.quota_period,
-                e.rate_limit, e.rate_window_ms, e.rate_burst,
+    const SELECT: &str = "SELECT k.row, k.id, k.digest, k.plan, k.expires_at_ms, k.revoked_at_ms, e.quota_limit,
+                e.quota_period, e.rate_limit, e.rate_window_ms, e.rate_burst,
                 u.period_start_ms, u.used, u.total, u.last_used_at_ms, u.rate_tat_ns,
                 k.revoke_at_ms, k.created_at_ms, o.digest
          FROM keys k JOIN key_policy e ON e.row = k.row
          LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)
-         LEFT JOIN keys o ON o.row = k.counts_with
-         WHERE (?1 IS NULL OR k.row = ?1) AND (?2 IS NULL OR k.plan = ?2)
-         ORDER BY k.row",
-    )?;
-    let mut rows = stmt.query(params![row, plan])?;
+         LEFT JOIN keys o ON o.row = k.counts_with";
+    // One statement per kind, not `(?1 IS NULL OR k.row = ?1)`: SQLite plans that as a scan of every key,
+    // and an admin change loads each changed row under the write lock, so a plan change of N keys in a
+    // store of M cost N × M row reads (seconds at 10,000 keys, while every opener's busy wait timed out).
+    let (sql, arg) = match which {
+        Keys::All => (format!("{SELECT} ORDER BY k.row"), None),
+        Keys::Row(r) => (format!("{SELECT} WHERE k.row = ?1"), Some(rusqlite::types::Value::Integer(r))),
+        Keys::Plan(p) => {
+            (format!("{SELECT} WHERE k.plan = ?1 ORDER BY k.row"), Some(rusqlite::types::Value::Text(p.to_string())))
+        }
+    };
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = match arg {
+        Some(arg) => stmt.query([arg])?,
+        None => stmt.query([])?,
+    };
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(KeyEntry {
