@@ -44,6 +44,19 @@ pub const MS_ERR_STORE: i32 = 102;
 pub const MS_ERR_NOT_FOUND: i32 = 103;
 /// Library error: a bug in ms-auth (a caught panic). HTTP 500, "internal_error".
 pub const MS_ERR_INTERNAL: i32 = 104;
+// Each code above is its `Status` (whose discriminants are these constants): checked at compile time.
+const _: () = assert!(MS_OK == Status::Ok as i32);
+const _: () = assert!(MS_API_KEY_MISSING == Status::ApiKeyMissing as i32);
+const _: () = assert!(MS_API_KEY_INVALID == Status::ApiKeyInvalid as i32);
+const _: () = assert!(MS_API_KEY_EXPIRED == Status::ApiKeyExpired as i32);
+const _: () = assert!(MS_API_KEY_REVOKED == Status::ApiKeyRevoked as i32);
+const _: () = assert!(MS_API_KEY_QUOTA_EXCEEDED == Status::ApiKeyQuotaExceeded as i32);
+const _: () = assert!(MS_RATE_LIMIT_EXCEEDED == Status::RateLimitExceeded as i32);
+const _: () = assert!(MS_ERR_INVALID_ARGUMENT == Status::ErrInvalidArgument as i32);
+const _: () = assert!(MS_ERR_NOT_OPEN == Status::ErrNotOpen as i32);
+const _: () = assert!(MS_ERR_STORE == Status::ErrStore as i32);
+const _: () = assert!(MS_ERR_NOT_FOUND == Status::ErrNotFound as i32);
+const _: () = assert!(MS_ERR_INTERNAL == Status::ErrInternal as i32);
 /// The version of this C ABI; `ms_abi_version()` returns it.
 pub const MS_ABI_VERSION: i32 = 1;
 /// Bytes (with the NUL) that every `ms_store_check_http` fields text fits in.
@@ -550,19 +563,12 @@ pub unsafe extern "C" fn ms_key_rotate(
     ffi_boundary(|| {
         let store = store_arg(store)?;
         let key_id = str_arg(key_id, "key_id")?;
-        let grace_ms = if opts_json.is_null() {
-            crate::store::DEFAULT_GRACE_MS
-        } else {
-            match serde_json::from_str::<serde_json::Value>(str_arg(opts_json, "opts_json")?) {
-                Ok(serde_json::Value::Object(o)) if o.keys().all(|k| k == "grace_ms") => match o.get("grace_ms") {
-                    None => crate::store::DEFAULT_GRACE_MS,
-                    Some(v) => v.as_i64().ok_or_else(|| Error::invalid("grace_ms must be an integer"))?,
-                },
-                _ => return Err(Error::invalid("opts_json must be {\"grace_ms\": N}")),
-            }
+        let options = match opts_json.is_null() {
+            true => crate::store::RotateOptions::default(),
+            false => crate::store::RotateOptions::from_json(str_arg(opts_json, "opts_json")?)?,
         };
         check_out(out_json, "out_json")?;
-        let created = store.rotate_key(key_id, grace_ms, now_ms)?;
+        let created = store.rotate_key(key_id, options.grace_ms, now_ms)?;
         Ok(give_string(out_json, created.to_json()))
     })
 }

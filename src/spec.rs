@@ -1,7 +1,7 @@
 //! Key specs, patches, filters and records: the JSON shapes of the C ABI v1, checked field by field so
 //! that a typo or a wrong type is a clear `MS_ERR_INVALID_ARGUMENT` rather than a silent default.
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -29,6 +29,14 @@ pub enum Field<T> {
     Absent,
     Null,
     Set(T),
+}
+
+/// Absent vs null in a serde type: with `#[serde(default)]`, an absent field stays `Absent` (the
+/// default), `null` is `Null` and any other value `Set`.
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Field<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Field<T>, D::Error> {
+        Ok(Option::<T>::deserialize(d)?.map_or(Field::Null, Field::Set))
+    }
 }
 
 impl<T> Field<T> {
@@ -192,7 +200,7 @@ fn reject_leftovers(obj: Map<String, Value>, what: &str) -> Result<()> {
     }
 }
 
-fn take(obj: &mut Map<String, Value>, name: &str) -> Field<Value> {
+pub(crate) fn take(obj: &mut Map<String, Value>, name: &str) -> Field<Value> {
     match obj.remove(name) {
         None => Field::Absent,
         Some(Value::Null) => Field::Null,
@@ -272,7 +280,12 @@ fn positive(obj: &mut Map<String, Value>, name: &str, context: &str) -> Result<O
 }
 
 fn take_quota(obj: &mut Map<String, Value>) -> Result<Field<Quota>> {
-    match take(obj, "quota") {
+    quota_field(take(obj, "quota"))
+}
+
+/// A `quota` field as key specs, patches and plans accept it.
+pub(crate) fn quota_field(field: Field<Value>) -> Result<Field<Quota>> {
+    match field {
         Field::Absent => Ok(Field::Absent),
         Field::Null => Ok(Field::Null),
         Field::Set(Value::Object(mut q)) => {
@@ -295,7 +308,12 @@ fn take_quota(obj: &mut Map<String, Value>) -> Result<Field<Quota>> {
 }
 
 fn take_rate(obj: &mut Map<String, Value>) -> Result<Field<RateLimit>> {
-    match take(obj, "rate_limit") {
+    rate_field(take(obj, "rate_limit"))
+}
+
+/// A `rate_limit` field as key specs, patches and plans accept it.
+pub(crate) fn rate_field(field: Field<Value>) -> Result<Field<RateLimit>> {
+    match field {
         Field::Absent => Ok(Field::Absent),
         Field::Null => Ok(Field::Null),
         Field::Set(Value::Object(mut r)) => {

@@ -245,6 +245,15 @@ fn bad_lifecycle_input_is_refused_clearly() {
     assert!(perr(r#"{"idle": {"days": 0}}"#).contains("idle"));
     assert!(perr(r#"{"abuse": {"limit": 5}}"#).contains("abuse"));
     assert!(perr(r#"{"rotated": false}"#).contains("always applies"));
+    let rotate = |t: &str| ms_auth::store::RotateOptions::from_json(t).map(|o| o.grace_ms).map_err(|e| e.message);
+    assert_eq!(rotate(r#"{"grace_ms": 5}"#), Ok(5));
+    assert_eq!(rotate("{}"), Ok(ms_auth::store::DEFAULT_GRACE_MS));
+    for whole in [r#"{"grace": 1}"#, r#"{"grace_ms": 1, "x": 2}"#, "[1]", "1", "{"] {
+        assert_eq!(rotate(whole), Err(r#"opts_json must be {"grace_ms": N}"#.to_string()), "{whole}");
+    }
+    for field in [r#"{"grace_ms": null}"#, r#"{"grace_ms": 1.5}"#, r#"{"grace_ms": "1"}"#] {
+        assert_eq!(rotate(field), Err("grace_ms must be an integer".to_string()), "{field}");
+    }
     let (_dir, store) = temp_store();
     let k = store.create_key(&spec("{}"), NOW).unwrap();
     store.revoke_key(&k.record.id, NOW, None).unwrap();

@@ -7,7 +7,8 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{load_entries, Keys, Store};
+use super::rows::{load_entries, Keys};
+use super::Store;
 use crate::counters::QuotaCell;
 use crate::error::{Error, Result};
 use crate::fleet::Change;
@@ -56,7 +57,7 @@ struct PlanState {
     updated_at_ms: i64,
 }
 
-/// The policies as stored in `settings` (see `lifecycle::load_policies`).
+/// The policies as stored in `settings` (see `store::policies::load_policies`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PoliciesState {
@@ -65,7 +66,7 @@ struct PoliciesState {
     abuse_window_ms: i64,
 }
 
-/// An audit event as fleet mode publishes it (`audit_state!` in `store/mod.rs`).
+/// An audit event as fleet mode publishes it (`audit_state!` in `store/schema.rs`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuditState {

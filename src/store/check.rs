@@ -1,0 +1,137 @@
+//! `check`: where a request is decided, from the shared counters file alone (the decision itself is
+//! [`crate::policy`]'s; the file is [`crate::counters`]). It touches the database only for its flush
+//! turn, strict durability, or an abuse revocation, and never waits for it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rusqlite::TransactionBehavior;
+
+use super::flush::write_counts;
+use super::options::Durability;
+use super::sync::{map_counters, map_counters_locked};
+use super::{Checked, Store};
+use crate::counters::{Found, SharedCounters, Turn};
+use crate::error::{Error, Result};
+use crate::key::{self, Presented};
+use crate::policy::Decision;
+use crate::spec;
+use crate::status::Status;
+
+impl Store {
+    /// Decides one request. `key` is the raw header value (`None` when absent); `now_ms` is Unix ms.
+    /// Touches no database and makes no system call unless a flush is due, and never waits for SQLite: a
+    /// flush turn that cannot have the write lock at once is left to the next turn.
+    pub fn check(&self, key: Option<&[u8]>, now_ms: i64) -> Result<Checked> {
+        spec::check_time_ms("now_ms", now_ms)?;
+        let candidate = match key::classify(key) {
+            Presented::Missing => {
+                self.unmatched[0].fetch_add(1, Ordering::Relaxed);
+                return Ok(no_key(Status::ApiKeyMissing));
+            }
+            Presented::Malformed => {
+                self.unmatched[1].fetch_add(1, Ordering::Relaxed);
+                return Ok(no_key(Status::ApiKeyInvalid));
+            }
+            Presented::Candidate(c) => c,
+        };
+        let digest = key::digest(candidate);
+        // The flush turn comes first: it is also where a truncated file is noticed, before any other
+        // read of the mapping.
+        let mut shared = self.shared.load();
+        let turn = shared.claim_flush(self.options.flush_interval.as_nanos() as u64);
+        if turn == Turn::Claimed {
+            self.flush_turn(&shared, now_ms);
+        }
+        if turn == Turn::Unusable || shared.is_superseded() {
+            drop(shared);
+            shared = self.remap_for_check()?;
+        }
+        // A file superseded by a larger one mid-check answers Moved: map the new one and ask again.
+        let mut attempts = 0;
+        let admission = loop {
+            match shared.admit(&digest, now_ms) {
+                Found::Key(admission) => break admission,
+                Found::Unknown => {
+                    self.unmatched[1].fetch_add(1, Ordering::Relaxed);
+                    return Ok(no_key(Status::ApiKeyInvalid));
+                }
+                Found::Moved if attempts < 8 => {
+                    attempts += 1;
+                    drop(shared);
+                    shared = self.remap_for_check()?;
+                }
+                Found::Moved => return Err(Error::store("the counters file keeps being replaced; try again")),
+                Found::Damaged(why) => {
+                    return Err(Error::store(format!(
+                        "the counters file {} is damaged ({why}); it is rebuilt from the database on the next check",
+                        self.counters_path.display()
+                    )))
+                }
+            }
+        };
+        let (decision, key) = (admission.decision, admission.key);
+        if self.options.durability == Durability::Strict && decision.status == Status::Ok {
+            // Strict durability is the caller's choice to wait for the database on every admitted check.
+            let mut db = self.db()?;
+            write_counts(&mut db.conn, &[shared.dirty_one(&key)]).map_err(|e| {
+                Error::store(format!("cannot write the count to {}: {}", self.path.display(), e.message))
+            })?;
+        }
+        if admission.abusive {
+            // This refusal went over the abuse policy's limit. The key is being refused by its rate limit
+            // anyway; its revocation is written now if the write lock is free, else at a later flush.
+            drop(shared);
+            self.pending_abuse.lock().push((key.id().to_string(), now_ms));
+            match self.quick_db() {
+                Ok(Some(mut db)) => {
+                    if let Err(e) = self.revoke_pending_abuse(&mut db.conn) {
+                        self.note_flush_failure(e);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => self.note_flush_failure(e),
+            }
+        }
+        Ok(Checked { decision, key: Some(key) })
+    }
+
+    /// For a check whose counters file was replaced (or found unusable): maps the one at the path. A
+    /// complete file is used as it is (a flush brings it in line with the database if it is behind); only
+    /// building a new one needs the write lock, and a check does not wait for it.
+    fn remap_for_check(&self) -> Result<arc_swap::Guard<Arc<SharedCounters>>> {
+        let fresh = match SharedCounters::open_existing(&self.counters_path)? {
+            Some(existing) => existing,
+            None => {
+                let busy = || Error::store("the counters file is being rebuilt by another caller; try again");
+                let mut db = self.quick_db()?.ok_or_else(busy)?;
+                let tx = db.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| match e {
+                    rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => busy(),
+                    other => other.into(),
+                })?;
+                let mapped = map_counters_locked(&tx, &self.path, &self.counters_path, None)?;
+                tx.commit()?;
+                mapped
+            }
+        };
+        self.shared.store(Arc::new(fresh));
+        Ok(self.shared.load())
+    }
+
+    /// The current counters file, for admin calls and explicit flushes (which may wait for the lock).
+    pub(super) fn counters(&self) -> Result<arc_swap::Guard<Arc<SharedCounters>>> {
+        let shared = self.shared.load();
+        if !shared.is_superseded() {
+            return Ok(shared);
+        }
+        drop(shared);
+        let mut db = self.db()?;
+        let fresh = map_counters(&mut db.conn, &self.path, &self.counters_path)?;
+        self.shared.store(Arc::new(fresh));
+        Ok(self.shared.load())
+    }
+}
+
+fn no_key(status: Status) -> Checked {
+    Checked { decision: Decision::without_key(status), key: None }
+}

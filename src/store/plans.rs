@@ -1,0 +1,121 @@
+//! Plans: named quotas, rate limits and lifetimes that keys follow where they set none of their own.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::rows::{load_entries, Keys};
+use super::Store;
+use crate::error::{Error, Result};
+use crate::spec::{self, QuotaJson, RateJson};
+
+/// A named plan: the quota, rate limit and lifetime of the keys on it that set none of their own.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlanSpec {
+    pub name: String,
+    pub quota: Option<QuotaJson>,
+    pub rate_limit: Option<RateJson>,
+    pub lifetime_ms: Option<i64>,
+}
+
+impl PlanSpec {
+    /// `{"name": "pro", "quota": {...} | null, "rate_limit": {...} | null, "lifetime_ms": N | null}`;
+    /// an absent quota or lifetime means none, an absent rate limit the store default (60 per minute).
+    pub fn from_json(text: &str) -> Result<PlanSpec> {
+        let mut obj = spec::parse_object(text, "plan")?;
+        let name = match obj.remove("name") {
+            Some(Value::String(n)) if !n.is_empty() && n.len() <= spec::MAX_PLAN_LEN => n,
+            _ => return Err(Error::invalid("plan.name must be a string of 1..=63 bytes")),
+        };
+        // Checked as a key spec's are, so both accept exactly the same shapes.
+        let quota = spec::quota_field(spec::take(&mut obj, "quota"))?.or(None);
+        let rate_limit = spec::rate_field(spec::take(&mut obj, "rate_limit"))?;
+        let lifetime_ms = match obj.remove("lifetime_ms") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_i64() {
+                Some(ms) if ms > 0 => Some(ms),
+                _ => return Err(Error::invalid("plan.lifetime_ms must be a positive integer or null")),
+            },
+        };
+        if let Some(k) = obj.keys().next() {
+            return Err(Error::invalid(format!("unknown field {k:?} in plan")));
+        }
+        Ok(PlanSpec {
+            name,
+            quota: quota.map(QuotaJson::from),
+            rate_limit: rate_limit.or(Some(super::DEFAULT_RATE)).map(RateJson::from),
+            lifetime_ms,
+        })
+    }
+}
+
+pub(crate) struct StoredPlan {
+    pub lifetime_ms: Option<i64>,
+}
+
+pub(crate) fn plan_of(conn: &Connection, name: &str) -> Result<Option<StoredPlan>> {
+    Ok(conn
+        .query_row("SELECT lifetime_ms FROM plans WHERE name = ?1", [name], |r| {
+            Ok(StoredPlan { lifetime_ms: r.get(0)? })
+        })
+        .optional()?)
+}
+
+impl Store {
+    /// Creates or replaces a plan; its keys that set no limit of their own follow it from their next check.
+    pub fn put_plan(&self, plan: &PlanSpec, now_ms: i64) -> Result<Value> {
+        spec::check_time_ms("now_ms", now_ms)?;
+        self.admin(|tx| {
+            tx.execute(
+                "INSERT INTO plans (name, quota_limit, quota_period, rate_limit, rate_window_ms, rate_burst, lifetime_ms, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (name) DO UPDATE SET quota_limit = ?2, quota_period = ?3, rate_limit = ?4,
+                    rate_window_ms = ?5, rate_burst = ?6, lifetime_ms = ?7, updated_at_ms = ?8",
+                params![
+                    plan.name,
+                    plan.quota.as_ref().map(|q| q.limit),
+                    plan.quota.as_ref().map(|q| q.period),
+                    plan.rate_limit.as_ref().map(|r| r.limit),
+                    plan.rate_limit.as_ref().map(|r| r.window_ms),
+                    plan.rate_limit.as_ref().map(|r| r.burst),
+                    plan.lifetime_ms,
+                    now_ms
+                ],
+            )?;
+            self.audit(tx, now_ms, "plan.put", None, serde_json::to_value(plan).unwrap_or(Value::Null))?;
+            Ok(load_entries(tx, Keys::Plan(&plan.name))?.iter().map(|e| e.row).collect())
+        })?;
+        self.list_plans()?
+            .into_iter()
+            .find(|p| p["name"] == plan.name.as_str())
+            .ok_or_else(|| Error::internal("a plan just written is missing"))
+    }
+
+    /// Every plan, with how many keys are on it.
+    pub fn list_plans(&self) -> Result<Vec<Value>> {
+        let db = self.db()?;
+        let mut stmt = db.conn.prepare_cached(
+            "SELECT p.name, p.quota_limit, p.quota_period, p.rate_limit, p.rate_window_ms, p.rate_burst, p.lifetime_ms,
+                    p.updated_at_ms, (SELECT COUNT(*) FROM keys k WHERE k.plan = p.name)
+             FROM plans p ORDER BY p.name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let quota = match (r.get::<_, Option<i64>>(1)?, r.get::<_, Option<String>>(2)?) {
+                (Some(limit), Some(period)) => json!({"limit": limit, "period": period}),
+                _ => Value::Null,
+            };
+            let rate = match (r.get::<_, Option<i64>>(3)?, r.get::<_, Option<i64>>(4)?, r.get::<_, Option<i64>>(5)?) {
+                (Some(limit), Some(window_ms), Some(burst)) => {
+                    json!({"limit": limit, "window_ms": window_ms, "burst": burst})
+                }
+                _ => Value::Null,
+            };
+            Ok(json!({
+                "name": r.get::<_, String>(0)?, "quota": quota, "rate_limit": rate,
+                "lifetime_ms": r.get::<_, Option<i64>>(6)?, "updated_at_ms": r.get::<_, i64>(7)?,
+                "keys": r.get::<_, i64>(8)?,
+            }))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}

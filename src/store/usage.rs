@@ -1,0 +1,245 @@
+//! What was decided: a key's or the whole store's decisions per UTC day (from `usage_daily`, plus the
+//! fleet's other hosts), and the Prometheus metrics.
+
+use std::fmt::Write as _;
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::Store;
+use crate::error::{Error, Result};
+use crate::period::{Period, DAY_MS};
+use crate::spec;
+
+/// One UTC day of a key's decisions.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct UsageDay {
+    pub date: String,
+    pub start_ms: i64,
+    pub admitted: i64,
+    pub rejected: Rejected,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Rejected {
+    pub api_key_expired: i64,
+    pub api_key_revoked: i64,
+    pub api_key_quota_exceeded: i64,
+    pub rate_limit_exceeded: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UsageHistory {
+    pub key_id: String,
+    pub last_used_at_ms: Option<i64>,
+    pub days: Vec<UsageDay>,
+}
+
+/// A day's counts in `usage_daily`'s column order: admitted, expired, revoked, quota exceeded, rate limited.
+fn usage_day(day: i64, c: [i64; 5]) -> UsageDay {
+    UsageDay {
+        date: date_of(day),
+        start_ms: day * DAY_MS,
+        admitted: c[0],
+        rejected: Rejected {
+            api_key_expired: c[1],
+            api_key_revoked: c[2],
+            api_key_quota_exceeded: c[3],
+            rate_limit_exceeded: c[4],
+        },
+    }
+}
+
+fn date_of(day: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(day * DAY_MS).map_or_else(String::new, |t| t.format("%Y-%m-%d").to_string())
+}
+
+impl Store {
+    /// A key's decisions per UTC day from `from_ms` to `to_ms` (days with none included, as zeros). A
+    /// rotated key's successor shares its history, as it shares its quota.
+    pub fn usage(&self, id: &str, from_ms: i64, to_ms: i64) -> Result<UsageHistory> {
+        spec::check_time_ms("from_ms", from_ms)?;
+        spec::check_time_ms("to_ms", to_ms)?;
+        if to_ms < from_ms || to_ms - from_ms > 3_660 * DAY_MS {
+            return Err(Error::invalid("to_ms must be at or after from_ms, and at most ten years later"));
+        }
+        self.flush()?;
+        let last_used_at_ms = self.get_key(id)?.usage.last_used_at_ms;
+        let (first, last) = (from_ms.div_euclid(DAY_MS), to_ms.div_euclid(DAY_MS));
+        let db = self.db()?;
+        let mut stmt = db.conn.prepare_cached(
+            "SELECT d.day, d.admitted, d.expired, d.revoked, d.quota_exceeded, d.rate_limited
+             FROM keys k JOIN usage_daily d ON d.key_row = COALESCE(k.counts_with, k.row)
+             WHERE k.id = ?1 AND d.day BETWEEN ?2 AND ?3",
+        )?;
+        let mut found: std::collections::HashMap<i64, [i64; 5]> = std::collections::HashMap::new();
+        for row in stmt.query_map(params![id, first, last], |r| {
+            Ok((r.get::<_, i64>(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?]))
+        })? {
+            let (day, counts): (i64, [i64; 5]) = row?;
+            found.insert(day, counts);
+        }
+        // In a fleet: the other hosts' counts too, as their agents last published them.
+        let (others, others_last_used) = super::fleet_usage::others_usage(&db.conn, id, first, last)?;
+        for (day, counts) in others {
+            let total = found.entry(day).or_default();
+            for (t, c) in total.iter_mut().zip(counts) {
+                *t += c;
+            }
+        }
+        let last_used_at_ms = last_used_at_ms.max(others_last_used);
+        let days = (first..=last).map(|day| usage_day(day, found.get(&day).copied().unwrap_or_default())).collect();
+        Ok(UsageHistory { key_id: id.to_string(), last_used_at_ms, days })
+    }
+
+    /// The whole store's decisions per UTC day from `from_ms` to `to_ms` (days with none included, as
+    /// zeros): what [`Store::usage`] gives for one key, summed over every key (the console's overview); in
+    /// a fleet, every host's.
+    pub fn usage_totals(&self, from_ms: i64, to_ms: i64) -> Result<Vec<UsageDay>> {
+        spec::check_time_ms("from_ms", from_ms)?;
+        spec::check_time_ms("to_ms", to_ms)?;
+        if to_ms < from_ms || to_ms - from_ms > 3_660 * DAY_MS {
+            return Err(Error::invalid("to_ms must be at or after from_ms, and at most ten years later"));
+        }
+        self.flush()?;
+        let (first, last) = (from_ms.div_euclid(DAY_MS), to_ms.div_euclid(DAY_MS));
+        let db = self.db()?;
+        let mut stmt = db.conn.prepare_cached(
+            "SELECT day, SUM(admitted), SUM(expired), SUM(revoked), SUM(quota_exceeded), SUM(rate_limited)
+             FROM usage_daily WHERE day BETWEEN ?1 AND ?2 GROUP BY day",
+        )?;
+        let mut found = std::collections::HashMap::new();
+        for row in stmt.query_map(params![first, last], |r| {
+            Ok((r.get::<_, i64>(0)?, [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?]))
+        })? {
+            let (day, counts): (i64, [i64; 5]) = row?;
+            found.insert(day, counts);
+        }
+        // In a fleet: the other hosts' counts too.
+        for (day, counts) in super::fleet_usage::others_days(&db.conn, first, last)? {
+            let total = found.entry(day).or_default();
+            for (t, c) in total.iter_mut().zip(counts) {
+                *t += c;
+            }
+        }
+        Ok((first..=last).map(|day| usage_day(day, found.get(&day).copied().unwrap_or_default())).collect())
+    }
+
+    /// Prometheus text exposition: decisions by status, keys by state, quota use per plan.
+    pub fn metrics_text(&self, now_ms: i64) -> Result<String> {
+        self.flush()?;
+        let db = self.db()?;
+        let mut out = String::new();
+        let totals: [i64; 5] = db.conn.query_row(
+            "SELECT COALESCE(SUM(admitted), 0), COALESCE(SUM(expired), 0), COALESCE(SUM(revoked), 0),
+                    COALESCE(SUM(quota_exceeded), 0), COALESCE(SUM(rate_limited), 0) FROM usage_daily",
+            [],
+            |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?]),
+        )?;
+        out.push_str(
+            "# HELP ms_auth_checks_total Decisions about requests that matched a key, by status (every process).\n",
+        );
+        out.push_str("# TYPE ms_auth_checks_total counter\n");
+        for (status, n) in ["ok", "api_key_expired", "api_key_revoked", "api_key_quota_exceeded", "rate_limit_exceeded"]
+            .iter()
+            .zip(totals)
+        {
+            let _ = writeln!(out, "ms_auth_checks_total{{status=\"{status}\"}} {n}");
+        }
+        out.push_str("# HELP ms_auth_unmatched_checks_total Requests that matched no key, in this process.\n");
+        out.push_str("# TYPE ms_auth_unmatched_checks_total counter\n");
+        for (status, n) in ["api_key_missing", "api_key_invalid"].iter().zip(&self.unmatched) {
+            let _ = writeln!(
+                out,
+                "ms_auth_unmatched_checks_total{{status=\"{status}\"}} {}",
+                n.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP ms_auth_flush_failures_total Flush turns of checks in this process that could not write to \
+             the database (write lock busy, disk failing); each is retried at the next turn.\n",
+        );
+        out.push_str("# TYPE ms_auth_flush_failures_total counter\n");
+        let _ = writeln!(out, "ms_auth_flush_failures_total {}", self.flush_failures());
+        let others = super::fleet_usage::others_totals(&db.conn)?;
+        if let Some(here) = super::fleet_usage::this_host(&db.conn)? {
+            out.push_str(
+                "# HELP ms_auth_fleet_checks_total Decisions about requests that matched a key, by host of the \
+                 fleet and status: this host's from its database, the others' as their agents last published \
+                 them (within a few seconds). Sum over hosts for the fleet's totals.\n",
+            );
+            out.push_str("# TYPE ms_auth_fleet_checks_total counter\n");
+            let mut hosts = vec![(here, totals)];
+            hosts.extend(others);
+            hosts.sort();
+            for (host, counts) in &hosts {
+                for (status, n) in
+                    ["ok", "api_key_expired", "api_key_revoked", "api_key_quota_exceeded", "rate_limit_exceeded"]
+                        .iter()
+                        .zip(counts)
+                {
+                    let _ = writeln!(
+                        out,
+                        "ms_auth_fleet_checks_total{{host=\"{}\",status=\"{status}\"}} {n}",
+                        escape_label(host)
+                    );
+                }
+            }
+        }
+        let states: [i64; 3] = db.conn.query_row(
+            "SELECT COALESCE(SUM(revoked_at_ms IS NULL AND (revoke_at_ms IS NULL OR revoke_at_ms > ?1)
+                         AND (expires_at_ms IS NULL OR expires_at_ms > ?1)), 0),
+                    COALESCE(SUM(revoked_at_ms IS NULL AND (revoke_at_ms IS NULL OR revoke_at_ms > ?1)
+                         AND expires_at_ms <= ?1), 0),
+                    COALESCE(SUM(revoked_at_ms IS NOT NULL OR revoke_at_ms <= ?1), 0)
+             FROM keys",
+            [now_ms],
+            |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]),
+        )?;
+        out.push_str("# HELP ms_auth_keys Keys by state.\n# TYPE ms_auth_keys gauge\n");
+        for (state, n) in ["active", "expired", "revoked"].iter().zip(states) {
+            let _ = writeln!(out, "ms_auth_keys{{state=\"{state}\"}} {n}");
+        }
+        let mut per_plan: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+        let mut stmt = db.conn.prepare_cached(
+            "SELECT COALESCE(k.plan, ''), e.quota_limit, e.quota_period, u.period_start_ms, u.used
+             FROM keys k JOIN key_policy e ON e.row = k.row LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)
+             WHERE e.quota_limit IS NOT NULL AND k.revoked_at_ms IS NULL",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (plan, limit, period, start, used) = row?;
+            let current = Period::parse(&period).map(|p| p.bounds(now_ms).0).ok();
+            let used = if start.is_some() && start == current { used.unwrap_or(0) } else { 0 };
+            let entry = per_plan.entry(plan).or_default();
+            entry.0 += used;
+            entry.1 += limit;
+        }
+        out.push_str(
+            "# HELP ms_auth_quota_used Requests counted in the current quota period, by plan (\"\" for none).\n",
+        );
+        out.push_str("# TYPE ms_auth_quota_used gauge\n");
+        for (plan, (used, _)) in &per_plan {
+            let _ = writeln!(out, "ms_auth_quota_used{{plan=\"{}\"}} {used}", escape_label(plan));
+        }
+        out.push_str(
+            "# HELP ms_auth_quota_limit Sum of the quotas of active keys, by plan.\n# TYPE ms_auth_quota_limit gauge\n",
+        );
+        for (plan, (_, limit)) in &per_plan {
+            let _ = writeln!(out, "ms_auth_quota_limit{{plan=\"{}\"}} {limit}", escape_label(plan));
+        }
+        Ok(out)
+    }
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
