@@ -323,7 +323,7 @@ pub unsafe extern "C" fn ms_store_check(
         let store = store_arg(store)?;
         let checked = store.check(key_arg(key, key_len)?, now_ms)?;
         if let Some(out) = out.as_mut() {
-            *out = to_result(&checked);
+            write_result(&checked, out);
         }
         Ok(checked.decision.status as i32)
     })
@@ -378,7 +378,7 @@ pub unsafe extern "C" fn ms_store_check_http(
             *needed = text.len();
         }
         if let Some(out) = out.as_mut() {
-            *out = to_result(&checked);
+            write_result(&checked, out);
         }
         Ok(checked.decision.status as i32)
     })
@@ -403,26 +403,24 @@ unsafe fn write_c(buf: *mut c_char, buf_len: usize, text: &str) {
     }
 }
 
-fn to_result(checked: &Checked) -> ms_check_result {
+/// Fills the caller's result in place, field by field, with exactly the bytes it always had (the string
+/// arrays zero past their text): no temporary of the whole struct copied over it.
+fn write_result(checked: &Checked, r: &mut ms_check_result) {
     let d = &checked.decision;
-    let mut r = ms_check_result {
-        status: d.status as i32,
-        http_status: d.status.http(),
-        retry_after_ms: d.retry_after_ms,
-        quota_limit: d.quota_limit,
-        quota_remaining: d.quota_remaining,
-        quota_reset_ms: d.quota_reset_ms,
-        rate_limit: d.rate_limit,
-        rate_remaining: d.rate_remaining,
-        rate_reset_ms: d.rate_reset_ms,
-        key_id: [0; 48],
-        plan: [0; 64],
-    };
-    if let Some(key) = &checked.key {
-        copy_c(&mut r.key_id, key.id());
-        copy_c(&mut r.plan, key.plan().unwrap_or(""));
-    }
-    r
+    r.status = d.status as i32;
+    r.http_status = d.status.http();
+    r.retry_after_ms = d.retry_after_ms;
+    r.quota_limit = d.quota_limit;
+    r.quota_remaining = d.quota_remaining;
+    r.quota_reset_ms = d.quota_reset_ms;
+    r.rate_limit = d.rate_limit;
+    r.rate_remaining = d.rate_remaining;
+    r.rate_reset_ms = d.rate_reset_ms;
+    r.key_id = [0; 48];
+    r.plan = [0; 64];
+    let (id, plan) = checked.key.as_ref().map_or(("", ""), |key| (key.id(), key.plan().unwrap_or("")));
+    copy_c(&mut r.key_id, id);
+    copy_c(&mut r.plan, plan);
 }
 
 /// Copies `s` into a fixed C array, truncated to leave room for the NUL.

@@ -6,6 +6,7 @@
 //! our keys with one regex: [`KEY_REGEX`]. Imported keys may have any printable-ASCII shape (8..=512 bytes).
 //! The store keeps only the SHA-256 digest of a key and a short display prefix.
 
+use sha2::digest::generic_array::GenericArray;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
@@ -68,14 +69,116 @@ pub fn classify(raw: Option<&[u8]>) -> Presented<'_> {
     if key.is_empty() {
         return Presented::Missing;
     }
-    if key.len() > MAX_KEY_LEN || key.len() < MIN_IMPORTED_KEY_LEN || !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
+    // The fast path: a key of the generated shape (what nearly every request carries) is decided by one
+    // pass over its 36 characters and a table CRC from the prefix's precomputed state; printable ASCII
+    // follows from alphanumeric.
+    if let Some(prefix_state) = generated_prefix_state(key) {
+        return if checksum_matches_fast(key, prefix_state) { Presented::Candidate(key) } else { Presented::Malformed };
+    }
+    if key.len() > MAX_KEY_LEN
+        || key.len() < MIN_IMPORTED_KEY_LEN
+        || !key.iter().fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x7e - 0x21 + 1))
+    {
         return Presented::Malformed;
     }
-    if has_generated_shape(key) && !checksum_matches(key) {
-        return Presented::Malformed;
-    }
+    // Not of the generated shape (else the fast path had it): an imported key, looked up as it is.
     Presented::Candidate(key)
 }
+
+/// The CRC32 state after the first bytes of the key's `ms_live_` / `ms_test_` prefix when `key` has the generated shape
+/// (44 bytes, that prefix, 36 alphanumeric characters), else None.
+#[inline]
+fn generated_prefix_state(key: &[u8]) -> Option<u32> {
+    let key: &[u8; 8 + RANDOM_CHARS + CHECKSUM_CHARS] = key.try_into().ok()?;
+    let state = match &key[..8] {
+        b"ms_live_" => LIVE_STATE,
+        b"ms_test_" => TEST_STATE,
+        _ => return None,
+    };
+    // Branch-free over a fixed length, so that it compiles to a few vector compares.
+    let alnum =
+        key[8..].iter().fold(true, |ok, &b| ok & ((b.wrapping_sub(b'0') < 10) | ((b | 0x20).wrapping_sub(b'a') < 26)));
+    alnum.then_some(state)
+}
+
+/// Whether a key of the generated shape carries its checksum: the 6 checksum characters decoded to a
+/// number (each is alphanumeric, so base62; the encoding is unique below 62^6 > 2^32) against the CRC32 of
+/// the body, from the prefix's state. Equal to comparing them with `checksum(body)`, which `generate` uses.
+#[inline]
+fn checksum_matches_fast(key: &[u8], prefix_state: u32) -> bool {
+    let (body, sum) = key.split_at(key.len() - CHECKSUM_CHARS);
+    // From the state after the prefix's first 6 bytes, the remaining 32 are 4 rounds of slice-by-8.
+    let crc = !crc32_update(prefix_state, &body[PREFIX_STATE_LEN..]);
+    let decoded = sum.iter().fold(0u64, |v, &b| v * 62 + BASE62_VALUE[b as usize] as u64);
+    decoded == crc as u64
+}
+
+/// The value of each base62 character (unused for other bytes, which the caller has excluded).
+const BASE62_VALUE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 62 {
+        t[BASE62[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Slice-by-8 tables of the IEEE CRC32 (reflected polynomial 0xEDB88320), the checksum of `crc32fast`.
+const CRC_TABLES: [[u32; 256]; 8] = {
+    let mut t = [[0u32; 256]; 8];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            k += 1;
+        }
+        t[0][i] = c;
+        i += 1;
+    }
+    let mut s = 1;
+    while s < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[s - 1][i];
+            t[s][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            i += 1;
+        }
+        s += 1;
+    }
+    t
+};
+
+/// Runs the CRC32 register `state` (not inverted at the end) over `data`.
+const fn crc32_update(mut state: u32, data: &[u8]) -> u32 {
+    let t = &CRC_TABLES;
+    let mut i = 0;
+    while i + 8 <= data.len() {
+        let lo = state ^ u32::from_le_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
+        state = t[7][(lo & 0xff) as usize]
+            ^ t[6][((lo >> 8) & 0xff) as usize]
+            ^ t[5][((lo >> 16) & 0xff) as usize]
+            ^ t[4][(lo >> 24) as usize]
+            ^ t[3][data[i + 4] as usize]
+            ^ t[2][data[i + 5] as usize]
+            ^ t[1][data[i + 6] as usize]
+            ^ t[0][data[i + 7] as usize];
+        i += 8;
+    }
+    while i < data.len() {
+        state = (state >> 8) ^ t[0][((state ^ data[i] as u32) & 0xff) as usize];
+        i += 1;
+    }
+    state
+}
+
+/// The CRC32 register after the first 6 bytes of each generated prefix ("ms_liv", "ms_tes": the rest of
+/// the body is then 32 bytes, a whole number of slice-by-8 rounds).
+const PREFIX_STATE_LEN: usize = 6;
+const LIVE_STATE: u32 = crc32_update(!0, b"ms_liv");
+const TEST_STATE: u32 = crc32_update(!0, b"ms_tes");
 
 fn trim_http_whitespace(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
@@ -91,11 +194,6 @@ fn has_generated_shape(key: &[u8]) -> bool {
     key.len() == 8 + RANDOM_CHARS + CHECKSUM_CHARS
         && (key.starts_with(b"ms_live_") || key.starts_with(b"ms_test_"))
         && key[8..].iter().all(u8::is_ascii_alphanumeric)
-}
-
-fn checksum_matches(key: &[u8]) -> bool {
-    let (body, sum) = key.split_at(key.len() - CHECKSUM_CHARS);
-    sum == checksum(body)
 }
 
 fn checksum(body: &[u8]) -> [u8; CHECKSUM_CHARS] {
@@ -148,9 +246,27 @@ pub fn validate_import(key: &str) -> Result<()> {
     }
 }
 
+/// The SHA-256 of `key`. A key of at most 55 bytes (every generated key) fits one padded block, which is
+/// compressed directly (SHA-NI where the CPU has it, as `Sha256` does), without the streaming buffer.
 pub fn digest(key: &[u8]) -> KeyDigest {
-    Sha256::digest(key).into()
+    if key.len() > 55 {
+        return Sha256::digest(key).into();
+    }
+    let mut block = [0u8; 64];
+    block[..key.len()].copy_from_slice(key);
+    block[key.len()] = 0x80;
+    block[56..].copy_from_slice(&(key.len() as u64 * 8).to_be_bytes());
+    let mut state = SHA256_H0;
+    sha2::compress256(&mut state, std::slice::from_ref(GenericArray::from_slice(&block)));
+    let mut out = [0u8; 32];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
 }
+
+const SHA256_H0: [u32; 8] =
+    [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
 
 /// The part of a key shown in listings: enough to recognise it, never enough to use it.
 /// At most a third of the secret part is shown; the public `ms_live_`/`ms_test_` prefix does not count.
@@ -225,5 +341,80 @@ mod tests {
         assert_eq!(display_prefix("ms_live_1a2b3c4d5e6f7g8h9i0j"), "ms_live_1a2b");
         assert_eq!(display_prefix("ms_test_abcdefgh"), "ms_test_ab");
         assert_eq!(display_prefix("abcdefgh"), "ab");
+    }
+
+    /// The classification before the fast path, kept as the reference: shape check, then the checksum
+    /// through crc32fast and the base62 encoding that `generate` uses.
+    fn classify_reference(raw: &[u8]) -> Presented<'_> {
+        let key = trim_http_whitespace(raw);
+        if key.is_empty() {
+            return Presented::Missing;
+        }
+        if key.len() > MAX_KEY_LEN || key.len() < MIN_IMPORTED_KEY_LEN || !key.iter().all(|b| (0x21..=0x7e).contains(b))
+        {
+            return Presented::Malformed;
+        }
+        if has_generated_shape(key) && key[key.len() - CHECKSUM_CHARS..] != checksum(&key[..key.len() - CHECKSUM_CHARS])
+        {
+            return Presented::Malformed;
+        }
+        Presented::Candidate(key)
+    }
+
+    #[test]
+    fn the_fast_classification_agrees_with_the_reference() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut malformed = 0;
+        for round in 0..20_000 {
+            let env = if round % 2 == 0 { Env::Live } else { Env::Test };
+            let mut key = generate(env).unwrap().into_bytes();
+            assert_eq!(classify(Some(&key)), Presented::Candidate(&key[..]));
+            // One to three random bytes changed anywhere (prefix, body, checksum), sometimes outside base62.
+            for _ in 0..1 + next() % 3 {
+                let i = (next() % key.len() as u64) as usize;
+                key[i] = match next() % 4 {
+                    0 => (next() % 256) as u8,
+                    1 => b"-_ .\x7f"[(next() % 5) as usize],
+                    _ => BASE62[(next() % 62) as usize],
+                };
+            }
+            let fast = classify(Some(&key));
+            assert_eq!(fast, classify_reference(&key), "{:?}", String::from_utf8_lossy(&key));
+            malformed += (fast == Presented::Malformed) as u32;
+        }
+        assert!(malformed > 10_000, "the mutations mostly break the checksum ({malformed})");
+        // A right checksum on a body that is not the generated prefix: an imported key, looked up.
+        let key = generate(Env::Live).unwrap().replacen("ms_live_", "ms_lixe_", 1);
+        assert_eq!(classify(Some(key.as_bytes())), Presented::Candidate(key.as_bytes()));
+        // Every 6-character base62 checksum that decodes past 2^32 is refused, never wrapped.
+        let body = &generate(Env::Test).unwrap().into_bytes()[..38];
+        let mut key = body.to_vec();
+        key.extend_from_slice(b"zzzzzz");
+        assert_eq!(classify(Some(&key)), Presented::Malformed);
+    }
+
+    #[test]
+    fn the_table_crc_is_crc32() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for len in 0..data.len() {
+            assert_eq!(!crc32_update(!0, &data[..len]), crc32fast::hash(&data[..len]), "{len}");
+        }
+        assert_eq!(!crc32_update(LIVE_STATE, b"e_abc"), crc32fast::hash(b"ms_live_abc"));
+        assert_eq!(!crc32_update(TEST_STATE, b"t_abc"), crc32fast::hash(b"ms_test_abc"));
+    }
+
+    #[test]
+    fn the_one_block_digest_is_sha256() {
+        let data: Vec<u8> = (0..200u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+        for len in 0..data.len() {
+            let want: KeyDigest = Sha256::digest(&data[..len]).into();
+            assert_eq!(digest(&data[..len]), want, "{len}");
+        }
     }
 }

@@ -283,6 +283,7 @@ impl SharedCounters {
             file,
             unusable: AtomicBool::new(false),
             next_size_check_ns: AtomicU64::new(0),
+            clock_gate: Default::default(),
         }
     }
 }

@@ -190,6 +190,8 @@ pub struct SharedCounters {
     unusable: AtomicBool,
     /// When (CLOCK_MONOTONIC) this process next compares the file's size with its layout.
     next_size_check_ns: AtomicU64,
+    /// Lets a check whose flush turn and size check are not due skip reading the clock.
+    clock_gate: flush::ClockGate,
 }
 
 /// What [`SharedCounters::claim_flush`] found.
