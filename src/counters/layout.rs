@@ -333,24 +333,6 @@ impl SharedCounters {
         short
     }
 
-    /// For a file deleted or replaced under running processes, by a caller holding the database's write
-    /// lock: supersedes it, freezes every counter (a check that meets a frozen one maps the file at the
-    /// path instead), and returns what was charged to it and not yet flushed, for the caller to write
-    /// before anything is rebuilt from the database. `None` when it was superseded already (whoever did
-    /// so carried or wrote its counts) or is truncated (its pages may be gone; it is given up).
-    pub fn retire(&self) -> Option<Vec<super::Dirty>> {
-        if self.is_superseded() || self.truncated() {
-            self.supersede();
-            return None;
-        }
-        self.supersede();
-        self.freeze();
-        // A check whose compare-and-swap landed just before the freeze bumps its totals and day counts
-        // right after it: give it that moment (this happens once per deleted file).
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        Some(self.dirty())
-    }
-
     /// True when the file at the path is no longer the one mapped (deleted or replaced).
     pub fn is_replaced(&self) -> bool {
         std::fs::metadata(&self.path).map(|m| m.ino() != self.inode).unwrap_or(true)

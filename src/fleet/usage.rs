@@ -43,6 +43,8 @@ pub(crate) struct UsageSync {
     history_published: bool,
     /// Whether Redis was asked, since the last (re)connection, if it still has this host's rows.
     checked_since_connect: bool,
+    /// Whether the stream was asked, since the last (re)connection, if it still holds our position.
+    checked_since_connect_position: bool,
     next_retire: Instant,
     pub published_rows: u64,
     pub received_rows: u64,
@@ -55,6 +57,7 @@ impl Default for UsageSync {
             script: redis::Script::new(PUBLISH),
             history_published: false,
             checked_since_connect: false,
+            checked_since_connect_position: false,
             next_retire: Instant::now(),
             published_rows: 0,
             received_rows: 0,
@@ -80,6 +83,7 @@ impl UsageSync {
     /// Redis was (re)connected: check once that it still holds what this host published.
     pub(crate) fn reconnected(&mut self) {
         self.checked_since_connect = false;
+        self.checked_since_connect_position = false;
     }
 
     /// One round: publish what changed here, take in what the others published.
@@ -156,10 +160,13 @@ impl UsageSync {
         c: &mut redis::Connection,
         log: &mut dyn FnMut(&str),
     ) -> std::result::Result<(), Failure> {
+        // Whether the stream still holds our position is asked once per connection, as for the change log.
         let position = match store.fleet_usage_position()? {
+            Some(p) if self.checked_since_connect_position => p,
             Some(p) if !super::changelog::trimmed_past(c, &n.stream, &p)? => p,
             _ => self.catch_up(store, cfg, n, c, log)?,
         };
+        self.checked_since_connect_position = true;
         let options = StreamReadOptions::default().count(200);
         let reply: StreamReadReply = c.xread_options(&[&n.stream], &[&position], &options)?;
         let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();

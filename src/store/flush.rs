@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use rusqlite::{params, Connection, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::policies::load_policies;
 use super::sync::generation;
@@ -155,13 +155,6 @@ impl Store {
 /// never moving a count back.
 pub(super) fn write_counts(conn: &mut Connection, counts: &[Dirty]) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    write_counts_in(&tx, counts)?;
-    tx.commit()?;
-    Ok(())
-}
-
-/// [`write_counts`] inside a write transaction the caller holds.
-pub(super) fn write_counts_in(tx: &Transaction, counts: &[Dirty]) -> Result<()> {
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO usage (key_row, period_start_ms, used, total, last_used_at_ms, rate_tat_ns)
@@ -208,5 +201,6 @@ pub(super) fn write_counts_in(tx: &Transaction, counts: &[Dirty]) -> Result<()> 
             }
         }
     }
+    tx.commit()?;
     Ok(())
 }
