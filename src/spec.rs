@@ -1,6 +1,9 @@
-//! Key specs, patches, filters and records: the JSON shapes of the C ABI v1, checked field by field so
-//! that a typo or a wrong type is a clear `MS_ERR_INVALID_ARGUMENT` rather than a silent default.
+//! Key specs, patches, filters and records: the JSON shapes of the C ABI v1. Each shape is one serde
+//! type (`KeySpecJson`, ...) that refuses unknown fields, and one `TryFrom` that checks its fields, so
+//! that a typo or a wrong type is a clear `MS_ERR_INVALID_ARGUMENT` naming the field rather than a silent
+//! default. `parse_shape` is the first step of every JSON shape of the ABI, here and in `store`.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
@@ -85,48 +88,86 @@ pub struct KeyFilter {
     pub expiring_before_ms: Option<i64>,
 }
 
+/// A key spec as `ms_key_create` reads it: every field optional, any other field refused. Each field
+/// takes any JSON value here so that [`KeySpec::try_from`] can say which field is wrong and why.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeySpecJson {
+    pub env: Field<Value>,
+    pub name: Field<Value>,
+    pub plan: Field<Value>,
+    pub expires_at_ms: Field<Value>,
+    pub quota: Field<Value>,
+    pub rate_limit: Field<Value>,
+    pub meta: Field<Value>,
+    pub key: Field<Value>,
+}
+
+/// Fields are checked in declaration order; the first wrong one is reported.
+impl TryFrom<KeySpecJson> for KeySpec {
+    type Error = Error;
+
+    fn try_from(json: KeySpecJson) -> Result<KeySpec> {
+        Ok(KeySpec {
+            env: string("env", json.env)?.map(|s| Env::parse(&s)).transpose()?,
+            name: label("name", json.name, MAX_NAME_LEN)?.or(None),
+            plan: label("plan", json.plan, MAX_PLAN_LEN)?.or(None),
+            expires_at_ms: time("expires_at_ms", json.expires_at_ms)?,
+            quota: quota_field(json.quota)?.or(None),
+            rate_limit: rate_field(json.rate_limit)?,
+            meta: meta_field(json.meta)?.or(None),
+            key: string("key", json.key)?,
+        })
+    }
+}
+
 impl KeySpec {
     pub fn from_json(text: &str) -> Result<KeySpec> {
-        let mut obj = parse_object(text, "key spec")?;
-        let spec = KeySpec {
-            env: take_str(&mut obj, "env")?.map(|s| Env::parse(&s)).transpose()?,
-            name: take_name(&mut obj)?.or(None),
-            plan: take_plan(&mut obj)?.or(None),
-            expires_at_ms: take_time(&mut obj, "expires_at_ms")?,
-            quota: take_quota(&mut obj)?.or(None),
-            rate_limit: take_rate(&mut obj)?,
-            meta: take_meta(&mut obj)?.or(None),
-            key: take_str(&mut obj, "key")?,
+        parse_shape::<KeySpecJson>(text, "key spec", "key spec")?.try_into()
+    }
+}
+
+/// A key patch as `ms_key_update` reads it: absent fields are left as they are, `null` clears, and
+/// `"quota": "plan"` / `"rate_limit": "plan"` make the key follow its plan's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyPatchJson {
+    pub name: Field<Value>,
+    pub plan: Field<Value>,
+    pub expires_at_ms: Field<Value>,
+    pub quota: Field<Value>,
+    pub rate_limit: Field<Value>,
+    pub meta: Field<Value>,
+}
+
+/// Fields are checked in declaration order; the first wrong one is reported.
+impl TryFrom<KeyPatchJson> for KeyPatch {
+    type Error = Error;
+
+    fn try_from(json: KeyPatchJson) -> Result<KeyPatch> {
+        let follows = |field: Field<Value>| match field {
+            Field::Set(Value::String(s)) if s == "plan" => (Field::Absent, true),
+            other => (other, false),
         };
-        reject_leftovers(obj, "key spec")?;
-        Ok(spec)
+        let (quota, quota_follows_plan) = follows(json.quota);
+        let (rate_limit, rate_follows_plan) = follows(json.rate_limit);
+        Ok(KeyPatch {
+            name: label("name", json.name, MAX_NAME_LEN)?,
+            plan: label("plan", json.plan, MAX_PLAN_LEN)?,
+            expires_at_ms: time("expires_at_ms", json.expires_at_ms)?,
+            quota: quota_field(quota)?,
+            rate_limit: rate_field(rate_limit)?,
+            meta: meta_field(json.meta)?,
+            quota_follows_plan,
+            rate_follows_plan,
+        })
     }
 }
 
 impl KeyPatch {
     pub fn from_json(text: &str) -> Result<KeyPatch> {
-        let mut obj = parse_object(text, "key patch")?;
-        let follows = |obj: &mut Map<String, Value>, name: &str| {
-            let yes = obj.get(name).is_some_and(|v| v == "plan");
-            if yes {
-                obj.remove(name);
-            }
-            yes
-        };
-        let quota_follows_plan = follows(&mut obj, "quota");
-        let rate_follows_plan = follows(&mut obj, "rate_limit");
-        let patch = KeyPatch {
-            name: take_name(&mut obj)?,
-            plan: take_plan(&mut obj)?,
-            expires_at_ms: take_time(&mut obj, "expires_at_ms")?,
-            quota: take_quota(&mut obj)?,
-            rate_limit: take_rate(&mut obj)?,
-            meta: take_meta(&mut obj)?,
-            quota_follows_plan,
-            rate_follows_plan,
-        };
-        reject_leftovers(obj, "key patch (a revoked key cannot be un-revoked; use ms_key_revoke to revoke)")?;
-        Ok(patch)
+        let unknown_in = "key patch (a revoked key cannot be un-revoked; use ms_key_revoke to revoke)";
+        parse_shape::<KeyPatchJson>(text, "key patch", unknown_in)?.try_into()
     }
 }
 
@@ -169,20 +210,71 @@ fn map_field<T, U>(f: &Field<T>, map: impl Fn(&T) -> U) -> Field<U> {
     }
 }
 
+/// A key filter as `ms_key_list` reads it; `null` is the same as absent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyFilterJson {
+    pub plan: Field<Value>,
+    pub env: Field<Value>,
+    pub expiring_before_ms: Field<Value>,
+}
+
+/// Fields are checked in declaration order; the first wrong one is reported.
+impl TryFrom<KeyFilterJson> for KeyFilter {
+    type Error = Error;
+
+    fn try_from(json: KeyFilterJson) -> Result<KeyFilter> {
+        Ok(KeyFilter {
+            plan: string("plan", json.plan)?,
+            env: string("env", json.env)?.map(|s| Env::parse(&s)).transpose()?,
+            expiring_before_ms: time("expiring_before_ms", json.expiring_before_ms)?.or(None),
+        })
+    }
+}
+
 impl KeyFilter {
     pub fn from_json(text: &str) -> Result<KeyFilter> {
-        let mut obj = parse_object(text, "key filter")?;
-        let filter = KeyFilter {
-            plan: take_str(&mut obj, "plan")?,
-            env: take_str(&mut obj, "env")?.map(|s| Env::parse(&s)).transpose()?,
-            expiring_before_ms: match take_time(&mut obj, "expiring_before_ms")? {
-                Field::Set(ms) => Some(ms),
-                _ => None,
-            },
-        };
-        reject_leftovers(obj, "key filter")?;
-        Ok(filter)
+        parse_shape::<KeyFilterJson>(text, "key filter", "key filter")?.try_into()
     }
+}
+
+impl Field<Value> {
+    /// The value as given: `None` when absent, `Some(Value::Null)` when null (for fields where null
+    /// is as wrong as any other bad value).
+    pub fn given(self) -> Option<Value> {
+        match self {
+            Field::Absent => None,
+            Field::Null => Some(Value::Null),
+            Field::Set(v) => Some(v),
+        }
+    }
+}
+
+/// Reads `text` as the JSON object shape `T`, one of the `*Json` types of the ABI: `deny_unknown_fields`
+/// serde types whose fields take any JSON value, so that the only thing serde refuses is a field the
+/// shape does not have, reported as `unknown field "x" in {unknown_in}`. The shape's `TryFrom` then
+/// checks each field and names it and the reason when it is wrong.
+pub(crate) fn parse_shape<T: DeserializeOwned>(text: &str, what: &str, unknown_in: &str) -> Result<T> {
+    object_shape(parse_object(text, what)?, |k| Error::invalid(format!("unknown field {k:?} in {unknown_in}")))
+}
+
+/// [`parse_shape`] for an object already parsed (a nested one, or a shape whose unknown fields are
+/// reported otherwise).
+pub(crate) fn object_shape<T: DeserializeOwned>(
+    obj: Map<String, Value>,
+    unknown: impl FnOnce(&str) -> Error,
+) -> Result<T> {
+    let value = Value::Object(obj);
+    T::deserialize(&value).map_err(|e| {
+        // serde says "unknown field `x`, expected ..."; the name is taken from the object's own keys
+        // (the longest that fits), not cut out of the message, so a name with a backquote stays whole.
+        let message = e.to_string();
+        let keys = value.as_object().into_iter().flat_map(|o| o.keys());
+        match keys.filter(|k| message.starts_with(&format!("unknown field `{k}`,"))).max_by_key(|k| k.len()) {
+            Some(k) => unknown(k),
+            None => Error::invalid(message),
+        }
+    })
 }
 
 pub(crate) fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>> {
@@ -193,31 +285,18 @@ pub(crate) fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>>
     }
 }
 
-fn reject_leftovers(obj: Map<String, Value>, what: &str) -> Result<()> {
-    match obj.keys().next() {
-        None => Ok(()),
-        Some(k) => Err(Error::invalid(format!("unknown field {k:?} in {what}"))),
-    }
-}
-
-pub(crate) fn take(obj: &mut Map<String, Value>, name: &str) -> Field<Value> {
-    match obj.remove(name) {
-        None => Field::Absent,
-        Some(Value::Null) => Field::Null,
-        Some(v) => Field::Set(v),
-    }
-}
-
-fn take_str(obj: &mut Map<String, Value>, name: &str) -> Result<Option<String>> {
-    match take(obj, name) {
+/// A string field where null is the same as absent.
+fn string(name: &str, field: Field<Value>) -> Result<Option<String>> {
+    match field {
         Field::Absent | Field::Null => Ok(None),
         Field::Set(Value::String(s)) => Ok(Some(s)),
         Field::Set(_) => Err(Error::invalid(format!("{name} must be a string"))),
     }
 }
 
-fn take_label(obj: &mut Map<String, Value>, name: &str, max: usize) -> Result<Field<String>> {
-    match take(obj, name) {
+/// A name or a plan: at most `max` bytes, no control characters.
+fn label(name: &str, field: Field<Value>, max: usize) -> Result<Field<String>> {
+    match field {
         Field::Absent => Ok(Field::Absent),
         Field::Null => Ok(Field::Null),
         Field::Set(Value::String(s)) => {
@@ -231,14 +310,6 @@ fn take_label(obj: &mut Map<String, Value>, name: &str, max: usize) -> Result<Fi
         }
         Field::Set(_) => Err(Error::invalid(format!("{name} must be a string or null"))),
     }
-}
-
-fn take_name(obj: &mut Map<String, Value>) -> Result<Field<String>> {
-    take_label(obj, "name", MAX_NAME_LEN)
-}
-
-fn take_plan(obj: &mut Map<String, Value>) -> Result<Field<String>> {
-    take_label(obj, "plan", MAX_PLAN_LEN)
 }
 
 /// Checks a Unix time in milliseconds: a value in seconds or in microseconds is a likely mistake, so
@@ -257,8 +328,8 @@ pub fn check_time_ms(name: &str, value: i64) -> Result<i64> {
     Ok(value)
 }
 
-fn take_time(obj: &mut Map<String, Value>, name: &str) -> Result<Field<i64>> {
-    match take(obj, name) {
+fn time(name: &str, field: Field<Value>) -> Result<Field<i64>> {
+    match field {
         Field::Absent => Ok(Field::Absent),
         Field::Null => Ok(Field::Null),
         Field::Set(v) => match v.as_i64() {
@@ -268,19 +339,23 @@ fn take_time(obj: &mut Map<String, Value>, name: &str) -> Result<Field<i64>> {
     }
 }
 
-fn positive(obj: &mut Map<String, Value>, name: &str, context: &str) -> Result<Option<i64>> {
-    match take(obj, name) {
-        Field::Absent => Ok(None),
-        Field::Set(v) => match v.as_i64() {
+/// An optional positive integer inside `context` (`quota`, `rate_limit`); null is refused.
+fn positive(field: Field<Value>, name: &str, context: &str) -> Result<Option<i64>> {
+    match field.given() {
+        None => Ok(None),
+        Some(v) => match v.as_i64() {
             Some(n) if n >= 1 => Ok(Some(n)),
             _ => Err(Error::invalid(format!("{context}.{name} must be a positive integer"))),
         },
-        Field::Null => Err(Error::invalid(format!("{context}.{name} must be a positive integer"))),
     }
 }
 
-fn take_quota(obj: &mut Map<String, Value>) -> Result<Field<Quota>> {
-    quota_field(take(obj, "quota"))
+/// The fields of a `quota` object.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct QuotaFields {
+    limit: Field<Value>,
+    period: Field<Value>,
 }
 
 /// A `quota` field as key specs, patches and plans accept it.
@@ -288,17 +363,18 @@ pub(crate) fn quota_field(field: Field<Value>) -> Result<Field<Quota>> {
     match field {
         Field::Absent => Ok(Field::Absent),
         Field::Null => Ok(Field::Null),
-        Field::Set(Value::Object(mut q)) => {
-            let limit = positive(&mut q, "limit", "quota")?.ok_or_else(|| Error::invalid("quota.limit is required"))?;
+        Field::Set(Value::Object(q)) => {
+            let q: QuotaFields = object_shape(q, |k| Error::invalid(format!("unknown field {k:?} in quota")))?;
+            let limit =
+                positive(q.limit, "limit", "quota")?.ok_or_else(|| Error::invalid("quota.limit is required"))?;
             // The shared counters keep a period's count in 40 bits.
             if limit > MAX_QUOTA {
                 return Err(Error::invalid(format!("quota.limit must be at most {MAX_QUOTA}")));
             }
-            let period = match take_str(&mut q, "period")? {
+            let period = match string("period", q.period)? {
                 Some(p) => Period::parse(&p)?,
                 None => return Err(Error::invalid("quota.period is required (\"daily\" or \"monthly\")")),
             };
-            reject_leftovers(q, "quota")?;
             Ok(Field::Set(Quota { limit, period }))
         }
         Field::Set(_) => {
@@ -307,8 +383,13 @@ pub(crate) fn quota_field(field: Field<Value>) -> Result<Field<Quota>> {
     }
 }
 
-fn take_rate(obj: &mut Map<String, Value>) -> Result<Field<RateLimit>> {
-    rate_field(take(obj, "rate_limit"))
+/// The fields of a `rate_limit` object.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RateFields {
+    limit: Field<Value>,
+    window_ms: Field<Value>,
+    burst: Field<Value>,
 }
 
 /// A `rate_limit` field as key specs, patches and plans accept it.
@@ -316,12 +397,12 @@ pub(crate) fn rate_field(field: Field<Value>) -> Result<Field<RateLimit>> {
     match field {
         Field::Absent => Ok(Field::Absent),
         Field::Null => Ok(Field::Null),
-        Field::Set(Value::Object(mut r)) => {
-            let limit = positive(&mut r, "limit", "rate_limit")?
+        Field::Set(Value::Object(r)) => {
+            let r: RateFields = object_shape(r, |k| Error::invalid(format!("unknown field {k:?} in rate_limit")))?;
+            let limit = positive(r.limit, "limit", "rate_limit")?
                 .ok_or_else(|| Error::invalid("rate_limit.limit is required"))?;
-            let window_ms = positive(&mut r, "window_ms", "rate_limit")?.unwrap_or(60_000);
-            let burst = positive(&mut r, "burst", "rate_limit")?.unwrap_or(limit);
-            reject_leftovers(r, "rate_limit")?;
+            let window_ms = positive(r.window_ms, "window_ms", "rate_limit")?.unwrap_or(60_000);
+            let burst = positive(r.burst, "burst", "rate_limit")?.unwrap_or(limit);
             Ok(Field::Set(checked_rate(limit, window_ms, burst)?))
         }
         Field::Set(_) => {
@@ -355,8 +436,8 @@ pub fn checked_rate(limit: i64, window_ms: i64, burst: i64) -> Result<RateLimit>
     Ok(RateLimit { limit, window_ms, burst })
 }
 
-fn take_meta(obj: &mut Map<String, Value>) -> Result<Field<Map<String, Value>>> {
-    match take(obj, "meta") {
+fn meta_field(field: Field<Value>) -> Result<Field<Map<String, Value>>> {
+    match field {
         Field::Absent => Ok(Field::Absent),
         Field::Null => Ok(Field::Null),
         Field::Set(Value::Object(m)) => Ok(Field::Set(m)),
@@ -481,6 +562,22 @@ mod tests {
         assert!(err(r#"{"rate_limit": {"limit": 10, "burst": -1}}"#).contains("burst must be a positive"));
         assert!(err(r#"{"expires_at_ms": 1800000000000000}"#).contains("not microseconds"));
         assert!(KeyPatch::from_json(r#"{"revoked_at_ms": 1}"#).unwrap_err().message.contains("cannot be un-revoked"));
+    }
+
+    #[test]
+    fn unknown_fields_are_named_whole_and_come_first() {
+        let err = |t: &str| KeySpec::from_json(t).unwrap_err().message;
+        // The name comes from the object's keys, not from serde's message, so a backquote cannot cut it.
+        assert_eq!(err(r#"{"a`, expected b": 1}"#), r#"unknown field "a`, expected b" in key spec"#);
+        // A misspelt field is the cause, not the field it leaves missing.
+        assert_eq!(err(r#"{"quota": {"limit": 5, "perod": "daily"}}"#), r#"unknown field "perod" in quota"#);
+        assert_eq!(err(r#"{"rate_limit": {"limit": 5, "windw_ms": 1}}"#), r#"unknown field "windw_ms" in rate_limit"#);
+        // Then the fields in declaration order.
+        assert_eq!(err(r#"{"meta": 1, "env": "prod", "plann": 1}"#), r#"unknown field "plann" in key spec"#);
+        assert!(err(r#"{"meta": 1, "env": "prod"}"#).contains("env must be"));
+        let patch = KeyPatch::from_json(r#"{"quota": "plan", "rate_limit": "plan"}"#).unwrap();
+        assert!(patch.quota_follows_plan && patch.rate_follows_plan && patch.quota == Field::Absent);
+        assert_eq!(KeyFilter::from_json(r#"{"expiring_before_ms": null}"#).unwrap(), KeyFilter::default());
     }
 
     #[test]

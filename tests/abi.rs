@@ -282,6 +282,40 @@ fn store_errors_explain_themselves() {
     );
 }
 
+/// The plan and policy answers are typed values serialized by the ffi layer; their bytes (field order
+/// included) are the contract's and must not move.
+#[test]
+fn plan_and_policy_answers_keep_their_exact_json() {
+    let h = open();
+    let mut out = null_mut();
+    let text = |s: *mut c_char| {
+        let t = unsafe { CStr::from_ptr(s) }.to_str().unwrap().to_string();
+        unsafe { ms_string_free(s) };
+        t
+    };
+    unsafe {
+        let plan = c(r#"{"name": "pro", "quota": {"limit": 3, "period": "daily"}, "lifetime_ms": 86400000}"#);
+        assert_eq!(ms_plan_put(h.0, plan.as_ptr(), NOW, &mut out), MS_OK);
+        let pro = format!(
+            r#"{{"name":"pro","quota":{{"limit":3,"period":"daily"}},"rate_limit":{{"limit":60,"window_ms":60000,"burst":60}},"lifetime_ms":86400000,"updated_at_ms":{NOW},"keys":0}}"#
+        );
+        assert_eq!(text(out), pro);
+        assert_eq!(ms_plan_put(h.0, c(r#"{"name": "free", "rate_limit": null}"#).as_ptr(), NOW, &mut out), MS_OK);
+        let free = format!(
+            r#"{{"name":"free","quota":null,"rate_limit":null,"lifetime_ms":null,"updated_at_ms":{NOW},"keys":0}}"#
+        );
+        assert_eq!(text(out), free);
+        assert_eq!(ms_plan_list(h.0, &mut out), MS_OK);
+        assert_eq!(text(out), format!(r#"{{"plans":[{free},{pro}]}}"#));
+
+        assert_eq!(ms_policy_get(h.0, &mut out), MS_OK);
+        assert_eq!(text(out), r#"{"idle":null,"abuse":null,"rotated":"always"}"#);
+        let policy = c(r#"{"idle": {"days": 7}, "abuse": {"limit": 3, "window_ms": 60000}}"#);
+        assert_eq!(ms_policy_put(h.0, policy.as_ptr(), NOW, &mut out), MS_OK);
+        assert_eq!(text(out), r#"{"idle":{"days":7},"abuse":{"limit":3,"window_ms":60000},"rotated":"always"}"#);
+    }
+}
+
 #[test]
 fn lifecycle_functions_through_the_abi() {
     let h = open();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use rusqlite::{params, Transaction};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Store;
@@ -30,20 +30,46 @@ pub struct AuditFilter {
     pub limit: Option<i64>,
 }
 
+/// The audit filter JSON of `ms_audit`: `{"key_id": "...", "since_ms": N, "limit": N}`, each
+/// optional (`null` is refused).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditFilterJson {
+    pub key_id: spec::Field<Value>,
+    pub since_ms: spec::Field<Value>,
+    pub limit: spec::Field<Value>,
+}
+
+fn bad_field(name: &str) -> Error {
+    Error::invalid(format!("bad or unknown field {name:?} in audit filter"))
+}
+
+/// Fields are checked in declaration order; the first wrong one is reported.
+impl TryFrom<AuditFilterJson> for AuditFilter {
+    type Error = Error;
+
+    fn try_from(json: AuditFilterJson) -> Result<AuditFilter> {
+        let key_id = match json.key_id.given() {
+            None => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return Err(bad_field("key_id")),
+        };
+        let since_ms = match json.since_ms.given() {
+            None => None,
+            Some(v) => Some(v.as_i64().ok_or_else(|| bad_field("since_ms"))?),
+        };
+        let limit = match json.limit.given() {
+            None => None,
+            Some(v) => Some(v.as_i64().filter(|&n| n > 0).ok_or_else(|| bad_field("limit"))?),
+        };
+        Ok(AuditFilter { key_id, since_ms, limit })
+    }
+}
+
 impl AuditFilter {
-    /// `{"key_id": "...", "since_ms": N, "limit": N}`, each optional.
     pub fn from_json(text: &str) -> Result<AuditFilter> {
         let obj = spec::parse_object(text, "audit filter")?;
-        let mut out = AuditFilter::default();
-        for (k, v) in obj {
-            match (k.as_str(), v) {
-                ("key_id", Value::String(s)) => out.key_id = Some(s),
-                ("since_ms", v) if v.is_i64() => out.since_ms = v.as_i64(),
-                ("limit", v) if v.as_i64().is_some_and(|n| n > 0) => out.limit = v.as_i64(),
-                (k, _) => return Err(Error::invalid(format!("bad or unknown field {k:?} in audit filter"))),
-            }
-        }
-        Ok(out)
+        spec::object_shape::<AuditFilterJson>(obj, bad_field)?.try_into()
     }
 }
 

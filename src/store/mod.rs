@@ -42,12 +42,12 @@ mod rows;
 mod sync;
 mod usage;
 
-pub use audit::{AuditEvent, AuditFilter};
+pub use audit::{AuditEvent, AuditFilter, AuditFilterJson};
 pub use fleet_usage::FleetUsageRow;
 pub use keys::{RotateOptions, DEFAULT_GRACE_MS};
-pub use options::{Durability, StoreOptions, DEFAULT_LIFETIME_MS, DEFAULT_RATE};
-pub use plans::PlanSpec;
-pub use policies::PolicySpec;
+pub use options::{Durability, StoreOptions, StoreOptionsJson, DEFAULT_LIFETIME_MS, DEFAULT_RATE};
+pub use plans::{PlanRecord, PlanSpec, PlanSpecJson};
+pub use policies::{AbusePolicy, IdlePolicy, PoliciesInForce, PolicySpec, PolicySpecJson};
 pub use replica::{FleetQuota, Refused};
 pub use schema::schema_version;
 pub use usage::{UsageDay, UsageHistory};

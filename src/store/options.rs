@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -25,32 +26,48 @@ pub struct StoreOptions {
     pub durability: Durability,
 }
 
-impl StoreOptions {
-    /// `{"flush_interval_ms": N, "durability": "batched" | "strict", "busy_timeout_ms": N}`, each optional.
-    pub fn from_json(text: &str) -> Result<StoreOptions> {
-        let obj = spec::parse_object(text, "store options")?;
+/// The options JSON of `ms_store_open_v2`: `{"flush_interval_ms": N, "durability": "batched" | "strict",
+/// "busy_timeout_ms": N}`, each optional (`null` is refused: it is not a value of any of them).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreOptionsJson {
+    pub flush_interval_ms: spec::Field<Value>,
+    pub durability: spec::Field<Value>,
+    pub busy_timeout_ms: spec::Field<Value>,
+}
+
+/// Fields are checked in declaration order; the first wrong one is reported.
+impl TryFrom<StoreOptionsJson> for StoreOptions {
+    type Error = Error;
+
+    fn try_from(json: StoreOptionsJson) -> Result<StoreOptions> {
         let mut options = StoreOptions::default();
-        let ms = |v: &Value, name: &str, max: u64| -> Result<Duration> {
+        let ms = |v: Value, name: &str, max: u64| -> Result<Duration> {
             match v.as_u64() {
                 Some(n) if n <= max => Ok(Duration::from_millis(n)),
                 _ => Err(Error::invalid(format!("{name} must be an integer from 0 to {max}"))),
             }
         };
-        for (name, value) in &obj {
-            match name.as_str() {
-                "flush_interval_ms" => options.flush_interval = ms(value, name, 3_600_000)?,
-                "busy_timeout_ms" => options.busy_timeout = ms(value, name, 600_000)?,
-                "durability" => {
-                    options.durability = match value.as_str() {
-                        Some("batched") => Durability::Batched,
-                        Some("strict") => Durability::Strict,
-                        _ => return Err(Error::invalid("durability must be \"batched\" or \"strict\"")),
-                    }
-                }
-                other => return Err(Error::invalid(format!("unknown field {other:?} in store options"))),
+        if let Some(v) = json.flush_interval_ms.given() {
+            options.flush_interval = ms(v, "flush_interval_ms", 3_600_000)?;
+        }
+        if let Some(v) = json.durability.given() {
+            options.durability = match v.as_str() {
+                Some("batched") => Durability::Batched,
+                Some("strict") => Durability::Strict,
+                _ => return Err(Error::invalid("durability must be \"batched\" or \"strict\"")),
             }
         }
+        if let Some(v) = json.busy_timeout_ms.given() {
+            options.busy_timeout = ms(v, "busy_timeout_ms", 600_000)?;
+        }
         Ok(options)
+    }
+}
+
+impl StoreOptions {
+    pub fn from_json(text: &str) -> Result<StoreOptions> {
+        spec::parse_shape::<StoreOptionsJson>(text, "store options", "store options")?.try_into()
     }
 }
 

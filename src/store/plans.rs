@@ -1,12 +1,13 @@
 //! Plans: named quotas, rate limits and lifetimes that keys follow where they set none of their own.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::rows::{load_entries, Keys};
 use super::Store;
 use crate::error::{Error, Result};
+use crate::period::Period;
 use crate::spec::{self, QuotaJson, RateJson};
 
 /// A named plan: the quota, rate limit and lifetime of the keys on it that set none of their own.
@@ -18,34 +19,49 @@ pub struct PlanSpec {
     pub lifetime_ms: Option<i64>,
 }
 
-impl PlanSpec {
-    /// `{"name": "pro", "quota": {...} | null, "rate_limit": {...} | null, "lifetime_ms": N | null}`;
-    /// an absent quota or lifetime means none, an absent rate limit the store default (60 per minute).
-    pub fn from_json(text: &str) -> Result<PlanSpec> {
-        let mut obj = spec::parse_object(text, "plan")?;
-        let name = match obj.remove("name") {
-            Some(Value::String(n)) if !n.is_empty() && n.len() <= spec::MAX_PLAN_LEN => n,
+/// The plan JSON of `ms_plan_put`: `{"name": "pro", "quota": {...} | null, "rate_limit": {...} | null,
+/// "lifetime_ms": N | null}`; an absent quota or lifetime means none, an absent rate limit the store
+/// default (60 per minute).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlanSpecJson {
+    pub name: spec::Field<Value>,
+    pub quota: spec::Field<Value>,
+    pub rate_limit: spec::Field<Value>,
+    pub lifetime_ms: spec::Field<Value>,
+}
+
+/// Fields are checked in declaration order; the first wrong one is reported.
+impl TryFrom<PlanSpecJson> for PlanSpec {
+    type Error = Error;
+
+    fn try_from(json: PlanSpecJson) -> Result<PlanSpec> {
+        let name = match json.name {
+            spec::Field::Set(Value::String(n)) if !n.is_empty() && n.len() <= spec::MAX_PLAN_LEN => n,
             _ => return Err(Error::invalid("plan.name must be a string of 1..=63 bytes")),
         };
         // Checked as a key spec's are, so both accept exactly the same shapes.
-        let quota = spec::quota_field(spec::take(&mut obj, "quota"))?.or(None);
-        let rate_limit = spec::rate_field(spec::take(&mut obj, "rate_limit"))?;
-        let lifetime_ms = match obj.remove("lifetime_ms") {
-            None | Some(Value::Null) => None,
+        let quota = spec::quota_field(json.quota)?.or(None);
+        let rate_limit = spec::rate_field(json.rate_limit)?;
+        let lifetime_ms = match json.lifetime_ms.or(None) {
+            None => None,
             Some(v) => match v.as_i64() {
                 Some(ms) if ms > 0 => Some(ms),
                 _ => return Err(Error::invalid("plan.lifetime_ms must be a positive integer or null")),
             },
         };
-        if let Some(k) = obj.keys().next() {
-            return Err(Error::invalid(format!("unknown field {k:?} in plan")));
-        }
         Ok(PlanSpec {
             name,
             quota: quota.map(QuotaJson::from),
             rate_limit: rate_limit.or(Some(super::DEFAULT_RATE)).map(RateJson::from),
             lifetime_ms,
         })
+    }
+}
+
+impl PlanSpec {
+    pub fn from_json(text: &str) -> Result<PlanSpec> {
+        spec::parse_shape::<PlanSpecJson>(text, "plan", "plan")?.try_into()
     }
 }
 
@@ -61,9 +77,22 @@ pub(crate) fn plan_of(conn: &Connection, name: &str) -> Result<Option<StoredPlan
         .optional()?)
 }
 
+/// A plan as the admin calls answer it (`ms_plan_put`, `ms_plan_list`): the spec with when it was last
+/// written and how many keys are on it. The field order is the C ABI's.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlanRecord {
+    pub name: String,
+    pub quota: Option<QuotaJson>,
+    pub rate_limit: Option<RateJson>,
+    pub lifetime_ms: Option<i64>,
+    pub updated_at_ms: i64,
+    /// How many keys are on the plan.
+    pub keys: i64,
+}
+
 impl Store {
     /// Creates or replaces a plan; its keys that set no limit of their own follow it from their next check.
-    pub fn put_plan(&self, plan: &PlanSpec, now_ms: i64) -> Result<Value> {
+    pub fn put_plan(&self, plan: &PlanSpec, now_ms: i64) -> Result<PlanRecord> {
         spec::check_time_ms("now_ms", now_ms)?;
         self.admin(|tx| {
             tx.execute(
@@ -87,35 +116,44 @@ impl Store {
         })?;
         self.list_plans()?
             .into_iter()
-            .find(|p| p["name"] == plan.name.as_str())
+            .find(|p| p.name == plan.name)
             .ok_or_else(|| Error::internal("a plan just written is missing"))
     }
 
     /// Every plan, with how many keys are on it.
-    pub fn list_plans(&self) -> Result<Vec<Value>> {
+    pub fn list_plans(&self) -> Result<Vec<PlanRecord>> {
         let db = self.db()?;
         let mut stmt = db.conn.prepare_cached(
             "SELECT p.name, p.quota_limit, p.quota_period, p.rate_limit, p.rate_window_ms, p.rate_burst, p.lifetime_ms,
                     p.updated_at_ms, (SELECT COUNT(*) FROM keys k WHERE k.plan = p.name)
              FROM plans p ORDER BY p.name",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let mut rows = stmt.query([])?;
+        let mut plans = Vec::new();
+        while let Some(r) = rows.next()? {
+            // A quota or rate limit stored in part reads as none, as it always has.
             let quota = match (r.get::<_, Option<i64>>(1)?, r.get::<_, Option<String>>(2)?) {
-                (Some(limit), Some(period)) => json!({"limit": limit, "period": period}),
-                _ => Value::Null,
-            };
-            let rate = match (r.get::<_, Option<i64>>(3)?, r.get::<_, Option<i64>>(4)?, r.get::<_, Option<i64>>(5)?) {
-                (Some(limit), Some(window_ms), Some(burst)) => {
-                    json!({"limit": limit, "window_ms": window_ms, "burst": burst})
+                (Some(limit), Some(period)) => {
+                    // Every writer of `plans` checks the period, so another one is a corrupt store.
+                    let period = Period::parse(&period)
+                        .map_err(|_| Error::store("corrupt store: a plan's quota_period is inconsistent"))?;
+                    Some(QuotaJson { limit, period: period.as_str() })
                 }
-                _ => Value::Null,
+                _ => None,
             };
-            Ok(json!({
-                "name": r.get::<_, String>(0)?, "quota": quota, "rate_limit": rate,
-                "lifetime_ms": r.get::<_, Option<i64>>(6)?, "updated_at_ms": r.get::<_, i64>(7)?,
-                "keys": r.get::<_, i64>(8)?,
-            }))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let rate_limit = match (r.get(3)?, r.get(4)?, r.get(5)?) {
+                (Some(limit), Some(window_ms), Some(burst)) => Some(RateJson { limit, window_ms, burst }),
+                _ => None,
+            };
+            plans.push(PlanRecord {
+                name: r.get(0)?,
+                quota,
+                rate_limit,
+                lifetime_ms: r.get(6)?,
+                updated_at_ms: r.get(7)?,
+                keys: r.get(8)?,
+            });
+        }
+        Ok(plans)
     }
 }

@@ -2,6 +2,7 @@
 //! file, where checks apply them. ("policy" alone is the pure decision, [`crate::policy`].)
 
 use rusqlite::{Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::Store;
@@ -19,51 +20,91 @@ pub struct PolicySpec {
     pub abuse: Option<(i64, i64)>,
 }
 
-impl PolicySpec {
-    /// `{"idle": {"days": 90} | null, "abuse": {"limit": 100, "window_ms": 600000} | null}`.
-    pub fn from_json(text: &str) -> Result<PolicySpec> {
-        let mut obj = spec::parse_object(text, "policy")?;
+/// The policy JSON of `ms_policy_put`: `{"idle": {"days": 90} | null, "abuse": {"limit": 100,
+/// "window_ms": 600000} | null}`, each optional; `null` turns a policy off.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySpecJson {
+    pub idle: spec::Field<Value>,
+    pub abuse: spec::Field<Value>,
+}
+
+/// The idle policy, `{"days": N}`, as set and as shown. Typed, since any fault in it is reported as one.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdlePolicy {
+    pub days: i64,
+}
+
+/// The abuse policy, `{"limit": N, "window_ms": N}`, as set and as shown. Typed, since any fault in it
+/// is reported as one.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbusePolicy {
+    pub limit: i64,
+    pub window_ms: i64,
+}
+
+/// The policies in force as the admin calls answer them (`ms_policy_get`, `ms_policy_put`); `None`:
+/// off. The field order is the C ABI's.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PoliciesInForce {
+    pub idle: Option<IdlePolicy>,
+    pub abuse: Option<AbusePolicy>,
+    /// Rotated keys are always revoked when their grace ends: `"always"`.
+    pub rotated: &'static str,
+}
+
+impl From<&Policies> for PoliciesInForce {
+    fn from(p: &Policies) -> PoliciesInForce {
+        PoliciesInForce {
+            idle: (p.idle_ms > 0).then_some(IdlePolicy { days: p.idle_ms / DAY_MS }),
+            abuse: (p.abuse_limit > 0).then_some(AbusePolicy { limit: p.abuse_limit, window_ms: p.abuse_window_ms }),
+            rotated: "always",
+        }
+    }
+}
+
+/// Fields are checked in declaration order; the first wrong one is reported.
+impl TryFrom<PolicySpecJson> for PolicySpec {
+    type Error = Error;
+
+    fn try_from(json: PolicySpecJson) -> Result<PolicySpec> {
         let mut out = PolicySpec::default();
-        match obj.remove("idle") {
-            None => {}
-            Some(Value::Null) => out.idle_ms = Some(0),
-            Some(Value::Object(o)) => match (o.get("days").and_then(Value::as_i64), o.len()) {
-                (Some(days), 1) if (1..=36_500).contains(&days) => out.idle_ms = Some(days * DAY_MS),
+        match json.idle {
+            spec::Field::Absent => {}
+            spec::Field::Null => out.idle_ms = Some(0),
+            spec::Field::Set(o @ Value::Object(_)) => match IdlePolicy::deserialize(&o) {
+                Ok(IdlePolicy { days }) if (1..=36_500).contains(&days) => out.idle_ms = Some(days * DAY_MS),
                 _ => return Err(Error::invalid("policy.idle must be {\"days\": 1..36500} or null")),
             },
-            Some(_) => return Err(Error::invalid("policy.idle must be {\"days\": N} or null")),
+            spec::Field::Set(_) => return Err(Error::invalid("policy.idle must be {\"days\": N} or null")),
         }
-        match obj.remove("abuse") {
-            None => {}
-            Some(Value::Null) => out.abuse = Some((0, 0)),
-            Some(Value::Object(o)) => {
-                let limit = o.get("limit").and_then(Value::as_i64).filter(|n| (1..=1_000_000_000).contains(n));
-                let window = o.get("window_ms").and_then(Value::as_i64).filter(|n| (1_000..=31 * DAY_MS).contains(n));
-                match (limit, window, o.len()) {
-                    (Some(l), Some(w), 2) => out.abuse = Some((l, w)),
-                    _ => {
-                        return Err(Error::invalid(
-                            "policy.abuse must be {\"limit\": N >= 1, \"window_ms\": 1000..=2678400000} or null",
-                        ))
-                    }
+        match json.abuse {
+            spec::Field::Absent => {}
+            spec::Field::Null => out.abuse = Some((0, 0)),
+            spec::Field::Set(o @ Value::Object(_)) => match AbusePolicy::deserialize(&o) {
+                Ok(AbusePolicy { limit, window_ms })
+                    if (1..=1_000_000_000).contains(&limit) && (1_000..=31 * DAY_MS).contains(&window_ms) =>
+                {
+                    out.abuse = Some((limit, window_ms))
                 }
-            }
-            Some(_) => return Err(Error::invalid("policy.abuse must be an object or null")),
-        }
-        if let Some(k) = obj.keys().next() {
-            return Err(Error::invalid(format!("unknown field {k:?} in policy (\"rotated\" always applies)")));
+                _ => {
+                    return Err(Error::invalid(
+                        "policy.abuse must be {\"limit\": N >= 1, \"window_ms\": 1000..=2678400000} or null",
+                    ))
+                }
+            },
+            spec::Field::Set(_) => return Err(Error::invalid("policy.abuse must be an object or null")),
         }
         Ok(out)
     }
 }
 
-/// The policies in force, as JSON.
-pub fn policies_json(p: &Policies) -> Value {
-    json!({
-        "idle": (p.idle_ms > 0).then(|| json!({"days": p.idle_ms / DAY_MS})),
-        "abuse": (p.abuse_limit > 0).then(|| json!({"limit": p.abuse_limit, "window_ms": p.abuse_window_ms})),
-        "rotated": "always",
-    })
+impl PolicySpec {
+    pub fn from_json(text: &str) -> Result<PolicySpec> {
+        spec::parse_shape::<PolicySpecJson>(text, "policy", "policy (\"rotated\" always applies)")?.try_into()
+    }
 }
 
 pub(crate) fn load_policies(conn: &Connection) -> Result<Policies> {
@@ -84,7 +125,7 @@ pub(crate) fn load_policies(conn: &Connection) -> Result<Policies> {
 
 impl Store {
     /// Changes the store-wide revocation policies; every process applies them from its next check on.
-    pub fn set_policies(&self, change: &PolicySpec, now_ms: i64) -> Result<Value> {
+    pub fn set_policies(&self, change: &PolicySpec, now_ms: i64) -> Result<PoliciesInForce> {
         spec::check_time_ms("now_ms", now_ms)?;
         self.admin(|tx| {
             let mut p = load_policies(tx)?;
@@ -99,13 +140,14 @@ impl Store {
                 "INSERT INTO settings (name, value) VALUES ('policies', ?1) ON CONFLICT (name) DO UPDATE SET value = ?1",
                 [stored.to_string()],
             )?;
-            self.audit(tx, now_ms, "policy.set", None, policies_json(&p))?;
+            let in_force = serde_json::to_value(PoliciesInForce::from(&p)).unwrap_or(Value::Null);
+            self.audit(tx, now_ms, "policy.set", None, in_force)?;
             Ok(vec![])
         })?;
         self.policies()
     }
 
-    pub fn policies(&self) -> Result<Value> {
-        Ok(policies_json(&load_policies(&self.db()?.conn)?))
+    pub fn policies(&self) -> Result<PoliciesInForce> {
+        Ok(PoliciesInForce::from(&load_policies(&self.db()?.conn)?))
     }
 }

@@ -74,10 +74,10 @@ fn json_route(
             .map_err(Fail::from),
         ("GET", ["plans"]) => c.store.list_plans().map(|p| json!({"plans": p})).map_err(Fail::from),
         ("PUT", ["plans", name]) => put_plan(c, user, name, body, now),
-        ("GET", ["policies"]) => c.store.policies().map_err(Fail::from),
+        ("GET", ["policies"]) => c.store.policies().map(|p| json!(p)).map_err(Fail::from),
         ("PUT", ["policies"]) => {
             let change = PolicySpec::from_json(body)?;
-            c.write(user, |s| s.set_policies(&change, now)).map_err(Fail::from)
+            c.write(user, |s| s.set_policies(&change, now)).map(|p| json!(p)).map_err(Fail::from)
         }
         ("GET", ["audit"]) => audit(c, q).map(|events| json!({"events": events})),
         ("GET", ["overview"]) => overview(c, q, now),
@@ -195,7 +195,7 @@ fn put_plan(c: &Console, user: &str, name: &str, body: &str, now: i64) -> Result
     }
     o.insert("name".into(), name.into());
     let plan = PlanSpec::from_json(&Value::Object(o).to_string())?;
-    c.write(user, |s| s.put_plan(&plan, now)).map_err(Fail::from)
+    c.write(user, |s| s.put_plan(&plan, now)).map(|p| json!(p)).map_err(Fail::from)
 }
 
 /// The audit log filtered by key, actor (substring), action (prefix) and time (`since`, `until` in Unix

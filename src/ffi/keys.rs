@@ -1,0 +1,140 @@
+//! Key administration, JSON in and JSON out: create, revoke, update, get, list (v1), then the audit
+//! actor and rotation (added after v1; nothing of v1 changed).
+
+use super::*;
+
+/// Creates a key from a JSON spec (every field optional: `env`, `name`, `plan`, `expires_at_ms`, `quota`,
+/// `rate_limit`, `meta`, `key` to import an existing key; see the README) and writes the record with the
+/// plaintext `"key"` (shown this once; only its SHA-256 digest is stored) to `*out_json`.
+/// A rate limit must refill its whole bucket within ten years (`burst` × `window_ms` / `limit` at most
+/// 315619200000 ms, `window_ms` at most 366 days): a larger one is refused with the largest burst that
+/// fits, never stored inexactly. Times (`expires_at_ms`) are Unix ms from 1973 up to 2200.
+///
+/// `spec_json`: NUL-terminated JSON object ("{}" for all defaults). `now_ms`: Unix ms of creation.
+/// `*out_json` is written only on `MS_OK`; free it with `ms_string_free`.
+/// Returns `MS_OK`, `MS_ERR_INVALID_ARGUMENT` (bad JSON or field, key already stored), `MS_ERR_STORE`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_create(
+    store: *mut ms_store,
+    spec_json: *const c_char,
+    now_ms: i64,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let spec = KeySpec::from_json(str_arg(spec_json, "spec_json")?)?;
+        check_out(out_json, "out_json")?;
+        let created = store.create_key(&spec, now_ms)?;
+        Ok(give_string(out_json, created.to_json()))
+    })
+}
+
+/// Revokes a key (reason "manual"); every handle refuses it from its next check on.
+/// Revoking a revoked key changes nothing. Returns `MS_OK`, `MS_ERR_NOT_FOUND`, `MS_ERR_INVALID_ARGUMENT`,
+/// `MS_ERR_STORE`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_revoke(store: *mut ms_store, key_id: *const c_char, now_ms: i64) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        store.revoke_key(str_arg(key_id, "key_id")?, now_ms, None)?;
+        Ok(MS_OK)
+    })
+}
+
+/// Changes a key: `patch_json` may set `name`, `plan`, `expires_at_ms`, `quota`, `rate_limit`, `meta`
+/// (null clears a field: no plan, never expires, no quota, no rate limit). A revoked key stays revoked.
+/// Writes the new record to `*out_json` on `MS_OK` (free with `ms_string_free`).
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_update(
+    store: *mut ms_store,
+    key_id: *const c_char,
+    patch_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let key_id = str_arg(key_id, "key_id")?;
+        let patch = KeyPatch::from_json(str_arg(patch_json, "patch_json")?)?;
+        check_out(out_json, "out_json")?;
+        let record = store.update_key(key_id, &patch)?;
+        Ok(give_string(out_json, record.to_json()))
+    })
+}
+
+/// Writes the record of key `key_id` to `*out_json` on `MS_OK` (free with `ms_string_free`).
+/// Returns `MS_OK`, `MS_ERR_NOT_FOUND`, `MS_ERR_INVALID_ARGUMENT`, `MS_ERR_STORE`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_get(store: *mut ms_store, key_id: *const c_char, out_json: *mut *mut c_char) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let key_id = str_arg(key_id, "key_id")?;
+        check_out(out_json, "out_json")?;
+        let record = store.get_key(key_id)?;
+        Ok(give_string(out_json, record.to_json()))
+    })
+}
+
+/// Writes `{"keys": [record, ...]}` to `*out_json` on `MS_OK` (free with `ms_string_free`).
+/// `filter_json`: NULL for every key, or `{"plan": "pro", "env": "live"}` (each field optional).
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_list(
+    store: *mut ms_store,
+    filter_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let filter = match filter_json.is_null() {
+            true => KeyFilter::default(),
+            false => KeyFilter::from_json(str_arg(filter_json, "filter_json")?)?,
+        };
+        check_out(out_json, "out_json")?;
+        let records = store.list_keys(&filter)?;
+        Ok(give_string(out_json, list_json(&records)))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Key lifecycle and monitoring (added after v1; nothing above changed).
+
+/// Names the actor that the audit log records for this handle's admin calls (default: the program,
+/// its pid and uid). `actor`: NUL-terminated UTF-8, at most 200 bytes; copied.
+#[no_mangle]
+pub unsafe extern "C" fn ms_store_set_actor(store: *mut ms_store, actor: *const c_char) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let actor = str_arg(actor, "actor")?;
+        if actor.len() > 200 {
+            return Err(Error::invalid("actor is longer than 200 bytes"));
+        }
+        store.set_actor(actor);
+        Ok(MS_OK)
+    })
+}
+
+/// Rotates a key: creates a new key with the same policy, plan and meta that counts against the same
+/// quota (the customer's quota is not reset), and schedules the old key's revocation (reason "rotated")
+/// at `now_ms` + grace. `opts_json`: NULL or `{"grace_ms": N}` (default 86400000, 24 h; 0 ends it at
+/// once). Writes the new key's create answer (record with the plaintext `"key"`, shown once; its
+/// `"rotated_from"` names the old key, whose `"rotated_to"` names it) to `*out_json` on `MS_OK`.
+/// A revoked or already rotated key is `MS_ERR_INVALID_ARGUMENT`.
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_rotate(
+    store: *mut ms_store,
+    key_id: *const c_char,
+    opts_json: *const c_char,
+    now_ms: i64,
+    out_json: *mut *mut c_char,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let key_id = str_arg(key_id, "key_id")?;
+        let options = match opts_json.is_null() {
+            true => crate::store::RotateOptions::default(),
+            false => crate::store::RotateOptions::from_json(str_arg(opts_json, "opts_json")?)?,
+        };
+        check_out(out_json, "out_json")?;
+        let created = store.rotate_key(key_id, options.grace_ms, now_ms)?;
+        Ok(give_string(out_json, created.to_json()))
+    })
+}
