@@ -15,10 +15,12 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::counters::KeyView;
 use crate::error::{Error, Result};
+use crate::policy::Decision;
 use crate::spec::{list_json, KeyFilter, KeyPatch, KeySpec};
 use crate::status::Status;
-use crate::store::{Checked, Store};
+use crate::store::Store;
 
 /// Admitted: the request may proceed. HTTP 200, code "ok".
 pub const MS_OK: i32 = 0;

@@ -18,53 +18,104 @@ pub enum Rate {
     /// Admitted: the new TAT to store, and the figures after this request.
     Admit { tat_ns: i64, remaining: i64, reset_ms: i64 },
     /// Refused: nothing to store.
-    Reject { retry_after_ms: i64, reset_ms: i64 },
+    Reject { retry_after_ms: i64, remaining: i64, reset_ms: i64 },
+}
+
+/// A rate limit with its emission interval and tolerance worked out, once per check.
+///
+/// Arithmetic is in 64 bits, which holds every value a check meets: times are below 2^63 ns (the year
+/// 2262) and `spec::checked_rate` bounds the tolerance to ten years. A record read from a shared
+/// (possibly hostile) file, or a fleet's share of a rate, may go past that: then the interval is worked out
+/// in 128 bits (a cold path), the tolerance saturates and a TAT that would pass 2^63 refuses, so nothing
+/// wraps and nothing is admitted that the exact figures would refuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    interval_ns: i64,
+    tolerance_ns: i64,
+    burst: i64,
 }
 
 impl RateLimit {
-    // Arithmetic in 128 bits: `spec::checked_rate` and the time bounds keep every value far inside 64
-    // bits, but a record read from a shared (possibly hostile) file must not make the limiter wrap.
-    fn interval_ns(&self) -> i128 {
-        (self.window_ms as i128 * NS_PER_MS as i128 / self.limit.max(1) as i128).max(1)
+    /// In fleet mode each of `hosts` live hosts enforces its share of a key's rate limit: the same
+    /// interval times the number of hosts (so the fleet's sustained rate stays the limit) and a burst of
+    /// `ceil(burst / hosts)` (so the fleet's burst is at most `burst + hosts - 1`).
+    pub fn share_among(&mut self, hosts: u32) {
+        if hosts > 1 {
+            let n = i64::from(hosts.min(1024));
+            self.window_ms = self.window_ms.saturating_mul(n);
+            self.burst = self.burst.saturating_add(n - 1) / n;
+        }
     }
 
-    fn tolerance_ns(&self) -> i128 {
-        self.interval_ns() * (self.burst.max(1) as i128 - 1)
+    pub fn bucket(&self) -> Bucket {
+        let limit = self.limit.max(1);
+        let interval_ns = match self.window_ms.checked_mul(NS_PER_MS) {
+            Some(window_ns) => window_ns / limit,
+            None => interval_ns_wide(self.window_ms, limit),
+        }
+        .max(1);
+        Bucket { interval_ns, tolerance_ns: interval_ns.saturating_mul(self.burst.max(1) - 1), burst: self.burst }
     }
 
     /// Offers one request at `now_ms` to a bucket whose TAT is `tat_ns` (0 for a fresh bucket).
     pub fn offer(&self, tat_ns: i64, now_ms: i64) -> Rate {
-        let now = now_ms as i128 * NS_PER_MS as i128;
-        let tat = (tat_ns as i128).max(now);
-        let tolerance = self.tolerance_ns();
-        let new_tat = tat + self.interval_ns();
-        if tat - now > tolerance || new_tat > i64::MAX as i128 {
-            return Rate::Reject { retry_after_ms: ceil_ms(tat - tolerance - now).max(1), reset_ms: ceil_ms(tat) };
-        }
-        Rate::Admit { tat_ns: new_tat as i64, remaining: self.remaining(new_tat, now), reset_ms: ceil_ms(new_tat) }
+        self.bucket().offer(tat_ns, now_ms)
     }
 
     /// Requests that would be admitted at `now_ms` without charging anything, and when the bucket is full.
     pub fn peek(&self, tat_ns: i64, now_ms: i64) -> (i64, i64) {
-        let now = now_ms as i128 * NS_PER_MS as i128;
-        let tat = (tat_ns as i128).max(now);
+        self.bucket().peek(tat_ns, now_ms)
+    }
+}
+
+#[cold]
+fn interval_ns_wide(window_ms: i64, limit: i64) -> i64 {
+    (window_ms as i128 * NS_PER_MS as i128 / limit as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
+impl Bucket {
+    /// Offers one request at `now_ms` to a bucket whose TAT is `tat_ns` (0 for a fresh bucket).
+    #[inline]
+    pub fn offer(&self, tat_ns: i64, now_ms: i64) -> Rate {
+        let now = now_ms.saturating_mul(NS_PER_MS);
+        let tat = tat_ns.max(now);
+        // `tat >= now`, so the distance cannot overflow unless `now` is negative (a time before 1970,
+        // which the store refuses): then it saturates and refuses.
+        let ahead = tat.saturating_sub(now);
+        match tat.checked_add(self.interval_ns) {
+            Some(new_tat) if ahead <= self.tolerance_ns => {
+                Rate::Admit { tat_ns: new_tat, remaining: self.remaining(new_tat, now), reset_ms: ceil_ms(new_tat) }
+            }
+            _ => Rate::Reject {
+                retry_after_ms: ceil_ms(ahead - self.tolerance_ns).max(1),
+                remaining: self.remaining(tat, now),
+                reset_ms: ceil_ms(tat),
+            },
+        }
+    }
+
+    /// Requests that would be admitted at `now_ms` without charging anything, and when the bucket is full.
+    #[inline]
+    pub fn peek(&self, tat_ns: i64, now_ms: i64) -> (i64, i64) {
+        let now = now_ms.saturating_mul(NS_PER_MS);
+        let tat = tat_ns.max(now);
         (self.remaining(tat, now), ceil_ms(tat))
     }
 
-    /// How many requests in a row a bucket at `tat` admits at `now`.
-    fn remaining(&self, tat: i128, now: i128) -> i64 {
-        let slack = now + self.tolerance_ns() - tat;
+    /// How many requests in a row a bucket at `tat` (`>= now`) admits at `now`.
+    #[inline]
+    fn remaining(&self, tat: i64, now: i64) -> i64 {
+        let slack = self.tolerance_ns - tat.saturating_sub(now);
         if slack < 0 {
             0
         } else {
-            (slack / self.interval_ns() + 1).min(self.burst as i128) as i64
+            (slack / self.interval_ns + 1).min(self.burst)
         }
     }
 }
 
-fn ceil_ms(ns: i128) -> i64 {
-    let ms = ns.div_euclid(NS_PER_MS as i128) + i128::from(ns.rem_euclid(NS_PER_MS as i128) != 0);
-    ms.clamp(i64::MIN as i128, i64::MAX as i128) as i64
+fn ceil_ms(ns: i64) -> i64 {
+    ns.div_euclid(NS_PER_MS) + i64::from(ns.rem_euclid(NS_PER_MS) != 0)
 }
 
 #[cfg(test)]
@@ -92,7 +143,7 @@ mod tests {
             }
         }
         // The 61st at the same instant waits exactly one interval.
-        assert_eq!(run(&rl, &mut tat, T0), Rate::Reject { retry_after_ms: 1000, reset_ms: T0 + 60_000 });
+        assert_eq!(run(&rl, &mut tat, T0), Rate::Reject { retry_after_ms: 1000, remaining: 0, reset_ms: T0 + 60_000 });
         assert!(matches!(run(&rl, &mut tat, T0 + 999), Rate::Reject { retry_after_ms: 1, .. }));
         assert!(matches!(run(&rl, &mut tat, T0 + 1000), Rate::Admit { remaining: 0, .. }));
         // After a full window the bucket is full again.
@@ -105,7 +156,7 @@ mod tests {
         let mut tat = 0;
         assert!(matches!(run(&rl, &mut tat, T0), Rate::Admit { remaining: 1, reset_ms, .. } if reset_ms == T0 + 100));
         assert!(matches!(run(&rl, &mut tat, T0), Rate::Admit { remaining: 0, reset_ms, .. } if reset_ms == T0 + 200));
-        assert_eq!(run(&rl, &mut tat, T0 + 50), Rate::Reject { retry_after_ms: 50, reset_ms: T0 + 200 });
+        assert_eq!(run(&rl, &mut tat, T0 + 50), Rate::Reject { retry_after_ms: 50, remaining: 0, reset_ms: T0 + 200 });
         assert!(matches!(run(&rl, &mut tat, T0 + 100), Rate::Admit { .. }));
     }
 
@@ -127,13 +178,85 @@ mod tests {
         }
     }
 
+    /// The limiter as it was written first, in 128 bits throughout: the reference the 64-bit arithmetic
+    /// must equal wherever a check can meet the values.
+    fn offer_wide(rl: &RateLimit, tat_ns: i64, now_ms: i64) -> Rate {
+        let ns = NS_PER_MS as i128;
+        let interval = (rl.window_ms as i128 * ns / rl.limit.max(1) as i128).max(1);
+        // Past i128 (hostile figures only) the tolerance is larger than any distance, as it would be.
+        let tolerance = interval.checked_mul(rl.burst.max(1) as i128 - 1).unwrap_or(i128::MAX);
+        let ceil = |v: i128| (v.div_euclid(ns) + i128::from(v.rem_euclid(ns) != 0)) as i64;
+        let remaining = |tat: i128, now: i128| {
+            let slack = tolerance - (tat - now);
+            if slack < 0 {
+                0
+            } else {
+                (slack / interval + 1).min(rl.burst as i128) as i64
+            }
+        };
+        let now = now_ms as i128 * ns;
+        let tat = (tat_ns as i128).max(now);
+        let new_tat = tat + interval;
+        if tat - now > tolerance || new_tat > i64::MAX as i128 {
+            Rate::Reject {
+                retry_after_ms: ceil(tat - tolerance - now).max(1),
+                remaining: remaining(tat, now),
+                reset_ms: ceil(tat),
+            }
+        } else {
+            Rate::Admit { tat_ns: new_tat as i64, remaining: remaining(new_tat, now), reset_ms: ceil(new_tat) }
+        }
+    }
+
+    proptest::proptest! {
+        /// Every rate `spec::checked_rate` accepts, shared by up to 1,024 fleet hosts, at every time the
+        /// store accepts, from any TAT: the 64-bit limiter answers exactly as the 128-bit one.
+        #[test]
+        fn the_64_bit_limiter_equals_the_128_bit_one(
+            limit in 1i64..=1_000_000_000,
+            window_ms in 1i64..=366 * 86_400_000,
+            burst in 1i64..=1_000_000_000,
+            hosts in 1u32..=1024,
+            now_ms in crate::spec::MIN_TIME_MS..crate::spec::MAX_TIME_MS,
+            tat_offset_ns in proptest::prelude::any::<i64>(),
+            tat_mode in 0u8..3,
+        ) {
+            let Ok(mut rl) = crate::spec::checked_rate(limit, window_ms, burst) else { return Ok(()) };
+            rl.share_among(hosts);
+            let now_ns = now_ms * NS_PER_MS;
+            let tat = match tat_mode {
+                0 => 0,
+                1 => now_ns.saturating_add(tat_offset_ns % (1 << 60)),
+                _ => tat_offset_ns,
+            };
+            proptest::prop_assert_eq!(rl.offer(tat, now_ms), offer_wide(&rl, tat, now_ms), "{:?} tat {}", rl, tat);
+        }
+
+        /// Any record at all (a hostile file): never a panic, and never admitted where the exact 128-bit
+        /// figures refuse.
+        #[test]
+        fn a_hostile_rate_never_admits_what_the_exact_figures_refuse(
+            limit in proptest::prelude::any::<i64>(),
+            window_ms in proptest::prelude::any::<i64>(),
+            burst in proptest::prelude::any::<i64>(),
+            now_ms in crate::spec::MIN_TIME_MS..crate::spec::MAX_TIME_MS,
+            tat in proptest::prelude::any::<i64>(),
+        ) {
+            let rl = RateLimit { limit, window_ms, burst };
+            if let Rate::Admit { .. } = rl.offer(tat, now_ms) {
+                let exact = offer_wide(&rl, tat, now_ms);
+                proptest::prop_assert!(matches!(exact, Rate::Admit { .. }), "{:?} at {}: {:?}", rl, tat, exact);
+            }
+        }
+    }
+
     #[test]
     fn uneven_interval_rounds_retry_up() {
         // 7 per second: 142.857… ms apart.
         let rl = RateLimit { limit: 7, window_ms: 1000, burst: 1 };
         let mut tat = 0;
         assert!(matches!(run(&rl, &mut tat, T0), Rate::Admit { .. }));
-        assert_eq!(run(&rl, &mut tat, T0), Rate::Reject { retry_after_ms: 143, reset_ms: T0 + 143 });
+        assert_eq!(run(&rl, &mut tat, T0), Rate::Reject { retry_after_ms: 143, remaining: 0, reset_ms: T0 + 143 });
         assert!(matches!(run(&rl, &mut tat, T0 + 142), Rate::Reject { retry_after_ms: 1, .. }));
         assert!(matches!(run(&rl, &mut tat, T0 + 143), Rate::Admit { .. }));
         // Over a long run exactly 7 per second are admitted.

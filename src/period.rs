@@ -29,23 +29,27 @@ impl Period {
     }
 
     /// The period containing `now_ms`, as `[start_ms, end_ms)`.
+    #[inline]
     pub fn bounds(self, now_ms: i64) -> (i64, i64) {
         let day_start = now_ms.div_euclid(DAY_MS) * DAY_MS;
         match self {
             Period::Daily => (day_start, day_start + DAY_MS),
-            Period::Monthly => {
-                let date = date_of(day_start);
-                let first = NaiveDate::from_ymd_opt(date.year(), date.month(), 1).expect("valid month");
-                let next = if date.month() == 12 {
-                    NaiveDate::from_ymd_opt(date.year() + 1, 1, 1)
-                } else {
-                    NaiveDate::from_ymd_opt(date.year(), date.month() + 1, 1)
-                }
-                .expect("valid month");
-                (ms_of(first), ms_of(next))
-            }
+            Period::Monthly => month_bounds(day_start),
         }
     }
+}
+
+/// The calendar month containing the day that starts at `day_start_ms`.
+fn month_bounds(day_start_ms: i64) -> (i64, i64) {
+    let date = date_of(day_start_ms);
+    let first = NaiveDate::from_ymd_opt(date.year(), date.month(), 1).expect("valid month");
+    let next = if date.month() == 12 {
+        NaiveDate::from_ymd_opt(date.year() + 1, 1, 1)
+    } else {
+        NaiveDate::from_ymd_opt(date.year(), date.month() + 1, 1)
+    }
+    .expect("valid month");
+    (ms_of(first), ms_of(next))
 }
 
 fn date_of(day_start_ms: i64) -> NaiveDate {

@@ -33,9 +33,10 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Requests counted in the period that contains `now_ms` (a count from an earlier period is 0).
-    pub fn used_in(&self, quota: &Quota, now_ms: i64) -> i64 {
-        if self.period_start_ms == quota.period.bounds(now_ms).0 {
+    /// Requests counted in the period that starts at `period_start_ms` (a count from an earlier period
+    /// is 0).
+    pub fn used_in(&self, period_start_ms: i64) -> i64 {
+        if self.period_start_ms == period_start_ms {
             self.used
         } else {
             0
@@ -91,6 +92,9 @@ pub fn decide(policy: &KeyPolicy, usage: &Usage, now_ms: i64) -> (Decision, Opti
 }
 
 /// [`decide`] on a host of a fleet, whose counts in the current quota period may not pass `allowance`.
+// Inlined into the check's compare-and-swap loop: returned through memory, its answer was read back
+// before the CPU had it stored (a store-forwarding stall on every check).
+#[inline]
 pub fn decide_within(
     policy: &KeyPolicy,
     usage: &Usage,
@@ -104,7 +108,7 @@ pub fn decide_within(
     if let Some(q) = policy.quota {
         let (start, end) = q.period.bounds(now_ms);
         period_start = start;
-        used = usage.used_in(&q, now_ms);
+        used = usage.used_in(start);
         d.quota_limit = q.limit;
         d.quota_remaining = (q.limit - used).max(0);
         d.quota_reset_ms = end;
@@ -115,30 +119,41 @@ pub fn decide_within(
             }
         }
     }
-    if let Some(r) = policy.rate {
-        let (remaining, reset) = r.peek(usage.tat_ns, now_ms);
+    // The interval and tolerance are worked out once; the bucket's figures before this request are only
+    // needed when it is refused before the rate is offered (an offer gives them otherwise).
+    let bucket = policy.rate.map(|r| {
         d.rate_limit = r.limit;
-        d.rate_remaining = remaining;
-        d.rate_reset_ms = reset;
-    }
+        r.bucket()
+    });
+    let refused_before_rate = |status: Status, retry_after_ms: i64, mut d: Decision| {
+        if let Some(b) = bucket {
+            (d.rate_remaining, d.rate_reset_ms) = b.peek(usage.tat_ns, now_ms);
+        }
+        (Decision { status, retry_after_ms, ..d }, None)
+    };
 
     if policy.revoked || policy.revoke_at_ms.is_some_and(|at| now_ms >= at) {
-        return (Decision { status: Status::ApiKeyRevoked, ..d }, None);
+        return refused_before_rate(Status::ApiKeyRevoked, 0, d);
     }
     if policy.expires_at_ms.is_some_and(|at| now_ms >= at) {
-        return (Decision { status: Status::ApiKeyExpired, ..d }, None);
+        return refused_before_rate(Status::ApiKeyExpired, 0, d);
     }
     if policy.quota.is_some() && d.quota_remaining == 0 {
         let to_period_end = d.quota_reset_ms - now_ms;
         let retry = if wait_for_lease { TOP_UP_RETRY_MS.min(to_period_end) } else { to_period_end };
-        return (Decision { status: Status::ApiKeyQuotaExceeded, retry_after_ms: retry, ..d }, None);
+        return refused_before_rate(Status::ApiKeyQuotaExceeded, retry, d);
     }
     let mut tat_ns = usage.tat_ns;
-    if let Some(r) = policy.rate {
-        match r.offer(usage.tat_ns, now_ms) {
-            Rate::Reject { retry_after_ms, reset_ms } => {
-                let refused =
-                    Decision { status: Status::RateLimitExceeded, retry_after_ms, rate_reset_ms: reset_ms, ..d };
+    if let Some(b) = bucket {
+        match b.offer(usage.tat_ns, now_ms) {
+            Rate::Reject { retry_after_ms, remaining, reset_ms } => {
+                let refused = Decision {
+                    status: Status::RateLimitExceeded,
+                    retry_after_ms,
+                    rate_remaining: remaining,
+                    rate_reset_ms: reset_ms,
+                    ..d
+                };
                 return (refused, None);
             }
             Rate::Admit { tat_ns: new_tat, remaining, reset_ms } => {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use portable_atomic::AtomicU128;
 
-use super::index::{key_ref, policy_of};
+use super::index::policy_of;
 use super::{Admission, DayCounts, Found, Policies, SharedCounters, Tally};
 use crate::key::KeyDigest;
 use crate::period::DAY_MS;
@@ -53,7 +53,9 @@ impl SharedCounters {
         if let Err(why) = self.valid_record(record) {
             return self.damaged(why);
         }
-        let cell = self.cell(record.cell);
+        // Read once: the file may change under us, and this is the cell the check charges.
+        let cell_no = record.cell;
+        let cell = self.cell(cell_no);
         let mut policy = policy_of(record);
         let idle_ms = self.header().idle_ms.load(Ordering::Relaxed);
         if idle_ms > 0 {
@@ -62,7 +64,7 @@ impl SharedCounters {
             policy.revoke_at_ms = Some(policy.revoke_at_ms.map_or(idle_at, |at| at.min(idle_at)));
         }
         if let Some(rate) = policy.rate.as_mut() {
-            share_rate(rate, self.header().rate_sharers.load(Ordering::Relaxed));
+            rate.share_among(self.header().rate_sharers.load(Ordering::Relaxed));
         }
         // A lease only grows within its period: read before the compare-and-swap, a stale one under-admits.
         let allowance = policy.quota.and_then(|q| self.allowance(cell, &q, now_ms));
@@ -77,8 +79,12 @@ impl SharedCounters {
             match cell.state.compare_exchange_weak(current, encode(&next), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     cell.total.fetch_add(1, Ordering::Relaxed);
+                    // A plain store, not a read-modify-write (a locked instruction on every admitted check):
+                    // two checks racing within the same microseconds may leave the earlier of their two
+                    // times, a few ms behind, until the key's next check. It only feeds `last_used_at_ms`
+                    // and the idle policy, counted in days.
                     if cell.last_used_ms.load(Ordering::Relaxed) < now_ms {
-                        cell.last_used_ms.fetch_max(now_ms, Ordering::Relaxed);
+                        cell.last_used_ms.store(now_ms, Ordering::Relaxed);
                     }
                     break decision;
                 }
@@ -87,10 +93,13 @@ impl SharedCounters {
         };
         count_day(cell, now_ms, decision.status);
         let abusive = decision.status == Status::RateLimitExceeded && self.count_abuse(cell, now_ms);
-        let mut key = key_ref(record);
-        // The window this host enforces (a fleet member's share), which the answer's RateLimit describes.
-        key.rate_window_ms = policy.rate.map(|r| r.window_ms);
-        Found::Key(Admission { decision, key, abusive })
+        Found::Key(Admission {
+            decision,
+            abusive,
+            record: r,
+            cell: cell_no,
+            rate_window_ms: policy.rate.map(|r| r.window_ms),
+        })
     }
 
     fn damaged(&self, why: &'static str) -> Found {
@@ -137,17 +146,6 @@ impl SharedCounters {
         let record = (r != u64::MAX).then(|| self.record(r))?;
         self.valid_record(record).ok()?;
         Some(tally_of(self.cell(record.cell)))
-    }
-}
-
-/// In fleet mode each of `hosts` live hosts enforces its share of a key's rate limit: the same interval
-/// times the number of hosts (so the fleet's sustained rate stays the limit) and a burst of
-/// `ceil(burst / hosts)` (so the fleet's burst is at most `burst + hosts - 1`).
-pub(super) fn share_rate(rate: &mut crate::gcra::RateLimit, hosts: u32) {
-    if hosts > 1 {
-        let n = i64::from(hosts.min(1024));
-        rate.window_ms = rate.window_ms.saturating_mul(n);
-        rate.burst = (rate.burst + n - 1) / n;
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::cell::{decode_day, tally_of, Cell};
 use super::layout::SIZE_CHECK_NS;
-use super::{monotonic_ns, Dirty, KeyRef, SharedCounters, Turn};
+use super::{monotonic_ns, Dirty, KeyView, SharedCounters, Turn};
 
 /// How long the time-stamp counter is watched against the clock before its rate is trusted.
 const CALIBRATION_NS: u64 = 200_000_000;
@@ -42,9 +42,9 @@ impl SharedCounters {
     }
 
     /// The counts of the key a check just matched, to write them at once (strict durability).
-    pub fn dirty_one(&self, key: &KeyRef) -> Dirty {
-        let cell = self.cell(key.cell);
-        dirty_of(cell, key.cell)
+    pub fn dirty_one(&self, key: &KeyView) -> Dirty {
+        let cell = self.cell(key.cell());
+        dirty_of(cell, key.cell())
     }
 
     /// Records that these counts are in the database.

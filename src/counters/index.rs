@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::carry::write_cell;
 use super::cell::encode;
-use super::{CellState, Full, KeyEntry, KeyRef, SharedCounters, Tally};
+use super::{Admission, CellState, Full, KeyEntry, KeyRef, KeyView, SharedCounters, Tally};
 use crate::gcra::RateLimit;
 use crate::key::KeyDigest;
 use crate::period::Period;
@@ -227,7 +227,7 @@ impl SharedCounters {
             return false;
         }
         let record = self.record(r);
-        let k = key_ref(record);
+        let k = KeyView { record, cell: record.cell, rate_window_ms: None };
         policy_of(record) == entry.policy
             && k.id() == entry.id
             && k.plan() == entry.plan.as_deref()
@@ -292,16 +292,59 @@ pub(super) fn policy_of(r: &Record) -> KeyPolicy {
     }
 }
 
-pub(super) fn key_ref(r: &Record) -> KeyRef {
-    let policy = policy_of(r);
-    KeyRef {
-        id: r.id,
-        id_len: r.id_len.min(MAX_ID_LEN as u8),
-        plan: r.plan,
-        plan_len: r.plan_len,
-        cell: r.cell,
-        quota_period: policy.quota.map(|q| q.period),
-        rate_window_ms: policy.rate.map(|r| r.window_ms),
+impl SharedCounters {
+    /// The key an admission matched, read in place; `admission` comes from this file's `admit`.
+    pub fn key_view(&self, admission: &Admission) -> KeyView<'_> {
+        KeyView {
+            record: self.record(admission.record),
+            cell: admission.cell,
+            rate_window_ms: admission.rate_window_ms,
+        }
+    }
+}
+
+/// An id or plan as text ("" when the file holds bytes that are not UTF-8: it may be hostile). Ids and
+/// plans are ASCII in practice, and checking that is cheaper than a full UTF-8 validation on every check.
+fn text(bytes: &[u8]) -> &str {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    } else {
+        std::str::from_utf8(bytes).unwrap_or("")
+    }
+}
+
+impl<'a> KeyView<'a> {
+    pub fn id(&self) -> &'a str {
+        let r = self.record;
+        text(&r.id[..(r.id_len as usize).min(MAX_ID_LEN)])
+    }
+    pub fn plan(&self) -> Option<&'a str> {
+        let r = self.record;
+        (r.plan_len != NO_PLAN).then(|| text(&r.plan[..(r.plan_len as usize).min(MAX_PLAN_LEN)]))
+    }
+    /// The quota period the check counted against; None: no quota.
+    pub fn quota_period(&self) -> Option<Period> {
+        policy_of(self.record).quota.map(|q| q.period)
+    }
+    /// The rate window the check enforced (this host's share in a fleet); None: no rate limit.
+    pub fn rate_window_ms(&self) -> Option<i64> {
+        self.rate_window_ms
+    }
+    pub(super) fn cell(&self) -> u64 {
+        self.cell
+    }
+    /// A copy that outlives the mapping.
+    pub fn to_key_ref(&self) -> KeyRef {
+        let r = self.record;
+        KeyRef {
+            id: r.id,
+            id_len: r.id_len.min(MAX_ID_LEN as u8),
+            plan: r.plan,
+            plan_len: if r.plan_len == NO_PLAN { NO_PLAN } else { r.plan_len.min(MAX_PLAN_LEN as u8) },
+            quota_period: self.quota_period(),
+            rate_window_ms: self.rate_window_ms,
+        }
     }
 }
 
@@ -353,5 +396,31 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(c.dirty().is_empty(), "its counts are never written under a row another key may get");
+    }
+
+    /// The C ABI reads a matched key's id and plan in place, after the check validated the record: what
+    /// another process writes there meanwhile is bounded again, and bytes that are not UTF-8 read as "".
+    #[test]
+    fn a_key_read_in_place_is_bounded_and_text_whatever_the_file_says_after_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = entry(1, None);
+        e.plan = Some("pro".into());
+        let (_, c) = built(&dir, std::slice::from_ref(&e));
+        let Found::Key(a) = c.admit(&e.digest, 1_800_000_000_000) else { panic!("not found") };
+        let view = c.key_view(&a);
+        assert_eq!((view.id(), view.plan()), (e.id.as_str(), Some("pro")));
+        assert_eq!(view.to_key_ref().id(), e.id);
+        let record = unsafe { &mut (*c.block(a.record)).record };
+        record.plan[..4].copy_from_slice("plä".as_bytes());
+        record.plan_len = 4;
+        assert_eq!(c.key_view(&a).plan(), Some("plä"), "UTF-8 beyond ASCII is read as it is");
+        record.id[0] = 0xff;
+        record.id_len = 200;
+        record.plan_len = 200;
+        let view = c.key_view(&a);
+        assert_eq!(view.id(), "", "not UTF-8: empty");
+        assert_eq!(view.plan().map(str::len), Some(MAX_PLAN_LEN), "a length past the field is bounded");
+        let copy = view.to_key_ref();
+        assert_eq!((copy.id(), copy.plan()), (view.id(), view.plan()));
     }
 }

@@ -110,7 +110,7 @@ impl SharedCounters {
         let quota = super::index::policy_of(record).quota?;
         let cell = self.cell(record.cell);
         let (start, end) = quota.period.bounds(now_ms);
-        let used = decode(cell.state.load(Ordering::Acquire)).used_in(&quota, now_ms);
+        let used = decode(cell.state.load(Ordering::Acquire)).used_in(start);
         let lease_of = |start_ms: i64| {
             (0..2).find_map(|i| {
                 unpack(cell.leases[i].load(Ordering::Acquire)).filter(|(d, _, _)| *d == start_ms.div_euclid(DAY_MS))
@@ -143,10 +143,10 @@ mod tests {
     #[test]
     fn a_shared_rate_keeps_the_fleets_rate_and_bounds_its_burst() {
         let mut rate = crate::gcra::RateLimit { limit: 600, window_ms: 60_000, burst: 100 };
-        super::super::cell::share_rate(&mut rate, 3);
+        rate.share_among(3);
         assert_eq!((rate.limit, rate.window_ms, rate.burst), (600, 180_000, 34), "200 a minute each, burst 34");
         let mut alone = crate::gcra::RateLimit { limit: 600, window_ms: 60_000, burst: 100 };
-        super::super::cell::share_rate(&mut alone, 1);
+        alone.share_among(1);
         assert_eq!(alone.window_ms, 60_000);
     }
 

@@ -93,23 +93,37 @@ pub struct Policies {
     pub fleet_leases: bool,
 }
 
-/// What a check of a known key found.
+/// What a check of a known key found. Small, so that it is cheap to return: the key's id and plan stay
+/// in the file, read in place through [`SharedCounters::key_view`].
 #[derive(Clone, Copy, Debug)]
 pub struct Admission {
     pub decision: Decision,
-    pub key: KeyRef,
     /// This refusal took the key over the abuse policy's limit: the store revokes it.
     pub abusive: bool,
+    /// The record the check applied (validated) and the cell it charged.
+    record: u64,
+    cell: u64,
+    /// The rate window this host enforces (a fleet member's share), which the answer's RateLimit describes.
+    rate_window_ms: Option<i64>,
 }
 
-/// The matched key's id and plan, copied out of the file without allocating.
+/// The key a check matched, read in place from its record in the mapping (records are immutable once
+/// published; every length is bounded again here, since the file may be hostile).
+#[derive(Clone, Copy)]
+pub struct KeyView<'a> {
+    record: &'a index::Record,
+    cell: u64,
+    rate_window_ms: Option<i64>,
+}
+
+/// The matched key's id and plan, copied out of the file without allocating: a [`KeyView`] that outlives
+/// the mapping.
 #[derive(Clone, Copy, Debug)]
 pub struct KeyRef {
     id: [u8; 48],
     id_len: u8,
     plan: [u8; 64],
     plan_len: u8,
-    cell: u64,
     /// The windows of the policy this check applied, for the answer's RateLimit fields.
     quota_period: Option<crate::period::Period>,
     rate_window_ms: Option<i64>,

@@ -58,7 +58,7 @@ pub unsafe extern "C" fn ms_auth_check(key: *const c_char, now_ms: i64) -> i32 {
             });
         };
         let key = (!key.is_null()).then(|| CStr::from_ptr(key).to_bytes());
-        Ok(store.check(key, now_ms)?.decision.status as i32)
+        store.check_with(key, now_ms, |decision, _| decision.status as i32)
     })
 }
 

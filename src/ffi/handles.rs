@@ -87,11 +87,12 @@ pub unsafe extern "C" fn ms_store_check(
 ) -> i32 {
     ffi_boundary(|| {
         let store = store_arg(store)?;
-        let checked = store.check(key_arg(key, key_len)?, now_ms)?;
-        if let Some(out) = out.as_mut() {
-            write_result(&checked, out);
-        }
-        Ok(checked.decision.status as i32)
+        store.check_with(key_arg(key, key_len)?, now_ms, |decision, key| {
+            if let Some(out) = out.as_mut() {
+                write_result(decision, key, out);
+            }
+            decision.status as i32
+        })
     })
 }
 
@@ -132,21 +133,22 @@ pub unsafe extern "C" fn ms_store_check_http(
         if fields.is_null() && fields_len > 0 {
             return Err(Error::invalid("fields is NULL but fields_len is not 0"));
         }
-        let checked = store.check(key_arg(key, key_len)?, now_ms)?;
-        let windows = checked.key.map_or(crate::headers::Windows::default(), |k| crate::headers::Windows {
-            quota: k.quota_period(),
-            rate_window_ms: k.rate_window_ms(),
-        });
-        let built = crate::headers::build(&checked.decision, windows, now_ms);
-        let text = built.as_str();
-        write_c(fields, fields_len, text);
-        if let Some(needed) = fields_needed.as_mut() {
-            *needed = text.len();
-        }
-        if let Some(out) = out.as_mut() {
-            write_result(&checked, out);
-        }
-        Ok(checked.decision.status as i32)
+        store.check_with(key_arg(key, key_len)?, now_ms, |decision, key| {
+            let windows = key.map_or(crate::headers::Windows::default(), |k| crate::headers::Windows {
+                quota: k.quota_period(),
+                rate_window_ms: k.rate_window_ms(),
+            });
+            let built = crate::headers::build(decision, windows, now_ms);
+            let text = built.as_str();
+            write_c(fields, fields_len, text);
+            if let Some(needed) = fields_needed.as_mut() {
+                *needed = text.len();
+            }
+            if let Some(out) = out.as_mut() {
+                write_result(decision, key, out);
+            }
+            decision.status as i32
+        })
     })
 }
 
@@ -161,8 +163,7 @@ unsafe fn key_arg<'a>(key: *const c_char, key_len: usize) -> Result<Option<&'a [
 
 /// Fills the caller's result in place, field by field, with exactly the bytes it always had (the string
 /// arrays zero past their text): no temporary of the whole struct copied over it.
-fn write_result(checked: &Checked, r: &mut ms_check_result) {
-    let d = &checked.decision;
+fn write_result(d: &Decision, key: Option<KeyView>, r: &mut ms_check_result) {
     r.status = d.status as i32;
     r.http_status = d.status.http();
     r.retry_after_ms = d.retry_after_ms;
@@ -174,7 +175,7 @@ fn write_result(checked: &Checked, r: &mut ms_check_result) {
     r.rate_reset_ms = d.rate_reset_ms;
     r.key_id = [0; 48];
     r.plan = [0; 64];
-    let (id, plan) = checked.key.as_ref().map_or(("", ""), |key| (key.id(), key.plan().unwrap_or("")));
+    let (id, plan) = key.map_or(("", ""), |key| (key.id(), key.plan().unwrap_or("")));
     copy_c(&mut r.key_id, id);
     copy_c(&mut r.plan, plan);
 }

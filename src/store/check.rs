@@ -11,7 +11,7 @@ use super::flush::write_counts;
 use super::options::Durability;
 use super::sync::{map_counters, map_counters_locked};
 use super::{Checked, Store};
-use crate::counters::{Found, SharedCounters, Turn};
+use crate::counters::{Found, KeyView, SharedCounters, Turn};
 use crate::error::{Error, Result};
 use crate::key::{self, Presented};
 use crate::policy::Decision;
@@ -23,15 +23,27 @@ impl Store {
     /// Touches no database and makes no system call unless a flush is due, and never waits for SQLite: a
     /// flush turn that cannot have the write lock at once is left to the next turn.
     pub fn check(&self, key: Option<&[u8]>, now_ms: i64) -> Result<Checked> {
+        self.check_with(key, now_ms, |decision, key| Checked { decision: *decision, key: key.map(|k| k.to_key_ref()) })
+    }
+
+    /// [`Store::check`], handing the decision and the matched key (read in place from the counters file)
+    /// to `answer` instead of copying them out: how the C ABI fills its result. `answer` runs only when
+    /// the check succeeds, once.
+    pub fn check_with<R>(
+        &self,
+        key: Option<&[u8]>,
+        now_ms: i64,
+        answer: impl FnOnce(&Decision, Option<KeyView<'_>>) -> R,
+    ) -> Result<R> {
         spec::check_time_ms("now_ms", now_ms)?;
         let candidate = match key::classify(key) {
             Presented::Missing => {
                 self.unmatched[0].fetch_add(1, Ordering::Relaxed);
-                return Ok(no_key(Status::ApiKeyMissing));
+                return Ok(answer(&Decision::without_key(Status::ApiKeyMissing), None));
             }
             Presented::Malformed => {
                 self.unmatched[1].fetch_add(1, Ordering::Relaxed);
-                return Ok(no_key(Status::ApiKeyInvalid));
+                return Ok(answer(&Decision::without_key(Status::ApiKeyInvalid), None));
             }
             Presented::Candidate(c) => c,
         };
@@ -54,7 +66,7 @@ impl Store {
                 Found::Key(admission) => break admission,
                 Found::Unknown => {
                     self.unmatched[1].fetch_add(1, Ordering::Relaxed);
-                    return Ok(no_key(Status::ApiKeyInvalid));
+                    return Ok(answer(&Decision::without_key(Status::ApiKeyInvalid), None));
                 }
                 Found::Moved if attempts < 8 => {
                     attempts += 1;
@@ -70,7 +82,8 @@ impl Store {
                 }
             }
         };
-        let (decision, key) = (admission.decision, admission.key);
+        let decision = &admission.decision;
+        let key = shared.key_view(&admission);
         if self.options.durability == Durability::Strict && decision.status == Status::Ok {
             // Strict durability is the caller's choice to wait for the database on every admitted check.
             let mut db = self.db()?;
@@ -78,11 +91,13 @@ impl Store {
                 Error::store(format!("cannot write the count to {}: {}", self.path.display(), e.message))
             })?;
         }
+        let answered = answer(decision, Some(key));
         if admission.abusive {
             // This refusal went over the abuse policy's limit. The key is being refused by its rate limit
             // anyway; its revocation is written now if the write lock is free, else at a later flush.
+            let id = key.id().to_string();
             drop(shared);
-            self.pending_abuse.lock().push((key.id().to_string(), now_ms));
+            self.pending_abuse.lock().push((id, now_ms));
             match self.quick_db() {
                 Ok(Some(mut db)) => {
                     if let Err(e) = self.revoke_pending_abuse(&mut db.conn) {
@@ -93,7 +108,7 @@ impl Store {
                 Err(e) => self.note_flush_failure(e),
             }
         }
-        Ok(Checked { decision, key: Some(key) })
+        Ok(answered)
     }
 
     /// For a check whose counters file was replaced (or found unusable): maps the one at the path. A
@@ -130,8 +145,4 @@ impl Store {
         self.shared.store(Arc::new(fresh));
         Ok(self.shared.load())
     }
-}
-
-fn no_key(status: Status) -> Checked {
-    Checked { decision: Decision::without_key(status), key: None }
 }
