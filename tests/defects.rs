@@ -210,7 +210,6 @@ fn an_uncommitted_revocation_left_by_a_dead_admin_is_undone_by_the_next_admin() 
         policy: KeyPolicy { revoked: true, revoke_at_ms: None, expires_at_ms: None, quota: None, rate: None },
         created_at_ms: NOW,
         tally: Tally::default(),
-        carry: None,
         shares_with: None,
     };
     file.upsert(&revoked).unwrap();

@@ -11,7 +11,8 @@
  * not hold), badsum (the generated shape with a wrong checksum), badprefix (a 44-byte key whose prefix is
  * neither ms_live_ nor ms_test_: an importable shape, so it is looked up like an unknown key), and with
  * LARGE_KEYS > 0: 1,000 and LARGE_KEYS keys with quota + rate limit, each check on a key drawn uniformly at
- * random (with the SHA-256 of the same random keys as their floor), the clock NOW plus the real time since mid-2025. */
+ * random (with the SHA-256 of the same random keys, sha256-1k and sha256-large, as their floors), the clock NOW plus
+ * the real time since mid-2025. */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/sha.h>
 #include <stdint.h>
@@ -113,10 +114,18 @@ static void run_check(struct ctx *c, long iters) {
     }
 }
 
+/* The next key of the random order. A server checks a key it has just read from the request, so the key's
+ * bytes are in cache: the key 16 places ahead is prefetched, or with 1,000,000 keys the bench's own table
+ * (24 MB) would add a cache miss per call that no server pays, to the check and to its SHA-256 floor. */
+static const char *next_key(struct ctx *c) {
+    __builtin_prefetch(c->keys + (size_t)c->order[(c->pos + 16) % c->order_len] * KEY_LEN);
+    return c->keys + (size_t)c->order[c->pos++ % c->order_len] * KEY_LEN;
+}
+
 static void run_sha_random(struct ctx *c, long iters) {
     unsigned char md[32];
     for (long i = 0; i < iters; i++) {
-        const char *k = c->keys + (size_t)c->order[c->pos++ % c->order_len] * KEY_LEN;
+        const char *k = next_key(c);
         SHA256_CTX h;
         SHA256_Init(&h);
         SHA256_Update(&h, k, 22);
@@ -133,7 +142,7 @@ static void run_check_random(struct ctx *c, long iters) {
     clock_gettime(CLOCK_REALTIME, &ts);
     int64_t base = NOW + ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 - 1750000000000LL);
     for (long i = 0; i < iters; i++) {
-        const char *k = c->keys + (size_t)c->order[c->pos++ % c->order_len] * KEY_LEN;
+        const char *k = next_key(c);
         int rc = ms_store_check(c->store, k, 22, base + i / 1000, &r);
         if (rc != MS_OK) die("random check");
         sink += (uint64_t)r.http_status;
@@ -250,7 +259,7 @@ int main(int argc, char **argv) {
     if (ms_store_check(store, badsum, strlen(badsum), NOW, &r) != MS_API_KEY_INVALID) die("bad checksum");
     if (ms_store_check(store, badprefix, strlen(badprefix), NOW, &r) != MS_API_KEY_INVALID) die("bad prefix");
 
-    struct bench_case cases[8];
+    struct bench_case cases[12];
     int n = 0;
     cases[n++] = (struct bench_case){"sha256", run_sha, {.key = hot, .key_len = strlen(hot)}, 0, NULL};
     cases[n++] = (struct bench_case){"hot", run_check, {store, hot, strlen(hot), 0, 0, 0, 0, 0}, 0, NULL};
@@ -273,7 +282,10 @@ int main(int argc, char **argv) {
         cases[n - 1].c = (struct ctx){NULL, NULL, 0, 0, keys, o1k, order_len, 0};
         cases[n++] = (struct bench_case){"random-1k", run_check_random, {0}, f1k, NULL};
         cases[n - 1].c = (struct ctx){s1k, NULL, 0, 0, keys, o1k, order_len, 0};
-        cases[n++] = (struct bench_case){"random-large", run_check_random, {0}, f1k, NULL};
+        int flarge = n;
+        cases[n++] = (struct bench_case){"sha256-large", run_sha_random, {0}, flarge, NULL};
+        cases[n - 1].c = (struct ctx){NULL, NULL, 0, 0, keys, o1m, order_len, 0};
+        cases[n++] = (struct bench_case){"random-large", run_check_random, {0}, flarge, NULL};
         cases[n - 1].c = (struct ctx){s1m, NULL, 0, 0, keys, o1m, order_len, 0};
         /* warm: touch every key once so that the first round does not pay for faults */
         cases[n - 1].run(&cases[n - 1].c, (long)order_len);
@@ -302,7 +314,7 @@ int main(int argc, char **argv) {
             cases[i].run(&cases[i].c, iters);
             cases[i].samples[round] = (now_ns() - t0) / (double)iters;
         }
-    double med[8];
+    double med[12];
     for (int i = 0; i < n; i++) {
         qsort(cases[i].samples, (size_t)rounds, sizeof(double), cmp_double);
         med[i] = cases[i].samples[rounds / 2];
@@ -311,7 +323,7 @@ int main(int argc, char **argv) {
            iters);
     for (int i = 0; i < n; i++) {
         printf("%-14s %10.1f %7.2fx", cases[i].name, med[i], med[i] / med[cases[i].floor]);
-        if (strcmp(cases[i].name, "random-large") == 0) printf("   %.2fx the 1,000-key check", med[i] / med[n - 2]);
+        if (strcmp(cases[i].name, "random-large") == 0) printf("   %.2fx the 1,000-key check", med[i] / med[n - 3]);
         printf("\n");
     }
 done:

@@ -4,15 +4,55 @@
 //! `read_cell` and `write_cell` copy a cell's whole state out and in (`upsert` also starts a new key's
 //! cell with `write_cell`).
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use super::cell::{decode, encode, field, Cell, DAY_FIELDS, FROZEN, USED_MASK};
 use super::flush::STALE;
 use super::index::RECORD_MASK;
-use super::{CellState, SharedCounters, Snapshot};
+use super::{CellState, KeyEntry, Policies, SharedCounters, Snapshot};
+use crate::error::Result;
 use crate::policy::Usage;
 
 impl SharedCounters {
+    /// Builds a larger file in place of `old` (see [`SharedCounters::build`]) that carries every cell's
+    /// whole state, then supersedes and freezes `old` and merges what checks charged to it meanwhile.
+    ///
+    /// The state is read from `old` as late as possible: after the new file's index and records are
+    /// written (the long part), just before the rename. Until `old` is superseded, checks in other
+    /// processes still charge it; if this process dies in that window (a kill -9 mid-growth), nobody
+    /// merges those counts and they are lost, so the window is kept to one pass over the cells.
+    pub fn grow(
+        old: &SharedCounters,
+        path: &Path,
+        entries: &[KeyEntry],
+        room: usize,
+        generation: i64,
+        policies: &Policies,
+        owner_of: &Path,
+    ) -> Result<SharedCounters> {
+        let mut before = Snapshot::default();
+        let built = Self::build_with(path, entries, room, generation, policies, owner_of, |new| {
+            before = old.snapshot();
+            new.carry_cells(entries, &before);
+        })?;
+        // From here on no check can charge the old file: it maps the new one instead.
+        old.supersede();
+        old.freeze();
+        old.carry_late_counts(&before, &built);
+        Ok(built)
+    }
+
+    /// Gives each entry's cell the state its cell had in the file being replaced. Only before the file
+    /// is put in place, when no reader can reach it.
+    fn carry_cells(&self, entries: &[KeyEntry], before: &Snapshot) {
+        for entry in entries {
+            let Some(state) = before.cell_of(&entry.digest) else { continue };
+            let Some((_, _, r)) = self.find(&entry.digest) else { continue };
+            write_cell(self.cell(self.record(r).cell), &state);
+        }
+    }
+
     /// Every counter cell's whole state and the keys that count in each (a rotated key and its successor
     /// share one), to carry them into a rebuilt file. Only records reached through the index and found
     /// valid are read: the file may be damaged.
@@ -189,10 +229,9 @@ mod tests {
         let mut usage = decode(cell.state.load(Ordering::Acquire));
         usage.used += 1;
         cell.state.store(encode(&usage), Ordering::Release);
-        let mut carried = e.clone();
-        carried.carry = before.cell_of(&e.digest);
         let dir2 = tempfile::tempdir().unwrap();
-        let (_, new) = built(&dir2, &[carried]);
+        let (_, new) = built(&dir2, std::slice::from_ref(&e));
+        new.carry_cells(std::slice::from_ref(&e), &before);
         old.supersede();
         old.freeze();
         old.carry_late_counts(&before, &new);

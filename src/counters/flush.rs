@@ -59,7 +59,8 @@ impl SharedCounters {
 
     /// Claims the next flush for this process if it is due. A claimant that dies leaves the claim to
     /// expire after one interval. Also, at most every 100 ms per process, checks that nobody truncated the
-    /// file: touching a page past its end would kill the process with SIGBUS.
+    /// file (touching a page past its end would kill the process with SIGBUS) and that it is still the
+    /// file at the path (see `abandoned`).
     ///
     /// Reading CLOCK_MONOTONIC costs more than the rest of a check's bookkeeping, and on most checks
     /// neither of the two is due: after each read, the process knows how long until the earlier of them
@@ -79,7 +80,7 @@ impl SharedCounters {
         if now >= next_size_check {
             next_size_check = now + SIZE_CHECK_NS;
             self.next_size_check_ns.store(next_size_check, Ordering::Relaxed);
-            if self.truncated() {
+            if self.truncated() || self.abandoned() {
                 return Turn::Unusable;
             }
         }
@@ -183,7 +184,8 @@ fn dirty_of(cell: &Cell, c: u64) -> Dirty {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{built, entry};
-    use super::super::{Found, KeyEntry};
+    use super::super::{Found, KeyEntry, Turn};
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn flushes_on_the_check_path_take_turns_over_a_large_file() {
@@ -264,5 +266,28 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(101));
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
         assert_eq!(c.claim_flush(3_600_000_000_000), Turn::Unusable);
+    }
+
+    /// A process that put a larger file in place and died before superseding the old one (a kill -9
+    /// mid-growth) left the old file looking current: every other process notices within one size check
+    /// that the path names another file, and gives the old mapping up; so does a deleted file.
+    #[test]
+    fn a_file_no_longer_at_its_path_is_given_up_at_the_next_size_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = entry(1, None);
+        let (path, old) = built(&dir, std::slice::from_ref(&e));
+        assert_eq!(old.claim_flush(1_000_000_000), Turn::Claimed);
+        let (_, replacement) = built(&dir, std::slice::from_ref(&e));
+        assert!(!old.is_superseded(), "nobody superseded it");
+        old.next_size_check_ns.store(0, Ordering::Relaxed);
+        old.clock_gate.open_at.store(0, Ordering::Relaxed);
+        assert_eq!(old.claim_flush(1_000_000_000), Turn::Unusable);
+        assert!(old.is_superseded(), "given up for good in this process");
+        assert_eq!(replacement.claim_flush(1_000_000_000), Turn::Claimed, "the file in place is used");
+
+        std::fs::remove_file(&path).unwrap();
+        replacement.next_size_check_ns.store(0, Ordering::Relaxed);
+        replacement.clock_gate.open_at.store(0, Ordering::Relaxed);
+        assert_eq!(replacement.claim_flush(1_000_000_000), Turn::Unusable, "deleted: given up too");
     }
 }

@@ -122,7 +122,6 @@ impl SharedCounters {
             policy: KeyPolicy { revoked: true, revoke_at_ms: None, expires_at_ms: None, quota: None, rate: None },
             created_at_ms: record.created_at_ms,
             tally: Tally::default(),
-            carry: None,
             shares_with: None,
         };
         let cell = record.cell;
@@ -194,7 +193,7 @@ impl SharedCounters {
                 }
                 let cell = self.cell(b);
                 let t = &entry.tally;
-                let start = entry.carry.unwrap_or(CellState {
+                let start = CellState {
                     state: encode(&t.usage),
                     total: t.total as u64,
                     last_used_ms: t.last_used_at_ms.unwrap_or(0),
@@ -202,7 +201,7 @@ impl SharedCounters {
                     days: [0; 2],
                     flushed_days: [0; 2],
                     leases: [0; 2],
-                });
+                };
                 write_cell(cell, &start);
                 cell.row.store(entry.row, Ordering::Relaxed);
                 h.cells_used.store(c + 1, Ordering::Release);

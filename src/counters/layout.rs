@@ -12,7 +12,7 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use super::cell::Cell;
 use super::index::{Record, RECORD_MASK};
-use super::{Full, KeyEntry, SharedCounters};
+use super::{Full, KeyEntry, Policies, SharedCounters};
 use crate::error::{Error, Result};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"MSAUTHC1");
@@ -204,8 +204,7 @@ impl SharedCounters {
     }
 
     /// Builds a new file with room for `entries` (and growth), then puts it in place of `path` in one
-    /// rename, so other processes see either the old file or the complete new one.
-    /// Entries with a `carry` take the whole state of their cell from the file this one replaces.
+    /// rename, so other processes see either the old file or the complete new one, with `policies`.
     /// `room`: how many keys to size it for (at least the entries); `owner_of`: the database file, whose
     /// owner and group the new file takes (so workers that dropped root can open what root built).
     pub fn build(
@@ -213,7 +212,22 @@ impl SharedCounters {
         entries: &[KeyEntry],
         room: usize,
         generation: i64,
+        policies: &Policies,
         owner_of: &Path,
+    ) -> Result<SharedCounters> {
+        Self::build_with(path, entries, room, generation, policies, owner_of, |_| {})
+    }
+
+    /// [`SharedCounters::build`], calling `fill` on the complete file just before it is put in place (when
+    /// no other process can see it yet).
+    pub(super) fn build_with(
+        path: &Path,
+        entries: &[KeyEntry],
+        room: usize,
+        generation: i64,
+        policies: &Policies,
+        owner_of: &Path,
+        fill: impl FnOnce(&SharedCounters),
     ) -> Result<SharedCounters> {
         let g = Layout::for_keys(room.max(entries.len()) as u64);
         let boot = boot_id()?;
@@ -264,6 +278,8 @@ impl SharedCounters {
             for entry in entries {
                 counters.upsert(entry).map_err(|Full| Error::internal("a new counters file is too small"))?;
             }
+            counters.set_policies(policies);
+            fill(&counters);
             counters.header().state.store(READY, Ordering::Release);
             std::fs::rename(&tmp, path).map_err(|e| io_error("cannot put counters file in place", path, e))?;
             Ok(counters)
@@ -331,6 +347,21 @@ impl SharedCounters {
             self.unusable.store(true, Ordering::Relaxed);
         }
         short
+    }
+
+    /// True (and this mapping given up) when the path names another file, or none, although this one
+    /// was never superseded: the process that put a larger file in its place died before superseding it
+    /// (or someone deleted it). Without this, processes would keep charging a file no one else sees, and
+    /// a quota would be counted in two places. A path that cannot be looked at (EACCES) proves nothing.
+    pub(super) fn abandoned(&self) -> bool {
+        let gone = match std::fs::symlink_metadata(&self.path) {
+            Ok(m) => m.ino() != self.inode,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
+        if gone && !self.is_superseded() {
+            self.unusable.store(true, Ordering::Relaxed);
+        }
+        gone
     }
 
     /// True when the file at the path is no longer the one mapped (deleted or replaced).

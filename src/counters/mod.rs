@@ -63,8 +63,6 @@ pub struct KeyEntry {
     pub created_at_ms: i64,
     /// Counts to start from when the key is new to this file.
     pub tally: Tally,
-    /// The whole counter state carried from the file this one replaces (wins over `tally`).
-    pub carry: Option<CellState>,
     /// The key whose counters this one shares (a rotated key's successor counts with it).
     pub shares_with: Option<KeyDigest>,
 }
@@ -200,7 +198,8 @@ pub struct SharedCounters {
     inode: u64,
     file: File,
     /// Set in this process once the file was found shorter than its layout (truncated by someone): from
-    /// then on nothing of the mapping is touched, since a page past the end would raise SIGBUS.
+    /// then on nothing of the mapping is touched, since a page past the end would raise SIGBUS. Also set
+    /// once the file was found abandoned (no longer at the path, never superseded).
     unusable: AtomicBool,
     /// When (CLOCK_MONOTONIC) this process next compares the file's size with its layout.
     next_size_check_ns: AtomicU64,
@@ -266,7 +265,6 @@ mod testing {
             policy: KeyPolicy { revoked: false, revoke_at_ms: None, expires_at_ms: None, quota: None, rate: None },
             created_at_ms: 1_800_000_000_000,
             tally: Tally::default(),
-            carry: None,
             shares_with,
         }
     }
@@ -275,7 +273,7 @@ mod testing {
         let path = dir.path().join("c");
         let db = dir.path().join("db");
         std::fs::write(&db, b"").unwrap();
-        let c = SharedCounters::build(&path, entries, entries.len(), 1, &db).unwrap();
+        let c = SharedCounters::build(&path, entries, entries.len(), 1, &Policies::default(), &db).unwrap();
         (path, c)
     }
 }

@@ -60,7 +60,6 @@ pub(super) fn load_entries(conn: &Connection, which: Keys) -> Result<Vec<KeyEntr
             },
             created_at_ms: row.get(17)?,
             tally: stored_tally(row, 11)?,
-            carry: None,
             shares_with: row.get::<_, Option<Vec<u8>>>(18)?.map(|_| digest_of(row, 18)).transpose()?,
         });
     }

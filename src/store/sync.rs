@@ -159,7 +159,7 @@ pub(super) fn map_counters_locked(
     if existing.as_ref().is_some_and(|e| e.generation() == generation) {
         return Ok(existing.expect("checked above"));
     }
-    let mut entries = load_entries(tx, Keys::All)?;
+    let entries = load_entries(tx, Keys::All)?;
     if let Some(e) = &existing {
         // An existing file that still has room is brought up to date in place.
         e.set_policies(&load_policies(tx)?);
@@ -167,24 +167,14 @@ pub(super) fn map_counters_locked(
             return Ok(existing.expect("checked above"));
         }
     }
-    let grow_from = grow_from.or(existing.as_ref());
-    // Each cell's whole state is carried, under every key that counts in it (a rotated key and its
-    // successor share one): the database may lack what the file counted since its last flush.
-    let before = grow_from.map(|old| old.snapshot()).unwrap_or_default();
-    for entry in &mut entries {
-        entry.carry = before.cell_of(&entry.digest);
+    let policies = load_policies(tx)?;
+    match grow_from.or(existing.as_ref()) {
+        // Each cell's whole state is carried, under every key that counts in it (a rotated key and its
+        // successor share one): the database may lack what the file counted since its last flush. More
+        // room than the keys need now, so that growing is rare.
+        Some(old) => SharedCounters::grow(old, path, &entries, entries.len() * 2, generation, &policies, db_path),
+        None => SharedCounters::build(path, &entries, entries.len(), generation, &policies, db_path),
     }
-    // More room than the keys need now, so that growing is rare.
-    let room = if grow_from.is_some() { entries.len() * 2 } else { entries.len() };
-    let built = SharedCounters::build(path, &entries, room, generation, db_path)?;
-    built.set_policies(&load_policies(tx)?);
-    if let Some(old) = grow_from {
-        // From here on no check can charge the old file: it maps the new one instead.
-        old.supersede();
-        old.freeze();
-        old.carry_late_counts(&before, &built);
-    }
-    Ok(built)
 }
 
 /// Brings the file's keys in line with the database: keys whose policy differs are rewritten, keys the
