@@ -4,13 +4,13 @@
 //! `read_cell` and `write_cell` copy a cell's whole state out and in (`upsert` also starts a new key's
 //! cell with `write_cell`).
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use super::cell::{decode, encode, field, Cell, DAY_FIELDS, FROZEN, USED_MASK};
 use super::flush::STALE;
 use super::index::RECORD_MASK;
-use super::{CellState, KeyEntry, Policies, SharedCounters, Snapshot};
+use super::layout::Build;
+use super::{CellState, KeyEntry, SharedCounters, Snapshot};
 use crate::error::Result;
 use crate::policy::Usage;
 
@@ -22,19 +22,11 @@ impl SharedCounters {
     /// written (the long part), just before the rename. Until `old` is superseded, checks in other
     /// processes still charge it; if this process dies in that window (a kill -9 mid-growth), nobody
     /// merges those counts and they are lost, so the window is kept to one pass over the cells.
-    pub fn grow(
-        old: &SharedCounters,
-        path: &Path,
-        entries: &[KeyEntry],
-        room: usize,
-        generation: i64,
-        policies: &Policies,
-        owner_of: &Path,
-    ) -> Result<SharedCounters> {
+    pub fn grow(old: &SharedCounters, plan: &Build) -> Result<SharedCounters> {
         let mut before = Snapshot::default();
-        let built = Self::build_with(path, entries, room, generation, policies, owner_of, |new| {
+        let built = Self::build_with(plan, |new| {
             before = old.snapshot();
-            new.carry_cells(entries, &before);
+            new.carry_cells(plan.entries, &before);
         })?;
         // From here on no check can charge the old file: it maps the new one instead.
         old.supersede();

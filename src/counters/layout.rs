@@ -77,6 +77,19 @@ pub(super) struct Layout {
     file_len: u64,
 }
 
+/// What a new counters file holds: its keys (with room for `room`, at least the entries), the database
+/// generation it reflects, the store-wide policies; `owner_of` is the database file, whose owner and group
+/// the new file takes (so workers that dropped root can open what root built).
+#[derive(Clone, Copy)]
+pub struct Build<'a> {
+    pub path: &'a Path,
+    pub entries: &'a [KeyEntry],
+    pub room: usize,
+    pub generation: i64,
+    pub policies: &'a Policies,
+    pub owner_of: &'a Path,
+}
+
 /// How often each process checks that the counters file was not truncated under its mapping.
 pub(super) const SIZE_CHECK_NS: u64 = 100_000_000;
 
@@ -203,32 +216,16 @@ impl SharedCounters {
         Ok(Some(SharedCounters::new(map, layout, path, meta.ino(), file)))
     }
 
-    /// Builds a new file with room for `entries` (and growth), then puts it in place of `path` in one
-    /// rename, so other processes see either the old file or the complete new one, with `policies`.
-    /// `room`: how many keys to size it for (at least the entries); `owner_of`: the database file, whose
-    /// owner and group the new file takes (so workers that dropped root can open what root built).
-    pub fn build(
-        path: &Path,
-        entries: &[KeyEntry],
-        room: usize,
-        generation: i64,
-        policies: &Policies,
-        owner_of: &Path,
-    ) -> Result<SharedCounters> {
-        Self::build_with(path, entries, room, generation, policies, owner_of, |_| {})
+    /// Builds a new file as `plan` says, then puts it in place of `plan.path` in one rename, so other
+    /// processes see either the old file or the complete new one.
+    pub fn build(plan: &Build) -> Result<SharedCounters> {
+        Self::build_with(plan, |_| {})
     }
 
     /// [`SharedCounters::build`], calling `fill` on the complete file just before it is put in place (when
     /// no other process can see it yet).
-    pub(super) fn build_with(
-        path: &Path,
-        entries: &[KeyEntry],
-        room: usize,
-        generation: i64,
-        policies: &Policies,
-        owner_of: &Path,
-        fill: impl FnOnce(&SharedCounters),
-    ) -> Result<SharedCounters> {
+    pub(super) fn build_with(plan: &Build, fill: impl FnOnce(&SharedCounters)) -> Result<SharedCounters> {
+        let Build { path, entries, room, generation, policies, owner_of } = *plan;
         let g = Layout::for_keys(room.max(entries.len()) as u64);
         let boot = boot_id()?;
         remove_stale_builds(path);

@@ -41,6 +41,7 @@ mod lease;
 
 use index::NO_PLAN;
 pub use index::{MAX_ID_LEN, MAX_PLAN_LEN};
+pub use layout::Build;
 use layout::Layout;
 pub use lease::QuotaCell;
 
@@ -273,7 +274,15 @@ mod testing {
         let path = dir.path().join("c");
         let db = dir.path().join("db");
         std::fs::write(&db, b"").unwrap();
-        let c = SharedCounters::build(&path, entries, entries.len(), 1, &Policies::default(), &db).unwrap();
+        let plan = Build {
+            path: &path,
+            entries,
+            room: entries.len(),
+            generation: 1,
+            policies: &Policies::default(),
+            owner_of: &db,
+        };
+        let c = SharedCounters::build(&plan).unwrap();
         (path, c)
     }
 }

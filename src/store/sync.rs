@@ -10,7 +10,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use super::policies::load_policies;
 use super::rows::{load_entries, Keys};
 use super::Store;
-use crate::counters::{KeyEntry, SharedCounters};
+use crate::counters::{Build, KeyEntry, SharedCounters};
 use crate::error::{Error, Result};
 use crate::key::KeyDigest;
 
@@ -168,12 +168,14 @@ pub(super) fn map_counters_locked(
         }
     }
     let policies = load_policies(tx)?;
+    let plan =
+        Build { path, entries: &entries, room: entries.len(), generation, policies: &policies, owner_of: db_path };
     match grow_from.or(existing.as_ref()) {
         // Each cell's whole state is carried, under every key that counts in it (a rotated key and its
         // successor share one): the database may lack what the file counted since its last flush. More
         // room than the keys need now, so that growing is rare.
-        Some(old) => SharedCounters::grow(old, path, &entries, entries.len() * 2, generation, &policies, db_path),
-        None => SharedCounters::build(path, &entries, entries.len(), generation, &policies, db_path),
+        Some(old) => SharedCounters::grow(old, &Build { room: entries.len() * 2, ..plan }),
+        None => SharedCounters::build(&plan),
     }
 }
 
