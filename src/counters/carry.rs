@@ -16,21 +16,25 @@ use crate::policy::Usage;
 
 impl SharedCounters {
     /// Builds a larger file in place of `old` (see [`SharedCounters::build`]) that carries every cell's
-    /// whole state, then supersedes and freezes `old` and merges what checks charged to it meanwhile.
+    /// whole state exactly.
     ///
-    /// The state is read from `old` as late as possible: after the new file's index and records are
-    /// written (the long part), just before the rename. Until `old` is superseded, checks in other
-    /// processes still charge it; if this process dies in that window (a kill -9 mid-growth), nobody
-    /// merges those counts and they are lost, so the window is kept to one pass over the cells.
+    /// The new file's index and records are written first (the long part) while `old` is in use. Then
+    /// `old` is superseded and frozen: from there on checks on it answer Moved and wait for the new file
+    /// (see `Store::check_with`), so nothing is charged twice and nothing after the snapshot is lost,
+    /// and no check on the new file is decided on counts that miss some. The cells are copied in one
+    /// pass and the file put in place. If this process dies after the freeze, the frozen file at the
+    /// path is final, and the next process to take the write lock builds from it
+    /// ([`SharedCounters::open_superseded`]): a growth loses no count whenever it is interrupted.
     pub fn grow(old: &SharedCounters, plan: &Build) -> Result<SharedCounters> {
         let mut before = Snapshot::default();
         let built = Self::build_with(plan, |new| {
+            old.supersede();
+            old.freeze();
             before = old.snapshot();
             new.carry_cells(plan.entries, &before);
         })?;
-        // From here on no check can charge the old file: it maps the new one instead.
-        old.supersede();
-        old.freeze();
+        // A check whose compare-and-swap landed just before the freeze may bump its statistics (total,
+        // day counts) after the snapshot: those are carried now.
         old.carry_late_counts(&before, &built);
         Ok(built)
     }
@@ -190,7 +194,7 @@ fn merge_late(cell: &Cell, then: &CellState, now: &CellState) {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{built, entry};
-    use super::super::Found;
+    use super::super::{Found, Policies};
     use super::*;
     use crate::period::Period;
     use crate::policy::Quota;
@@ -238,5 +242,32 @@ mod tests {
         c.supersede();
         c.freeze();
         assert!(matches!(c.admit(&e.digest, 1_800_000_000_000), Found::Moved));
+    }
+
+    /// A growth whose process died after freezing the old file and before putting the new one in place
+    /// leaves the frozen file at the path: it is found as such and grown from, every count carried.
+    #[test]
+    fn a_growth_that_died_after_the_freeze_is_finished_from_the_frozen_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = entry(1, None);
+        e.policy.quota = Some(Quota { limit: 10, period: Period::Daily });
+        let (path, old) = built(&dir, std::slice::from_ref(&e));
+        let now = 1_800_000_000_000;
+        for _ in 0..3 {
+            assert!(matches!(old.admit(&e.digest, now), Found::Key(_)));
+        }
+        old.supersede();
+        old.freeze(); // ... and the process growing it dies here.
+        assert!(SharedCounters::open_existing(&path).unwrap().is_none(), "no usable file at the path");
+        let frozen = SharedCounters::open_superseded(&path).unwrap().expect("the frozen file is found");
+        let db = dir.path().join("db");
+        let policies = Policies::default();
+        let entries = std::slice::from_ref(&e);
+        let plan = Build { path: &path, entries, room: 2, generation: 1, policies: &policies, owner_of: &db };
+        let grown = SharedCounters::grow(&frozen, &plan).unwrap();
+        let t = grown.tally(&e.digest).unwrap();
+        assert_eq!((t.usage.used, t.total), (3, 3), "every count carried");
+        assert!(SharedCounters::open_existing(&path).unwrap().is_some());
+        assert!(matches!(grown.admit(&e.digest, now), Found::Key(a) if a.decision.quota_remaining == 6));
     }
 }

@@ -161,6 +161,17 @@ impl SharedCounters {
     /// Maps the file at `path` if it is a complete counters file of this boot; `None` when it is missing,
     /// damaged, from an older boot or layout, or superseded (the caller then rebuilds it).
     pub fn open_existing(path: &Path) -> Result<Option<SharedCounters>> {
+        Self::open_in_state(path, READY)
+    }
+
+    /// A file at the path that was superseded but never replaced: a process growing it died between
+    /// freezing it and putting the larger one in place. Its counters are frozen, so its counts are final
+    /// and a rebuild carries them (see [`SharedCounters::grow`]). Same checks as `open_existing`.
+    pub fn open_superseded(path: &Path) -> Result<Option<SharedCounters>> {
+        Self::open_in_state(path, SUPERSEDED)
+    }
+
+    fn open_in_state(path: &Path, state: u32) -> Result<Option<SharedCounters>> {
         // Never through a symbolic link (as SQLite opens its files): a planted link is replaced by a rebuild.
         let file = match OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(path) {
             Ok(f) => f,
@@ -198,7 +209,7 @@ impl SharedCounters {
             && h.checksum == checksum(h)
             && h.boot_id == boot
             && h.file_len == meta.len()
-            && h.state.load(Ordering::Acquire) == READY
+            && h.state.load(Ordering::Acquire) == state
             && fits() == Some(true)
             && h.cells_used.load(Ordering::Acquire) <= h.max_cells
             && h.blocks_used.load(Ordering::Acquire) <= h.max_blocks;

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rusqlite::TransactionBehavior;
 
@@ -113,24 +114,39 @@ impl Store {
 
     /// For a check whose counters file was replaced (or found unusable): maps the one at the path. A
     /// complete file is used as it is (a flush brings it in line with the database if it is behind); only
-    /// building a new one needs the write lock, and a check does not wait for it.
+    /// building a new one needs the write lock. While another process holds it, that process is growing
+    /// or rebuilding the file (the old one frozen, the new one not yet in place): the check waits for the
+    /// new file, up to the busy timeout, rather than decide on counts that are not final. This is the one
+    /// wait on the check path, and it lasts one pass over the cells of a growing file.
     fn remap_for_check(&self) -> Result<arc_swap::Guard<Arc<SharedCounters>>> {
-        let fresh = match SharedCounters::open_existing(&self.counters_path)? {
-            Some(existing) => existing,
-            None => {
-                let busy = || Error::store("the counters file is being rebuilt by another caller; try again");
-                let mut db = self.quick_db()?.ok_or_else(busy)?;
-                let tx = db.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| match e {
-                    rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => busy(),
-                    other => other.into(),
-                })?;
-                let mapped = map_counters_locked(&tx, &self.path, &self.counters_path, None)?;
-                tx.commit()?;
-                mapped
+        let deadline = Instant::now() + self.options.busy_timeout;
+        let fresh = loop {
+            if let Some(existing) = SharedCounters::open_existing(&self.counters_path)? {
+                break existing;
+            }
+            match self.rebuild_for_check()? {
+                Some(built) => break built,
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(200)),
+                None => return Err(Error::store("the counters file is being rebuilt by another caller; try again")),
             }
         };
         self.shared.store(Arc::new(fresh));
         Ok(self.shared.load())
+    }
+
+    /// Builds the counters file if the write lock is free at once; `None` when another caller holds it.
+    fn rebuild_for_check(&self) -> Result<Option<SharedCounters>> {
+        let Some(mut db) = self.quick_db()? else { return Ok(None) };
+        let tx = match db.conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DatabaseBusy => {
+                return Ok(None)
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let mapped = map_counters_locked(&tx, &self.path, &self.counters_path, None)?;
+        tx.commit()?;
+        Ok(Some(mapped))
     }
 
     /// The current counters file, for admin calls and explicit flushes (which may wait for the lock).

@@ -167,10 +167,15 @@ pub(super) fn map_counters_locked(
             return Ok(existing.expect("checked above"));
         }
     }
+    // A frozen file left at the path by a growth that died midway holds the final counts: carry them.
+    let abandoned = match grow_from.or(existing.as_ref()) {
+        None => SharedCounters::open_superseded(path)?,
+        Some(_) => None,
+    };
     let policies = load_policies(tx)?;
     let plan =
         Build { path, entries: &entries, room: entries.len(), generation, policies: &policies, owner_of: db_path };
-    match grow_from.or(existing.as_ref()) {
+    match grow_from.or(existing.as_ref()).or(abandoned.as_ref()) {
         // Each cell's whole state is carried, under every key that counts in it (a rotated key and its
         // successor share one): the database may lack what the file counted since its last flush. More
         // room than the keys need now, so that growing is rare.
