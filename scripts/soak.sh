@@ -22,7 +22,7 @@ cargo build --release --quiet
 dir=$(mktemp -d)
 # The program lives with this run's files, so a concurrent build cannot replace it under the run.
 soak=$dir/soak
-gcc -std=c11 -O2 -Wall -Wextra -Werror -I"$root/include" tests/soak/soak.c target/release/libms_auth.a \
+gcc -std=c11 -O2 -Wall -Wextra -Werror -I"$root/include" -I"$root/tests/c" tests/soak/soak.c target/release/libms_auth.a \
     -lpthread -ldl -lm -o "$soak"
 pids=()
 cleanup() {

@@ -160,6 +160,25 @@ fn child() {
                 Err(e) => report(&format!("{:?}: {}", e.status, e.message)),
             }
         }
+        // As "small-disk", then opens again at once, with room again at once, and a second later.
+        "small-disk-retry" => {
+            let set_limit = |bytes: libc::rlim_t| unsafe {
+                let limit = libc::rlimit { rlim_cur: bytes, rlim_max: libc::RLIM_INFINITY };
+                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+            };
+            unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+            set_limit(1 << 20);
+            let open = || match Store::open(&db) {
+                Ok(_) => report("opened"),
+                Err(e) => report(&e.message),
+            };
+            open();
+            open();
+            set_limit(libc::RLIM_INFINITY);
+            open();
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            open();
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -380,6 +399,20 @@ fn a_disk_too_small_for_the_counters_file_is_a_store_error_not_a_crash() {
     std::fs::remove_file(ms_auth::counters::path_for(&db)).unwrap();
     let lines = results(spawn("small-disk", &db, &key, &[]));
     assert!(lines[0].starts_with("ErrStore: ") && lines[0].contains("cannot allocate counters file"), "{lines:?}");
+}
+
+#[test]
+fn a_failed_allocation_of_the_counters_file_is_tried_again_at_most_once_a_second() {
+    // A flush turn that needs a larger file comes up to ten times a second: on a full disk, each would
+    // create a file, fill the last free blocks and delete it again.
+    let (_dir, db, key, _) = fresh("{}");
+    std::fs::remove_file(ms_auth::counters::path_for(&db)).unwrap();
+    let lines = results(spawn("small-disk-retry", &db, &key, &[]));
+    let (tried, not_tried) = ("cannot allocate counters file", "tried again at most once a second");
+    assert!(lines[0].contains(tried) && !lines[0].contains(not_tried), "{lines:?}");
+    assert!(lines[1].contains(tried) && lines[1].contains(not_tried), "{lines:?}");
+    assert!(lines[2].contains(not_tried), "room again, but within the second: {lines:?}");
+    assert_eq!(lines[3], "opened", "{lines:?}");
 }
 
 #[test]

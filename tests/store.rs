@@ -188,6 +188,47 @@ fn quota_and_rate_are_charged_together_under_contention() {
     assert_eq!((later.status, later.quota_remaining), (Status::Ok, 49));
 }
 
+/// The counters file replaced by a larger one (growth: the new file mapped, the old one superseded) while
+/// other threads check through a handle that must move to it; written for ThreadSanitizer
+/// (`scripts/sanitize.sh tsan`), which sees only races that a test makes happen. Every check decides,
+/// and every admission is counted.
+#[test]
+fn threads_keep_deciding_while_the_counters_file_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.db");
+    let admin = Store::open(&path).unwrap();
+    let server = Arc::new(Store::open(&path).unwrap());
+    let k = admin
+        .create_key(&spec(r#"{"quota": {"limit": 1000000000, "period": "daily"}, "rate_limit": null}"#), NOW)
+        .unwrap();
+    let counters = ms_auth::counters::path_for(&path);
+    let len_before = std::fs::metadata(&counters).unwrap().len();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (server, key, stop) = (server.clone(), k.key.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut admitted = 0i64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert_eq!(status(&server, &key, NOW), Status::Ok);
+                    admitted += 1;
+                }
+                admitted
+            })
+        })
+        .collect();
+    // The first file has room for 4096 keys: go past it.
+    for _ in 0..4500 {
+        admin.create_key(&spec(r#"{"rate_limit": null}"#), NOW).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let admitted: i64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(std::fs::metadata(&counters).unwrap().len() > len_before, "the file grew");
+    assert_eq!(status(&server, &k.key, NOW), Status::Ok, "the server's handle moved to the grown file");
+    server.flush().unwrap();
+    assert_eq!(admin.get_key(&k.record.id).unwrap().usage.total, admitted + 1);
+}
+
 #[test]
 fn a_change_made_through_another_handle_is_in_force_on_the_next_check() {
     let dir = tempfile::tempdir().unwrap();

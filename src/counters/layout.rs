@@ -21,6 +21,15 @@ const READY: u32 = 1;
 const SUPERSEDED: u32 = 2;
 const HEADER_LEN: u64 = 4096;
 
+/// After the blocks of a new counters file could not be allocated (a full disk), no file is built at that
+/// path in this process for this long: the flush turn that needs the larger file comes up to ten times a
+/// second in every process, and each try would create a file, fill the disk's last free blocks and delete
+/// it again.
+const ALLOCATION_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The path, instant and message of this process's last failed allocation.
+static ALLOCATION_FAILED: std::sync::Mutex<Option<(PathBuf, std::time::Instant, String)>> = std::sync::Mutex::new(None);
+
 #[repr(C)]
 pub(super) struct Header {
     magic: u64,
@@ -238,6 +247,11 @@ impl SharedCounters {
     pub(super) fn build_with(plan: &Build, fill: impl FnOnce(&SharedCounters)) -> Result<SharedCounters> {
         let Build { path, entries, room, generation, policies, owner_of } = *plan;
         let g = Layout::for_keys(room.max(entries.len()) as u64);
+        if let Some((failed, at, why)) = &*ALLOCATION_FAILED.lock().unwrap_or_else(|e| e.into_inner()) {
+            if failed == path && at.elapsed() < ALLOCATION_RETRY {
+                return Err(Error::store(format!("{why} (tried again at most once a second)")));
+            }
+        }
         let boot = boot_id()?;
         remove_stale_builds(path);
         let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), std::process::id()));
@@ -261,7 +275,10 @@ impl SharedCounters {
             use std::os::fd::AsRawFd;
             let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, g.file_len as libc::off_t) };
             if rc != 0 {
-                return Err(io_error("cannot allocate counters file", &tmp, std::io::Error::from_raw_os_error(rc)));
+                let e = io_error("cannot allocate counters file", &tmp, std::io::Error::from_raw_os_error(rc));
+                let when = (path.to_path_buf(), std::time::Instant::now(), e.message.clone());
+                *ALLOCATION_FAILED.lock().unwrap_or_else(|e| e.into_inner()) = Some(when);
+                return Err(e);
             }
             let map = MmapOptions::new()
                 .len(g.file_len as usize)

@@ -11,17 +11,7 @@
  *   crash verify DB DIR FROM TO      after recovery: see verify() below
  *
  * Times are real (Unix ms), so a check's `now` and the flush window share one clock. */
-#include <dirent.h>
-#include <fcntl.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <time.h>
-#include <unistd.h>
-
-#include "ms_auth.h"
+#include "test_util.h"
 
 #define LIMIT 2000
 #define SLOTS 36000 /* 100 ms slots: one hour */
@@ -31,63 +21,21 @@ typedef struct {
     uint64_t by_slot[2][SLOTS]; /* admissions of key 0 (quota LIMIT) and key 1 (exact), per slot */
 } seen_t;
 
-static int64_t real_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void die(const char *what, int rc) {
-    fprintf(stderr, "crash: %s: %d %s\n", what, rc, ms_last_error());
-    exit(1);
-}
-
-static int json_str(const char *json, const char *field, char *out, size_t cap) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":\"", field);
-    const char *p = json ? strstr(json, pat) : NULL;
-    if (!p) return -1;
-    p += strlen(pat);
-    const char *e = strchr(p, '"');
-    if (!e || (size_t)(e - p) >= cap) return -1;
-    memcpy(out, p, (size_t)(e - p));
-    out[e - p] = 0;
-    return 0;
-}
-
-static long json_num(const char *json, const char *field) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", field);
-    const char *p = json ? strstr(json, pat) : NULL;
-    return p ? atol(p + strlen(pat)) : -1;
-}
-
-static ms_store *open_store(const char *db, const char *options) {
-    ms_store *s;
-    /* A restarted process may find the write lock held by a flush or an admin change: wait as a host's
-     * supervisor would (each attempt already waits busy_timeout_ms). */
-    for (int attempt = 0;; attempt++) {
-        int rc = ms_store_open_v2(db, options, &s);
-        if (rc == MS_OK) return s;
-        if (attempt == 5) die("open", rc);
-    }
-}
-
 static char keys[2][128], key_ids[2][64];
 
 static void load_keys(const char *dir) {
     char path[4096];
     snprintf(path, sizeof path, "%s/keys", dir);
     FILE *f = fopen(path, "r");
-    if (!f || fscanf(f, "%63s %127s %63s %127s", key_ids[0], keys[0], key_ids[1], keys[1]) != 4) die("keys", 0);
+    if (!f || fscanf(f, "%63s %127s %63s %127s", key_ids[0], keys[0], key_ids[1], keys[1]) != 4) tu_die("keys", 0);
     fclose(f);
 }
 
 static int setup(const char *db, const char *dir) {
-    ms_store *s = open_store(db, NULL);
+    ms_store *s = tu_open_store(db, NULL, 6, NULL);
     char *out;
-    int rc = ms_plan_put(s, "{\"name\":\"crash\",\"quota\":{\"limit\":1,\"period\":\"daily\"}}", real_ms(), &out);
-    if (rc != MS_OK) die("plan", rc);
+    int rc = ms_plan_put(s, "{\"name\":\"crash\",\"quota\":{\"limit\":1,\"period\":\"daily\"}}", tu_real_ms(), &out);
+    if (rc != MS_OK) tu_die("plan", rc);
     ms_string_free(out);
     char path[4096];
     snprintf(path, sizeof path, "%s/keys", dir);
@@ -95,9 +43,9 @@ static int setup(const char *db, const char *dir) {
     for (int i = 0; i < 2; i++) {
         char spec[160];
         snprintf(spec, sizeof spec, "{\"quota\":{\"limit\":%d,\"period\":\"daily\"},\"rate_limit\":null}", i ? 1000000000 : LIMIT);
-        if ((rc = ms_key_create(s, spec, real_ms(), &out)) != MS_OK) die("create", rc);
+        if ((rc = ms_key_create(s, spec, tu_real_ms(), &out)) != MS_OK) tu_die("create", rc);
         char id[64], key[128];
-        if (json_str(out, "id", id, sizeof id) || json_str(out, "key", key, sizeof key)) die("create answer", 0);
+        if (tu_json_str(out, "id", id, sizeof id) || tu_json_str(out, "key", key, sizeof key)) tu_die("create answer", 0);
         fprintf(f, "%s %s ", id, key);
         ms_string_free(out);
     }
@@ -129,12 +77,12 @@ static int admin(const char *db, const char *dir) {
     char path[4096], line[512];
     snprintf(path, sizeof path, "%s/admin.log", dir);
     int log = open(path, O_WRONLY | O_APPEND | O_CREAT, 0600);
-    ms_store *s = open_store(db, NULL);
+    ms_store *s = tu_open_store(db, NULL, 6, NULL);
     static char ids[100000][64];
     size_t n = load_created(dir, ids, 100000);
     uint64_t rng = (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL;
-    for (long seq = real_ms() - 1700000000000LL;; seq++) { /* under quota.limit's bound, rising */
-        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    for (long seq = tu_real_ms() - 1700000000000LL;; seq++) { /* under quota.limit's bound, rising */
+        tu_xorshift(&rng);
         char *out = NULL, id[64], key[128];
         int op = (int)((rng >> 33) % 5), rc;
         if (n == 0) op = 0;
@@ -145,8 +93,8 @@ static int admin(const char *db, const char *dir) {
             snprintf(spec, sizeof spec, "{\"plan\":\"crash\",\"name\":\"c%ld\"}", seq);
             snprintf(line, sizeof line, "try create c%ld\n", seq);
             log_line(log, line);
-            if ((rc = ms_key_create(s, spec, real_ms(), &out)) != MS_OK) die("create", rc);
-            if (json_str(out, "id", id, sizeof id) || json_str(out, "key", key, sizeof key)) die("create answer", 0);
+            if ((rc = ms_key_create(s, spec, tu_real_ms(), &out)) != MS_OK) tu_die("create", rc);
+            if (tu_json_str(out, "id", id, sizeof id) || tu_json_str(out, "key", key, sizeof key)) tu_die("create answer", 0);
             snprintf(line, sizeof line, "done create %s %s c%ld\n", id, key, seq);
             memcpy(ids[n < 100000 ? n++ : 0], id, 64);
             break;
@@ -154,19 +102,19 @@ static int admin(const char *db, const char *dir) {
         case 1:
             snprintf(line, sizeof line, "try revoke %s\n", target);
             log_line(log, line);
-            if ((rc = ms_key_revoke(s, target, real_ms())) != MS_OK) die("revoke", rc);
+            if ((rc = ms_key_revoke(s, target, tu_real_ms())) != MS_OK) tu_die("revoke", rc);
             snprintf(line, sizeof line, "done revoke %s\n", target);
             break;
         case 2:
             snprintf(line, sizeof line, "try rotate %s\n", target);
             log_line(log, line);
-            rc = ms_key_rotate(s, target, "{\"grace_ms\":600000}", real_ms(), &out);
+            rc = ms_key_rotate(s, target, "{\"grace_ms\":600000}", tu_real_ms(), &out);
             if (rc == MS_ERR_INVALID_ARGUMENT) { /* revoked or rotated already: refused as documented */
                 snprintf(line, sizeof line, "refused rotate %s\n", target);
                 break;
             }
-            if (rc != MS_OK) die("rotate", rc);
-            if (json_str(out, "id", id, sizeof id) || json_str(out, "key", key, sizeof key)) die("rotate answer", 0);
+            if (rc != MS_OK) tu_die("rotate", rc);
+            if (tu_json_str(out, "id", id, sizeof id) || tu_json_str(out, "key", key, sizeof key)) tu_die("rotate answer", 0);
             snprintf(line, sizeof line, "done rotate %s %s %s\n", id, key, target);
             memcpy(ids[n < 100000 ? n++ : 0], id, 64);
             break;
@@ -175,7 +123,7 @@ static int admin(const char *db, const char *dir) {
             snprintf(plan, sizeof plan, "{\"name\":\"crash\",\"quota\":{\"limit\":%ld,\"period\":\"daily\"}}", seq);
             snprintf(line, sizeof line, "try plan %ld\n", seq);
             log_line(log, line);
-            if ((rc = ms_plan_put(s, plan, real_ms(), &out)) != MS_OK) die("plan", rc);
+            if ((rc = ms_plan_put(s, plan, tu_real_ms(), &out)) != MS_OK) tu_die("plan", rc);
             snprintf(line, sizeof line, "done plan %ld\n", seq);
             break;
         }
@@ -184,7 +132,7 @@ static int admin(const char *db, const char *dir) {
             snprintf(patch, sizeof patch, "{\"quota\":{\"limit\":%ld,\"period\":\"monthly\"}}", seq);
             snprintf(line, sizeof line, "try quota %s %ld\n", target, seq);
             log_line(log, line);
-            if ((rc = ms_key_update(s, target, patch, &out)) != MS_OK) die("update", rc);
+            if ((rc = ms_key_update(s, target, patch, &out)) != MS_OK) tu_die("update", rc);
             snprintf(line, sizeof line, "done quota %s %ld\n", target, seq);
             break;
         }
@@ -199,23 +147,19 @@ static int check(const char *db, const char *dir, int w) {
     load_keys(dir);
     char path[4096];
     snprintf(path, sizeof path, "%s/seen.%d.%d", dir, w, (int)getpid());
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0 || ftruncate(fd, sizeof(seen_t)) != 0) return perror(path), 1;
-    seen_t *seen = mmap(NULL, sizeof(seen_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (seen == MAP_FAILED) return perror("mmap"), 1;
-    close(fd);
+    seen_t *seen = tu_map_new(path, sizeof(seen_t));
     char t0[64];
     snprintf(path, sizeof path, "%s/t0", dir);
     FILE *f = fopen(path, "r");
-    if (!f || !fgets(t0, sizeof t0, f)) die("t0", 0);
+    if (!f || !fgets(t0, sizeof t0, f)) tu_die("t0", 0);
     fclose(f);
     seen->t0_ms = atoll(t0);
     /* Checker 0 writes counts at nearly every check, so kills land inside flushes; the others every 100 ms. */
-    ms_store *s = open_store(db, w == 0 ? "{\"flush_interval_ms\":0}" : "{\"flush_interval_ms\":100}");
+    ms_store *s = tu_open_store(db, w == 0 ? "{\"flush_interval_ms\":0}" : "{\"flush_interval_ms\":100}", 6, NULL);
     for (uint64_t i = 0;; i++) {
         int k = (int)(i % 2);
         ms_check_result r;
-        int64_t now = real_ms();
+        int64_t now = tu_real_ms();
         int rc = ms_store_check(s, keys[k], strlen(keys[k]), now, &r);
         if (rc == MS_OK) {
             seen->by_slot[k][(now - seen->t0_ms) / 100 % SLOTS]++;
@@ -225,6 +169,24 @@ static int check(const char *db, const char *dir, int w) {
         }
     }
     return 0; /* not reached: killed */
+}
+
+/* The admissions of every checking process (their DIR/seen.* files), and those of the loss window. */
+typedef struct {
+    int64_t loss_from_ms, loss_to_ms;
+    uint64_t seen[2], late[2];
+} seen_sum_t;
+
+static void add_seen(const void *map, void *ctx) {
+    const seen_t *sn = map;
+    seen_sum_t *sum = ctx;
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < SLOTS; i++) {
+            sum->seen[k] += sn->by_slot[k][i];
+            /* Loss allowance: slots at or after loss_from_ms (a slot starting 100 ms before counts too). */
+            int64_t slot_ms = sn->t0_ms + (int64_t)i * 100;
+            if (slot_ms + 100 > sum->loss_from_ms && slot_ms <= sum->loss_to_ms) sum->late[k] += sn->by_slot[k][i];
+        }
 }
 
 /* After recovery:
@@ -240,7 +202,7 @@ static int check(const char *db, const char *dir, int w) {
  *   reboot's flush window: counts not yet in the database when the counters file was discarded). */
 static int verify(const char *db, const char *dir, int64_t loss_from_ms, int64_t loss_to_ms) {
     load_keys(dir);
-    ms_store *s = open_store(db, NULL);
+    ms_store *s = tu_open_store(db, NULL, 6, NULL);
     long violations = 0, done = 0;
     char path[4096], line[512], a[32], b[32], c[128], d[128], e[64];
     snprintf(path, sizeof path, "%s/admin.log", dir);
@@ -262,20 +224,20 @@ static int verify(const char *db, const char *dir, int64_t loss_from_ms, int64_t
             }
             char from[64], to[64];
             if (!strcmp(b, "rotate") && fields == 5 &&
-                (json_str(out, "rotated_from", from, sizeof from) || strcmp(from, e))) {
+                (tu_json_str(out, "rotated_from", from, sizeof from) || strcmp(from, e))) {
                 if (violations++ < 10) fprintf(stderr, "rotation %s of %s half-applied: %s\n", c, e, out);
             }
             int revoked = strstr(out, "\"revoked_at_ms\":null") == NULL;
-            int64_t revoke_at = json_num(out, "revoke_at_ms");
+            int64_t revoke_at = tu_json_num(out, "revoke_at_ms");
             ms_string_free(out);
             if (!strcmp(b, "rotate") && fields == 5) {
-                if (ms_key_get(s, e, &out) != MS_OK || json_str(out, "rotated_to", to, sizeof to) || strcmp(to, c)) {
+                if (ms_key_get(s, e, &out) != MS_OK || tu_json_str(out, "rotated_to", to, sizeof to) || strcmp(to, c)) {
                     if (violations++ < 10) fprintf(stderr, "rotation %s: old key %s does not name it: %s\n", c, e, out ? out : "");
                 }
                 ms_string_free(out);
             }
             ms_check_result r;
-            int rc = ms_store_check(s, d, strlen(d), real_ms(), &r);
+            int rc = ms_store_check(s, d, strlen(d), tu_real_ms(), &r);
             (void)revoke_at;
             if (rc >= 100 || (revoked && rc != MS_API_KEY_REVOKED) || (!revoked && rc == MS_API_KEY_REVOKED) ||
                 rc == MS_API_KEY_INVALID) {
@@ -290,7 +252,7 @@ static int verify(const char *db, const char *dir, int64_t loss_from_ms, int64_t
             /* The key's quota now: this value, or one tried later (checked against the log's tail below). */
             if (ms_key_get(s, c, &out) == MS_OK) {
                 const char *q = strstr(out, "\"quota\":");
-                long limit = json_num(q, "limit");
+                long limit = tu_json_num(q, "limit");
                 /* A later quota change of the same key may have committed; find this key's last "try". */
                 char path2[4096], line2[512], a2[32], b2[32], c2[128], d2[128];
                 long last_done = -1, last_try = -1;
@@ -309,40 +271,21 @@ static int verify(const char *db, const char *dir, int64_t loss_from_ms, int64_t
     }
     if (f) fclose(f);
     if (plan_done >= 0) {
-        char *out;
-        if (ms_plan_list(s, &out) != MS_OK) die("plans", 0);
-        long limit = json_num(strstr(out, "\"crash\""), "limit");
+        long limit = tu_plan_limit(s, "crash");
         if (limit != plan_done && limit != plan_try) {
             violations++;
             fprintf(stderr, "plan quota %ld; last done %ld, last tried %ld\n", limit, plan_done, plan_try);
         }
-        ms_string_free(out);
     }
     /* Counts. */
-    uint64_t seen[2] = {0, 0}, late[2] = {0, 0};
-    DIR *dd = opendir(dir);
-    struct dirent *ent;
-    while ((ent = readdir(dd))) {
-        if (strncmp(ent->d_name, "seen.", 5)) continue;
-        snprintf(path, sizeof path, "%s/%s", dir, ent->d_name);
-        int fd = open(path, O_RDONLY);
-        seen_t *sn = mmap(NULL, sizeof(seen_t), PROT_READ, MAP_SHARED, fd, 0);
-        close(fd);
-        for (int k = 0; k < 2; k++)
-            for (int i = 0; i < SLOTS; i++) {
-                seen[k] += sn->by_slot[k][i];
-                /* Loss allowance: slots at or after loss_from_ms (a slot starting 100 ms before counts too). */
-                int64_t slot_ms = sn->t0_ms + (int64_t)i * 100;
-                if (slot_ms + 100 > loss_from_ms && slot_ms <= loss_to_ms) late[k] += sn->by_slot[k][i];
-            }
-        munmap(sn, sizeof(seen_t));
-    }
-    closedir(dd);
+    seen_sum_t sum = {.loss_from_ms = loss_from_ms, .loss_to_ms = loss_to_ms};
+    tu_each_map(dir, "seen.", sizeof(seen_t), add_seen, &sum);
+    uint64_t *seen = sum.seen, *late = sum.late;
     long counted[2];
     for (int k = 0; k < 2; k++) {
         char *out;
-        if (ms_key_get(s, key_ids[k], &out) != MS_OK) die("get", 0);
-        counted[k] = json_num(out, "total");
+        if (ms_key_get(s, key_ids[k], &out) != MS_OK) tu_die("get", 0);
+        counted[k] = tu_json_num(out, "total");
         ms_string_free(out);
     }
     if (seen[0] > LIMIT + late[0] || counted[0] > LIMIT) {

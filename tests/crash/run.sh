@@ -12,7 +12,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 rounds=${1:-12}
 out=$root/target/crash-tests
 mkdir -p "$out"
-gcc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -pedantic -I"$root/include" "$root/tests/crash/crash.c" \
+gcc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -pedantic -I"$root/include" -I"$root/tests/c" "$root/tests/crash/crash.c" \
     "$root/target/release/libms_auth.a" -lpthread -ldl -lm -o "$out/crash"
 crash=$out/crash
 dir=$(mktemp -d)

@@ -24,7 +24,7 @@ if ! command -v fiu-run >/dev/null || [ ! -f /usr/include/fiu-control.h ]; then
 fi
 out=$root/target/fault-tests
 mkdir -p "$out"
-gcc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pedantic -I"$root/include" \
+gcc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pedantic -I"$root/include" -I"$root/tests/c" \
     "$root/tests/fault/check_under_faults.c" "$lib/libms_auth.a" -lfiu -lpthread -ldl -lm -o "$out/check_under_faults"
 
 dir=$(mktemp -d)
@@ -52,7 +52,7 @@ used=$("$cli" --db "$db" key show "$id" --json | python3 -c 'import json,sys; pr
 check "the database has every admitted count once the faults stop" [ "$used" = 300 ]
 integrity=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("PRAGMA integrity_check").fetchone()[0])' "$db")
 check "the database passes integrity_check" [ "$integrity" = ok ]
-gcc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pedantic -I"$root/include" \
+gcc -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -pedantic -I"$root/include" -I"$root/tests/c" \
     "$root/tests/fault/workload.c" "$lib/libms_auth.a" -lfiu -lpthread -ldl -lm -o "$out/workload"
 workload=$out/workload
 integrity() { python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("PRAGMA integrity_check").fetchone()[0])' "$1"; }

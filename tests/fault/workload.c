@@ -11,22 +11,12 @@
  * Every call must answer a decision or an MS_ERR_* whose ms_last_error() names what failed; what each
  * process saw is kept in DIR/seen.W, a shared mapping made before the faults start (one u64 admission count
  * per key, then the ids of the keys it created), so the verification can compare. */
-#include <dirent.h>
 #include <dlfcn.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <fiu-control.h>
 #include <fiu.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
 #include <sys/types.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "ms_auth.h"
+#include "test_util.h"
 
 #define NOW 1800000000000LL /* 2027-01-15T08:00:00Z */
 #define MAX_KEYS 4096
@@ -71,19 +61,6 @@ static size_t load_keys(const char *dir) {
     return n;
 }
 
-static int json_str(const char *json, const char *field, char *out, size_t cap) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":\"", field);
-    const char *p = strstr(json, pat);
-    if (!p) return -1;
-    p += strlen(pat);
-    const char *e = strchr(p, '"');
-    if (!e || (size_t)(e - p) >= cap) return -1;
-    memcpy(out, p, (size_t)(e - p));
-    out[e - p] = 0;
-    return 0;
-}
-
 /* An error must say what failed: a non-empty message that is not the bare status text. */
 static void error_seen(seen_t *s, int rc, const char *what) {
     s->errors++;
@@ -110,7 +87,7 @@ static int setup(const char *db, const char *dir, int n) {
         snprintf(spec, sizeof spec, "{\"quota\":{\"limit\":%ld,\"period\":\"daily\"},\"rate_limit\":null}", limit);
         if (ms_key_create(s, spec, NOW, &out) != MS_OK) return fprintf(stderr, "create: %s\n", ms_last_error()), 1;
         char id[32], key[80];
-        if (json_str(out, "id", id, sizeof id) || json_str(out, "key", key, sizeof key)) return 1;
+        if (tu_json_str(out, "id", id, sizeof id) || tu_json_str(out, "key", key, sizeof key)) return 1;
         fprintf(f, "%s %s %ld\n", id, key, limit);
         ms_string_free(out);
     }
@@ -123,11 +100,7 @@ static int run(const char *db, const char *dir, int w, long iters, float prob) {
     size_t n = load_keys(dir);
     char path[4096];
     snprintf(path, sizeof path, "%s/seen.%d", dir, w);
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0 || ftruncate(fd, sizeof(seen_t)) != 0) return perror(path), 1;
-    seen_t *s = mmap(NULL, sizeof(seen_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (s == MAP_FAILED) return perror("mmap"), 1;
-    close(fd);
+    seen_t *s = tu_map_new(path, sizeof(seen_t));
     fiu_init(0);
     const char *only = getenv("FAULTS_ONLY"); /* for narrowing down a finding: a substring of the names */
     int enabled[FAILING] = {0};
@@ -143,7 +116,7 @@ static int run(const char *db, const char *dir, int w, long iters, float prob) {
     }
     uint64_t rng = 0x9E3779B97F4A7C15ULL * (uint64_t)(w + 1);
     for (long i = 0; i < iters; i++) {
-        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        tu_xorshift(&rng);
         int64_t now = NOW + i;
         if (i % 40 == 39) {
             char *out = NULL;
@@ -151,7 +124,7 @@ static int run(const char *db, const char *dir, int w, long iters, float prob) {
             switch ((rng >> 32) % 4) {
             case 0:
                 rc = ms_key_create(store, "{\"plan\":\"faulty\"}", now, &out);
-                if (rc == MS_OK && s->n_created < MAX_CREATED) json_str(out, "id", s->created[s->n_created++], 32);
+                if (rc == MS_OK && s->n_created < MAX_CREATED) tu_json_str(out, "id", s->created[s->n_created++], 32);
                 break;
             case 1:
                 rc = s->n_created ? ms_key_revoke(store, s->created[rng % s->n_created], now) : MS_OK;
@@ -192,43 +165,41 @@ static int run(const char *db, const char *dir, int w, long iters, float prob) {
     return s->silent_errors ? 3 : 0;
 }
 
-static long json_num(const char *json, const char *field) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", field);
-    const char *p = strstr(json, pat);
-    return p ? atol(p + strlen(pat)) : -1;
+/* What the processes saw (their DIR/seen.* files): admissions summed per key; every key they created
+ * (MS_OK) must be in the store. */
+typedef struct {
+    ms_store *store;
+    size_t n;
+    uint64_t admitted[MAX_KEYS];
+    long violations, created, errors;
+} seen_sum_t;
+
+static void add_seen(const void *map, void *ctx) {
+    const seen_t *s = map;
+    seen_sum_t *sum = ctx;
+    for (size_t i = 0; i < sum->n; i++) sum->admitted[i] += s->admitted[i];
+    sum->errors += (long)s->errors;
+    for (uint64_t i = 0; i < s->n_created; i++) {
+        char *out;
+        sum->created++;
+        if (ms_key_get(sum->store, s->created[i], &out) != MS_OK) {
+            sum->violations++;
+            fprintf(stderr, "key %s was created (MS_OK) but is missing\n", s->created[i]);
+        } else {
+            ms_string_free(out);
+        }
+    }
 }
 
 static int verify(const char *db, const char *dir) {
-    size_t n = load_keys(dir);
-    static uint64_t admitted[MAX_KEYS];
-    long violations = 0, created = 0, errors = 0;
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    ms_store *store;
-    if (ms_store_open(db, &store) != MS_OK) return fprintf(stderr, "reopen after the faults: %s\n", ms_last_error()), 1;
-    while ((e = readdir(d))) {
-        if (strncmp(e->d_name, "seen.", 5)) continue;
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        int fd = open(path, O_RDONLY);
-        seen_t *s = mmap(NULL, sizeof(seen_t), PROT_READ, MAP_SHARED, fd, 0);
-        close(fd);
-        for (size_t i = 0; i < n; i++) admitted[i] += s->admitted[i];
-        errors += (long)s->errors;
-        for (uint64_t i = 0; i < s->n_created; i++) {
-            char *out;
-            created++;
-            if (ms_key_get(store, s->created[i], &out) != MS_OK) {
-                violations++;
-                fprintf(stderr, "key %s was created (MS_OK) but is missing\n", s->created[i]);
-            } else {
-                ms_string_free(out);
-            }
-        }
-        munmap(s, sizeof(seen_t));
-    }
-    closedir(d);
+    static seen_sum_t sum;
+    sum.n = load_keys(dir);
+    if (ms_store_open(db, &sum.store) != MS_OK) return fprintf(stderr, "reopen after the faults: %s\n", ms_last_error()), 1;
+    tu_each_map(dir, "seen.", sizeof(seen_t), add_seen, &sum);
+    size_t n = sum.n;
+    ms_store *store = sum.store;
+    uint64_t *admitted = sum.admitted;
+    long violations = sum.violations, created = sum.created, errors = sum.errors;
     uint64_t total_seen = 0, lost = 0;
     /* A counters file deleted under running processes loses what was charged to it since the last flush
      * (the documented flush window): MS_FAULT_MAY_LOSE allows that many counts per key, never more counted. */
@@ -237,7 +208,7 @@ static int verify(const char *db, const char *dir) {
     for (size_t i = 0; i < n; i++) {
         char *out;
         if (ms_key_get(store, ids[i], &out) != MS_OK) return fprintf(stderr, "get %s: %s\n", ids[i], ms_last_error()), 1;
-        long used = json_num(out, "used"), total = json_num(out, "total");
+        long used = tu_json_num(out, "used"), total = tu_json_num(out, "total");
         ms_string_free(out);
         total_seen += admitted[i];
         if (total < (long)admitted[i]) lost += admitted[i] - (uint64_t)total;

@@ -15,18 +15,9 @@
  * Times: T0 (Unix ms of the soak's start, real time) maps to 2027-01-15T01:00:00Z, so that every process
  * sees the same clock and a soak of up to 22 hours stays within one UTC day (one quota period). */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <fcntl.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <time.h>
-#include <unistd.h>
-#include <dirent.h>
+#include <stdarg.h>
 
-#include "ms_auth.h"
+#include "test_util.h"
 
 #define BASE_MS 1800061200000LL /* 2027-01-15T01:00:00Z */
 
@@ -37,14 +28,8 @@ typedef struct {
     long limit;
 } key_t_;
 
-static int64_t real_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int64_t t0;
-static int64_t now_ms(void) { return BASE_MS + (real_ms() - t0); }
+static int64_t now_ms(void) { return BASE_MS + (tu_real_ms() - t0); }
 
 static uint64_t rng_state;
 static uint64_t rnd(void) { /* xorshift64*: fast, and reproducible per seed */
@@ -52,11 +37,6 @@ static uint64_t rnd(void) { /* xorshift64*: fast, and reproducible per seed */
     rng_state ^= rng_state << 25;
     rng_state ^= rng_state >> 27;
     return rng_state * 2685821657736338717ULL;
-}
-
-static void die(const char *what, int rc) {
-    fprintf(stderr, "soak: %s: %d %s\n", what, rc, ms_last_error());
-    exit(1);
 }
 
 /* An admin call that waited past busy_timeout_ms for the write lock (held by a long flush or plan
@@ -67,43 +47,6 @@ static int busy(int rc) {
     printf("admin waited: %s\n", ms_last_error());
     fflush(stdout);
     return 1;
-}
-
-/* Copies the string value of "field" in a flat JSON record into out (ids and keys have no escapes). */
-static int json_str(const char *json, const char *field, char *out, size_t cap) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":\"", field);
-    const char *p = strstr(json, pat);
-    if (!p) return -1;
-    p += strlen(pat);
-    const char *e = strchr(p, '"');
-    if (!e || (size_t)(e - p) >= cap) return -1;
-    memcpy(out, p, (size_t)(e - p));
-    out[e - p] = 0;
-    return 0;
-}
-
-static long json_num(const char *json, const char *field) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", field);
-    const char *p = strstr(json, pat);
-    return p ? atol(p + strlen(pat)) : -1;
-}
-
-static ms_store *open_store(const char *db, const char *options) {
-    ms_store *s;
-    /* A restarted process can find the write lock held past its busy timeout (a large plan change, a
-     * flush of many keys): it retries as a host's supervisor would, and each wait is reported (stdout of
-     * the driver: "open waited") so the soak's figures show how often. Five in a row is a failure. */
-    for (int attempt = 0;; attempt++) {
-        int64_t started = real_ms();
-        int rc = ms_store_open_v2(db, options, &s);
-        if (rc == MS_OK) break;
-        fprintf(stdout, "open waited %lld ms: %s\n", (long long)(real_ms() - started), ms_last_error());
-        fflush(stdout);
-        if (attempt == 4) die("open", rc);
-    }
-    return s;
 }
 
 static key_t_ *load_keys(const char *dir, size_t *n) {
@@ -128,11 +71,11 @@ static key_t_ *load_keys(const char *dir, size_t *n) {
 }
 
 static int setup(const char *db, const char *dir, long n) {
-    ms_store *s = open_store(db, NULL);
+    ms_store *s = tu_open_store(db, NULL, 5, stdout);
     char *out;
     int rc = ms_plan_put(s, "{\"name\":\"soak\",\"quota\":{\"limit\":1000000000,\"period\":\"daily\"},\"rate_limit\":null}",
                          now_ms(), &out);
-    if (rc != MS_OK) die("plan", rc);
+    if (rc != MS_OK) tu_die("plan", rc);
     ms_string_free(out);
     char path[4096];
     snprintf(path, sizeof path, "%s/keys", dir);
@@ -151,9 +94,9 @@ static int setup(const char *db, const char *dir, long n) {
         default: snprintf(spec, sizeof spec, "{\"plan\":\"soak\"}"); break;
         }
         rc = ms_key_create(s, spec, now_ms(), &out);
-        if (rc != MS_OK) die("create", rc);
+        if (rc != MS_OK) tu_die("create", rc);
         char id[64], key[128];
-        if (json_str(out, "id", id, sizeof id) || json_str(out, "key", key, sizeof key)) die("create answer", 0);
+        if (tu_json_str(out, "id", id, sizeof id) || tu_json_str(out, "key", key, sizeof key)) tu_die("create answer", 0);
         fprintf(f, "%s %s %d %ld\n", id, key, kind, limit);
         ms_string_free(out);
     }
@@ -188,22 +131,12 @@ static int worker(const char *db, const char *dir, int w) {
     size_t n_churn = load_churn(dir, &churn);
     char path[4096];
     snprintf(path, sizeof path, "%s/admitted.%d.%d", dir, w, (int)getpid());
-    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0 || ftruncate(fd, (off_t)(n * 8)) != 0) {
-        perror(path);
-        return 1;
-    }
-    uint64_t *admitted = mmap(NULL, n * 8, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (admitted == MAP_FAILED) {
-        perror("mmap");
-        return 1;
-    }
-    close(fd);
+    uint64_t *admitted = tu_map_new(path, n * 8);
     /* Flush intervals differ per worker: 100 ms or the default 1 s. (An interval of 0, a write per check,
      * in several processes keeps SQLite's write lock so busy that an opening process can wait past its
      * busy timeout: a configuration for tests, not for load.) */
     static const char *const options[] = {"{\"flush_interval_ms\":100}", NULL};
-    ms_store *s = open_store(db, options[w % 2]);
+    ms_store *s = tu_open_store(db, options[w % 2], 5, stdout);
     rng_state = (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL + 1;
     uint64_t errors = 0;
     for (uint64_t i = 0;; i++) {
@@ -226,7 +159,6 @@ static int worker(const char *db, const char *dir, int w) {
 }
 
 static void logf_(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-#include <stdarg.h>
 static void logf_(int fd, const char *fmt, ...) {
     char buf[512];
     va_list ap;
@@ -240,7 +172,7 @@ static int admin(const char *db, const char *dir) {
     char path[4096];
     snprintf(path, sizeof path, "%s/admin.log", dir);
     int log = open(path, O_WRONLY | O_APPEND | O_CREAT, 0600);
-    ms_store *s = open_store(db, NULL);
+    ms_store *s = tu_open_store(db, NULL, 5, stdout);
     rng_state = (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL + 7;
     char (*churn)[128];
     size_t n_churn = load_churn(dir, &churn);
@@ -268,25 +200,25 @@ static int admin(const char *db, const char *dir) {
             /* Bursts of creates grow the counters file past its room. */
             rc = ms_key_create(s, op < 30 ? "{\"plan\":\"soak\"}" : "{\"quota\":{\"limit\":100,\"period\":\"daily\"}}", now_ms(), &out);
             if (busy(rc)) continue;
-            if (rc != MS_OK) die("admin create", rc);
+            if (rc != MS_OK) tu_die("admin create", rc);
             char id[64], key[128];
-            if (json_str(out, "id", id, sizeof id) || json_str(out, "key", key, sizeof key)) die("create answer", 0);
+            if (tu_json_str(out, "id", id, sizeof id) || tu_json_str(out, "key", key, sizeof key)) tu_die("create answer", 0);
             logf_(log, "create %s %s\n", id, key);
             if (n_ids < cap_ids) memcpy(ids[n_ids++], id, 64);
         } else if (op < 75) {
             const char *id = ids[rnd() % n_ids];
             rc = ms_key_revoke(s, id, now_ms());
             if (busy(rc)) continue;
-            if (rc != MS_OK) die("admin revoke", rc);
+            if (rc != MS_OK) tu_die("admin revoke", rc);
             logf_(log, "revoke %s\n", id);
         } else if (op < 85) {
             const char *id = ids[rnd() % n_ids];
             rc = ms_key_rotate(s, id, "{\"grace_ms\":2000}", now_ms(), &out);
             if (rc == MS_ERR_INVALID_ARGUMENT) continue; /* revoked or already rotated: refused, as documented */
             if (busy(rc)) continue;
-            if (rc != MS_OK) die("admin rotate", rc);
+            if (rc != MS_OK) tu_die("admin rotate", rc);
             char new_id[64], key[128];
-            if (json_str(out, "id", new_id, sizeof new_id) || json_str(out, "key", key, sizeof key)) die("rotate answer", 0);
+            if (tu_json_str(out, "id", new_id, sizeof new_id) || tu_json_str(out, "key", key, sizeof key)) tu_die("rotate answer", 0);
             logf_(log, "rotate %s %s %s\n", new_id, key, id);
             if (n_ids < cap_ids) memcpy(ids[n_ids++], new_id, 64);
         } else if (op < 95) {
@@ -297,49 +229,50 @@ static int admin(const char *db, const char *dir) {
             logf_(log, "plan-try %ld\n", limit);
             rc = ms_plan_put(s, plan, now_ms(), &out);
             if (busy(rc)) continue;
-            if (rc != MS_OK) die("admin plan", rc);
+            if (rc != MS_OK) tu_die("admin plan", rc);
             logf_(log, "plan %ld\n", limit);
         } else {
             /* Reading usage writes every pending count first: an explicit flush. */
             const char *id = ids[rnd() % n_ids];
             rc = ms_usage(s, id, now_ms() - 86400000, now_ms(), &out);
             if (busy(rc)) continue;
-            if (rc != MS_OK) die("admin usage", rc);
+            if (rc != MS_OK) tu_die("admin usage", rc);
         }
         ms_string_free(out);
     }
     return 0; /* not reached: the driver kills the admin */
 }
 
+/* The admissions every worker saw (DIR/admitted.*), summed per key. */
+typedef struct {
+    size_t n;
+    uint64_t *sum;
+} admitted_sum_t;
+
+static void add_admitted(const void *map, void *ctx) {
+    const uint64_t *admitted = map;
+    admitted_sum_t *a = ctx;
+    for (size_t i = 0; i < a->n; i++) a->sum[i] += admitted[i];
+}
+
 static uint64_t *sum_admitted(const char *dir, size_t n) {
-    uint64_t *sum = calloc(n, 8);
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (strncmp(e->d_name, "admitted.", 9)) continue;
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        FILE *f = fopen(path, "rb");
-        uint64_t v;
-        for (size_t i = 0; i < n && fread(&v, 8, 1, f) == 1; i++) sum[i] += v;
-        fclose(f);
-    }
-    closedir(d);
-    return sum;
+    admitted_sum_t a = {n, calloc(n, 8)};
+    tu_each_map(dir, "admitted.", n * 8, add_admitted, &a);
+    return a.sum;
 }
 
 static int verify(const char *db, const char *dir, long kills) {
     size_t n;
     key_t_ *keys = load_keys(dir, &n);
     uint64_t *seen = sum_admitted(dir, n);
-    ms_store *s = open_store(db, NULL);
+    ms_store *s = tu_open_store(db, NULL, 5, stdout);
     long violations = 0;
     uint64_t total_seen = 0, total_counted = 0, slack = 0, exhausted = 0;
     for (size_t i = 0; i < n; i++) {
         char *out;
         int rc = ms_key_get(s, keys[i].id, &out);
-        if (rc != MS_OK) die("get", rc);
-        long used = json_num(out, "used"), total = json_num(out, "total");
+        if (rc != MS_OK) tu_die("get", rc);
+        long used = tu_json_num(out, "used"), total = tu_json_num(out, "total");
         ms_string_free(out);
         total_seen += seen[i];
         total_counted += (uint64_t)total;
@@ -374,7 +307,7 @@ static int verify(const char *db, const char *dir, long kills) {
             }
             if (!strcmp(op, "rotate") && fields == 4) {
                 char from[64];
-                if (json_str(out, "rotated_from", from, sizeof from) || strcmp(from, c)) {
+                if (tu_json_str(out, "rotated_from", from, sizeof from) || strcmp(from, c)) {
                     if (violations++ < 10) fprintf(stderr, "rotation %s of %s is half-applied: %s\n", a, c, out);
                 }
                 rotates++;
@@ -402,14 +335,11 @@ static int verify(const char *db, const char *dir, long kills) {
     }
     if (f) fclose(f);
     if (last_plan >= 0) {
-        char *out;
-        if (ms_plan_list(s, &out) != MS_OK) die("plans", 0);
-        long limit = json_num(strstr(out, "\"soak\""), "limit");
+        long limit = tu_plan_limit(s, "soak");
         if (limit != last_plan && limit != next_plan) {
             violations++;
             fprintf(stderr, "plan soak has quota %ld; last committed %ld (next tried %ld)\n", limit, last_plan, next_plan);
         }
-        ms_string_free(out);
     }
     ms_store_close(s);
     printf("keys=%zu admissions_seen=%lu counted=%lu unrecorded_by_kills=%lu small_quotas_exhausted=%lu/%zu "
