@@ -68,7 +68,9 @@ pub unsafe extern "C" fn ms_store_close(store: *mut ms_store) {
 /// when this process's turn to write counts to the database comes, at most once per flush interval).
 /// A check never waits for SQLite: a turn that cannot have the database's write lock at once (another
 /// process is writing) or fails to write is retried at the next turn, and counted in the metric
-/// `ms_auth_flush_failures_total`; the request is decided from the shared counters all the same.
+/// `ms_auth_flush_failures_total`; the request is decided from the shared counters all the same. The one
+/// wait: while another process puts a larger counters file in place (the keys outgrew it), checks wait
+/// for it (one pass over the cells, at most the busy timeout) rather than decide on counts not yet final.
 ///
 /// `key`: the header value, `key_len` bytes (need not be NUL-terminated; NULL means the header is absent).
 /// `now_ms`: Unix ms, as for `ms_auth_check` (1973 up to 2200). `out`: may be NULL; written only when the
