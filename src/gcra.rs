@@ -56,16 +56,6 @@ impl RateLimit {
         .max(1);
         Bucket { interval_ns, tolerance_ns: interval_ns.saturating_mul(self.burst.max(1) - 1), burst: self.burst }
     }
-
-    /// Offers one request at `now_ms` to a bucket whose TAT is `tat_ns` (0 for a fresh bucket).
-    pub fn offer(&self, tat_ns: i64, now_ms: i64) -> Rate {
-        self.bucket().offer(tat_ns, now_ms)
-    }
-
-    /// Requests that would be admitted at `now_ms` without charging anything, and when the bucket is full.
-    pub fn peek(&self, tat_ns: i64, now_ms: i64) -> (i64, i64) {
-        self.bucket().peek(tat_ns, now_ms)
-    }
 }
 
 #[cold]
@@ -125,7 +115,7 @@ mod tests {
     const T0: i64 = 1_800_000_000_000;
 
     fn run(rl: &RateLimit, tat: &mut i64, now: i64) -> Rate {
-        let r = rl.offer(*tat, now);
+        let r = rl.bucket().offer(*tat, now);
         if let Rate::Admit { tat_ns, .. } = r {
             *tat = tat_ns;
         }
@@ -147,7 +137,7 @@ mod tests {
         assert!(matches!(run(&rl, &mut tat, T0 + 999), Rate::Reject { retry_after_ms: 1, .. }));
         assert!(matches!(run(&rl, &mut tat, T0 + 1000), Rate::Admit { remaining: 0, .. }));
         // After a full window the bucket is full again.
-        assert_eq!(rl.peek(tat, T0 + 61_000), (60, T0 + 61_000));
+        assert_eq!(rl.bucket().peek(tat, T0 + 61_000), (60, T0 + 61_000));
     }
 
     #[test]
@@ -229,7 +219,7 @@ mod tests {
                 1 => now_ns.saturating_add(tat_offset_ns % (1 << 60)),
                 _ => tat_offset_ns,
             };
-            proptest::prop_assert_eq!(rl.offer(tat, now_ms), offer_wide(&rl, tat, now_ms), "{:?} tat {}", rl, tat);
+            proptest::prop_assert_eq!(rl.bucket().offer(tat, now_ms), offer_wide(&rl, tat, now_ms), "{:?} tat {}", rl, tat);
         }
 
         /// Any record at all (a hostile file): never a panic, and never admitted where the exact 128-bit
@@ -243,7 +233,7 @@ mod tests {
             tat in proptest::prelude::any::<i64>(),
         ) {
             let rl = RateLimit { limit, window_ms, burst };
-            if let Rate::Admit { .. } = rl.offer(tat, now_ms) {
+            if let Rate::Admit { .. } = rl.bucket().offer(tat, now_ms) {
                 let exact = offer_wide(&rl, tat, now_ms);
                 proptest::prop_assert!(matches!(exact, Rate::Admit { .. }), "{:?} at {}: {:?}", rl, tat, exact);
             }

@@ -1,6 +1,6 @@
 //! Growth: when a file is full the store builds a larger one and carries every cell's whole state into
-//! it. The old file is snapshotted, superseded and frozen; what checks charged to it between the
-//! snapshot and the freeze is then merged, exactly once, into the new file's live cells.
+//! it. The old file is superseded and frozen before its cells are copied (see [`SharedCounters::grow`]);
+//! statistics a check bumped after its compare-and-swap landed but after the copy are merged once more.
 //! `read_cell` and `write_cell` copy a cell's whole state out and in (`upsert` also starts a new key's
 //! cell with `write_cell`).
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::carry::write_cell;
 use super::cell::encode;
-use super::{Admission, CellState, Full, KeyEntry, KeyRef, KeyView, SharedCounters, Tally};
+use super::{text, Admission, CellState, Full, KeyEntry, KeyRef, KeyView, SharedCounters, Tally};
 use crate::gcra::RateLimit;
 use crate::key::KeyDigest;
 use crate::period::Period;
@@ -299,17 +299,6 @@ impl SharedCounters {
             cell: admission.cell,
             rate_window_ms: admission.rate_window_ms,
         }
-    }
-}
-
-/// An id or plan as text ("" when the file holds bytes that are not UTF-8: it may be hostile). Ids and
-/// plans are ASCII in practice, and checking that is cheaper than a full UTF-8 validation on every check.
-fn text(bytes: &[u8]) -> &str {
-    if bytes.is_ascii() {
-        // SAFETY: ASCII is UTF-8.
-        unsafe { std::str::from_utf8_unchecked(bytes) }
-    } else {
-        std::str::from_utf8(bytes).unwrap_or("")
     }
 }
 

@@ -377,21 +377,22 @@ impl SharedCounters {
     /// True (and this mapping given up) when the path names another file, or none, although this one
     /// was never superseded: the process that put a larger file in its place died before superseding it
     /// (or someone deleted it). Without this, processes would keep charging a file no one else sees, and
-    /// a quota would be counted in two places. A path that cannot be looked at (EACCES) proves nothing.
+    /// a quota would be counted in two places.
     pub(super) fn abandoned(&self) -> bool {
-        let gone = match std::fs::symlink_metadata(&self.path) {
-            Ok(m) => m.ino() != self.inode,
-            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-        };
+        let gone = self.is_replaced();
         if gone && !self.is_superseded() {
             self.unusable.store(true, Ordering::Relaxed);
         }
         gone
     }
 
-    /// True when the file at the path is no longer the one mapped (deleted or replaced).
+    /// True when the file at the path is no longer the one mapped (deleted or replaced). A path that
+    /// cannot be looked at (EACCES) proves nothing.
     pub fn is_replaced(&self) -> bool {
-        std::fs::metadata(&self.path).map(|m| m.ino() != self.inode).unwrap_or(true)
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) => m.ino() != self.inode,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
     }
 
     /// True when `keys` keys (some perhaps already here) fit without growing.

@@ -138,10 +138,21 @@ impl KeyRef {
         self.rate_window_ms
     }
     pub fn id(&self) -> &str {
-        std::str::from_utf8(&self.id[..self.id_len as usize]).unwrap_or("")
+        text(&self.id[..self.id_len as usize])
     }
     pub fn plan(&self) -> Option<&str> {
-        (self.plan_len != NO_PLAN).then(|| std::str::from_utf8(&self.plan[..self.plan_len as usize]).unwrap_or(""))
+        (self.plan_len != NO_PLAN).then(|| text(&self.plan[..self.plan_len as usize]))
+    }
+}
+
+/// An id or plan as text ("" when the file holds bytes that are not UTF-8: it may be hostile). Ids and
+/// plans are ASCII in practice, and checking that is cheaper than a full UTF-8 validation on every check.
+pub(super) fn text(bytes: &[u8]) -> &str {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    } else {
+        std::str::from_utf8(bytes).unwrap_or("")
     }
 }
 
