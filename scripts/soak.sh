@@ -84,6 +84,13 @@ integrity=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).e
 echo "soak: ${minutes} min, kills=$kills $result"
 touch "$dir/waits"
 echo "soak: calls that waited past the busy timeout (then retried): opens $(grep -c "^open" "$dir/waits" || true), admin $(grep -c "^admin" "$dir/waits" || true)"
+if [ -s "$dir/probe.log" ]; then
+    # About ten samples of the probe's memory over the run, to tell held memory from memory the allocator keeps.
+    every=$(($(wc -l <"$dir/probe.log") / 10 + 1))
+    echo "soak: probe memory (s, KiB: anonymous RSS, heap in use, heap free, mmapped):"
+    awk -v every="$every" 'NR % every == 1 {printf "  %s\n", $0}' "$dir/probe.log"
+    echo "  $(tail -1 "$dir/probe.log") (last)"
+fi
 echo "soak: counters file $size0 -> $size1 bytes; probe anonymous RSS ${rss0} -> ${rss1} KiB, fds $fd0 -> $fd1, maps $maps0 -> $maps1; integrity $integrity"
 failed=0
 [ ! -s "$dir/errors" ] || { echo "FAIL checks answered errors:"; head "$dir/errors"; failed=1; }

@@ -15,6 +15,7 @@
  * Times: T0 (Unix ms of the soak's start, real time) maps to 2027-01-15T01:00:00Z, so that every process
  * sees the same clock and a soak of up to 22 hours stays within one UTC day (one quota period). */
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <stdarg.h>
 
 #include "test_util.h"
@@ -124,6 +125,25 @@ static size_t load_churn(const char *dir, char (**keys)[128]) {
     return n;
 }
 
+/* The probe's memory every 15 s (DIR/probe.log: seconds, anonymous RSS, heap in use, heap free but kept,
+ * mmapped blocks, all KiB), so a rise in RSS shows whether memory is held (a leak, or state that grows
+ * with the store) or freed but kept by the allocator. */
+static void probe_memory(const char *dir, int64_t started) {
+    char path[4096], line[256];
+    long rss_kb = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "RssAnon: %ld", &rss_kb) == 1) break;
+    if (f) fclose(f);
+    struct mallinfo2 m = mallinfo2();
+    snprintf(path, sizeof path, "%s/probe.log", dir);
+    FILE *log = fopen(path, "a");
+    if (!log) return;
+    fprintf(log, "%lld %ld %zu %zu %zu\n", (long long)((tu_real_ms() - started) / 1000), rss_kb, m.uordblks / 1024,
+            m.fordblks / 1024, m.hblkhd / 1024);
+    fclose(log);
+}
+
 static int worker(const char *db, const char *dir, int w) {
     size_t n;
     key_t_ *keys = load_keys(dir, &n);
@@ -139,7 +159,12 @@ static int worker(const char *db, const char *dir, int w) {
     ms_store *s = tu_open_store(db, options[w % 2], 5, stdout);
     rng_state = (uint64_t)getpid() * 0x9E3779B97F4A7C15ULL + 1;
     uint64_t errors = 0;
+    int64_t started = tu_real_ms(), next_probe = started;
     for (uint64_t i = 0;; i++) {
+        if (w == 0 && i % 65536 == 0 && tu_real_ms() >= next_probe) {
+            probe_memory(dir, started);
+            next_probe += 15000;
+        }
         ms_check_result r;
         int rc;
         if (n_churn && i % 16 == 0) {
