@@ -41,14 +41,15 @@ size0=$(stat -c %s "$counters" 2>/dev/null || echo 0)
 
 start_worker() { "$soak" worker "$db" "$dir" "$1" "$t0" >>"$dir/waits" 2>>"$dir/errors" & pids[$1]=$!; }
 start_admin() { "$soak" admin "$db" "$dir" "$t0" >>"$dir/waits" 2>>"$dir/errors" & pids[$workers]=$!; }
+started=$(date +%s) # the load's start: the run lasts `minutes` from here, the first sample a tenth in
 for ((w = 0; w < workers; w++)); do start_worker "$w"; done
 start_admin
 
 probe() { # pid -> "anon_rss_kb fds maps" (anonymous RSS: the counters mapping's pages are file pages)
     echo "$(awk '/RssAnon/ {print $2}' "/proc/$1/status") $(ls "/proc/$1/fd" | wc -l) $(wc -l <"/proc/$1/maps")"
 }
-end=$((start + minutes * 60))
-sample_at=$((start + minutes * 6 + 5))
+end=$((started + minutes * 60))
+sample_at=$((started + minutes * 6 + 5))
 first=""
 kills=0
 restarts_died=0

@@ -3,6 +3,7 @@
 //! them when (a claim on the shared flush time, and a shared cursor so that processes take turns
 //! around a large file).
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::cell::{decode_day, tally_of, Cell};
@@ -17,8 +18,17 @@ pub(super) const STALE: u128 = u128::MAX;
 
 impl SharedCounters {
     /// The keys whose counts changed since they were last written to the database.
+    #[cfg(test)]
     pub fn dirty(&self) -> Vec<Dirty> {
-        (0..self.blocks_used()).filter_map(|c| self.dirty_cell(c)).collect()
+        let mut out = Vec::new();
+        self.dirty_among(0..self.blocks_used(), &mut out);
+        out
+    }
+
+    /// Appends to `out` the keys among these cells whose counts changed since they were last written.
+    pub fn dirty_among(&self, cells: Range<u64>, out: &mut Vec<Dirty>) {
+        let used = self.blocks_used();
+        out.extend((cells.start..cells.end.min(used)).filter_map(|c| self.dirty_cell(c)));
     }
 
     fn dirty_cell(&self, c: u64) -> Option<Dirty> {
@@ -30,15 +40,17 @@ impl SharedCounters {
         (in_use && changed).then(|| dirty_of(cell, c))
     }
 
-    /// Like [`SharedCounters::dirty`] for the next `limit` cells only, taking turns around the file with
-    /// every other process (a shared cursor), so that one flush never scans a million cells.
-    pub fn dirty_next(&self, limit: u64) -> Vec<Dirty> {
+    /// Like [`SharedCounters::dirty_among`] for the next `count` cells (at most the whole file) in the
+    /// order every process takes turns over (a shared cursor), so that flushes on the check path cover a
+    /// large file between them, a little at a time. Returns how many cells it looked at.
+    pub fn dirty_next(&self, count: u64, out: &mut Vec<Dirty>) -> u64 {
         let used = self.blocks_used();
-        if used <= limit {
-            return self.dirty();
+        let count = count.min(used);
+        if count > 0 {
+            let start = self.header().flush_cursor.fetch_add(count, Ordering::AcqRel) % used;
+            out.extend((0..count).filter_map(|i| self.dirty_cell((start + i) % used)));
         }
-        let start = self.header().flush_cursor.fetch_add(limit, Ordering::AcqRel) % used;
-        (0..limit).filter_map(|i| self.dirty_cell((start + i) % used)).collect()
+        count
     }
 
     /// The counts of the key a check just matched, to write them at once (strict durability).
@@ -197,7 +209,8 @@ mod tests {
         }
         let mut seen = std::collections::HashSet::new();
         for _ in 0..4 {
-            let slice = c.dirty_next(3);
+            let mut slice = Vec::new();
+            assert_eq!(c.dirty_next(3, &mut slice), 3);
             assert!(slice.len() <= 3);
             c.mark_flushed(&slice);
             seen.extend(slice.iter().map(|d| d.row));

@@ -349,7 +349,7 @@ impl SharedCounters {
     }
 
     /// Blocks in use, never more than the layout holds whatever the shared header says.
-    pub(super) fn blocks_used(&self) -> u64 {
+    pub fn blocks_used(&self) -> u64 {
         self.header().blocks_used.load(Ordering::Acquire).min(self.layout.max_blocks)
     }
 

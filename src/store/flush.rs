@@ -19,6 +19,12 @@ const IDLE_SWEEP_MS: i64 = 60_000;
 /// number of keys (a store of up to this many keys is covered by every flush; a larger one in turns).
 const FLUSH_SLICE: u64 = 65_536;
 
+/// Cells a flush looks at, and so rows it writes at most, per transaction: the write lock is held for
+/// one chunk at a time (an admin change waits for a chunk, not for a whole flush), what a flush holds in
+/// memory stays small (~100 KB) whatever the number of keys, and a chunk written stays written if a
+/// later one fails.
+const FLUSH_CHUNK: u64 = 512;
+
 /// Which cells a flush writes.
 #[derive(Clone, Copy)]
 enum Scan {
@@ -76,13 +82,34 @@ impl Store {
     fn write_dirty(&self, conn: &mut Connection, shared: &SharedCounters, scope: Scan) -> Result<()> {
         let failed =
             |e: Error| Error::store(format!("cannot write usage counts to {}: {}", self.path.display(), e.message));
-        let dirty = match scope {
-            Scan::All => shared.dirty(),
-            Scan::Next => shared.dirty_next(FLUSH_SLICE),
+        let mut chunk = Vec::with_capacity(FLUSH_CHUNK as usize);
+        let mut write = |chunk: &mut Vec<Dirty>| -> Result<()> {
+            if !chunk.is_empty() {
+                write_counts(conn, chunk).map_err(failed)?;
+                shared.mark_flushed(chunk);
+                chunk.clear();
+            }
+            Ok(())
         };
-        if !dirty.is_empty() {
-            write_counts(conn, &dirty).map_err(failed)?;
-            shared.mark_flushed(&dirty);
+        match scope {
+            Scan::All => {
+                for start in (0..shared.blocks_used()).step_by(FLUSH_CHUNK as usize) {
+                    shared.dirty_among(start..start + FLUSH_CHUNK, &mut chunk);
+                    write(&mut chunk)?;
+                }
+            }
+            Scan::Next => {
+                let slice = FLUSH_SLICE.min(shared.blocks_used());
+                let mut looked = 0;
+                while looked < slice {
+                    let n = shared.dirty_next(FLUSH_CHUNK.min(slice - looked), &mut chunk);
+                    write(&mut chunk)?;
+                    if n == 0 {
+                        break; // the file's header says it has no cells any more (damaged): nothing to write
+                    }
+                    looked += n;
+                }
+            }
         }
         if generation(conn)? != shared.generation() {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
