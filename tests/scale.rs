@@ -2,6 +2,8 @@
 //! process holds no per-key copy. Takes about a minute, so it is ignored by default; run it with
 //!     cargo test --release --test scale -- --ignored --nocapture
 //! (the figures for check time with 1,000 vs 1,000,000 keys come from `cargo bench --bench multiprocess`).
+//! Also: how flush turns on the check path pace themselves when many keys' counts are waiting (10,000
+//! keys, a few seconds, run by default).
 
 #[path = "../benches/common/mod.rs"]
 mod bench_common;
@@ -53,4 +55,39 @@ fn one_million_keys() {
     assert_eq!(store.check(Some(created.key.as_bytes()), NOW).unwrap().decision.status, Status::Ok);
     store.revoke_key(&created.record.id, NOW, None).unwrap();
     assert_eq!(store.check(Some(created.key.as_bytes()), NOW).unwrap().decision.status, Status::ApiKeyRevoked);
+}
+
+/// A flush turn on the check path writes at most 4,096 rows (plus what is left of its last chunk of 512
+/// cells), so the one check that flushes pauses for a bounded time however many keys are in use; a turn
+/// cut short brings the next one forward to a sixteenth of the interval, so 10,000 changed keys reach
+/// the database within the interval's first turn and two short ones, not three whole intervals.
+#[test]
+fn flush_turns_on_the_check_path_are_short_and_come_sooner_while_counts_are_waiting() {
+    const KEYS: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path(), KEYS);
+    let options = ms_auth::StoreOptions::from_json(r#"{"flush_interval_ms": 4000}"#).unwrap();
+    let store = Store::open_with(&db, options).unwrap();
+    let written = rusqlite::Connection::open(&db).unwrap();
+    let rows = || -> i64 { written.query_row("SELECT COUNT(*) FROM usage", [], |r| r.get(0)).unwrap() };
+    let started = Instant::now();
+    for i in 0..KEYS {
+        assert_eq!(store.check(Some(fixture_key(i).as_bytes()), NOW).unwrap().decision.status, Status::Ok);
+    }
+    let (mut before, mut turns) = (rows(), Vec::new());
+    while before < KEYS as i64 && started.elapsed().as_secs_f64() < 20.0 {
+        store.check(Some(fixture_key(0).as_bytes()), NOW).unwrap();
+        let now = rows();
+        if now != before {
+            turns.push((now - before, started.elapsed()));
+            before = now;
+        }
+    }
+    println!("rows written per flush turn, and when: {turns:?}");
+    assert_eq!(before, KEYS as i64, "every count reaches the database");
+    assert!(turns.iter().all(|(n, _)| *n <= 4_096 + 511), "{turns:?}");
+    let last = turns.last().unwrap().1;
+    let first_full = turns.iter().find(|(n, _)| *n >= 4_096).expect("a turn cut short").1;
+    // Two hastened turns, 250 ms apart each (with room for a loaded machine), not two more intervals.
+    assert!((last - first_full).as_secs_f64() < 2.5, "{turns:?}");
 }

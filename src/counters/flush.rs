@@ -69,6 +69,14 @@ impl SharedCounters {
         }
     }
 
+    /// Brings the next flush turn forward to at most `after_ns` from now, for any process: the last turn
+    /// left counts to write.
+    pub fn hasten_flush(&self, after_ns: u64) {
+        self.header().next_flush_ns.fetch_min(monotonic_ns().saturating_add(after_ns), Ordering::AcqRel);
+        // This process reads the clock at its next check; the others within half their gate's wait.
+        self.clock_gate.open_at.store(0, Ordering::Relaxed);
+    }
+
     /// Claims the next flush for this process if it is due. A claimant that dies leaves the claim to
     /// expire after one interval. Also, at most every 100 ms per process, checks that nobody truncated the
     /// file (touching a page past its end would kill the process with SIGBUS) and that it is still the

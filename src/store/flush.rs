@@ -19,6 +19,14 @@ const IDLE_SWEEP_MS: i64 = 60_000;
 /// number of keys (a store of up to this many keys is covered by every flush; a larger one in turns).
 const FLUSH_SLICE: u64 = 65_536;
 
+/// Rows a flush on the check path writes at most (then it stops, in the middle of its slice): what
+/// bounds the pause of the one check that flushes when many keys are in use, since writing a row costs
+/// far more than looking at a cell. A turn cut short brings the next one forward to a sixteenth of the
+/// flush interval, so the database still takes up to 16 x 4,096 = 65,536 rows per interval, in
+/// sixteen short pauses rather than one long one.
+const FLUSH_ROWS: u64 = 4_096;
+const HASTENED_TURNS: u32 = 16;
+
 /// Cells a flush looks at, and so rows it writes at most, per transaction: the write lock is held for
 /// one chunk at a time (an admin change waits for a chunk, not for a whole flush), what a flush holds in
 /// memory stays small (~100 KB) whatever the number of keys, and a chunk written stays written if a
@@ -32,17 +40,28 @@ enum Scan {
     Next,
 }
 
+/// Whether a flush wrote every changed count it looked at, or stopped at [`FLUSH_ROWS`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Written {
+    All,
+    CutShort,
+}
+
 impl Store {
     /// A check's flush turn: writes what it can without waiting and keeps any failure for metrics and
     /// [`Store::last_flush_error`]; the request is decided from the shared file whatever happens here.
     pub(super) fn flush_turn(&self, shared: &SharedCounters, now_ms: i64) {
         let done = match self.quick_db() {
             Ok(Some(mut db)) => self.flush_on(&mut db.conn, shared, now_ms, Scan::Next),
-            Ok(None) => Ok(()), // another thread of this process is flushing
+            Ok(None) => Ok(Written::All), // another thread of this process is flushing
             Err(e) => Err(e),
         };
-        if let Err(e) = done {
-            self.note_flush_failure(e);
+        match done {
+            Ok(Written::All) => {}
+            Ok(Written::CutShort) => {
+                shared.hasten_flush(self.options.flush_interval.as_nanos() as u64 / HASTENED_TURNS as u64)
+            }
+            Err(e) => self.note_flush_failure(e),
         }
     }
 
@@ -68,21 +87,23 @@ impl Store {
     pub fn flush(&self) -> Result<()> {
         let shared = self.counters()?;
         let mut db = self.db()?;
-        self.flush_on(&mut db.conn, &shared, clock_ms(), Scan::All)
+        self.flush_on(&mut db.conn, &shared, clock_ms(), Scan::All).map(|_| ())
     }
 
     /// Writes counts, then makes lasting the revocations that policies decided by `now_ms` (rotations
     /// past their grace, idle keys, abuse), which checks already enforce from the counters file.
-    fn flush_on(&self, conn: &mut Connection, shared: &SharedCounters, now_ms: i64, scope: Scan) -> Result<()> {
-        self.write_dirty(conn, shared, scope)?;
+    fn flush_on(&self, conn: &mut Connection, shared: &SharedCounters, now_ms: i64, scope: Scan) -> Result<Written> {
+        let written = self.write_dirty(conn, shared, scope)?;
         self.revoke_pending_abuse(conn)?;
-        self.persist_policy_revocations(conn, now_ms)
+        self.persist_policy_revocations(conn, now_ms)?;
+        Ok(written)
     }
 
-    fn write_dirty(&self, conn: &mut Connection, shared: &SharedCounters, scope: Scan) -> Result<()> {
+    fn write_dirty(&self, conn: &mut Connection, shared: &SharedCounters, scope: Scan) -> Result<Written> {
         let failed =
             |e: Error| Error::store(format!("cannot write usage counts to {}: {}", self.path.display(), e.message));
         let mut chunk = Vec::with_capacity(FLUSH_CHUNK as usize);
+        let mut written = Written::All;
         let mut write = |chunk: &mut Vec<Dirty>| -> Result<()> {
             if !chunk.is_empty() {
                 write_counts(conn, chunk).map_err(failed)?;
@@ -100,9 +121,14 @@ impl Store {
             }
             Scan::Next => {
                 let slice = FLUSH_SLICE.min(shared.blocks_used());
-                let mut looked = 0;
+                let (mut looked, mut rows) = (0, 0);
                 while looked < slice {
+                    if rows >= FLUSH_ROWS {
+                        written = Written::CutShort;
+                        break;
+                    }
                     let n = shared.dirty_next(FLUSH_CHUNK.min(slice - looked), &mut chunk);
+                    rows += chunk.len() as u64;
                     write(&mut chunk)?;
                     if n == 0 {
                         break; // the file's header says it has no cells any more (damaged): nothing to write
@@ -126,7 +152,7 @@ impl Store {
             // (rebuilt from the database, which now has these counts) on its next check.
             shared.supersede();
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Writes the revocations the abuse policy decided in this process's checks; those that fail stay
