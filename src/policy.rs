@@ -94,7 +94,7 @@ pub fn decide(policy: &KeyPolicy, usage: &Usage, now_ms: i64) -> (Decision, Opti
 /// [`decide`] on a host of a fleet, whose counts in the current quota period may not pass `allowance`.
 // Inlined into the check's compare-and-swap loop: returned through memory, its answer was read back
 // before the CPU had it stored (a store-forwarding stall on every check).
-#[inline]
+#[inline(always)]
 pub fn decide_within(
     policy: &KeyPolicy,
     usage: &Usage,
