@@ -97,6 +97,8 @@ impl SharedCounters {
                     // A damaged slot: say so rather than read outside the file.
                     return Some((i, v, u64::MAX));
                 }
+                // The record's digest decides, and the rest of the block is read next.
+                self.prefetch_block(r);
                 if self.record(r).digest == *digest {
                     return Some((i, v, r));
                 }
