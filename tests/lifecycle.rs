@@ -168,6 +168,30 @@ fn usage_is_bucketed_by_utc_day_across_midnight() {
     assert_eq!(json["days"][2]["date"].as_str().unwrap().len(), 10);
 }
 
+/// A flush writes a day's counts only when they changed since the last one: yesterday's, written once,
+/// is not written again, but a late decision for yesterday (a process whose clock is behind) still is.
+#[test]
+fn a_flush_writes_each_day_that_changed_and_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("keys.db")).unwrap();
+    let k = store.create_key(&spec(r#"{"quota": null, "rate_limit": null}"#), NOW).unwrap();
+    let midnight = (NOW / DAY + 1) * DAY;
+    let admitted = |store: &Store| -> Vec<i64> {
+        store.usage(&k.record.id, midnight - DAY, midnight).unwrap().days.iter().map(|d| d.admitted).collect()
+    };
+    assert_eq!(status(&store, &k.key, midnight - 5), Status::Ok);
+    store.flush().unwrap();
+    assert_eq!(status(&store, &k.key, midnight + 5), Status::Ok);
+    store.flush().unwrap();
+    assert_eq!(admitted(&store), [1, 1]);
+    assert_eq!(status(&store, &k.key, midnight - 1), Status::Ok, "a clock a little behind");
+    store.flush().unwrap();
+    assert_eq!(admitted(&store), [2, 1]);
+    drop(store);
+    let store = Store::open(dir.path().join("keys.db")).unwrap();
+    assert_eq!(admitted(&store), [2, 1], "as written");
+}
+
 #[test]
 fn every_admin_change_is_audited_with_its_actor() {
     let dir = tempfile::tempdir().unwrap();

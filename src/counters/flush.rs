@@ -197,7 +197,12 @@ impl ClockGate {
 
 fn dirty_of(cell: &Cell, c: u64) -> Dirty {
     let day_words = [0, 1].map(|i| cell.days[i].load(Ordering::Acquire));
-    let days = day_words.map(|word| (word != 0).then(|| decode_day(word)));
+    // A day the database already has as it is (yesterday's, nearly always) is not written again: it
+    // would be one more upsert for each key in every flush.
+    let days = [0, 1].map(|i| {
+        let word = day_words[i];
+        (word != 0 && word != cell.flushed_days[i].load(Ordering::Acquire)).then(|| decode_day(word))
+    });
     Dirty { row: cell.row.load(Ordering::Relaxed), tally: tally_of(cell), days, cell: c, day_words }
 }
 

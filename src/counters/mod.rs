@@ -161,7 +161,8 @@ pub(super) fn text(bytes: &[u8]) -> &str {
 pub struct Dirty {
     pub row: i64,
     pub tally: Tally,
-    /// The days whose decisions the cell still holds (at most two: today and yesterday).
+    /// The days whose decisions changed since the database last had them (of the two the cell holds:
+    /// today and yesterday).
     pub days: [Option<DayCounts>; 2],
     cell: u64,
     /// The day words as read: what the database has once this is written.
