@@ -15,23 +15,24 @@ use crate::status::Status;
 
 const IDLE_SWEEP_MS: i64 = 60_000;
 
-/// Cells a flush on the check path looks at: bounds the pause of the check that flushes, whatever the
-/// number of keys (a store of up to this many keys is covered by every flush; a larger one in turns).
+/// Cells a flush on the check path looks at, per flush interval: a store of up to this many keys is
+/// covered by every interval's flush, a larger one in turns (a shared cursor).
 const FLUSH_SLICE: u64 = 65_536;
 
-/// Rows a flush on the check path writes at most (then it stops, in the middle of its slice): what
-/// bounds the pause of the one check that flushes when many keys are in use, since writing a row costs
-/// far more than looking at a cell. A turn cut short brings the next one forward to a sixteenth of the
-/// flush interval, so the database still takes up to 16 x 4,096 = 65,536 rows per interval, in
-/// sixteen short pauses rather than one long one.
+/// Rows a flush on the check path writes at most: then it stops in the middle of its slice, and the next
+/// turn comes as much sooner as the slice was left undone (after `interval x cells looked at / 65,536`).
+/// Writing a row costs far more than looking at a cell, so this is what bounds the pause of the one check
+/// that flushes when many keys are in use, while the database takes as many counts per interval as before,
+/// in shorter pauses.
 const FLUSH_ROWS: u64 = 4_096;
-const HASTENED_TURNS: u32 = 16;
 
-/// Cells a flush looks at, and so rows it writes at most, per transaction: the write lock is held for
-/// one chunk at a time (an admin change waits for a chunk, not for a whole flush), what a flush holds in
-/// memory stays small (~100 KB) whatever the number of keys, and a chunk written stays written if a
+/// Cells read from the shared file at a time, and rows written per transaction (at least, but for the
+/// last): SQLite's write lock is held for a chunk (an admin change waits for a chunk, not a whole
+/// flush), what a flush holds in memory stays ~100 KB whatever the number of keys (a flush that
+/// collected 65,536 rows at once left 13 MB to the allocator), and a chunk written stays written if a
 /// later one fails.
-const FLUSH_CHUNK: u64 = 512;
+const FLUSH_PIECE: u64 = 256;
+const FLUSH_CHUNK_ROWS: usize = 256;
 
 /// Which cells a flush writes.
 #[derive(Clone, Copy)]
@@ -40,11 +41,12 @@ enum Scan {
     Next,
 }
 
-/// Whether a flush wrote every changed count it looked at, or stopped at [`FLUSH_ROWS`].
+/// How a flush on the check path ended: every changed count it looked at written, or cut short at
+/// [`FLUSH_ROWS`] after looking at this many cells of its slice.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Written {
     All,
-    CutShort,
+    CutShort { looked: u64 },
 }
 
 impl Store {
@@ -58,8 +60,9 @@ impl Store {
         };
         match done {
             Ok(Written::All) => {}
-            Ok(Written::CutShort) => {
-                shared.hasten_flush(self.options.flush_interval.as_nanos() as u64 / HASTENED_TURNS as u64)
+            Ok(Written::CutShort { looked }) => {
+                let interval = self.options.flush_interval.as_nanos();
+                shared.hasten_flush((interval * looked as u128 / FLUSH_SLICE as u128) as u64)
             }
             Err(e) => self.note_flush_failure(e),
         }
@@ -102,10 +105,11 @@ impl Store {
     fn write_dirty(&self, conn: &mut Connection, shared: &SharedCounters, scope: Scan) -> Result<Written> {
         let failed =
             |e: Error| Error::store(format!("cannot write usage counts to {}: {}", self.path.display(), e.message));
-        let mut chunk = Vec::with_capacity(FLUSH_CHUNK as usize);
+        let mut chunk = Vec::with_capacity(2 * FLUSH_CHUNK_ROWS);
         let mut written = Written::All;
-        let mut write = |chunk: &mut Vec<Dirty>| -> Result<()> {
-            if !chunk.is_empty() {
+        // Writes the chunk once it has `at_least` rows.
+        let mut write = |chunk: &mut Vec<Dirty>, at_least: usize| -> Result<()> {
+            if !chunk.is_empty() && chunk.len() >= at_least {
                 write_counts(conn, chunk).map_err(failed)?;
                 shared.mark_flushed(chunk);
                 chunk.clear();
@@ -114,29 +118,30 @@ impl Store {
         };
         match scope {
             Scan::All => {
-                for start in (0..shared.blocks_used()).step_by(FLUSH_CHUNK as usize) {
-                    shared.dirty_among(start..start + FLUSH_CHUNK, &mut chunk);
-                    write(&mut chunk)?;
+                for start in (0..shared.blocks_used()).step_by(FLUSH_PIECE as usize) {
+                    shared.dirty_among(start..start + FLUSH_PIECE, &mut chunk);
+                    write(&mut chunk, FLUSH_CHUNK_ROWS)?;
                 }
             }
             Scan::Next => {
                 let slice = FLUSH_SLICE.min(shared.blocks_used());
                 let (mut looked, mut rows) = (0, 0);
-                while looked < slice {
-                    if rows >= FLUSH_ROWS {
-                        written = Written::CutShort;
-                        break;
-                    }
-                    let n = shared.dirty_next(FLUSH_CHUNK.min(slice - looked), &mut chunk);
-                    rows += chunk.len() as u64;
-                    write(&mut chunk)?;
+                while looked < slice && rows < FLUSH_ROWS {
+                    let before = chunk.len();
+                    let n = shared.dirty_next(FLUSH_PIECE.min(slice - looked), &mut chunk);
+                    rows += (chunk.len() - before) as u64;
+                    write(&mut chunk, FLUSH_CHUNK_ROWS)?;
                     if n == 0 {
                         break; // the file's header says it has no cells any more (damaged): nothing to write
                     }
                     looked += n;
                 }
+                if rows >= FLUSH_ROWS && looked < slice {
+                    written = Written::CutShort { looked };
+                }
             }
         }
+        write(&mut chunk, 1)?;
         if generation(conn)? != shared.generation() {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let current = generation(&tx)?;
