@@ -89,7 +89,7 @@ if [ -s "$dir/probe.log" ]; then
     # About ten samples of the probe's memory over the run, to tell held memory from memory the allocator keeps.
     every=$(($(wc -l <"$dir/probe.log") / 10 + 1))
     echo "soak: probe memory (s, KiB: anonymous RSS, heap in use, heap free, mmapped):"
-    awk -v every="$every" 'NR % every == 1 {printf "  %s\n", $0}' "$dir/probe.log"
+    awk -v every="$every" '(NR - 1) % every == 0 {printf "  %s\n", $0}' "$dir/probe.log"
     echo "  $(tail -1 "$dir/probe.log") (last)"
 fi
 echo "soak: counters file $size0 -> $size1 bytes; probe anonymous RSS ${rss0} -> ${rss1} KiB, fds $fd0 -> $fd1, maps $maps0 -> $maps1; integrity $integrity"

@@ -3,6 +3,9 @@
 #   return 200 without the module   vs   the same location with "ms_auth on" (valid key)
 #   a static file without the module vs  with "ms_auth on"  vs  with limit_req keyed on the header
 # (limit_req sits in the preaccess phase, after "return", so it is compared on a static file.)
+# Each variant gets requests/s and the nginx workers' own CPU time per request (user + system from
+# /proc): on shared cores requests/s moves with how wrk and other tenants are scheduled, by more than the
+# module costs; the workers' CPU time per request shows what the module itself adds.
 # Run as root from the repository root after cargo build --release:  bash bindings/nginx/bench.sh
 # Knobs: BENCH_SECONDS (default 5), BENCH_CONNECTIONS (50), BENCH_ROUNDS (3), BENCH_WORKERS (1).
 set -euo pipefail
@@ -84,21 +87,41 @@ sleep 0.5
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/return/ms_auth")" = 200 ]
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/return/ms_auth")" = 401 ]
 
-run() {   # path -> requests/s (fails if any answer was not 2xx)
-    local out
+worker_ticks() {   # CPU time of every worker so far (user + system, in clock ticks)
+    local total=0 pid
+    for pid in $(pgrep -P "$(cat "$PREFIX/nginx.pid")"); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+
+run() {   # path -> "requests/s worker-CPU-µs-per-request" (fails if any answer was not 2xx)
+    local out before after
+    before=$(worker_ticks)
     out=$(wrk -t1 -c"$CONNS" -d"${SECONDS_EACH}s" -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT$1")
+    after=$(worker_ticks)
     if grep -q "Non-2xx" <<<"$out"; then
         say "non-2xx answers on $1:"; echo "$out" >&2; exit 1
     fi
-    awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+    # The workers' own CPU time per request: what the module adds, apart from how wrk and the machine's
+    # other tenants share the cores (which moves requests/s by more than the module costs).
+    awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+        /requests in/ {n = $1} /^Requests\/sec:/ {rps = $2}
+        END {printf "%s %.3f\n", rps, ticks * 1e6 / hz / n}' <<<"$out"
 }
 
 PATHS="/return/plain /return/ms_auth /plain/ok.txt /ms_auth/ok.txt /limit_req/ok.txt"
-declare -A RESULTS
+declare -A RESULTS CPU
 wrk -t1 -c"$CONNS" -d2s -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/return/ms_auth" >/dev/null  # warm-up
+read -ra ORDER <<<"$PATHS"
 for round in $(seq "$ROUNDS"); do
-    for p in $PATHS; do   # interleaved, so drift hits every variant alike
-        RESULTS[$p]="${RESULTS[$p]:-} $(run "$p")"
+    # Interleaved, so drift hits every variant alike, and each round starts one variant later, so no
+    # variant always runs right after the same other one.
+    shift_by=$(((round - 1) % ${#ORDER[@]}))
+    for p in "${ORDER[@]:shift_by}" "${ORDER[@]:0:shift_by}"; do
+        read -r rps cpu <<<"$(run "$p")"
+        RESULTS[$p]="${RESULTS[$p]:-} $rps"
+        CPU[$p]="${CPU[$p]:-} $cpu"
     done
     say "round $round/$ROUNDS done"
 done
@@ -108,13 +131,16 @@ median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a
 echo
 echo "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'), $WORKERS worker(s), wrk -t1 -c$CONNS -d${SECONDS_EACH}s, median of $ROUNDS rounds, $(nproc) cores"
 echo
-printf '| %-44s | %12s | %9s |\n' "location" "requests/s" "vs plain"
-printf '|%s|%s|%s|\n' "----------------------------------------------" "--------------" "-----------"
+printf '| %-44s | %12s | %9s | %14s | %9s |\n' "location" "requests/s" "vs plain" "worker µs/req" "vs plain"
+printf '|%s|%s|%s|%s|%s|\n' "----------------------------------------------" "--------------" "-----------" "----------------" "-----------"
 row() {   # label path baseline-path
-    local v b
+    local v b c cb
     v=$(median "${RESULTS[$2]}")
     b=$(median "${RESULTS[$3]}")
-    printf '| %-44s | %12.0f | %8.1f%% |\n' "$1" "$v" "$(awk -v v="$v" -v b="$b" 'BEGIN {print 100*v/b}')"
+    c=$(median "${CPU[$2]}")
+    cb=$(median "${CPU[$3]}")
+    printf '| %-44s | %12.0f | %8.1f%% | %14.2f | %8.1f%% |\n' "$1" "$v" "$(awk -v v="$v" -v b="$b" 'BEGIN {print 100*v/b}')" \
+        "$c" "$(awk -v v="$c" -v b="$cb" 'BEGIN {print 100*v/b}')"
 }
 row "return 200, no module"                 /return/plain   /return/plain
 row "return 200, ms_auth on (valid key)"    /return/ms_auth /return/plain
