@@ -84,9 +84,9 @@ impl Store {
         self.flush_failures.load(Ordering::Relaxed)
     }
 
-    /// Writes every count not yet in the database in one transaction, and brings the counters file up to
-    /// date with admin changes another process committed but did not finish applying. Waits for the
-    /// write lock (up to the busy timeout) and returns any failure.
+    /// Writes every count not yet in the database (in transactions of a few hundred keys), and brings the
+    /// counters file up to date with admin changes another process committed but did not finish applying.
+    /// Waits for the write lock (up to the busy timeout) and returns any failure.
     pub fn flush(&self) -> Result<()> {
         let shared = self.counters()?;
         let mut db = self.db()?;
