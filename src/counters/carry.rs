@@ -193,11 +193,9 @@ fn merge_late(cell: &Cell, then: &CellState, now: &CellState) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{built, entry};
+    use super::super::testing::{built, entry, entry_with_daily_quota};
     use super::super::{Found, Policies};
     use super::*;
-    use crate::period::Period;
-    use crate::policy::Quota;
 
     #[test]
     fn keys_sharing_a_cell_are_carried_once() {
@@ -213,8 +211,7 @@ mod tests {
     #[test]
     fn a_late_charge_whose_statistics_lag_is_carried() {
         let dir = tempfile::tempdir().unwrap();
-        let mut e = entry(1, None);
-        e.policy.quota = Some(Quota { limit: 10, period: Period::Daily });
+        let e = entry_with_daily_quota(1, 10);
         let (_, old) = built(&dir, std::slice::from_ref(&e));
         let now = 1_800_000_000_000;
         assert!(matches!(old.admit(&e.digest, now), Found::Key(_)));
@@ -249,8 +246,7 @@ mod tests {
     #[test]
     fn a_growth_that_died_after_the_freeze_is_finished_from_the_frozen_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut e = entry(1, None);
-        e.policy.quota = Some(Quota { limit: 10, period: Period::Daily });
+        let e = entry_with_daily_quota(1, 10);
         let (path, old) = built(&dir, std::slice::from_ref(&e));
         let now = 1_800_000_000_000;
         for _ in 0..3 {

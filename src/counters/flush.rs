@@ -34,10 +34,11 @@ impl SharedCounters {
     fn dirty_cell(&self, c: u64) -> Option<Dirty> {
         let cell = self.cell(c);
         // Blocks of later record versions have no cell in use (row 0).
-        let in_use = cell.row.load(Ordering::Relaxed) != 0;
-        let changed =
-            (0..2).any(|i| cell.days[i].load(Ordering::Acquire) != cell.flushed_days[i].load(Ordering::Acquire));
-        (in_use && changed).then(|| dirty_of(cell, c))
+        if cell.row.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let (days, flushed) = day_words(cell);
+        (days != flushed).then(|| dirty_of(cell, c, days, flushed))
     }
 
     /// Like [`SharedCounters::dirty_among`] for the next `count` cells (at most the whole file) in the
@@ -56,7 +57,8 @@ impl SharedCounters {
     /// The counts of the key a check just matched, to write them at once (strict durability).
     pub fn dirty_one(&self, key: &KeyView) -> Dirty {
         let cell = self.cell(key.cell());
-        dirty_of(cell, key.cell())
+        let (days, flushed) = day_words(cell);
+        dirty_of(cell, key.cell(), days, flushed)
     }
 
     /// Records that these counts are in the database.
@@ -195,14 +197,15 @@ impl ClockGate {
     }
 }
 
-fn dirty_of(cell: &Cell, c: u64) -> Dirty {
-    let day_words = [0, 1].map(|i| cell.days[i].load(Ordering::Acquire));
+/// A cell's day words and the ones the database has seen, each read once.
+fn day_words(cell: &Cell) -> ([u128; 2], [u128; 2]) {
+    ([0, 1].map(|i| cell.days[i].load(Ordering::Acquire)), [0, 1].map(|i| cell.flushed_days[i].load(Ordering::Acquire)))
+}
+
+fn dirty_of(cell: &Cell, c: u64, day_words: [u128; 2], flushed: [u128; 2]) -> Dirty {
     // A day the database already has as it is (yesterday's, nearly always) is not written again: it
     // would be one more upsert for each key in every flush.
-    let days = [0, 1].map(|i| {
-        let word = day_words[i];
-        (word != 0 && word != cell.flushed_days[i].load(Ordering::Acquire)).then(|| decode_day(word))
-    });
+    let days = [0, 1].map(|i| (day_words[i] != 0 && day_words[i] != flushed[i]).then(|| decode_day(day_words[i])));
     Dirty { row: cell.row.load(Ordering::Relaxed), tally: tally_of(cell), days, cell: c, day_words }
 }
 

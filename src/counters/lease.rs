@@ -135,7 +135,7 @@ impl SharedCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::testing::{built, entry};
+    use crate::counters::testing::{built, entry_with_daily_quota};
     use crate::counters::{Found, Policies};
     use crate::period::Period;
     use crate::status::Status;
@@ -153,8 +153,7 @@ mod tests {
     #[test]
     fn a_fleet_host_admits_exactly_its_lease_and_leases_never_shrink_by_accident() {
         let dir = tempfile::tempdir().unwrap();
-        let mut e = entry(1, None);
-        e.policy.quota = Some(Quota { limit: 100, period: Period::Daily });
+        let e = entry_with_daily_quota(1, 100);
         let (_, c) = built(&dir, std::slice::from_ref(&e));
         c.set_policies(&Policies { fleet_leases: true, ..Policies::default() });
         let now = 1_800_000_000_000;

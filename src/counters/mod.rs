@@ -282,6 +282,13 @@ mod testing {
         }
     }
 
+    /// Key `n` with a daily quota of `limit`.
+    pub(super) fn entry_with_daily_quota(n: u8, limit: i64) -> KeyEntry {
+        let mut e = entry(n, None);
+        e.policy.quota = Some(crate::policy::Quota { limit, period: crate::period::Period::Daily });
+        e
+    }
+
     pub(super) fn built(dir: &tempfile::TempDir, entries: &[KeyEntry]) -> (PathBuf, SharedCounters) {
         let path = dir.path().join("c");
         let db = dir.path().join("db");
