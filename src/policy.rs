@@ -33,8 +33,18 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Requests counted in the period that starts at `period_start_ms` (a count from an earlier period
-    /// is 0).
+    /// The instant whose quota period a check stamped `now_ms` counts in. A counter never moves back to
+    /// an older period: callers' clocks are not one sequence (nginx workers' cached time, preempted
+    /// threads, hosts milliseconds apart, NTP stepping back), so a check stamped before the period the
+    /// counter is already in counts in that newer period. Each period's count then only grows, and no
+    /// period admits more than the quota; the cost is that a late check may be refused against the
+    /// newer period although the older one had room.
+    #[inline]
+    pub fn counting_instant(&self, now_ms: i64) -> i64 {
+        now_ms.max(self.period_start_ms)
+    }
+
+    /// Requests counted in the period that starts at `period_start_ms` (a count of any other period is 0).
     pub fn used_in(&self, period_start_ms: i64) -> i64 {
         if self.period_start_ms == period_start_ms {
             self.used
@@ -91,7 +101,8 @@ pub fn decide(policy: &KeyPolicy, usage: &Usage, now_ms: i64) -> (Decision, Opti
     decide_within(policy, usage, now_ms, None)
 }
 
-/// [`decide`] on a host of a fleet, whose counts in the current quota period may not pass `allowance`.
+/// [`decide`] on a host of a fleet, whose counts in the quota period the check counts in (that of
+/// [`Usage::counting_instant`]) may not pass `allowance`, this host's lease of that period.
 // Inlined into the check's compare-and-swap loop: returned through memory, its answer was read back
 // before the CPU had it stored (a store-forwarding stall on every check).
 #[inline(always)]
@@ -106,7 +117,7 @@ pub fn decide_within(
     let mut period_start = usage.period_start_ms;
     let mut used = 0;
     if let Some(q) = policy.quota {
-        let (start, end) = q.period.bounds(now_ms);
+        let (start, end) = q.period.bounds(usage.counting_instant(now_ms));
         period_start = start;
         used = usage.used_in(start);
         d.quota_limit = q.limit;
@@ -173,6 +184,7 @@ pub fn decide_within(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::period::DAY_MS;
     use chrono::{TimeZone, Utc};
 
     fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
@@ -254,6 +266,21 @@ mod tests {
             assert_eq!((refused.status, refused.retry_after_ms), (Status::ApiKeyQuotaExceeded, 1));
             assert_eq!(run(&p, &mut u, next_first).status, Status::Ok);
         }
+    }
+
+    #[test]
+    fn a_check_stamped_before_the_counters_period_counts_in_that_newer_period() {
+        let p = KeyPolicy { quota: Some(Quota { limit: 2, period: Period::Daily }), ..open_policy() };
+        let midnight = at(2027, 1, 1, 0, 0, 0);
+        let mut u = Usage::default();
+        assert_eq!(run(&p, &mut u, midnight - 1).quota_reset_ms, midnight);
+        assert_eq!(run(&p, &mut u, midnight + 1).quota_remaining, 1, "a new day");
+        let late = run(&p, &mut u, midnight - 1);
+        assert_eq!((late.status, late.quota_remaining, late.quota_reset_ms), (Status::Ok, 0, midnight + DAY_MS));
+        assert_eq!(u.period_start_ms, midnight, "the counter stays in the new day");
+        let refused = run(&p, &mut u, midnight - 1);
+        assert_eq!(refused.status, Status::ApiKeyQuotaExceeded, "the new day's quota is spent");
+        assert_eq!(refused.retry_after_ms, DAY_MS + 1, "until the end of the day it was counted in");
     }
 
     #[test]

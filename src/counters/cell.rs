@@ -66,14 +66,17 @@ impl SharedCounters {
         if let Some(rate) = policy.rate.as_mut() {
             rate.share_among(self.header().rate_sharers.load(Ordering::Relaxed));
         }
-        // A lease only grows within its period: read before the compare-and-swap, a stale one under-admits.
-        let allowance = policy.quota.and_then(|q| self.allowance(cell, &q, now_ms));
         let mut current = cell.state.load(Ordering::Acquire);
+        let mut counted_at;
         let decision = loop {
             if current as u64 & FROZEN != 0 {
                 return Found::Moved;
             }
             let usage = decode(current);
+            counted_at = usage.counting_instant(now_ms);
+            // The lease of the period the check counts in. A lease only grows within its period: read
+            // before the compare-and-swap, a stale one under-admits.
+            let allowance = policy.quota.and_then(|q| self.allowance(cell, &q, counted_at));
             let (decision, next) = policy::decide_within(&policy, &usage, now_ms, allowance);
             let Some(next) = next else { break decision };
             match cell.state.compare_exchange_weak(current, encode(&next), Ordering::AcqRel, Ordering::Acquire) {
@@ -91,7 +94,8 @@ impl SharedCounters {
                 Err(seen) => current = seen,
             }
         };
-        count_day(cell, now_ms, decision.status);
+        // In the day of the period it was charged in, so that the day reports agree with the quota.
+        count_day(cell, counted_at, decision.status);
         let abusive = decision.status == Status::RateLimitExceeded && self.count_abuse(cell, now_ms);
         Found::Key(Admission {
             decision,

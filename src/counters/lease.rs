@@ -74,13 +74,13 @@ pub(super) fn merge_word(cell: &Cell, word: u64, lower: bool) {
 }
 
 impl SharedCounters {
-    /// In fleet mode, what the lease of the cell allows in the quota period of `now_ms` (nothing without
-    /// one); `None` outside fleet mode.
-    pub(super) fn allowance(&self, cell: &Cell, quota: &Quota, now_ms: i64) -> Option<Allowance> {
+    /// In fleet mode, what the lease of the cell allows in the quota period of `counted_at` (the
+    /// check's counting instant: nothing without one); `None` outside fleet mode.
+    pub(super) fn allowance(&self, cell: &Cell, quota: &Quota, counted_at: i64) -> Option<Allowance> {
         if self.header().fleet_leases.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        let start = quota.period.bounds(now_ms).0;
+        let start = quota.period.bounds(counted_at).0;
         let day = start.div_euclid(DAY_MS);
         let lease = (0..2).find_map(|i| unpack(cell.leases[i].load(Ordering::Acquire)).filter(|(d, _, _)| *d == day));
         Some(match lease {
@@ -104,13 +104,15 @@ impl SharedCounters {
     }
 
     /// The key's quota as this host sees it at `now_ms`: `None` when it has none (or the file does not
-    /// hold it).
+    /// hold it). The period is the one a check at `now_ms` would count in: the cell's own when it is
+    /// already in a later one (an agent whose clock is behind its host's checks').
     pub fn quota_cell(&self, digest: &KeyDigest, now_ms: i64) -> Option<QuotaCell> {
         let record = self.valid_record_of(digest)?;
         let quota = super::index::policy_of(record).quota?;
         let cell = self.cell(record.cell);
-        let (start, end) = quota.period.bounds(now_ms);
-        let used = decode(cell.state.load(Ordering::Acquire)).used_in(start);
+        let usage = decode(cell.state.load(Ordering::Acquire));
+        let (start, end) = quota.period.bounds(usage.counting_instant(now_ms));
+        let used = usage.used_in(start);
         let lease_of = |start_ms: i64| {
             (0..2).find_map(|i| {
                 unpack(cell.leases[i].load(Ordering::Acquire)).filter(|(d, _, _)| *d == start_ms.div_euclid(DAY_MS))
@@ -182,5 +184,26 @@ mod tests {
         assert_eq!(c.quota_cell(&e.digest, now).unwrap().lease, 3);
         c.set_policies(&Policies::default());
         assert_eq!(status(&c), Status::Ok, "outside fleet mode the key's own quota is all that counts");
+    }
+
+    #[test]
+    fn a_check_stamped_before_the_cells_period_is_held_to_that_periods_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = entry_with_daily_quota(1, 100);
+        let (_, c) = built(&dir, std::slice::from_ref(&e));
+        c.set_policies(&Policies { fleet_leases: true, ..Policies::default() });
+        let midnight = Period::Daily.bounds(1_800_000_000_000).1;
+        c.set_lease(&e.digest, midnight - DAY_MS, 50, false, false);
+        c.set_lease(&e.digest, midnight, 2, false, false);
+        let status = |now: i64| match c.admit(&e.digest, now) {
+            Found::Key(a) => (a.decision.status, a.decision.quota_reset_ms),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status(midnight + 1), (Status::Ok, midnight + DAY_MS));
+        // A host whose clock is 2 ms behind: counted in the new day, within the new day's lease of 2.
+        assert_eq!(status(midnight - 1), (Status::Ok, midnight + DAY_MS));
+        assert_eq!(status(midnight - 1).0, Status::ApiKeyQuotaExceeded, "the old day's lease of 50 lends nothing");
+        let q = c.quota_cell(&e.digest, midnight - 1).unwrap();
+        assert_eq!((q.period_start_ms, q.used, q.lease), (midnight, 2, 2), "the agent sees the cell's period");
     }
 }
