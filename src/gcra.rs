@@ -3,7 +3,10 @@
 //! Time is kept in nanoseconds so that windows not divisible by the limit stay exact to well under a
 //! millisecond, and `retry_after_ms` is rounded up so a client that waits it is admitted.
 
+use crate::period::CLOCK_TOLERANCE_MS;
+
 const NS_PER_MS: i64 = 1_000_000;
+const CLOCK_TOLERANCE_NS: i64 = CLOCK_TOLERANCE_MS * NS_PER_MS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimit {
@@ -68,7 +71,7 @@ impl Bucket {
     #[inline]
     pub fn offer(&self, tat_ns: i64, now_ms: i64) -> Rate {
         let now = now_ms.saturating_mul(NS_PER_MS);
-        let tat = tat_ns.max(now);
+        let tat = self.tat_at(tat_ns, now);
         // `tat >= now`, so the distance cannot overflow unless `now` is negative (a time before 1970,
         // which the store refuses): then it saturates and refuses.
         let ahead = tat.saturating_sub(now);
@@ -88,8 +91,22 @@ impl Bucket {
     #[inline]
     pub fn peek(&self, tat_ns: i64, now_ms: i64) -> (i64, i64) {
         let now = now_ms.saturating_mul(NS_PER_MS);
-        let tat = tat_ns.max(now);
+        let tat = self.tat_at(tat_ns, now);
         (self.remaining(tat, now), ceil_ms(tat))
+    }
+
+    /// The TAT a check at `now` (ns) is decided on. A late check (a clock behind the latest one's) finds
+    /// the bucket as the latest check left it; only a TAT further ahead than any check within
+    /// [`CLOCK_TOLERANCE_MS`] of `now` could have left it — set by a clock set wrong — is not held
+    /// against it, or one check from a clock a year ahead would refuse the key for a year.
+    #[inline]
+    fn tat_at(&self, tat_ns: i64, now: i64) -> i64 {
+        let furthest = self.tolerance_ns.saturating_add(self.interval_ns).saturating_add(CLOCK_TOLERANCE_NS);
+        if tat_ns.saturating_sub(now) > furthest {
+            now
+        } else {
+            tat_ns.max(now)
+        }
     }
 
     /// How many requests in a row a bucket at `tat` (`>= now`) admits at `now`.
@@ -185,7 +202,9 @@ mod tests {
             }
         };
         let now = now_ms as i128 * ns;
-        let tat = (tat_ns as i128).max(now);
+        let clock_tolerance = CLOCK_TOLERANCE_MS as i128 * ns;
+        let furthest = tolerance.saturating_add(interval).saturating_add(clock_tolerance);
+        let tat = if tat_ns as i128 - now > furthest { now } else { (tat_ns as i128).max(now) };
         let new_tat = tat + interval;
         if tat - now > tolerance || new_tat > i64::MAX as i128 {
             Rate::Reject {
@@ -238,6 +257,19 @@ mod tests {
                 proptest::prop_assert!(matches!(exact, Rate::Admit { .. }), "{:?} at {}: {:?}", rl, tat, exact);
             }
         }
+    }
+
+    #[test]
+    fn a_late_check_finds_the_bucket_as_left_unless_a_clock_set_wrong_left_it() {
+        let rl = RateLimit { limit: 1, window_ms: 1000, burst: 1 };
+        let day_ns = CLOCK_TOLERANCE_MS * NS_PER_MS;
+        // Left by a check up to a day ahead of this one's clock: held against it.
+        let mut tat = (T0 + 1000) * NS_PER_MS + day_ns;
+        assert!(matches!(run(&rl, &mut tat, T0), Rate::Reject { .. }));
+        // Further ahead than any check within a day of this one could have left it: a clock set wrong.
+        let mut tat = tat + 1;
+        assert!(matches!(run(&rl, &mut tat, T0), Rate::Admit { .. }));
+        assert_eq!(tat, (T0 + 1000) * NS_PER_MS);
     }
 
     #[test]

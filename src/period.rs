@@ -6,6 +6,11 @@ use crate::error::{Error, Result};
 
 pub const DAY_MS: i64 = 86_400_000;
 
+/// How far apart the clocks stamping one key's checks may be while its quota counter never moves back to
+/// an older period and its rate limiter never backwards (see `policy::Usage::counting_instant`): state
+/// further ahead of a check than that was left by a clock set wrong, and is not held against it.
+pub const CLOCK_TOLERANCE_MS: i64 = DAY_MS;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Period {
     Daily,

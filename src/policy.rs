@@ -2,7 +2,7 @@
 //! No I/O, no clock: everything it needs is passed in, so every rule is tested with exact instants.
 
 use crate::gcra::{Rate, RateLimit};
-use crate::period::Period;
+use crate::period::{Period, CLOCK_TOLERANCE_MS};
 use crate::status::Status;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,9 +39,17 @@ impl Usage {
     /// counter is already in counts in that newer period. Each period's count then only grows, and no
     /// period admits more than the quota; the cost is that a late check may be refused against the
     /// newer period although the older one had room.
+    ///
+    /// Clocks are trusted to agree within [`CLOCK_TOLERANCE_MS`]: a counter whose period begins later
+    /// than that after the stamp was moved there by a clock set wrong, and holding every later check to
+    /// that far period would refuse the key until the clock reached it.
     #[inline]
     pub fn counting_instant(&self, now_ms: i64) -> i64 {
-        now_ms.max(self.period_start_ms)
+        if self.period_start_ms - now_ms <= CLOCK_TOLERANCE_MS {
+            now_ms.max(self.period_start_ms)
+        } else {
+            now_ms
+        }
     }
 
     /// Requests counted in the period that starts at `period_start_ms` (a count of any other period is 0).

@@ -198,6 +198,25 @@ fn processes_with_clocks_milliseconds_apart_admit_at_most_the_quota_per_day() {
 }
 
 #[test]
+fn a_clock_set_a_year_ahead_and_corrected_does_not_hold_the_key_to_that_year() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key, _) = store_with(dir.path(), r#"{"quota": {"limit": 3, "period": "daily"}, "rate_limit": null}"#);
+    let t = new_year() + 3_600_000;
+    assert_eq!(status(&store, &key, t), Status::Ok);
+    for _ in 0..3 {
+        assert_eq!(status(&store, &key, t + 365 * 86_400_000), Status::Ok);
+    }
+    // The clock is corrected: the key counts in today again, not in next year's day.
+    assert_eq!(status(&store, &key, t + 1), Status::Ok);
+    // Within the tolerance (a day), a counter ahead still holds: 23 h behind the counter's day is refused.
+    let tomorrow = new_year() + 86_400_000;
+    for _ in 0..3 {
+        assert_eq!(status(&store, &key, tomorrow), Status::Ok);
+    }
+    assert_eq!(status(&store, &key, tomorrow - 23 * 3_600_000), Status::ApiKeyQuotaExceeded);
+}
+
+#[test]
 fn a_late_check_never_moves_the_rate_limiter_back() {
     let dir = tempfile::tempdir().unwrap();
     let (store, key, _) = store_with(dir.path(), r#"{"rate_limit": {"limit": 1, "window_ms": 1000, "burst": 1}}"#);
@@ -208,6 +227,10 @@ fn a_late_check_never_moves_the_rate_limiter_back() {
     }
     assert_eq!(status(&store, &key, t + 999), Status::RateLimitExceeded, "the late checks did not refill it");
     assert_eq!(status(&store, &key, t + 1000), Status::Ok);
+    // One check from a clock a year ahead, then the clock is corrected: not refused for a year.
+    assert_eq!(status(&store, &key, t + 365 * 86_400_000), Status::Ok);
+    assert_eq!(status(&store, &key, t + 2000), Status::Ok);
+    assert_eq!(status(&store, &key, t + 2001), Status::RateLimitExceeded);
 }
 
 /// The documented rule for expiry and scheduled revocation: they are decided at the instant the caller
