@@ -140,9 +140,9 @@ async function keyPage(id) {
   };
   const audit = (await api("GET", "keys/" + encodeURIComponent(id) + "/audit")).events;
   const record = table(["field", "value"], [
-    ["id", k.id], ["prefix", k.prefix], ["name", k.name || ""], ["plan", k.plan || ""], ["env", k.env],
+    ["id", k.id], ["prefix", k.prefix], ["name", k.name || "-"], ["plan", k.plan || "-"], ["env", k.env],
     ["state", stateBadge(k.state)], ["created", fmtTime(k.created_at_ms)], ["expires", fmtTime(k.expires_at_ms)],
-    ["revoked", k.revoked_at_ms ? fmtTime(k.revoked_at_ms) + " (" + k.revoked_reason + ")" : "no"],
+    ["revoked", k.revoked_at_ms ? fmtTime(k.revoked_at_ms) + (k.revoked_reason ? " (" + k.revoked_reason + ")" : "") : "no"],
     ["revoked at grace end", k.revoke_at_ms ? fmtTime(k.revoke_at_ms) : "-"],
     ["rotated from", k.rotated_from ? el("a", { href: "#/keys/" + k.rotated_from }, k.rotated_from) : "-"],
     ["rotated to", k.rotated_to ? el("a", { href: "#/keys/" + k.rotated_to }, k.rotated_to) : "-"],

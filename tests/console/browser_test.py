@@ -1,10 +1,12 @@
 """The support console as a person uses it, in headless Chromium: log in with a token, create a key and
-read its plaintext once, find it in the list, make checks through the C ABI and see them in the chart,
-rotate and revoke it and see the audit entries; read-only mode and requests without the session or the
-CSRF token are refused. Screenshots of the main pages go to target/console-screenshots/."""
+read its plaintext once, find it in the list, make checks through the C ABI and see
+them in the chart, rotate and revoke a key and read its page, see the audit entries, add and edit a plan;
+read-only mode and requests without the session or the CSRF token are refused. No page shows a "null",
+"undefined" or "[object ...]". Screenshots of the main pages go to target/console-screenshots/."""
 
 import ctypes
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -80,7 +82,16 @@ def confirm(d):
 
 def shot(d, name):
     time.sleep(0.3)  # let the page settle
+    assert_reads_clean(d)
     d.save_screenshot(os.path.join(SHOTS, name + ".png"))
+
+
+def assert_reads_clean(d):
+    """No JavaScript placeholder leaks into the page: a missing value reads as a word or "-", and a list of
+    elements is drawn as elements."""
+    text = d.find_element(By.TAG_NAME, "body").text
+    leaks = re.findall(r"\bnull\b|\bundefined\b|\bNaN\b|\[object \w+\]", text)
+    assert not leaks, f"{leaks} on the page:\n{text}"
 
 
 def fetch(d, method, path, headers):
@@ -196,6 +207,22 @@ def scenario(tmp):
             assert new_key not in d.page_source
             assert not d.find_elements(By.ID, "revoke"), "a revoked key offers no actions"
 
+        def revoked_key_page_reads_clean():
+            # The page the last step left: the revoked replacement key.
+            css(d, "#record")
+            assert_reads_clean(d)
+            record = {r.find_element(By.TAG_NAME, "th").text: r.find_element(By.TAG_NAME, "td").text
+                      for r in d.find_elements(By.CSS_SELECTOR, "#record tbody tr")}
+            assert "(customer asked)" in record["revoked"], record
+            assert record["name"] == "acme-support" and record["plan"] == "-", record
+            assert all(v.strip() for v in record.values()), record
+            d.execute_script("document.getElementById('record').scrollIntoView()")
+            shot(d, "04b-revoked-key-record")
+            # The rotated key, in its grace period.
+            d.get(console.url + "/#/keys/" + state["id"])
+            css(d, "#usage-chart")
+            assert_reads_clean(d)
+
         def audit_names_the_console_user():
             d.get(console.url + "/#/audit")
             table = css(d, "#audit-table")
@@ -223,6 +250,20 @@ def scenario(tmp):
             confirm(d)
             wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#plans-table tr[data-plan=pro]"))
             shot(d, "07-plans")
+
+        def edits_an_existing_plan():
+            d.get(console.url + "/#/plans")
+            form = css(d, "form.plan-form[data-plan=pro]")
+            assert_reads_clean(d)
+            quota = form.find_element(By.NAME, "quota")
+            assert quota.get_attribute("value") == "1000"
+            quota.clear()
+            quota.send_keys("2000")
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            confirm(d)
+            wait(d, lambda d: "2000 daily" in d.find_element(By.CSS_SELECTOR, "#plans-table tr[data-plan=pro]").text)
+            assert len(d.find_elements(By.CSS_SELECTOR, "form.plan-form")) == 2  # pro's and the new plan's
+            shot(d, "07b-plan-edited")
 
         def refuses_without_csrf_or_session():
             assert fetch(d, "POST", "/api/v1/keys", {"Content-Type": "application/json"}) == 403
@@ -257,8 +298,10 @@ def scenario(tmp):
                          ("searches and filters the list", searches_and_filters),
                          ("checks through the C ABI show in the chart", checks_show_in_the_chart),
                          ("rotates and revokes with confirmation", rotates_and_revokes),
+                         ("a revoked key's page shows a value for every field", revoked_key_page_reads_clean),
                          ("the audit log names console:alice", audit_names_the_console_user),
                          ("overview and plans render and save", overview_and_plans_render),
+                         ("an existing plan is edited in its form", edits_an_existing_plan),
                          ("no CSP violation", no_csp_violations),
                          ("refuses requests without CSRF token or session", refuses_without_csrf_or_session),
                          ("read-only hides and refuses changes", read_only_refuses_changes)]:
