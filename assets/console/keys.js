@@ -48,16 +48,18 @@ MS.routes.keys = async (id) => {
   };
   for (const input of [q, plan, state, expiring]) input.addEventListener("input", load);
   const created = el("div", { id: "created" });
+  const createForm = keyForm(plans, null, async (body) => {
+    if (!(await confirmAction("Create a " + (body.env || "live") + " key" + (body.name ? " named " + body.name : "") + "?"))) return;
+    const k = await api("POST", "keys", body);
+    // The next key starts from the defaults, not from this one's values.
+    createForm.reset();
+    created.replaceChildren(shownOnce(k, "New key " + k.prefix));
+    document.getElementById("create").open = false;
+    await load();
+  });
   render(el("h2", {}, "Keys"),
     el("div", { class: "filters" }, q, plan, state, el("label", {}, expiring, " expiring within 30 d")),
-    el("details", { class: "change", id: "create" }, el("summary", { id: "new-key" }, "New key"),
-      keyForm(plans, null, async (body) => {
-        if (!(await confirmAction("Create a " + (body.env || "live") + " key" + (body.name ? " named " + body.name : "") + "?"))) return;
-        const k = await api("POST", "keys", body);
-        created.replaceChildren(shownOnce(k, "New key " + k.prefix));
-        document.getElementById("create").open = false;
-        await load();
-      })),
+    el("details", { class: "change", id: "create" }, el("summary", { id: "new-key" }, "New key"), createForm),
     created, list);
   await load();
 };

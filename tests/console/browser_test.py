@@ -1,5 +1,5 @@
 """The support console as a person uses it, in headless Chromium: log in with a token, create a key and
-read its plaintext once, find it in the list, make checks through the C ABI and see
+read its plaintext once, create another from a fresh form, find them in the list, make checks through the C ABI and see
 them in the chart, rotate and revoke a key and read its page, see the audit entries, add and edit a plan;
 read-only mode and requests without the session or the CSRF token are refused. No page shows a "null",
 "undefined" or "[object ...]". Screenshots of the main pages go to target/console-screenshots/."""
@@ -166,6 +166,34 @@ def scenario(tmp):
             assert not d.find_elements(By.ID, "plaintext")
             shot(d, "03-keys")
 
+        def second_key_starts_from_defaults():
+            d.get(console.url + "/#/keys")
+            css(d, "#keys-table tbody tr")
+            css(d, "#new-key").click()
+            form = css(d, "#create-form")
+            form.find_element(By.NAME, "name").send_keys("first-draft")
+            form.find_element(By.NAME, "quota_limit").send_keys("100")
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            confirm(d)
+            css(d, "#plaintext")
+            wait(d, lambda d: "first-draft" in d.find_element(By.ID, "keys-table").text)
+            # The same form, opened again after a key was created, holds none of that key's values.
+            css(d, "#new-key").click()
+            form = css(d, "#create-form")
+            values = {f.get_attribute("name"): f.get_attribute("value")
+                      for f in form.find_elements(By.CSS_SELECTOR, "input, select")}
+            assert values == {"name": "", "plan": "", "env": "live", "expires_days": "", "quota_limit": "",
+                              "quota_period": "daily", "rate_limit": "", "rate_window": "60000", "burst": ""}, values
+            form.find_element(By.NAME, "name").send_keys("beta-team")
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            confirm(d)
+            wait(d, lambda d: "beta-team" in d.find_element(By.ID, "keys-table").text)
+            rows = {r.find_elements(By.TAG_NAME, "td")[1].text: r.text
+                    for r in d.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr")}
+            assert set(rows) == {"acme-support", "first-draft", "beta-team"}, rows
+            assert "100 daily" not in rows["beta-team"] and "0 / 100 daily" in rows["first-draft"], rows
+            shot(d, "02b-second-key")
+
         def searches_and_filters():
             css(d, "#search").send_keys("nothing-matches")
             wait(d, lambda d: "0 keys" in d.find_element(By.CSS_SELECTOR, "#key-list .count").text)
@@ -218,10 +246,12 @@ def scenario(tmp):
             assert all(v.strip() for v in record.values()), record
             d.execute_script("document.getElementById('record').scrollIntoView()")
             shot(d, "04b-revoked-key-record")
-            # The rotated key, in its grace period.
-            d.get(console.url + "/#/keys/" + state["id"])
-            css(d, "#usage-chart")
-            assert_reads_clean(d)
+            # The rotated key, in its grace period, and a key never used.
+            for key_id in [state["id"], d.execute_script(
+                    "return fetch('/api/v1/keys?q=beta-team').then(r => r.json()).then(j => j.keys[0].id)")]:
+                d.get(console.url + "/#/keys/" + key_id)
+                css(d, "#usage-chart")
+                assert_reads_clean(d)
 
         def audit_names_the_console_user():
             d.get(console.url + "/#/audit")
@@ -295,6 +325,7 @@ def scenario(tmp):
 
         for name, fn in [("logs in with the token", logs_in),
                          ("creates a key and shows its plaintext once", creates_a_key_shown_once),
+                         ("a second key starts from the create form's defaults", second_key_starts_from_defaults),
                          ("searches and filters the list", searches_and_filters),
                          ("checks through the C ABI show in the chart", checks_show_in_the_chart),
                          ("rotates and revokes with confirmation", rotates_and_revokes),
