@@ -6,8 +6,9 @@
 const DAY_MS = 86400000;
 const MS = { session: null, routes: {}, timers: [] };
 
-async function api(method, path, body) {
-  const opts = { method, credentials: "same-origin", headers: {} };
+// `signal`: an AbortSignal that cancels the request (and rejects), or null.
+async function api(method, path, body, signal) {
+  const opts = { method, credentials: "same-origin", headers: {}, signal };
   if (method !== "GET") {
     opts.headers["X-CSRF-Token"] = MS.session ? MS.session.csrf : "";
     opts.headers["Content-Type"] = "application/json";

@@ -1,8 +1,9 @@
 """The support console as a person uses it, in headless Chromium: log in with a token, create a key and
-read its plaintext once, create another from a fresh form, find them in the list, make checks through the C ABI and see
-them in the chart, rotate and revoke a key and read its page, see the audit entries, add and edit a plan;
-read-only mode and requests without the session or the CSRF token are refused. No page shows a "null",
-"undefined" or "[object ...]". Screenshots of the main pages go to target/console-screenshots/."""
+read its plaintext once, create another from a fresh form, find them in the list (the search box draws
+the answer for its whole text, however late an earlier answer comes), make checks through the C ABI and
+see them in the chart, rotate and revoke a key and read its page, see the audit entries, add and edit a
+plan; read-only mode and requests without the session or the CSRF token are refused. No page shows a
+"null", "undefined" or "[object ...]". Screenshots of the main pages go to target/console-screenshots/."""
 
 import ctypes
 import os
@@ -201,6 +202,58 @@ def scenario(tmp):
             d.find_element(By.ID, "search").send_keys("acme")
             wait(d, lambda d: "1 keys" in d.find_element(By.CSS_SELECTOR, "#key-list .count").text)
 
+        def search_shows_the_latest_answer():
+            d.get(console.url + "/#/overview")  # the list drawn anew, its search box empty
+            css(d, "#overview-chart")
+            d.get(console.url + "/#/keys")
+            css(d, "#keys-table tbody tr")
+            assert d.find_element(By.ID, "search").get_attribute("value") == ""
+
+            def count_for(q):
+                return d.execute_async_script(
+                    "const done = arguments[arguments.length - 1];"
+                    "fetch('/api/v1/keys?q=' + encodeURIComponent(arguments[0])).then(r => r.json())"
+                    ".then(j => done(j.keys.length), e => done(String(e)));", q)
+            full, start = "acme-support", "a"
+            assert count_for(full) == 1 and count_for(start) >= 2, (count_for(full), count_for(start))
+            # The page's requests for the list are recorded; the one for "a" is held until released, so
+            # its answer comes after the one for the whole text, as a slow answer over many keys would.
+            d.execute_script("""
+                const held = arguments[0], real = window.realFetch = window.fetch;
+                window.keyQueries = []; window.keyAnswers = 0;
+                window.fetch = async (url, opts) => {
+                  const u = new URL(url, location.href);
+                  if (u.pathname !== '/api/v1/keys') return real(url, opts);
+                  const q = u.searchParams.get('q') || '';
+                  window.keyQueries.push(q);
+                  try {
+                    if (q === held) await new Promise((release) => { window.releaseHeld = release; });
+                    return await real(url, opts);
+                  } finally { window.keyAnswers++; }
+                };""", start)
+            count_text = lambda d: d.find_element(By.CSS_SELECTOR, "#key-list .count").text
+            box = d.find_element(By.ID, "search")
+            box.send_keys(start)
+            wait(d, lambda d: d.execute_script("return window.keyQueries.includes(arguments[0])", start))
+            box.send_keys(full[len(start):])
+            wait(d, lambda d: count_text(d) == "1 keys")
+            d.execute_script("window.releaseHeld()")
+            wait(d, lambda d: d.execute_script("return window.keyAnswers === window.keyQueries.length"))
+            time.sleep(0.5)  # an answer that was let through is drawn right after it arrives
+            assert box.get_attribute("value") == full
+            assert count_text(d) == "1 keys", count_text(d)
+            queries = d.execute_script("return window.keyQueries")
+            assert queries[-1] == full, queries
+            # Typing a word at once sends one request, not one a keystroke.
+            box.clear()
+            box.send_keys("beta-team")
+            wait(d, lambda d: "beta-team" in d.find_element(By.ID, "keys-table").text and count_text(d) == "1 keys")
+            time.sleep(0.5)
+            queries = d.execute_script("return window.keyQueries")
+            typed = queries[queries.index(full) + 1:]
+            assert len(typed) <= 2 and typed[-1] == "beta-team", queries
+            d.execute_script("window.fetch = window.realFetch")
+
         def checks_show_in_the_chart():
             decisions = c_abi_checks(db, state["key"], 8)
             assert decisions.count(0) == 5 and decisions.count(6) == 3, decisions  # 5/min: 5 ok, 3 rate limited
@@ -327,6 +380,7 @@ def scenario(tmp):
                          ("creates a key and shows its plaintext once", creates_a_key_shown_once),
                          ("a second key starts from the create form's defaults", second_key_starts_from_defaults),
                          ("searches and filters the list", searches_and_filters),
+                         ("the search box shows the answer for its whole text", search_shows_the_latest_answer),
                          ("checks through the C ABI show in the chart", checks_show_in_the_chart),
                          ("rotates and revokes with confirmation", rotates_and_revokes),
                          ("a revoked key's page shows a value for every field", revoked_key_page_reads_clean),
