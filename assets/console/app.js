@@ -6,8 +6,9 @@
 const DAY_MS = 86400000;
 const MS = { session: null, routes: {}, timers: [] };
 
-async function api(method, path, body) {
-  const opts = { method, credentials: "same-origin", headers: {} };
+// `signal`: an AbortSignal that cancels the request (and rejects), or null.
+async function api(method, path, body, signal) {
+  const opts = { method, credentials: "same-origin", headers: {}, signal };
   if (method !== "GET") {
     opts.headers["X-CSRF-Token"] = MS.session ? MS.session.csrf : "";
     opts.headers["Content-Type"] = "application/json";
@@ -23,7 +24,14 @@ async function api(method, path, body) {
   return data;
 }
 
-// el("tag", {attr: value, onclick: fn}, child, "text", ...)
+// Children as the DOM takes them: arrays flattened, text as text nodes, and null, undefined and false
+// (an optional part left out) dropped, never printed as "null" or "[object HTMLFormElement],...".
+function nodes(children) {
+  return children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false)
+    .map((c) => (c instanceof Node ? c : document.createTextNode(String(c))));
+}
+
+// el("tag", {attr: value, onclick: fn}, child, "text", [child, ...], ...)
 function el(tag, attrs, ...children) {
   const svg = ["svg", "g", "rect", "line", "text", "title", "path"].includes(tag);
   const node = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag) : document.createElement(tag);
@@ -32,10 +40,7 @@ function el(tag, attrs, ...children) {
     if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
-    if (c === null || c === undefined || c === false) continue;
-    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
+  node.append(...nodes(children));
   return node;
 }
 
@@ -134,12 +139,21 @@ function auditTable(events, id) {
   return table(["time", "actor", "action", "key", "detail"], events.slice().reverse().map((e) => el("tr", {},
     el("td", {}, fmtTime(e.at_ms)), el("td", {}, e.actor), el("td", {}, e.action),
     el("td", {}, e.key_id ? el("a", { href: "#/keys/" + encodeURIComponent(e.key_id) }, e.key_id) : "-"),
-    el("td", { class: "detail" }, JSON.stringify(e.detail)))), { id });
+    el("td", { class: "detail" }, fmtDetail(e.detail)))), { id });
 }
 
-function render(...nodes) {
-  const main = document.getElementById("main");
-  main.replaceChildren(...nodes);
+// An audit event's detail as "field: value" pairs; a field set to nothing (no plan, a limit removed)
+// reads "none" rather than JSON's null.
+function fmtDetail(detail) {
+  if (detail === null || detail === undefined) return "-";
+  if (typeof detail !== "object" || Array.isArray(detail)) return JSON.stringify(detail);
+  const value = (v) => (v === null ? "none" : typeof v === "string" ? v : JSON.stringify(v));
+  return Object.entries(detail).map(([k, v]) => k + ": " + value(v)).join(" · ") || "-";
+}
+
+// Replaces the page's content; takes children as el() does.
+function render(...children) {
+  document.getElementById("main").replaceChildren(...nodes(children));
 }
 
 // A button that runs `action` and shows its error in the banner.

@@ -10,6 +10,9 @@ const COLUMNS = [
   ["last used", (k) => k.usage.last_used_at_ms || 0],
 ];
 
+// How long the search box waits for typing to pause before it asks.
+const SEARCH_PAUSE_MS = 200;
+
 MS.routes.keys = async (id) => {
   if (id) return keyPage(id);
   const plans = (await api("GET", "plans")).plans;
@@ -37,27 +40,44 @@ MS.routes.keys = async (id) => {
     list.replaceChildren(el("p", { class: "count" }, keys.length + " keys"),
       el("table", { id: "keys-table" }, el("thead", {}, el("tr", {}, head)), el("tbody", {}, rows)));
   };
+  // Only the newest request's answer is drawn: a new one aborts the one before, whose answer (a short
+  // prefix matches many keys, so it can come last) would otherwise replace the right one.
+  let latest = null;
   const load = async () => {
     const params = new URLSearchParams();
     if (q.value) params.set("q", q.value);
     if (plan.value) params.set("plan", plan.value);
     if (state.value) params.set("state", state.value);
     if (expiring.checked) params.set("expiring_days", "30");
-    keys = (await api("GET", "keys?" + params)).keys;
+    if (latest) latest.abort();
+    const mine = (latest = new AbortController());
+    const answer = await api("GET", "keys?" + params, null, mine.signal)
+      .catch((e) => (mine.signal.aborted ? null : Promise.reject(e)));
+    if (mine.signal.aborted) return;
+    keys = answer.keys;
     draw();
   };
-  for (const input of [q, plan, state, expiring]) input.addEventListener("input", load);
+  const reload = () => load().catch((e) => notice(e.message, "error"));
+  // The search asks once typing pauses, not once a keystroke.
+  let typing = null;
+  q.addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(reload, SEARCH_PAUSE_MS);
+  });
+  for (const input of [plan, state, expiring]) input.addEventListener("input", reload);
   const created = el("div", { id: "created" });
+  const createForm = keyForm(plans, null, async (body) => {
+    if (!(await confirmAction("Create a " + (body.env || "live") + " key" + (body.name ? " named " + body.name : "") + "?"))) return;
+    const k = await api("POST", "keys", body);
+    // The next key starts from the defaults, not from this one's values.
+    createForm.reset();
+    created.replaceChildren(shownOnce(k, "New key " + k.prefix));
+    document.getElementById("create").open = false;
+    await load();
+  });
   render(el("h2", {}, "Keys"),
     el("div", { class: "filters" }, q, plan, state, el("label", {}, expiring, " expiring within 30 d")),
-    el("details", { class: "change", id: "create" }, el("summary", { id: "new-key" }, "New key"),
-      keyForm(plans, null, async (body) => {
-        if (!(await confirmAction("Create a " + (body.env || "live") + " key" + (body.name ? " named " + body.name : "") + "?"))) return;
-        const k = await api("POST", "keys", body);
-        created.replaceChildren(shownOnce(k, "New key " + k.prefix));
-        document.getElementById("create").open = false;
-        await load();
-      })),
+    el("details", { class: "change", id: "create" }, el("summary", { id: "new-key" }, "New key"), createForm),
     created, list);
   await load();
 };
@@ -140,9 +160,9 @@ async function keyPage(id) {
   };
   const audit = (await api("GET", "keys/" + encodeURIComponent(id) + "/audit")).events;
   const record = table(["field", "value"], [
-    ["id", k.id], ["prefix", k.prefix], ["name", k.name || ""], ["plan", k.plan || ""], ["env", k.env],
+    ["id", k.id], ["prefix", k.prefix], ["name", k.name || "-"], ["plan", k.plan || "-"], ["env", k.env],
     ["state", stateBadge(k.state)], ["created", fmtTime(k.created_at_ms)], ["expires", fmtTime(k.expires_at_ms)],
-    ["revoked", k.revoked_at_ms ? fmtTime(k.revoked_at_ms) + " (" + k.revoked_reason + ")" : "no"],
+    ["revoked", k.revoked_at_ms ? fmtTime(k.revoked_at_ms) + (k.revoked_reason ? " (" + k.revoked_reason + ")" : "") : "no"],
     ["revoked at grace end", k.revoke_at_ms ? fmtTime(k.revoke_at_ms) : "-"],
     ["rotated from", k.rotated_from ? el("a", { href: "#/keys/" + k.rotated_from }, k.rotated_from) : "-"],
     ["rotated to", k.rotated_to ? el("a", { href: "#/keys/" + k.rotated_to }, k.rotated_to) : "-"],

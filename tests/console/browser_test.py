@@ -1,10 +1,13 @@
 """The support console as a person uses it, in headless Chromium: log in with a token, create a key and
-read its plaintext once, find it in the list, make checks through the C ABI and see them in the chart,
-rotate and revoke it and see the audit entries; read-only mode and requests without the session or the
-CSRF token are refused. Screenshots of the main pages go to target/console-screenshots/."""
+read its plaintext once, create another from a fresh form, find them in the list (the search box draws
+the answer for its whole text, however late an earlier answer comes), make checks through the C ABI and
+see them in the chart, rotate and revoke a key and read its page, see the audit entries, add and edit a
+plan; read-only mode and requests without the session or the CSRF token are refused. No page shows a
+"null", "undefined" or "[object ...]". Screenshots of the main pages go to target/console-screenshots/."""
 
 import ctypes
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -80,7 +83,16 @@ def confirm(d):
 
 def shot(d, name):
     time.sleep(0.3)  # let the page settle
+    assert_reads_clean(d)
     d.save_screenshot(os.path.join(SHOTS, name + ".png"))
+
+
+def assert_reads_clean(d):
+    """No JavaScript placeholder leaks into the page: a missing value reads as a word or "-", and a list of
+    elements is drawn as elements."""
+    text = d.find_element(By.TAG_NAME, "body").text
+    leaks = re.findall(r"\bnull\b|\bundefined\b|\bNaN\b|\[object \w+\]", text)
+    assert not leaks, f"{leaks} on the page:\n{text}"
 
 
 def fetch(d, method, path, headers):
@@ -155,12 +167,92 @@ def scenario(tmp):
             assert not d.find_elements(By.ID, "plaintext")
             shot(d, "03-keys")
 
+        def second_key_starts_from_defaults():
+            d.get(console.url + "/#/keys")
+            css(d, "#keys-table tbody tr")
+            css(d, "#new-key").click()
+            form = css(d, "#create-form")
+            form.find_element(By.NAME, "name").send_keys("first-draft")
+            form.find_element(By.NAME, "quota_limit").send_keys("100")
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            confirm(d)
+            css(d, "#plaintext")
+            wait(d, lambda d: "first-draft" in d.find_element(By.ID, "keys-table").text)
+            # The same form, opened again after a key was created, holds none of that key's values.
+            css(d, "#new-key").click()
+            form = css(d, "#create-form")
+            values = {f.get_attribute("name"): f.get_attribute("value")
+                      for f in form.find_elements(By.CSS_SELECTOR, "input, select")}
+            assert values == {"name": "", "plan": "", "env": "live", "expires_days": "", "quota_limit": "",
+                              "quota_period": "daily", "rate_limit": "", "rate_window": "60000", "burst": ""}, values
+            form.find_element(By.NAME, "name").send_keys("beta-team")
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            confirm(d)
+            wait(d, lambda d: "beta-team" in d.find_element(By.ID, "keys-table").text)
+            rows = {r.find_elements(By.TAG_NAME, "td")[1].text: r.text
+                    for r in d.find_elements(By.CSS_SELECTOR, "#keys-table tbody tr")}
+            assert set(rows) == {"acme-support", "first-draft", "beta-team"}, rows
+            assert "100 daily" not in rows["beta-team"] and "0 / 100 daily" in rows["first-draft"], rows
+            shot(d, "02b-second-key")
+
         def searches_and_filters():
             css(d, "#search").send_keys("nothing-matches")
             wait(d, lambda d: "0 keys" in d.find_element(By.CSS_SELECTOR, "#key-list .count").text)
             d.find_element(By.ID, "search").clear()
             d.find_element(By.ID, "search").send_keys("acme")
             wait(d, lambda d: "1 keys" in d.find_element(By.CSS_SELECTOR, "#key-list .count").text)
+
+        def search_shows_the_latest_answer():
+            d.get(console.url + "/#/overview")  # the list drawn anew, its search box empty
+            css(d, "#overview-chart")
+            d.get(console.url + "/#/keys")
+            css(d, "#keys-table tbody tr")
+            assert d.find_element(By.ID, "search").get_attribute("value") == ""
+
+            def count_for(q):
+                return d.execute_async_script(
+                    "const done = arguments[arguments.length - 1];"
+                    "fetch('/api/v1/keys?q=' + encodeURIComponent(arguments[0])).then(r => r.json())"
+                    ".then(j => done(j.keys.length), e => done(String(e)));", q)
+            full, start = "acme-support", "a"
+            assert count_for(full) == 1 and count_for(start) >= 2, (count_for(full), count_for(start))
+            # The page's requests for the list are recorded; the one for "a" is held until released, so
+            # its answer comes after the one for the whole text, as a slow answer over many keys would.
+            d.execute_script("""
+                const held = arguments[0], real = window.realFetch = window.fetch;
+                window.keyQueries = []; window.keyAnswers = 0;
+                window.fetch = async (url, opts) => {
+                  const u = new URL(url, location.href);
+                  if (u.pathname !== '/api/v1/keys') return real(url, opts);
+                  const q = u.searchParams.get('q') || '';
+                  window.keyQueries.push(q);
+                  try {
+                    if (q === held) await new Promise((release) => { window.releaseHeld = release; });
+                    return await real(url, opts);
+                  } finally { window.keyAnswers++; }
+                };""", start)
+            count_text = lambda d: d.find_element(By.CSS_SELECTOR, "#key-list .count").text
+            box = d.find_element(By.ID, "search")
+            box.send_keys(start)
+            wait(d, lambda d: d.execute_script("return window.keyQueries.includes(arguments[0])", start))
+            box.send_keys(full[len(start):])
+            wait(d, lambda d: count_text(d) == "1 keys")
+            d.execute_script("window.releaseHeld()")
+            wait(d, lambda d: d.execute_script("return window.keyAnswers === window.keyQueries.length"))
+            time.sleep(0.5)  # an answer that was let through is drawn right after it arrives
+            assert box.get_attribute("value") == full
+            assert count_text(d) == "1 keys", count_text(d)
+            queries = d.execute_script("return window.keyQueries")
+            assert queries[-1] == full, queries
+            # Typing a word at once sends one request, not one a keystroke.
+            box.clear()
+            box.send_keys("beta-team")
+            wait(d, lambda d: "beta-team" in d.find_element(By.ID, "keys-table").text and count_text(d) == "1 keys")
+            time.sleep(0.5)
+            queries = d.execute_script("return window.keyQueries")
+            typed = queries[queries.index(full) + 1:]
+            assert len(typed) <= 2 and typed[-1] == "beta-team", queries
+            d.execute_script("window.fetch = window.realFetch")
 
         def checks_show_in_the_chart():
             decisions = c_abi_checks(db, state["key"], 8)
@@ -196,6 +288,24 @@ def scenario(tmp):
             assert new_key not in d.page_source
             assert not d.find_elements(By.ID, "revoke"), "a revoked key offers no actions"
 
+        def revoked_key_page_reads_clean():
+            # The page the last step left: the revoked replacement key.
+            css(d, "#record")
+            assert_reads_clean(d)
+            record = {r.find_element(By.TAG_NAME, "th").text: r.find_element(By.TAG_NAME, "td").text
+                      for r in d.find_elements(By.CSS_SELECTOR, "#record tbody tr")}
+            assert "(customer asked)" in record["revoked"], record
+            assert record["name"] == "acme-support" and record["plan"] == "-", record
+            assert all(v.strip() for v in record.values()), record
+            d.execute_script("document.getElementById('record').scrollIntoView()")
+            shot(d, "04b-revoked-key-record")
+            # The rotated key, in its grace period, and a key never used.
+            for key_id in [state["id"], d.execute_script(
+                    "return fetch('/api/v1/keys?q=beta-team').then(r => r.json()).then(j => j.keys[0].id)")]:
+                d.get(console.url + "/#/keys/" + key_id)
+                css(d, "#usage-chart")
+                assert_reads_clean(d)
+
         def audit_names_the_console_user():
             d.get(console.url + "/#/audit")
             table = css(d, "#audit-table")
@@ -223,6 +333,20 @@ def scenario(tmp):
             confirm(d)
             wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#plans-table tr[data-plan=pro]"))
             shot(d, "07-plans")
+
+        def edits_an_existing_plan():
+            d.get(console.url + "/#/plans")
+            form = css(d, "form.plan-form[data-plan=pro]")
+            assert_reads_clean(d)
+            quota = form.find_element(By.NAME, "quota")
+            assert quota.get_attribute("value") == "1000"
+            quota.clear()
+            quota.send_keys("2000")
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            confirm(d)
+            wait(d, lambda d: "2000 daily" in d.find_element(By.CSS_SELECTOR, "#plans-table tr[data-plan=pro]").text)
+            assert len(d.find_elements(By.CSS_SELECTOR, "form.plan-form")) == 2  # pro's and the new plan's
+            shot(d, "07b-plan-edited")
 
         def refuses_without_csrf_or_session():
             assert fetch(d, "POST", "/api/v1/keys", {"Content-Type": "application/json"}) == 403
@@ -254,11 +378,15 @@ def scenario(tmp):
 
         for name, fn in [("logs in with the token", logs_in),
                          ("creates a key and shows its plaintext once", creates_a_key_shown_once),
+                         ("a second key starts from the create form's defaults", second_key_starts_from_defaults),
                          ("searches and filters the list", searches_and_filters),
+                         ("the search box shows the answer for its whole text", search_shows_the_latest_answer),
                          ("checks through the C ABI show in the chart", checks_show_in_the_chart),
                          ("rotates and revokes with confirmation", rotates_and_revokes),
+                         ("a revoked key's page shows a value for every field", revoked_key_page_reads_clean),
                          ("the audit log names console:alice", audit_names_the_console_user),
                          ("overview and plans render and save", overview_and_plans_render),
+                         ("an existing plan is edited in its form", edits_an_existing_plan),
                          ("no CSP violation", no_csp_violations),
                          ("refuses requests without CSRF token or session", refuses_without_csrf_or_session),
                          ("read-only hides and refuses changes", read_only_refuses_changes)]:
