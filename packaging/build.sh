@@ -127,22 +127,59 @@ strip --strip-unneeded --remove-section=.comment --remove-section=.note "$ROOT/u
 echo 'load_module modules/ngx_http_ms_auth_module.so;' >"$ROOT/usr/share/nginx/modules-available/mod-http-ms-auth.conf"
 deb_doc "$ROOT" libnginx-mod-http-ms-auth
 install -m 0644 bindings/nginx/README.md "$ROOT/usr/share/doc/libnginx-mod-http-ms-auth/README.md"
-# Enabled on install like Debian's own module packages: the symlink in modules-enabled.
+# Enabled as Debian's own libnginx-mod-* packages are (dh_nginx): the link in modules-enabled is made on
+# the first install only, so an upgrade or reinstall leaves modules-enabled as the admin left it (a
+# module they disabled stays disabled, a file of their own in place of the link stays). A remove moves
+# the link aside (the .so goes) and installing again puts it back; a purge deletes it. Hand edits go in
+# /etc/nginx/modules-enabled: the file under /usr/share is the package's, replaced on upgrade (Debian
+# policy 10.7.2: conffiles live in /etc only). Each change reloads a running nginx through the
+# nginx-reload trigger, which Debian's nginx package declares interest in.
+echo "activate-noawait nginx-reload" >"$ROOT/DEBIAN/triggers"
 cat >"$ROOT/DEBIAN/postinst" <<'EOF'
 #!/bin/sh
 set -e
-if [ "$1" = configure ] && [ -d /etc/nginx/modules-enabled ]; then
-    ln -sf /usr/share/nginx/modules-available/mod-http-ms-auth.conf /etc/nginx/modules-enabled/50-mod-http-ms-auth.conf
+available=/usr/share/nginx/modules-available/mod-http-ms-auth.conf
+enabled=/etc/nginx/modules-enabled/50-mod-http-ms-auth.conf
+case "$1" in
+configure | abort-remove | abort-deconfigure)
+    if [ -L "$enabled.removed" ]; then
+        # Disabled by this package's own remove or deconfigure (prerm): enabled again, unless the admin
+        # has put something in its place since.
+        if [ -e "$enabled" ] || [ -L "$enabled" ]; then
+            rm "$enabled.removed"
+        else
+            mv "$enabled.removed" "$enabled"
+        fi
+    elif [ "$1" = configure ] && [ -z "$2" ] && [ -d "${enabled%/*}" ] && [ ! -e "$enabled" ] && [ ! -L "$enabled" ]; then
+        # $2, the version configured before, is empty only on a first install.
+        ln -s "$available" "$enabled"
+    fi
+    ;;
+esac
+EOF
+cat >"$ROOT/DEBIAN/prerm" <<'EOF'
+#!/bin/sh
+set -e
+enabled=/etc/nginx/modules-enabled/50-mod-http-ms-auth.conf
+# The module's .so is about to go: nginx must not load it. Kept aside for an install that follows.
+if { [ "$1" = remove ] || [ "$1" = deconfigure ]; } && [ -L "$enabled" ]; then
+    mv "$enabled" "$enabled.removed"
 fi
 EOF
 cat >"$ROOT/DEBIAN/postrm" <<'EOF'
 #!/bin/sh
 set -e
-if [ "$1" = remove ] || [ "$1" = purge ]; then
-    rm -f /etc/nginx/modules-enabled/50-mod-http-ms-auth.conf
+enabled=/etc/nginx/modules-enabled/50-mod-http-ms-auth.conf
+# Links are the package's to delete; a file the admin wrote in their place is theirs.
+if [ "$1" = purge ]; then
+    for link in "$enabled" "$enabled.removed"; do
+        if [ -L "$link" ]; then
+            rm "$link"
+        fi
+    done
 fi
 EOF
-chmod 0755 "$ROOT/DEBIAN/postinst" "$ROOT/DEBIAN/postrm"
+chmod 0755 "$ROOT/DEBIAN/postinst" "$ROOT/DEBIAN/prerm" "$ROOT/DEBIAN/postrm"
 cat >"$ROOT/DEBIAN/control" <<EOF
 Package: libnginx-mod-http-ms-auth
 Version: $VERSION-$DEBREV
@@ -164,7 +201,9 @@ deb_build "$ROOT"
 # --- Python wheel: the binding with libms_auth.so in ms_auth/_lib. The library is loaded with ctypes, not
 # as an extension module, so one wheel serves every Python 3 (py3-none); its platform tag is manylinux_2_N
 # for the newest glibc symbol version the library uses (PEP 600), which packaging/test.sh has auditwheel
-# confirm, so the wheel is one PyPI would take.
+# confirm, so the wheel is one PyPI would take. setuptools sees no extension module and calls the wheel
+# pure; it is not (it holds a native library), so its WHEEL says Root-Is-Purelib: false and installers
+# put it in platlib, as they do any platform wheel.
 PYBUILD="$STAGE/python"
 cp -a bindings/python "$PYBUILD"
 rm -rf "$PYBUILD/build" "$PYBUILD"/src/*.egg-info "$PYBUILD/tests" "$PYBUILD/bench.py"
@@ -176,8 +215,18 @@ VENV="$REPO/target/dist-venv"
 whl="$(ls "$STAGE"/wheel/ms_auth-"$VERSION"-*.whl)"
 glibc_minor="$(objdump -T "$LIBS/libms_auth.so" | grep -o 'GLIBC_2\.[0-9]*' | cut -d. -f2 | sort -n | tail -n1)"
 plat="manylinux_2_${glibc_minor}_x86_64"
-"$VENV/bin/python" -m wheel tags --remove --python-tag py3 --abi-tag none --platform-tag "$plat" "$whl" >/dev/null
-cp "$STAGE/wheel/ms_auth-$VERSION-py3-none-$plat.whl" "$DIST/"
+"$VENV/bin/python" -m wheel unpack -d "$STAGE/wheel/unpacked" "$whl" >/dev/null
+wheel_meta="$STAGE/wheel/unpacked/ms_auth-$VERSION/ms_auth-$VERSION.dist-info/WHEEL"
+# In place: the headers end at a blank line. The one tag replaces setuptools' (py3-none-any).
+awk -v tag="Tag: py3-none-$plat" '
+    /^Root-Is-Purelib: / { print "Root-Is-Purelib: false"; next }
+    /^Tag: / { if (!tagged) print tag; tagged = 1; next }
+    { print }' "$wheel_meta" >"$wheel_meta.new"
+mv "$wheel_meta.new" "$wheel_meta"
+grep -qx 'Root-Is-Purelib: false' "$wheel_meta" || { say "no Root-Is-Purelib line in $wheel_meta"; exit 1; }
+# wheel pack names the file from the WHEEL's tag and rewrites RECORD.
+"$VENV/bin/python" -m wheel pack -d "$DIST" "$STAGE/wheel/unpacked/ms_auth-$VERSION" >/dev/null
+[ -f "$DIST/ms_auth-$VERSION-py3-none-$plat.whl" ] || { say "wheel pack did not write the py3-none-$plat wheel"; exit 1; }
 say "built $DIST/ms_auth-$VERSION-py3-none-$plat.whl"
 
 # --- Go module: bindings/go with the header and the static archive inside (link_default.go looks in

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Builds the release artifacts (packaging/build.sh), then installs each into a clean temporary place,
 # away from the repository and with no cargo on PATH, and uses it as its ecosystem's users would:
-#   make install PREFIX=...   files, soname, pkg-config, a C program linked through pkg-config
-#   tarball                   unpacked anywhere: the CLI, a C program static and shared via ${pcfiledir}
-#   .deb                      dpkg-deb --info/--contents, lintian, dpkg -x, the CLI and the library from it,
-#                             and the nginx module package loaded into Debian's nginx (401 without a key,
-#                             200 with one); no dpkg -i, so it needs no change to the system
-#   wheel                     auditwheel confirms its manylinux tag; pip install into a fresh venv, then a
-#                             check and the WSGI middleware
+#   make install PREFIX=...   files, soname, pkg-config; the README's C commands, the programs run as built
+#   tarball                   unpacked anywhere: the CLI; the README's C commands (shared with its rpath,
+#                             static) through the relocatable ms_auth.pc, the programs run with no
+#                             LD_LIBRARY_PATH
+#   .deb                      dpkg-deb --info/--contents, lintian, dpkg -x, the CLI and the library from it;
+#                             the nginx module package installed with dpkg (through apt-get) and purged at
+#                             the end: enabled on first install only, an admin's removed link or edited file
+#                             kept on upgrade and reinstall, nginx-reload triggered, a store made as the
+#                             README says serving 401/200 through the enabled module
+#   wheel                     its WHEEL metadata (not purelib, the platform tag), auditwheel confirms the
+#                             tag; pip install into a fresh venv, the README's one-liner, a check and the
+#                             WSGI middleware
 #   Go module                 a consumer module with a replace directive, GOFLAGS=-mod=mod GOPROXY=off,
 #                             go build with no CGO_* variables, the binary run
 # Ends with "distribution: N passed, 0 failed". Installs what it needs (apt, pip into a venv) itself.
@@ -38,8 +43,14 @@ fi
 # (the system's directories only), so an install that secretly needs the toolchain or the tree fails.
 WORK="$(mktemp -d /tmp/ms-auth-dist.XXXXXX)"
 NGINX_PID=""
+MODULE_INSTALLED=""
 cleanup() {
     [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null || true
+    # The module package this run installed is purged, also after a failure: the system as it was.
+    if [ -n "$MODULE_INSTALLED" ]; then
+        env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o DPkg::Lock::Timeout=600 \
+            purge libnginx-mod-http-ms-auth >/dev/null 2>&1 || true
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -58,6 +69,29 @@ fail() { echo "FAIL: $*" >&2; echo "distribution: $passed passed, 1 failed"; exi
 # The C program every C install is tried with: the README's example (decides one request).
 cp "$REPO/tests/c/example.c" "$WORK/app.c"
 
+# readme_shows TEXT: README.md shows TEXT verbatim, so what this script runs is what a reader types.
+readme_shows() { grep -qF -- "$1" "$REPO/README.md" || fail "README.md no longer shows: $1"; }
+# The README's C build commands (Install, C), for a make install and for the unpacked tarball alike; the
+# shell that runs them expands them.
+# shellcheck disable=SC2016
+README_LIBDIR='libdir=$(pkg-config --variable=libdir ms_auth)'
+# shellcheck disable=SC2016
+README_CC_SHARED='cc app.c $(pkg-config --cflags --libs ms_auth) -Wl,-rpath,"$libdir" -o app'
+# shellcheck disable=SC2016
+README_CC_STATIC='cc app.c $(pkg-config --cflags ms_auth) "$libdir/libms_auth.a" -lpthread -ldl -lm -o app'
+# readme_cc DIR PKG_CONFIG_PATH COMMAND: COMMAND run as a reader would, in DIR holding only app.c, with
+# the README's PKG_CONFIG_PATH and nothing else in the environment; prints the program's path.
+readme_cc() {
+    local dir="$1" pcpath="$2" cmd="$3"
+    readme_shows "$README_LIBDIR"
+    readme_shows "$cmd"
+    mkdir -p "$dir"
+    cp "$WORK/app.c" "$dir/"
+    (cd "$dir" && clean env PKG_CONFIG_PATH="$pcpath" sh -ec "$README_LIBDIR; $cmd") >&2 \
+        || fail "the README's '$cmd' failed in $dir"
+    echo "$dir/app"
+}
+
 # uses_cli BIN: a store made, a key created and checked by the installed CLI.
 uses_cli() {
     local bin="$1" db="$WORK/cli-$RANDOM.db" key
@@ -69,9 +103,9 @@ uses_cli() {
 runs_app() {
     local app="$1" db="$2" key="$3"; shift 3
     local out
-    out="$(clean "$@" "$app" "$db" "$key")"
+    out="$(clean "$@" "$app" "$db" "$key" 2>&1)" || fail "$app did not run: $out"
     [[ "$out" == "200 "* ]] || fail "$app with a valid key answered: $out"
-    out="$(clean "$@" "$app" "$db")"
+    out="$(clean "$@" "$app" "$db" 2>&1)" || fail "$app did not run: $out"
     [[ "$out" == '401 {"success":false,"error":{"code":"api_key_missing"'* ]] || fail "$app without a key answered: $out"
 }
 
@@ -92,13 +126,21 @@ read -r db key <<<"$cli_out"
 clean gcc -Wall -Werror -o "$WORK/app-prefix" "$WORK/app.c" $(pc "$PREFIX/lib/pkgconfig" --cflags --libs)
 has 'NEEDED.*\[libms_auth.so.1\]' readelf -d "$WORK/app-prefix" || fail "app does not need libms_auth.so.1"
 runs_app "$WORK/app-prefix" "$db" "$key" LD_LIBRARY_PATH="$PREFIX/lib"
+readme_shows "make && sudo make install PREFIX=/usr/local"
+app="$(readme_cc "$WORK/readme-prefix-shared" "$PREFIX/lib/pkgconfig" "$README_CC_SHARED")"
+runs_app "$app" "$db" "$key"
+app="$(readme_cc "$WORK/readme-prefix-static" "$PREFIX/lib/pkgconfig" "$README_CC_STATIC")"
+runs_app "$app" "$db" "$key"
 make -C "$REPO" --no-print-directory -s uninstall PREFIX="$PREFIX"
 left="$(find "$PREFIX" -type f -o -type l)"
 [ -z "$left" ] || fail "make uninstall left: $left"
-pass "make install: header, libms_auth.a, libms_auth.so.$VERSION (soname libms_auth.so.1), ms_auth.pc, ms-auth; C app via pkg-config; uninstall"
+pass "make install: header, libms_auth.a, libms_auth.so.$VERSION (soname libms_auth.so.1), ms_auth.pc, ms-auth; C app via pkg-config; the README's commands, shared and static, run as built; uninstall"
 
 echo "== release tarball"
 tarball="$DIST/ms-auth-$VERSION-x86_64-linux-gnu.tar.gz"
+# As the README says, with $WORK/opt for /opt.
+readme_shows "tar -xzf $(basename "$tarball") -C /opt"
+readme_shows "export PKG_CONFIG_PATH=/opt/ms-auth-$VERSION-x86_64-linux-gnu/lib/pkgconfig"
 mkdir -p "$WORK/opt"
 tar -C "$WORK/opt" -xzf "$tarball"
 T="$WORK/opt/ms-auth-$VERSION-x86_64-linux-gnu"
@@ -115,7 +157,14 @@ clean gcc -Wall -Werror -o "$WORK/app-static" "$WORK/app.c" $(pc "$T/lib/pkgconf
     "$T/lib/libms_auth.a" $(pc "$T/lib/pkgconfig" --static --libs-only-l | sed 's/-lms_auth//')
 if has libms_auth readelf -d "$WORK/app-static"; then fail "static app needs a shared libms_auth"; fi
 runs_app "$WORK/app-static" "$db" "$key"
-pass "tarball ($(du -h "$tarball" | cut -f1)): CLI; C app shared and static through its relocatable ms_auth.pc"
+# The README's commands, and the programs run as a reader runs them: no LD_LIBRARY_PATH, no ldconfig.
+app="$(readme_cc "$WORK/readme-tar-shared" "$T/lib/pkgconfig" "$README_CC_SHARED")"
+has 'NEEDED.*\[libms_auth.so.1\]' readelf -d "$app" || fail "the README's shared app does not need libms_auth.so.1"
+runs_app "$app" "$db" "$key"
+app="$(readme_cc "$WORK/readme-tar-static" "$T/lib/pkgconfig" "$README_CC_STATIC")"
+if has libms_auth readelf -d "$app"; then fail "the README's static app needs a shared libms_auth"; fi
+runs_app "$app" "$db" "$key"
+pass "tarball ($(du -h "$tarball" | cut -f1)): CLI; C app shared and static through its relocatable ms_auth.pc; the README's commands, the programs run as built"
 
 echo "== .deb"
 deb="$DIST/ms-auth_${VERSION}-1_amd64.deb"
@@ -139,38 +188,78 @@ pcd="$D/usr/lib/x86_64-linux-gnu/pkgconfig"
 clean gcc -Wall -Werror -o "$WORK/app-deb" "$WORK/app.c" \
     $(clean env PKG_CONFIG_PATH="$pcd" PKG_CONFIG_SYSROOT_DIR="$D" pkg-config --cflags --libs ms_auth)
 runs_app "$WORK/app-deb" "$db" "$key" LD_LIBRARY_PATH="$D/usr/lib/x86_64-linux-gnu"
-# The nginx module package against Debian's own nginx binary: load_module of the extracted file.
+pass ".deb ($(du -h "$deb" | cut -f1)): contents, lintian without errors, CLI and C app from dpkg -x"
+
+echo "== nginx module .deb, installed with dpkg"
 has "$(dpkg-query -W -f='${Provides}' nginx | grep -o 'nginx-abi-[^ ,]*')" dpkg-deb -f "$ngxdeb" Depends \
     || fail "module package does not depend on this nginx's ABI"
+# Installed into this system for real, as an admin would (its postinst, prerm and postrm run, its trigger
+# reaches Debian's nginx), and purged at the end, also when a check fails. Through apt-get, which waits
+# for dpkg's lock that other jobs on this machine may hold. Only the module package: it needs nothing of
+# ms-auth at run time, while an installed ms-auth package would give every other job on this machine a
+# system libms_auth.so.1.
+MODPKG=libnginx-mod-http-ms-auth
+MODCONF=/usr/share/nginx/modules-available/mod-http-ms-auth.conf
+MODLINK=/etc/nginx/modules-enabled/50-mod-http-ms-auth.conf
+modstate() { dpkg-query -W -f='${db:Status-Status}' "$MODPKG" 2>/dev/null || true; }
+case "$(modstate)" in
+    "" | not-installed) ;;
+    *) fail "$MODPKG is already on this machine ($(modstate)): this test installs and purges it; purge it first" ;;
+esac
+apt_dpkg() { # apt_dpkg APT-GET-ARGUMENTS...: the output in $WORK/apt.log
+    MODULE_INSTALLED=1
+    env DEBIAN_FRONTEND=noninteractive apt-get -y --no-install-recommends -o DPkg::Lock::Timeout=600 "$@" \
+        >"$WORK/apt.log" 2>&1 || { cat "$WORK/apt.log" >&2; fail "apt-get $*"; }
+}
+triggered_reload() { grep -q '^Processing triggers for nginx ' "$WORK/apt.log"; }
+is_enabled_link() { [ -L "$MODLINK" ] && [ "$(readlink "$MODLINK")" = "$MODCONF" ]; }
+# The next release: the same package with a higher version, for a real upgrade.
+dpkg-deb -R "$ngxdeb" "$WORK/ngx-next"
+sed -i "s/^Version: .*/Version: $VERSION-2/" "$WORK/ngx-next/DEBIAN/control"
+ngxnext="$WORK/${MODPKG}_$VERSION-2_amd64.deb"
+dpkg-deb --root-owner-group -Zxz --build "$WORK/ngx-next" "$ngxnext" >/dev/null
+
+apt_dpkg install "$ngxdeb"
+is_enabled_link || fail "the first install did not enable the module: $(ls -l "$MODLINK" 2>&1)"
+triggered_reload || fail "the first install did not trigger nginx-reload: $(cat "$WORK/apt.log")"
+
+# Debian's nginx serves through the enabled module, from a store made as the README says (with
+# $WORK/var-lib-ms-auth for /var/lib/ms-auth): by the workers' user, who also write its counters.
+S="$WORK/var-lib-ms-auth"
+readme_shows "install -d -o www-data -g www-data /var/lib/ms-auth"
+readme_shows "runuser -u www-data -- ms-auth --db /var/lib/ms-auth/keys.db key create --plan pro"
+chmod 0711 "$WORK" # www-data reaches the store and the extracted CLI, as it reaches /var/lib and /usr/bin
+install -d -o www-data -g www-data "$S"
+key="$(clean runuser -u www-data -- "$D/usr/bin/ms-auth" --db "$S/keys.db" key create --plan pro --json \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')"
 N="$WORK/ngx"
-dpkg -x "$ngxdeb" "$N"
-mkdir -p "$N/run"
+mkdir -p "$N"
 # A port the kernel just handed out, not a random guess: other test servers run on this machine too.
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-cat >"$N/nginx.conf" <<EOF
-load_module $N/usr/lib/nginx/modules/ngx_http_ms_auth_module.so;
-# The workers open the store made above by root in a 0700 directory (an install chowns it to www-data).
-user root;
+# Debian's prefix (no -p), so the enabled file's relative load_module finds /usr/lib/nginx/modules.
+cat >"$N/nginx.conf" <<NGINX_CONF
+include $MODLINK;
+user www-data;
 daemon off;
-pid $N/run/nginx.pid;
-error_log $N/run/error.log;
+pid $N/nginx.pid;
+error_log $N/error.log;
 events {}
 http {
     access_log off;
-    client_body_temp_path $N/run; proxy_temp_path $N/run; fastcgi_temp_path $N/run;
-    uwsgi_temp_path $N/run; scgi_temp_path $N/run;
-    ms_auth_store $db;
+    client_body_temp_path $N/tmp; proxy_temp_path $N/tmp; fastcgi_temp_path $N/tmp;
+    uwsgi_temp_path $N/tmp; scgi_temp_path $N/tmp;
+    ms_auth_store $S/keys.db;
     server {
         listen 127.0.0.1:$port;
         location / { ms_auth on; return 200 "hello\n"; }
     }
 }
-EOF
-/usr/sbin/nginx -t -p "$N/run" -c "$N/nginx.conf" 2>"$WORK/nginx-t.log" || { cat "$WORK/nginx-t.log" >&2; fail "nginx -t"; }
-/usr/sbin/nginx -p "$N/run" -c "$N/nginx.conf" &
+NGINX_CONF
+/usr/sbin/nginx -t -c "$N/nginx.conf" 2>"$WORK/nginx-t.log" || { cat "$WORK/nginx-t.log" >&2; fail "nginx -t"; }
+/usr/sbin/nginx -c "$N/nginx.conf" &
 NGINX_PID=$!
 for _ in $(seq 100); do
-    kill -0 "$NGINX_PID" 2>/dev/null || fail "nginx exited: $(tail -3 "$N/run/error.log" 2>/dev/null)"
+    kill -0 "$NGINX_PID" 2>/dev/null || fail "nginx exited: $(tail -3 "$N/error.log" 2>/dev/null)"
     curl -s -o /dev/null "http://127.0.0.1:$port/" && break
     sleep 0.1
 done
@@ -179,7 +268,33 @@ code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/" || true
 code="$(curl -s -o /dev/null -w '%{http_code}' -H "X-API-Key: $key" "http://127.0.0.1:$port/" || true)"
 [ "$code" = 200 ] || fail "nginx with a key answered $code"
 kill "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true; NGINX_PID=""
-pass ".deb ($(du -h "$deb" | cut -f1)) and module .deb: contents, lintian without errors, CLI and C app from dpkg -x, module in Debian's nginx 401/200"
+
+# What the admin did stays done, as with Debian's own libnginx-mod-* packages (dh_nginx): the module
+# disabled (its link removed) stays disabled through an upgrade...
+rm "$MODLINK"
+apt_dpkg install "$ngxnext"
+[ "$(dpkg-query -W -f='${Version}' "$MODPKG")" = "$VERSION-2" ] || fail "the upgrade did not happen"
+if [ -e "$MODLINK" ] || [ -L "$MODLINK" ]; then fail "the upgrade enabled the module the admin had disabled"; fi
+triggered_reload || fail "the upgrade did not trigger nginx-reload"
+# ...and enabled by a file of the admin's own (an edited copy) keeps that file through a reinstall.
+{ cat "$MODCONF"; echo "# edited by the admin"; } >"$MODLINK"
+apt_dpkg install --reinstall "$ngxnext"
+if [ -L "$MODLINK" ] || ! grep -qx '# edited by the admin' "$MODLINK"; then
+    fail "the reinstall replaced the admin's $MODLINK: $(ls -l "$MODLINK" 2>&1)"
+fi
+# Removed, the module is disabled (its .so is gone); installed again, enabled again; purged, no trace.
+ln -sf "$MODCONF" "$MODLINK"
+apt_dpkg remove "$MODPKG"
+if [ -e "$MODLINK" ] || [ -L "$MODLINK" ]; then fail "remove left the module enabled without its .so"; fi
+triggered_reload || fail "remove did not trigger nginx-reload"
+apt_dpkg install "$ngxnext"
+is_enabled_link || fail "installed again after remove, the module is not enabled: $(ls -l "$MODLINK" 2>&1)"
+apt_dpkg purge "$MODPKG"
+left="$(find /etc/nginx/modules-enabled -name '*mod-http-ms-auth*')"
+[ -z "$left" ] || fail "purge left $left"
+case "$(modstate)" in "" | not-installed) ;; *) fail "after purge the package is $(modstate)" ;; esac
+MODULE_INSTALLED=""
+pass "module .deb with dpkg: enabled on first install; 401/200 in Debian's nginx from a store made by www-data; a disabled module and an admin's file kept through upgrade and reinstall; nginx-reload triggered; remove, install again, purge"
 
 echo "== Python wheel"
 whl="$(ls "$DIST"/ms_auth-"$VERSION"-py3-none-manylinux_2_*_x86_64.whl)"
@@ -191,8 +306,21 @@ python3 -m venv "$WORK/audit-venv"
 "$WORK/audit-venv/bin/pip" install -q --disable-pip-version-check "auditwheel>=6"
 has "consistent with the following platform tag: \"$plat\"" sh -c '"$1" show "$2" 2>&1 | tr -s "\n " "  "' - \
     "$WORK/audit-venv/bin/auditwheel" "$whl" || fail "auditwheel does not confirm $plat for $(basename "$whl")"
+# It ships a native library, so it is not purelib (installers put it in platlib) and says its platform.
+wheel_meta="$(python3 -c 'import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+print(z.read(next(n for n in z.namelist() if n.endswith(".dist-info/WHEEL"))).decode())' "$whl")"
+grep -qx 'Root-Is-Purelib: false' <<<"$wheel_meta" || fail "the wheel's WHEEL says: $wheel_meta"
+[ "$(grep '^Tag: ' <<<"$wheel_meta")" = "Tag: py3-none-$plat" ] || fail "the wheel's WHEEL tags: $wheel_meta"
 clean python3 -m venv "$WORK/venv"
 clean "$WORK/venv/bin/pip" install -q --disable-pip-version-check --no-index "$whl"
+# The README's one-liner, in an empty directory: an invalid key's status, printed as its code string.
+readme_shows "$(basename "$whl")"
+README_PY='import ms_auth; print(ms_auth.Store("keys.db").check("ms_live_x").status)'
+readme_shows "venv/bin/python -c '$README_PY'"
+mkdir -p "$WORK/pyreadme"
+out="$(cd "$WORK/pyreadme" && clean "$WORK/venv/bin/python" -c "$README_PY")"
+[ "$out" = api_key_invalid ] || fail "the README's Python one-liner printed '$out', not api_key_invalid"
 mkdir -p "$WORK/pyapp"
 cat >"$WORK/pyapp/app.py" <<'EOF'
 """A user's program after `pip install ms_auth-...whl`: a check, then the WSGI middleware."""
@@ -241,7 +369,7 @@ assert (Path(ms_auth.__file__).parent / "_lib" / "libms_auth.so").is_file()
 print("python ok", created.id)
 EOF
 has '^python ok' sh -c 'cd "$1" && shift && exec "$@"' - "$WORK/pyapp" env -i HOME="$HOME" PATH="$CLEAN_PATH" LANG=C.UTF-8 "$WORK/venv/bin/python" app.py "$WORK/py.db" || fail "python app"
-pass "wheel $(basename "$whl") ($(du -h "$whl" | cut -f1)): auditwheel confirms its tag; pip install in a fresh venv; check and WSGI middleware"
+pass "wheel $(basename "$whl") ($(du -h "$whl" | cut -f1)): platlib with its platform tag, which auditwheel confirms; pip install in a fresh venv; the README's one-liner; check and WSGI middleware"
 
 echo "== Go module"
 mkdir -p "$WORK/gomod" "$WORK/goapp"

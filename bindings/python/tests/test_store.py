@@ -284,6 +284,19 @@ def test_status_enum_follows_the_abi() -> None:
     assert ms_auth.status_code_string(99) == "unknown"
 
 
+def test_a_status_prints_as_its_code_string_and_still_compares_as_its_number() -> None:
+    # print(result.status) is what a newcomer tries first: it shows the documented code string.
+    assert str(Status.API_KEY_INVALID) == "api_key_invalid"
+    assert f"{Status.OK}" == "ok" and "{}".format(Status.RATE_LIMIT_EXCEEDED) == "rate_limit_exceeded"
+    assert [str(s) for s in Status] == [s.code for s in Status]
+    # An IntEnum still: code that compares with, indexes by or formats the ABI number keeps working.
+    abi_number: int = 2
+    assert Status.API_KEY_INVALID == abi_number and int(Status.API_KEY_INVALID) == 2
+    assert Status(2) is Status.API_KEY_INVALID and {2: "x"}[Status.API_KEY_INVALID] == "x"
+    assert f"{Status.API_KEY_INVALID:d}" == "2" and "%d" % Status.API_KEY_INVALID == "2"
+    assert repr(Status.OK) == "<Status.OK: 0>"
+
+
 def test_error_bodies_are_the_seed_bodies() -> None:
     for status, body in ms_auth.ERROR_BODIES.items():
         assert body == documented_bytes(status.code)

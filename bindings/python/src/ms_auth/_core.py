@@ -43,7 +43,11 @@ Durability = Literal["batched", "strict"]
 
 
 class Status(enum.IntEnum):
-    """Policy decisions of the C ABI; names follow the code strings (``api_key_missing``...)."""
+    """Policy decisions of the C ABI; names follow the code strings (``api_key_missing``...).
+
+    ``str()`` and ``f"{status}"`` give the code string; the value is the ABI number, so a status
+    compares equal to it and ``f"{status:d}"`` formats it.
+    """
 
     OK = 0
     API_KEY_MISSING = 1
@@ -52,6 +56,13 @@ class Status(enum.IntEnum):
     API_KEY_REVOKED = 4
     API_KEY_QUOTA_EXCEEDED = 5
     RATE_LIMIT_EXCEEDED = 6
+
+    def __str__(self) -> str:
+        return self.code
+
+    def __format__(self, format_spec: str) -> str:
+        # IntEnum formats as int, whatever __str__ says (and Pythons before 3.11 differ): say it here.
+        return self.code if not format_spec else int.__format__(self, format_spec)
 
     @property
     def code(self) -> str:
