@@ -291,3 +291,34 @@ fn output_formats_are_one_option_for_every_command() {
     }
     assert_eq!(cli.run(&["key", "list", "-o", "yaml"]).status.code(), Some(2), "clap's usage error");
 }
+
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    let cli = Cli::new();
+    let db = cli.dir.path().join("ms_auth.db");
+    let store = ms_auth::Store::open(&db).unwrap();
+    // More rows than a pipe holds (64 KiB), so the command is still writing when the reader goes away.
+    for _ in 0..1000 {
+        store.create_key(&ms_auth::KeySpec::default(), 1_700_000_000_000).unwrap();
+    }
+    store.close().unwrap();
+    for format in ["table", "json", "csv"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
+            .args(["--db", db.to_str().unwrap(), "key", "list", "-o", format])
+            .env("RUST_BACKTRACE", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `ms-auth key list | head -1`: read a little, then close the pipe.
+        let mut first = [0u8; 100];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{format}: nothing on stderr, no panic: {stderr}");
+        // As `cat` or `ls` do: killed by SIGPIPE, which shells report as status 141.
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{format}: {:?}", out.status);
+    }
+}

@@ -112,6 +112,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Console(_) | Command::Fleet(fleet::FleetCommand::Sync { .. })) {
+        output::end_quietly_on_closed_pipe();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
