@@ -322,3 +322,48 @@ fn a_closed_pipe_ends_the_command_quietly() {
         assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{format}: {:?}", out.status);
     }
 }
+
+/// What `shell` completes for `line` (cursor at its end) with the script of `ms-auth completions`
+/// installed as that shell's users install it; the shell must be there (scripts/test.sh installs them).
+fn completions(shell: &str, line: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = Command::new(env!("CARGO_BIN_EXE_ms-auth")).args(["completions", shell]).output().unwrap();
+    assert!(generated.status.success());
+    let script = dir.path().join(match shell {
+        "zsh" => "_ms-auth", // compinit finds a completion function by its file's name in $fpath
+        _ => "ms-auth",
+    });
+    std::fs::write(&script, &generated.stdout).unwrap();
+    let harness = |name: &str| format!("{}/tests/completions/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new("timeout");
+    command.arg("60");
+    match shell {
+        "bash" => command.args(["bash", &harness("complete.bash"), script.to_str().unwrap(), line]),
+        "zsh" => command.args(["zsh", "-f", &harness("complete.zsh"), dir.path().to_str().unwrap(), line]),
+        "fish" => command
+            .args(["fish", "--no-config", "-c", "source $argv[1]; complete -C $argv[2]"])
+            .args([script.to_str().unwrap(), line]),
+        _ => unreachable!(),
+    };
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{shell} {line:?}: {out:?}");
+    // fish prints each candidate with its description after a tab.
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines().map(|l| l.split('\t').next().unwrap().to_string()).filter(|l| !l.is_empty()).collect()
+}
+
+#[test]
+fn shell_completions_complete_every_level_of_a_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        for (line, expected) in [
+            ("ms-auth ke", "key"),
+            ("ms-auth key cr", "create"),
+            ("ms-auth key create --expires-", "--expires-in"),
+            ("ms-auth fleet sync --when", "--when-redis-down"),
+            ("ms-auth plan put --li", "--lifetime"),
+        ] {
+            let offered = completions(shell, line);
+            assert!(offered.iter().any(|c| c == expected), "{shell}: {line:?} offers {offered:?}, not {expected}");
+        }
+    }
+}

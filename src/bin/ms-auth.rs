@@ -14,6 +14,8 @@ use ms_auth::{Error, Store};
 mod audit;
 #[path = "ms-auth/check.rs"]
 mod check;
+#[path = "ms-auth/completions.rs"]
+mod completions;
 #[path = "ms-auth/console/mod.rs"]
 mod console;
 #[path = "ms-auth/fleet.rs"]
@@ -131,7 +133,7 @@ fn now_ms() -> i64 {
 fn run(cli: Cli) -> Result<ExitCode, Error> {
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
-        clap_complete::generate(shell, &mut Cli::command(), "ms-auth", &mut std::io::stdout());
+        completions::print(shell, &mut Cli::command());
         return Ok(ExitCode::SUCCESS);
     }
     let store = Store::open(&cli.db)?;
