@@ -5,17 +5,18 @@
 zmodload zsh/zpty || exit 1
 zpty shell zsh -f -i
 zpty -w shell "PROMPT= ; RPROMPT= ; fpath=(${(q)1} \$fpath); autoload -U compinit; compinit -u -D"
-zpty -w shell 'zstyle ":completion:*" insert-tab false; bindkey "^I" complete-word'
 # Matches are added with compadd: report each one (its -O/-A/-D forms only compute, they add nothing).
 zpty -w shell 'compadd () { if [[ ${@[1,(i)(-|--)]} == *-(O|A|D)\ * ]]; then builtin compadd "$@"; return; fi
   local -a hits; builtin compadd -A hits "$@"; local hit; for hit in $hits; do print -r -- "<MATCH>$hit"; done; }'
+# TAB completes, then says it is done: nothing more is typed before, so none of it is typeahead.
+zpty -w shell 'complete-and-say-so () { zle complete-word; print -r -- "<COMPLETED>"; }'
+zpty -w shell 'zle -N complete-and-say-so; bindkey "^I" complete-and-say-so; zstyle ":completion:*" insert-tab false'
 zpty -w shell 'print -r -- "<READY>"'
 zpty -r shell line '*<READY>*'  # the command, echoed
 zpty -r shell line '*<READY>*'  # its output
 zpty -n -w shell "$2"$'\t'
-zpty -w shell $'\C-u''print -r -- "<DONE>"'
 while zpty -r shell line; do
-    [[ $line == *'<DONE>'* && $line != *print* ]] && break
     [[ $line == *'<MATCH>'* ]] && print -r -- "${${line##*<MATCH>}%%$'\r'*}"
+    [[ $line == *'<COMPLETED>'* ]] && break
 done
 zpty -d shell
