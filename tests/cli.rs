@@ -154,6 +154,7 @@ fn update_list_import_and_human_output() {
 #[test]
 fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
     let cli = Cli::new();
+    cli.ok_json(&["key", "create", "--json"]);
     for args in [
         &["key", "show", "key_nope"][..],
         &["key", "create", "--quota", "5/week"],
@@ -170,8 +171,11 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
         assert!(out.stdout.is_empty());
     }
     let env_db = cli.dir.path().join("from-env.db");
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_ms-auth")).env("MS_AUTH_DB", &env_db).args(["key", "list"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
+        .env("MS_AUTH_DB", &env_db)
+        .args(["key", "create"])
+        .output()
+        .unwrap();
     assert!(out.status.success() && env_db.exists(), "--db falls back to $MS_AUTH_DB");
 }
 
@@ -366,4 +370,62 @@ fn shell_completions_complete_every_level_of_a_command() {
             assert!(offered.iter().any(|c| c == expected), "{shell}: {line:?} offers {offered:?}, not {expected}");
         }
     }
+}
+
+#[test]
+fn only_a_command_that_creates_something_creates_the_store() {
+    let cli = Cli::new();
+    let files = || {
+        let mut names: Vec<String> =
+            std::fs::read_dir(cli.dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+    // A mistyped --db on a command that reads (or changes what must be there): refused, naming the path,
+    // and nothing left behind.
+    for args in [
+        &["key", "list"][..],
+        &["key", "show", "key_x"],
+        &["key", "update", "key_x", "--name", "n"],
+        &["key", "revoke", "key_x"],
+        &["key", "rotate", "key_x"],
+        &["usage", "key_x"],
+        &["audit"],
+        &["check", "ms_live_1a2b3c4d5e6f7g8h9i0j"],
+        &["metrics"],
+        &["plan", "list"],
+        &["policy", "show"],
+        &["fleet", "status"],
+        &["console", "--read-only"],
+    ] {
+        let out = cli.run(&[&["--db", "typo.db"], args].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.starts_with("ms-auth: ") && err.lines().count() == 1, "{args:?}: {err}");
+        assert!(err.contains("typo.db") && err.contains("no store"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty() && files().is_empty(), "{args:?}: {:?}", files());
+    }
+
+    // The commands that create something create the store, and say so once.
+    for (db, args) in [
+        ("keys.db", &["key", "create"][..]),
+        ("plans.db", &["plan", "put", "pro"]),
+        ("policies.db", &["policy", "set", "--idle", "90d"]),
+    ] {
+        let out = cli.run(&[&["--db", db], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8(out.stderr).unwrap(), format!("ms-auth: created a new store at {db}\n"));
+        let again = cli.run(&[&["--db", db], args].concat());
+        assert!(again.status.success() && again.stderr.is_empty(), "{args:?}: said once");
+        let read = cli.run(&["--db", db, "audit"]);
+        assert!(read.status.success() && read.stderr.is_empty(), "{args:?}: the store is there for readers");
+    }
+    // An empty file (`touch`) is no store either: reading refuses it, creating initialises it.
+    std::fs::write(cli.dir.path().join("touched.db"), b"").unwrap();
+    let out = cli.run(&["--db", "touched.db", "key", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+    let out = cli.run(&["--db", "touched.db", "key", "create"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stderr).unwrap(), "ms-auth: created a new store at touched.db\n");
 }

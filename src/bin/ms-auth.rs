@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 
-use ms_auth::{Error, Store};
+use ms_auth::{Error, Store, StoreOptions};
 
 #[path = "ms-auth/audit.rs"]
 mod audit;
@@ -126,6 +126,36 @@ fn main() -> ExitCode {
     }
 }
 
+impl Command {
+    /// Whether the command makes something, and so may create the store where `--db` names none; the
+    /// others (reading, or changing what must already be there) refuse such a path: a mistyped `--db`
+    /// must not become an empty store.
+    fn creates(&self) -> bool {
+        match self {
+            Command::Key(command) => matches!(command, KeyCommand::Create { .. }),
+            Command::Plan(command) => matches!(command, PlanCommand::Put { .. }),
+            Command::Policy(command) => matches!(command, PolicyCommand::Set { .. }),
+            // A new member's agent fills its store from the fleet's.
+            Command::Fleet(command) => matches!(command, fleet::FleetCommand::Sync { .. }),
+            Command::Console(args) => !args.read_only,
+            Command::Check { .. } | Command::Audit { .. } | Command::Usage { .. } | Command::Metrics => false,
+            Command::Completions { .. } => false,
+        }
+    }
+}
+
+/// Opens the store at `db`; where there is none, creates it only if `may_create`, and says so.
+fn open_store(db: &str, may_create: bool) -> Result<Store, Error> {
+    if !may_create {
+        return Store::open_with(db, StoreOptions { create: false, ..StoreOptions::default() });
+    }
+    let store = Store::open(db)?;
+    if store.created() {
+        eprintln!("ms-auth: created a new store at {db}");
+    }
+    Ok(store)
+}
+
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -136,7 +166,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         completions::print(shell, &mut Cli::command());
         return Ok(ExitCode::SUCCESS);
     }
-    let store = Store::open(&cli.db)?;
+    let store = open_store(&cli.db, cli.command.creates())?;
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     store.set_actor(&cli.actor.unwrap_or_else(|| format!("cli:{user}")));
     let command = match cli.command {
