@@ -9,10 +9,14 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
 echo "== system packages"
-# The fleet tests run a real redis-server (Debian's); the fault tests install libfiu and the C tests
-# valgrind themselves.
-if ! command -v redis-server >/dev/null; then
-    (apt-get install -y -qq redis-server || (apt-get update -qq && apt-get install -y -qq redis-server)) >/dev/null
+# The fleet tests run a real redis-server (Debian's), the CLI's tests complete commands in zsh and fish
+# (and bash); the fault tests install libfiu and the C tests valgrind themselves.
+missing=""
+for tool in redis-server zsh fish; do
+    command -v "$tool" >/dev/null || missing="$missing $tool"
+done
+if [ -n "$missing" ]; then
+    (apt-get install -y -qq $missing || (apt-get update -qq && apt-get install -y -qq $missing)) >/dev/null
 fi
 redis-server --version
 

@@ -411,6 +411,69 @@ fn open_v2_takes_durability_and_flush_options() {
     }
 }
 
+#[test]
+fn open_v2_with_create_false_opens_only_an_existing_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    let must_exist = c(r#"{"create": false}"#);
+    let open_existing = |name: &str| {
+        let mut store = null_mut();
+        let rc = unsafe { ms_store_open_v2(c(at(name).to_str().unwrap()).as_ptr(), must_exist.as_ptr(), &mut store) };
+        (rc, store)
+    };
+    let files = || {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+
+    // No file, an empty file, a database ms-auth never initialised: refused, naming the path, and left as
+    // they were (no store, no counters file).
+    let (rc, store) = open_existing("typo.db");
+    assert_eq!((rc, store.is_null()), (MS_ERR_STORE, true));
+    let why = last_error();
+    assert!(why.contains(at("typo.db").to_str().unwrap()) && why.contains("no store"), "{why}");
+    std::fs::write(at("empty.db"), b"").unwrap();
+    assert_eq!(open_existing("empty.db").0, MS_ERR_STORE);
+    assert!(last_error().contains("empty"), "{}", last_error());
+    let foreign = rusqlite::Connection::open(at("other.db")).unwrap();
+    foreign.execute_batch("CREATE TABLE t (x)").unwrap();
+    drop(foreign);
+    assert_eq!(open_existing("other.db").0, MS_ERR_STORE);
+    assert!(last_error().contains("not an ms-auth store"), "{}", last_error());
+    let foreign = rusqlite::Connection::open(at("other.db")).unwrap();
+    let mode: String = foreign.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "delete", "nothing was written to it");
+    assert_eq!(files(), ["empty.db", "other.db"]);
+    assert_eq!(std::fs::metadata(at("empty.db")).unwrap().len(), 0);
+
+    // A store: opened as ever.
+    let path = c(at("keys.db").to_str().unwrap());
+    let mut created = null_mut();
+    unsafe {
+        assert_eq!(ms_store_open(path.as_ptr(), &mut created), MS_OK, "a plain open creates the store, as in v1");
+        let h = Handle(created, tempfile::tempdir().unwrap());
+        let (_, id) = create(&h, "{}");
+        drop(h);
+        let (rc, store) = open_existing("keys.db");
+        assert_eq!(rc, MS_OK, "{}", last_error());
+        let mut out = null_mut();
+        assert_eq!(ms_key_get(store, c(&id).as_ptr(), &mut out), MS_OK);
+        assert_eq!(take(out)["id"], id.as_str());
+        ms_store_close(store);
+        let mut also = null_mut();
+        let creating = c(r#"{"create": true}"#);
+        assert_eq!(ms_store_open_v2(c(at("new.db").to_str().unwrap()).as_ptr(), creating.as_ptr(), &mut also), MS_OK);
+        ms_store_close(also);
+        for bad in [r#"{"create": 0}"#, r#"{"create": null}"#, r#"{"create": "no"}"#] {
+            let mut store = null_mut();
+            assert_eq!(ms_store_open_v2(path.as_ptr(), c(bad).as_ptr(), &mut store), MS_ERR_INVALID_ARGUMENT, "{bad}");
+            assert_eq!(last_error(), "invalid_argument: create must be true or false");
+        }
+    }
+}
+
 fn check_http(h: &Handle, key: Option<&[u8]>, now: i64, buf: &mut [c_char]) -> (i32, ms_check_result, usize) {
     let mut r: ms_check_result = unsafe { std::mem::zeroed() };
     let mut needed = usize::MAX;

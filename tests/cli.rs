@@ -154,6 +154,7 @@ fn update_list_import_and_human_output() {
 #[test]
 fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
     let cli = Cli::new();
+    cli.ok_json(&["key", "create", "--json"]);
     for args in [
         &["key", "show", "key_nope"][..],
         &["key", "create", "--quota", "5/week"],
@@ -170,8 +171,11 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
         assert!(out.stdout.is_empty());
     }
     let env_db = cli.dir.path().join("from-env.db");
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_ms-auth")).env("MS_AUTH_DB", &env_db).args(["key", "list"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
+        .env("MS_AUTH_DB", &env_db)
+        .args(["key", "create"])
+        .output()
+        .unwrap();
     assert!(out.status.success() && env_db.exists(), "--db falls back to $MS_AUTH_DB");
 }
 
@@ -290,4 +294,138 @@ fn output_formats_are_one_option_for_every_command() {
         assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "{args:?}");
     }
     assert_eq!(cli.run(&["key", "list", "-o", "yaml"]).status.code(), Some(2), "clap's usage error");
+}
+
+#[test]
+fn a_closed_pipe_ends_the_command_quietly() {
+    let cli = Cli::new();
+    let db = cli.dir.path().join("ms_auth.db");
+    let store = ms_auth::Store::open(&db).unwrap();
+    // More rows than a pipe holds (64 KiB), so the command is still writing when the reader goes away.
+    for _ in 0..1000 {
+        store.create_key(&ms_auth::KeySpec::default(), 1_700_000_000_000).unwrap();
+    }
+    store.close().unwrap();
+    for format in ["table", "json", "csv"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
+            .args(["--db", db.to_str().unwrap(), "key", "list", "-o", format])
+            .env("RUST_BACKTRACE", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `ms-auth key list | head -1`: read a little, then close the pipe.
+        let mut first = [0u8; 100];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{format}: nothing on stderr, no panic: {stderr}");
+        // As `cat` or `ls` do: killed by SIGPIPE, which shells report as status 141.
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{format}: {:?}", out.status);
+    }
+}
+
+/// What `shell` completes for `line` (cursor at its end) with the script of `ms-auth completions`
+/// installed as that shell's users install it; the shell must be there (scripts/test.sh installs them).
+fn completions(shell: &str, line: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = Command::new(env!("CARGO_BIN_EXE_ms-auth")).args(["completions", shell]).output().unwrap();
+    assert!(generated.status.success());
+    let script = dir.path().join(match shell {
+        "zsh" => "_ms-auth", // compinit finds a completion function by its file's name in $fpath
+        _ => "ms-auth",
+    });
+    std::fs::write(&script, &generated.stdout).unwrap();
+    let harness = |name: &str| format!("{}/tests/completions/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new("timeout");
+    command.arg("60");
+    match shell {
+        "bash" => command.args(["bash", &harness("complete.bash"), script.to_str().unwrap(), line]),
+        "zsh" => command.args(["zsh", "-f", &harness("complete.zsh"), dir.path().to_str().unwrap(), line]),
+        "fish" => command
+            .args(["fish", "--no-config", "-c", "source $argv[1]; complete -C $argv[2]"])
+            .args([script.to_str().unwrap(), line]),
+        _ => unreachable!(),
+    };
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{shell} {line:?}: {out:?}");
+    // fish prints each candidate with its description after a tab.
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines().map(|l| l.split('\t').next().unwrap().to_string()).filter(|l| !l.is_empty()).collect()
+}
+
+#[test]
+fn shell_completions_complete_every_level_of_a_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        for (line, expected) in [
+            ("ms-auth ke", "key"),
+            ("ms-auth key cr", "create"),
+            ("ms-auth key create --expires-", "--expires-in"),
+            ("ms-auth fleet sync --when", "--when-redis-down"),
+            ("ms-auth plan put --li", "--lifetime"),
+        ] {
+            let offered = completions(shell, line);
+            assert!(offered.iter().any(|c| c == expected), "{shell}: {line:?} offers {offered:?}, not {expected}");
+        }
+    }
+}
+
+#[test]
+fn only_a_command_that_creates_something_creates_the_store() {
+    let cli = Cli::new();
+    let files = || {
+        let mut names: Vec<String> =
+            std::fs::read_dir(cli.dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+    // A mistyped --db on a command that reads (or changes what must be there): refused, naming the path,
+    // and nothing left behind.
+    for args in [
+        &["key", "list"][..],
+        &["key", "show", "key_x"],
+        &["key", "update", "key_x", "--name", "n"],
+        &["key", "revoke", "key_x"],
+        &["key", "rotate", "key_x"],
+        &["usage", "key_x"],
+        &["audit"],
+        &["check", "ms_live_1a2b3c4d5e6f7g8h9i0j"],
+        &["metrics"],
+        &["plan", "list"],
+        &["policy", "show"],
+        &["fleet", "status"],
+        &["console", "--read-only"],
+    ] {
+        let out = cli.run(&[&["--db", "typo.db"], args].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.starts_with("ms-auth: ") && err.lines().count() == 1, "{args:?}: {err}");
+        assert!(err.contains("typo.db") && err.contains("no store"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty() && files().is_empty(), "{args:?}: {:?}", files());
+    }
+
+    // The commands that create something create the store, and say so once.
+    for (db, args) in [
+        ("keys.db", &["key", "create"][..]),
+        ("plans.db", &["plan", "put", "pro"]),
+        ("policies.db", &["policy", "set", "--idle", "90d"]),
+    ] {
+        let out = cli.run(&[&["--db", db], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8(out.stderr).unwrap(), format!("ms-auth: created a new store at {db}\n"));
+        let again = cli.run(&[&["--db", db], args].concat());
+        assert!(again.status.success() && again.stderr.is_empty(), "{args:?}: said once");
+        let read = cli.run(&["--db", db, "audit"]);
+        assert!(read.status.success() && read.stderr.is_empty(), "{args:?}: the store is there for readers");
+    }
+    // An empty file (`touch`) is no store either: reading refuses it, creating initialises it.
+    std::fs::write(cli.dir.path().join("touched.db"), b"").unwrap();
+    let out = cli.run(&["--db", "touched.db", "key", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+    let out = cli.run(&["--db", "touched.db", "key", "create"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8(out.stderr).unwrap(), "ms-auth: created a new store at touched.db\n");
 }

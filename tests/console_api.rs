@@ -44,6 +44,10 @@ fn start(extra: &[&str]) -> Console {
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("# users\nalice:{ALICE}\nbob:bob-token-0123456789abcdef\n")).unwrap();
     let db = dir.path().join("store.db");
+    if extra.contains(&"--read-only") {
+        // A read-only console serves a store that is there; it creates none.
+        ms_auth::Store::open(&db).unwrap().close().unwrap();
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
         .arg("--db")
         .arg(&db)

@@ -8,12 +8,14 @@ use std::process::ExitCode;
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 
-use ms_auth::{Error, Store};
+use ms_auth::{Error, Store, StoreOptions};
 
 #[path = "ms-auth/audit.rs"]
 mod audit;
 #[path = "ms-auth/check.rs"]
 mod check;
+#[path = "ms-auth/completions.rs"]
+mod completions;
 #[path = "ms-auth/console/mod.rs"]
 mod console;
 #[path = "ms-auth/fleet.rs"]
@@ -112,6 +114,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Console(_) | Command::Fleet(fleet::FleetCommand::Sync { .. })) {
+        output::end_quietly_on_closed_pipe();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -121,6 +126,36 @@ fn main() -> ExitCode {
     }
 }
 
+impl Command {
+    /// Whether the command makes something, and so may create the store where `--db` names none; the
+    /// others (reading, or changing what must already be there) refuse such a path: a mistyped `--db`
+    /// must not become an empty store.
+    fn creates(&self) -> bool {
+        match self {
+            Command::Key(command) => matches!(command, KeyCommand::Create { .. }),
+            Command::Plan(command) => matches!(command, PlanCommand::Put { .. }),
+            Command::Policy(command) => matches!(command, PolicyCommand::Set { .. }),
+            // A new member's agent fills its store from the fleet's.
+            Command::Fleet(command) => matches!(command, fleet::FleetCommand::Sync { .. }),
+            Command::Console(args) => !args.read_only,
+            Command::Check { .. } | Command::Audit { .. } | Command::Usage { .. } | Command::Metrics => false,
+            Command::Completions { .. } => false,
+        }
+    }
+}
+
+/// Opens the store at `db`; where there is none, creates it only if `may_create`, and says so.
+fn open_store(db: &str, may_create: bool) -> Result<Store, Error> {
+    if !may_create {
+        return Store::open_with(db, StoreOptions { create: false, ..StoreOptions::default() });
+    }
+    let store = Store::open(db)?;
+    if store.created() {
+        eprintln!("ms-auth: created a new store at {db}");
+    }
+    Ok(store)
+}
+
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -128,10 +163,10 @@ fn now_ms() -> i64 {
 fn run(cli: Cli) -> Result<ExitCode, Error> {
     if let Command::Completions { shell } = cli.command {
         use clap::CommandFactory;
-        clap_complete::generate(shell, &mut Cli::command(), "ms-auth", &mut std::io::stdout());
+        completions::print(shell, &mut Cli::command());
         return Ok(ExitCode::SUCCESS);
     }
-    let store = Store::open(&cli.db)?;
+    let store = open_store(&cli.db, cli.command.creates())?;
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     store.set_actor(&cli.actor.unwrap_or_else(|| format!("cli:{user}")));
     let command = match cli.command {

@@ -25,12 +25,17 @@ pub unsafe extern "C" fn ms_store_open(path: *const c_char, out_store: *mut *mut
 }
 
 /// `ms_store_open` with options: `options_json` is NULL (all defaults) or
-/// `{"flush_interval_ms": N, "durability": "batched" | "strict", "busy_timeout_ms": N}`, each optional.
+/// `{"flush_interval_ms": N, "durability": "batched" | "strict", "busy_timeout_ms": N, "create": B}`,
+/// each optional.
 /// `flush_interval_ms` (default 1000, 0..=3600000): counts reach the database at most this often (and
 /// on close); they are in the shared counters file at once, so only a power loss can take that window.
 /// `durability: "strict"` also writes every admitted check to the database in its own transaction
 /// before answering (about 13 us a check instead of 0.2 us). `busy_timeout_ms` (default 5000): how long a
-/// write waits for another process's write lock. Ownership and errors as `ms_store_open`.
+/// write waits for another process's write lock. `create` (default true, as `ms_store_open`): `false`
+/// opens an existing store only; a path with no store (no file, an empty file, a SQLite database ms-auth
+/// never initialised) is refused with `MS_ERR_STORE`, `ms_last_error()` naming the path, and
+/// nothing is written (for tools that only read, where a mistyped path must not become an empty store).
+/// Ownership and other errors as `ms_store_open`.
 #[no_mangle]
 pub unsafe extern "C" fn ms_store_open_v2(
     path: *const c_char,

@@ -83,7 +83,7 @@ impl Store {
     pub(super) fn db(&self) -> Result<parking_lot::MappedMutexGuard<'_, Db>> {
         let mut guard = self.connections.db.lock();
         if guard.is_none() {
-            let conn = open_connection(&self.path, self.options.busy_timeout)?;
+            let (conn, _) = open_connection(&self.path, self.options.busy_timeout, self.options.create)?;
             *guard = Some(Db { conn });
         }
         Ok(MutexGuard::map(guard, |db| db.as_mut().expect("opened above")))
@@ -94,7 +94,7 @@ impl Store {
     pub(super) fn quick_db(&self) -> Result<Option<parking_lot::MappedMutexGuard<'_, Db>>> {
         let Some(mut guard) = self.connections.quick.try_lock() else { return Ok(None) };
         if guard.is_none() {
-            let conn = open_connection(&self.path, Duration::ZERO)?;
+            let (conn, _) = open_connection(&self.path, Duration::ZERO, self.options.create)?;
             *guard = Some(Db { conn });
         }
         Ok(Some(MutexGuard::map(guard, |db| db.as_mut().expect("opened above"))))

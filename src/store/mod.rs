@@ -98,6 +98,9 @@ pub struct Store {
     /// a check never answers with them, so they are kept for `metrics_text` and `last_flush_error`.
     flush_failures: AtomicU64,
     last_flush_error: Mutex<Option<String>>,
+    /// Whether this open made the store: the path had none (no file, an empty file, a database without
+    /// ms-auth's schema).
+    created: bool,
     /// Marks the database file as opened by ms-auth in this process (see [`identity`]).
     _open: identity::OpenFile,
 }
@@ -107,7 +110,8 @@ impl Store {
         Store::open_with(path, StoreOptions::default())
     }
 
-    /// Opens or creates the store at `path` (a new file gets mode 0600), migrating an older schema, and
+    /// Opens or creates the store at `path` (a new file gets mode 0600; with `create: false` a path with no
+    /// store is refused with `ErrStore`, naming it), migrating an older schema, and
     /// maps its shared counters file (built from the database if missing, damaged or from another boot).
     /// The path is resolved (symbolic links, `..`) so that every name of one database shares one
     /// counters file; a database file with several hard links is refused, as SQLite cannot lock it safely.
@@ -119,7 +123,8 @@ impl Store {
             message: format!("cannot open store {}: {}", given.display(), e.message),
         };
         let opening = identity::check_not_held(&given).map_err(explain)?;
-        let mut conn = open::open_connection(&given, options.busy_timeout).map_err(explain)?;
+        let (mut conn, created) =
+            open::open_connection(&given, options.busy_timeout, options.create).map_err(explain)?;
         let path = identity::resolve(&given).map_err(explain)?;
         let open = opening.register(&path).map_err(explain)?;
         let counters_path = counters::path_for(&path);
@@ -136,8 +141,14 @@ impl Store {
             pending_abuse: Mutex::new(Vec::new()),
             flush_failures: AtomicU64::new(0),
             last_flush_error: Mutex::new(None),
+            created,
             _open: open,
         })
+    }
+
+    /// Whether this open made the store, where the path had none (of processes racing to, exactly one).
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     /// The database file, resolved.

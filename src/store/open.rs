@@ -1,5 +1,6 @@
-//! Opening a connection to the database file: creating it private (mode 0600), WAL mode, and migrating
-//! it (see [`super::schema`]). Which file a store is, resolved once, is [`super::identity`]'s.
+//! Opening a connection to the database file: creating it private (mode 0600) or refusing a path with no
+//! store (`create: false`), WAL mode, and migrating it (see [`super::schema`]). Which file a store is,
+//! resolved once, is [`super::identity`]'s.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -11,10 +12,18 @@ use rusqlite::{Connection, OpenFlags};
 use super::schema::migrate;
 use crate::error::{Error, Result};
 
-/// Opens a connection; `busy_timeout` zero for the check path's connection, which never waits.
-pub(super) fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+/// Opens a connection, and says whether it made the store (see [`migrate`]); `busy_timeout` zero for the
+/// check path's connection, which never waits. Without `create`, a path with no store (no file, an empty
+/// file, a database ms-auth never initialised) is refused before anything is written.
+pub(super) fn open_connection(path: &Path, busy_timeout: Duration, create: bool) -> Result<(Connection, bool)> {
     if path.as_os_str().is_empty() {
         return Err(Error::invalid("the path is empty"));
+    }
+    if !create && !path.exists() {
+        return Err(no_store("no such file"));
+    }
+    if !create && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        return Err(no_store("the file is empty"));
     }
     if !path.exists() {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -38,7 +47,7 @@ pub(super) fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Con
     let initialising = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match set_up_connection(path, busy_timeout) {
+        match set_up_connection(path, busy_timeout, create) {
             Err(e) if initialising && e.message.contains("locked") && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -47,10 +56,19 @@ pub(super) fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Con
     }
 }
 
-fn set_up_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> {
+fn set_up_connection(path: &Path, busy_timeout: Duration, create: bool) -> Result<(Connection, bool)> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(busy_timeout)?;
+    if !create {
+        // Before the journal mode, which would write to a database that is not (yet) a store.
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| Error::store(describe_open_failure(e)))?;
+        if version == 0 {
+            return Err(no_store("the database is not an ms-auth store"));
+        }
+    }
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| Error::store(describe_open_failure(e)))?;
@@ -58,8 +76,12 @@ fn set_up_connection(path: &Path, busy_timeout: Duration) -> Result<Connection> 
         return Err(Error::store(format!("cannot use WAL mode (journal mode is {mode})")));
     }
     conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
-    migrate(&mut conn, !busy_timeout.is_zero())?;
-    Ok(conn)
+    let created = migrate(&mut conn, !busy_timeout.is_zero())?;
+    Ok((conn, created))
+}
+
+fn no_store(why: &str) -> Error {
+    Error::store(format!("no store is there ({why})"))
 }
 
 pub(super) fn describe_open_failure(e: rusqlite::Error) -> String {

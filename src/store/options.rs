@@ -24,16 +24,22 @@ pub struct StoreOptions {
     pub busy_timeout: Duration,
     /// When counts reach the database.
     pub durability: Durability,
+    /// Whether a path with no store yet gets a new one (the default); `false` opens an existing store
+    /// only, and refuses any other path with `ErrStore` naming it, so that a mistyped path is an error
+    /// rather than a new empty store.
+    pub create: bool,
 }
 
 /// The options JSON of `ms_store_open_v2`: `{"flush_interval_ms": N, "durability": "batched" | "strict",
-/// "busy_timeout_ms": N}`, each optional (`null` is refused: it is not a value of any of them).
+/// "busy_timeout_ms": N, "create": true | false}`, each optional (`null` is refused: it is not a value of
+/// any of them).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreOptionsJson {
     pub flush_interval_ms: spec::Field<Value>,
     pub durability: spec::Field<Value>,
     pub busy_timeout_ms: spec::Field<Value>,
+    pub create: spec::Field<Value>,
 }
 
 /// Fields are checked in declaration order; the first wrong one is reported.
@@ -61,6 +67,9 @@ impl TryFrom<StoreOptionsJson> for StoreOptions {
         if let Some(v) = json.busy_timeout_ms.given() {
             options.busy_timeout = ms(v, "busy_timeout_ms", 600_000)?;
         }
+        if let Some(v) = json.create.given() {
+            options.create = v.as_bool().ok_or_else(|| Error::invalid("create must be true or false"))?;
+        }
         Ok(options)
     }
 }
@@ -79,6 +88,7 @@ impl Default for StoreOptions {
             default_rate: Some(DEFAULT_RATE),
             busy_timeout: Duration::from_secs(5),
             durability: Durability::Batched,
+            create: true,
         }
     }
 }

@@ -200,11 +200,12 @@ const MIGRATIONS: &[&str] = &[
 /// file can be written). A file written by a newer ms-auth is refused rather than misread. With
 /// `prove_writable` false and nothing to migrate, no write lock is taken: a connection opened on the check
 /// path (after a fork) must not wait for another process's writer. With nothing to migrate nothing is
-/// written, so a process can still open the store on a full disk and check keys.
-pub(super) fn migrate(conn: &mut Connection, prove_writable: bool) -> Result<()> {
+/// written, so a process can still open the store on a full disk and check keys. True when the file had
+/// no schema at all: this call made it a store (of processes racing to, exactly one).
+pub(super) fn migrate(conn: &mut Connection, prove_writable: bool) -> Result<bool> {
     let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if !prove_writable && current == MIGRATIONS.len() as i64 {
-        return Ok(());
+        return Ok(false);
     }
     if conn.is_readonly(rusqlite::DatabaseName::Main)? {
         return Err(Error::store("the file is read-only"));
@@ -227,7 +228,7 @@ pub(super) fn migrate(conn: &mut Connection, prove_writable: bool) -> Result<()>
         tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
     }
     tx.commit().map_err(|e| Error::store(describe_open_failure(e)))?;
-    Ok(())
+    Ok(version == 0)
 }
 
 pub fn schema_version() -> usize {

@@ -36,6 +36,8 @@ class Console:
             [BIN, "--db", db, "console", "--listen", "127.0.0.1:0", "--token-file", tokens, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         line = self.proc.stdout.readline()
+        if line.startswith("ms-auth: created a new store at "):  # the first console, on a fresh store
+            line = self.proc.stdout.readline()
         assert "listening on http://" in line, line
         self.url = line.split("listening on ")[1].strip().rstrip("/")
 

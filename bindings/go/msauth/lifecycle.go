@@ -35,6 +35,11 @@ type Options struct {
 	// BusyTimeout: how long an admin call (or a strict check) waits for
 	// another process's write lock. Absent: 5 s; at most 10 minutes.
 	BusyTimeout Opt[time.Duration]
+	// Create: whether a path with no store gets a new one. Absent: true.
+	// Some(false) opens an existing store only: a path with no store is
+	// ErrStore, naming the path, and nothing is written (for tools that only
+	// read, where a mistyped path must not become an empty store).
+	Create Opt[bool]
 }
 
 // MarshalJSON writes the options as ms_store_open_v2 takes them.
@@ -45,6 +50,7 @@ func (o Options) MarshalJSON() ([]byte, error) {
 		w.member("durability", string(o.Durability))
 	}
 	writeOpt(&w, "busy_timeout_ms", optDurationMillis(o.BusyTimeout))
+	writeOpt(&w, "create", o.Create)
 	return w.finish()
 }
 

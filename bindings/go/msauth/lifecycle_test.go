@@ -178,6 +178,41 @@ func TestOpenWithOptions(t *testing.T) {
 	}
 }
 
+func TestCreateFalseOpensOnlyAnExistingStore(t *testing.T) {
+	dir := t.TempDir()
+	typo := filepath.Join(dir, "typo.db")
+	_, err := OpenWithOptions(typo, Options{Create: Some(false)})
+	var e *Error
+	if !errors.Is(err, ErrStore) || !errors.As(err, &e) || !strings.Contains(e.Message, typo) ||
+		!strings.Contains(e.Message, "no store") {
+		t.Fatalf("a path with no store: %v, want ErrStore naming it", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("files left behind: %v", entries)
+	}
+	path := filepath.Join(dir, "keys.db")
+	s, err := OpenWithOptions(path, Options{Create: Some(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := mustCreate(t, s, KeySpec{}, t0)
+	_ = s.Close()
+	s, err = OpenWithOptions(path, Options{Create: Some(false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := s.GetKey(c.Record.ID); err != nil || rec.ID != c.Record.ID {
+		t.Fatalf("the existing store's key: %v %v", rec, err)
+	}
+	_ = s.Close()
+	_, err = OpenWithOptions(path, Options{Create: Null[bool]()})
+	refused(t, "null create", err, "create must be true or false")
+	js, _ := Options{Create: Some(false)}.MarshalJSON()
+	if string(js) != `{"create":false}` {
+		t.Errorf("Options JSON = %s", js)
+	}
+}
+
 // A process checks and dies without Close (no final flush), then the counters
 // file is lost as in a power loss: only what reached the database is left.
 func TestCountsAfterAPowerLoss(t *testing.T) {

@@ -26,7 +26,7 @@ var liveHandles int64
 func Open(path string) (*Store, error) { return open(path, nil) }
 
 // OpenWithOptions is Open with store options (ms_store_open_v2): the flush
-// interval, the durability and the lock wait.
+// interval, the durability, the lock wait, and whether to create the store.
 func OpenWithOptions(path string, opts Options) (*Store, error) {
 	body, err := opts.MarshalJSON()
 	if err != nil {

@@ -83,6 +83,21 @@ def test_store_options_are_checked_by_the_library(tmp_path: Path) -> None:
         Store(path, flush_interval_ms="1s")  # type: ignore[arg-type]
 
 
+def test_create_false_opens_only_an_existing_store(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.db"
+    with pytest.raises(StoreUnavailableError) as info:
+        Store(typo, create=False)
+    assert str(typo) in info.value.detail and "no store" in info.value.detail, info.value.detail
+    assert list(tmp_path.iterdir()) == [], "nothing was created"
+    path = tmp_path / "keys.db"
+    with Store(path, create=True) as s:
+        created = s.create_key()
+    with Store(path, create=False) as s:
+        assert s.get(created.id)["id"] == created.id
+    refused(lambda: Store(path, create=1),  # type: ignore[arg-type]
+            "create must be true or false")
+
+
 def hold_write_lock(path: Path) -> "subprocess.Popen[str]":
     """Another process that holds the database's write lock until its stdin is closed (another
     SQLite in another process is fine; only not in this one)."""

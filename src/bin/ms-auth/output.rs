@@ -13,6 +13,17 @@ pub enum Output {
     Csv,
 }
 
+/// Makes a closed output pipe end the process as it ends `cat` or `ls` (`ms-auth key list | head -1`):
+/// killed by SIGPIPE, quietly (status 141 in a shell). Rust starts programs with SIGPIPE ignored, which
+/// turns every print to a closed pipe into a panic. Not for the commands that serve (console, fleet
+/// sync): a client or Redis hanging up on one of their sockets must not kill them.
+pub fn end_quietly_on_closed_pipe() {
+    // SAFETY: restores the default action of a signal, before this process has any other thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// `--output` of the command line with the command's own `--json` (its older spelling); a conflict
 /// between the two is an error rather than a guess.
 pub fn output_format(global: Option<Output>, json: bool) -> Result<Output, Error> {

@@ -690,11 +690,14 @@ class Store:
         flush_interval_ms: Optional[DurationLike] = None,
         durability: Optional[Durability] = None,
         busy_timeout_ms: Optional[DurationLike] = None,
+        create: Optional[bool] = None,
     ) -> None:
         """Open (or create) the store at ``path``. Options left as None keep the library's
         defaults: counts written to the database at most every second (``flush_interval_ms``),
         ``durability="batched"`` (``"strict"`` also writes every admitted check before answering),
-        and admin writes waiting up to 5 s for another process's lock (``busy_timeout_ms``)."""
+        admin writes waiting up to 5 s for another process's lock (``busy_timeout_ms``), and a new
+        store where ``path`` has none (``create=False`` raises StoreUnavailableError instead, naming
+        the path, and writes nothing: for tools that only read)."""
         self.path = os.fspath(path)
         options: Dict[str, Any] = {}
         if flush_interval_ms is not None:
@@ -703,6 +706,8 @@ class Store:
             options["durability"] = durability
         if busy_timeout_ms is not None:
             options["busy_timeout_ms"] = _duration_ms(busy_timeout_ms, "busy_timeout_ms")
+        if create is not None:
+            options["create"] = create
         handle = ctypes.c_void_p()
         if options:
             rc = _lib.ms_store_open_v2(

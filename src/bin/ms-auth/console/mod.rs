@@ -31,7 +31,7 @@ pub struct ConsoleArgs {
     listen: SocketAddr,
     /// Show everything, change nothing: every change is hidden in the pages and refused by the API.
     #[arg(long)]
-    read_only: bool,
+    pub read_only: bool,
     /// Users and their tokens, one NAME:TOKEN a line [default: one token for --user, printed once].
     #[arg(long, value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
