@@ -132,7 +132,8 @@ fn a_check_that_meets_a_damaged_index_rebuilds_it_and_answers() {
 #[test]
 fn damage_while_handles_are_open_is_found_at_the_next_generation_change() {
     let (_dir, db, keys) = store_with_keys(3);
-    let options = StoreOptions { flush_interval: Duration::from_millis(10), ..StoreOptions::default() };
+    // Flush turns every 100 ms; the periodic verification (every 60 flush intervals) is not due for 6 s.
+    let options = StoreOptions { flush_interval: Duration::from_millis(100), ..StoreOptions::default() };
     let checking = Store::open_with(&db, options).unwrap();
     let admin = Store::open(&db).unwrap();
     assert_eq!(answer(&checking, &keys[0].0), Status::Ok);
@@ -140,7 +141,7 @@ fn damage_while_handles_are_open_is_found_at_the_next_generation_change() {
     overwrite_from(&db, HEADER_LEN, Some(0));
     admin.create_key(&spec("{}"), NOW).unwrap();
     // The first flush turn after the admin change verifies the file and rebuilds it.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(3);
     let mut last = Status::ApiKeyInvalid;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(15));

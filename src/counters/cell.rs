@@ -132,12 +132,15 @@ impl SharedCounters {
         self.header().rate_sharers.store(hosts, Ordering::Release);
     }
 
+    /// Sets the store-wide policies (with the database's write lock held: they are in the content checksum).
     pub fn set_policies(&self, p: &Policies) {
+        let before = self.header_part();
         let h = self.header();
         h.idle_ms.store(p.idle_ms, Ordering::Release);
         h.abuse_limit.store(p.abuse_limit, Ordering::Release);
         h.abuse_window_ms.store(p.abuse_window_ms, Ordering::Release);
         h.fleet_leases.store(p.fleet_leases as u32, Ordering::Release);
+        self.amend_seal(before, self.header_part());
     }
 
     /// The counts of the key with this digest.
