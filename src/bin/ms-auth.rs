@@ -16,6 +16,8 @@ mod audit;
 mod check;
 #[path = "ms-auth/console/mod.rs"]
 mod console;
+#[path = "ms-auth/doctor.rs"]
+mod doctor;
 #[path = "ms-auth/fleet.rs"]
 mod fleet;
 #[path = "ms-auth/keys.rs"]
@@ -106,6 +108,10 @@ enum Command {
     /// Serve the support console (keys, usage charts, plans, policies, the audit log) and its JSON admin
     /// API to a browser; see README, "Console".
     Console(console::ConsoleArgs),
+    /// Check the database, the counters file against it, and the files' owners and modes; `--repair`
+    /// rebuilds the counters file. Exits 0 when healthy, 3 when problems remain, 4 when `--repair`
+    /// repaired every problem found. Never creates a store.
+    Doctor(doctor::DoctorArgs),
     /// Print a completion script for a shell (e.g. `ms-auth completions bash > /etc/bash_completion.d/ms-auth`).
     Completions { shell: clap_complete::Shell },
 }
@@ -130,6 +136,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         use clap::CommandFactory;
         clap_complete::generate(shell, &mut Cli::command(), "ms-auth", &mut std::io::stdout());
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Doctor(args) = &cli.command {
+        return doctor::run(&cli.db, args, cli.output); // before opening: that would heal and create
     }
     let store = Store::open(&cli.db)?;
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
@@ -161,7 +170,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             return fleet::run(&store, command);
         }
-        Command::Completions { .. } => unreachable!("answered before the store is opened"),
+        Command::Completions { .. } | Command::Doctor(_) => unreachable!("answered before the store is opened"),
         Command::Console(_) => unreachable!("served above"),
         Command::Check { key, now: at, json } => {
             let code = check::run(&store, key, at, json, global, now)?;

@@ -143,6 +143,17 @@ impl SharedCounters {
         self.amend_seal(before, self.header_part());
     }
 
+    /// The store-wide policies this file applies (for `ms-auth doctor` to compare with the database's).
+    pub fn policies(&self) -> Policies {
+        let h = self.header();
+        Policies {
+            idle_ms: h.idle_ms.load(Ordering::Acquire),
+            abuse_limit: h.abuse_limit.load(Ordering::Acquire),
+            abuse_window_ms: h.abuse_window_ms.load(Ordering::Acquire),
+            fleet_leases: h.fleet_leases.load(Ordering::Acquire) != 0,
+        }
+    }
+
     /// The counts of the key with this digest.
     pub fn tally(&self, digest: &KeyDigest) -> Option<Tally> {
         let (_, _, r) = self.find(digest)?;

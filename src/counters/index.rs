@@ -148,6 +148,12 @@ impl SharedCounters {
         Ok(())
     }
 
+    /// True when the file refuses this digest because a change that added it did not commit (see
+    /// [`SharedCounters::tombstone`]): a record of a key the database rightly does not have.
+    pub fn is_tombstone(&self, digest: &KeyDigest) -> bool {
+        self.valid_record_of(digest).is_some_and(|r| r.row == 0 && r.revoked != 0 && r.id_len == 0)
+    }
+
     /// True when no other key's current record counts in `cell`.
     fn shares_no_cell(&self, digest: &KeyDigest, cell: u64) -> bool {
         (0..self.layout.index_slots).all(|i| {
