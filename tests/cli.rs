@@ -304,7 +304,13 @@ fn doctor_names_a_damaged_counters_file_and_repair_rebuilds_it() {
         (out.status.code().unwrap(), report)
     };
     let check = |report: &Value, name: &str| -> Value {
-        report["checks"].as_array().unwrap().iter().find(|c| c["check"] == name).cloned().unwrap_or_else(|| panic!("{name}: {report}"))
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: {report}"))
     };
     let db = cli.dir.path().join("ms_auth.db");
     let counters = cli.dir.path().join("ms_auth.db-counters");

@@ -245,7 +245,9 @@ impl SharedCounters {
             _ if h.boot_id != boot => Some(Opened::Absent("it is from an earlier boot")),
             _ if h.file_len != meta.len() => Some(Opened::Unusable("its size is not the one its header gives")),
             _ if found != READY && found != SUPERSEDED => Some(Opened::Unusable("its header has an impossible state")),
-            _ if found != state => Some(Opened::Absent(if found == SUPERSEDED { "it was superseded" } else { "it is in use" })),
+            _ if found != state => {
+                Some(Opened::Absent(if found == SUPERSEDED { "it was superseded" } else { "it is in use" }))
+            }
             _ if fits() != Some(true) => Some(Opened::Unusable("its header has an impossible geometry")),
             _ if h.cells_used.load(Ordering::Acquire) > h.max_cells
                 || h.blocks_used.load(Ordering::Acquire) > h.max_blocks =>

@@ -231,7 +231,9 @@ mod tests {
         let h = c.header();
         // The record's quota limit, 72 bytes into it (see `Record`).
         let quota = unsafe { (std::ptr::addr_of_mut!((*c.block(r)).record) as *mut u8).add(72) as *mut i64 };
-        let damages: [(&str, Box<dyn Fn(bool)>); 6] = [
+        // What is damaged, and how (on) or undone (off).
+        type Damage<'a> = (&'static str, Box<dyn Fn(bool) + 'a>);
+        let damages: [Damage; 6] = [
             ("a record's quota", Box::new(|on| unsafe { *quota = if on { 6 } else { 5 } })),
             ("the key's slot", Box::new(|on| c.slot(slot).store(if on { v ^ 1 << 50 } else { v }, Ordering::Relaxed))),
             ("an empty slot", Box::new(|on| c.slot(empty_slot).store(on as u64 * 0x1234, Ordering::Relaxed))),

@@ -74,8 +74,9 @@ pub fn diagnose(path: &Path) -> Result<Diagnosis> {
     }
     let path = identity::resolve(path)?;
     let mut d = Diagnosis { store: path.clone(), findings: Vec::new() };
-    let mut conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|e| Error::store(format!("cannot open {}: {e}", path.display())))?;
+    let mut conn =
+        Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| Error::store(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(LOCK_WAIT)?;
 
     let integrity = integrity_check(&conn);
@@ -110,7 +111,12 @@ pub fn diagnose(path: &Path) -> Result<Diagnosis> {
         let opened = SharedCounters::open_checked(&counters_path)?;
         let file = match &opened {
             Opened::Sound(c) => {
-                d.note("counters.file", true, format!("its index and records match their checksum ({} keys)", c.key_count()), false);
+                d.note(
+                    "counters.file",
+                    true,
+                    format!("its index and records match their checksum ({} keys)", c.key_count()),
+                    false,
+                );
                 Some(c)
             }
             Opened::Unsealed(c) => {
@@ -119,15 +125,30 @@ pub fn diagnose(path: &Path) -> Result<Diagnosis> {
                 Some(c)
             }
             Opened::Damaged(_, why) => {
-                d.note("counters.file", false, format!("damaged: {why}; rebuilt from the database by the next open or verification"), true);
+                d.note(
+                    "counters.file",
+                    false,
+                    format!("damaged: {why}; rebuilt from the database by the next open or verification"),
+                    true,
+                );
                 None
             }
             Opened::Absent(why) => {
-                d.note("counters.file", true, format!("none in use ({why}): built from the database by the next open"), false);
+                d.note(
+                    "counters.file",
+                    true,
+                    format!("none in use ({why}): built from the database by the next open"),
+                    false,
+                );
                 None
             }
             Opened::Unusable(why) => {
-                d.note("counters.file", false, format!("unusable: {why}; rebuilt from the database by the next open"), true);
+                d.note(
+                    "counters.file",
+                    false,
+                    format!("unusable: {why}; rebuilt from the database by the next open"),
+                    true,
+                );
                 None
             }
         };
@@ -193,9 +214,15 @@ fn compare(d: &mut Diagnosis, tx: &rusqlite::Transaction, file: &SharedCounters)
         problems.push(format!("{strays} records of keys the database does not have"));
     }
     if problems.is_empty() {
-        d.note("counters.keys", true, format!("all {} keys present with their policy{tombstoned}", entries.len()), false);
+        d.note(
+            "counters.keys",
+            true,
+            format!("all {} keys present with their policy{tombstoned}", entries.len()),
+            false,
+        );
     } else {
-        let lag = if behind { " (the file is behind the database: the next flush or admin change applies it)" } else { "" };
+        let lag =
+            if behind { " (the file is behind the database: the next flush or admin change applies it)" } else { "" };
         d.note("counters.keys", false, format!("{}{lag}{tombstoned}", problems.join("; ")), true);
     }
     let (in_file, in_db) = (file.policies(), load_policies(tx)?);
