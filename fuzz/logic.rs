@@ -264,15 +264,18 @@ impl CountersTarget {
         let mut check = counters.clone();
         fix_checksum(&mut check);
         assert_eq!(check, counters, "the checksum in fuzz/logic.rs no longer matches layout.rs");
+        ms_auth::counters::reseal_image(&mut check);
+        assert_eq!(check, counters, "reseal_image no longer reproduces the content checksum");
         CountersTarget { db: std::fs::read(&db).expect("database"), counters, keys }
     }
 
     /// Input: byte 0 chooses how the file is made (low 2 bits) and which key is checked; the rest is
     /// - mode 0: the whole file, as is;
-    /// - mode 1: patches on the valid file (`[u32 offset][u8 len][bytes]`...), checksum then recomputed;
-    /// - mode 2: a forged header (geometry from the input, valid checksum, boot id and state), body from
+    /// - mode 1: patches on the valid file (`[u32 offset][u8 len][bytes]`...), checksums then recomputed
+    ///   (the header's and the content's, as a hostile writer can);
+    /// - mode 2: a forged header (geometry from the input, valid checksums, boot id and state), body from
     ///   the input;
-    /// - mode 3: like 1 without recomputing the checksum.
+    /// - mode 3: like 1 without recomputing the checksums (damage: the content checksum finds it).
     pub fn run(&self, data: &[u8]) {
         let Some((&mode, rest)) = data.split_first() else { return };
         let file = match mode & 3 {
@@ -282,6 +285,7 @@ impl CountersTarget {
                 patch(&mut file, rest);
                 if mode & 3 == 1 {
                     fix_checksum(&mut file);
+                    ms_auth::counters::reseal_image(&mut file);
                 }
                 file
             }
@@ -325,6 +329,7 @@ impl CountersTarget {
             file.push(if body.is_empty() { 0 } else { body[i % body.len()] });
             i += 1;
         }
+        ms_auth::counters::reseal_image(&mut file);
         file
     }
 

@@ -429,3 +429,107 @@ fn only_a_command_that_creates_something_creates_the_store() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8(out.stderr).unwrap(), "ms-auth: created a new store at touched.db\n");
 }
+
+/// Issue 21, item 2: `ms-auth doctor` names what is wrong in JSON with an exit code for scripts, and
+/// `--repair` rebuilds the counters file.
+#[test]
+fn doctor_names_a_damaged_counters_file_and_repair_rebuilds_it() {
+    let cli = Cli::new();
+    let doctor = |args: &[&str]| -> (i32, Value) {
+        let out = cli.run(args);
+        let report = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code().unwrap(), report)
+    };
+    let check = |report: &Value, name: &str| -> Value {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: {report}"))
+    };
+    let db = cli.dir.path().join("ms_auth.db");
+    let counters = cli.dir.path().join("ms_auth.db-counters");
+
+    let missing = cli.run(&["doctor", "--json"]);
+    assert_eq!(missing.status.code(), Some(1), "no store to check");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no store at ms_auth.db"));
+    assert!(!db.exists(), "doctor never creates a store");
+
+    let created = cli.ok_json(&["key", "create", "--quota", "5/day", "--json"]);
+    let (key, id) = (created["key"].as_str().unwrap().to_string(), created["id"].as_str().unwrap().to_string());
+    let (code, healthy) = doctor(&["doctor", "--json"]);
+    assert_eq!((code, healthy["healthy"].as_bool()), (0, Some(true)), "{healthy}");
+    let names: Vec<&str> = healthy["checks"].as_array().unwrap().iter().map(|c| c["check"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "database.integrity",
+            "database.schema",
+            "counters.file",
+            "counters.keys",
+            "counters.policies",
+            "files.database",
+            "files.wal",
+            "files.shm",
+            "files.counters"
+        ]
+    );
+    assert!(healthy["checks"].as_array().unwrap().iter().all(|c| c["ok"] == true), "{healthy}");
+
+    // Random bytes from the end of the header on: the header still says all is well.
+    let mut bytes = std::fs::read(&counters).unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for b in &mut bytes[4096..] {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(&counters, &bytes).unwrap();
+    let (code, damaged) = doctor(&["doctor", "--output", "json"]);
+    assert_eq!((code, damaged["healthy"].as_bool()), (3, Some(false)), "{damaged}");
+    let file = check(&damaged, "counters.file");
+    assert_eq!((file["ok"].as_bool(), file["repairable"].as_bool()), (Some(false), Some(true)), "{file}");
+    assert!(file["detail"].as_str().unwrap().contains("checksum"), "{file}");
+    assert!(std::fs::read(&counters).unwrap() == bytes, "doctor alone changes nothing");
+
+    let (code, repaired) = doctor(&["doctor", "--repair", "--json"]);
+    assert_eq!((code, repaired["healthy"].as_bool()), (4, Some(true)), "{repaired}");
+    assert_eq!(check(&repaired, "counters.file")["repaired"], true);
+    assert_eq!(doctor(&["doctor", "--json"]).0, 0, "healthy since");
+    assert_eq!(cli.check(&key, &[]).0, 0, "the key is admitted");
+
+    // A record that says another quota, its checksum recomputed (as a writer of the file can): the
+    // comparison with the database finds it.
+    let mut bytes = std::fs::read(&counters).unwrap();
+    let at = bytes.windows(id.len()).position(|w| w == id.as_bytes()).unwrap() - 112;
+    bytes[at + 72..at + 80].copy_from_slice(&1_000_000i64.to_le_bytes());
+    ms_auth::counters::reseal_image(&mut bytes);
+    std::fs::write(&counters, &bytes).unwrap();
+    let (code, differs) = doctor(&["doctor", "--json"]);
+    assert_eq!(code, 3, "{differs}");
+    assert_eq!(check(&differs, "counters.file")["ok"], true);
+    let keys = check(&differs, "counters.keys");
+    assert_eq!(keys["ok"], false);
+    assert!(keys["detail"].as_str().unwrap().contains(&format!("1 of 1 keys missing or with another policy ({id})")));
+    assert_eq!(doctor(&["doctor", "--repair", "--json"]).0, 4);
+    for _ in 0..4 {
+        assert_eq!(cli.check(&key, &[]).0, 0);
+    }
+    assert_eq!(cli.check(&key, &[]).1["code"], "api_key_quota_exceeded", "the database's quota of 5 again");
+
+    // A mode the documentation rules out is named; --repair leaves the database's mode to its owner.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, report) = doctor(&["doctor", "--repair", "--json"]);
+    assert_eq!(code, 3, "{report}");
+    let mode = check(&report, "files.database");
+    assert_eq!((mode["ok"].as_bool(), mode["repairable"].as_bool()), (Some(false), Some(false)), "{mode}");
+    assert!(mode["detail"].as_str().unwrap().contains("0644"), "{mode}");
+    let table = cli.run(&["doctor"]);
+    assert_eq!(table.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&table.stdout).contains("PROBLEM  files.database"));
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -227,18 +227,18 @@ fn an_uncommitted_revocation_left_by_a_dead_admin_is_undone_by_the_next_admin() 
 
 // Items 7 and 8: a damaged or hostile counters file.
 
-/// Overwrites everything after the header page with `byte`s (or random bytes when `None`) and marks the
-/// file as behind the database, so the next open resyncs it.
+/// Overwrites everything after the header page with `byte`s (or random bytes when `None`) as a hostile
+/// writer would (recomputing the content checksum, as anyone who can write the file can: accidental damage
+/// is `tests/damaged_counters.rs`), and marks the file as behind the database, so the next open resyncs it.
 fn damage_after_header(db: &Path, byte: Option<u8>) {
     let path = counters::path_for(db);
-    let len = std::fs::metadata(&path).unwrap().len() as usize;
-    let mut bytes = vec![0u8; len - 4096];
+    let mut bytes = std::fs::read(&path).unwrap();
     match byte {
-        Some(b) => bytes.fill(b),
-        None => getrandom_fill(&mut bytes),
+        Some(b) => bytes[4096..].fill(b),
+        None => getrandom_fill(&mut bytes[4096..]),
     }
+    counters::reseal_image(&mut bytes);
     let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.seek(SeekFrom::Start(4096)).unwrap();
     f.write_all(&bytes).unwrap();
     drop(f);
     SharedCounters::open_existing(&path).unwrap().unwrap().set_generation(-7);
@@ -310,6 +310,7 @@ fn a_record_with_an_impossible_plan_does_not_fail_every_open() {
     let mut bytes = std::fs::read(&path).unwrap();
     let at = bytes.windows(k.record.id.len()).position(|w| w == k.record.id.as_bytes()).unwrap();
     bytes[at - 4 - 1] = 200; // plan_len sits just before the 4 padding bytes that precede the id
+    counters::reseal_image(&mut bytes); // as a hostile writer can
     std::fs::write(&path, &bytes).unwrap();
     SharedCounters::open_existing(&path).unwrap().unwrap().set_generation(-7);
     for _ in 0..2 {

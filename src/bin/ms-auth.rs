@@ -18,6 +18,8 @@ mod check;
 mod completions;
 #[path = "ms-auth/console/mod.rs"]
 mod console;
+#[path = "ms-auth/doctor.rs"]
+mod doctor;
 #[path = "ms-auth/fleet.rs"]
 mod fleet;
 #[path = "ms-auth/keys.rs"]
@@ -108,6 +110,10 @@ enum Command {
     /// Serve the support console (keys, usage charts, plans, policies, the audit log) and its JSON admin
     /// API to a browser; see README, "Console".
     Console(console::ConsoleArgs),
+    /// Check the database, the counters file against it, and the files' owners and modes; `--repair`
+    /// rebuilds the counters file. Exits 0 when healthy, 3 when problems remain, 4 when `--repair`
+    /// repaired every problem found. Never creates a store.
+    Doctor(doctor::DoctorArgs),
     /// Print a completion script for a shell (e.g. `ms-auth completions bash > /etc/bash_completion.d/ms-auth`).
     Completions { shell: clap_complete::Shell },
 }
@@ -139,7 +145,7 @@ impl Command {
             Command::Fleet(command) => matches!(command, fleet::FleetCommand::Sync { .. }),
             Command::Console(args) => !args.read_only,
             Command::Check { .. } | Command::Audit { .. } | Command::Usage { .. } | Command::Metrics => false,
-            Command::Completions { .. } => false,
+            Command::Completions { .. } | Command::Doctor(_) => false,
         }
     }
 }
@@ -165,6 +171,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         use clap::CommandFactory;
         completions::print(shell, &mut Cli::command());
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Doctor(args) = &cli.command {
+        return doctor::run(&cli.db, args, cli.output); // before opening: that would heal and create
     }
     let store = open_store(&cli.db, cli.command.creates())?;
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
@@ -196,7 +205,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             return fleet::run(&store, command);
         }
-        Command::Completions { .. } => unreachable!("answered before the store is opened"),
+        Command::Completions { .. } | Command::Doctor(_) => unreachable!("answered before the store is opened"),
         Command::Console(_) => unreachable!("served above"),
         Command::Check { key, now: at, json } => {
             let code = check::run(&store, key, at, json, global, now)?;

@@ -136,12 +136,26 @@ impl SharedCounters {
         self.header().rate_sharers.store(hosts, Ordering::Release);
     }
 
+    /// Sets the store-wide policies (with the database's write lock held: they are in the content checksum).
     pub fn set_policies(&self, p: &Policies) {
+        let before = self.header_part();
         let h = self.header();
         h.idle_ms.store(p.idle_ms, Ordering::Release);
         h.abuse_limit.store(p.abuse_limit, Ordering::Release);
         h.abuse_window_ms.store(p.abuse_window_ms, Ordering::Release);
         h.fleet_leases.store(p.fleet_leases as u32, Ordering::Release);
+        self.amend_seal(before, self.header_part());
+    }
+
+    /// The store-wide policies this file applies (for `ms-auth doctor` to compare with the database's).
+    pub fn policies(&self) -> Policies {
+        let h = self.header();
+        Policies {
+            idle_ms: h.idle_ms.load(Ordering::Acquire),
+            abuse_limit: h.abuse_limit.load(Ordering::Acquire),
+            abuse_window_ms: h.abuse_window_ms.load(Ordering::Acquire),
+            fleet_leases: h.fleet_leases.load(Ordering::Acquire) != 0,
+        }
     }
 
     /// The counts of the key with this digest.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::carry::write_cell;
 use super::cell::encode;
+use super::seal::slot_part;
 use super::{text, Admission, CellState, Full, KeyEntry, KeyRef, KeyView, SharedCounters, Tally};
 use crate::gcra::RateLimit;
 use crate::key::KeyDigest;
@@ -19,6 +20,8 @@ const NEVER: i64 = i64::MAX;
 pub(super) const NO_PLAN: u8 = u8::MAX;
 pub const MAX_ID_LEN: usize = 47;
 pub const MAX_PLAN_LEN: usize = 63;
+/// Probes longer than this compare their length with the number of records (rare in a sound index).
+const LONG_PROBE: u64 = 32;
 
 #[repr(C)]
 pub(super) struct Record {
@@ -85,11 +88,16 @@ impl SharedCounters {
         let hash = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
         let tag = u64::from(u32::from_le_bytes(digest[8..12].try_into().expect("4 bytes")) & 0xFF_FFFF);
         let mut i = hash & mask;
-        // The index is never more than half full, so an empty slot ends every probe.
-        for _ in 0..slots {
+        // The index is never more than half full, so an empty slot ends every probe. Each key's slot names
+        // a record of its own, so a probe past more full slots than there are records is in a damaged
+        // index (random bytes leave no slot empty): said so, not read as "no such key".
+        for probe in 0..slots {
             let v = self.slot(i).load(Ordering::Acquire);
             if v == 0 {
                 return None;
+            }
+            if probe >= LONG_PROBE && probe >= self.blocks_used() {
+                return Some((i, v, u64::MAX));
             }
             if v >> RECORD_BITS == tag {
                 let r = (v & RECORD_MASK).wrapping_sub(1);
@@ -130,9 +138,20 @@ impl SharedCounters {
         self.upsert(&entry)?;
         // Its row number may be handed to another key: never flush this cell under it.
         if cell < self.layout.max_blocks && self.shares_no_cell(digest, cell) {
+            let sealed = cell < self.blocks_used();
+            let before = if sealed { self.block_part(cell) } else { 0 };
             self.cell(cell).row.store(0, Ordering::Release);
+            if sealed {
+                self.amend_seal(before, self.block_part(cell));
+            }
         }
         Ok(())
+    }
+
+    /// True when the file refuses this digest because a change that added it did not commit (see
+    /// [`SharedCounters::tombstone`]): a record of a key the database rightly does not have.
+    pub fn is_tombstone(&self, digest: &KeyDigest) -> bool {
+        self.valid_record_of(digest).is_some_and(|r| r.row == 0 && r.revoked != 0 && r.id_len == 0)
     }
 
     /// True when no other key's current record counts in `cell`.
@@ -185,6 +204,9 @@ impl SharedCounters {
                     .ok_or(Full)?
             }
         };
+        // What the change alters of the content checksum: the slot and the header's counts, and the new
+        // block (not counted before).
+        let sealed_before = self.header_part().wrapping_add(slot_part(slot, self.slot(slot).load(Ordering::Acquire)));
         let cell = match (found, shared_cell) {
             (Some((_, _, r)), _) => self.record(r).cell,
             (None, Some(cell)) => cell,
@@ -214,7 +236,10 @@ impl SharedCounters {
         unsafe { std::ptr::addr_of_mut!((*self.block(b)).record).write(record_of(entry, cell)) };
         h.blocks_used.store(b + 1, Ordering::Release);
         let tag = u64::from(u32::from_le_bytes(entry.digest[8..12].try_into().expect("4 bytes")) & 0xFF_FFFF);
-        self.slot(slot).store(tag << RECORD_BITS | (b + 1), Ordering::Release);
+        let published = tag << RECORD_BITS | (b + 1);
+        self.slot(slot).store(published, Ordering::Release);
+        let sealed_after = self.header_part().wrapping_add(slot_part(slot, published)).wrapping_add(self.block_part(b));
+        self.amend_seal(sealed_before, sealed_after);
         Ok(())
     }
 

@@ -12,7 +12,8 @@ use memmap2::{MmapOptions, MmapRaw};
 
 use super::cell::Cell;
 use super::index::{Record, RECORD_MASK};
-use super::{Full, KeyEntry, Policies, SharedCounters};
+use super::seal::{Content, SEAL_VERSION};
+use super::{Full, KeyEntry, Opened, Policies, SharedCounters};
 use crate::error::{Error, Result};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"MSAUTHC1");
@@ -34,20 +35,24 @@ static ALLOCATION_FAILED: std::sync::Mutex<Option<(PathBuf, std::time::Instant, 
 pub(super) struct Header {
     magic: u64,
     layout_version: u32,
-    _reserved: u32,
+    /// Which content checksum `content_sum` holds (see `seal.rs`); 0 in files built before it existed.
+    pub(super) seal_version: u32,
     boot_id: [u8; 48],
-    index_slots: u64,
+    pub(super) index_slots: u64,
     max_cells: u64,
     max_blocks: u64,
-    index_off: u64,
-    blocks_off: u64,
+    pub(super) index_off: u64,
+    pub(super) blocks_off: u64,
     file_len: u64,
     checksum: u64,
-    _pad0: [u8; 112],
+    /// The checksum of the index, the records and the header's counts and policies (see `seal.rs`): changed
+    /// only under the database's write lock, with what it covers.
+    pub(super) content_sum: AtomicU64,
+    _pad0: [u8; 104],
     // Mutable fields, on their own cache lines away from what every check reads.
     state: AtomicU32,
     _pad1: [u8; 60],
-    generation: AtomicI64,
+    pub(super) generation: AtomicI64,
     pub(super) cells_used: AtomicU64,
     pub(super) blocks_used: AtomicU64,
     pub(super) next_flush_ns: AtomicU64,
@@ -60,6 +65,10 @@ pub(super) struct Header {
     pub(super) fleet_leases: AtomicU32,
     /// In fleet mode, how many live hosts share each key's rate limit (0 or 1: this host has all of it).
     pub(super) rate_sharers: AtomicU32,
+    /// The generation at which the content checksum was last verified under the write lock, and when
+    /// (CLOCK_MONOTONIC ns): one process verifies per generation change or period, not every process.
+    pub(super) verified_generation: AtomicI64,
+    pub(super) verified_at_ns: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN as usize);
@@ -167,31 +176,46 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
 }
 
 impl SharedCounters {
-    /// Maps the file at `path` if it is a complete counters file of this boot; `None` when it is missing,
-    /// damaged, from an older boot or layout, or superseded (the caller then rebuilds it).
+    /// Maps the file at `path` if it is a complete counters file of this boot whose index and records
+    /// match their checksum; `None` when it is missing, damaged, from an older boot or layout, or
+    /// superseded (the caller then rebuilds it). Without the database's write lock, an admin change in
+    /// progress can make a sound file look damaged: the caller then looks again under the lock.
     pub fn open_existing(path: &Path) -> Result<Option<SharedCounters>> {
+        Ok(match Self::open_in_state(path, READY)? {
+            Opened::Sound(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// The file at `path` and what it was found to be (see [`Opened`]), for the store's rebuilds under the
+    /// write lock and for `ms-auth doctor`.
+    pub fn open_checked(path: &Path) -> Result<Opened> {
         Self::open_in_state(path, READY)
     }
 
     /// A file at the path that was superseded but never replaced: a process growing it died between
     /// freezing it and putting the larger one in place. Its counters are frozen, so its counts are final
-    /// and a rebuild carries them (see [`SharedCounters::grow`]). Same checks as `open_existing`.
+    /// and a rebuild carries them (see [`SharedCounters::grow`]). Same checks as `open_existing`, but a file
+    /// built before content checksums existed is carried too (its counts are as good as before).
     pub fn open_superseded(path: &Path) -> Result<Option<SharedCounters>> {
-        Self::open_in_state(path, SUPERSEDED)
+        Ok(match Self::open_in_state(path, SUPERSEDED)? {
+            Opened::Sound(c) | Opened::Unsealed(c) => Some(c),
+            _ => None,
+        })
     }
 
-    fn open_in_state(path: &Path, state: u32) -> Result<Option<SharedCounters>> {
+    fn open_in_state(path: &Path, state: u32) -> Result<Opened> {
         // Never through a symbolic link (as SQLite opens its files): a planted link is replaced by a rebuild.
         let file = match OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Opened::Absent("there is none")),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Opened::Unusable("it is a symbolic link")),
             Err(e) => return Err(io_error("cannot open counters file", path, e)),
         };
         let meta = file.metadata().map_err(|e| io_error("cannot stat counters file", path, e))?;
         let boot = boot_id()?;
         if meta.len() < HEADER_LEN {
-            return Ok(None);
+            return Ok(Opened::Unusable("it is shorter than its header"));
         }
         let map = MmapOptions::new()
             .len(meta.len() as usize)
@@ -213,17 +237,27 @@ impl SharedCounters {
                     && blocks_end <= h.file_len,
             )
         };
-        let valid = h.magic == MAGIC
-            && h.layout_version == LAYOUT_VERSION
-            && h.checksum == checksum(h)
-            && h.boot_id == boot
-            && h.file_len == meta.len()
-            && h.state.load(Ordering::Acquire) == state
-            && fits() == Some(true)
-            && h.cells_used.load(Ordering::Acquire) <= h.max_cells
-            && h.blocks_used.load(Ordering::Acquire) <= h.max_blocks;
-        if !valid {
-            return Ok(None);
+        let found = h.state.load(Ordering::Acquire);
+        let refused = match () {
+            _ if h.magic != MAGIC => Some(Opened::Unusable("it is not a counters file (bad magic)")),
+            _ if h.layout_version != LAYOUT_VERSION => Some(Opened::Absent("it has another layout version")),
+            _ if h.checksum != checksum(h) => Some(Opened::Unusable("its header does not match its checksum")),
+            _ if h.boot_id != boot => Some(Opened::Absent("it is from an earlier boot")),
+            _ if h.file_len != meta.len() => Some(Opened::Unusable("its size is not the one its header gives")),
+            _ if found != READY && found != SUPERSEDED => Some(Opened::Unusable("its header has an impossible state")),
+            _ if found != state => {
+                Some(Opened::Absent(if found == SUPERSEDED { "it was superseded" } else { "it is in use" }))
+            }
+            _ if fits() != Some(true) => Some(Opened::Unusable("its header has an impossible geometry")),
+            _ if h.cells_used.load(Ordering::Acquire) > h.max_cells
+                || h.blocks_used.load(Ordering::Acquire) > h.max_blocks =>
+            {
+                Some(Opened::Unusable("its header counts more cells or blocks than it holds"))
+            }
+            _ => None,
+        };
+        if let Some(refused) = refused {
+            return Ok(refused);
         }
         let layout = Layout {
             index_slots: h.index_slots,
@@ -233,7 +267,12 @@ impl SharedCounters {
             blocks_off: h.blocks_off,
             file_len: h.file_len,
         };
-        Ok(Some(SharedCounters::new(map, layout, path, meta.ino(), file)))
+        let counters = SharedCounters::new(map, layout, path, meta.ino(), file);
+        Ok(match counters.content() {
+            Content::Sound => Opened::Sound(counters),
+            Content::Unsealed => Opened::Unsealed(counters),
+            Content::Damaged(why) => Opened::Damaged(counters, why),
+        })
     }
 
     /// Builds a new file as `plan` says, then puts it in place of `plan.path` in one rename, so other
@@ -297,9 +336,13 @@ impl SharedCounters {
                 h.index_off = g.index_off;
                 h.blocks_off = g.blocks_off;
                 h.file_len = g.file_len;
+                h.seal_version = SEAL_VERSION;
                 h.checksum = checksum(h);
                 h.generation.store(generation, Ordering::Relaxed);
             }
+            // Built from the database just now: sound, and verified as of this generation.
+            counters.header().content_sum.store(counters.header_part(), Ordering::Relaxed);
+            counters.mark_verified();
             for entry in entries {
                 counters.upsert(entry).map_err(|Full| Error::internal("a new counters file is too small"))?;
             }

@@ -38,12 +38,16 @@ mod flush;
 mod index;
 mod layout;
 mod lease;
+mod seal;
 
 use index::NO_PLAN;
 pub use index::{MAX_ID_LEN, MAX_PLAN_LEN};
 pub use layout::Build;
 use layout::Layout;
 pub use lease::QuotaCell;
+#[doc(hidden)]
+pub use seal::reseal_image;
+pub use seal::Content;
 
 /// Everything counted for one key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -241,6 +245,23 @@ pub enum Found {
     Moved,
     /// The file is damaged (it was marked superseded, so the next check rebuilds it from the database).
     Damaged(&'static str),
+}
+
+/// What [`SharedCounters::open_checked`] found at a path.
+pub enum Opened {
+    /// A complete file of this boot, in use, whose index and records match their checksum.
+    Sound(SharedCounters),
+    /// A complete file of this boot, in use, built before content checksums existed: its counts can be
+    /// carried into a new file, which the store builds in its place.
+    Unsealed(SharedCounters),
+    /// A file whose index or records do not match their checksum (the reason): the store marks it
+    /// superseded and rebuilds it from the database, carrying nothing from it.
+    Damaged(SharedCounters, &'static str),
+    /// Nothing that needs repair (why not in use: none there, from an earlier boot, superseded): the store
+    /// builds one when it needs it.
+    Absent(&'static str),
+    /// A file that cannot be what it claims (why): a bad header, a symbolic link, the wrong size.
+    Unusable(&'static str),
 }
 
 // The mapping is only reached through atomics and immutable-once-published records.

@@ -6,11 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::TransactionBehavior;
-
 use super::flush::write_counts;
 use super::options::Durability;
-use super::sync::{map_counters, map_counters_locked};
+use super::sync::{immediate_if_free, map_counters, map_counters_locked};
 use super::{Checked, Store};
 use crate::counters::{Found, KeyView, SharedCounters, Turn};
 use crate::error::{Error, Result};
@@ -69,7 +67,9 @@ impl Store {
                     self.unmatched[1].fetch_add(1, Ordering::Relaxed);
                     return Ok(answer(&Decision::without_key(Status::ApiKeyInvalid), None));
                 }
-                Found::Moved if attempts < 8 => {
+                // A damaged file was marked superseded by the check that found it: the file mapped next is
+                // rebuilt from the database, and the question asked again.
+                Found::Moved | Found::Damaged(_) if attempts < 8 => {
                     attempts += 1;
                     drop(shared);
                     shared = self.remap_for_check()?;
@@ -77,7 +77,7 @@ impl Store {
                 Found::Moved => return Err(Error::store("the counters file keeps being replaced; try again")),
                 Found::Damaged(why) => {
                     return Err(Error::store(format!(
-                        "the counters file {} is damaged ({why}); it is rebuilt from the database on the next check",
+                        "the counters file {} keeps being found damaged ({why}); it is rebuilt from the database on the next check",
                         self.counters_path.display()
                     )))
                 }
@@ -119,6 +119,12 @@ impl Store {
     /// new file, up to the busy timeout, rather than decide on counts that are not final. This is the one
     /// wait on the check path, and it lasts one pass over the cells of a growing file.
     fn remap_for_check(&self) -> Result<arc_swap::Guard<Arc<SharedCounters>>> {
+        // This handle may have mapped the new file already (its verification turn rebuilt a damaged one).
+        let current = self.shared.load();
+        if !current.is_superseded() {
+            return Ok(current);
+        }
+        drop(current);
         let deadline = Instant::now() + self.options.busy_timeout;
         let fresh = loop {
             if let Some(existing) = SharedCounters::open_existing(&self.counters_path)? {
@@ -137,13 +143,7 @@ impl Store {
     /// Builds the counters file if the write lock is free at once; `None` when another caller holds it.
     fn rebuild_for_check(&self) -> Result<Option<SharedCounters>> {
         let Some(mut db) = self.quick_db()? else { return Ok(None) };
-        let tx = match db.conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => tx,
-            Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DatabaseBusy => {
-                return Ok(None)
-            }
-            Err(other) => return Err(other.into()),
-        };
+        let Some(tx) = immediate_if_free(&mut db.conn)? else { return Ok(None) };
         let mapped = map_counters_locked(&tx, &self.path, &self.counters_path, None)?;
         tx.commit()?;
         Ok(Some(mapped))

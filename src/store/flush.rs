@@ -66,6 +66,9 @@ impl Store {
             }
             Err(e) => self.note_flush_failure(e),
         }
+        if let Err(e) = self.verification_turn() {
+            self.note_flush_failure(e);
+        }
     }
 
     pub(super) fn note_flush_failure(&self, e: Error) {

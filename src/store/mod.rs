@@ -5,7 +5,8 @@
 //! - [`schema`]: the migrations and `migrate`; [`open`]: opening a connection; [`identity`]: which file
 //!   a store is; [`fork`]: the connections across `fork()`; [`options`]: [`StoreOptions`].
 //! - [`check`]: deciding a request; [`flush`]: counts to the database, lasting policy revocations;
-//!   [`sync`]: admin changes and keeping the counters file in line with the database.
+//!   [`sync`]: admin changes and keeping the counters file in line with the database (and verified);
+//!   [`doctor`]: what `ms-auth doctor` finds, and rebuilding the counters file.
 //! - [`keys`]: key administration; [`rows`]: reading rows of `keys`; [`plans`]; [`policies`] (store-wide
 //!   revocation); [`audit`]: the audit log; [`usage`]: daily usage and metrics.
 //! - [`replica`] and [`fleet_usage`]: the store's side of fleet mode.
@@ -28,6 +29,7 @@ mod schema;
 
 mod audit;
 mod check;
+mod doctor;
 mod fleet_usage;
 mod flush;
 mod fork;
@@ -43,6 +45,7 @@ mod sync;
 mod usage;
 
 pub use audit::{AuditEvent, AuditFilter, AuditFilterJson};
+pub use doctor::{diagnose, Diagnosis, Finding};
 pub use fleet_usage::FleetUsageRow;
 pub use keys::{RotateOptions, DEFAULT_GRACE_MS};
 pub use options::{Durability, StoreOptions, StoreOptionsJson, DEFAULT_LIFETIME_MS, DEFAULT_RATE};

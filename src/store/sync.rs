@@ -4,13 +4,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::policies::load_policies;
 use super::rows::{load_entries, Keys};
 use super::Store;
-use crate::counters::{Build, KeyEntry, SharedCounters};
+use crate::counters::{Build, Content, KeyEntry, Opened, SharedCounters};
 use crate::error::{Error, Result};
 use crate::key::KeyDigest;
 
@@ -23,7 +24,9 @@ impl Store {
         shared: &mut Arc<SharedCounters>,
         generation: i64,
     ) -> Result<()> {
-        if shared.is_superseded() || shared.is_replaced() {
+        // A file behind the database is verified before it is changed in place (under the write lock, so
+        // conclusively): a damaged one is rebuilt instead.
+        if shared.is_superseded() || shared.is_replaced() || !verified_locked(shared) {
             *shared = Arc::new(map_counters_locked(tx, &self.path, &self.counters_path, None)?);
             self.shared.store(shared.clone());
         }
@@ -104,6 +107,29 @@ impl Store {
         Err(e)
     }
 
+    /// A check's verification turn, after its flush turn: when the counters file's generation changed
+    /// since it was last verified (by any process), or it was last verified [`VERIFY_EVERY_FLUSHES`] flush
+    /// intervals ago (at least a second), verifies its index and records under the write lock if that is
+    /// free at once (else a later turn does), and rebuilds it from the database if it is damaged. One
+    /// process verifies per change or period, not each.
+    pub(super) fn verification_turn(&self) -> Result<()> {
+        let every = (self.options.flush_interval * VERIFY_EVERY_FLUSHES).max(MIN_VERIFY_EVERY).as_nanos() as u64;
+        if !self.shared.load().verification_due(every) {
+            return Ok(());
+        }
+        let Some(mut db) = self.quick_db()? else { return Ok(()) };
+        let Some(tx) = immediate_if_free(&mut db.conn)? else { return Ok(()) };
+        let shared = self.shared.load_full();
+        // Looked at again under the lock: another process may have verified it, or replaced it, meanwhile.
+        let due = shared.verification_due(every) && !shared.is_superseded() && !shared.is_replaced();
+        if due && !verified_locked(&shared) {
+            let rebuilt = map_counters_locked(&tx, &self.path, &self.counters_path, None)?;
+            self.shared.store(Arc::new(rebuilt));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Takes the write lock and brings the counters file in line with the committed database.
     fn resync_locked(&self, conn: &mut Connection) -> Result<()> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -112,6 +138,37 @@ impl Store {
         self.bring_in_line(&tx, &mut shared, committed)?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// The counters file is verified at least every this many flush intervals ...
+const VERIFY_EVERY_FLUSHES: u32 = 60;
+/// ... and at most once a second, however short the flush interval.
+const MIN_VERIFY_EVERY: Duration = Duration::from_secs(1);
+
+/// With the write lock held: true when the mapped file can be decided from as it is (its index and records
+/// match their checksum). A damaged one is marked superseded, so every process moves off it at its next
+/// check; one built before content checksums existed is left for the caller to rebuild.
+fn verified_locked(shared: &SharedCounters) -> bool {
+    match shared.content() {
+        Content::Sound => {
+            shared.mark_verified();
+            true
+        }
+        Content::Unsealed => false,
+        Content::Damaged(_) => {
+            shared.supersede();
+            false
+        }
+    }
+}
+
+/// A write transaction if the write lock is free at once; `None` when another caller holds it.
+pub(super) fn immediate_if_free(conn: &mut Connection) -> Result<Option<Transaction<'_>>> {
+    match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => Ok(Some(tx)),
+        Err(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DatabaseBusy => Ok(None),
+        Err(other) => Err(other.into()),
     }
 }
 
@@ -147,7 +204,10 @@ pub(super) fn map_counters(conn: &mut Connection, db_path: &Path, path: &Path) -
 
 /// With the write lock held: maps the counters file if it is usable (bringing its keys up to date), or
 /// builds a new one from the database. With `grow_from`, always builds a larger one, carrying over the
-/// counts of the file it replaces, including those charged while the new one was being built.
+/// counts of the file it replaces, including those charged while the new one was being built. A file
+/// whose index or records do not match their checksum is never used nor carried from: it is marked
+/// superseded (every process moves off it at its next check) and the new one is built from the database
+/// alone, which lacks the counts of the last flush interval at most.
 pub(super) fn map_counters_locked(
     tx: &Transaction,
     db_path: &Path,
@@ -155,27 +215,49 @@ pub(super) fn map_counters_locked(
     grow_from: Option<&SharedCounters>,
 ) -> Result<SharedCounters> {
     let generation = generation(tx)?;
-    let existing = if grow_from.is_none() { SharedCounters::open_existing(path)? } else { None };
-    if existing.as_ref().is_some_and(|e| e.generation() == generation) {
-        return Ok(existing.expect("checked above"));
-    }
+    // Sound and in use: brought up to date in place if it has room. Built before checksums: carried.
+    let (mut existing, mut unsealed, mut damaged) = (None, None, false);
+    let grow_from = match grow_from {
+        Some(old) => match old.content() {
+            Content::Damaged(_) => {
+                old.supersede();
+                damaged = true;
+                None
+            }
+            Content::Sound | Content::Unsealed => Some(old),
+        },
+        None => {
+            match SharedCounters::open_checked(path)? {
+                Opened::Sound(e) if e.generation() == generation => return Ok(e),
+                Opened::Sound(e) => existing = Some(e),
+                Opened::Unsealed(e) => unsealed = Some(e),
+                Opened::Damaged(e, _) => {
+                    e.supersede();
+                    damaged = true;
+                }
+                Opened::Absent(_) | Opened::Unusable(_) => {}
+            }
+            None
+        }
+    };
     let entries = load_entries(tx, Keys::All)?;
     if let Some(e) = &existing {
         // An existing file that still has room is brought up to date in place.
         e.set_policies(&load_policies(tx)?);
         if e.has_room_for(entries.len() as u64) && resync_entries(&entries, e, generation)? {
+            e.mark_verified();
             return Ok(existing.expect("checked above"));
         }
     }
     // A frozen file left at the path by a growth that died midway holds the final counts: carry them.
-    let abandoned = match grow_from.or(existing.as_ref()) {
-        None => SharedCounters::open_superseded(path)?,
-        Some(_) => None,
+    let abandoned = match grow_from.or(existing.as_ref()).or(unsealed.as_ref()) {
+        None if !damaged => SharedCounters::open_superseded(path)?,
+        _ => None,
     };
     let policies = load_policies(tx)?;
     let plan =
         Build { path, entries: &entries, room: entries.len(), generation, policies: &policies, owner_of: db_path };
-    match grow_from.or(existing.as_ref()).or(abandoned.as_ref()) {
+    match grow_from.or(existing.as_ref()).or(unsealed.as_ref()).or(abandoned.as_ref()) {
         // Each cell's whole state is carried, under every key that counts in it (a rotated key and its
         // successor share one): the database may lack what the file counted since its last flush. More
         // room than the keys need now, so that growing is rare.
