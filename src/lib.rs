@@ -6,6 +6,7 @@
 //! - [`period`]: calendar quota periods in UTC;
 //! - [`gcra`]: the rate limiter;
 //! - [`policy`]: the pure decision (record + counters + now → decision), no I/O;
+//! - [`key_state`]: a key's state as every view shows it (record + now → active, revoked (rotated)...), no I/O;
 //! - [`headers`]: the answer's Retry-After and RateLimit fields (decision + windows + now → lines), no I/O;
 //! - [`counters`]: the state shared by every process (key index, policies, quota counts, rate buckets);
 //! - [`cli_values`]: the CLI's values (`10000/day`, `60/min`, `30d`, RFC 3339), pure parsers;
@@ -21,6 +22,7 @@ pub mod fleet;
 pub mod gcra;
 pub mod headers;
 pub mod key;
+pub mod key_state;
 pub mod period;
 pub mod policy;
 pub mod spec;

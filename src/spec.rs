@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::gcra::RateLimit;
 use crate::key::Env;
+use crate::key_state::StateAt;
 use crate::period::Period;
 use crate::policy::Quota;
 
@@ -467,6 +468,10 @@ pub struct KeyRecord {
     pub rotated_from: Option<String>,
     pub rotated_to: Option<String>,
     pub follows_plan: Vec<&'static str>,
+    /// Computed when the record is read, never stored (added after v1): `state`, `state_reason` and
+    /// `grace_ends_at_ms`, from [`crate::key_state::state_at`], the function every view uses.
+    #[serde(flatten)]
+    pub state: StateAt,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -613,6 +618,7 @@ mod tests {
             rotated_from: None,
             rotated_to: None,
             follows_plan: vec![],
+            state: StateAt { state: crate::key_state::KeyState::Active, state_reason: None, grace_ends_at_ms: None },
         };
         let json = r.to_json_with_key("ms_live_secret");
         assert!(

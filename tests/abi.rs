@@ -546,3 +546,56 @@ fn check_http_gives_a_monthly_quota_its_months_length() {
         "RateLimit-Policy: \"quota\";q=10000;w=2678400\r\nRateLimit: \"quota\";r=9999;t=1440000\r\n"
     );
 }
+
+/// Issue 21, item 3: every key record the ABI answers carries its state, worked out by the one function
+/// every view uses; a rotated key past its grace is revoked (rotated) before any flush records it.
+#[test]
+fn key_answers_carry_the_computed_state() {
+    let h = open();
+    // States are of the present: this test runs on the wall clock.
+    let now = ms_auth::store::clock_ms();
+    let mut out = null_mut();
+    let record = |id: &str| {
+        let mut out = null_mut();
+        assert_eq!(unsafe { ms_key_get(h.0, c(id).as_ptr(), &mut out) }, MS_OK);
+        take(out)
+    };
+    let listed = |id: &str| {
+        let mut out = null_mut();
+        assert_eq!(unsafe { ms_key_list(h.0, null(), &mut out) }, MS_OK);
+        take(out)["keys"].as_array().unwrap().iter().find(|k| k["id"] == id).unwrap().clone()
+    };
+    let state = |r: &serde_json::Value| {
+        (r["state"].as_str().map(str::to_string), r["state_reason"].clone(), r["grace_ends_at_ms"].clone())
+    };
+    let mut spec_create = |spec: &str, at: i64| {
+        assert_eq!(unsafe { ms_key_create(h.0, c(spec).as_ptr(), at, &mut out) }, MS_OK, "{}", last_error());
+        take(out)["id"].as_str().unwrap().to_string()
+    };
+    let past = spec_create("{}", now - 60_000);
+    let rotating = spec_create("{}", now - 60_000);
+    let soon = spec_create(&format!(r#"{{"expires_at_ms": {}}}"#, now + 86_400_000), now);
+    let gone = spec_create(&format!(r#"{{"expires_at_ms": {}}}"#, now - 1), now - 60_000);
+    let mut out = null_mut();
+    unsafe {
+        let grace = c(r#"{"grace_ms": 1000}"#);
+        assert_eq!(ms_key_rotate(h.0, c(&past).as_ptr(), grace.as_ptr(), now - 10_000, &mut out), MS_OK);
+        let successor = take(out);
+        assert_eq!(successor["state"], "active", "a create or rotate answer carries the state too");
+        assert_eq!(ms_key_rotate(h.0, c(&rotating).as_ptr(), null(), now, &mut out), MS_OK);
+        take(out);
+    }
+    let none = serde_json::Value::Null;
+    for r in [record(&past), listed(&past)] {
+        assert_eq!(state(&r), (Some("revoked".into()), "rotated".into(), none.clone()), "{r}");
+        assert_eq!(r["revoked_at_ms"], none, "not recorded yet: the state says what a check decides");
+    }
+    let day = serde_json::Value::from(now + 86_400_000);
+    for r in [record(&rotating), listed(&rotating)] {
+        assert_eq!(state(&r), (Some("rotating".into()), none.clone(), day.clone()), "{r}");
+    }
+    assert_eq!(state(&record(&soon)), (Some("expiring".into()), none.clone(), none.clone()));
+    assert_eq!(state(&record(&gone)), (Some("expired".into()), none.clone(), none.clone()));
+    assert_eq!(unsafe { ms_key_revoke(h.0, c(&soon).as_ptr(), now) }, MS_OK);
+    assert_eq!(state(&listed(&soon)), (Some("revoked".into()), "manual".into(), none.clone()));
+}

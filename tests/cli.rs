@@ -430,6 +430,33 @@ fn only_a_command_that_creates_something_creates_the_store() {
     assert_eq!(String::from_utf8(out.stderr).unwrap(), "ms-auth: created a new store at touched.db\n");
 }
 
+/// Issue 21, item 3: after a rotation's grace has passed, `key list` said `active` while `key show`
+/// said `revoked (rotated)` (the first process after the grace made the revocation lasting as it
+/// closed). Every view now reads the state worked out in one place.
+#[test]
+fn a_rotated_key_past_its_grace_reads_revoked_in_list_and_show() {
+    let cli = Cli::new();
+    let id = cli.ok_json(&["key", "create", "--json"])["id"].as_str().unwrap().to_string();
+    let new_id = cli.ok_json(&["key", "rotate", &id, "--grace", "1s", "--json"])["id"].as_str().unwrap().to_string();
+    assert_eq!(cli.ok_json(&["key", "show", &id, "--json"])["state"], "rotating");
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    // The list first, as in the report: no process has written the revocation yet.
+    let table = String::from_utf8(cli.run(&["key", "list"]).stdout).unwrap();
+    let row = table.lines().find(|l| l.starts_with(&id)).unwrap();
+    assert!(row.contains("revoked (rotated)"), "{table}");
+    let shown = String::from_utf8(cli.run(&["key", "show", &id]).stdout).unwrap();
+    assert!(shown.lines().any(|l| l.starts_with("state") && l.ends_with("revoked (rotated)")), "{shown}");
+    let listed = cli.ok_json(&["key", "list", "--json"]);
+    let record = listed["keys"].as_array().unwrap().iter().find(|k| k["id"] == id.as_str()).unwrap().clone();
+    let shown = cli.ok_json(&["key", "show", &id, "--json"]);
+    for r in [&record, &shown] {
+        assert_eq!((r["state"].as_str(), r["state_reason"].as_str()), (Some("revoked"), Some("rotated")), "{r}");
+    }
+    assert_eq!(cli.ok_json(&["key", "show", &new_id, "--json"])["state"], "active");
+    let csv = String::from_utf8(cli.run(&["-o", "csv", "key", "show", &id]).stdout).unwrap();
+    assert!(csv.lines().nth(1).unwrap().contains(",revoked,rotated,"), "{csv}");
+}
+
 /// Issue 21, item 2: `ms-auth doctor` names what is wrong in JSON with an exit code for scripts, and
 /// `--repair` rebuilds the counters file.
 #[test]

@@ -308,7 +308,7 @@ fn every_operation_and_its_errors() {
 
     // Overview and metrics.
     let o = c.get(&s, "/api/v1/overview?days=7").json();
-    assert_eq!(o["keys_by_state"], json!({"active": 0, "rotating": 1, "expired": 0, "revoked": 1}));
+    assert_eq!(o["keys_by_state"], json!({"active": 0, "expiring": 0, "rotating": 1, "revoked": 1, "expired": 0}));
     assert_eq!(o["days"].as_array().unwrap().len(), 7);
     assert_eq!(o["days"][6]["admitted"], 5);
     assert_eq!(o["top_keys"][0]["id"], id.as_str());
@@ -333,4 +333,29 @@ fn every_operation_and_its_errors() {
     assert!(!everything.contains(&plaintext) && !everything.contains(next_plain));
     let printed: Vec<String> = c.output.try_iter().collect();
     assert!(printed.iter().all(|l| !l.contains(&plaintext) && !l.contains(next_plain)), "{printed:?}");
+}
+
+/// Issue 21, item 3: the console shows the state every other view shows, with its reason and grace end;
+/// a rotated key past its grace reads revoked (rotated) before any flush records it.
+#[test]
+fn a_rotated_key_past_its_grace_reads_revoked_with_its_reason() {
+    let c = start(&[]);
+    let s = c.login(ALICE);
+    let id = c.send(&s, "POST", "/api/v1/keys", &json!({"name": "acme"})).json()["id"].as_str().unwrap().to_string();
+    let r = c.send(&s, "POST", &format!("/api/v1/keys/{id}/rotate"), &json!({"grace_ms": 1000}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rotating = c.get(&s, &format!("/api/v1/keys/{id}")).json();
+    assert_eq!(rotating["state"], "rotating");
+    assert!(rotating["grace_ends_at_ms"].is_i64(), "{rotating}");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let got = c.get(&s, &format!("/api/v1/keys/{id}")).json();
+    assert_eq!((got["state"].as_str(), got["state_reason"].as_str()), (Some("revoked"), Some("rotated")), "{got}");
+    let revoked = c.get(&s, "/api/v1/keys?state=revoked").json();
+    let listed = &revoked["keys"].as_array().unwrap()[0];
+    assert_eq!((listed["id"].as_str(), listed["state_reason"].as_str()), (Some(id.as_str()), Some("rotated")));
+    let o = c.get(&s, "/api/v1/overview").json();
+    assert_eq!(o["keys_by_state"]["revoked"], 1, "{o}");
+    let metrics = c.get(&s, "/api/v1/metrics").body;
+    assert!(metrics.lines().any(|l| l == "ms_auth_keys{state=\"revoked\"} 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "ms_auth_keys{state=\"active\"} 1"), "{metrics}");
 }

@@ -323,3 +323,64 @@ fn a_version_1_file_is_migrated_and_keeps_its_keys() {
         rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version as usize, ms_auth::store::schema_version());
 }
+
+/// Issue 21, item 3: the state of a key is worked out in one place. The flush, which records the
+/// revocations checks already enforce, changes no key's state or reason; the metrics count the states
+/// the records show; a check refuses exactly the keys whose state is revoked or expired.
+#[test]
+fn records_flushes_metrics_and_checks_agree_on_every_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("keys.db")).unwrap();
+    // States are of the present: this test runs on the wall clock.
+    let now = ms_auth::store::clock_ms();
+    store.set_policies(&PolicySpec::from_json(r#"{"idle": {"days": 1}}"#).unwrap(), now).unwrap();
+    let mut keys = vec![];
+    let mut create = |json: &str, at: i64| {
+        let created = store.create_key(&spec(json), at).unwrap();
+        keys.push(created.key.clone());
+        created.record.id
+    };
+    create("{}", now);
+    create(&format!(r#"{{"expires_at_ms": {}}}"#, now + DAY), now);
+    let rotating = create("{}", now);
+    let rotated = create("{}", now - 60_000);
+    let revoked = create("{}", now);
+    create(&format!(r#"{{"expires_at_ms": {}}}"#, now - 1), now - 60_000);
+    let idle = create("{}", now - 3 * DAY);
+    keys.push(store.rotate_key(&rotating, DAY, now).unwrap().key);
+    keys.push(store.rotate_key(&rotated, 1000, now - 10_000).unwrap().key);
+    store.revoke_key(&revoked, now, Some("leaked")).unwrap();
+
+    let states = |store: &Store| -> Vec<(String, &'static str, Option<String>)> {
+        let records = store.list_keys(&Default::default()).unwrap();
+        records.into_iter().map(|r| (r.id, r.state.state.as_str(), r.state.state_reason)).collect()
+    };
+    let before = states(&store);
+    let text = store.metrics_text(ms_auth::store::clock_ms()).unwrap(); // flushes first
+    assert_eq!(states(&store), before, "a flush changes no state");
+    for id in [&rotated, &idle] {
+        assert!(store.get_key(id).unwrap().revoked_at_ms.is_some(), "recorded by the flush: {id}");
+    }
+    let count = |s: &str| before.iter().filter(|(_, state, _)| *state == s).count();
+    let expected = [("active", 3), ("expiring", 1), ("rotating", 1), ("revoked", 3), ("expired", 1)];
+    for (state, n) in expected {
+        assert_eq!(count(state), n, "{state}: {before:?}");
+        let line = format!("ms_auth_keys{{state=\"{state}\"}} {n}");
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    let reasons: Vec<_> = before.iter().filter_map(|(_, _, r)| r.as_deref()).collect();
+    assert_eq!(reasons, ["rotated", "leaked", "idle"]);
+
+    // Checks refuse exactly the revoked and expired keys (idle after `idle` never used: refused too).
+    let records = store.list_keys(&Default::default()).unwrap();
+    for key in &keys {
+        let status = status(&store, key, ms_auth::store::clock_ms());
+        let r = records.iter().find(|r| key.starts_with(&r.prefix)).unwrap();
+        let expected = match r.state.state.as_str() {
+            "revoked" => Status::ApiKeyRevoked,
+            "expired" => Status::ApiKeyExpired,
+            _ => Status::Ok,
+        };
+        assert_eq!(status, expected, "{}: {:?}", r.id, r.state);
+    }
+}

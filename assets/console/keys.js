@@ -19,7 +19,7 @@ MS.routes.keys = async (id) => {
   const q = el("input", { id: "search", type: "search", placeholder: "id, prefix, name or plan" });
   const plan = el("select", { id: "filter-plan" }, el("option", { value: "" }, "any plan"),
     plans.map((p) => el("option", { value: p.name }, p.name)));
-  const state = el("select", { id: "filter-state" }, ["", "active", "rotating", "expired", "revoked"].map((s) =>
+  const state = el("select", { id: "filter-state" }, ["", "active", "expiring", "rotating", "expired", "revoked"].map((s) =>
     el("option", { value: s }, s || "any state")));
   const expiring = el("input", { id: "filter-expiring", type: "checkbox" });
   const list = el("div", { id: "key-list" });

@@ -14,7 +14,7 @@ MS.routes.overview = async () => {
     el("td", {}, el("a", { href: "#/keys/" + encodeURIComponent(k.id) }, el("code", {}, k.prefix))),
     el("td", {}, k.name || ""), el("td", {}, k.plan || ""), el("td", {}, extra[1](k)))));
   render(el("h2", {}, "Overview"),
-    el("div", { class: "cards", id: "states" }, ["active", "rotating", "expired", "revoked"].map((st) =>
+    el("div", { class: "cards", id: "states" }, ["active", "expiring", "rotating", "expired", "revoked"].map((st) =>
       el("a", { class: "card", href: "#/keys" }, el("h4", {}, st), el("p", { class: "big", "data-state": st }, String(s[st]))))),
     el("h3", {}, "Checks by decision, whole store"), chart,
     el("div", { class: "columns" },

@@ -10,6 +10,7 @@ use portable_atomic::AtomicU128;
 use super::index::policy_of;
 use super::{Admission, DayCounts, Found, Policies, SharedCounters, Tally};
 use crate::key::KeyDigest;
+use crate::key_state::idle_revocation_at;
 use crate::period::DAY_MS;
 use crate::policy::{self, Usage};
 use crate::status::Status;
@@ -59,9 +60,9 @@ impl SharedCounters {
         let mut policy = policy_of(record);
         let idle_ms = self.header().idle_ms.load(Ordering::Relaxed);
         if idle_ms > 0 {
-            let active = cell.last_used_ms.load(Ordering::Relaxed).max(record.created_at_ms);
-            let idle_at = active.saturating_add(idle_ms);
-            policy.revoke_at_ms = Some(policy.revoke_at_ms.map_or(idle_at, |at| at.min(idle_at)));
+            let last_used_ms = Some(cell.last_used_ms.load(Ordering::Relaxed));
+            let idle_at = idle_revocation_at(record.created_at_ms, last_used_ms, idle_ms);
+            policy.revoke_at_ms = policy.revoke_at_ms.into_iter().chain(idle_at).min();
         }
         if let Some(rate) = policy.rate.as_mut() {
             rate.share_among(self.header().rate_sharers.load(Ordering::Relaxed));

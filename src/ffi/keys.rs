@@ -61,7 +61,11 @@ pub unsafe extern "C" fn ms_key_update(
     })
 }
 
-/// Writes the record of key `key_id` to `*out_json` on `MS_OK` (free with `ms_string_free`).
+/// Writes the record of key `key_id` to `*out_json` on `MS_OK` (free with `ms_string_free`). Every record
+/// (here and in every other answer) ends with the key's `"state"` as of the store's clock: "active",
+/// "expiring" (within 7 days), "rotating" (with `"grace_ends_at_ms"`), "revoked" (with `"state_reason"`:
+/// the recorded reason, or "rotated" / "idle" when a check already refuses it), "expired"; what a check
+/// at that instant decides (see docs/c-abi.md).
 /// Returns `MS_OK`, `MS_ERR_NOT_FOUND`, `MS_ERR_INVALID_ARGUMENT`, `MS_ERR_STORE`.
 #[no_mangle]
 pub unsafe extern "C" fn ms_key_get(store: *mut ms_store, key_id: *const c_char, out_json: *mut *mut c_char) -> i32 {

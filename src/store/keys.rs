@@ -6,12 +6,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::plans::plan_of;
-use super::rows::{key_record_from_row, RECORD_SELECT};
+use super::policies::load_policies;
+use super::rows::{key_record_from_row, RecordContext, RECORD_SELECT};
 use super::{clock_ms, Created, Store};
+use crate::counters::SharedCounters;
 use crate::error::{Error, Result};
-use crate::key::{self, Env, KeyDigest};
+use crate::key::{self, Env};
 use crate::period::DAY_MS;
-use crate::spec::{self, KeyFilter, KeyPatch, KeyRecord, KeySpec, UsageJson};
+use crate::spec::{self, KeyFilter, KeyPatch, KeyRecord, KeySpec};
 
 pub const DEFAULT_GRACE_MS: i64 = 86_400_000;
 
@@ -136,33 +138,51 @@ impl Store {
         Ok(Created { key: plaintext, record })
     }
 
+    /// A key's record, its state as of the store's clock.
     pub fn get_key(&self, id: &str) -> Result<KeyRecord> {
         let db = self.db()?;
+        let live = self.shared.load();
+        let cx = self.record_context(&db.conn, &live, clock_ms())?;
         let record = db
             .conn
             .prepare_cached(&format!("{RECORD_SELECT} WHERE k.id = ?1"))?
-            .query_row([id], key_record_from_row)
+            .query_row([id], |row| key_record_from_row(row, &cx))
             .optional()?;
-        let record = record.ok_or_else(|| Error::not_found(format!("no key with id {id:?}")))?;
-        Ok(self.with_live_usage(record?))
+        record.ok_or_else(|| Error::not_found(format!("no key with id {id:?}")))?
     }
 
+    /// The records of the keys `filter` selects, their states as of the store's clock.
     pub fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>> {
         let db = self.db()?;
+        let live = self.shared.load();
+        let cx = self.record_context(&db.conn, &live, clock_ms())?;
         let mut stmt = db.conn.prepare_cached(&format!(
             "{RECORD_SELECT} WHERE (?1 IS NULL OR k.plan = ?1) AND (?2 IS NULL OR k.env = ?2)
                AND (?3 IS NULL OR (k.expires_at_ms IS NOT NULL AND k.expires_at_ms <= ?3 AND k.revoked_at_ms IS NULL))
              ORDER BY k.row"
         ))?;
-        let rows = stmt.query_map(
-            params![filter.plan, filter.env.map(Env::as_str), filter.expiring_before_ms],
-            key_record_from_row,
-        )?;
+        let rows = stmt
+            .query_map(params![filter.plan, filter.env.map(Env::as_str), filter.expiring_before_ms], |row| {
+                key_record_from_row(row, &cx)
+            })?;
         let mut out = Vec::new();
         for row in rows {
-            out.push(self.with_live_usage(row??));
+            let record = row??;
+            // "Expiring" keys are those still admitted: not rotated past their grace, not idle.
+            if filter.expiring_before_ms.is_none() || record.state.state.admits() {
+                out.push(record);
+            }
         }
         Ok(out)
+    }
+
+    fn record_context<'a>(
+        &self,
+        conn: &Connection,
+        live: &'a SharedCounters,
+        now_ms: i64,
+    ) -> Result<RecordContext<'a>> {
+        Ok(RecordContext { live, idle_ms: load_policies(conn)?.idle_ms, now_ms })
     }
 
     pub fn update_key(&self, id: &str, patch: &KeyPatch) -> Result<KeyRecord> {
@@ -237,18 +257,6 @@ impl Store {
         })
     }
 
-    /// A record's usage as counted in the shared file (the database lags it by up to a flush interval).
-    fn with_live_usage(&self, (digest, mut record): (KeyDigest, KeyRecord)) -> KeyRecord {
-        if let Some(t) = self.shared.load().tally(&digest) {
-            record.usage = UsageJson {
-                period_start_ms: t.usage.period_start_ms,
-                used: t.usage.used,
-                total: t.total,
-                last_used_at_ms: t.last_used_at_ms,
-            };
-        }
-        record
-    }
     /// Replaces a key with a new one of the same policy, plan and meta that counts against the same
     /// quota; the old key keeps working for `grace_ms`, then answers `api_key_revoked` (reason
     /// "rotated"). Returns the new key (its plaintext shown this once).

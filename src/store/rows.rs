@@ -4,10 +4,11 @@
 use rusqlite::{Connection, Row};
 use serde_json::{Map, Value};
 
-use crate::counters::{KeyEntry, Tally};
+use crate::counters::{KeyEntry, SharedCounters, Tally};
 use crate::error::{Error, Result};
 use crate::gcra::RateLimit;
 use crate::key::KeyDigest;
+use crate::key_state::{idle_revocation_at, state_at, Lifecycle};
 use crate::period::Period;
 use crate::policy::{KeyPolicy, Quota, Usage};
 use crate::spec::{self, KeyRecord, QuotaJson, RateJson, UsageJson};
@@ -117,22 +118,39 @@ pub(super) const RECORD_SELECT: &str =
         k.revoke_at_ms, k.rotated_from, k.rotated_to, k.quota_from_plan, k.rate_from_plan
      FROM keys k JOIN key_policy e ON e.row = k.row LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)";
 
+/// What a key record is read with beyond its row: the counters file, whose counts are live (the
+/// database lags it by up to a flush interval), the idle policy, and the instant its state is for.
+pub(super) struct RecordContext<'a> {
+    pub live: &'a SharedCounters,
+    pub idle_ms: i64,
+    pub now_ms: i64,
+}
+
 /// Reads a row of [`RECORD_SELECT`]; the outer `rusqlite::Result` is SQLite's, the inner one ours.
-pub(super) fn key_record_from_row(row: &Row) -> rusqlite::Result<Result<(KeyDigest, KeyRecord)>> {
-    let build = || -> Result<(KeyDigest, KeyRecord)> {
+pub(super) fn key_record_from_row(row: &Row, cx: &RecordContext) -> rusqlite::Result<Result<KeyRecord>> {
+    let build = || -> Result<KeyRecord> {
         let meta: String = row.get(15)?;
         let meta: Map<String, Value> = serde_json::from_str(&meta).map_err(|_| corrupt("meta"))?;
-        let tally = stored_tally(row, 16)?;
-        let record = KeyRecord {
+        let tally = cx.live.tally(&digest_of(row, 0)?).unwrap_or(stored_tally(row, 16)?);
+        let (created_at_ms, revoked_reason): (i64, Option<String>) = (row.get(6)?, row.get(9)?);
+        let lifecycle = Lifecycle {
+            revoked_at_ms: row.get(8)?,
+            revoked_reason: revoked_reason.as_deref(),
+            revoke_at_ms: row.get(21)?,
+            expires_at_ms: row.get(7)?,
+            idle_at_ms: idle_revocation_at(created_at_ms, tally.last_used_at_ms, cx.idle_ms),
+        };
+        let state = state_at(&lifecycle, cx.now_ms);
+        Ok(KeyRecord {
             id: row.get(1)?,
             prefix: row.get(2)?,
             env: row.get(3)?,
             name: row.get(4)?,
             plan: row.get(5)?,
-            created_at_ms: row.get(6)?,
-            expires_at_ms: row.get(7)?,
-            revoked_at_ms: row.get(8)?,
-            revoked_reason: row.get(9)?,
+            created_at_ms,
+            expires_at_ms: lifecycle.expires_at_ms,
+            revoked_at_ms: lifecycle.revoked_at_ms,
+            revoked_reason: revoked_reason.clone(),
             quota: quota_of(row, 10)?.map(QuotaJson::from),
             rate_limit: rate_of(row, 12)?.map(RateJson::from),
             usage: UsageJson {
@@ -142,7 +160,7 @@ pub(super) fn key_record_from_row(row: &Row) -> rusqlite::Result<Result<(KeyDige
                 last_used_at_ms: tally.last_used_at_ms,
             },
             meta,
-            revoke_at_ms: row.get(21)?,
+            revoke_at_ms: lifecycle.revoke_at_ms,
             rotated_from: row.get(22)?,
             rotated_to: row.get(23)?,
             follows_plan: [("quota", row.get::<_, i64>(24)?), ("rate_limit", row.get::<_, i64>(25)?)]
@@ -150,8 +168,8 @@ pub(super) fn key_record_from_row(row: &Row) -> rusqlite::Result<Result<(KeyDige
                 .filter(|(_, follows)| *follows == 1)
                 .map(|(what, _)| what)
                 .collect(),
-        };
-        Ok((digest_of(row, 0)?, record))
+            state,
+        })
     };
     Ok(build())
 }

@@ -6,8 +6,10 @@ use std::fmt::Write as _;
 use rusqlite::params;
 use serde::Serialize;
 
+use super::policies::load_policies;
 use super::Store;
 use crate::error::{Error, Result};
+use crate::key_state::{idle_revocation_at, state_at, KeyState, Lifecycle};
 use crate::period::{Period, DAY_MS};
 use crate::spec;
 
@@ -186,52 +188,60 @@ impl Store {
                 }
             }
         }
-        let states: [i64; 3] = db.conn.query_row(
-            "SELECT COALESCE(SUM(revoked_at_ms IS NULL AND (revoke_at_ms IS NULL OR revoke_at_ms > ?1)
-                         AND (expires_at_ms IS NULL OR expires_at_ms > ?1)), 0),
-                    COALESCE(SUM(revoked_at_ms IS NULL AND (revoke_at_ms IS NULL OR revoke_at_ms > ?1)
-                         AND expires_at_ms <= ?1), 0),
-                    COALESCE(SUM(revoked_at_ms IS NOT NULL OR revoke_at_ms <= ?1), 0)
-             FROM keys",
-            [now_ms],
-            |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]),
-        )?;
-        out.push_str("# HELP ms_auth_keys Keys by state.\n# TYPE ms_auth_keys gauge\n");
-        for (state, n) in ["active", "expired", "revoked"].iter().zip(states) {
-            let _ = writeln!(out, "ms_auth_keys{{state=\"{state}\"}} {n}");
-        }
+        // Keys by state from the function every view uses; the counts were just flushed, so the database's
+        // last uses are the ones the idle policy counts from. Quota figures are of the keys checks admit.
+        let idle_ms = load_policies(&db.conn)?.idle_ms;
+        let mut states = [0i64; KeyState::ALL.len()];
         let mut per_plan: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
         let mut stmt = db.conn.prepare_cached(
-            "SELECT COALESCE(k.plan, ''), e.quota_limit, e.quota_period, u.period_start_ms, u.used
-             FROM keys k JOIN key_policy e ON e.row = k.row LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)
-             WHERE e.quota_limit IS NOT NULL AND k.revoked_at_ms IS NULL",
+            "SELECT k.revoked_at_ms, k.revoked_reason, k.revoke_at_ms, k.expires_at_ms, k.created_at_ms,
+                    u.last_used_at_ms, COALESCE(k.plan, ''), e.quota_limit, e.quota_period, u.period_start_ms, u.used
+             FROM keys k JOIN key_policy e ON e.row = k.row LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, Option<i64>>(4)?,
-            ))
-        })?;
-        for row in rows {
-            let (plan, limit, period, start, used) = row?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let reason: Option<String> = r.get(1)?;
+            let key = Lifecycle {
+                revoked_at_ms: r.get(0)?,
+                revoked_reason: reason.as_deref(),
+                revoke_at_ms: r.get(2)?,
+                expires_at_ms: r.get(3)?,
+                idle_at_ms: idle_revocation_at(r.get(4)?, r.get(5)?, idle_ms),
+            };
+            let state = state_at(&key, now_ms).state;
+            states[KeyState::ALL.iter().position(|s| *s == state).unwrap_or(0)] += 1;
+            let (Some(limit), Some(period)) = (r.get::<_, Option<i64>>(7)?, r.get::<_, Option<String>>(8)?) else {
+                continue;
+            };
+            if !state.admits() {
+                continue;
+            }
+            let (start, used): (Option<i64>, Option<i64>) = (r.get(9)?, r.get(10)?);
             let current = Period::parse(&period).map(|p| p.bounds(now_ms).0).ok();
             let used = if start.is_some() && start == current { used.unwrap_or(0) } else { 0 };
-            let entry = per_plan.entry(plan).or_default();
+            let entry = per_plan.entry(r.get(6)?).or_default();
             entry.0 += used;
             entry.1 += limit;
         }
         out.push_str(
-            "# HELP ms_auth_quota_used Requests counted in the current quota period, by plan (\"\" for none).\n",
+            "# HELP ms_auth_keys Keys by state, as key records show it (active, expiring within 7 days, rotating \
+             in a grace period, revoked, expired).\n# TYPE ms_auth_keys gauge\n",
+        );
+        for (state, n) in KeyState::ALL.iter().zip(states) {
+            // No version has customers yet, so none is suspended: the series would only ever be 0.
+            if *state != KeyState::Suspended {
+                let _ = writeln!(out, "ms_auth_keys{{state=\"{}\"}} {n}", state.as_str());
+            }
+        }
+        out.push_str(
+            "# HELP ms_auth_quota_used Requests counted in the current quota period by the keys checks admit, by plan (\"\" for none).\n",
         );
         out.push_str("# TYPE ms_auth_quota_used gauge\n");
         for (plan, (used, _)) in &per_plan {
             let _ = writeln!(out, "ms_auth_quota_used{{plan=\"{}\"}} {used}", escape_label(plan));
         }
         out.push_str(
-            "# HELP ms_auth_quota_limit Sum of the quotas of active keys, by plan.\n# TYPE ms_auth_quota_limit gauge\n",
+            "# HELP ms_auth_quota_limit Sum of the quotas of the keys checks admit, by plan.\n# TYPE ms_auth_quota_limit gauge\n",
         );
         for (plan, (_, limit)) in &per_plan {
             let _ = writeln!(out, "ms_auth_quota_limit{{plan=\"{}\"}} {limit}", escape_label(plan));

@@ -128,12 +128,10 @@ pub fn run(store: &Store, command: KeyCommand, global: Option<Output>, now: i64)
             let created = store.create_key(&spec, now)?;
             match out {
                 Output::Json => println!("{}", created.to_json()),
-                Output::Csv => {
-                    write_csv(&key_csv_header(true), [key_csv_row(&created.record, Some(&created.key), now)])?
-                }
+                Output::Csv => write_csv(&key_csv_header(true), [key_csv_row(&created.record, Some(&created.key))])?,
                 Output::Table => {
                     println!("Key (shown once, store it now): {}\n", created.key);
-                    print_record(&created.record, now);
+                    print_record(&created.record);
                 }
             }
         }
@@ -143,11 +141,11 @@ pub fn run(store: &Store, command: KeyCommand, global: Option<Output>, now: i64)
             let records = store.list_keys(&KeyFilter { plan, env: None, expiring_before_ms })?;
             match out {
                 Output::Json => println!("{}", ms_auth::spec::list_json(&records)),
-                Output::Csv => write_csv(&key_csv_header(false), records.iter().map(|r| key_csv_row(r, None, now)))?,
-                Output::Table => print_table(&records, now),
+                Output::Csv => write_csv(&key_csv_header(false), records.iter().map(|r| key_csv_row(r, None)))?,
+                Output::Table => print_table(&records),
             }
         }
-        KeyCommand::Show { id, json } => show(&store.get_key(&id)?, fmt(json)?, now)?,
+        KeyCommand::Show { id, json } => show(&store.get_key(&id)?, fmt(json)?)?,
         KeyCommand::Update { id, fields, json } => {
             let out = fmt(json)?;
             let current = store.get_key(&id)?;
@@ -165,7 +163,7 @@ pub fn run(store: &Store, command: KeyCommand, global: Option<Output>, now: i64)
                 quota_follows_plan: fields.quota.as_deref() == Some("plan"),
                 rate_follows_plan: fields.rate.as_deref() == Some("plan"),
             };
-            show(&store.update_key(&id, &patch)?, out, now)?;
+            show(&store.update_key(&id, &patch)?, out)?;
         }
         KeyCommand::Revoke { id, reason, json } => {
             let out = fmt(json)?;
@@ -174,7 +172,7 @@ pub fn run(store: &Store, command: KeyCommand, global: Option<Output>, now: i64)
                 Output::Table => {
                     println!("Revoked {} ({}): refused from the next request on.", record.id, record.prefix)
                 }
-                out => show(&record, out, now)?,
+                out => show(&record, out)?,
             }
         }
         KeyCommand::Rotate { id, grace, json } => {
@@ -183,14 +181,14 @@ pub fn run(store: &Store, command: KeyCommand, global: Option<Output>, now: i64)
             if out == Output::Json {
                 println!("{}", created.to_json());
             } else if out == Output::Csv {
-                write_csv(&key_csv_header(true), [key_csv_row(&created.record, Some(&created.key), now)])?;
+                write_csv(&key_csv_header(true), [key_csv_row(&created.record, Some(&created.key))])?;
             } else {
                 println!("Key (shown once, store it now): {}", created.key);
                 println!(
                     "{id} keeps working until {}, then is revoked (rotated).\n",
                     fmt_time(Some(cli_values::after(now, &grace)?))
                 );
-                print_record(&created.record, now);
+                print_record(&created.record);
             }
         }
     }
@@ -269,23 +267,23 @@ impl KeyFieldArgs {
     }
 }
 
-fn show(r: &KeyRecord, out: Output, now: i64) -> Result<(), Error> {
+fn show(r: &KeyRecord, out: Output) -> Result<(), Error> {
     match out {
         Output::Json => println!("{}", r.to_json()),
-        Output::Csv => write_csv(&key_csv_header(false), [key_csv_row(r, None, now)])?,
-        Output::Table => print_record(r, now),
+        Output::Csv => write_csv(&key_csv_header(false), [key_csv_row(r, None)])?,
+        Output::Table => print_record(r),
     }
     Ok(())
 }
 
-fn print_record(r: &KeyRecord, now: i64) {
+fn print_record(r: &KeyRecord) {
     let lines = [
         ("id", r.id.clone()),
         ("prefix", r.prefix.clone()),
         ("env", r.env.clone()),
         ("name", r.name.clone().unwrap_or_default()),
         ("plan", r.plan.clone().unwrap_or_default()),
-        ("state", state(r, now)),
+        ("state", state_text(r)),
         ("created", fmt_time(Some(r.created_at_ms))),
         ("expires", fmt_time(r.expires_at_ms)),
         ("quota", quota_text(r)),
@@ -299,7 +297,7 @@ fn print_record(r: &KeyRecord, now: i64) {
     }
 }
 
-fn print_table(records: &[KeyRecord], now: i64) {
+fn print_table(records: &[KeyRecord]) {
     let header = ["ID", "PREFIX", "ENV", "PLAN", "NAME", "STATE", "EXPIRES", "QUOTA", "USED", "TOTAL", "RATE"];
     let rows: Vec<[String; 11]> = records
         .iter()
@@ -310,7 +308,7 @@ fn print_table(records: &[KeyRecord], now: i64) {
                 r.env.clone(),
                 r.plan.clone().unwrap_or_default(),
                 r.name.clone().unwrap_or_default(),
-                state(r, now),
+                state_text(r),
                 fmt_time(r.expires_at_ms),
                 quota_text(r),
                 r.usage.used.to_string(),
@@ -338,13 +336,13 @@ fn print_table(records: &[KeyRecord], now: i64) {
     }
 }
 
-fn state(r: &KeyRecord, now: i64) -> String {
-    if r.revoked_at_ms.is_some() {
-        format!("revoked ({})", r.revoked_reason.as_deref().unwrap_or("manual"))
-    } else if r.expires_at_ms.is_some_and(|t| now >= t) {
-        "expired".to_string()
-    } else {
-        "active".to_string()
+/// The record's state as people read it: `revoked (rotated)`, `rotating (grace ends ...)`, `expiring`.
+fn state_text(r: &KeyRecord) -> String {
+    let s = &r.state;
+    match (&s.state_reason, s.grace_ends_at_ms) {
+        (Some(reason), _) => format!("{} ({reason})", s.state.as_str()),
+        (None, Some(end)) => format!("{} (grace ends {})", s.state.as_str(), fmt_time(Some(end))),
+        (None, None) => s.state.as_str().to_string(),
     }
 }
 
@@ -390,15 +388,8 @@ fn key_csv_header(with_key: bool) -> Vec<&'static str> {
     h
 }
 
-fn key_csv_row(r: &KeyRecord, key: Option<&str>, now: i64) -> Vec<String> {
+fn key_csv_row(r: &KeyRecord, key: Option<&str>) -> Vec<String> {
     let time = |t: Option<i64>| t.map_or(String::new(), |t| fmt_time(Some(t)));
-    let state = if r.revoked_at_ms.is_some() {
-        "revoked"
-    } else if r.expires_at_ms.is_some_and(|t| now >= t) {
-        "expired"
-    } else {
-        "active"
-    };
     let mut row: Vec<String> = key.map(str::to_string).into_iter().collect();
     row.extend([
         r.id.clone(),
@@ -406,8 +397,9 @@ fn key_csv_row(r: &KeyRecord, key: Option<&str>, now: i64) -> Vec<String> {
         r.env.clone(),
         r.name.clone().unwrap_or_default(),
         r.plan.clone().unwrap_or_default(),
-        state.to_string(),
-        r.revoked_reason.clone().unwrap_or_default(),
+        r.state.state.as_str().to_string(),
+        // Also a revocation no flush has recorded yet (a rotation's grace over, an idle key).
+        r.state.state_reason.clone().unwrap_or_default(),
         time(Some(r.created_at_ms)),
         time(r.expires_at_ms),
         r.quota.as_ref().map_or(String::new(), |q| q.limit.to_string()),

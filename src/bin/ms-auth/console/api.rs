@@ -4,6 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
+use ms_auth::key_state::KeyState;
 use ms_auth::period::DAY_MS;
 use ms_auth::store::{AuditEvent, AuditFilter, PlanSpec, PolicySpec, DEFAULT_GRACE_MS};
 use ms_auth::{Error, KeyFilter, KeyPatch, KeySpec};
@@ -128,12 +129,7 @@ fn object(body: &str) -> Result<Map<String, Value>, Fail> {
 }
 
 fn list_keys(c: &Console, q: &Query, now: i64) -> Result<Value, Fail> {
-    let state = q.get("state").map(str::to_string);
-    if let Some(s) = &state {
-        if !["active", "rotating", "expired", "revoked"].contains(&s.as_str()) {
-            return Err(bad("state must be active, rotating, expired or revoked"));
-        }
-    }
+    let state = q.get("state").map(KeyState::parse).transpose().map_err(|e| bad(e.message))?;
     let filter = ListFilter {
         q: q.get("q").map(str::to_string),
         plan: q.get("plan").map(str::to_string),

@@ -1,23 +1,11 @@
-//! What the pages show of a key beyond its record, computed from the record alone: its state, its
-//! quota use in the current period, and the lists of the overview. Pure functions, no store.
+//! What the pages show of a key beyond its record, computed from the record alone: its quota use in the
+//! current period, and the lists of the overview. Pure functions, no store.
 
 use serde_json::{json, Value};
 
+use ms_auth::key_state::KeyState;
 use ms_auth::period::{Period, DAY_MS};
 use ms_auth::KeyRecord;
-
-/// active, rotating (an old key in its grace period), expired or revoked, as a check would see it now.
-pub fn state(r: &KeyRecord, now: i64) -> &'static str {
-    if r.revoked_at_ms.is_some() || r.revoke_at_ms.is_some_and(|t| t <= now) {
-        "revoked"
-    } else if r.expires_at_ms.is_some_and(|t| t <= now) {
-        "expired"
-    } else if r.revoke_at_ms.is_some() {
-        "rotating"
-    } else {
-        "active"
-    }
-}
 
 /// Requests counted against the quota in the period that contains `now` (the stored count belongs to
 /// an earlier period once that period is over).
@@ -27,11 +15,10 @@ pub fn quota_used(r: &KeyRecord, now: i64) -> Option<i64> {
     Some(if r.usage.period_start_ms == start { r.usage.used } else { 0 })
 }
 
-/// The record as the API gives it, plus `state` and `quota_used`.
+/// The record as the API gives it (with its `state`, as every view has it), plus `quota_used`.
 pub fn key_json(r: &KeyRecord, now: i64) -> Value {
     let mut v = serde_json::to_value(r).expect("a record always serializes");
     let o = v.as_object_mut().expect("a record is an object");
-    o.insert("state".into(), state(r, now).into());
     o.insert("quota_used".into(), quota_used(r, now).into());
     v
 }
@@ -41,7 +28,7 @@ pub fn key_json(r: &KeyRecord, now: i64) -> Value {
 pub struct ListFilter {
     pub q: Option<String>,
     pub plan: Option<String>,
-    pub state: Option<String>,
+    pub state: Option<KeyState>,
     pub expiring_days: Option<i64>,
 }
 
@@ -54,26 +41,29 @@ impl ListFilter {
                 || r.name.as_deref().is_some_and(|n| text(n, q))
                 || r.plan.as_deref().is_some_and(|p| text(p, q))
         }) && self.plan.as_deref().is_none_or(|p| r.plan.as_deref() == Some(p))
-            && self.state.as_deref().is_none_or(|s| state(r, now) == s)
-            && self.expiring_days.is_none_or(|d| {
-                matches!(state(r, now), "active" | "rotating") && r.expires_at_ms.is_some_and(|t| t <= now + d * DAY_MS)
-            })
+            && self.state.is_none_or(|s| r.state.state == s)
+            && self
+                .expiring_days
+                .is_none_or(|d| r.state.state.admits() && r.expires_at_ms.is_some_and(|t| t <= now + d * DAY_MS))
     }
 }
 
 /// Keys by state, the keys most used, those at 80 % or more of their quota, and those expiring within
 /// 30 days (the overview's tables; its chart comes from the store's daily totals).
 pub fn overview(records: &[KeyRecord], now: i64) -> Value {
-    let mut states = json!({"active": 0, "rotating": 0, "expired": 0, "revoked": 0});
+    let mut states = serde_json::Map::new();
+    for s in KeyState::ALL.iter().filter(|s| **s != KeyState::Suspended) {
+        states.insert(s.as_str().into(), 0.into()); // no version has customers yet: none is suspended
+    }
     for r in records {
-        let n = &mut states[state(r, now)];
+        let n = states.entry(r.state.state.as_str()).or_insert(0.into());
         *n = (n.as_i64().unwrap_or(0) + 1).into();
     }
     let brief = |r: &KeyRecord| {
         json!({"id": r.id, "prefix": r.prefix, "name": r.name, "plan": r.plan, "total": r.usage.total,
                "quota_used": quota_used(r, now), "quota": r.quota, "expires_at_ms": r.expires_at_ms})
     };
-    let live = |r: &&KeyRecord| matches!(state(r, now), "active" | "rotating");
+    let live = |r: &&KeyRecord| r.state.state.admits();
     let mut top: Vec<&KeyRecord> = records.iter().filter(|r| r.usage.total > 0).collect();
     top.sort_by_key(|r| std::cmp::Reverse(r.usage.total));
     let mut near: Vec<(f64, &KeyRecord)> = records
