@@ -11,6 +11,7 @@
 //! - [`counters`]: the state shared by every process (key index, policies, quota counts, rate buckets);
 //! - [`cli_values`]: the CLI's values (`10000/day`, `60/min`, `30d`, RFC 3339), pure parsers;
 //! - [`spec`]: key specs, patches and records as JSON;
+//! - [`text`]: what names, reasons and actors may hold (no bidi controls), and how stored text is shown;
 //! - [`store`]: the SQLite store (schema, migrations, admin) and the check entry point;
 //! - [`ffi`]: the C ABI, a thin layer over the Rust API.
 
@@ -28,6 +29,7 @@ pub mod policy;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod text;
 
 pub use error::{Error, Result};
 pub use policy::Decision;

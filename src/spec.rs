@@ -13,6 +13,7 @@ use crate::key::Env;
 use crate::key_state::StateAt;
 use crate::period::Period;
 use crate::policy::Quota;
+use crate::text;
 
 /// Below this a time is almost surely in seconds, not milliseconds (before 1973).
 pub const MIN_TIME_MS: i64 = 100_000_000_000;
@@ -24,6 +25,9 @@ pub const MAX_TIME_MS: i64 = 7_258_118_400_000;
 pub const MAX_REFILL_MS: i64 = 3653 * 86_400_000;
 pub const MAX_PLAN_LEN: usize = 63;
 pub const MAX_NAME_LEN: usize = 256;
+/// The longest reason a revocation records, and the longest audit actor.
+pub const MAX_REASON_LEN: usize = 256;
+pub const MAX_ACTOR_LEN: usize = 200;
 pub const MAX_QUOTA: i64 = (1 << 40) - 1;
 
 /// A field that may be absent (keep the default or the current value), null, or set.
@@ -59,6 +63,9 @@ pub struct KeySpec {
     pub env: Option<Env>,
     pub name: Option<String>,
     pub plan: Option<String>,
+    /// `plan` may name no defined plan: a new label, followed once a plan of that name is put. Without it,
+    /// such a name is refused while any plan is defined (a typo would leave the key without its quota).
+    pub new_plan: bool,
     pub expires_at_ms: Field<i64>,
     pub quota: Option<Quota>,
     pub rate_limit: Field<RateLimit>,
@@ -71,6 +78,8 @@ pub struct KeySpec {
 pub struct KeyPatch {
     pub name: Field<String>,
     pub plan: Field<String>,
+    /// As [`KeySpec::new_plan`].
+    pub new_plan: bool,
     pub expires_at_ms: Field<i64>,
     pub quota: Field<Quota>,
     pub rate_limit: Field<RateLimit>,
@@ -97,6 +106,7 @@ pub struct KeySpecJson {
     pub env: Field<Value>,
     pub name: Field<Value>,
     pub plan: Field<Value>,
+    pub new_plan: Field<Value>,
     pub expires_at_ms: Field<Value>,
     pub quota: Field<Value>,
     pub rate_limit: Field<Value>,
@@ -113,6 +123,7 @@ impl TryFrom<KeySpecJson> for KeySpec {
             env: string("env", json.env)?.map(|s| Env::parse(&s)).transpose()?,
             name: label("name", json.name, MAX_NAME_LEN)?.or(None),
             plan: label("plan", json.plan, MAX_PLAN_LEN)?.or(None),
+            new_plan: flag("new_plan", json.new_plan)?,
             expires_at_ms: time("expires_at_ms", json.expires_at_ms)?,
             quota: quota_field(json.quota)?.or(None),
             rate_limit: rate_field(json.rate_limit)?,
@@ -126,6 +137,14 @@ impl KeySpec {
     pub fn from_json(text: &str) -> Result<KeySpec> {
         parse_shape::<KeySpecJson>(text, "key spec", "key spec")?.try_into()
     }
+
+    /// What the store checks of every spec, however it was made (JSON checks it field by field first):
+    /// names, plans and meta field names people will read.
+    pub fn check_text(&self) -> Result<()> {
+        self.name.as_deref().map_or(Ok(()), |n| check_label("name", n, MAX_NAME_LEN))?;
+        self.plan.as_deref().map_or(Ok(()), |p| check_label("plan", p, MAX_PLAN_LEN))?;
+        self.meta.as_ref().map_or(Ok(()), check_meta_names)
+    }
 }
 
 /// A key patch as `ms_key_update` reads it: absent fields are left as they are, `null` clears, and
@@ -135,6 +154,7 @@ impl KeySpec {
 pub struct KeyPatchJson {
     pub name: Field<Value>,
     pub plan: Field<Value>,
+    pub new_plan: Field<Value>,
     pub expires_at_ms: Field<Value>,
     pub quota: Field<Value>,
     pub rate_limit: Field<Value>,
@@ -155,6 +175,7 @@ impl TryFrom<KeyPatchJson> for KeyPatch {
         Ok(KeyPatch {
             name: label("name", json.name, MAX_NAME_LEN)?,
             plan: label("plan", json.plan, MAX_PLAN_LEN)?,
+            new_plan: flag("new_plan", json.new_plan)?,
             expires_at_ms: time("expires_at_ms", json.expires_at_ms)?,
             quota: quota_field(quota)?,
             rate_limit: rate_field(rate_limit)?,
@@ -166,6 +187,20 @@ impl TryFrom<KeyPatchJson> for KeyPatch {
 }
 
 impl KeyPatch {
+    /// As [`KeySpec::check_text`].
+    pub fn check_text(&self) -> Result<()> {
+        if let Field::Set(n) = &self.name {
+            check_label("name", n, MAX_NAME_LEN)?;
+        }
+        if let Field::Set(p) = &self.plan {
+            check_label("plan", p, MAX_PLAN_LEN)?;
+        }
+        if let Field::Set(m) = &self.meta {
+            check_meta_names(m)?;
+        }
+        Ok(())
+    }
+
     pub fn from_json(text: &str) -> Result<KeyPatch> {
         let unknown_in = "key patch (a revoked key cannot be un-revoked; use ms_key_revoke to revoke)";
         parse_shape::<KeyPatchJson>(text, "key patch", unknown_in)?.try_into()
@@ -189,6 +224,9 @@ impl KeyPatch {
         let mut out = Map::new();
         put(&mut out, "name", &self.name);
         put(&mut out, "plan", &self.plan);
+        if self.new_plan {
+            out.insert("new_plan".into(), Value::Bool(true));
+        }
         put(&mut out, "expires_at_ms", &self.expires_at_ms);
         put(&mut out, "quota", &map_field(&self.quota, |q| QuotaJson::from(*q)));
         put(&mut out, "rate_limit", &map_field(&self.rate_limit, |r| RateJson::from(*r)));
@@ -295,19 +333,30 @@ fn string(name: &str, field: Field<Value>) -> Result<Option<String>> {
     }
 }
 
-/// A name or a plan: at most `max` bytes, no control characters.
+/// An optional boolean: absent is false.
+fn flag(name: &str, field: Field<Value>) -> Result<bool> {
+    match field {
+        Field::Absent => Ok(false),
+        Field::Set(Value::Bool(b)) => Ok(b),
+        _ => Err(Error::invalid(format!("{name} must be true or false"))),
+    }
+}
+
+/// A name or a plan: at most `max` bytes, nothing that changes how it reads ([`text::check`]).
+fn check_label(name: &str, value: &str, max: usize) -> Result<()> {
+    if value.len() > max {
+        return Err(Error::invalid(format!("{name} is longer than {max} bytes")));
+    }
+    text::check(name, value)
+}
+
 fn label(name: &str, field: Field<Value>, max: usize) -> Result<Field<String>> {
     match field {
         Field::Absent => Ok(Field::Absent),
         Field::Null => Ok(Field::Null),
         Field::Set(Value::String(s)) => {
-            if s.len() > max {
-                Err(Error::invalid(format!("{name} is longer than {max} bytes")))
-            } else if s.chars().any(char::is_control) {
-                Err(Error::invalid(format!("{name} must not contain control characters")))
-            } else {
-                Ok(Field::Set(s))
-            }
+            check_label(name, &s, max)?;
+            Ok(Field::Set(s))
         }
         Field::Set(_) => Err(Error::invalid(format!("{name} must be a string or null"))),
     }
@@ -437,11 +486,27 @@ pub fn checked_rate(limit: i64, window_ms: i64, burst: i64) -> Result<RateLimit>
     Ok(RateLimit { limit, window_ms, burst })
 }
 
+/// The field names in meta, at any depth, are checked as names are: the CLI and the console show them.
+/// Its values are the application's data, shown escaped where they hold such characters.
+fn check_meta_names(meta: &Map<String, Value>) -> Result<()> {
+    fn names_in(v: &Value) -> Result<()> {
+        match v {
+            Value::Object(m) => check_meta_names(m),
+            Value::Array(a) => a.iter().try_for_each(names_in),
+            _ => Ok(()),
+        }
+    }
+    meta.iter().try_for_each(|(k, v)| text::check("a meta field name", k).and_then(|()| names_in(v)))
+}
+
 fn meta_field(field: Field<Value>) -> Result<Field<Map<String, Value>>> {
     match field {
         Field::Absent => Ok(Field::Absent),
         Field::Null => Ok(Field::Null),
-        Field::Set(Value::Object(m)) => Ok(Field::Set(m)),
+        Field::Set(Value::Object(m)) => {
+            check_meta_names(&m)?;
+            Ok(Field::Set(m))
+        }
         Field::Set(_) => Err(Error::invalid("meta must be a JSON object or null")),
     }
 }
@@ -583,6 +648,26 @@ mod tests {
         let patch = KeyPatch::from_json(r#"{"quota": "plan", "rate_limit": "plan"}"#).unwrap();
         assert!(patch.quota_follows_plan && patch.rate_follows_plan && patch.quota == Field::Absent);
         assert_eq!(KeyFilter::from_json(r#"{"expiring_before_ms": null}"#).unwrap(), KeyFilter::default());
+    }
+
+    #[test]
+    fn new_plan_is_a_flag_and_names_are_text_people_read() {
+        assert!(KeySpec::from_json(r#"{"plan": "p", "new_plan": true}"#).unwrap().new_plan);
+        assert!(!KeySpec::from_json(r#"{"plan": "p"}"#).unwrap().new_plan);
+        assert!(KeyPatch::from_json(r#"{"new_plan": true}"#).unwrap().new_plan);
+        for bad in [r#"{"new_plan": null}"#, r#"{"new_plan": 1}"#] {
+            assert_eq!(KeySpec::from_json(bad).unwrap_err().message, "new_plan must be true or false");
+        }
+        let err = |t: &str| KeySpec::from_json(t).unwrap_err().message;
+        assert!(err(r#"{"name": "a\u202eb"}"#).starts_with("name contains U+202E"));
+        assert!(err(r#"{"name": "a\nb"}"#).starts_with("name contains U+000A (a control character)"));
+        assert!(err(r#"{"meta": {"ok": [{"x\u2067": 1}]}}"#).starts_with("a meta field name contains U+2067"));
+        assert!(KeySpec::from_json(r#"{"meta": {"ok": "values are the application's: \u202e"}}"#).is_ok());
+        // Specs made in Rust (the CLI) are checked by the store with the same rules.
+        let spec = KeySpec { plan: Some("p\u{2069}".into()), ..KeySpec::default() };
+        assert!(spec.check_text().unwrap_err().message.starts_with("plan contains U+2069"));
+        let patch = KeyPatch { name: Field::Set("n".repeat(MAX_NAME_LEN + 1)), ..KeyPatch::default() };
+        assert!(patch.check_text().unwrap_err().message.contains("longer than 256"));
     }
 
     #[test]

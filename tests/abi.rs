@@ -599,3 +599,69 @@ fn key_answers_carry_the_computed_state() {
     assert_eq!(unsafe { ms_key_revoke(h.0, c(&soon).as_ptr(), now) }, MS_OK);
     assert_eq!(state(&listed(&soon)), (Some("revoked".into()), "manual".into(), none.clone()));
 }
+
+/// Issue 21, item 6: once plans are defined, a key spec or patch naming none of them is refused with
+/// the plans' names, unless `"new_plan": true` asks for a new label.
+#[test]
+fn an_unknown_plan_is_refused_once_plans_are_defined() {
+    let h = open();
+    let (_, early) = create(&h, r#"{"plan": "beta"}"#); // no plan defined: any label
+    let mut out = null_mut();
+    unsafe {
+        for name in ["pro", "free"] {
+            let plan = c(&format!(r#"{{"name": "{name}", "quota": {{"limit": 5, "period": "daily"}}}}"#));
+            assert_eq!(ms_plan_put(h.0, plan.as_ptr(), NOW, &mut out), MS_OK);
+            take(out);
+        }
+        assert_eq!(ms_key_create(h.0, c(r#"{"plan": "prp"}"#).as_ptr(), NOW, &mut out), MS_ERR_INVALID_ARGUMENT);
+        let e = last_error();
+        assert!(e.contains("\"prp\"") && e.contains("free, pro") && e.contains("new_plan"), "{e}");
+        let patch = c(r#"{"plan": "prp"}"#);
+        assert_eq!(ms_key_update(h.0, c(&early).as_ptr(), patch.as_ptr(), &mut out), MS_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("free, pro"), "{}", last_error());
+        let bad = c(r#"{"plan": "prp", "new_plan": "yes"}"#);
+        assert_eq!(ms_key_create(h.0, bad.as_ptr(), NOW, &mut out), MS_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains("new_plan must be true or false"), "{}", last_error());
+    }
+    let (_, id) = create(&h, r#"{"plan": "prp", "new_plan": true}"#);
+    unsafe {
+        assert_eq!(ms_key_update(h.0, c(&id).as_ptr(), c(r#"{"plan": "pro"}"#).as_ptr(), &mut out), MS_OK);
+        assert_eq!(take(out)["quota"]["limit"], 5);
+        let patch = c(r#"{"plan": "gold", "new_plan": true}"#);
+        assert_eq!(ms_key_update(h.0, c(&id).as_ptr(), patch.as_ptr(), &mut out), MS_OK);
+        assert_eq!(take(out)["plan"], "gold");
+        assert_eq!(ms_key_list(h.0, null(), &mut out), MS_OK);
+        assert_eq!(take(out)["keys"].as_array().unwrap().len(), 2, "nothing created by the refusals");
+    }
+}
+
+/// Issue 21, item 9: bidirectional controls and invisible characters are refused in names, plans, meta
+/// field names, plan names and actors, with the field and the code point.
+#[test]
+fn bidi_controls_are_refused_naming_the_field_and_code_point() {
+    let h = open();
+    let (_, id) = create(&h, r#"{"name": "acme"}"#);
+    let mut out = null_mut();
+    let refused = |rc: i32, field: &str, code_point: &str| {
+        assert_eq!(rc, MS_ERR_INVALID_ARGUMENT, "{field}");
+        let e = last_error();
+        assert!(e.contains(&format!(": {field} contains U+{code_point} (")), "{e}");
+    };
+    unsafe {
+        for (json, field, cp) in [
+            (r#"{"name": "invoice\u202efdp.exe"}"#, "name", "202E"),
+            (r#"{"plan": "pro\u2066"}"#, "plan", "2066"),
+            (r#"{"name": "ac\u200bme"}"#, "name", "200B"),
+            (r#"{"meta": {"team": {"a\u200fb": 1}}}"#, "a meta field name", "200F"),
+        ] {
+            refused(ms_key_create(h.0, c(json).as_ptr(), NOW, &mut out), field, cp);
+            refused(ms_key_update(h.0, c(&id).as_ptr(), c(json).as_ptr(), &mut out), field, cp);
+        }
+        refused(ms_plan_put(h.0, c(r#"{"name": "pro\u061c"}"#).as_ptr(), NOW, &mut out), "plan.name", "061C");
+        refused(ms_store_set_actor(h.0, c("ops:\u{202E}nimda").as_ptr()), "actor", "202E");
+        assert_eq!(ms_store_set_actor(h.0, c("ops:مدير").as_ptr()), MS_OK, "other scripts are names like any");
+        assert_eq!(ms_key_list(h.0, null(), &mut out), MS_OK);
+        let keys = take(out);
+        assert_eq!((keys["keys"].as_array().unwrap().len(), keys["keys"][0]["name"].as_str()), (1, Some("acme")));
+    }
+}

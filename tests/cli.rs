@@ -560,3 +560,104 @@ fn doctor_names_a_damaged_counters_file_and_repair_rebuilds_it() {
     assert_eq!(table.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&table.stdout).contains("PROBLEM  files.database"));
 }
+
+/// Issue 21, item 6: `--plan prp` when the plan is `pro` put the key on no plan at all, silently without
+/// a quota. Once plans are defined, a plan name that is none of them is refused, naming them, unless
+/// `--new-plan` says a new label is meant.
+#[test]
+fn a_mistyped_plan_is_refused_naming_the_plans() {
+    let cli = Cli::new();
+    // No plan defined yet: any label, as before (the README's first command).
+    let early = cli.ok_json(&["key", "create", "--plan", "beta", "--json"]);
+    cli.ok_json(&["plan", "put", "pro", "--quota", "10/day", "--json"]);
+    cli.ok_json(&["plan", "put", "free", "--quota", "1/day", "--json"]);
+    let refused = |args: &[&str]| {
+        let out = cli.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("\"prp\"") && err.contains("free, pro") && err.contains("--new-plan"), "{err}");
+        assert!(out.stdout.is_empty());
+    };
+    refused(&["key", "create", "--plan", "prp"]);
+    assert_eq!(cli.ok_json(&["key", "list", "--json"])["keys"].as_array().unwrap().len(), 1, "nothing created");
+    let id = early["id"].as_str().unwrap();
+    refused(&["key", "update", id, "--plan", "prp"]);
+    assert_eq!(cli.ok_json(&["key", "show", id, "--json"])["plan"], "beta", "nothing changed");
+    let pro = cli.ok_json(&["key", "create", "--plan", "pro", "--json"]);
+    assert_eq!(pro["quota"]["limit"], 10);
+    let new = cli.ok_json(&["key", "create", "--plan", "enterprise", "--new-plan", "--json"]);
+    assert_eq!((new["plan"].as_str(), &new["quota"]), (Some("enterprise"), &Value::Null));
+    assert_eq!(cli.ok_json(&["key", "update", id, "--plan", "free", "--json"])["quota"]["limit"], 1);
+    assert_eq!(cli.ok_json(&["key", "update", id, "--plan", "gold", "--new-plan", "--json"])["plan"], "gold");
+}
+
+/// Issue 21, item 9: a bidirectional override (U+202E) in a name made `invoice` + RLO + `fdp.exe` read
+/// "invoiceexe.pdf". Names, plans, reasons, actors and meta field names holding one are refused, naming
+/// the field and the code point.
+#[test]
+fn bidi_controls_are_refused_naming_the_field() {
+    let cli = Cli::new();
+    let rlo = "invoice\u{202E}fdp.exe";
+    let refused = |args: &[&str], field: &str| {
+        let out = cli.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(&format!("{field} contains U+202E (RIGHT-TO-LEFT OVERRIDE")), "{args:?}: {err}");
+        assert!(!err.contains('\u{202E}'), "the error itself shows it escaped: {err}");
+    };
+    refused(&["key", "create", "--name", rlo], "name");
+    refused(&["key", "create", "--plan", rlo], "plan");
+    refused(&["key", "create", "--meta", &format!(r#"{{"{rlo}": 1}}"#)], "a meta field name");
+    refused(&["plan", "put", rlo], "plan.name");
+    refused(&["--actor", rlo, "key", "list"], "--actor");
+    let id = cli.ok_json(&["key", "create", "--name", "acme", "--json"])["id"].as_str().unwrap().to_string();
+    refused(&["key", "update", &id, "--name", rlo], "name");
+    refused(&["key", "revoke", &id, "--reason", rlo], "reason");
+    assert_eq!(cli.ok_json(&["key", "show", &id, "--json"])["state"], "active", "nothing changed");
+}
+
+/// Issue 21, item 9: names, plans, reasons, actors and meta an older version stored with a bidirectional
+/// override are shown escaped (`\u{202E}`) in tables and CSV, and as a JSON escape in JSON.
+#[test]
+fn stored_bidi_controls_are_shown_escaped() {
+    let cli = Cli::new();
+    let rlo = "invoice\u{202E}fdp.exe";
+    let id = cli.ok_json(&["key", "create", "--name", "acme", "--json"])["id"].as_str().unwrap().to_string();
+    // What an older version let in: written straight into the file.
+    let conn = rusqlite::Connection::open(cli.dir.path().join("ms_auth.db")).unwrap();
+    conn.execute(
+        "UPDATE keys SET name = ?1, plan = ?1, meta = json_object(?1, ?1), revoked_at_ms = 1, revoked_reason = ?1",
+        [rlo],
+    )
+    .unwrap();
+    conn.execute("UPDATE audit SET actor = ?1", [rlo]).unwrap();
+    drop(conn);
+    let escaped = "invoice\\u{202E}fdp.exe";
+    for args in [
+        &["key", "list"][..],
+        &["key", "show", &id],
+        &["-o", "csv", "key", "list"],
+        &["audit"],
+        &["-o", "csv", "audit"],
+        &["key", "list", "--json"],
+        &["key", "show", &id, "--json"],
+        &["audit", "--json"],
+    ] {
+        let out = cli.run(args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!text.contains('\u{202E}'), "{args:?} printed the override as is: {text}");
+        if args.contains(&"--json") {
+            assert!(text.contains("invoice\\u202efdp.exe"), "{args:?}: {text}");
+        } else {
+            assert!(text.contains(escaped), "{args:?}: {text}");
+        }
+    }
+    let shown = String::from_utf8(cli.run(&["key", "show", &id]).stdout).unwrap();
+    for label in ["name", "plan", "state", "meta"] {
+        let line = shown.lines().find(|l| l.starts_with(label)).unwrap();
+        assert!(line.contains(escaped), "{line}");
+    }
+    // The JSON is the same to a parser: the name as stored.
+    assert_eq!(cli.ok_json(&["key", "show", &id, "--json"])["name"], rlo);
+}

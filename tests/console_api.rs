@@ -359,3 +359,69 @@ fn a_rotated_key_past_its_grace_reads_revoked_with_its_reason() {
     assert!(metrics.lines().any(|l| l == "ms_auth_keys{state=\"revoked\"} 1"), "{metrics}");
     assert!(metrics.lines().any(|l| l == "ms_auth_keys{state=\"active\"} 1"), "{metrics}");
 }
+
+/// Issue 21, item 6: the console refuses a plan that is not defined, naming those that are, unless the
+/// body says `"new_plan": true`.
+#[test]
+fn an_unknown_plan_is_refused_naming_the_plans() {
+    let c = start(&[]);
+    let s = c.login(ALICE);
+    assert_eq!(c.send(&s, "PUT", "/api/v1/plans/pro", &json!({"quota": {"limit": 5, "period": "daily"}})).status, 200);
+    let r = c.send(&s, "POST", "/api/v1/keys", &json!({"plan": "prp"}));
+    assert_error(&r, 400);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("\"prp\"") && message.contains("pro") && message.contains("new_plan"), "{message}");
+    let k = c.send(&s, "POST", "/api/v1/keys", &json!({"plan": "pro"})).json();
+    assert_eq!(k["quota"]["limit"], 5);
+    let id = k["id"].as_str().unwrap();
+    assert_error(&c.send(&s, "PATCH", &format!("/api/v1/keys/{id}"), &json!({"plan": "prp"})), 400);
+    let r = c.send(&s, "PATCH", &format!("/api/v1/keys/{id}"), &json!({"plan": "trial", "new_plan": true}));
+    assert_eq!((r.status, r.json()["plan"].as_str()), (200, Some("trial")), "{}", r.body);
+    let r = c.send(&s, "POST", "/api/v1/keys", &json!({"plan": "beta", "new_plan": true}));
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+/// Issue 21, item 9: the console refuses bidirectional controls in names and reasons.
+#[test]
+fn bidi_controls_are_refused_naming_the_field() {
+    let c = start(&[]);
+    let s = c.login(ALICE);
+    let rlo = "invoice\u{202E}fdp.exe";
+    let r = c.send(&s, "POST", "/api/v1/keys", &json!({"name": rlo}));
+    assert_error(&r, 400);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("name contains U+202E"), "{}", r.body);
+    let id = c.send(&s, "POST", "/api/v1/keys", &json!({"name": "acme"})).json()["id"].as_str().unwrap().to_string();
+    assert_error(&c.send(&s, "PATCH", &format!("/api/v1/keys/{id}"), &json!({"plan": rlo})), 400);
+    let r = c.send(&s, "POST", &format!("/api/v1/keys/{id}/revoke"), &json!({"reason": rlo}));
+    assert_error(&r, 400);
+    assert!(r.body.contains("reason contains U+202E"), "{}", r.body);
+    assert_eq!(c.get(&s, &format!("/api/v1/keys/{id}")).json()["state"], "active", "nothing changed");
+}
+
+/// Issue 21, item 9: names, reasons, actors and meta an older version stored with a bidirectional override
+/// are shown escaped (`\u{202E}`) in the console's answers and its audit CSV.
+#[test]
+fn stored_bidi_controls_are_shown_escaped() {
+    let c = start(&[]);
+    let s = c.login(ALICE);
+    let rlo = "invoice\u{202E}fdp.exe";
+    let id = c.send(&s, "POST", "/api/v1/keys", &json!({"name": "acme"})).json()["id"].as_str().unwrap().to_string();
+    // What an older version let in: written straight into the file.
+    let conn = rusqlite::Connection::open(&c.db).unwrap();
+    conn.execute(
+        "UPDATE keys SET name = ?1, meta = json_object(?1, ?1), revoked_at_ms = 1, revoked_reason = ?1",
+        [rlo],
+    )
+    .unwrap();
+    conn.execute("UPDATE audit SET actor = ?1", [rlo]).unwrap();
+    drop(conn);
+    let escaped = "invoice\\u{202E}fdp.exe";
+    let k = c.get(&s, &format!("/api/v1/keys/{id}")).json();
+    assert_eq!((k["name"].as_str(), k["state_reason"].as_str()), (Some(escaped), Some(escaped)));
+    assert_eq!(k["meta"][escaped], escaped);
+    for path in ["/api/v1/keys", "/api/v1/audit", "/api/v1/audit.csv", &format!("/api/v1/keys/{id}/audit")] {
+        let body = c.get(&s, path).body;
+        assert!(!body.contains('\u{202E}') && !body.contains("\\u202e"), "{path}: {body}");
+        assert!(body.contains("invoice\\\\u{202E}fdp.exe") || body.contains(escaped), "{path}: {body}");
+    }
+}

@@ -196,7 +196,7 @@ fn a_flush_writes_each_day_that_changed_and_only_those() {
 fn every_admin_change_is_audited_with_its_actor() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("keys.db")).unwrap();
-    store.set_actor("ops:alice");
+    store.set_actor("ops:alice").unwrap();
     let k = store.create_key(&spec(r#"{"plan": "pro"}"#), NOW).unwrap();
     store.update_key(&k.record.id, &KeyPatch::from_json(r#"{"name": "renamed"}"#).unwrap()).unwrap();
     let rotated = store.rotate_key(&k.record.id, 0, NOW + 1).unwrap();
@@ -383,4 +383,25 @@ fn records_flushes_metrics_and_checks_agree_on_every_state() {
         };
         assert_eq!(status, expected, "{}: {:?}", r.id, r.state);
     }
+}
+
+/// Issue 21, item 6: a key on a label that names no plan (put there with `new_plan`, or whose plan is
+/// gone) keeps working on its own limits: no quota unless it set one, the rate limit it was created
+/// with (the store default unless it set one); once a plan of that name is put, it follows it.
+#[test]
+fn a_key_on_a_plan_not_defined_keeps_its_own_limits_until_the_plan_is_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = eager(&dir);
+    store.put_plan(&plan(r#"{"name": "pro", "quota": {"limit": 5, "period": "daily"}}"#), NOW).unwrap();
+    let refused = store.create_key(&spec(r#"{"plan": "beta"}"#), NOW).unwrap_err();
+    assert!(refused.message.contains("pro"), "{}", refused.message);
+    let k = store.create_key(&spec(r#"{"plan": "beta", "new_plan": true}"#), NOW).unwrap();
+    assert_eq!((k.record.quota.as_ref(), k.record.rate_limit.as_ref().map(|r| r.limit)), (None, Some(60)));
+    for _ in 0..10 {
+        assert_eq!(status(&store, &k.key, NOW), Status::Ok, "no quota");
+    }
+    store.put_plan(&plan(r#"{"name": "beta", "quota": {"limit": 2, "period": "daily"}}"#), NOW).unwrap();
+    assert_eq!(status(&store, &k.key, NOW), Status::Ok);
+    assert_eq!(status(&store, &k.key, NOW), Status::Ok);
+    assert_eq!(status(&store, &k.key, NOW), Status::ApiKeyQuotaExceeded, "the plan's quota, from the next check");
 }

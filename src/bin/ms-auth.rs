@@ -175,9 +175,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     if let Command::Doctor(args) = &cli.command {
         return doctor::run(&cli.db, args, cli.output); // before opening: that would heal and create
     }
-    let store = open_store(&cli.db, cli.command.creates())?;
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-    store.set_actor(&cli.actor.unwrap_or_else(|| format!("cli:{user}")));
+    // A given --actor is refused as the store refuses it, before the store is opened; $USER is escaped.
+    let actor = cli.actor.unwrap_or_else(|| format!("cli:{}", ms_auth::text::visible(&user)));
+    ms_auth::text::check("--actor", &actor)?;
+    let store = open_store(&cli.db, cli.command.creates())?;
+    store.set_actor(&actor)?;
     let command = match cli.command {
         Command::Console(args) => return console::run(store, args).map(|()| ExitCode::SUCCESS),
         other => other,

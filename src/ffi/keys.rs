@@ -9,6 +9,9 @@ use super::*;
 /// A rate limit must refill its whole bucket within ten years (`burst` × `window_ms` / `limit` at most
 /// 315619200000 ms, `window_ms` at most 366 days): a larger one is refused with the largest burst that
 /// fits, never stored inexactly. Times (`expires_at_ms`) are Unix ms from 1973 up to 2200.
+/// Once any plan is defined (`ms_plan_put`), a `plan` that names none of them is refused with their names
+/// unless the spec also says `"new_plan": true` (added after v1). `name`, `plan` and meta field names may
+/// not hold control characters, bidirectional controls (U+202E...) or invisible characters.
 ///
 /// `spec_json`: NUL-terminated JSON object ("{}" for all defaults). `now_ms`: Unix ms of creation.
 /// `*out_json` is written only on `MS_OK`; free it with `ms_string_free`.
@@ -42,7 +45,8 @@ pub unsafe extern "C" fn ms_key_revoke(store: *mut ms_store, key_id: *const c_ch
 }
 
 /// Changes a key: `patch_json` may set `name`, `plan`, `expires_at_ms`, `quota`, `rate_limit`, `meta`
-/// (null clears a field: no plan, never expires, no quota, no rate limit). A revoked key stays revoked.
+/// (null clears a field: no plan, never expires, no quota, no rate limit), and `"new_plan": true` as in
+/// `ms_key_create`'s spec. A revoked key stays revoked.
 /// Writes the new record to `*out_json` on `MS_OK` (free with `ms_string_free`).
 #[no_mangle]
 pub unsafe extern "C" fn ms_key_update(
@@ -102,16 +106,14 @@ pub unsafe extern "C" fn ms_key_list(
 // Key lifecycle and monitoring (added after v1; nothing above changed).
 
 /// Names the actor that the audit log records for this handle's admin calls (default: the program,
-/// its pid and uid). `actor`: NUL-terminated UTF-8, at most 200 bytes; copied.
+/// its pid and uid). `actor`: NUL-terminated UTF-8, at most 200 bytes; copied. Control characters,
+/// bidirectional controls (U+202E...) and invisible characters are `MS_ERR_INVALID_ARGUMENT`, as in
+/// names and plans (see docs/c-abi.md).
 #[no_mangle]
 pub unsafe extern "C" fn ms_store_set_actor(store: *mut ms_store, actor: *const c_char) -> i32 {
     ffi_boundary(|| {
         let store = store_arg(store)?;
-        let actor = str_arg(actor, "actor")?;
-        if actor.len() > 200 {
-            return Err(Error::invalid("actor is longer than 200 bytes"));
-        }
-        store.set_actor(actor);
+        store.set_actor(str_arg(actor, "actor")?)?;
         Ok(MS_OK)
     })
 }

@@ -91,9 +91,15 @@ impl Store {
         Ok(())
     }
 
-    /// Names the actor the audit log records for this handle's admin calls (default: process and user).
-    pub fn set_actor(&self, actor: &str) {
+    /// Names the actor the audit log records for this handle's admin calls (default: process and user): at
+    /// most 200 bytes, nothing that changes how it reads ([`crate::text::check`]).
+    pub fn set_actor(&self, actor: &str) -> Result<()> {
+        if actor.len() > spec::MAX_ACTOR_LEN {
+            return Err(Error::invalid(format!("actor is longer than {} bytes", spec::MAX_ACTOR_LEN)));
+        }
+        crate::text::check("actor", actor)?;
         self.actor.store(Arc::new(actor.to_string()));
+        Ok(())
     }
 
     /// The audit log, oldest first.

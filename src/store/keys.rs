@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::plans::plan_of;
+use super::plans::plan_for_key;
 use super::policies::load_policies;
 use super::rows::{key_record_from_row, RecordContext, RECORD_SELECT};
 use super::{clock_ms, Created, Store};
@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::key::{self, Env};
 use crate::period::DAY_MS;
 use crate::spec::{self, KeyFilter, KeyPatch, KeyRecord, KeySpec};
+use crate::text;
 
 pub const DEFAULT_GRACE_MS: i64 = 86_400_000;
 
@@ -67,6 +68,7 @@ impl RotateOptions {
 impl Store {
     pub fn create_key(&self, spec: &KeySpec, now_ms: i64) -> Result<Created> {
         spec::check_time_ms("now_ms", now_ms)?;
+        spec.check_text()?;
         let (plaintext, env) = match &spec.key {
             Some(imported) => {
                 key::validate_import(imported)?;
@@ -92,7 +94,7 @@ impl Store {
         self.admin(|tx| {
             // A key on a plan follows the plan's quota, rate limit and lifetime where it sets none itself.
             let plan = match &spec.plan {
-                Some(name) => plan_of(tx, name)?,
+                Some(name) => plan_for_key(tx, name, spec.new_plan)?,
                 None => None,
             };
             let lifetime = plan.as_ref().and_then(|p| p.lifetime_ms).or(self.options.default_lifetime_ms);
@@ -186,6 +188,7 @@ impl Store {
     }
 
     pub fn update_key(&self, id: &str, patch: &KeyPatch) -> Result<KeyRecord> {
+        patch.check_text()?;
         self.admin(|tx| {
             let row = row_of_key(tx, id)?;
             let set = |column: &str, value: &dyn rusqlite::ToSql| -> Result<()> {
@@ -196,6 +199,9 @@ impl Store {
                 set("name", &name)?;
             }
             if let Some(plan) = patch.plan.clone().into_change() {
+                if let Some(name) = &plan {
+                    plan_for_key(tx, name, patch.new_plan)?;
+                }
                 set("plan", &plan)?;
             }
             if let Some(expires) = patch.expires_at_ms.clone().into_change() {
@@ -229,6 +235,12 @@ impl Store {
     /// revocation's time and reason.
     pub fn revoke_key(&self, id: &str, now_ms: i64, reason: Option<&str>) -> Result<KeyRecord> {
         spec::check_time_ms("now_ms", now_ms)?;
+        if let Some(reason) = reason {
+            if reason.len() > spec::MAX_REASON_LEN {
+                return Err(Error::invalid(format!("reason is longer than {} bytes", spec::MAX_REASON_LEN)));
+            }
+            text::check("reason", reason)?;
+        }
         {
             let mut db = self.db()?;
             self.revoke_as(&mut db.conn, id, now_ms, reason.unwrap_or("manual"), "key.revoke")?;

@@ -9,6 +9,7 @@ use super::Store;
 use crate::error::{Error, Result};
 use crate::period::Period;
 use crate::spec::{self, QuotaJson, RateJson};
+use crate::text;
 
 /// A named plan: the quota, rate limit and lifetime of the keys on it that set none of their own.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -40,6 +41,7 @@ impl TryFrom<PlanSpecJson> for PlanSpec {
             spec::Field::Set(Value::String(n)) if !n.is_empty() && n.len() <= spec::MAX_PLAN_LEN => n,
             _ => return Err(Error::invalid("plan.name must be a string of 1..=63 bytes")),
         };
+        text::check("plan.name", &name)?;
         // Checked as a key spec's are, so both accept exactly the same shapes.
         let quota = spec::quota_field(json.quota)?.or(None);
         let rate_limit = spec::rate_field(json.rate_limit)?;
@@ -77,6 +79,31 @@ pub(crate) fn plan_of(conn: &Connection, name: &str) -> Result<Option<StoredPlan
         .optional()?)
 }
 
+/// The plan a key is put on by name: a defined plan, or `None` for a label that names none, which is
+/// allowed only while no plan is defined or when the caller asked for a new label (`new_plan`): once
+/// plans are defined, a name that is none of them is almost always a typo that would leave the key
+/// without its plan's quota.
+pub(crate) fn plan_for_key(conn: &Connection, name: &str, new_plan: bool) -> Result<Option<StoredPlan>> {
+    const NAMED: usize = 20;
+    let plan = plan_of(conn, name)?;
+    if plan.is_some() || new_plan {
+        return Ok(plan);
+    }
+    let mut stmt = conn.prepare_cached("SELECT name FROM plans ORDER BY name")?;
+    let known: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    if known.is_empty() {
+        return Ok(None);
+    }
+    let mut listed = known.iter().take(NAMED).map(|n| text::visible(n)).collect::<Vec<_>>().join(", ");
+    if known.len() > NAMED {
+        listed.push_str(&format!(" and {} more", known.len() - NAMED));
+    }
+    Err(Error::invalid(format!(
+        "no plan named {name:?}; the plans are: {listed}. To put the key on a plan not defined yet, say so: \
+         \"new_plan\": true (CLI: --new-plan)"
+    )))
+}
+
 /// A plan as the admin calls answer it (`ms_plan_put`, `ms_plan_list`): the spec with when it was last
 /// written and how many keys are on it. The field order is the C ABI's.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -94,6 +121,7 @@ impl Store {
     /// Creates or replaces a plan; its keys that set no limit of their own follow it from their next check.
     pub fn put_plan(&self, plan: &PlanSpec, now_ms: i64) -> Result<PlanRecord> {
         spec::check_time_ms("now_ms", now_ms)?;
+        text::check("plan.name", &plan.name)?;
         self.admin(|tx| {
             tx.execute(
                 "INSERT INTO plans (name, quota_limit, quota_period, rate_limit, rate_window_ms, rate_burst, lifetime_ms, updated_at_ms)

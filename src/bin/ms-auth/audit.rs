@@ -5,7 +5,7 @@ use serde_json::json;
 use ms_auth::cli_values;
 use ms_auth::{Error, Store};
 
-use crate::output::{fmt_time, output_format, write_csv, Output};
+use crate::output::{fmt_time, output_format, print_json, visible, write_csv, Output};
 
 /// The changes matching `--key`, `--since` and `--limit`, as a table, JSON or CSV.
 pub fn run(
@@ -21,7 +21,7 @@ pub fn run(
     let out = output_format(global, json)?;
     let events = store.audit_events(&ms_auth::store::AuditFilter { key_id, since_ms, limit })?;
     if out == Output::Json {
-        println!("{}", json!({ "events": events }));
+        print_json(&json!({ "events": events }).to_string());
     } else if out == Output::Csv {
         let rows = events.iter().map(|e| {
             vec![
@@ -48,8 +48,8 @@ pub fn run(
                 fmt_time(Some(e.at_ms)),
                 e.action,
                 e.key_id.as_deref().unwrap_or("-"),
-                e.actor,
-                e.detail
+                visible(&e.actor),
+                visible(&e.detail.to_string())
             );
         }
         if events.is_empty() {

@@ -8,7 +8,7 @@ use ms_auth::cli_values;
 use ms_auth::{Error, Status, Store};
 
 use crate::keys::read_secret;
-use crate::output::{fmt_time, human_duration, output_format, write_csv, Output};
+use crate::output::{fmt_time, human_duration, output_format, print_json, visible, write_csv, Output};
 
 /// Decides one request for `key` at `at` (default: `now`); exit code 0 when admitted, 3 when refused.
 pub fn run(
@@ -70,11 +70,12 @@ pub fn run(
             "plan": checked.key.as_ref().and_then(|k| k.plan().map(str::to_string)),
             "body": body,
         });
-        println!("{out}");
+        print_json(&out.to_string());
     } else {
         println!("decision:  {} (HTTP {})", d.status.code(), d.status.http());
         if let Some(k) = &checked.key {
-            println!("key:       {}{}", k.id(), k.plan().as_ref().map(|p| format!(" (plan {p})")).unwrap_or_default());
+            let plan = k.plan().as_ref().map(|p| format!(" (plan {})", visible(p))).unwrap_or_default();
+            println!("key:       {}{plan}", k.id());
         }
         if d.retry_after_ms > 0 {
             println!("retry in:  {} ({} ms)", human_duration(d.retry_after_ms), d.retry_after_ms);

@@ -12,7 +12,7 @@ use ms_auth::policy::Quota;
 use ms_auth::spec::{checked_rate, Field};
 use ms_auth::{Error, KeyFilter, KeyPatch, KeyRecord, KeySpec, Store};
 
-use crate::output::{fmt_time, output_format, window_text, write_csv, Output};
+use crate::output::{fmt_time, output_format, print_json, visible, window_text, write_csv, Output};
 
 #[derive(Subcommand)]
 pub enum KeyCommand {
@@ -82,6 +82,10 @@ pub struct KeyFieldArgs {
     pub name: Option<String>,
     #[arg(long)]
     pub plan: Option<String>,
+    /// Allow --plan to name a plan that is not defined (yet): without it, such a name is refused while any
+    /// plan is defined, since a typo would leave the key without its plan's quota.
+    #[arg(long, requires = "plan")]
+    pub new_plan: bool,
     /// Lifetime from now: 30d, 12h, 90m, 45s.
     #[arg(long, value_name = "DURATION", conflicts_with_all = ["expires_at", "no_expiry"])]
     pub expires_in: Option<String>,
@@ -118,6 +122,7 @@ pub fn run(store: &Store, command: KeyCommand, global: Option<Output>, now: i64)
                 env: env.map(|e| Env::parse(&e)).transpose()?,
                 name: fields.name.clone(),
                 plan: fields.plan.clone(),
+                new_plan: fields.new_plan,
                 expires_at_ms: fields.expiry(now)?,
                 quota: fields.quota()?.or(None),
                 rate_limit: fields.rate(None)?,
@@ -127,7 +132,7 @@ pub fn run(store: &Store, command: KeyCommand, global: Option<Output>, now: i64)
             let out = fmt(json)?;
             let created = store.create_key(&spec, now)?;
             match out {
-                Output::Json => println!("{}", created.to_json()),
+                Output::Json => print_json(&created.to_json()),
                 Output::Csv => write_csv(&key_csv_header(true), [key_csv_row(&created.record, Some(&created.key))])?,
                 Output::Table => {
                     println!("Key (shown once, store it now): {}\n", created.key);
@@ -140,7 +145,7 @@ pub fn run(store: &Store, command: KeyCommand, global: Option<Output>, now: i64)
             let out = fmt(json)?;
             let records = store.list_keys(&KeyFilter { plan, env: None, expiring_before_ms })?;
             match out {
-                Output::Json => println!("{}", ms_auth::spec::list_json(&records)),
+                Output::Json => print_json(&ms_auth::spec::list_json(&records)),
                 Output::Csv => write_csv(&key_csv_header(false), records.iter().map(|r| key_csv_row(r, None)))?,
                 Output::Table => print_table(&records),
             }
@@ -152,6 +157,7 @@ pub fn run(store: &Store, command: KeyCommand, global: Option<Output>, now: i64)
             let patch = KeyPatch {
                 name: fields.name.clone().map_or(Field::Absent, Field::Set),
                 plan: fields.plan.clone().map_or(Field::Absent, Field::Set),
+                new_plan: fields.new_plan,
                 expires_at_ms: fields.expiry(now)?,
                 quota: fields.quota()?,
                 rate_limit: fields.rate(current.rate_limit.as_ref().map(|r| RateLimit {
@@ -179,7 +185,7 @@ pub fn run(store: &Store, command: KeyCommand, global: Option<Output>, now: i64)
             let out = fmt(json)?;
             let created = store.rotate_key(&id, cli_values::duration_ms(&grace)?, now)?;
             if out == Output::Json {
-                println!("{}", created.to_json());
+                print_json(&created.to_json());
             } else if out == Output::Csv {
                 write_csv(&key_csv_header(true), [key_csv_row(&created.record, Some(&created.key))])?;
             } else {
@@ -269,7 +275,7 @@ impl KeyFieldArgs {
 
 fn show(r: &KeyRecord, out: Output) -> Result<(), Error> {
     match out {
-        Output::Json => println!("{}", r.to_json()),
+        Output::Json => print_json(&r.to_json()),
         Output::Csv => write_csv(&key_csv_header(false), [key_csv_row(r, None)])?,
         Output::Table => print_record(r),
     }
@@ -281,8 +287,8 @@ fn print_record(r: &KeyRecord) {
         ("id", r.id.clone()),
         ("prefix", r.prefix.clone()),
         ("env", r.env.clone()),
-        ("name", r.name.clone().unwrap_or_default()),
-        ("plan", r.plan.clone().unwrap_or_default()),
+        ("name", shown(&r.name)),
+        ("plan", shown(&r.plan)),
         ("state", state_text(r)),
         ("created", fmt_time(Some(r.created_at_ms))),
         ("expires", fmt_time(r.expires_at_ms)),
@@ -290,7 +296,7 @@ fn print_record(r: &KeyRecord) {
         ("rate limit", rate_text(r)),
         ("used", format!("{} this period, {} in all", r.usage.used, r.usage.total)),
         ("last used", r.usage.last_used_at_ms.map_or("never".into(), |t| fmt_time(Some(t)))),
-        ("meta", Value::Object(r.meta.clone()).to_string()),
+        ("meta", visible(&Value::Object(r.meta.clone()).to_string()).into_owned()),
     ];
     for (label, value) in lines {
         println!("{label:<11} {value}");
@@ -306,8 +312,8 @@ fn print_table(records: &[KeyRecord]) {
                 r.id.clone(),
                 r.prefix.clone(),
                 r.env.clone(),
-                r.plan.clone().unwrap_or_default(),
-                r.name.clone().unwrap_or_default(),
+                shown(&r.plan),
+                shown(&r.name),
                 state_text(r),
                 fmt_time(r.expires_at_ms),
                 quota_text(r),
@@ -340,10 +346,15 @@ fn print_table(records: &[KeyRecord]) {
 fn state_text(r: &KeyRecord) -> String {
     let s = &r.state;
     match (&s.state_reason, s.grace_ends_at_ms) {
-        (Some(reason), _) => format!("{} ({reason})", s.state.as_str()),
+        (Some(reason), _) => format!("{} ({})", s.state.as_str(), visible(reason)),
         (None, Some(end)) => format!("{} (grace ends {})", s.state.as_str(), fmt_time(Some(end))),
         (None, None) => s.state.as_str().to_string(),
     }
+}
+
+/// An optional stored text as a table shows it: "" for none, escaped where it would change how it reads.
+fn shown(text: &Option<String>) -> String {
+    text.as_deref().map_or(String::new(), |t| visible(t).into_owned())
 }
 
 fn quota_text(r: &KeyRecord) -> String {

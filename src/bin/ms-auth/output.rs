@@ -45,9 +45,23 @@ where
     let mut w = csv::Writer::from_writer(std::io::stdout().lock());
     w.write_record(header).map_err(fail)?;
     for row in rows {
-        w.write_record(row).map_err(fail)?;
+        // A spreadsheet shows the cells: bidi controls stored by older versions are written escaped.
+        let cells = row.into_iter().map(|c| visible(&String::from_utf8_lossy(c.as_ref())).into_owned());
+        w.write_record(cells.collect::<Vec<_>>()).map_err(fail)?;
     }
     w.flush().map_err(|e| Error::internal(format!("cannot write CSV to standard output: {e}")))
+}
+
+/// Stored text as a terminal may show it: characters that would change how it reads (bidirectional
+/// controls, invisible and control characters, which older versions stored in names, reasons and
+/// actors) written as `\u{202E}`.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    ms_auth::text::visible(text)
+}
+
+/// Prints JSON with those characters as JSON escapes: the same JSON to a parser, safe on a terminal.
+pub fn print_json(json: &str) {
+    println!("{}", ms_auth::text::json_visible(json));
 }
 
 /// A typed answer as the same JSON the C ABI writes.

@@ -8,7 +8,7 @@ use ms_auth::store::PlanRecord;
 use ms_auth::{Error, Store};
 
 use crate::keys::KeyFieldArgs;
-use crate::output::{output_format, to_json, write_csv, Output};
+use crate::output::{output_format, print_json, to_json, visible, write_csv, Output};
 
 #[derive(Subcommand)]
 pub enum PlanCommand {
@@ -48,6 +48,7 @@ pub fn run(store: &Store, command: PlanCommand, global: Option<Output>, now: i64
             let limits = KeyFieldArgs {
                 name: None,
                 plan: None,
+                new_plan: false,
                 expires_in: None,
                 expires_at: None,
                 no_expiry: false,
@@ -67,7 +68,7 @@ pub fn run(store: &Store, command: PlanCommand, global: Option<Output>, now: i64
             let out = fmt(json)?;
             let written = store.put_plan(&plan, now)?;
             match out {
-                Output::Json => println!("{}", to_json(&written)),
+                Output::Json => print_json(&to_json(&written)),
                 Output::Csv => write_plans_csv(&[written])?,
                 Output::Table => print_plans(&[written]),
             }
@@ -76,7 +77,7 @@ pub fn run(store: &Store, command: PlanCommand, global: Option<Output>, now: i64
             let out = fmt(json)?;
             let plans = store.list_plans()?;
             match out {
-                Output::Json => println!("{}", json!({ "plans": plans })),
+                Output::Json => print_json(&json!({ "plans": plans }).to_string()),
                 Output::Csv => write_plans_csv(&plans)?,
                 Output::Table => print_plans(&plans),
             }
@@ -92,7 +93,7 @@ fn print_plans(plans: &[PlanRecord]) {
         let rate =
             p.rate_limit.as_ref().map_or("none".into(), |r| format!("{}/{}ms burst {}", r.limit, r.window_ms, r.burst));
         let lifetime = p.lifetime_ms.map_or("default".into(), |ms| format!("{}d", ms / 86_400_000));
-        println!("{:<16} {:<16} {:<24} {:<10} {}", p.name, quota, rate, lifetime, p.keys);
+        println!("{:<16} {:<16} {:<24} {:<10} {}", visible(&p.name), quota, rate, lifetime, p.keys);
     }
     if plans.is_empty() {
         println!("(no plans)");

@@ -65,9 +65,9 @@ impl Console {
     /// Runs a change as `console:USER`.
     fn write<T>(&self, user: &str, change: impl FnOnce(&Store) -> Result<T, Error>) -> Result<T, Error> {
         let _turn = self.writing.lock();
-        self.store.set_actor(&format!("console:{user}"));
+        self.store.set_actor(&format!("console:{user}"))?;
         let result = change(&self.store);
-        self.store.set_actor(IDLE_ACTOR);
+        self.store.set_actor(IDLE_ACTOR)?;
         result
     }
 }
@@ -95,7 +95,7 @@ pub fn run(store: Store, args: ConsoleArgs) -> Result<(), Error> {
     let server =
         Server::http(args.listen).map_err(|e| Error::invalid(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = server.server_addr().to_ip().map_or_else(|| args.listen.to_string(), |a| a.to_string());
-    store.set_actor(IDLE_ACTOR);
+    store.set_actor(IDLE_ACTOR)?;
     let console = Arc::new(Console {
         store,
         tokens,

@@ -7,6 +7,22 @@ use ms_auth::key_state::KeyState;
 use ms_auth::period::{Period, DAY_MS};
 use ms_auth::KeyRecord;
 
+/// An answer as the pages show it: every text (names, plans, reasons, actors, meta) with the characters
+/// that would change how it reads, which older versions stored, written as `\u{202E}` (see
+/// `ms_auth::text`). The browser shows what it is sent; the C ABI and the CLI's JSON give them as stored.
+pub fn visible_json(v: Value) -> Value {
+    let text = |s: String| match ms_auth::text::visible(&s) {
+        std::borrow::Cow::Borrowed(_) => s,
+        std::borrow::Cow::Owned(shown) => shown,
+    };
+    match v {
+        Value::String(s) => Value::String(text(s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(visible_json).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (text(k), visible_json(v))).collect()),
+        other => other,
+    }
+}
+
 /// Requests counted against the quota in the period that contains `now` (the stored count belongs to
 /// an earlier period once that period is over).
 pub fn quota_used(r: &KeyRecord, now: i64) -> Option<i64> {
