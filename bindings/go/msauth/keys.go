@@ -77,6 +77,9 @@ type KeySpec struct {
 	Env  Env    // "" is live
 	Name string // "" is none
 	Plan string // "" is none
+	// NewPlan allows Plan to name no defined plan: once any plan is defined,
+	// such a name is refused (the error lists the plans) unless NewPlan is set.
+	NewPlan bool
 	// ExpiresAt: absent is the store's default lifetime (365 days from
 	// creation); Null never expires.
 	ExpiresAt Opt[time.Time]
@@ -100,6 +103,9 @@ func (s KeySpec) MarshalJSON() ([]byte, error) {
 	if s.Plan != "" {
 		w.member("plan", s.Plan)
 	}
+	if s.NewPlan {
+		w.member("new_plan", true)
+	}
 	writeOpt(&w, "expires_at_ms", optMillis(s.ExpiresAt))
 	if s.Quota != nil {
 		w.member("quota", s.Quota)
@@ -119,6 +125,7 @@ func (s KeySpec) MarshalJSON() ([]byte, error) {
 type KeyPatch struct {
 	Name      Opt[string]
 	Plan      Opt[string]
+	NewPlan   bool // as in KeySpec
 	ExpiresAt Opt[time.Time]
 	Quota     Opt[Quota]
 	RateLimit Opt[RateLimit]
@@ -130,6 +137,9 @@ func (p KeyPatch) MarshalJSON() ([]byte, error) {
 	var w objWriter
 	writeOpt(&w, "name", p.Name)
 	writeOpt(&w, "plan", p.Plan)
+	if p.NewPlan {
+		w.member("new_plan", true)
+	}
 	writeOpt(&w, "expires_at_ms", optMillis(p.ExpiresAt))
 	writeOpt(&w, "quota", p.Quota)
 	writeOpt(&w, "rate_limit", p.RateLimit)
@@ -171,9 +181,36 @@ type Record struct {
 	RotatedTo     *string         `json:"rotated_to"`   // the key that replaced this one
 	FollowsPlan   []string        `json:"follows_plan"` // limits taken from the plan: "quota", "rate_limit"
 
+	// Computed when the record is read, as a check at that instant would
+	// decide: the key's state, why it is revoked, when a rotating key's
+	// grace ends.
+	State         KeyState `json:"state"`
+	StateReason   *string  `json:"state_reason"`     // StateRevoked: manual, rotated, idle, abuse or the reason given
+	GraceEndsAtMS *int64   `json:"grace_ends_at_ms"` // StateRotating: when it becomes revoked (rotated)
+
 	// Raw is the record's JSON as the library wrote it, including members
 	// newer library versions add.
 	Raw json.RawMessage `json:"-"`
+}
+
+// KeyState is a key's state as every record gives it (Record.State).
+type KeyState string
+
+const (
+	StateActive   KeyState = "active"   // admitted (within its limits)
+	StateExpiring KeyState = "expiring" // admitted, and expires within 7 days
+	StateRotating KeyState = "rotating" // replaced by a rotation, admitted until GraceEndsAtMS
+	StateRevoked  KeyState = "revoked"  // refused as revoked; StateReason says why
+	StateExpired  KeyState = "expired"  // refused as expired
+	// StateSuspended is reserved for keys of a suspended customer; no library
+	// version produces it yet.
+	StateSuspended KeyState = "suspended"
+)
+
+// Admitted reports the states in which a check admits the key (within its
+// limits).
+func (s KeyState) Admitted() bool {
+	return s == StateActive || s == StateExpiring || s == StateRotating
 }
 
 // Usage is the key's counters.
@@ -195,8 +232,10 @@ func (r Record) ExpiresAt() (time.Time, bool) {
 	return time.UnixMilli(*r.ExpiresAtMS), true
 }
 
-// Revoked reports a revoked key.
-func (r Record) Revoked() bool { return r.RevokedAtMS != nil }
+// Revoked reports a revoked key: its State, which also counts a revocation a
+// check enforces before a flush records it (a rotation's grace over, an idle
+// key).
+func (r Record) Revoked() bool { return r.State == StateRevoked || r.RevokedAtMS != nil }
 
 // Created is the answer to CreateKey: the plaintext key, shown this once,
 // and the new record.

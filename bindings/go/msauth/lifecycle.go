@@ -56,7 +56,8 @@ func (o Options) MarshalJSON() ([]byte, error) {
 
 // SetActor names the actor that the audit log records for this Store's admin
 // calls (default: the program, its pid and uid), e.g. "portal:alice". At most
-// 200 bytes.
+// 200 bytes, without control characters, bidirectional controls (U+202E...)
+// or invisible characters.
 func (s *Store) SetActor(actor string) error {
 	return s.with(func(h *C.ms_store) error { return cSetActor(h, actor) })
 }

@@ -976,3 +976,76 @@ func TestEveryABIFunctionIsWrapped(t *testing.T) {
 		}
 	}
 }
+
+// Issue 21, item 3: every record carries the state the library computes, as a
+// typed KeyState with its reason and grace end; a rotated key past its grace
+// is revoked (rotated) before any flush records it.
+func TestRecordsCarryTheComputedState(t *testing.T) {
+	s := openTemp(t)
+	now := time.Now()
+	past := mustCreate(t, s, KeySpec{}, now.Add(-time.Minute))
+	rotating := mustCreate(t, s, KeySpec{}, now)
+	successor, err := s.RotateKeyAt(past.Record.ID, time.Second, now.Add(-10*time.Second))
+	if err != nil || successor.Record.State != StateActive {
+		t.Fatalf("RotateKeyAt: %+v %v", successor.Record, err)
+	}
+	if _, err := s.RotateKeyAt(rotating.Record.ID, 24*time.Hour, now); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetKey(past.Record.ID)
+	if err != nil || got.State != StateRevoked || got.StateReason == nil || *got.StateReason != "rotated" ||
+		!got.Revoked() || got.RevokedAtMS != nil || got.State.Admitted() {
+		t.Errorf("rotated past its grace: %+v %v", got, err)
+	}
+	list, err := s.ListKeys(ListFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range list {
+		if r.ID == past.Record.ID && (r.State != StateRevoked || *r.StateReason != "rotated") {
+			t.Errorf("listed: %+v", r)
+		}
+	}
+	r, err := s.GetKey(rotating.Record.ID)
+	if err != nil || r.State != StateRotating || r.GraceEndsAtMS == nil || *r.GraceEndsAtMS != ms(now.Add(24*time.Hour)) ||
+		!r.State.Admitted() {
+		t.Errorf("in its grace: %+v %v", r, err)
+	}
+	soon := mustCreate(t, s, KeySpec{ExpiresAt: Some(now.Add(24 * time.Hour))}, now)
+	if soon.Record.State != StateExpiring {
+		t.Errorf("expires tomorrow: %+v", soon.Record)
+	}
+}
+
+// Issue 21, item 6: once plans are defined, a plan that is none of them is
+// refused with their names, unless NewPlan says a new label is meant.
+func TestAnUnknownPlanIsRefusedOncePlansAreDefined(t *testing.T) {
+	s := openTemp(t)
+	early := mustCreate(t, s, KeySpec{Plan: "beta"}, t0) // no plan defined yet
+	if _, err := s.PutPlanAt(Plan{Name: "pro", Quota: &Quota{Limit: 5, Period: Daily}}, t0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.CreateKeyAt(KeySpec{Plan: "prp"}, t0)
+	refused(t, "CreateKeyAt", err, `"prp"`, "pro", "new_plan")
+	_, err = s.UpdateKey(early.Record.ID, KeyPatch{Plan: Some("prp")})
+	refused(t, "UpdateKey", err, "pro")
+	c := mustCreate(t, s, KeySpec{Plan: "prp", NewPlan: true}, t0)
+	if *c.Record.Plan != "prp" || c.Record.Quota != nil {
+		t.Errorf("a new label: %+v", c.Record)
+	}
+	r, err := s.UpdateKey(early.Record.ID, KeyPatch{Plan: Some("gold"), NewPlan: true})
+	if err != nil || *r.Plan != "gold" {
+		t.Errorf("UpdateKey with NewPlan: %+v %v", r, err)
+	}
+}
+
+// Issue 21, item 9: names, plans and actors holding a bidirectional override
+// are refused, naming the field and the code point.
+func TestBidiControlsAreRefused(t *testing.T) {
+	s := openTemp(t)
+	_, err := s.CreateKeyAt(KeySpec{Name: "invoice\u202efdp.exe"}, t0)
+	refused(t, "CreateKeyAt", err, "name contains U+202E")
+	_, err = s.PutPlanAt(Plan{Name: "pro\u2066"}, t0)
+	refused(t, "PutPlanAt", err, "plan.name contains U+2066")
+	refused(t, "SetActor", s.SetActor("ops:\u200fbob"), "actor contains U+200F")
+}

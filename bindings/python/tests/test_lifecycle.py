@@ -21,6 +21,7 @@ from ms_auth import (
     AuditEvent,
     InvalidArgumentError,
     KeyNotFoundError,
+    KeyState,
     Plan,
     Policies,
     Quota,
@@ -631,3 +632,45 @@ def test_default_sentinel_keeps_absent_apart_from_none(store: Store) -> None:
     default = store.put_plan("a", rate_limit=DEFAULT, now_ms=T0)
     assert default.rate_limit == RateLimit(60, 60_000, 60)
     assert store.put_plan("b", rate_limit=None, now_ms=T0).rate_limit is None
+
+
+def test_records_carry_the_state_the_library_computes(store: Store) -> None:
+    """Issue 21, item 3: ``state`` is a KeyState in every record (get, list, create, update, rotate),
+    with its reason and grace end; a rotated key past its grace reads revoked (rotated) at once."""
+    now = now_ms()
+    past = store.create_key(now_ms=now - 60_000)
+    rotating = store.create_key(now_ms=now)
+    successor = store.rotate(past.id, grace_ms=1000, now_ms=now - 10_000)
+    assert successor.record["state"] is KeyState.ACTIVE
+    store.rotate(rotating.id, grace_ms=DAY_MS, now_ms=now)
+    for rec in [store.get(past.id), next(k for k in store.list() if k["id"] == past.id)]:
+        assert rec["state"] is KeyState.REVOKED and rec["state"].value == "revoked"
+        assert (rec["state_reason"], rec["revoked_at_ms"]) == ("rotated", None)
+    rec = store.get(rotating.id)
+    assert (rec["state"], rec["grace_ends_at_ms"]) == (KeyState.ROTATING, now + DAY_MS)
+    soon = store.create_key(expires_at_ms=now + DAY_MS, now_ms=now)
+    assert soon.record["state"] is KeyState.EXPIRING
+    assert store.update(soon.id, name="x")["state"] is KeyState.EXPIRING
+    store.revoke(soon.id, now_ms=now)
+    assert (store.get(soon.id)["state"], store.get(soon.id)["state_reason"]) == (KeyState.REVOKED, "manual")
+
+
+def test_an_unknown_plan_is_refused_once_plans_are_defined(store: Store) -> None:
+    """Issue 21, item 6: ``plan="prp"`` when the plan is ``pro`` is refused, naming the plans, unless
+    ``new_plan=True``."""
+    early = store.create_key(plan="beta")  # no plan defined yet: any label
+    store.put_plan("pro", quota=(5, "daily"))
+    refused(lambda: store.create_key(plan="prp"), '"prp"', "pro", "new_plan")
+    refused(lambda: store.update(early.id, plan="prp"), "pro")
+    created = store.create_key(plan="prp", new_plan=True)
+    assert (created.record["plan"], created.record["quota"]) == ("prp", None)
+    assert store.update(early.id, plan="gold", new_plan=True)["plan"] == "gold"
+    assert store.update(early.id, plan="pro")["quota"] == {"limit": 5, "period": "daily"}
+
+
+def test_bidi_controls_are_refused(store: Store) -> None:
+    """Issue 21, item 9: names, plans and actors holding a bidirectional override are refused."""
+    refused(lambda: store.create_key(name="invoice\u202efdp.exe"), "name contains U+202E")
+    refused(lambda: store.put_plan("pro\u2066"), "plan.name contains U+2066")
+    refused(lambda: store.set_actor("ops:\u200fbob"), "actor contains U+200F")
+    assert store.list() == []

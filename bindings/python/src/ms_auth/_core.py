@@ -12,15 +12,68 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, TypedDict, TypeVar, Union, cast
 
 from . import _ffi
 from ._errors import InvalidArgumentError, StoreNotOpenError, error_from_code
 
 _lib = _ffi.lib
 
-KeyRecord = Dict[str, Any]
-"""A key record as documented in the C ABI (``id``, ``prefix``, ``plan``, ``quota``, ``usage``...)."""
+
+
+class KeyState(str, enum.Enum):
+    """A key's state, as every record gives it (``record["state"]``), worked out by the library as a
+    check at that instant would decide (docs/c-abi.md). A ``str``: ``KeyState.REVOKED == "revoked"``."""
+
+    ACTIVE = "active"
+    """Admitted (within its limits)."""
+    EXPIRING = "expiring"
+    """Admitted, and expires within 7 days."""
+    ROTATING = "rotating"
+    """Replaced by ``rotate``, admitted until ``record["grace_ends_at_ms"]``."""
+    REVOKED = "revoked"
+    """Refused as revoked; ``record["state_reason"]`` says why (manual, rotated, idle, abuse...)."""
+    EXPIRED = "expired"
+    """Refused as expired."""
+    SUSPENDED = "suspended"
+    """Reserved for keys of a suspended customer; no library version produces it yet."""
+
+
+class KeyUsage(TypedDict):
+    """A record's counts: the current quota period's, and every admitted request's."""
+
+    period_start_ms: int
+    used: int
+    total: int
+    last_used_at_ms: Optional[int]
+
+
+class KeyRecord(TypedDict):
+    """A key record as documented in the C ABI (never the plaintext key). The last three fields are
+    computed when the record is read: its ``state``, why it is revoked (``state_reason``), and when a
+    rotating key's grace ends (``grace_ends_at_ms``)."""
+
+    id: str
+    prefix: str
+    env: str
+    name: Optional[str]
+    plan: Optional[str]
+    created_at_ms: int
+    expires_at_ms: Optional[int]
+    revoked_at_ms: Optional[int]
+    revoked_reason: Optional[str]
+    quota: Optional[Dict[str, Any]]
+    rate_limit: Optional[Dict[str, Any]]
+    usage: KeyUsage
+    meta: Dict[str, Any]
+    revoke_at_ms: Optional[int]
+    rotated_from: Optional[str]
+    rotated_to: Optional[str]
+    follows_plan: List[str]
+    state: KeyState
+    state_reason: Optional[str]
+    grace_ends_at_ms: Optional[int]
+
 
 TimeLike = Union[int, _dt.datetime]
 """An instant: Unix milliseconds, or a timezone-aware ``datetime``."""
@@ -594,11 +647,21 @@ def _optional_time(value: Optional[TimeLike], name: str, operation: str) -> Opti
     return None if value is None else _time_ms(value, name, operation)
 
 
-def _created(record: KeyRecord, operation: str) -> CreatedKey:
-    plaintext = record.pop("key", None)
+def _record(raw: Dict[str, Any]) -> KeyRecord:
+    """A record as the library wrote it, its ``state`` as a KeyState (a state newer than this binding
+    stays a plain str)."""
+    try:
+        raw["state"] = KeyState(raw.get("state"))
+    except ValueError:
+        pass
+    return cast(KeyRecord, raw)
+
+
+def _created(raw: Dict[str, Any], operation: str) -> CreatedKey:
+    plaintext = raw.pop("key", None)
     if not isinstance(plaintext, str):
         raise error_from_code(104, f"{operation}: the answer carries no key")
-    return CreatedKey(str(record["id"]), plaintext, record)
+    return CreatedKey(str(raw["id"]), plaintext, _record(raw))
 
 
 def _dumps(value: Any) -> bytes:
@@ -835,6 +898,7 @@ class Store:
         env: str = "live",
         name: Optional[str] = None,
         plan: Optional[str] = None,
+        new_plan: bool = False,
         expires_at_ms: Union[TimeLike, None, _Default] = DEFAULT,
         quota: Optional[QuotaSpec] = None,
         rate_limit: Union[RateLimitSpec, None, _Default] = DEFAULT,
@@ -843,12 +907,16 @@ class Store:
         now_ms: Optional[TimeLike] = None,
     ) -> CreatedKey:
         """Issue a key (or import ``key``). ``expires_at_ms=None``: never expires;
-        ``rate_limit=None``: no rate limit; DEFAULT leaves them to the store (365 d, 60/min)."""
+        ``rate_limit=None``: no rate limit; DEFAULT leaves them to the store (365 d, 60/min).
+        Once plans are defined, ``plan`` must name one (InvalidArgumentError lists them) unless
+        ``new_plan=True`` says a label that names no plan is meant."""
         spec: Dict[str, Any] = {"env": env}
         if name is not None:
             spec["name"] = name
         if plan is not None:
             spec["plan"] = plan
+        if new_plan:
+            spec["new_plan"] = True
         if expires_at_ms is not DEFAULT:
             spec["expires_at_ms"] = _optional_time(expires_at_ms, "expires_at_ms", "create_key")
         if quota is not None:
@@ -860,14 +928,13 @@ class Store:
         if key is not None:
             spec["key"] = key
         when = _when(now_ms, "create_key")
-        record: KeyRecord = self._json_call(_lib.ms_key_create, "create_key", _dumps(spec), when)
-        return _created(record, "create_key")
+        answer: Dict[str, Any] = self._json_call(_lib.ms_key_create, "create_key", _dumps(spec), when)
+        return _created(answer, "create_key")
 
     def get(self, key_id: str) -> KeyRecord:
         """The record of ``key_id``; KeyNotFoundError if there is none."""
         op = f"get {key_id}"
-        record: KeyRecord = self._json_call(_lib.ms_key_get, op, _cstr(key_id, "key_id", op))
-        return record
+        return _record(self._json_call(_lib.ms_key_get, op, _cstr(key_id, "key_id", op)))
 
     def list(self, *, plan: Optional[str] = None, env: Optional[str] = None) -> List[KeyRecord]:
         """All key records, or those of one ``plan`` and/or ``env``."""
@@ -877,8 +944,7 @@ class Store:
         if env is not None:
             flt["env"] = env
         answer = self._json_call(_lib.ms_key_list, "list", _dumps(flt) if flt else None)
-        keys: List[KeyRecord] = answer["keys"]
-        return keys
+        return [_record(k) for k in answer["keys"]]
 
     def update(
         self,
@@ -886,18 +952,21 @@ class Store:
         *,
         name: Union[str, None, _Unchanged] = UNCHANGED,
         plan: Union[str, None, _Unchanged] = UNCHANGED,
+        new_plan: bool = False,
         expires_at_ms: Union[TimeLike, None, _Unchanged] = UNCHANGED,
         quota: Union[QuotaSpec, None, _Unchanged] = UNCHANGED,
         rate_limit: Union[RateLimitSpec, None, _Unchanged] = UNCHANGED,
         meta: Any = UNCHANGED,
     ) -> KeyRecord:
         """Change the given fields of a key; None clears one (no expiry, no quota, no rate
-        limit, no name/plan/meta). Returns the updated record."""
+        limit, no name/plan/meta). ``new_plan`` as in ``create_key``. Returns the updated record."""
         patch: Dict[str, Any] = {}
         if name is not UNCHANGED:
             patch["name"] = name
         if plan is not UNCHANGED:
             patch["plan"] = plan
+        if new_plan:
+            patch["new_plan"] = True
         op = f"update {key_id}"
         if expires_at_ms is not UNCHANGED:
             patch["expires_at_ms"] = _optional_time(expires_at_ms, "expires_at_ms", op)
@@ -907,10 +976,9 @@ class Store:
             patch["rate_limit"] = _rate_json(rate_limit)
         if meta is not UNCHANGED:
             patch["meta"] = meta
-        record: KeyRecord = self._json_call(
-            _lib.ms_key_update, op, _cstr(key_id, "key_id", op), _dumps(patch)
+        return _record(
+            self._json_call(_lib.ms_key_update, op, _cstr(key_id, "key_id", op), _dumps(patch))
         )
-        return record
 
     def revoke(self, key_id: str, now_ms: Optional[TimeLike] = None) -> None:
         """Revoke a key for good: its next check answers api_key_revoked."""
@@ -924,7 +992,8 @@ class Store:
 
     def set_actor(self, actor: str) -> None:
         """Name the actor the audit log records for this store's admin calls (default: the
-        program, its pid and uid), e.g. ``"portal:alice@example.com"``; at most 200 bytes."""
+        program, its pid and uid), e.g. ``"portal:alice@example.com"``; at most 200 bytes, without
+        control characters, bidirectional controls (U+202E...) or invisible characters."""
         rc = self._call("set_actor", _lib.ms_store_set_actor, _cstr(actor, "actor", "set_actor"))
         if rc != 0:
             raise error_from_code(rc, "set_actor")
@@ -943,10 +1012,10 @@ class Store:
         opts = None
         if grace_ms is not None:
             opts = _dumps({"grace_ms": _duration_ms(grace_ms, "grace_ms")})
-        record: KeyRecord = self._json_call(
+        answer: Dict[str, Any] = self._json_call(
             _lib.ms_key_rotate, op, _cstr(key_id, "key_id", op), opts, _when(now_ms, op)
         )
-        return _created(record, op)
+        return _created(answer, op)
 
     def put_plan(
         self,
