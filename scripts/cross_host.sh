@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The same requests through nginx, the Python WSGI middleware and the Go middleware must get the same
-# answer (status, body, Retry-After, RateLimit-Policy, RateLimit): tests/cross_host/cross_host.py.
+# The same requests through nginx, the Python WSGI (wsgiref) and ASGI (uvicorn) middlewares and the Go
+# middleware must get the same answer (status, body, Content-Type, Retry-After, RateLimit-Policy,
+# RateLimit), also to a library failure: tests/cross_host/cross_host.py.
 # As root, after `cargo build --release`; it uses what the binding scripts install (scripts/test.sh runs
 # them first): the Python venv under target/ (bindings/python/env.sh makes it if missing), Go
 # (bindings/go/env.sh), nginx and its module (bindings/nginx/build.sh, a no-op when up to date).

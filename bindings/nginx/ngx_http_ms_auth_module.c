@@ -220,9 +220,46 @@ ngx_http_ms_auth_store_handle(ngx_log_t *log)
 
 
 /*
+ * Header names compared without case and with "-" and "_" alike: nginx names
+ * headers that way in $http_* variables and in FastCGI, uwsgi and SCGI params
+ * (HTTP_X_API_KEY for both X-API-Key and X_API_KEY, with
+ * underscores_in_headers on), so both spellings are the key header.
+ */
+static ngx_uint_t
+ngx_http_ms_auth_same_header(ngx_str_t *a, ngx_str_t *b)
+{
+    u_char      ca, cb;
+    ngx_uint_t  i;
+
+    if (a->len != b->len) {
+        return 0;
+    }
+
+    for (i = 0; i < a->len; i++) {
+        ca = ngx_tolower(a->data[i]);
+        cb = ngx_tolower(b->data[i]);
+
+        if (ca == '_') {
+            ca = '-';
+        }
+
+        if (cb == '_') {
+            cb = '-';
+        }
+
+        if (ca != cb) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/*
  * Finds the key header: NGX_OK with *found set (NULL: none), or NGX_DECLINED
- * when it comes more than once, as an upstream could then read another copy
- * than the one checked.
+ * when it comes more than once, in any spelling, as an upstream could then
+ * read another copy than the one checked.
  */
 static ngx_int_t
 ngx_http_ms_auth_find_header(ngx_http_request_t *r, ngx_str_t *name,
@@ -253,9 +290,7 @@ ngx_http_ms_auth_find_header(ngx_http_request_t *r, ngx_str_t *name,
             continue;
         }
 
-        if (h[i].key.len == name->len
-            && ngx_strncasecmp(h[i].key.data, name->data, name->len) == 0)
-        {
+        if (ngx_http_ms_auth_same_header(&h[i].key, name)) {
             if (*found != NULL) {
                 return NGX_DECLINED;
             }
@@ -311,8 +346,8 @@ ngx_http_ms_auth_handler(ngx_http_request_t *r)
     if (ngx_http_ms_auth_find_header(r, &alcf->header, &h) != NGX_OK) {
         /* refused unchecked, so nothing is counted; never failed open */
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "ms_auth: client sent more than one \"%V\" header",
-                      &alcf->header);
+                      "ms_auth: client sent more than one \"%V\" header "
+                      "(\"-\" and \"_\" alike)", &alcf->header);
         ctx->status = MS_API_KEY_INVALID;
         return ngx_http_ms_auth_reject(r, ctx);
     }

@@ -2,7 +2,6 @@ package msauth
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"strconv"
 	"time"
@@ -25,16 +24,16 @@ type Option func(*config)
 func WithHeader(name string) Option { return func(c *config) { c.header = name } }
 
 // WithFailOpen lets requests through when the library fails (the store is
-// unreadable, closed, ...) instead of answering 503. Decisions about keys
-// are enforced either way.
+// unreadable, closed, ...) instead of answering the failure. Decisions about
+// keys are enforced either way.
 func WithFailOpen() Option { return func(c *config) { c.failOpen = true } }
 
 // WithClock replaces time.Now, for tests.
 func WithClock(now func() time.Time) Option { return func(c *config) { c.clock = now } }
 
-// WithErrorHandler is called with every library failure, before the 503 (or
-// before passing the request on with WithFailOpen), so failures are seen in
-// logs: the client is never told ms_last_error(), which may name files.
+// WithErrorHandler is called with every library failure, before the answer
+// (or before passing the request on with WithFailOpen), so failures are seen
+// in logs: the client is never told ms_last_error(), which may name files.
 func WithErrorHandler(f func(*http.Request, error)) Option {
 	return func(c *config) { c.onError = f }
 }
@@ -64,27 +63,29 @@ func PlanFromContext(ctx context.Context) (string, bool) {
 // application/json), Retry-After on 429s and the RateLimit-Policy /
 // RateLimit headers; an admitted one reaches next with the key id and plan in
 // its context (KeyIDFromContext, PlanFromContext) and the RateLimit headers
-// on its response. A library failure answers 503 with a JSON body (fail
-// closed) unless WithFailOpen is given. A request with more than one key
-// header is refused as api_key_invalid without a check.
+// on its response. A library failure fails closed with the library's status
+// and JSON body for it (ms_status_http, ms_error_json: 503 for
+// store_not_open and store_unavailable, 500 for internal_error and
+// invalid_argument), as nginx and the Python middlewares answer, unless
+// WithFailOpen is given.
+//
+// The key header is found by its name compared without case and with "-"
+// and "_" alike, the way nginx ($http_*, FastCGI/uwsgi/SCGI params) and
+// CGI-style environments (HTTP_X_API_KEY) name headers: X_API_KEY is the key
+// header too. A request carrying it more than once, in any spellings, is
+// refused as api_key_invalid without a check, so nothing is counted: next,
+// or an upstream it forwards to, could read another copy than the one checked.
 func Middleware(store *Store, opts ...Option) func(http.Handler) http.Handler {
 	c := config{header: DefaultHeader, clock: time.Now}
 	for _, o := range opts {
 		o(&c)
 	}
-	name := http.CanonicalHeaderKey(c.header)
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			keys := r.Header[name]
-			if len(keys) > 1 {
-				// next may read another copy than the one checked: refused
-				// unchecked, so nothing is counted.
+			key, copies := keyHeader(r.Header, c.header)
+			if copies > 1 {
 				writeJSON(w, StatusAPIKeyInvalid.HTTPStatus(), errorBody(StatusAPIKeyInvalid))
 				return
-			}
-			key := ""
-			if len(keys) == 1 {
-				key = keys[0]
 			}
 			res := store.Check(key, c.clock())
 			switch {
@@ -101,7 +102,11 @@ func Middleware(store *Store, opts ...Option) func(http.Handler) http.Handler {
 					next.ServeHTTP(w, r)
 					return
 				}
-				writeJSON(w, http.StatusServiceUnavailable, unavailableBody(res.Status))
+				failure := res.Status
+				if !failure.IsFailure() {
+					failure = StatusInternal
+				}
+				writeJSON(w, failure.HTTPStatus(), errorBody(failure))
 			default:
 				res.setHeaders(w.Header())
 				writeJSON(w, res.HTTPStatus, errorBody(res.Status))
@@ -110,45 +115,46 @@ func Middleware(store *Store, opts ...Option) func(http.Handler) http.Handler {
 	}
 }
 
+// keyHeader is the value of the key header and how many copies of it h
+// holds, under any spelling of its name (see Middleware).
+func keyHeader(h http.Header, name string) (value string, copies int) {
+	for k, values := range h {
+		if sameHeaderName(k, name) && len(values) > 0 {
+			value = values[0]
+			copies += len(values)
+		}
+	}
+	return value, copies
+}
+
+// sameHeaderName compares header names without case and with "-" and "_"
+// alike.
+func sameHeaderName(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if foldHeaderByte(a[i]) != foldHeaderByte(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func foldHeaderByte(c byte) byte {
+	switch {
+	case 'A' <= c && c <= 'Z':
+		return c + ('a' - 'A')
+	case c == '_':
+		return '-'
+	}
+	return c
+}
+
 func writeJSON(w http.ResponseWriter, status int, body []byte) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
-}
-
-// unavailableBody is the 503 answer to a library failure, in the shape of the
-// documented bodies: the failure's code string and message from the library,
-// and httpStatus 503 so body and status line agree. For store_not_open and
-// store_unavailable (503s already) it is exactly ms_error_json's body. The
-// detail (ms_last_error) is not sent: it can name files.
-func unavailableBody(s Status) []byte {
-	if b, ok := unavailableBodies[s]; ok {
-		return b
-	}
-	return unavailableBodies[StatusInternal]
-}
-
-var unavailableBodies = func() map[Status][]byte {
-	m := make(map[Status][]byte)
-	for _, s := range knownStatuses {
-		if s.IsFailure() {
-			m[s] = buildBody(s.String(), s.Message(), http.StatusServiceUnavailable)
-		}
-	}
-	return m
-}()
-
-func buildBody(code, message string, status int) []byte {
-	type errorObj struct {
-		Code       string `json:"code"`
-		Message    string `json:"message"`
-		HTTPStatus int    `json:"httpStatus"`
-	}
-	b, _ := json.Marshal(struct {
-		Success bool     `json:"success"`
-		Error   errorObj `json:"error"`
-	}{false, errorObj{code, message, status}})
-	return b
 }

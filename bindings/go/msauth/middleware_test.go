@@ -151,8 +151,9 @@ func TestMiddlewareWithHeader(t *testing.T) {
 	get(t, srv.URL, "X-API-Key", k.Key, jsonAnswer(401, documentedBodies[StatusAPIKeyMissing], nil))
 }
 
-// A library failure fails closed with 503 and a JSON body; WithFailOpen lets
-// the request through without a key in its context.
+// A library failure fails closed with the library's status and body for it
+// (ms_status_http, ms_error_json), as nginx and the Python middlewares answer;
+// WithFailOpen lets the request through without a key in its context.
 func TestMiddlewareLibraryFailure(t *testing.T) {
 	s, err := Open(t.TempDir() + "/keys.db")
 	if err != nil {
@@ -173,8 +174,8 @@ func TestMiddlewareLibraryFailure(t *testing.T) {
 	defer badClock.Close()
 
 	// A clock in seconds is an invalid argument: still a failure, not a decision.
-	get(t, badClock.URL, "X-API-Key", k.Key, jsonAnswer(503,
-		`{"success":false,"error":{"code":"invalid_argument","message":"Invalid argument.","httpStatus":503}}`, nil))
+	get(t, badClock.URL, "X-API-Key", k.Key, jsonAnswer(500,
+		`{"success":false,"error":{"code":"invalid_argument","message":"Invalid argument.","httpStatus":500}}`, nil))
 
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -253,10 +254,26 @@ func TestMiddlewareRepeatedKeyHeader(t *testing.T) {
 	if code, body := rawGet(t, srv, "x-api-key: "+k.Key, "X-API-KEY: "+k.Key); code != 401 || body != invalid.body {
 		t.Errorf("x-api-key + X-API-KEY: %d %s", code, body)
 	}
+	// "-" and "_" alike, as nginx's $http_* and CGI-style params (HTTP_X_API_KEY)
+	// name headers: an underscore spelling beside another copy is a repeat,
+	// whichever comes first.
+	for _, lines := range [][]string{
+		{"X-API-Key: " + k.Key, "X_API_KEY: " + other.Key},
+		{"X_API_KEY: " + other.Key, "X-API-Key: " + k.Key},
+		{"x_api_key: " + k.Key, "X-Api_Key: " + k.Key},
+	} {
+		if code, body := rawGet(t, srv, lines...); code != 401 || body != invalid.body {
+			t.Errorf("%q: %d %s", lines, code, body)
+		}
+	}
 	// One copy is decided as usual, and the quota is untouched.
 	get(t, srv.URL, "X-API-Key", k.Key, answer{200, "app key=" + k.Record.ID + " plan= idOK=true planOK=true",
 		map[string]string{"RateLimit": `"quota";r=4;t=43200`}})
-	for id, want := range map[string]int64{k.Record.ID: 1, other.Record.ID: 0} {
+	// A single copy spelled with underscores is the key header.
+	if code, body := rawGet(t, srv, "X_API_KEY: "+k.Key); code != 200 || body != "app key="+k.Record.ID+" plan= idOK=true planOK=true" {
+		t.Errorf("X_API_KEY alone: %d %s", code, body)
+	}
+	for id, want := range map[string]int64{k.Record.ID: 2, other.Record.ID: 0} {
 		if rec, err := s.GetKey(id); err != nil || rec.Usage.Total != want {
 			t.Errorf("key %s: usage %+v (%v), want %d admitted", id, rec.Usage, err, want)
 		}
@@ -267,6 +284,9 @@ func TestMiddlewareRepeatedKeyHeader(t *testing.T) {
 	defer custom.Close()
 	if code, body := rawGet(t, custom, "X-Custom-Key: "+other.Key, "x-custom-key: "+other.Key); code != 401 || body != invalid.body {
 		t.Errorf("two X-Custom-Key: %d %s", code, body)
+	}
+	if code, body := rawGet(t, custom, "X-Custom-Key: "+other.Key, "X_Custom_Key: "+other.Key); code != 401 || body != invalid.body {
+		t.Errorf("X-Custom-Key and X_Custom_Key: %d %s", code, body)
 	}
 	if code, _ := rawGet(t, custom, "X-Custom-Key: "+other.Key, "X-API-Key: "+k.Key); code != 200 {
 		t.Errorf("one X-Custom-Key and one X-API-Key: %d, want 200", code)

@@ -267,6 +267,8 @@ def main_http_body(port, port2, store, extra=""):
     server {{
         listen 127.0.0.1:{port} reuseport;
         add_header X-Worker $pid always;
+        # X_API_KEY is then a header nginx keeps, and its $http_x_api_key, as X-API-Key's
+        underscores_in_headers on;
 
         # "return" runs in the rewrite phase: the module must decide before it
         location / {{ ms_auth on; return 200 "ok $ms_auth_key_id $ms_auth_plan\\n"; }}
@@ -284,11 +286,22 @@ def main_http_body(port, port2, store, extra=""):
             proxy_pass http://127.0.0.1:{port}/echo;
         }}
         location = /echo {{ return 200 "$http_x_ms_key_id|$http_x_ms_plan|$http_x_ms_status"; }}
+        location = /seen {{ ms_auth on; return 200 "$http_x_api_key"; }}
         location /limits {{
             ms_auth on;
             return 200 "$ms_auth_ratelimit_policy|$ms_auth_ratelimit";
         }}
         location /failopen {{ ms_auth on; ms_auth_failure open; return 200 "open:$ms_auth_status\\n"; }}
+        # The README's forms with auth_request (which runs in the access phase: content here is a
+        # file, as a "return" would answer before it). ms_auth in the protected location decides
+        # first...
+        location /also-auth-request/ {{ ms_auth on; auth_request /other-auth; alias {html}/; }}
+        location = /other-auth {{ internal; return 403; }}
+        location /allowed-by-other-auth/ {{ ms_auth on; auth_request /other-auth-allows; alias {html}/; }}
+        location = /other-auth-allows {{ internal; return 204; }}
+        # ...and what nginx makes of ms_auth in a location auth_request calls (not supported)
+        location /behind-auth-request/ {{ auth_request /ms-auth-check; alias {html}/; }}
+        location = /ms-auth-check {{ internal; ms_auth on; return 204; }}
 {extra}
     }}
 
@@ -474,10 +487,26 @@ class Locations(unittest.TestCase):
                     self.assertEqual(h["Content-Length"], str(len(INVALID)))
                     self.assertIsNone(h["Retry-After"])
                     self.assertIsNone(h["RateLimit"])
+        # nginx names "-" and "_" alike in $http_* and in FastCGI/uwsgi/SCGI params (with
+        # underscores_in_headers on): an underscore spelling is the key header too, so beside
+        # another copy it is a repeat, whichever comes first.
+        for path, spellings in (("/seen", ("X_API_KEY", "x_api_key", "X-API_Key", "X_Api-Key")),
+                                ("/custom", ("Authorization_Key", "AUTHORIZATION_KEY"))):
+            name = "X-API-Key" if path == "/seen" else "Authorization-Key"
+            for second in spellings:
+                for lines in ([(name, k), (second, "attacker")], [(second, "attacker"), (name, k)],
+                              [(second, k), (second, k)]):
+                    code, h, data = request(PORT, path, headers=lines)
+                    self.assertEqual((code, data), (401, INVALID), (path, lines))
+                    self.assertIsNone(h["RateLimit"])
         # One copy is decided as before, with the whole quota left.
         code, h, _ = request(PORT, "/limits", key=k)
         self.assertEqual(code, 200)
         self.assertRegex(h["RateLimit"], r'^"quota";r=4;t=\d+, ')
+        # A single copy spelled with underscores is the key, and the one the upstream reads.
+        code, h, data = request(PORT, "/seen", headers=[("X_API_KEY", k)])
+        self.assertEqual((code, data), (200, k.encode()))
+        self.assertRegex(h["RateLimit"], r'^"quota";r=3;t=\d+, ')
         # One key header beside a header of another name is a single key.
         self.assertEqual(request(PORT, "/custom", headers=[("Authorization-Key", k), ("X-API-Key", k)])[0],
                          200)
@@ -491,6 +520,38 @@ class Locations(unittest.TestCase):
             self.assertEqual(request(PORT, "/redirect", key=rec["key"], conn=conn)[:3:2], (429, QUOTA))
         finally:
             conn.close()
+
+
+class AuthRequest(unittest.TestCase):
+    """What bindings/nginx/README.md says about ms_auth and auth_request."""
+
+    def test_ms_auth_in_the_protected_location_decides_before_auth_request(self):
+        rec = ENV.create_key("--no-quota", "--rate", "1/min")
+        # Refused by ms_auth: its own answer; the auth_request service (403 for all) is not asked.
+        resp = request(PORT, "/also-auth-request/file.txt")
+        self.assertEqual(resp[:3:2], (401, MISSING))
+        self.assertEqual(resp[1]["Content-Type"], "application/json")
+        # Admitted by ms_auth: then the auth_request service decides.
+        self.assertEqual(request(PORT, "/also-auth-request/file.txt", key=rec["key"])[0], 403)
+        code, h, data = request(PORT, "/allowed-by-other-auth/file.txt", key=rec["key"])
+        self.assertEqual((code, data), (429, RATE))
+        self.assertIn(int(h["Retry-After"]), (59, 60))
+        self.assertEqual(h["RateLimit-Policy"], '"rate";q=1;w=60')
+
+    def test_ms_auth_behind_auth_request_loses_its_answers(self):
+        # nginx's auth_request passes on a 401 or 403 without body or fields and makes any other
+        # refusal a 500: the README says not to use ms_auth this way.
+        rec = ENV.create_key("--no-quota", "--rate", "1/min")
+        code, h, data = request(PORT, "/behind-auth-request/file.txt")
+        self.assertEqual(code, 401)
+        self.assertNotEqual(data, MISSING)
+        self.assertNotEqual(h["Content-Type"], "application/json")
+        self.assertEqual(request(PORT, "/behind-auth-request/file.txt", key=rec["key"])[:3:2],
+                         (200, b"static content\n"))
+        code, h, _ = request(PORT, "/behind-auth-request/file.txt", key=rec["key"])
+        self.assertEqual(code, 500)
+        self.assertIsNone(h["Retry-After"])
+        self.assertIsNone(h["RateLimit"])
 
 
 class Variables(unittest.TestCase):

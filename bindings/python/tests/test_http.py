@@ -33,7 +33,15 @@ import uvicorn
 
 import ms_auth.asgi
 import ms_auth.wsgi
-from ms_auth import CheckResult, Store, StoreUnavailableError
+from ms_auth import (
+    CheckResult,
+    InternalError,
+    InvalidArgumentError,
+    MsAuthError,
+    Store,
+    StoreNotOpenError,
+    StoreUnavailableError,
+)
 from conftest import (
     ceil_s,
     documented_body,
@@ -290,16 +298,12 @@ def test_closed_store_fails_closed(http: Server, tmp_path: Any) -> None:
     s.close()
     http.middleware.store = s
     resp = get(http, key)
+    # The library's status and body for the failure (ms_status_http, ms_error_json), as nginx
+    # and Go answer it.
     assert resp.status == 503
     assert resp.headers["content-type"] == "application/json"
-    assert resp.json() == {
-        "success": False,
-        "error": {
-            "code": "store_not_open",
-            "message": "API key verification is temporarily unavailable.",
-            "httpStatus": 503,
-        },
-    }
+    assert resp.body == FAILURE_BODIES["store_not_open"]
+    assert resp.headers["content-length"] == str(len(resp.body))
 
 
 def test_repeated_key_header_is_invalid(http: Server, store: Store) -> None:
@@ -313,10 +317,22 @@ def test_repeated_key_header_is_invalid(http: Server, store: Store) -> None:
             resp = get_lines(http.base, [("X-API-Key", a), (name, b)])
             assert_documented(resp, "api_key_invalid")
             assert "retry-after" not in resp.headers and "ratelimit" not in resp.headers
+    # "-" and "_" alike, as nginx's $http_* and CGI-style params (HTTP_X_API_KEY) name headers:
+    # an underscore spelling beside another copy is a repeat, whichever comes first. (A WSGI
+    # server puts both under HTTP_X_API_KEY; wsgiref joins them.)
+    for lines in (
+        [("X-API-Key", k), ("X_API_KEY", other)],
+        [("X_API_KEY", other), ("X-API-Key", k)],
+        [("x_api_key", k), ("X-Api_Key", k)],
+    ):
+        assert_documented(get_lines(http.base, lines), "api_key_invalid")
     assert store.get(keys.ok.id)["usage"]["used"] == 0
     assert store.get(keys.quota.id)["usage"]["used"] == 0
     resp = get_lines(http.base, [("X-API-Key", k), ("X-Other-Key", other)])
     assert resp.status == 200 and resp.headers["ratelimit"].startswith('"quota";r=999;')
+    # A single copy spelled with underscores is the key header.
+    resp = get_lines(http.base, [("X_API_KEY", k)])
+    assert resp.status == 200 and resp.headers["ratelimit"].startswith('"quota";r=998;')
 
 
 def test_wsgiref_joins_a_repeated_header() -> None:
@@ -345,26 +361,49 @@ def test_wsgiref_joins_a_repeated_header() -> None:
 
 
 class BrokenStore:
-    """A store whose library call fails, as a broken disk would make it."""
+    """A store whose library call fails, as a broken disk (or a bug) would make it."""
+
+    def __init__(self, error: Optional[MsAuthError] = None) -> None:
+        self.error = error or StoreUnavailableError(102, "disk I/O error", "check")
 
     def check(self, key: Union[str, bytes, None], now_ms: Optional[int] = None) -> CheckResult:
-        raise StoreUnavailableError(102, "disk I/O error", "check")
+        raise self.error
 
 
-def test_wsgi_library_failure_and_fail_open() -> None:
-    mw = ms_auth.wsgi.ApiKeyMiddleware(wsgi_app, BrokenStore())
-    status, headers, body = call_wsgi(mw, {"HTTP_X_API_KEY": "anything"})
-    assert status == "503 Service Unavailable"
+# What the library answers for its failures (ms_error_json), hard-coded as nginx's and Go's tests
+# have them: one body and one status per failure on every host.
+FAILURE_BODIES = {
+    code: json.dumps(
+        {"success": False, "error": {"code": code, "message": message, "httpStatus": status}},
+        separators=(",", ":"),
+    ).encode()
+    for code, message, status in (
+        ("invalid_argument", "Invalid argument.", 500),
+        ("store_not_open", "Authentication store is not open.", 503),
+        ("store_unavailable", "Authentication store is unavailable.", 503),
+        ("internal_error", "Internal error.", 500),
+    )
+}
+FAILURES = [
+    (StoreUnavailableError(102, "disk I/O error on /secret/keys.db", "check"), 503, "Service Unavailable"),
+    (StoreNotOpenError(101, "the Store was closed", "check"), 503, "Service Unavailable"),
+    (InternalError(104, "panic at /secret/src/x.rs", "check"), 500, "Internal Server Error"),
+    (InvalidArgumentError(100, "now_ms is in seconds", "check"), 500, "Internal Server Error"),
+]
+
+
+@pytest.mark.parametrize("error,status,reason", FAILURES)
+def test_wsgi_library_failure_and_fail_open(error: MsAuthError, status: int, reason: str) -> None:
+    mw = ms_auth.wsgi.ApiKeyMiddleware(wsgi_app, BrokenStore(error))
+    line, headers, body = call_wsgi(mw, {"HTTP_X_API_KEY": "anything"})
+    assert line == f"{status} {reason}"
+    assert body == FAILURE_BODIES[error.code_name]
     assert ("Content-Type", "application/json") in headers
-    assert json.loads(body)["error"] == {
-        "code": "store_unavailable",
-        "message": "API key verification is temporarily unavailable.",
-        "httpStatus": 503,
-    }
-    assert b"disk" not in body  # details go to the log, not to the client
-    mw_open = ms_auth.wsgi.ApiKeyMiddleware(wsgi_app, BrokenStore(), fail_open=True)
-    status, _, body = call_wsgi(mw_open, {})
-    assert status == "200 OK"
+    assert ("Content-Length", str(len(body))) in headers
+    assert b"secret" not in body  # details go to the log, not to the client
+    mw_open = ms_auth.wsgi.ApiKeyMiddleware(wsgi_app, BrokenStore(error), fail_open=True)
+    line, _, body = call_wsgi(mw_open, {})
+    assert line == "200 OK"
     assert json.loads(body)["key_id"] is None
 
 
@@ -429,6 +468,10 @@ def test_asgi_repeated_header_is_invalid(store: Store) -> None:
     assert sent[0]["status"] == 401 and sent[1]["body"] == documented_bytes("api_key_invalid")
     sent = call_asgi(mw, http_scope([(b"X-Api-Key", k)]))
     assert sent[0]["status"] == 200
+    for headers in ([(b"x-api-key", k), (b"x_api_key", k)], [(b"X_API_KEY", k), (b"x-api-key", k)]):
+        sent = call_asgi(mw, http_scope(headers))
+        assert sent[0]["status"] == 401 and sent[1]["body"] == documented_bytes("api_key_invalid")
+    assert call_asgi(mw, http_scope([(b"x_api_key", k)]))[0]["status"] == 200
     # Refused before any check: a failing store that fails open would have let it through.
     mw_open = ms_auth.asgi.ApiKeyMiddleware(asgi_app, BrokenStore(), fail_open=True)
     sent = call_asgi(mw_open, http_scope([(b"x-api-key", k), (b"X-API-KEY", k)]))
@@ -440,13 +483,14 @@ def test_asgi_repeated_header_is_invalid(store: Store) -> None:
     assert sent[1]["body"] == documented_bytes("api_key_invalid")
 
 
-def test_asgi_library_failure_and_fail_open() -> None:
-    mw = ms_auth.asgi.ApiKeyMiddleware(asgi_app, BrokenStore())
+@pytest.mark.parametrize("error,status,reason", FAILURES)
+def test_asgi_library_failure_and_fail_open(error: MsAuthError, status: int, reason: str) -> None:
+    mw = ms_auth.asgi.ApiKeyMiddleware(asgi_app, BrokenStore(error))
     sent = call_asgi(mw, http_scope([(b"x-api-key", b"k")]))
-    assert sent[0]["status"] == 503
+    assert sent[0]["status"] == status
     assert (b"content-type", b"application/json") in sent[0]["headers"]
-    assert json.loads(sent[1]["body"])["error"]["code"] == "store_unavailable"
-    mw_open = ms_auth.asgi.ApiKeyMiddleware(asgi_app, BrokenStore(), fail_open=True)
+    assert sent[1]["body"] == FAILURE_BODIES[error.code_name]
+    mw_open = ms_auth.asgi.ApiKeyMiddleware(asgi_app, BrokenStore(error), fail_open=True)
     sent = call_asgi(mw_open, http_scope([]))
     assert sent[0]["status"] == 200
 

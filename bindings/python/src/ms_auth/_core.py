@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Literal, Optional, Tuple, TypedDict, TypeVar, Union, cast
 
 from . import _ffi
-from ._errors import InvalidArgumentError, StoreNotOpenError, error_from_code
+from ._errors import ErrorCode, InvalidArgumentError, StoreNotOpenError, error_from_code
 
 _lib = _ffi.lib
 
@@ -147,6 +147,19 @@ def _error_json(status: int) -> bytes:
 
 # The documented bodies never change at run time: built once from ms_error_json, then reused.
 ERROR_BODIES: Dict[Status, bytes] = {s: _error_json(s) for s in Status if s is not Status.OK}
+_FAILURE_ANSWERS: Dict[int, Tuple[int, bytes]] = {
+    int(c): (int(_lib.ms_status_http(c)), _error_json(c)) for c in ErrorCode
+}
+
+
+def failure_answer(code: int) -> Tuple[int, bytes]:
+    """The HTTP status and JSON body the library gives a failure code (``ms_status_http``,
+    ``ms_error_json``), e.g. 503 and ``{"success":false,"error":{"code":"store_unavailable",...}}``:
+    what every host answers it. No detail (``ms_last_error``) is in it."""
+    answer = _FAILURE_ANSWERS.get(code)
+    if answer is None:
+        answer = int(_lib.ms_status_http(code)), _error_json(code)
+    return answer
 
 
 class _Default(enum.Enum):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any, Dict, List, Optional, Protocol, Tuple, Union
+from typing import Dict, List, Optional, Protocol, Tuple, Union
 
-from ._core import ERROR_BODIES, CheckResult, Status
+from ._core import ERROR_BODIES, CheckResult, Status, failure_answer
 from ._errors import MsAuthError
 
 logger = logging.getLogger("ms_auth")
@@ -20,8 +19,6 @@ REASONS: Dict[int, str] = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
-
-FAILURE_MESSAGE = "API key verification is temporarily unavailable."
 
 Headers = List[Tuple[str, str]]
 
@@ -60,16 +57,20 @@ def repeated_key() -> Tuple[int, Headers, bytes]:
 
 
 def failure(exc: MsAuthError) -> Tuple[int, Headers, bytes]:
-    """Fail closed: a library failure is never an admission. The body keeps the documented
-    shape; the detail (which may name files) goes to the log, not to the client."""
-    logger.error("ms_auth: API key check failed, answering 503: %s", exc)
-    doc: Dict[str, Any] = {
-        "success": False,
-        "error": {"code": exc.code_name, "message": FAILURE_MESSAGE, "httpStatus": 503},
-    }
-    body = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    """Fail closed: a library failure is never an admission. The answer is the library's status
+    and body for the failure (``ms_status_http``, ``ms_error_json``), as nginx and Go answer it;
+    the detail (which may name files) goes to the log, not to the client."""
+    status, body = failure_answer(exc.code)
+    logger.error("ms_auth: API key check failed, answering %d: %s", status, exc)
     headers: Headers = [
         ("Content-Type", "application/json"),
         ("Content-Length", str(len(body))),
     ]
-    return 503, headers, body
+    return status, headers, body
+
+
+def key_header_name(header: str) -> str:
+    """``header`` as compared with a request's header names: without case and with ``-`` and ``_``
+    alike, the way nginx (``$http_*``, FastCGI/uwsgi/SCGI params) and WSGI's environ
+    (``HTTP_X_API_KEY``) name headers, so that ``X_API_KEY`` is the key header too."""
+    return header.lower().replace("_", "-")

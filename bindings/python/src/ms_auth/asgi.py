@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, List, MutableMapping, Tuple
 
 from ._errors import MsAuthError
-from ._http import Checker, failure, rejection, repeated_key
+from ._http import Checker, failure, key_header_name, rejection, repeated_key
 
 __all__ = ["ApiKeyMiddleware"]
 
@@ -38,8 +38,11 @@ def _raw(headers: List[Tuple[str, str]]) -> RawHeaders:
 class ApiKeyMiddleware:
     """Checks the API key header of every HTTP request and WebSocket handshake against ``store``.
 
-    A request with more than one key header is refused as api_key_invalid, without a check.
-    ``fail_open=True`` lets requests through when the library fails (default: answer 503).
+    Header names are compared without case and with ``-`` and ``_`` alike (as nginx and WSGI
+    servers name headers): ``x_api_key`` is the key header too. A request carrying it more than
+    once, in any spellings, is refused as api_key_invalid without a check.
+    ``fail_open=True`` lets requests through when the library fails (default: answer the
+    library's status and body for the failure, 503 or 500).
     """
 
     def __init__(
@@ -49,10 +52,15 @@ class ApiKeyMiddleware:
         self.store = store
         self.header = header
         self.fail_open = fail_open
-        self._name = header.lower().encode("latin-1")
+        self._name = key_header_name(header).encode("latin-1")
 
     def _keys(self, scope: Scope) -> List[bytes]:
-        return [bytes(v) for n, v in scope.get("headers") or () if bytes(n).lower() == self._name]
+        name = self._name
+        return [
+            bytes(v)
+            for n, v in scope.get("headers") or ()
+            if bytes(n).lower().replace(b"_", b"-") == name
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Tuple
 
 from ._errors import MsAuthError
-from ._http import Checker, failure, rejection, status_line
+from ._http import Checker, failure, key_header_name, rejection, status_line
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -36,9 +36,14 @@ def _key_bytes(value: Optional[str]) -> Optional[bytes]:
 class ApiKeyMiddleware:
     """Checks the API key header of every request against ``store``.
 
-    Servers merge repeated headers into one environ value (wsgiref and gunicorn join them with
-    ","), and no generated key holds a comma: such a request is answered api_key_invalid.
-    ``fail_open=True`` lets requests through when the library fails (default: answer 503).
+    The key is the environ's ``HTTP_X_API_KEY``, where the server puts ``X-API-Key`` and
+    ``X_API_KEY`` alike (names compared without case and with ``-`` and ``_`` alike, as nginx and
+    the ASGI and Go middlewares do). Servers merge repeated headers into that one value (wsgiref
+    and gunicorn join them with ","), and no generated key holds a comma: such a request is
+    answered api_key_invalid, and the app reads the value that was checked. (gunicorn drops
+    header names with "_" unless told otherwise.)
+    ``fail_open=True`` lets requests through when the library fails (default: answer the
+    library's status and body for the failure, 503 or 500).
     """
 
     def __init__(
@@ -53,7 +58,7 @@ class ApiKeyMiddleware:
         self.store = store
         self.header = header
         self.fail_open = fail_open
-        self._environ_key = "HTTP_" + header.upper().replace("-", "_")
+        self._environ_key = "HTTP_" + key_header_name(header).upper().replace("-", "_")
 
     def __call__(
         self, environ: "WSGIEnvironment", start_response: "StartResponse"
