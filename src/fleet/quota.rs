@@ -330,7 +330,11 @@ pub(super) fn hand_back(
     // Checks that read the lease just before it was lowered finish within microseconds.
     std::thread::sleep(std::time::Duration::from_millis(20));
     for q in store.fleet_quota_view(now)? {
-        if let Some(before) = held.iter().find(|h| h.owner == q.owner) {
+        // Only for the period it lowered: a counter that moved on meanwhile (a check stamped in the next
+        // period) no longer holds that period's final count, so its lease stays as it is in Redis; and
+        // the next period's lease this host holds is never handed back below what it may still admit.
+        let lowered = |h: &&FleetQuota| h.owner == q.owner && h.quota.period_start_ms == q.quota.period_start_ms;
+        if let Some(before) = held.iter().find(lowered) {
             let used = q.quota.used.max(before.quota.used);
             let _: i64 = scripts
                 .hand_back
