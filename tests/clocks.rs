@@ -358,3 +358,20 @@ fn a_late_refusal_does_not_wipe_the_abuse_windows_count() {
     store.flush().unwrap();
     assert!(store.get_key(&id).unwrap().revoked_at_ms.is_some(), "4 refusals in one window, limit 3");
 }
+
+/// The same shared counter, the successor's quota removed: each of its checks wrote the count back to 0,
+/// and the predecessor (still in its grace) was never refused.
+#[test]
+fn a_key_without_a_quota_sharing_a_counter_does_not_zero_its_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, old, id) = store_with(dir.path(), r#"{"quota": {"limit": 3, "period": "daily"}, "rate_limit": null}"#);
+    let t = at(2027, 1, 15, 10, 0, 0, 0);
+    let new = store.rotate_key(&id, 86_400_000, t).unwrap();
+    store.update_key(&new.record.id, &ms_auth::KeyPatch::from_json(r#"{"quota": null}"#).unwrap()).unwrap();
+    let mut daily = Tally::default();
+    for i in 0..20 {
+        daily.check(&store, &old, t + 2 * i);
+        assert_eq!(status(&store, &new.key, t + 2 * i + 1), Status::Ok);
+    }
+    daily.assert_at_most(3);
+}
