@@ -122,8 +122,9 @@ pub fn decide_within(
 ) -> (Decision, Option<Usage>) {
     let mut d = Decision::without_key(Status::Ok);
     let mut wait_for_lease = false;
+    // Without a quota the count is left as it is: a rotated key's successor shares its counter.
     let mut period_start = usage.period_start_ms;
-    let mut used = 0;
+    let mut used = usage.used;
     if let Some(q) = policy.quota {
         let (start, end) = q.period.bounds(usage.counting_instant(now_ms));
         period_start = start;

@@ -287,3 +287,115 @@ proptest! {
         all.assert_at_most(limit);
     }
 }
+
+// Review of the fix (hostile): other writers of a counter's state, and other counters that a late stamp
+// could move back.
+
+/// The database keeps a usage row's period with `MAX`, so once a clock a year ahead was flushed, the
+/// corrected clock's counts in today never reach it: a counters file rebuilt from the database (another
+/// boot, a damaged or deleted file) starts today's count from zero, and today admits its quota again.
+#[test]
+fn a_clock_set_a_year_ahead_does_not_wedge_the_databases_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let (store, key, _) = store_with(dir.path(), r#"{"quota": {"limit": 3, "period": "daily"}, "rate_limit": null}"#);
+    store.close().unwrap();
+    // Strict: every admitted check is written at once, with its own stamp (no flush by this machine's clock).
+    let strict = ms_auth::StoreOptions { durability: ms_auth::store::Durability::Strict, ..Default::default() };
+    let store = Store::open_with(&db, strict).unwrap();
+    let t = new_year() + 3_600_000;
+    let mut tally = Tally::default();
+    // One check from a clock a year ahead; then the corrected clock spends today's quota.
+    tally.check(&store, &key, t + 365 * 86_400_000);
+    for _ in 0..5 {
+        tally.check(&store, &key, t);
+    }
+    store.close().unwrap();
+    // The counters file is rebuilt from the database (as after a reboot).
+    std::fs::remove_file(ms_auth::counters::path_for(&db)).unwrap();
+    let store = Store::open(&db).unwrap();
+    for _ in 0..5 {
+        tally.check(&store, &key, t + 1);
+    }
+    tally.assert_at_most(3);
+}
+
+/// A rotated key and its successor share one counter; each may be given its own quota afterwards. A
+/// daily and a monthly quota in one cell: each check finds the other's period, counts from 0 and moves
+/// the counter between the day and the month (back to the month's start, older than the day's).
+#[test]
+fn keys_sharing_a_counter_with_different_quota_periods_do_not_reset_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, old, id) = store_with(dir.path(), r#"{"quota": {"limit": 3, "period": "daily"}, "rate_limit": null}"#);
+    let t = at(2027, 1, 15, 10, 0, 0, 0);
+    let new = store.rotate_key(&id, 86_400_000, t).unwrap();
+    let patch = ms_auth::KeyPatch::from_json(r#"{"quota": {"limit": 3, "period": "monthly"}}"#).unwrap();
+    store.update_key(&new.record.id, &patch).unwrap();
+    let (mut daily, mut monthly) = (Tally::default(), Tally::default());
+    for i in 0..20 {
+        daily.check(&store, &old, t + 2 * i);
+        monthly.check(&store, &new.key, t + 2 * i + 1);
+    }
+    daily.assert_at_most(3);
+    monthly.assert_at_most(3);
+}
+
+/// The abuse policy's window counter is one (window, count) word like the quota's: a refusal stamped in
+/// the previous window (a clock a few ms behind) starts that window over and wipes the newer window's
+/// count, so refusals alternating across a window boundary never revoke the key.
+#[test]
+fn a_late_refusal_does_not_wipe_the_abuse_windows_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key, id) = store_with(dir.path(), r#"{"rate_limit": {"limit": 1, "window_ms": 3600000}}"#);
+    let policy = ms_auth::store::PolicySpec::from_json(r#"{"abuse": {"limit": 3, "window_ms": 60000}}"#).unwrap();
+    store.set_policies(&policy, new_year() - 120_000).unwrap();
+    assert_eq!(status(&store, &key, new_year() - 60_000), Status::Ok);
+    // 1 ms either side of a window's start, alternating: four refusals, all counted in the newer window.
+    for i in 0..2 {
+        assert_eq!(status(&store, &key, new_year() + i), Status::RateLimitExceeded);
+        assert_eq!(status(&store, &key, new_year() - 1), Status::RateLimitExceeded);
+    }
+    store.flush().unwrap();
+    assert!(store.get_key(&id).unwrap().revoked_at_ms.is_some(), "4 refusals in one window, limit 3");
+}
+
+/// The same shared counter, the successor's quota removed: each of its checks wrote the count back to 0,
+/// and the predecessor (still in its grace) was never refused.
+#[test]
+fn a_key_without_a_quota_sharing_a_counter_does_not_zero_its_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, old, id) = store_with(dir.path(), r#"{"quota": {"limit": 3, "period": "daily"}, "rate_limit": null}"#);
+    let t = at(2027, 1, 15, 10, 0, 0, 0);
+    let new = store.rotate_key(&id, 86_400_000, t).unwrap();
+    store.update_key(&new.record.id, &ms_auth::KeyPatch::from_json(r#"{"quota": null}"#).unwrap()).unwrap();
+    let mut daily = Tally::default();
+    for i in 0..20 {
+        daily.check(&store, &old, t + 2 * i);
+        assert_eq!(status(&store, &new.key, t + 2 * i + 1), Status::Ok);
+    }
+    daily.assert_at_most(3);
+}
+
+/// A flush turn taken by a check from a clock set a year ahead makes lasting, at that check's stamp, the
+/// idle revocation of every key and the end of every rotation's grace: once the clock is corrected the
+/// keys stay revoked, although a counter or bucket that clock left is not held against them.
+#[test]
+fn a_clock_set_a_year_ahead_does_not_revoke_the_stores_keys_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let eager = ms_auth::StoreOptions { flush_interval: std::time::Duration::ZERO, ..Default::default() };
+    let store = Store::open_with(dir.path().join("keys.db"), eager).unwrap();
+    let t = new_year();
+    let idle = ms_auth::store::PolicySpec::from_json(r#"{"idle": {"days": 90}}"#).unwrap();
+    store.set_policies(&idle, t - 1000).unwrap();
+    let open = r#"{"rate_limit": null, "expires_at_ms": null}"#;
+    let (a, b) = (store.create_key(&spec(open), t).unwrap(), store.create_key(&spec(open), t).unwrap());
+    let rotated = store.create_key(&spec(open), t).unwrap();
+    store.rotate_key(&rotated.record.id, 7 * 86_400_000, t).unwrap();
+    for k in [&a, &b, &rotated] {
+        assert_eq!(status(&store, &k.key, t + 1), Status::Ok);
+    }
+    // One check from a clock a year ahead; then the clock is corrected.
+    status(&store, &a.key, t + 365 * 86_400_000);
+    let after: Vec<Status> = [&a, &b, &rotated].iter().map(|k| status(&store, &k.key, t + 2)).collect();
+    assert_eq!(after, [Status::Ok; 3], "keys a, b and the rotated one at the corrected clock");
+}

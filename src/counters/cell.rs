@@ -11,7 +11,7 @@ use super::index::policy_of;
 use super::{Admission, DayCounts, Found, Policies, SharedCounters, Tally};
 use crate::key::KeyDigest;
 use crate::key_state::idle_revocation_at;
-use crate::period::DAY_MS;
+use crate::period::{CLOCK_TOLERANCE_MS, DAY_MS};
 use crate::policy::{self, Usage};
 use crate::status::Status;
 
@@ -120,10 +120,16 @@ impl SharedCounters {
         if limit <= 0 || window_ms <= 0 {
             return false;
         }
-        let window = (now_ms / window_ms) as u64 & 0xFFFF_FFFF;
+        let own_window = (now_ms / window_ms) as u64 & 0xFFFF_FFFF;
         let mut current = cell.abuse.load(Ordering::Acquire);
         loop {
-            let count = if current >> 32 == window { (current & 0xFFFF_FFFF) + 1 } else { 1 };
+            // Like a quota's counter, never moved back to an older window: a refusal stamped before the
+            // window the counter is in (a clock behind, within the tolerance) counts in that newer one.
+            let counter_window = current >> 32;
+            let counter_start = (counter_window as i64).saturating_mul(window_ms);
+            let late = counter_window > own_window && counter_start - now_ms <= CLOCK_TOLERANCE_MS;
+            let window = if late { counter_window } else { own_window };
+            let count = if counter_window == window { (current & 0xFFFF_FFFF) + 1 } else { 1 };
             let next = window << 32 | count.min(0xFFFF_FFFF);
             match cell.abuse.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return count as i64 == limit + 1,

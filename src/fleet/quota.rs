@@ -330,7 +330,11 @@ pub(super) fn hand_back(
     // Checks that read the lease just before it was lowered finish within microseconds.
     std::thread::sleep(std::time::Duration::from_millis(20));
     for q in store.fleet_quota_view(now)? {
-        if let Some(before) = held.iter().find(|h| h.owner == q.owner) {
+        // Only for the period it lowered: a counter that moved on meanwhile (a check stamped in the next
+        // period) no longer holds that period's final count, so its lease stays as it is in Redis; and
+        // the next period's lease this host holds is never handed back below what it may still admit.
+        let lowered = |h: &&FleetQuota| h.owner == q.owner && h.quota.period_start_ms == q.quota.period_start_ms;
+        if let Some(before) = held.iter().find(lowered) {
             let used = q.quota.used.max(before.quota.used);
             let _: i64 = scripts
                 .hand_back
@@ -341,4 +345,113 @@ pub(super) fn hand_back(
         }
     }
     Ok(held.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::{Secret, WhenDown};
+    use crate::period::{Period, DAY_MS};
+    use redis::Commands;
+
+    /// A redis-server on a free loopback port, killed on drop.
+    struct Redis(std::process::Child, u16);
+
+    impl Redis {
+        fn start(dir: &std::path::Path) -> Redis {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let child = std::process::Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            let redis = Redis(child, port);
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            while redis.connection().is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            redis
+        }
+
+        fn connection(&self) -> redis::RedisResult<redis::Connection> {
+            redis::Client::open(format!("redis://127.0.0.1:{}", self.1))?.get_connection()
+        }
+    }
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Review of issue 21 item 1: the agent hands back at SIGTERM while its host's counter moves into
+    /// the next period (a check stamped in it, by a caller's clock ahead of the agent's). The hand-back
+    /// read the counter twice, 20 ms apart, and wrote the first period's count as this host's lease of
+    /// the next one, below the next period's lease the host already holds: the other hosts are then
+    /// granted what this host may still admit, and the fleet admits more than the quota.
+    #[test]
+    fn a_hand_back_while_the_counter_moves_to_the_next_period_never_lends_the_next_periods_lease_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = Redis::start(dir.path());
+        let store = Store::open(dir.path().join("keys.db")).unwrap();
+        store.fleet_join("f", "h1").unwrap();
+        let spec = crate::spec::KeySpec::from_json(r#"{"quota": {"limit": 100, "period": "daily"}}"#).unwrap();
+        let now = clock_ms();
+        let created = store.create_key(&spec, now - 1000).unwrap();
+        let cfg = Config {
+            redis_url: format!("redis://127.0.0.1:{}", redis.1),
+            ca_file: None,
+            fleet: "f".into(),
+            host: "h1".into(),
+            secret: Secret::new(b"a fleet secret of more than sixteen bytes"),
+            max_log: 1000,
+            heartbeat: std::time::Duration::from_secs(1),
+            when_down: WhenDown::Refuse,
+        };
+        let scripts = Scripts {
+            publish: redis::Script::new(super::super::changelog::PUBLISH),
+            grant: redis::Script::new(GRANT),
+            hand_back: redis::Script::new(HAND_BACK),
+        };
+        let mut c = redis.connection().unwrap();
+        let owners = store.fleet_quota_owners().unwrap();
+        let q = |store: &Store, at: i64| store.fleet_quota_cells(&owners, at).unwrap().pop().unwrap();
+        let today = Period::Daily.bounds(now).0;
+        let tomorrow = today + DAY_MS;
+        // Today: a lease of 20, 10 used. Tomorrow's lease of 50 taken early (as before a period's end).
+        for (start, lease) in [(today, 20), (tomorrow, 50)] {
+            let _: () = c.hset(hash_name("f", &created.record.id, start), "lease:h1", lease).unwrap();
+            store.fleet_set_lease(&owners[0].1, start, lease, false, false).unwrap();
+        }
+        for _ in 0..10 {
+            assert_eq!(store.check(Some(created.key.as_bytes()), now).unwrap().decision.status, crate::Status::Ok);
+        }
+        std::thread::scope(|s| {
+            // The first check stamped tomorrow lands between the hand-back's two reads.
+            s.spawn(|| {
+                let deadline = Instant::now() + std::time::Duration::from_secs(5);
+                while q(&store, now).quota.lease != 10 {
+                    assert!(Instant::now() < deadline, "the hand-back never lowered today's lease");
+                }
+                let d = store.check(Some(created.key.as_bytes()), tomorrow + 1).unwrap().decision;
+                assert_eq!(d.status, crate::Status::Ok);
+            });
+            hand_back(&store, &cfg, &scripts, &mut c).unwrap();
+        });
+        let held_here = q(&store, tomorrow + 1).quota.lease;
+        assert_eq!(held_here, 50, "this host may still admit 50 tomorrow");
+        // Another host asks for tomorrow's quota until it is spent.
+        let mut other = 0;
+        for _ in 0..50 {
+            let hash = hash_name("f", &created.record.id, tomorrow);
+            let granted: (i64, i64, i64) =
+                scripts.grant.key(hash).arg("h2").arg(100).arg(100).arg(0).arg(other).arg(3600).invoke(&mut c).unwrap();
+            other = granted.0;
+        }
+        assert!(held_here + other <= 100, "tomorrow's leases: {held_here} here and {other} on h2, quota 100");
+    }
 }

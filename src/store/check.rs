@@ -88,7 +88,7 @@ impl Store {
         if self.options.durability == Durability::Strict && decision.status == Status::Ok {
             // Strict durability is the caller's choice to wait for the database on every admitted check.
             let mut db = self.db()?;
-            write_counts(&mut db.conn, &[shared.dirty_one(&key)]).map_err(|e| {
+            write_counts(&mut db.conn, &[shared.dirty_one(&key)], now_ms).map_err(|e| {
                 Error::store(format!("cannot write the count to {}: {}", self.path.display(), e.message))
             })?;
         }

@@ -11,6 +11,7 @@ use super::sync::generation;
 use super::{clock_ms, Store};
 use crate::counters::{Dirty, SharedCounters};
 use crate::error::{Error, Result};
+use crate::period::CLOCK_TOLERANCE_MS;
 use crate::status::Status;
 
 const IDLE_SWEEP_MS: i64 = 60_000;
@@ -99,13 +100,13 @@ impl Store {
     /// Writes counts, then makes lasting the revocations that policies decided by `now_ms` (rotations
     /// past their grace, idle keys, abuse), which checks already enforce from the counters file.
     fn flush_on(&self, conn: &mut Connection, shared: &SharedCounters, now_ms: i64, scope: Scan) -> Result<Written> {
-        let written = self.write_dirty(conn, shared, scope)?;
+        let written = self.write_dirty(conn, shared, now_ms, scope)?;
         self.revoke_pending_abuse(conn)?;
         self.persist_policy_revocations(conn, now_ms)?;
         Ok(written)
     }
 
-    fn write_dirty(&self, conn: &mut Connection, shared: &SharedCounters, scope: Scan) -> Result<Written> {
+    fn write_dirty(&self, conn: &mut Connection, shared: &SharedCounters, now_ms: i64, scope: Scan) -> Result<Written> {
         let failed =
             |e: Error| Error::store(format!("cannot write usage counts to {}: {}", self.path.display(), e.message));
         let mut chunk = Vec::with_capacity(2 * FLUSH_CHUNK_ROWS);
@@ -113,7 +114,7 @@ impl Store {
         // Writes the chunk once it has `at_least` rows.
         let mut write = |chunk: &mut Vec<Dirty>, at_least: usize| -> Result<()> {
             if !chunk.is_empty() && chunk.len() >= at_least {
-                write_counts(conn, chunk).map_err(failed)?;
+                write_counts(conn, chunk, now_ms).map_err(failed)?;
                 shared.mark_flushed(chunk);
                 chunk.clear();
             }
@@ -213,18 +214,24 @@ impl Store {
 }
 
 /// Writes absolute counts (so writing the same counts twice, or from two processes, changes nothing),
-/// never moving a count back.
-pub(super) fn write_counts(conn: &mut Connection, counts: &[Dirty]) -> Result<()> {
+/// never moving a count back to an older quota period, as the counter itself never moves back: except
+/// from a period that begins more than the clocks' tolerance after `now_ms` (the writer's clock), which
+/// a clock set wrong left there and the counter has already left (`Usage::counting_instant`); kept, it
+/// would hold back every later count until the clock got there, and a file rebuilt from the database
+/// would start the current period from zero.
+pub(super) fn write_counts(conn: &mut Connection, counts: &[Dirty], now_ms: i64) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO usage (key_row, period_start_ms, used, total, last_used_at_ms, rate_tat_ns)
              SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM keys WHERE row = ?1)
              ON CONFLICT (key_row) DO UPDATE SET
-                used = CASE WHEN excluded.period_start_ms > period_start_ms THEN excluded.used
+                used = CASE WHEN excluded.period_start_ms > period_start_ms OR period_start_ms - ?7 > ?8
+                                THEN excluded.used
                             WHEN excluded.period_start_ms = period_start_ms THEN MAX(used, excluded.used)
                             ELSE used END,
-                period_start_ms = MAX(period_start_ms, excluded.period_start_ms),
+                period_start_ms = CASE WHEN period_start_ms - ?7 > ?8 THEN excluded.period_start_ms
+                                       ELSE MAX(period_start_ms, excluded.period_start_ms) END,
                 total = MAX(total, excluded.total),
                 last_used_at_ms = MAX(COALESCE(last_used_at_ms, 0), COALESCE(excluded.last_used_at_ms, 0)),
                 rate_tat_ns = MAX(rate_tat_ns, excluded.rate_tat_ns)",
@@ -237,7 +244,9 @@ pub(super) fn write_counts(conn: &mut Connection, counts: &[Dirty]) -> Result<()
                 t.usage.used,
                 t.total,
                 t.last_used_at_ms,
-                t.usage.tat_ns
+                t.usage.tat_ns,
+                now_ms,
+                CLOCK_TOLERANCE_MS
             ])?;
         }
         let mut daily = tx.prepare_cached(
