@@ -330,14 +330,25 @@ fn keys_sharing_a_counter_with_different_quota_periods_do_not_reset_it() {
     let t = at(2027, 1, 15, 10, 0, 0, 0);
     let new = store.rotate_key(&id, 86_400_000, t).unwrap();
     let patch = ms_auth::KeyPatch::from_json(r#"{"quota": {"limit": 3, "period": "monthly"}}"#).unwrap();
-    store.update_key(&new.record.id, &patch).unwrap();
-    let (mut daily, mut monthly) = (Tally::default(), Tally::default());
-    for i in 0..20 {
-        daily.check(&store, &old, t + 2 * i);
-        monthly.check(&store, &new.key, t + 2 * i + 1);
+    // A cell holds one period's count: the change is refused while both keys are in force, naming why.
+    for key_id in [&new.record.id, &id] {
+        let refused = store.update_key(key_id, &patch).unwrap_err();
+        assert!(refused.message.contains("shares its quota counter"), "{}", refused.message);
     }
-    daily.assert_at_most(3);
-    monthly.assert_at_most(3);
+    let same_period = ms_auth::KeyPatch::from_json(r#"{"quota": {"limit": 5, "period": "daily"}}"#).unwrap();
+    store.update_key(&new.record.id, &same_period).unwrap();
+    let (mut with_3, mut with_5) = (Tally::default(), Tally::default());
+    for i in 0..20 {
+        with_3.check(&store, &old, t + 2 * i);
+        with_5.check(&store, &new.key, t + 2 * i + 1);
+    }
+    with_3.assert_at_most(3);
+    with_5.assert_at_most(5);
+    let both: i64 = with_3.0.values().chain(with_5.0.values()).sum();
+    assert_eq!(both, 5, "one count for both keys, within the larger quota");
+    // Once the old key is out of force, the successor may count monthly.
+    store.revoke_key(&id, t + 100, None).unwrap();
+    store.update_key(&new.record.id, &patch).unwrap();
 }
 
 /// The abuse policy's window counter is one (window, count) word like the quota's: a refusal stamped in

@@ -225,6 +225,7 @@ impl Store {
             if let Some(meta) = patch.meta.clone().into_change() {
                 set("meta", &Value::Object(meta.unwrap_or_default()).to_string())?;
             }
+            same_period_as_rotation(tx, row, id)?;
             self.audit(tx, clock_ms(), "key.update", Some(id), patch.to_json())?;
             Ok(vec![row])
         })?;
@@ -337,6 +338,45 @@ impl<T> spec::Field<T> {
 
 fn new_key_id() -> Result<String> {
     Ok(format!("key_{}", String::from_utf8(key::random_base62(20)?).expect("base62 is ASCII")))
+}
+
+/// Keys of one rotation still in force count in one counter, which holds one period's count: a daily and
+/// a monthly quota on it would each reset the other's count at every check. So a change that gives the
+/// key at `row` a quota period other than a live rotation partner's is refused.
+fn same_period_as_rotation(tx: &Transaction, row: i64, id: &str) -> Result<()> {
+    type Link = (String, Option<String>, Option<String>, Option<String>, bool);
+    let key = |by: &str, value: &dyn rusqlite::ToSql| -> Result<Option<Link>> {
+        Ok(tx
+            .query_row(
+                &format!(
+                    "SELECT k.id, e.quota_period, k.rotated_from, k.rotated_to, k.revoked_at_ms IS NULL
+                     FROM keys k JOIN key_policy e ON e.row = k.row WHERE k.{by} = ?1"
+                ),
+                [value],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?)
+    };
+    let Some((_, Some(period), back, ahead, _)) = key("row", &row)? else { return Ok(()) }; // no quota: it leaves the count alone
+                                                                                            // A rotation chain is short; walk it both ways, past revoked links (two live keys may sit beyond one).
+    let mut partners = Vec::new();
+    for (mut next, backwards) in [(back, true), (ahead, false)] {
+        while let Some(other) = next.take().filter(|_| partners.len() < 64) {
+            let Some(link) = key("id", &other)? else { break };
+            next = if backwards { link.2.clone() } else { link.3.clone() };
+            partners.push(link);
+        }
+    }
+    for (other_id, other_period, _, _, live) in partners {
+        if let Some(other_period) = other_period.filter(|p| live && *p != period) {
+            return Err(Error::invalid(format!(
+                "key {id} shares its quota counter with key {other_id} (a rotation in its grace), whose quota is \
+                 {other_period}: keys sharing a counter count in one period; give both the same period, or \
+                 change it once the grace has ended"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn row_of_key(tx: &Transaction, id: &str) -> Result<i64> {
