@@ -125,12 +125,14 @@ as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups)
 pids=()
 for w in 1 2; do spawn "$s4/k.db" "$w4" "$w" "${as_nobody[@]}"; pids+=($!); done
 sleep 1
-chmod 0400 "$s4"/k.db*
+# The directory first: then no file comes or goes in it (a growth's temporary file, listed by the glob,
+# could otherwise be renamed away before chmod reaches it).
 chmod 0500 "$s4"
+chmod 0400 "$s4"/k.db*
 late=$("${as_nobody[@]}" "$root/target/release/ms-auth" --db "$s4/k.db" key list 2>&1 >/dev/null || true)
 sleep 1
-chmod 0700 "$s4"
 chmod 0600 "$s4"/k.db*
+chmod 0700 "$s4"
 check "an open of the read-only store is refused with the reason" grep -q "read" <<<"$late"
 echo "    $late"
 check "running processes answered every call while the files were read-only" answered "$w4" "${pids[@]}"
