@@ -458,6 +458,71 @@ fn a_counters_file_deleted_while_in_use_is_replaced_without_losing_counts() {
     assert_eq!(store.get_key(&k.record.id).unwrap().usage.used, 5);
 }
 
+/// Two handles on a new store with one valid key, flushing every 50 ms: `early` has made a check (so its
+/// check path's connection is open), `lazy` has not (it opens its connection at its first flush turn).
+fn early_and_lazy() -> (tempfile::TempDir, std::path::PathBuf, Store, Store, ms_auth::Created) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let opts = ms_auth::StoreOptions { flush_interval: std::time::Duration::from_millis(50), ..Default::default() };
+    let early = Store::open_with(&db, opts.clone()).unwrap();
+    let k = early.create_key(&spec(r#"{"rate_limit": null}"#), NOW).unwrap();
+    assert_eq!(status(&early, &k.key, NOW), Status::Ok);
+    let lazy = Store::open_with(&db, opts).unwrap();
+    (dir, db, early, lazy, k)
+}
+
+fn remove_store_files(db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(name);
+    }
+}
+
+/// Checks `key` on each handle for 0.75 s in turn, so that each takes fifteen flush turns (handles checking
+/// at once would not: the first to check once a turn is due takes it): a valid key stays valid.
+fn keeps_admitting(handles: &[&Store], key: &str) {
+    for store in handles {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(750);
+        while std::time::Instant::now() < until {
+            assert_eq!(status(store, key, NOW), Status::Ok, "a valid key");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+// A connection opened after the store's (the check path's, at its first flush turn) created a new empty
+// store at the path, and the next flush took every key for revoked.
+#[test]
+fn a_deleted_database_is_not_created_again_and_takes_no_valid_key_for_revoked() {
+    let (_dir, db, early, lazy, k) = early_and_lazy();
+    remove_store_files(&db);
+    keeps_admitting(&[&early, &lazy], &k.key);
+    assert!(!db.exists(), "the path holds no new store");
+    for store in [&early, &lazy] {
+        let e = store.get_key(&k.record.id).unwrap_err();
+        assert_eq!(e.status, Status::ErrStore);
+        assert!(e.message.contains("was deleted after this handle opened it"), "{}", e.message);
+        assert!(store.last_flush_error().is_some_and(|m| m.contains("was deleted")), "{:?}", store.last_flush_error());
+    }
+}
+
+#[test]
+fn a_database_replaced_by_an_empty_store_takes_no_valid_key_for_revoked() {
+    let (dir, db, early, lazy, k) = early_and_lazy();
+    let other = dir.path().join("other.db");
+    Store::open(&other).unwrap().close().unwrap();
+    remove_store_files(&db);
+    std::fs::rename(&other, &db).unwrap();
+    keeps_admitting(&[&early, &lazy], &k.key);
+    for store in [&early, &lazy] {
+        let e = store.get_key(&k.record.id).unwrap_err();
+        assert_eq!(e.status, Status::ErrStore);
+        assert!(e.message.contains("was replaced by another file"), "{}", e.message);
+    }
+    assert!(Store::open(&db).unwrap().list_keys(&KeyFilter::default()).unwrap().is_empty(), "nothing written to it");
+}
+
 #[test]
 fn writes_made_in_a_forked_child_are_never_lost() {
     let (_dir, db, key, _) = fresh("{}");

@@ -171,9 +171,14 @@ impl Store {
     }
 
     /// The connection under `guard`, opened if this process has none yet (first need, or after a fork).
+    /// Only ever on the database file this store opened: one deleted or replaced since is never read or
+    /// written (see [`identity::OpenFile::still_at`]), and never created again.
     fn opened<'a>(&self, mut guard: MutexGuard<'a, Option<Db>>, busy_timeout: Duration) -> Result<DbGuard<'a>> {
+        self.file.still_at(&self.path)?;
         if guard.is_none() {
-            let (conn, _) = open_connection(&self.path, busy_timeout, self.options.create)?;
+            let (conn, _) = open_connection(&self.path, busy_timeout, false)?;
+            // The file just opened is still the store's (it was not replaced in between).
+            self.file.still_at(&self.path)?;
             *guard = Some(Db { conn });
         }
         Ok(DbGuard(guard))

@@ -81,6 +81,29 @@ impl Opening {
     }
 }
 
+impl OpenFile {
+    /// Fails unless `path` is still the database file the store opened. A connection opened later (the
+    /// check path's, or any after a fork) on a file put there since, or one still open on the deleted
+    /// file, would make the counters file follow a database that is not the store's: a new empty one
+    /// took every valid key for revoked.
+    pub fn still_at(&self, path: &Path) -> Result<()> {
+        const SO: &str = "checks go on deciding from the counters file, and admin calls and flushes fail until \
+                          the store is opened again";
+        match std::fs::metadata(path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.id => Ok(()),
+            Ok(_) => Err(Error::store(format!(
+                "the database file {} was replaced by another file after this handle opened it: {SO}",
+                path.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::store(format!(
+                "the database file {} was deleted after this handle opened it: {SO}",
+                path.display()
+            ))),
+            Err(e) => Err(Error::store(format!("cannot stat the database file {}: {e}", path.display()))),
+        }
+    }
+}
+
 impl Drop for OpenFile {
     fn drop(&mut self) {
         let mut open = lock_registry();

@@ -101,8 +101,8 @@ pub struct Store {
     /// Whether this open made the store: the path had none (no file, an empty file, a database without
     /// ms-auth's schema).
     created: bool,
-    /// Marks the database file as opened by ms-auth in this process (see [`identity`]).
-    _open: identity::OpenFile,
+    /// The database file this store opened, marked as opened by ms-auth in this process (see [`identity`]).
+    file: identity::OpenFile,
 }
 
 impl Store {
@@ -131,7 +131,7 @@ impl Store {
         let shared = sync::map_counters(&mut conn, &path, &counters_path).map_err(explain)?;
         let connections = fork::connections(conn);
         // Last, and releases the registry: an `OpenFile` dropped on a failure locks it.
-        let open = opening.register(&path).map_err(explain)?;
+        let file = opening.register(&path).map_err(explain)?;
         Ok(Store {
             path,
             counters_path,
@@ -145,7 +145,7 @@ impl Store {
             flush_failures: AtomicU64::new(0),
             last_flush_error: Mutex::new(None),
             created,
-            _open: open,
+            file,
         })
     }
 
