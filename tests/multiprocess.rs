@@ -102,6 +102,64 @@ fn child() {
                 assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0);
             }
         }
+        // Threads making keys (LOAD=create) or opening handles (LOAD=open) while the main thread forks
+        // FORKS children, each of which makes an admin call, a check and opens a handle, then exits;
+        // prints how many children hung (killed after 10 s) and how many failed.
+        "fork-under-load" => {
+            let opens = env("LOAD") == "open";
+            let store = Arc::new(Store::open(&db).unwrap());
+            let id = store.list_keys(&KeyFilter::default()).unwrap()[0].id.clone();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let admins: Vec<_> = (0..4)
+                .map(|_| {
+                    let (store, stop) = (store.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            if opens {
+                                drop(Store::open(store.path()).unwrap());
+                            } else {
+                                store.create_key(&spec(r#"{"rate_limit": null}"#), NOW).unwrap();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            std::thread::sleep(std::time::Duration::from_millis(100)); // the threads are busy by now
+            let mut children = Vec::new();
+            for _ in 0..count("FORKS") {
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    let works = store.get_key(&id).is_ok()
+                        && status(&store, &key, NOW) == Status::Ok
+                        && Store::open(store.path()).is_ok();
+                    unsafe { libc::_exit(if works { 0 } else { 1 }) };
+                }
+                children.push((pid, std::time::Instant::now() + std::time::Duration::from_secs(10)));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let (mut hung, mut failed) = (0, 0);
+            while !children.is_empty() {
+                children.retain(|&(pid, deadline)| {
+                    let mut st = 0;
+                    if unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == pid {
+                        failed += usize::from(!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0));
+                        return false;
+                    }
+                    if std::time::Instant::now() < deadline {
+                        return true;
+                    }
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    unsafe { libc::waitpid(pid, &mut st, 0) };
+                    hung += 1;
+                    false
+                });
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            for admin in admins {
+                admin.join().unwrap();
+            }
+            report(&format!("{hung} {failed}"));
+        }
         // Prints one line per admitted check until killed.
         "until-killed" => {
             let store = Store::open(&db).unwrap();
@@ -243,6 +301,24 @@ fn a_store_opened_before_fork_works_in_the_children() {
     assert_eq!(Store::open(&db).unwrap().list_keys(&KeyFilter::default()).unwrap().len(), 5);
 }
 
+fn fork_under_load(load: &str) -> Vec<String> {
+    let (_dir, db, key, _) = fresh(r#"{"rate_limit": null}"#);
+    let extra = [("FORKS", "100".to_string()), ("LOAD", load.to_string())];
+    results(spawn("fork-under-load", &db, &key, &extra))
+}
+
+// The locks held across fork() were handed, in the child, to parent threads queued on them that do not
+// exist there: 10 of 12 such children hung in their first admin call.
+#[test]
+fn children_forked_while_threads_make_keys_never_hang() {
+    assert_eq!(fork_under_load("create"), ["0 0"], "children hung (killed after 10 s), children failed");
+}
+
+#[test]
+fn children_forked_while_threads_open_stores_never_hang() {
+    assert_eq!(fork_under_load("open"), ["0 0"], "children hung (killed after 10 s), children failed");
+}
+
 #[test]
 fn repeated_kill_9_under_load_loses_no_count_and_stalls_no_one() {
     let (_dir, db, key, id) = fresh(r#"{"quota": {"limit": 100000000, "period": "monthly"}, "rate_limit": null}"#);
@@ -380,6 +456,71 @@ fn a_counters_file_deleted_while_in_use_is_replaced_without_losing_counts() {
     assert_eq!(status(&store, &k.key, NOW), Status::Ok);
     assert!(ms_auth::counters::path_for(&db).exists());
     assert_eq!(store.get_key(&k.record.id).unwrap().usage.used, 5);
+}
+
+/// Two handles on a new store with one valid key, flushing every 50 ms: `early` has made a check (so its
+/// check path's connection is open), `lazy` has not (it opens its connection at its first flush turn).
+fn early_and_lazy() -> (tempfile::TempDir, std::path::PathBuf, Store, Store, ms_auth::Created) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.db");
+    let opts = ms_auth::StoreOptions { flush_interval: std::time::Duration::from_millis(50), ..Default::default() };
+    let early = Store::open_with(&db, opts.clone()).unwrap();
+    let k = early.create_key(&spec(r#"{"rate_limit": null}"#), NOW).unwrap();
+    assert_eq!(status(&early, &k.key, NOW), Status::Ok);
+    let lazy = Store::open_with(&db, opts).unwrap();
+    (dir, db, early, lazy, k)
+}
+
+fn remove_store_files(db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(name);
+    }
+}
+
+/// Checks `key` on each handle for 0.75 s in turn, so that each takes fifteen flush turns (handles checking
+/// at once would not: the first to check once a turn is due takes it): a valid key stays valid.
+fn keeps_admitting(handles: &[&Store], key: &str) {
+    for store in handles {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(750);
+        while std::time::Instant::now() < until {
+            assert_eq!(status(store, key, NOW), Status::Ok, "a valid key");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+// A connection opened after the store's (the check path's, at its first flush turn) created a new empty
+// store at the path, and the next flush took every key for revoked.
+#[test]
+fn a_deleted_database_is_not_created_again_and_takes_no_valid_key_for_revoked() {
+    let (_dir, db, early, lazy, k) = early_and_lazy();
+    remove_store_files(&db);
+    keeps_admitting(&[&early, &lazy], &k.key);
+    assert!(!db.exists(), "the path holds no new store");
+    for store in [&early, &lazy] {
+        let e = store.get_key(&k.record.id).unwrap_err();
+        assert_eq!(e.status, Status::ErrStore);
+        assert!(e.message.contains("was deleted after this handle opened it"), "{}", e.message);
+        assert!(store.last_flush_error().is_some_and(|m| m.contains("was deleted")), "{:?}", store.last_flush_error());
+    }
+}
+
+#[test]
+fn a_database_replaced_by_an_empty_store_takes_no_valid_key_for_revoked() {
+    let (dir, db, early, lazy, k) = early_and_lazy();
+    let other = dir.path().join("other.db");
+    Store::open(&other).unwrap().close().unwrap();
+    remove_store_files(&db);
+    std::fs::rename(&other, &db).unwrap();
+    keeps_admitting(&[&early, &lazy], &k.key);
+    for store in [&early, &lazy] {
+        let e = store.get_key(&k.record.id).unwrap_err();
+        assert_eq!(e.status, Status::ErrStore);
+        assert!(e.message.contains("was replaced by another file"), "{}", e.message);
+    }
+    assert!(Store::open(&db).unwrap().list_keys(&KeyFilter::default()).unwrap().is_empty(), "nothing written to it");
 }
 
 #[test]

@@ -8,13 +8,19 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-
-use parking_lot::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, Result};
 
 /// Database files (device, inode) that ms-auth stores of this process have open, with how many.
-static OPEN: Mutex<Option<HashMap<(u64, u64), usize>>> = Mutex::new(None);
+type Registry = Option<HashMap<(u64, u64), usize>>;
+
+/// A std mutex, held across `fork()` by the fork handlers: see [`super::fork`] for why not `parking_lot`'s.
+static OPEN: Mutex<Registry> = Mutex::new(None);
+
+fn lock_registry() -> MutexGuard<'static, Registry> {
+    OPEN.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The path with every symbolic link and `..` resolved; refused if the file has several hard links.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
@@ -30,12 +36,13 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 }
 
 /// Held while a store is opened, so that two stores of this process opening one new file at once do not
-/// take each other's descriptors for a stranger's.
-pub struct Opening(MutexGuard<'static, Option<HashMap<(u64, u64), usize>>>);
+/// take each other's descriptors for a stranger's; and until its connection is registered for the fork
+/// handlers, which take it first, so that no fork happens while an opening thread is inside SQLite.
+pub struct Opening(MutexGuard<'static, Registry>);
 
 /// Refuses a database file that something else in this process (not an ms-auth store) holds open.
 pub fn check_not_held(path: &Path) -> Result<Opening> {
-    let open = OPEN.lock();
+    let open = lock_registry();
     let Ok(meta) = std::fs::metadata(path) else { return Ok(Opening(open)) };
     let id = (meta.dev(), meta.ino());
     if open.as_ref().is_some_and(|m| m.get(&id).is_some_and(|n| *n > 0)) {
@@ -74,22 +81,44 @@ impl Opening {
     }
 }
 
+impl OpenFile {
+    /// Fails unless `path` is still the database file the store opened. A connection opened later (the
+    /// check path's, or any after a fork) on a file put there since, or one still open on the deleted
+    /// file, would make the counters file follow a database that is not the store's: a new empty one
+    /// took every valid key for revoked.
+    pub fn still_at(&self, path: &Path) -> Result<()> {
+        const SO: &str = "checks go on deciding from the counters file, and admin calls and flushes fail until \
+                          the store is opened again";
+        match std::fs::metadata(path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.id => Ok(()),
+            Ok(_) => Err(Error::store(format!(
+                "the database file {} was replaced by another file after this handle opened it: {SO}",
+                path.display()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::store(format!(
+                "the database file {} was deleted after this handle opened it: {SO}",
+                path.display()
+            ))),
+            Err(e) => Err(Error::store(format!("cannot stat the database file {}: {e}", path.display()))),
+        }
+    }
+}
+
 impl Drop for OpenFile {
     fn drop(&mut self) {
-        let mut open = OPEN.lock();
+        let mut open = lock_registry();
         if let Some(n) = open.as_mut().and_then(|m| m.get_mut(&self.id)) {
             *n = n.saturating_sub(1);
         }
     }
 }
 
-/// Called just before `fork()`: no thread may hold the registry across it (the child would find it
-/// locked forever).
-pub fn lock_for_fork() {
-    std::mem::forget(OPEN.lock());
+/// The registry, held by the forking thread across `fork()` (see [`super::fork`]): no other thread may
+/// hold it at the fork (the child would find it locked for ever), nor be opening a store.
+pub struct HeldForFork {
+    _registry: MutexGuard<'static, Registry>,
 }
 
-/// Called in parent and child just after `fork()`.
-pub fn unlock_after_fork() {
-    unsafe { OPEN.force_unlock() };
+pub fn hold_for_fork() -> HeldForFork {
+    HeldForFork { _registry: lock_registry() }
 }

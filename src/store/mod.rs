@@ -104,8 +104,8 @@ pub struct Store {
     /// Whether this open made the store: the path had none (no file, an empty file, a database without
     /// ms-auth's schema).
     created: bool,
-    /// Marks the database file as opened by ms-auth in this process (see [`identity`]).
-    _open: identity::OpenFile,
+    /// The database file this store opened, marked as opened by ms-auth in this process (see [`identity`]).
+    file: identity::OpenFile,
 }
 
 impl Store {
@@ -125,18 +125,21 @@ impl Store {
             status: e.status,
             message: format!("cannot open store {}: {}", given.display(), e.message),
         };
+        // Held until the connection is registered for the fork handlers (see `identity::Opening`).
         let opening = identity::check_not_held(&given).map_err(explain)?;
         let (mut conn, created) =
             open::open_connection(&given, options.busy_timeout, options.create).map_err(explain)?;
         let path = identity::resolve(&given).map_err(explain)?;
-        let open = opening.register(&path).map_err(explain)?;
         let counters_path = counters::path_for(&path);
         let shared = sync::map_counters(&mut conn, &path, &counters_path).map_err(explain)?;
+        let connections = fork::connections(conn);
+        // Last, and releases the registry: an `OpenFile` dropped on a failure locks it.
+        let file = opening.register(&path).map_err(explain)?;
         Ok(Store {
             path,
             counters_path,
             options,
-            connections: fork::connections(conn),
+            connections,
             shared: ArcSwap::from_pointee(shared),
             actor: ArcSwap::from_pointee(default_actor()),
             unmatched: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -145,7 +148,7 @@ impl Store {
             flush_failures: AtomicU64::new(0),
             last_flush_error: Mutex::new(None),
             created,
-            _open: open,
+            file,
         })
     }
 
@@ -169,6 +172,7 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Counts must survive a handle dropped without close(); a failure here has no caller to tell.
         let _ = self.flush();
+        self.connections.close();
     }
 }
 

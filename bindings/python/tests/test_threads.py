@@ -233,3 +233,51 @@ def test_calls_in_progress_at_fork_do_not_hold_the_child(store: Store) -> None:
         assert done and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     finally:
         store._native.calls.pop()
+
+
+def test_children_forked_while_threads_make_keys_never_hang(store: Store) -> None:
+    # The locks the library holds across fork() were handed, in the child, to parent threads queued
+    # on them that do not exist there: most children hung for ever in their first admin call.
+    created = store.create_key(rate_limit=None)
+    stop = threading.Event()
+
+    def make_keys() -> None:
+        while not stop.is_set():
+            store.create_key(rate_limit=None)
+
+    threads = [threading.Thread(target=make_keys) for _ in range(4)]
+    for t in threads:
+        t.start()
+    children = []
+    try:
+        time.sleep(0.1)  # the threads are busy by now
+        for _ in range(100):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    works = store.get(created.id)["id"] == created.id and store.check(created.key).ok
+                    code = 0 if works else 1
+                finally:
+                    os._exit(code)
+            children.append((pid, time.monotonic() + 10))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    hung = failed = 0
+    while children:
+        waiting = []
+        for pid, deadline in children:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                failed += not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+            elif time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                hung += 1
+            else:
+                waiting.append((pid, deadline))
+        children = waiting
+        time.sleep(0.01)
+    assert (hung, failed) == (0, 0), "children hung (killed after 10 s), children failed"
