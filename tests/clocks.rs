@@ -386,27 +386,3 @@ fn a_key_without_a_quota_sharing_a_counter_does_not_zero_its_count() {
     }
     daily.assert_at_most(3);
 }
-
-/// A flush turn taken by a check from a clock set a year ahead makes lasting, at that check's stamp, the
-/// idle revocation of every key and the end of every rotation's grace: once the clock is corrected the
-/// keys stay revoked, although a counter or bucket that clock left is not held against them.
-#[test]
-fn a_clock_set_a_year_ahead_does_not_revoke_the_stores_keys_for_good() {
-    let dir = tempfile::tempdir().unwrap();
-    let eager = ms_auth::StoreOptions { flush_interval: std::time::Duration::ZERO, ..Default::default() };
-    let store = Store::open_with(dir.path().join("keys.db"), eager).unwrap();
-    let t = new_year();
-    let idle = ms_auth::store::PolicySpec::from_json(r#"{"idle": {"days": 90}}"#).unwrap();
-    store.set_policies(&idle, t - 1000).unwrap();
-    let open = r#"{"rate_limit": null, "expires_at_ms": null}"#;
-    let (a, b) = (store.create_key(&spec(open), t).unwrap(), store.create_key(&spec(open), t).unwrap());
-    let rotated = store.create_key(&spec(open), t).unwrap();
-    store.rotate_key(&rotated.record.id, 7 * 86_400_000, t).unwrap();
-    for k in [&a, &b, &rotated] {
-        assert_eq!(status(&store, &k.key, t + 1), Status::Ok);
-    }
-    // One check from a clock a year ahead; then the clock is corrected.
-    status(&store, &a.key, t + 365 * 86_400_000);
-    let after: Vec<Status> = [&a, &b, &rotated].iter().map(|k| status(&store, &k.key, t + 2)).collect();
-    assert_eq!(after, [Status::Ok; 3], "keys a, b and the rotated one at the corrected clock");
-}

@@ -99,14 +99,10 @@ impl Store {
 
     /// Writes counts, then makes lasting the revocations that policies decided by `now_ms` (rotations
     /// past their grace, idle keys, abuse), which checks already enforce from the counters file.
-    ///
-    /// A lasting revocation is written only once this machine's clock agrees (within the clocks'
-    /// tolerance) that it is due: a check's `now_ms` from a clock set a year ahead is refused or admitted
-    /// as that instant says, but must not revoke every rotated and idle key for good.
     fn flush_on(&self, conn: &mut Connection, shared: &SharedCounters, now_ms: i64, scope: Scan) -> Result<Written> {
         let written = self.write_dirty(conn, shared, now_ms, scope)?;
         self.revoke_pending_abuse(conn)?;
-        self.persist_policy_revocations(conn, now_ms.min(clock_ms().saturating_add(CLOCK_TOLERANCE_MS)))?;
+        self.persist_policy_revocations(conn, now_ms)?;
         Ok(written)
     }
 
