@@ -300,6 +300,27 @@ mod tests {
     /// A process that put a larger file in place and died before superseding the old one (a kill -9
     /// mid-growth) left the old file looking current: every other process notices within one size check
     /// that the path names another file, and gives the old mapping up; so does a deleted file.
+    /// Review of issue 21, item 2: the shared flush time is in no checksum, and one flipped high bit put
+    /// it centuries ahead: no process ever took a flush turn again (counts reached the database only at
+    /// close), nor the verification turn that follows it.
+    #[test]
+    fn a_flush_time_further_ahead_than_any_interval_is_taken_as_due() {
+        use super::super::Turn;
+        let dir = tempfile::tempdir().unwrap();
+        let (_, c) = built(&dir, &[entry(0, None)]);
+        let second = 1_000_000_000;
+        assert_eq!(c.claim_flush(second), Turn::Claimed);
+        let h = c.header();
+        h.next_flush_ns.store(h.next_flush_ns.load(Ordering::Relaxed) | 1 << 62, Ordering::Relaxed);
+        c.clock_gate.open_at.store(0, Ordering::Relaxed);
+        assert_eq!(
+            c.claim_flush(second),
+            Turn::Claimed,
+            "no process sets a flush time more than the longest interval ahead"
+        );
+        assert_eq!(c.claim_flush(second), Turn::NotDue, "and the next one is an interval away again");
+    }
+
     #[test]
     fn a_file_no_longer_at_its_path_is_given_up_at_the_next_size_check() {
         let dir = tempfile::tempdir().unwrap();

@@ -265,6 +265,20 @@ mod tests {
         assert!(!c.verification_due(hour));
     }
 
+    /// Review of issue 21, item 2: the time of the last verification is in the header's page but not in
+    /// any checksum; one flipped high bit there put it centuries ahead, and no period ever came due again
+    /// (damage a check cannot see was then answered from until the next admin change).
+    #[test]
+    fn a_time_of_last_verification_later_than_now_does_not_put_verification_off_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, c) = built(&dir, &[entry(1, None)]);
+        let minute = 60_000_000_000;
+        assert!(!c.verification_due(minute), "verified as built");
+        let h = c.header();
+        h.verified_at_ns.store(h.verified_at_ns.load(Ordering::Relaxed) | 1 << 62, Ordering::Relaxed);
+        assert!(c.verification_due(minute), "a verification that happened later than now is damage: due");
+    }
+
     #[test]
     fn a_resealed_image_is_the_file_as_maintained_in_place() {
         let dir = tempfile::tempdir().unwrap();
