@@ -16,6 +16,9 @@ const CALIBRATION_NS: u64 = 200_000_000;
 /// Never a real day word (its day field would be 2^20 - 1, past the year 4840).
 pub(super) const STALE: u128 = u128::MAX;
 
+/// The longest flush interval a store is opened with through the C ABI (`flush_interval_ms`).
+pub(crate) const MAX_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl SharedCounters {
     /// The keys whose counts changed since they were last written to the database.
     #[cfg(test)]
@@ -108,7 +111,11 @@ impl SharedCounters {
         }
         let h = self.header();
         let due = h.next_flush_ns.load(Ordering::Relaxed);
-        let turn = if now >= due
+        // No process sets a flush time further ahead than its interval, at most MAX_FLUSH_INTERVAL: one
+        // that is was damaged (the schedule is in no checksum), and would stop every process's flush and
+        // verification turns for good. Taken as due (an early flush changes nothing).
+        let damaged = due.saturating_sub(now) > interval_ns.max(MAX_FLUSH_INTERVAL.as_nanos() as u64);
+        let turn = if (now >= due || damaged)
             && h.next_flush_ns.compare_exchange(due, now + interval_ns, Ordering::AcqRel, Ordering::Relaxed).is_ok()
         {
             Turn::Claimed

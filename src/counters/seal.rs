@@ -136,7 +136,10 @@ impl SharedCounters {
         let h = self.header();
         let generation = h.generation.load(Ordering::Acquire);
         let changed = generation != -1 && generation != h.verified_generation.load(Ordering::Acquire);
-        changed || monotonic_ns().saturating_sub(h.verified_at_ns.load(Ordering::Acquire)) >= every_ns
+        // CLOCK_MONOTONIC is the boot's, as the file is: a verification later than now is damage (the
+        // field is in no checksum), and must not put the next one off for good.
+        let (now, verified_at) = (monotonic_ns(), h.verified_at_ns.load(Ordering::Acquire));
+        changed || verified_at > now || now - verified_at >= every_ns
     }
 
     /// Records that the content was found sound at the current generation, now (under the write lock).
