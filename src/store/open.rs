@@ -27,6 +27,10 @@ pub(super) fn open_connection(path: &Path, busy_timeout: Duration, create: bool)
         return Err(no_store("the file is empty"));
     }
     if !path.exists() {
+        if let Ok(target) = std::fs::read_link(path) {
+            // Never created through a link (one planted in a shared directory would choose the file).
+            return Err(Error::store(format!("it is a symbolic link to {}, which does not exist", target.display())));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
                 return Err(Error::store(format!("directory {} does not exist", dir.display())));
