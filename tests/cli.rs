@@ -661,3 +661,17 @@ fn stored_bidi_controls_are_shown_escaped() {
     // The JSON is the same to a parser: the name as stored.
     assert_eq!(cli.ok_json(&["key", "show", &id, "--json"])["name"], rlo);
 }
+
+/// Review of issue 21: `--db` naming a symbolic link to a file that does not exist. A creating command
+/// failed with SQLite's "unable to open database file", which names neither the link nor what to do.
+#[test]
+fn a_creating_command_on_a_dangling_symbolic_link_says_so_and_creates_nothing() {
+    let cli = Cli::new();
+    std::os::unix::fs::symlink("elsewhere/keys.db", cli.dir.path().join("keys.db")).unwrap();
+    std::fs::create_dir(cli.dir.path().join("elsewhere")).unwrap();
+    let out = cli.run(&["--db", "keys.db", "key", "create"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a symbolic link to elsewhere/keys.db, which does not exist"), "{stderr}");
+    assert!(!cli.dir.path().join("elsewhere/keys.db").exists(), "nothing created through the link");
+}

@@ -572,3 +572,30 @@ fn counts_carried_into_a_grown_file_reach_the_database() {
     std::fs::remove_file(ms_auth::counters::path_for(&db)).unwrap();
     assert_eq!(Store::open(&db).unwrap().get_key(&k.record.id).unwrap().usage.used, 1);
 }
+
+/// Review of issue 29, item 3: `rm keys.db` (the one file: its -wal and -shm stay, as rm leaves them)
+/// while a process still has the store open, then `ms-auth key create` at the path. SQLite met the running
+/// process's -wal and -shm beside the new empty file: the command failed with "disk I/O error", truncated
+/// that -wal, and left at the path a database without ms-auth's schema, which every later command but
+/// `key create` refused as "not an ms-auth store". A creating command must either make a working store
+/// or refuse with an error that says why, leaving the path as it found it.
+#[test]
+fn a_store_created_beside_the_wal_of_a_deleted_database_still_open_is_made_or_refused_cleanly() {
+    let (_dir, db, early, _lazy, k) = early_and_lazy();
+    std::fs::remove_file(&db).unwrap();
+    let cli =
+        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_ms-auth")).arg("--db").arg(&db).args(args).output().unwrap();
+    let created = cli(&["key", "create"]);
+    let stderr = String::from_utf8_lossy(&created.stderr).to_string();
+    if created.status.success() {
+        let listed = cli(&["key", "list"]);
+        assert!(listed.status.success(), "the store made works: {}", String::from_utf8_lossy(&listed.stderr));
+    } else {
+        assert!(
+            stderr.contains("was deleted while another process still has it open"),
+            "an error that says why: {stderr}"
+        );
+        assert!(!db.exists(), "a refused creation leaves nothing at the path: {stderr}");
+    }
+    keeps_admitting(&[&early], &k.key);
+}

@@ -16,6 +16,9 @@ const CALIBRATION_NS: u64 = 200_000_000;
 /// Never a real day word (its day field would be 2^20 - 1, past the year 4840).
 pub(super) const STALE: u128 = u128::MAX;
 
+/// The longest flush interval a store is opened with through the C ABI (`flush_interval_ms`).
+pub(crate) const MAX_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl SharedCounters {
     /// The keys whose counts changed since they were last written to the database.
     #[cfg(test)]
@@ -108,7 +111,11 @@ impl SharedCounters {
         }
         let h = self.header();
         let due = h.next_flush_ns.load(Ordering::Relaxed);
-        let turn = if now >= due
+        // No process sets a flush time further ahead than its interval, at most MAX_FLUSH_INTERVAL: one
+        // that is was damaged (the schedule is in no checksum), and would stop every process's flush and
+        // verification turns for good. Taken as due (an early flush changes nothing).
+        let damaged = due.saturating_sub(now) > interval_ns.max(MAX_FLUSH_INTERVAL.as_nanos() as u64);
+        let turn = if (now >= due || damaged)
             && h.next_flush_ns.compare_exchange(due, now + interval_ns, Ordering::AcqRel, Ordering::Relaxed).is_ok()
         {
             Turn::Claimed
@@ -300,6 +307,27 @@ mod tests {
     /// A process that put a larger file in place and died before superseding the old one (a kill -9
     /// mid-growth) left the old file looking current: every other process notices within one size check
     /// that the path names another file, and gives the old mapping up; so does a deleted file.
+    /// Review of issue 21, item 2: the shared flush time is in no checksum, and one flipped high bit put
+    /// it centuries ahead: no process ever took a flush turn again (counts reached the database only at
+    /// close), nor the verification turn that follows it.
+    #[test]
+    fn a_flush_time_further_ahead_than_any_interval_is_taken_as_due() {
+        use super::super::Turn;
+        let dir = tempfile::tempdir().unwrap();
+        let (_, c) = built(&dir, &[entry(0, None)]);
+        let second = 1_000_000_000;
+        assert_eq!(c.claim_flush(second), Turn::Claimed);
+        let h = c.header();
+        h.next_flush_ns.store(h.next_flush_ns.load(Ordering::Relaxed) | 1 << 62, Ordering::Relaxed);
+        c.clock_gate.open_at.store(0, Ordering::Relaxed);
+        assert_eq!(
+            c.claim_flush(second),
+            Turn::Claimed,
+            "no process sets a flush time more than the longest interval ahead"
+        );
+        assert_eq!(c.claim_flush(second), Turn::NotDue, "and the next one is an interval away again");
+    }
+
     #[test]
     fn a_file_no_longer_at_its_path_is_given_up_at_the_next_size_check() {
         let dir = tempfile::tempdir().unwrap();

@@ -40,6 +40,7 @@ mod layout;
 mod lease;
 mod seal;
 
+pub(crate) use flush::MAX_FLUSH_INTERVAL;
 use index::NO_PLAN;
 pub use index::{MAX_ID_LEN, MAX_PLAN_LEN};
 pub use layout::Build;

@@ -136,7 +136,10 @@ impl SharedCounters {
         let h = self.header();
         let generation = h.generation.load(Ordering::Acquire);
         let changed = generation != -1 && generation != h.verified_generation.load(Ordering::Acquire);
-        changed || monotonic_ns().saturating_sub(h.verified_at_ns.load(Ordering::Acquire)) >= every_ns
+        // CLOCK_MONOTONIC is the boot's, as the file is: a verification later than now is damage (the
+        // field is in no checksum), and must not put the next one off for good.
+        let (now, verified_at) = (monotonic_ns(), h.verified_at_ns.load(Ordering::Acquire));
+        changed || verified_at > now || now - verified_at >= every_ns
     }
 
     /// Records that the content was found sound at the current generation, now (under the write lock).
@@ -263,6 +266,20 @@ mod tests {
         assert!(c.verification_due(hour), "a new generation");
         c.mark_verified();
         assert!(!c.verification_due(hour));
+    }
+
+    /// Review of issue 21, item 2: the time of the last verification is in the header's page but not in
+    /// any checksum; one flipped high bit there put it centuries ahead, and no period ever came due again
+    /// (damage a check cannot see was then answered from until the next admin change).
+    #[test]
+    fn a_time_of_last_verification_later_than_now_does_not_put_verification_off_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, c) = built(&dir, &[entry(1, None)]);
+        let minute = 60_000_000_000;
+        assert!(!c.verification_due(minute), "verified as built");
+        let h = c.header();
+        h.verified_at_ns.store(h.verified_at_ns.load(Ordering::Relaxed) | 1 << 62, Ordering::Relaxed);
+        assert!(c.verification_due(minute), "a verification that happened later than now is damage: due");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! resolved once, is [`super::identity`]'s.
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -26,10 +27,22 @@ pub(super) fn open_connection(path: &Path, busy_timeout: Duration, create: bool)
         return Err(no_store("the file is empty"));
     }
     if !path.exists() {
+        if let Ok(target) = std::fs::read_link(path) {
+            // Never created through a link (one planted in a shared directory would choose the file).
+            return Err(Error::store(format!("it is a symbolic link to {}, which does not exist", target.display())));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
                 return Err(Error::store(format!("directory {} does not exist", dir.display())));
             }
+        }
+        if let Some(who) = deleted_database_in_use(path) {
+            // SQLite would take the -wal and -shm it still uses for the new file's: "disk I/O error", with
+            // a file without the schema left at the path and that process's -wal truncated.
+            return Err(Error::store(format!(
+                "the database file was deleted while {who} still has it open (its -wal and -shm files are \
+                 beside the path): a store can be created here once {who} has closed it"
+            )));
         }
         // Create it ourselves so that it is private from the first byte; SQLite gives its WAL and shared
         // memory files the same mode. Another process starting at the same instant (nginx workers) may
@@ -54,6 +67,37 @@ pub(super) fn open_connection(path: &Path, busy_timeout: Duration, create: bool)
             other => return other,
         }
     }
+}
+
+/// SQLite holds a read lock on this byte of a WAL database's -shm file for as long as a connection has the
+/// database open (the "DMS" lock of <https://www.sqlite.org/walformat.html>).
+const SHM_DMS_BYTE: libc::off_t = 128;
+
+/// Who (`Some("this process")` or `Some("another process")`) still has a deleted database at `path`
+/// open: its -shm file is held by a descriptor of this process, or locked by another process's SQLite.
+fn deleted_database_in_use(path: &Path) -> Option<&'static str> {
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    let meta = std::fs::metadata(&shm).ok()?;
+    let (dev, ino) = (meta.dev(), meta.ino());
+    // Probed only if this process has no descriptor on it: closing the probe's descriptor would drop the
+    // POSIX locks this process's SQLite holds on the file.
+    let held_here = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == (dev, ino)));
+    if held_here {
+        return Some("this process");
+    }
+    let file = std::fs::File::open(&shm).ok()?;
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as _;
+    lock.l_whence = libc::SEEK_SET as _;
+    lock.l_start = SHM_DMS_BYTE;
+    lock.l_len = 1;
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
+    (rc == 0 && i32::from(lock.l_type) != libc::F_UNLCK).then_some("another process")
 }
 
 fn set_up_connection(path: &Path, busy_timeout: Duration, create: bool) -> Result<(Connection, bool)> {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::counters::MAX_FLUSH_INTERVAL;
 use crate::error::{Error, Result};
 use crate::gcra::RateLimit;
 use crate::spec;
@@ -55,7 +56,7 @@ impl TryFrom<StoreOptionsJson> for StoreOptions {
             }
         };
         if let Some(v) = json.flush_interval_ms.given() {
-            options.flush_interval = ms(v, "flush_interval_ms", 3_600_000)?;
+            options.flush_interval = ms(v, "flush_interval_ms", MAX_FLUSH_INTERVAL.as_millis() as u64)?;
         }
         if let Some(v) = json.durability.given() {
             options.durability = match v.as_str() {
