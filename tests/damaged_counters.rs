@@ -164,16 +164,19 @@ fn damage_while_handles_are_open_is_found_by_the_periodic_verification() {
     let checking = Store::open_with(&db, options).unwrap();
     assert_eq!(answer(&checking, &keys[0].0), Status::Ok);
     overwrite_from(&db, HEADER_LEN, Some(0));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = Status::ApiKeyInvalid;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        last = answer(&checking, &keys[1].0);
-        if last == Status::Ok {
-            break;
-        }
-    }
+    let last = answer_until_ok(&checking, &keys[1].0, Duration::from_secs(10));
     assert_eq!(last, Status::Ok, "no admin change: the periodic verification found the damage");
+}
+
+/// Checks `key` every 20 ms until it is admitted or `within` has passed; the last answer.
+fn answer_until_ok(store: &Store, key: &str, within: Duration) -> Status {
+    let deadline = Instant::now() + within;
+    let mut last = Status::ApiKeyInvalid;
+    while Instant::now() < deadline && last != Status::Ok {
+        std::thread::sleep(Duration::from_millis(20));
+        last = answer(store, key);
+    }
+    last
 }
 
 #[test]
@@ -240,15 +243,7 @@ fn a_flipped_bit_in_the_headers_schedule_does_not_put_off_the_periodic_verificat
         f.write_all(&flipped.to_le_bytes()).unwrap();
         drop(f);
         overwrite_from(&db, HEADER_LEN, Some(0));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut last = Status::ApiKeyInvalid;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-            last = answer(&checking, &keys[1].0);
-            if last == Status::Ok {
-                break;
-            }
-        }
+        let last = answer_until_ok(&checking, &keys[1].0, Duration::from_secs(5));
         assert_eq!(last, Status::Ok, "header offset {field}: the periodic verification found the damage");
     }
 }
