@@ -1,6 +1,6 @@
 //! Issue 21, item 2: a counters file damaged behind an intact header (a torn write, a stray process, a bad
 //! disk) is found and rebuilt from the database; it never turns into wrong answers. What is verified and
-//! when: README, "Reliability" (the counters file's checksum).
+//! when: docs/counters-file.md (the counters file's checksum).
 
 mod common;
 

@@ -31,7 +31,7 @@ fn one_million_keys() {
     println!("first open, building the counters file: {:.2?}", started.elapsed());
 
     // What every mapping, every generation change and every 60 flush intervals add: one pass over the
-    // index and the records against the content checksum (see README, "Reliability").
+    // index and the records against the content checksum (see docs/counters-file.md).
     let file = counters::SharedCounters::open_existing(&counters::path_for(&db)).unwrap().expect("a sound file");
     let passes: Vec<_> = (0..5)
         .map(|_| {
