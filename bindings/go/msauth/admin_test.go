@@ -33,7 +33,7 @@ func TestCreateKeyDefaults(t *testing.T) {
 	if exp, ok := r.ExpiresAt(); !ok || !exp.Equal(t0.Add(year)) {
 		t.Errorf("default expiry = %v %v, want %v", exp, ok, t0.Add(year))
 	}
-	if r.RateLimit == nil || *r.RateLimit != (RateLimit{Limit: 60, WindowMS: 60000, Burst: 60}) {
+	if r.RateLimit == nil || *r.RateLimit != (RateLimit{Limit: 60, Per: time.Minute, Burst: 60, WindowMS: 60000}) {
 		t.Errorf("default rate limit = %+v, want 60/60000/60", r.RateLimit)
 	}
 	if r.RateLimit.Window() != time.Minute {
@@ -65,7 +65,7 @@ func TestCreateKeyFullSpec(t *testing.T) {
 		Plan:      "pro",
 		ExpiresAt: Some(exp),
 		Quota:     &Quota{Limit: 10000, Period: Monthly},
-		RateLimit: Some(RateLimit{Limit: 10, WindowMS: 1000, Burst: 20}),
+		RateLimit: Some(RateLimit{Limit: 10, Per: time.Second, Burst: 20}),
 		Meta:      json.RawMessage(`{"team":"billing","tags":["a","b"]}`),
 	}, t0)
 	r := c.Record
@@ -81,7 +81,7 @@ func TestCreateKeyFullSpec(t *testing.T) {
 	if r.Quota == nil || *r.Quota != (Quota{Limit: 10000, Period: Monthly}) {
 		t.Errorf("quota = %+v", r.Quota)
 	}
-	if r.RateLimit == nil || *r.RateLimit != (RateLimit{Limit: 10, WindowMS: 1000, Burst: 20}) {
+	if r.RateLimit == nil || *r.RateLimit != (RateLimit{Limit: 10, Per: time.Second, Burst: 20, WindowMS: 1000}) {
 		t.Errorf("rate_limit = %+v", r.RateLimit)
 	}
 	var meta map[string]interface{}

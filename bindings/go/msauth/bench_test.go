@@ -37,7 +37,7 @@ func BenchmarkCheckLimited(b *testing.B) {
 	s := openTemp(b)
 	c := mustCreate(b, s, KeySpec{
 		Quota:     &Quota{Limit: 1_000_000_000_000, Period: Monthly},
-		RateLimit: Some(RateLimit{Limit: 1_000_000_000, WindowMS: 1000, Burst: 1_000_000_000}),
+		RateLimit: Some(RateLimit{Limit: 1_000_000_000, Per: time.Second, Burst: 1_000_000_000}),
 	}, time.Now())
 	now := time.Now()
 	if r := s.Check(c.Key, now); !r.OK() || r.Headers().Get("RateLimit") == "" {

@@ -15,7 +15,7 @@ func TestCheckAllocatesNothingForTheFields(t *testing.T) {
 	s := openTemp(t)
 	c := mustCreate(t, s, KeySpec{
 		Quota:     &Quota{Limit: 1_000_000, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 1_000_000, WindowMS: 1000, Burst: 1_000_000}),
+		RateLimit: Some(RateLimit{Limit: 1_000_000, Per: time.Second, Burst: 1_000_000}),
 	}, t0)
 	now := t0.Add(time.Second)
 	r := s.Check(c.Key, now)

@@ -454,18 +454,18 @@ func TestRotateKeyGraceAndRefusals(t *testing.T) {
 func TestPutPlanAndPlans(t *testing.T) {
 	s := openTemp(t)
 	pro, err := s.PutPlanAt(Plan{Name: "pro", Quota: &Quota{Limit: 100, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 10, WindowMS: 1000}), Lifetime: 30 * day}, t0)
+		RateLimit: Some(RateLimit{Limit: 10, Per: time.Second}), Lifetime: 30 * day}, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Plan{Name: "pro", Quota: &Quota{Limit: 100, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 10, WindowMS: 1000, Burst: 10}), Lifetime: 30 * day, UpdatedAt: t0, Keys: 0}
+		RateLimit: Some(RateLimit{Limit: 10, Per: time.Second, Burst: 10, WindowMS: 1000}), Lifetime: 30 * day, UpdatedAt: t0, Keys: 0}
 	if !reflect.DeepEqual(pro, want) {
 		t.Errorf("PutPlan = %+v\nwant %+v", pro, want)
 	}
 	// Absent rate limit: the store default; Null: none; no quota, no lifetime.
 	def, err := s.PutPlanAt(Plan{Name: "default"}, t0)
-	if rl, ok := def.RateLimit.Get(); err != nil || !ok || rl != (RateLimit{Limit: 60, WindowMS: 60000, Burst: 60}) ||
+	if rl, ok := def.RateLimit.Get(); err != nil || !ok || rl != (RateLimit{Limit: 60, Per: time.Minute, Burst: 60, WindowMS: 60000}) ||
 		def.Quota != nil || def.Lifetime != 0 {
 		t.Errorf("default plan = %+v %v", def, err)
 	}
@@ -514,7 +514,7 @@ func TestPutPlanRefusals(t *testing.T) {
 		{"negative lifetime", Plan{Name: "p", Lifetime: -day}, "lifetime_ms"},
 		{"lifetime under a millisecond", Plan{Name: "p", Lifetime: time.Microsecond}, "lifetime_ms"},
 		{"weekly quota", Plan{Name: "p", Quota: &Quota{Limit: 1, Period: "weekly"}}, "period"},
-		{"zero rate", Plan{Name: "p", RateLimit: Some(RateLimit{Limit: 0, WindowMS: 1000})}, "rate_limit"},
+		{"zero rate", Plan{Name: "p", RateLimit: Some(RateLimit{Limit: 0, Per: time.Second})}, "rate_limit"},
 	} {
 		_, err := s.PutPlanAt(c.plan, t0)
 		refused(t, c.what, err, c.fragment)
@@ -630,7 +630,7 @@ func TestAbusePolicySetInAnotherProcessRevokesHere(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer server.Close()
-	k := mustCreate(t, server, KeySpec{RateLimit: Some(RateLimit{Limit: 1, WindowMS: 60000})}, t0)
+	k := mustCreate(t, server, KeySpec{RateLimit: Some(RateLimit{Limit: 1, Per: time.Minute})}, t0)
 	runChild(t, "set-abuse", path, "")
 	if r := server.Check(k.Key, t0); !r.OK() {
 		t.Fatal(r.Status)

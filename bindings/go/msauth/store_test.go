@@ -72,7 +72,7 @@ func TestCheckDecisions(t *testing.T) {
 	s := openTemp(t)
 
 	ok := mustCreate(t, s, KeySpec{Plan: "pro", Quota: &Quota{Limit: 10, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 5, WindowMS: 60000})}, t0.Add(-time.Hour))
+		RateLimit: Some(RateLimit{Limit: 5, Per: time.Minute})}, t0.Add(-time.Hour))
 	r := s.Check(ok.Key, t0)
 	if !r.OK() || r.Status != StatusOK || r.HTTPStatus != 200 || r.Err != nil {
 		t.Fatalf("valid key: %+v", r)
@@ -153,7 +153,7 @@ func TestCheckDecisions(t *testing.T) {
 		t.Errorf("after midnight: %v", r.Status)
 	}
 
-	rl := mustCreate(t, s, KeySpec{RateLimit: Some(RateLimit{Limit: 2, WindowMS: 60000, Burst: 2})}, t0)
+	rl := mustCreate(t, s, KeySpec{RateLimit: Some(RateLimit{Limit: 2, Per: time.Minute, Burst: 2})}, t0)
 	for i := 0; i < 2; i++ {
 		if r := s.Check(rl.Key, t0); !r.OK() {
 			t.Fatalf("rate check %d: %v", i, r.Status)
@@ -177,7 +177,7 @@ func TestCheckDecisions(t *testing.T) {
 func TestDecisionOrder(t *testing.T) {
 	s := openTemp(t)
 	k := mustCreate(t, s, KeySpec{ExpiresAt: Some(t0), Quota: &Quota{Limit: 1, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 1, WindowMS: 60000})}, t0.Add(-time.Hour))
+		RateLimit: Some(RateLimit{Limit: 1, Per: time.Minute})}, t0.Add(-time.Hour))
 	at := t0.Add(-time.Minute)
 	if r := s.Check(k.Key, at); !r.OK() {
 		t.Fatal(r.Status)
@@ -200,7 +200,7 @@ func TestDecisionOrder(t *testing.T) {
 func TestRejectionConsumesNothing(t *testing.T) {
 	s := openTemp(t)
 	k := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 3, Period: Monthly},
-		RateLimit: Some(RateLimit{Limit: 1, WindowMS: 1000})}, t0)
+		RateLimit: Some(RateLimit{Limit: 1, Per: time.Second})}, t0)
 	if r := s.Check(k.Key, t0); !r.OK() {
 		t.Fatal(r.Status)
 	}
@@ -273,7 +273,7 @@ func TestUsagePersistsAcrossReopen(t *testing.T) {
 func TestResultHeaders(t *testing.T) {
 	s := openTemp(t)
 	k := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 10, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 5, WindowMS: 60000})}, t0)
+		RateLimit: Some(RateLimit{Limit: 5, Per: time.Minute})}, t0)
 	h := s.Check(k.Key, t0).Headers()
 	want := map[string]string{
 		"Ratelimit-Policy": `"quota";q=10;w=86400, "rate";q=5;w=60`,
@@ -299,7 +299,7 @@ func TestResultHeaders(t *testing.T) {
 	}
 
 	// Retry-After is whole seconds rounded up: 1,500 ms → 2.
-	fast := mustCreate(t, s, KeySpec{RateLimit: Some(RateLimit{Limit: 2, WindowMS: 3000, Burst: 1})}, t0)
+	fast := mustCreate(t, s, KeySpec{RateLimit: Some(RateLimit{Limit: 2, Per: 3 * time.Second, Burst: 1})}, t0)
 	if r := s.Check(fast.Key, t0); !r.OK() {
 		t.Fatal(r.Status)
 	}
