@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -199,4 +200,50 @@ func TestRateLimitPer(t *testing.T) {
 	if keys, _ := s.ListKeys(ListFilter{}); len(keys) != 1 {
 		t.Errorf("%d keys after two refused specs, want 1", len(keys))
 	}
+}
+
+func TestOpenContextEndsWhileWaitingForLock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.db")
+	s, err := OpenContext(context.Background(), path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close()
+	before, opened := atomic.LoadInt64(&liveHandles), atomic.LoadInt64(&openedHandles)
+	release := holdWriteLock(t, path)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	s, err = OpenContext(ctx, path, Options{BusyTimeout: Some(4 * time.Second)})
+	var ie *InterruptedError
+	if s != nil || !errors.As(err, &ie) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("OpenContext under a held lock = %v %v, want an *InterruptedError", s, err)
+	}
+	if waited := time.Since(start); waited > 2*time.Second {
+		t.Errorf("returned after %v: the context's deadline (200ms) did not end the wait", waited)
+	}
+	// Once the lock is free the open completes, and the Store nobody got is
+	// closed: no handle is left open.
+	release()
+	deadline := time.Now().Add(10 * time.Second)
+	for atomic.LoadInt64(&openedHandles) == opened && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if atomic.LoadInt64(&openedHandles) == opened {
+		t.Fatal("the abandoned open did not complete once the lock was free")
+	}
+	for atomic.LoadInt64(&liveHandles) != before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := atomic.LoadInt64(&liveHandles); n != before {
+		t.Errorf("%d open handles after the abandoned open, want %d", n, before)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel2()
+	s, err = OpenContext(ctx2, path, Options{Create: Some(false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close()
 }

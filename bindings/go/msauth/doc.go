@@ -4,10 +4,11 @@
 //
 // # Contexts
 //
-// Every call that can wait takes a context in its ...Context form (CreateKeyContext,
-// ListKeysContext, RevokeKeyContext, AuditContext, UsageContext, ...): an admin
-// call can wait for another process's write lock, up to the store's busy timeout
-// (Options.BusyTimeout, 5 s by default). The forms without a context are kept
+// Every call that can wait takes a context in its ...Context form (OpenContext,
+// CreateKeyContext, ListKeysContext, RevokeKeyContext, AuditContext,
+// UsageContext, ...): opening and the admin calls can wait for another
+// process's write lock, up to the store's busy timeout (Options.BusyTimeout,
+// 5 s by default). The forms without a context are kept
 // (the module is published) and run with context.Background(). CheckKey takes no
 // context: it does not wait on other processes.
 //
@@ -16,7 +17,8 @@
 // context that has ended before the call is returned as it is (ctx.Err()) and
 // nothing is done; a context that ends during the call returns an
 // *InterruptedError at once, while the call runs on to its end (holding Close
-// off) and its answer is dropped. A change may then have been made or not.
+// off) and its answer is dropped (a Store opened late is closed). A change may
+// then have been made or not.
 //
 // # Optional fields
 //

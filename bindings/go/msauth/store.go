@@ -19,8 +19,9 @@ type Store struct {
 	path string
 }
 
-// liveHandles counts open C handles, so tests can see the finalizer work.
-var liveHandles int64
+// liveHandles counts open C handles, and openedHandles every handle ever
+// opened, so tests can see the finalizer and abandoned opens close theirs.
+var liveHandles, openedHandles int64
 
 // Open opens the store at path, creating the file when it does not exist.
 // Several Stores may be open at once, also on the same file.
@@ -36,6 +37,22 @@ func OpenWithOptions(path string, opts Options) (*Store, error) {
 	return open(path, body)
 }
 
+// OpenContext is OpenWithOptions under ctx: opening waits for another
+// process's write lock while it creates or migrates the store, up to the
+// busy timeout. When ctx ends during the open, the answer is an
+// *InterruptedError and the Store opened late is closed in the background.
+func OpenContext(ctx context.Context, path string, opts Options) (*Store, error) {
+	body, err := opts.MarshalJSON()
+	if err != nil {
+		return nil, invalidArgument("store options", err)
+	}
+	return await(ctx, func() (*Store, error) { return open(path, body) }, func(s *Store) {
+		if s != nil {
+			_ = s.Close()
+		}
+	})
+}
+
 func open(path string, options []byte) (*Store, error) {
 	if err := checkABI(); err != nil {
 		return nil, err
@@ -45,6 +62,7 @@ func open(path string, options []byte) (*Store, error) {
 		return nil, err
 	}
 	atomic.AddInt64(&liveHandles, 1)
+	atomic.AddInt64(&openedHandles, 1)
 	s := &Store{h: h, path: path}
 	// A Store dropped without Close still releases its handle (and the
 	// SQLite connection and file descriptors behind it).
@@ -117,32 +135,51 @@ func (s *Store) Check(key string, now time.Time) Result {
 // Deprecated: use CheckKeyNow.
 func (s *Store) CheckNow(key string) Result { return s.Check(key, time.Now()) }
 
-// with runs f with the open handle under ctx (see the package's "Contexts"
-// section): an ended context before the call is its error and nothing is
-// done; one that ends during the call returns an *InterruptedError at once.
+// with runs f with the open handle under ctx (see InterruptedError).
 func (s *Store) with(ctx context.Context, f func(h *C.ms_store) error) error {
+	// f writes only variables its caller reads after a nil error, which
+	// await answers after f has returned: an abandoned f races with no reader.
+	_, err := await(ctx, func() (struct{}, error) { return struct{}{}, s.call(f) }, nil)
+	return err
+}
+
+// awaited is one result of f in await.
+type awaited[T any] struct {
+	v   T
+	err error
+}
+
+// await answers f's result under ctx: a context ended before the call is its
+// error, and f is not run; one that ends while f runs is an
+// *InterruptedError at once. The C call inside f cannot be interrupted: f
+// runs on in its goroutine to its end, and its late result goes to drop
+// (nil: dropped as it is).
+func await[T any](ctx context.Context, f func() (T, error), drop func(T)) (T, error) {
+	var zero T
 	if err := ctx.Err(); err != nil {
-		return err
+		return zero, err
 	}
 	if ctx.Done() == nil { // a context that never ends: no goroutine needed
-		return s.call(f)
+		return f()
 	}
-	// The C call cannot be interrupted: it runs on in its goroutine, holding
-	// Close off (the read lock) until it returns; its answer is then dropped.
-	// f writes only variables its caller reads after a nil error, which it
-	// gets from done, so an abandoned f races with no reader.
-	done := make(chan error, 1)
-	go func() { done <- s.call(f) }()
+	done := make(chan awaited[T], 1)
+	go func() {
+		v, err := f()
+		done <- awaited[T]{v, err}
+	}()
 	select {
-	case err := <-done:
-		return err
+	case a := <-done:
+		return a.v, a.err
 	case <-ctx.Done():
 		select {
-		case err := <-done: // finished as the context ended: its answer stands
-			return err
+		case a := <-done: // finished as the context ended: its answer stands
+			return a.v, a.err
 		default:
-			return &InterruptedError{Err: ctx.Err()}
 		}
+		if drop != nil {
+			go func() { drop((<-done).v) }()
+		}
+		return zero, &InterruptedError{Err: ctx.Err()}
 	}
 }
 
