@@ -17,12 +17,15 @@ TARGET="$(cd "$TARGET" && pwd)"
 INCLUDE="$(cd "$INCLUDE" && pwd)"
 
 # Tools: Debian's Go (1.19 on Debian 12), a C compiler for cgo, pkg-config
-# for the install-elsewhere link test, ldd for the static-link check.
+# for the install-elsewhere link test, ldd for the static-link check, the
+# sqlite3 shell to hold a store's write lock from another process (the
+# context tests).
 missing=()
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v ldd >/dev/null 2>&1 || missing+=(libc-bin)
+command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

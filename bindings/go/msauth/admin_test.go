@@ -33,7 +33,7 @@ func TestCreateKeyDefaults(t *testing.T) {
 	if exp, ok := r.ExpiresAt(); !ok || !exp.Equal(t0.Add(year)) {
 		t.Errorf("default expiry = %v %v, want %v", exp, ok, t0.Add(year))
 	}
-	if r.RateLimit == nil || *r.RateLimit != (RateLimit{Limit: 60, WindowMS: 60000, Burst: 60}) {
+	if r.RateLimit == nil || *r.RateLimit != (RateLimit{Limit: 60, Per: time.Minute, Burst: 60, WindowMS: 60000}) {
 		t.Errorf("default rate limit = %+v, want 60/60000/60", r.RateLimit)
 	}
 	if r.RateLimit.Window() != time.Minute {
@@ -65,7 +65,7 @@ func TestCreateKeyFullSpec(t *testing.T) {
 		Plan:      "pro",
 		ExpiresAt: Some(exp),
 		Quota:     &Quota{Limit: 10000, Period: Monthly},
-		RateLimit: Some(RateLimit{Limit: 10, WindowMS: 1000, Burst: 20}),
+		RateLimit: Some(RateLimit{Limit: 10, Per: time.Second, Burst: 20}),
 		Meta:      json.RawMessage(`{"team":"billing","tags":["a","b"]}`),
 	}, t0)
 	r := c.Record
@@ -81,7 +81,7 @@ func TestCreateKeyFullSpec(t *testing.T) {
 	if r.Quota == nil || *r.Quota != (Quota{Limit: 10000, Period: Monthly}) {
 		t.Errorf("quota = %+v", r.Quota)
 	}
-	if r.RateLimit == nil || *r.RateLimit != (RateLimit{Limit: 10, WindowMS: 1000, Burst: 20}) {
+	if r.RateLimit == nil || *r.RateLimit != (RateLimit{Limit: 10, Per: time.Second, Burst: 20, WindowMS: 1000}) {
 		t.Errorf("rate_limit = %+v", r.RateLimit)
 	}
 	var meta map[string]interface{}
@@ -101,7 +101,7 @@ func TestCreateKeyNullVersusAbsent(t *testing.T) {
 		t.Errorf("RateLimit Null: rate_limit = %+v, want null", c.Record.RateLimit)
 	}
 	// A key that never expires still works a century later.
-	if r := s.Check(c.Key, t0.Add(100*year)); !r.OK() || r.RateLimit != -1 {
+	if r, _ := s.CheckKey(c.Key, t0.Add(100*year)); !r.OK() || r.RateLimit != -1 {
 		t.Errorf("no expiry, no rate limit: %v rate %d", r.Status, r.RateLimit)
 	}
 
@@ -122,7 +122,7 @@ func TestImportKey(t *testing.T) {
 	if c.Key != legacy {
 		t.Errorf("imported Key = %q", c.Key)
 	}
-	if r := s.Check(legacy, t0); !r.OK() || r.Plan != "legacy" || r.KeyID != c.Record.ID {
+	if r, _ := s.CheckKey(legacy, t0); !r.OK() || r.Plan != "legacy" || r.KeyID != c.Record.ID {
 		t.Errorf("check of imported key: %+v", r)
 	}
 	// The same plaintext twice is refused, as a library error.
@@ -218,10 +218,10 @@ func TestUpdateKey(t *testing.T) {
 	id := c.Record.ID
 
 	// Raising the quota takes effect on the next check.
-	if r := s.Check(c.Key, t0); !r.OK() {
+	if r, _ := s.CheckKey(c.Key, t0); !r.OK() {
 		t.Fatal(r.Status)
 	}
-	if r := s.Check(c.Key, t0); r.Status != StatusAPIKeyQuotaExceeded {
+	if r, _ := s.CheckKey(c.Key, t0); r.Status != StatusAPIKeyQuotaExceeded {
 		t.Fatalf("quota 1: %v", r.Status)
 	}
 	rec, err := s.UpdateKey(id, KeyPatch{Plan: Some("pro"), Quota: Some(Quota{Limit: 5, Period: Daily})})
@@ -234,7 +234,7 @@ func TestUpdateKey(t *testing.T) {
 	if rec.Name == nil || *rec.Name != "svc" {
 		t.Errorf("an absent member changed the name: %v", rec.Name)
 	}
-	if r := s.Check(c.Key, t0); !r.OK() || r.Plan != "pro" || r.QuotaRemaining != 3 {
+	if r, _ := s.CheckKey(c.Key, t0); !r.OK() || r.Plan != "pro" || r.QuotaRemaining != 3 {
 		t.Errorf("after raising the quota: %v plan %q remaining %d", r.Status, r.Plan, r.QuotaRemaining)
 	}
 
@@ -247,7 +247,7 @@ func TestUpdateKey(t *testing.T) {
 	if rec.Name != nil || rec.Plan != nil || rec.ExpiresAtMS != nil || rec.Quota != nil || rec.RateLimit != nil {
 		t.Errorf("after clearing: %s", rec.Raw)
 	}
-	if r := s.Check(c.Key, t0.Add(2*year)); !r.OK() || r.QuotaLimit != -1 || r.RateLimit != -1 || r.Plan != "" {
+	if r, _ := s.CheckKey(c.Key, t0.Add(2*year)); !r.OK() || r.QuotaLimit != -1 || r.RateLimit != -1 || r.Plan != "" {
 		t.Errorf("cleared key: %+v", r)
 	}
 
@@ -255,7 +255,7 @@ func TestUpdateKey(t *testing.T) {
 	if _, err := s.UpdateKey(id, KeyPatch{ExpiresAt: Some(t0)}); err != nil {
 		t.Fatal(err)
 	}
-	if r := s.Check(c.Key, t0); r.Status != StatusAPIKeyExpired {
+	if r, _ := s.CheckKey(c.Key, t0); r.Status != StatusAPIKeyExpired {
 		t.Errorf("after setting expiry to now: %v", r.Status)
 	}
 
@@ -297,14 +297,14 @@ func TestRevokeKey(t *testing.T) {
 	if !rec.Revoked() || *rec.RevokedAtMS != ms(at) {
 		t.Errorf("revoked record: %s", rec.Raw)
 	}
-	if r := s.Check(c.Key, at); r.Status != StatusAPIKeyRevoked || r.HTTPStatus != 401 {
+	if r, _ := s.CheckKey(c.Key, at); r.Status != StatusAPIKeyRevoked || r.HTTPStatus != 401 {
 		t.Errorf("check of a revoked key: %v", r.Status)
 	}
 	// An update cannot bring it back.
 	if _, err := s.UpdateKey(c.Record.ID, KeyPatch{ExpiresAt: Null[time.Time]()}); err != nil && !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("update of a revoked key: %v", err)
 	}
-	if r := s.Check(c.Key, at); r.Status != StatusAPIKeyRevoked {
+	if r, _ := s.CheckKey(c.Key, at); r.Status != StatusAPIKeyRevoked {
 		t.Errorf("after updating a revoked key: %v", r.Status)
 	}
 }
@@ -313,7 +313,7 @@ func TestUsageCounted(t *testing.T) {
 	s := openTemp(t)
 	c := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 100, Period: Daily}}, t0)
 	for i := 0; i < 3; i++ {
-		if r := s.Check(c.Key, t0.Add(time.Duration(i)*time.Second)); !r.OK() {
+		if r, _ := s.CheckKey(c.Key, t0.Add(time.Duration(i)*time.Second)); !r.OK() {
 			t.Fatal(r.Status)
 		}
 	}

@@ -12,7 +12,7 @@ import (
 func hotKey(b *testing.B) (*Store, string) {
 	s := openTemp(b)
 	c := mustCreate(b, s, KeySpec{RateLimit: Null[RateLimit]()}, time.Now())
-	if r := s.CheckNow(c.Key); !r.OK() {
+	if r, _ := s.CheckKeyNow(c.Key); !r.OK() {
 		b.Fatal(r.Status)
 	}
 	return s, c.Key
@@ -24,7 +24,7 @@ func BenchmarkCheckHot(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if r := s.Check(key, now); r.Status != StatusOK {
+		if r, _ := s.CheckKey(key, now); r.Status != StatusOK {
 			b.Fatal(r.Status)
 		}
 	}
@@ -37,16 +37,16 @@ func BenchmarkCheckLimited(b *testing.B) {
 	s := openTemp(b)
 	c := mustCreate(b, s, KeySpec{
 		Quota:     &Quota{Limit: 1_000_000_000_000, Period: Monthly},
-		RateLimit: Some(RateLimit{Limit: 1_000_000_000, WindowMS: 1000, Burst: 1_000_000_000}),
+		RateLimit: Some(RateLimit{Limit: 1_000_000_000, Per: time.Second, Burst: 1_000_000_000}),
 	}, time.Now())
 	now := time.Now()
-	if r := s.Check(c.Key, now); !r.OK() || r.Headers().Get("RateLimit") == "" {
+	if r, _ := s.CheckKey(c.Key, now); !r.OK() || r.Headers().Get("RateLimit") == "" {
 		b.Fatal(r.Status, r.Headers())
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if r := s.Check(c.Key, now); r.Status != StatusOK {
+		if r, _ := s.CheckKey(c.Key, now); r.Status != StatusOK {
 			b.Fatal(r.Status)
 		}
 	}
@@ -59,7 +59,7 @@ func BenchmarkCheckHotParallel(b *testing.B) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if r := s.Check(key, now); r.Status != StatusOK {
+			if r, _ := s.CheckKey(key, now); r.Status != StatusOK {
 				b.Error(r.Status)
 				return
 			}

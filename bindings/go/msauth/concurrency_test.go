@@ -28,7 +28,7 @@ func TestConcurrentChecksNeverExceedQuota(t *testing.T) {
 			defer wg.Done()
 			<-start
 			for i := 0; i < each; i++ {
-				switch r := s.Check(k.Key, t0); r.Status {
+				switch r, _ := s.CheckKey(k.Key, t0); r.Status {
 				case StatusOK:
 					atomic.AddInt64(&admitted, 1)
 				case StatusAPIKeyQuotaExceeded:
@@ -68,11 +68,11 @@ func TestCloseDuringChecks(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for {
-				r := s.Check(k.Key, t0)
+				r, err := s.CheckKey(k.Key, t0)
 				switch {
 				case r.OK():
 					atomic.AddInt64(&ok, 1)
-				case errors.Is(r.Err, ErrNotOpen):
+				case errors.Is(err, ErrNotOpen):
 					atomic.AddInt64(&closed, 1)
 					return
 				default:
@@ -119,13 +119,13 @@ func TestErrorMessagesStayWithTheirCall(t *testing.T) {
 					return
 				}
 				// Interleave successful checks and other failures on the same threads.
-				if r := s.Check(k.Key, t0); !r.OK() {
+				if r, _ := s.CheckKey(k.Key, t0); !r.OK() {
 					errs <- "check: " + r.Status.String()
 					return
 				}
-				if r := s.Check(k.Key, time.Unix(1, 0)); r.Status != StatusInvalidArgument || r.Err == nil ||
-					strings.Contains(r.Err.Error(), "missing-") {
-					errs <- fmt.Sprintf("bad clock: %v %v", r.Status, r.Err)
+				if r, err := s.CheckKey(k.Key, time.Unix(1, 0)); r.Status != StatusInvalidArgument || err == nil ||
+					strings.Contains(err.Error(), "missing-") {
+					errs <- fmt.Sprintf("bad clock: %v %v", r.Status, err)
 					return
 				}
 				runtime.Gosched()
@@ -149,7 +149,7 @@ func TestFinalizerClosesForgottenStore(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if r := s.Check("", t0); r.Status != StatusAPIKeyMissing {
+			if r, _ := s.CheckKey("", t0); r.Status != StatusAPIKeyMissing {
 				t.Fatal(r.Status)
 			}
 		}

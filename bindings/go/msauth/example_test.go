@@ -1,6 +1,8 @@
 package msauth_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log"
 	"net/http"
@@ -24,9 +26,13 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	res := store.CheckNow(created.Key)
+	res, err := store.CheckKeyNow(created.Key) // err: a library failure; a refusal is a Status
+	if err != nil {
+		log.Fatal(err)
+	}
 	fmt.Println(res.Status, res.HTTPStatus, res.Plan, res.QuotaRemaining)
-	fmt.Println(store.CheckNow("").Status)
+	missing, _ := store.CheckKeyNow("")
+	fmt.Println(missing.Status)
 
 	// In a server: every request must carry a valid X-API-Key.
 	_ = msauth.Middleware(store)(http.NotFoundHandler())
@@ -46,30 +52,38 @@ func Example_lifecycle() {
 	}
 	defer store.Close()
 	_ = store.SetActor("portal:alice@example.com")
+	// An admin call waits at most as long as its context allows (in a
+	// handler: the request's context). See InterruptedError for what an
+	// ended context means.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 
-	plan, _ := store.PutPlan(msauth.Plan{Name: "pro", Quota: &msauth.Quota{Limit: 10000, Period: msauth.Daily},
-		Lifetime: 90 * 24 * time.Hour})
-	old, _ := store.CreateKey(msauth.KeySpec{Plan: plan.Name})
+	plan, _ := store.PutPlanContext(ctx, msauth.Plan{Name: "pro", Quota: &msauth.Quota{Limit: 10000, Period: msauth.Daily},
+		RateLimit: msauth.Some(msauth.RateLimit{Limit: 100, Per: time.Minute}), Lifetime: 90 * 24 * time.Hour})
+	old, _ := store.CreateKeyContext(ctx, msauth.KeySpec{Plan: plan.Name})
 	since := time.Now()
-	store.CheckNow(old.Key)
-	created, err := store.RotateKey(old.Record.ID, time.Hour)
-	if err != nil {
+	_, _ = store.CheckKeyNow(old.Key)
+	created, err := store.RotateKeyContext(ctx, old.Record.ID, time.Hour)
+	var interrupted *msauth.InterruptedError
+	if errors.As(err, &interrupted) {
+		log.Fatal("gave up waiting; the rotation may still have happened: ", err)
+	} else if err != nil {
 		log.Fatal(err)
 	}
 	fmt.Println(*created.Record.RotatedFrom == old.Record.ID, created.Record.Usage.Used)
 
-	pol, _ := store.SetPolicy(msauth.Policies{Idle: msauth.Some(90 * 24 * time.Hour)})
+	pol, _ := store.SetPolicyContext(ctx, msauth.Policies{Idle: msauth.Some(90 * 24 * time.Hour)})
 	idle, _ := pol.Idle.Get()
 	fmt.Println(idle, pol.Abuse.IsNull())
 
-	hist, _ := store.Usage(created.Record.ID, since, time.Now()) // one UTC day, or two across midnight
+	hist, _ := store.UsageContext(ctx, created.Record.ID, since, time.Now()) // one UTC day, or two across midnight
 	var admitted, limited int64
 	for _, d := range hist.Days {
 		admitted += d.Admitted
 		limited += d.Rejected[msauth.StatusRateLimitExceeded]
 	}
 	fmt.Println(admitted, limited)
-	events, _ := store.Audit(msauth.AuditFilter{KeyID: old.Record.ID})
+	events, _ := store.AuditContext(ctx, msauth.AuditFilter{KeyID: old.Record.ID})
 	for _, e := range events {
 		fmt.Println(e.Action, e.Actor)
 	}

@@ -15,12 +15,12 @@ func TestCheckAllocatesNothingForTheFields(t *testing.T) {
 	s := openTemp(t)
 	c := mustCreate(t, s, KeySpec{
 		Quota:     &Quota{Limit: 1_000_000, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 1_000_000, WindowMS: 1000, Burst: 1_000_000}),
+		RateLimit: Some(RateLimit{Limit: 1_000_000, Per: time.Second, Burst: 1_000_000}),
 	}, t0)
 	now := t0.Add(time.Second)
-	r := s.Check(c.Key, now)
+	r, err := s.CheckKey(c.Key, now)
 	if !r.OK() {
-		t.Fatal(r.Status, r.Err)
+		t.Fatal(r.Status, err)
 	}
 	copied := r
 	h := copied.Headers()
@@ -42,7 +42,7 @@ func TestCheckAllocatesNothingForTheFields(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	for i := 0; i < n; i++ {
-		if r := s.Check(c.Key, now); r.Status != StatusOK {
+		if r, _ := s.CheckKey(c.Key, now); r.Status != StatusOK {
 			t.Fatal(r.Status)
 		}
 	}

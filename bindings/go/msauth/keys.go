@@ -61,16 +61,59 @@ type Quota struct {
 }
 
 // RateLimit is a token bucket: Burst requests at once, refilled at Limit per
-// WindowMS. In a spec, a zero WindowMS or Burst is left out so the library
-// applies its default (60,000 ms; Burst = Limit).
+// Per. In a spec, a zero Per or Burst is left out so the library applies its
+// default (a minute; Burst = Limit). On the wire Per is window_ms, whole
+// milliseconds: a Per with a fraction of a millisecond is refused.
 type RateLimit struct {
+	Limit int64
+	Per   time.Duration
+	Burst int64
+	// WindowMS is Per in milliseconds; answers fill in both.
+	//
+	// Deprecated: use Per. A spec may still set WindowMS alone; with both set
+	// they must agree.
+	WindowMS int64
+}
+
+// Window is the bucket's window: Per, or WindowMS when only it is set.
+func (r RateLimit) Window() time.Duration {
+	if r.Per != 0 {
+		return r.Per
+	}
+	return time.Duration(r.WindowMS) * time.Millisecond
+}
+
+// rateLimitJSON is RateLimit as the library's JSON has it.
+type rateLimitJSON struct {
 	Limit    int64 `json:"limit"`
 	WindowMS int64 `json:"window_ms,omitempty"`
 	Burst    int64 `json:"burst,omitempty"`
 }
 
-// Window is WindowMS as a duration.
-func (r RateLimit) Window() time.Duration { return time.Duration(r.WindowMS) * time.Millisecond }
+// MarshalJSON writes the window in milliseconds (window_ms).
+func (r RateLimit) MarshalJSON() ([]byte, error) {
+	windowMS := r.WindowMS
+	if r.Per != 0 {
+		if r.Per%time.Millisecond != 0 {
+			return nil, fmt.Errorf("rate limit window %v is not a whole number of milliseconds", r.Per)
+		}
+		if windowMS != 0 && windowMS != r.Per.Milliseconds() {
+			return nil, fmt.Errorf("rate limit Per (%v) and WindowMS (%d) disagree", r.Per, windowMS)
+		}
+		windowMS = r.Per.Milliseconds()
+	}
+	return json.Marshal(rateLimitJSON{Limit: r.Limit, WindowMS: windowMS, Burst: r.Burst})
+}
+
+// UnmarshalJSON reads window_ms into Per (and the deprecated WindowMS).
+func (r *RateLimit) UnmarshalJSON(b []byte) error {
+	var j rateLimitJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*r = RateLimit{Limit: j.Limit, Per: time.Duration(j.WindowMS) * time.Millisecond, Burst: j.Burst, WindowMS: j.WindowMS}
+	return nil
+}
 
 // KeySpec describes a key to create. Every field is optional.
 type KeySpec struct {

@@ -4,6 +4,7 @@ package msauth
 import "C"
 
 import (
+	"context"
 	"encoding/json"
 	"time"
 )
@@ -59,22 +60,35 @@ func (o Options) MarshalJSON() ([]byte, error) {
 // 200 bytes, without control characters, bidirectional controls (U+202E...)
 // or invisible characters.
 func (s *Store) SetActor(actor string) error {
-	return s.with(func(h *C.ms_store) error { return cSetActor(h, actor) })
+	// Only this handle's memory changes: nothing to wait for, no context.
+	return s.call(func(h *C.ms_store) error { return cSetActor(h, actor) })
 }
 
 // DefaultGrace is the library's grace for the old key of a rotation.
 const DefaultGrace = 24 * time.Hour
 
-// RotateKey replaces the key with a new one of the same policy, plan and meta
-// that counts against the same quota (the customer's quota is not reset). The
-// old key keeps working for grace (0: it ends at once), then answers
-// api_key_revoked. Created.Key is the new plaintext key, shown this once.
+// RotateKey is RotateKeyContext without a context.
 func (s *Store) RotateKey(id string, grace time.Duration) (Created, error) {
-	return s.RotateKeyAt(id, grace, time.Now())
+	return s.RotateKeyAtContext(context.Background(), id, grace, time.Now())
 }
 
-// RotateKeyAt is RotateKey at an explicit time (the grace counts from it).
+// RotateKeyAt is RotateKeyAtContext without a context.
 func (s *Store) RotateKeyAt(id string, grace time.Duration, now time.Time) (Created, error) {
+	return s.RotateKeyAtContext(context.Background(), id, grace, now)
+}
+
+// RotateKeyContext replaces the key with a new one of the same policy, plan
+// and meta that counts against the same quota (the customer's quota is not
+// reset). The old key keeps working for grace (0: it ends at once), then
+// answers api_key_revoked. Created.Key is the new plaintext key, shown this
+// once.
+func (s *Store) RotateKeyContext(ctx context.Context, id string, grace time.Duration) (Created, error) {
+	return s.RotateKeyAtContext(ctx, id, grace, time.Now())
+}
+
+// RotateKeyAtContext is RotateKeyContext at an explicit time (the grace
+// counts from it).
+func (s *Store) RotateKeyAtContext(ctx context.Context, id string, grace time.Duration, now time.Time) (Created, error) {
 	opts, err := json.Marshal(struct {
 		GraceMS int64 `json:"grace_ms"`
 	}{grace.Milliseconds()})
@@ -82,7 +96,7 @@ func (s *Store) RotateKeyAt(id string, grace time.Duration, now time.Time) (Crea
 		return Created{}, invalidArgument("rotate options", err)
 	}
 	var js []byte
-	if err := s.with(func(h *C.ms_store) (e error) {
+	if err := s.with(ctx, func(h *C.ms_store) (e error) {
 		js, e = cKeyRotate(h, id, opts, now.UnixMilli())
 		return e
 	}); err != nil {
@@ -143,17 +157,30 @@ func (j planJSON) plan() Plan {
 	return p
 }
 
-// PutPlan creates or replaces a plan now, and answers it as stored.
-func (s *Store) PutPlan(p Plan) (Plan, error) { return s.PutPlanAt(p, time.Now()) }
+// PutPlan is PutPlanContext without a context.
+func (s *Store) PutPlan(p Plan) (Plan, error) {
+	return s.PutPlanAtContext(context.Background(), p, time.Now())
+}
 
-// PutPlanAt is PutPlan at an explicit time (the plan's UpdatedAt).
+// PutPlanAt is PutPlanAtContext without a context.
 func (s *Store) PutPlanAt(p Plan, now time.Time) (Plan, error) {
+	return s.PutPlanAtContext(context.Background(), p, now)
+}
+
+// PutPlanContext creates or replaces a plan now, and answers it as stored.
+func (s *Store) PutPlanContext(ctx context.Context, p Plan) (Plan, error) {
+	return s.PutPlanAtContext(ctx, p, time.Now())
+}
+
+// PutPlanAtContext is PutPlanContext at an explicit time (the plan's
+// UpdatedAt).
+func (s *Store) PutPlanAtContext(ctx context.Context, p Plan, now time.Time) (Plan, error) {
 	body, err := p.spec()
 	if err != nil {
 		return Plan{}, invalidArgument("plan", err)
 	}
 	var js []byte
-	if err := s.with(func(h *C.ms_store) (e error) {
+	if err := s.with(ctx, func(h *C.ms_store) (e error) {
 		js, e = cPlanPut(h, body, now.UnixMilli())
 		return e
 	}); err != nil {
@@ -166,10 +193,13 @@ func (s *Store) PutPlanAt(p Plan, now time.Time) (Plan, error) {
 	return j.plan(), nil
 }
 
-// Plans lists every plan, by name.
-func (s *Store) Plans() ([]Plan, error) {
+// Plans is PlansContext without a context.
+func (s *Store) Plans() ([]Plan, error) { return s.PlansContext(context.Background()) }
+
+// PlansContext lists every plan, by name.
+func (s *Store) PlansContext(ctx context.Context) ([]Plan, error) {
 	var js []byte
-	if err := s.with(func(h *C.ms_store) (e error) {
+	if err := s.with(ctx, func(h *C.ms_store) (e error) {
 		js, e = cPlanList(h)
 		return e
 	}); err != nil {
@@ -260,17 +290,31 @@ func parsePolicies(js []byte) (Policies, error) {
 	return p, nil
 }
 
-// SetPolicy changes the revocation policies now, and answers those in force.
-func (s *Store) SetPolicy(p Policies) (Policies, error) { return s.SetPolicyAt(p, time.Now()) }
+// SetPolicy is SetPolicyContext without a context.
+func (s *Store) SetPolicy(p Policies) (Policies, error) {
+	return s.SetPolicyAtContext(context.Background(), p, time.Now())
+}
 
-// SetPolicyAt is SetPolicy at an explicit time (for the audit log).
+// SetPolicyAt is SetPolicyAtContext without a context.
 func (s *Store) SetPolicyAt(p Policies, now time.Time) (Policies, error) {
+	return s.SetPolicyAtContext(context.Background(), p, now)
+}
+
+// SetPolicyContext changes the revocation policies now, and answers those in
+// force.
+func (s *Store) SetPolicyContext(ctx context.Context, p Policies) (Policies, error) {
+	return s.SetPolicyAtContext(ctx, p, time.Now())
+}
+
+// SetPolicyAtContext is SetPolicyContext at an explicit time (for the audit
+// log).
+func (s *Store) SetPolicyAtContext(ctx context.Context, p Policies, now time.Time) (Policies, error) {
 	body, err := p.change()
 	if err != nil {
 		return Policies{}, err
 	}
 	var js []byte
-	if err := s.with(func(h *C.ms_store) (e error) {
+	if err := s.with(ctx, func(h *C.ms_store) (e error) {
 		js, e = cPolicyPut(h, body, now.UnixMilli())
 		return e
 	}); err != nil {
@@ -279,10 +323,13 @@ func (s *Store) SetPolicyAt(p Policies, now time.Time) (Policies, error) {
 	return parsePolicies(js)
 }
 
-// Policy is the revocation policies in force.
-func (s *Store) Policy() (Policies, error) {
+// Policy is PolicyContext without a context.
+func (s *Store) Policy() (Policies, error) { return s.PolicyContext(context.Background()) }
+
+// PolicyContext is the revocation policies in force.
+func (s *Store) PolicyContext(ctx context.Context) (Policies, error) {
 	var js []byte
-	if err := s.with(func(h *C.ms_store) (e error) {
+	if err := s.with(ctx, func(h *C.ms_store) (e error) {
 		js, e = cPolicyGet(h)
 		return e
 	}); err != nil {
@@ -327,14 +374,19 @@ type AuditEvent struct {
 	Host   string          // in a fleet, the host where the change was made; "" on a store in no fleet
 }
 
-// Audit is the audit log, oldest first.
+// Audit is AuditContext without a context.
 func (s *Store) Audit(filter AuditFilter) ([]AuditEvent, error) {
+	return s.AuditContext(context.Background(), filter)
+}
+
+// AuditContext is the audit log, oldest first.
+func (s *Store) AuditContext(ctx context.Context, filter AuditFilter) ([]AuditEvent, error) {
 	fjs, err := filter.json()
 	if err != nil {
 		return nil, invalidArgument("audit filter", err)
 	}
 	var js []byte
-	if err := s.with(func(h *C.ms_store) (e error) {
+	if err := s.with(ctx, func(h *C.ms_store) (e error) {
 		js, e = cAudit(h, fjs)
 		return e
 	}); err != nil {
@@ -384,11 +436,16 @@ type UsageDay struct {
 	Rejected map[Status]int64
 }
 
-// Usage is the history of key id from the UTC day of from to that of to,
-// counted by every process.
+// Usage is UsageContext without a context.
 func (s *Store) Usage(id string, from, to time.Time) (UsageHistory, error) {
+	return s.UsageContext(context.Background(), id, from, to)
+}
+
+// UsageContext is the history of key id from the UTC day of from to that of
+// to, counted by every process.
+func (s *Store) UsageContext(ctx context.Context, id string, from, to time.Time) (UsageHistory, error) {
 	var js []byte
-	if err := s.with(func(h *C.ms_store) (e error) {
+	if err := s.with(ctx, func(h *C.ms_store) (e error) {
 		js, e = cUsage(h, id, from.UnixMilli(), to.UnixMilli())
 		return e
 	}); err != nil {
@@ -433,12 +490,16 @@ var statusByCode = func() map[string]Status {
 	return m
 }()
 
-// MetricsText is the Prometheus text exposition (version 0.0.4) of the store:
-// checks by status (every process), unmatched checks (this process), keys by
-// state, quota use per plan, flush failures. MetricsHandler serves it.
-func (s *Store) MetricsText() (string, error) {
+// MetricsText is MetricsTextContext without a context.
+func (s *Store) MetricsText() (string, error) { return s.MetricsTextContext(context.Background()) }
+
+// MetricsTextContext is the Prometheus text exposition (version 0.0.4) of the
+// store: checks by status (every process), unmatched checks (this process),
+// keys by state, quota use per plan, flush failures. MetricsHandler serves it
+// under the request's context.
+func (s *Store) MetricsTextContext(ctx context.Context) (string, error) {
 	var text []byte
-	if err := s.with(func(h *C.ms_store) (e error) {
+	if err := s.with(ctx, func(h *C.ms_store) (e error) {
 		text, e = cMetricsText(h)
 		return e
 	}); err != nil {

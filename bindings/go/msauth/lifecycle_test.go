@@ -61,11 +61,11 @@ func childJob(job, db, arg string) error {
 		}
 		defer s.Close()
 		for i := 0; i < 3; i++ {
-			if r := s.CheckNow(arg); !r.OK() {
-				return fmt.Errorf("check: %v %v", r.Status, r.Err)
+			if r, err := s.CheckKeyNow(arg); !r.OK() {
+				return fmt.Errorf("check: %v %v", r.Status, err)
 			}
 		}
-		if r := s.CheckNow("ms_live_nope"); r.Status != StatusAPIKeyInvalid {
+		if r, _ := s.CheckKeyNow("ms_live_nope"); r.Status != StatusAPIKeyInvalid {
 			return fmt.Errorf("unknown key: %v", r.Status)
 		}
 	case "check-and-die-strict", "check-and-die-batched":
@@ -78,8 +78,8 @@ func childJob(job, db, arg string) error {
 			return err
 		}
 		for i := 0; i < 5; i++ {
-			if r := s.CheckNow(arg); !r.OK() {
-				return fmt.Errorf("check: %v %v", r.Status, r.Err)
+			if r, err := s.CheckKeyNow(arg); !r.OK() {
+				return fmt.Errorf("check: %v %v", r.Status, err)
 			}
 		}
 		os.Exit(0) // no Close: no final flush
@@ -137,8 +137,8 @@ func TestOpenWithOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := mustCreate(t, s, KeySpec{RateLimit: Null[RateLimit]()}, t0)
-	if r := s.Check(c.Key, t0); !r.OK() {
-		t.Fatalf("strict store: %v %v", r.Status, r.Err)
+	if r, err := s.CheckKey(c.Key, t0); !r.OK() {
+		t.Fatalf("strict store: %v %v", r.Status, err)
 	}
 	_ = s.Close()
 	s, err = OpenWithOptions(path, Options{FlushInterval: Some(time.Duration(0)), Durability: DurabilityBatched,
@@ -146,8 +146,8 @@ func TestOpenWithOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := s.Check(c.Key, t0); !r.OK() {
-		t.Fatalf("batched store: %v %v", r.Status, r.Err)
+	if r, err := s.CheckKey(c.Key, t0); !r.OK() {
+		t.Fatalf("batched store: %v %v", r.Status, err)
 	}
 	_ = s.Close()
 	s, err = OpenWithOptions(path, Options{})
@@ -366,7 +366,7 @@ func TestRotateKey(t *testing.T) {
 	old := mustCreate(t, s, KeySpec{Plan: "pro", Meta: json.RawMessage(`{"team":"billing"}`),
 		Quota: &Quota{Limit: 5, Period: Daily}, RateLimit: Null[RateLimit]()}, t0)
 	for i := 0; i < 3; i++ {
-		if r := s.Check(old.Key, t0); !r.OK() {
+		if r, _ := s.CheckKey(old.Key, t0); !r.OK() {
 			t.Fatal(r.Status)
 		}
 	}
@@ -391,19 +391,19 @@ func TestRotateKey(t *testing.T) {
 	if was.RotatedTo == nil || *was.RotatedTo != r.ID || was.RevokeAtMS == nil || *was.RevokeAtMS != ms(t0.Add(hour)) {
 		t.Errorf("old record: %s", was.Raw)
 	}
-	if res := s.Check(c.Key, t0); !res.OK() || res.QuotaRemaining != 1 || res.KeyID != r.ID {
+	if res, _ := s.CheckKey(c.Key, t0); !res.OK() || res.QuotaRemaining != 1 || res.KeyID != r.ID {
 		t.Errorf("new key: %+v", res)
 	}
-	if res := s.Check(old.Key, t0.Add(hour-time.Millisecond)); !res.OK() {
+	if res, _ := s.CheckKey(old.Key, t0.Add(hour-time.Millisecond)); !res.OK() {
 		t.Errorf("old key in its grace: %v", res.Status)
 	}
-	if res := s.Check(c.Key, t0.Add(hour-time.Millisecond)); res.Status != StatusAPIKeyQuotaExceeded {
+	if res, _ := s.CheckKey(c.Key, t0.Add(hour-time.Millisecond)); res.Status != StatusAPIKeyQuotaExceeded {
 		t.Errorf("one quota for both: %v", res.Status)
 	}
-	if res := s.Check(old.Key, t0.Add(hour)); res.Status != StatusAPIKeyRevoked {
+	if res, _ := s.CheckKey(old.Key, t0.Add(hour)); res.Status != StatusAPIKeyRevoked {
 		t.Errorf("old key at the grace's end: %v", res.Status)
 	}
-	if res := s.Check(c.Key, t0.Add(24*hour)); !res.OK() {
+	if res, _ := s.CheckKey(c.Key, t0.Add(24*hour)); !res.OK() {
 		t.Errorf("new key the next day: %v", res.Status)
 	}
 }
@@ -422,10 +422,10 @@ func TestRotateKeyGraceAndRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res := s.Check(b.Key, t0); res.Status != StatusAPIKeyRevoked {
+	if res, _ := s.CheckKey(b.Key, t0); res.Status != StatusAPIKeyRevoked {
 		t.Errorf("no grace: %v", res.Status)
 	}
-	if res := s.Check(c.Key, t0); !res.OK() {
+	if res, _ := s.CheckKey(c.Key, t0); !res.OK() {
 		t.Errorf("the newest key: %v", res.Status)
 	}
 	_, err = s.RotateKeyAt(a.Record.ID, hour, t0)
@@ -454,18 +454,18 @@ func TestRotateKeyGraceAndRefusals(t *testing.T) {
 func TestPutPlanAndPlans(t *testing.T) {
 	s := openTemp(t)
 	pro, err := s.PutPlanAt(Plan{Name: "pro", Quota: &Quota{Limit: 100, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 10, WindowMS: 1000}), Lifetime: 30 * day}, t0)
+		RateLimit: Some(RateLimit{Limit: 10, Per: time.Second}), Lifetime: 30 * day}, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Plan{Name: "pro", Quota: &Quota{Limit: 100, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 10, WindowMS: 1000, Burst: 10}), Lifetime: 30 * day, UpdatedAt: t0, Keys: 0}
+		RateLimit: Some(RateLimit{Limit: 10, Per: time.Second, Burst: 10, WindowMS: 1000}), Lifetime: 30 * day, UpdatedAt: t0, Keys: 0}
 	if !reflect.DeepEqual(pro, want) {
 		t.Errorf("PutPlan = %+v\nwant %+v", pro, want)
 	}
 	// Absent rate limit: the store default; Null: none; no quota, no lifetime.
 	def, err := s.PutPlanAt(Plan{Name: "default"}, t0)
-	if rl, ok := def.RateLimit.Get(); err != nil || !ok || rl != (RateLimit{Limit: 60, WindowMS: 60000, Burst: 60}) ||
+	if rl, ok := def.RateLimit.Get(); err != nil || !ok || rl != (RateLimit{Limit: 60, Per: time.Minute, Burst: 60, WindowMS: 60000}) ||
 		def.Quota != nil || def.Lifetime != 0 {
 		t.Errorf("default plan = %+v %v", def, err)
 	}
@@ -514,7 +514,7 @@ func TestPutPlanRefusals(t *testing.T) {
 		{"negative lifetime", Plan{Name: "p", Lifetime: -day}, "lifetime_ms"},
 		{"lifetime under a millisecond", Plan{Name: "p", Lifetime: time.Microsecond}, "lifetime_ms"},
 		{"weekly quota", Plan{Name: "p", Quota: &Quota{Limit: 1, Period: "weekly"}}, "period"},
-		{"zero rate", Plan{Name: "p", RateLimit: Some(RateLimit{Limit: 0, WindowMS: 1000})}, "rate_limit"},
+		{"zero rate", Plan{Name: "p", RateLimit: Some(RateLimit{Limit: 0, Per: time.Second})}, "rate_limit"},
 	} {
 		_, err := s.PutPlanAt(c.plan, t0)
 		refused(t, c.what, err, c.fragment)
@@ -536,17 +536,17 @@ func TestPlanPutInAnotherProcessIsInForceOnTheNextCheck(t *testing.T) {
 	}
 	k := mustCreate(t, server, KeySpec{Plan: "pro"}, t0)
 	for i := 0; i < 2; i++ {
-		if r := server.Check(k.Key, t0); !r.OK() {
+		if r, _ := server.CheckKey(k.Key, t0); !r.OK() {
 			t.Fatal(r.Status)
 		}
 	}
-	if r := server.Check(k.Key, t0); r.Status != StatusAPIKeyQuotaExceeded {
+	if r, _ := server.CheckKey(k.Key, t0); r.Status != StatusAPIKeyQuotaExceeded {
 		t.Fatalf("quota 2: %v", r.Status)
 	}
 	if out := runChild(t, "put-plan", path, ""); out != "1\n" {
 		t.Errorf("child answered %q", out)
 	}
-	if r := server.Check(k.Key, t0); !r.OK() || r.QuotaLimit != 5 || r.QuotaRemaining != 2 {
+	if r, _ := server.CheckKey(k.Key, t0); !r.OK() || r.QuotaLimit != 5 || r.QuotaRemaining != 2 {
 		t.Errorf("after the plan change: %v limit %d remaining %d", r.Status, r.QuotaLimit, r.QuotaRemaining)
 	}
 }
@@ -602,16 +602,16 @@ func TestIdlePolicyRevokesUnusedKeys(t *testing.T) {
 	defer s.Close()
 	used := mustCreate(t, s, KeySpec{ExpiresAt: Null[time.Time]()}, t0)
 	unused := mustCreate(t, s, KeySpec{ExpiresAt: Null[time.Time]()}, t0)
-	if r := s.Check(used.Key, t0.Add(day)); !r.OK() {
+	if r, _ := s.CheckKey(used.Key, t0.Add(day)); !r.OK() {
 		t.Fatal(r.Status)
 	}
 	if _, err := s.SetPolicyAt(Policies{Idle: Some(30 * day)}, t0); err != nil {
 		t.Fatal(err)
 	}
-	if r := s.Check(unused.Key, t0.Add(30*day-time.Millisecond)); !r.OK() {
+	if r, _ := s.CheckKey(unused.Key, t0.Add(30*day-time.Millisecond)); !r.OK() {
 		t.Errorf("29.99 days unused: %v", r.Status)
 	}
-	if r := s.Check(used.Key, t0.Add(31*day+5*time.Millisecond)); r.Status != StatusAPIKeyRevoked {
+	if r, _ := s.CheckKey(used.Key, t0.Add(31*day+5*time.Millisecond)); r.Status != StatusAPIKeyRevoked {
 		t.Errorf("30 days after its last use: %v", r.Status)
 	}
 	rec, err := s.GetKey(used.Record.ID)
@@ -630,17 +630,17 @@ func TestAbusePolicySetInAnotherProcessRevokesHere(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer server.Close()
-	k := mustCreate(t, server, KeySpec{RateLimit: Some(RateLimit{Limit: 1, WindowMS: 60000})}, t0)
+	k := mustCreate(t, server, KeySpec{RateLimit: Some(RateLimit{Limit: 1, Per: time.Minute})}, t0)
 	runChild(t, "set-abuse", path, "")
-	if r := server.Check(k.Key, t0); !r.OK() {
+	if r, _ := server.CheckKey(k.Key, t0); !r.OK() {
 		t.Fatal(r.Status)
 	}
 	for i := 1; i <= 4; i++ {
-		if r := server.Check(k.Key, t0.Add(time.Duration(i)*time.Millisecond)); r.Status != StatusRateLimitExceeded {
+		if r, _ := server.CheckKey(k.Key, t0.Add(time.Duration(i)*time.Millisecond)); r.Status != StatusRateLimitExceeded {
 			t.Fatalf("refusal %d: %v", i, r.Status)
 		}
 	}
-	if r := server.Check(k.Key, t0.Add(time.Minute)); r.Status != StatusAPIKeyRevoked {
+	if r, _ := server.CheckKey(k.Key, t0.Add(time.Minute)); r.Status != StatusAPIKeyRevoked {
 		t.Errorf("over the abuse limit: %v", r.Status)
 	}
 	rec, err := server.GetKey(k.Record.ID)
@@ -659,20 +659,20 @@ func TestUsageHistory(t *testing.T) {
 	k := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 3, Period: Daily}, RateLimit: Null[RateLimit]()}, t0)
 	before := nextMidnight.Add(-time.Millisecond)
 	for i := 0; i < 3; i++ {
-		if r := s.Check(k.Key, before); !r.OK() {
+		if r, _ := s.CheckKey(k.Key, before); !r.OK() {
 			t.Fatal(r.Status)
 		}
 	}
-	if r := s.Check(k.Key, before); r.Status != StatusAPIKeyQuotaExceeded {
+	if r, _ := s.CheckKey(k.Key, before); r.Status != StatusAPIKeyQuotaExceeded {
 		t.Fatal(r.Status)
 	}
-	if r := s.Check(k.Key, nextMidnight); !r.OK() {
+	if r, _ := s.CheckKey(k.Key, nextMidnight); !r.OK() {
 		t.Fatal(r.Status)
 	}
 	if err := s.RevokeKeyAt(k.Record.ID, nextMidnight.Add(10*time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
-	if r := s.Check(k.Key, nextMidnight.Add(20*time.Millisecond)); r.Status != StatusAPIKeyRevoked {
+	if r, _ := s.CheckKey(k.Key, nextMidnight.Add(20*time.Millisecond)); r.Status != StatusAPIKeyRevoked {
 		t.Fatal(r.Status)
 	}
 
@@ -729,13 +729,13 @@ func TestMetricsText(t *testing.T) {
 	}
 	mustCreate(t, s, KeySpec{ExpiresAt: Some(now.Add(-time.Millisecond))}, now.Add(-10*time.Millisecond))
 	for i := 0; i < 4; i++ {
-		if r := s.Check(k.Key, now); !r.OK() {
+		if r, _ := s.CheckKey(k.Key, now); !r.OK() {
 			t.Fatal(r.Status)
 		}
 	}
-	s.Check(gone.Key, now)
-	s.Check("not-a-key-at-all", now)
-	s.Check("", now)
+	s.CheckKey(gone.Key, now)
+	s.CheckKey("not-a-key-at-all", now)
+	s.CheckKey("", now)
 	text, err := s.MetricsText()
 	if err != nil {
 		t.Fatal(err)
@@ -802,7 +802,7 @@ func TestMetricsHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := mustCreate(t, s, KeySpec{}, time.Now())
-	s.CheckNow(k.Key)
+	s.CheckKeyNow(k.Key)
 	var failures []error
 	var mu sync.Mutex
 	srv := httptest.NewServer(MetricsHandler(s, WithErrorHandler(func(_ *http.Request, err error) {

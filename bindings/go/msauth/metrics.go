@@ -24,7 +24,7 @@ func MetricsHandler(store *Store, opts ...Option) http.Handler {
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 			return
 		}
-		text, err := store.MetricsText()
+		text, err := store.MetricsTextContext(r.Context())
 		if err != nil {
 			if c.onError != nil {
 				c.onError(r, err)

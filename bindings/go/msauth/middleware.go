@@ -87,16 +87,16 @@ func Middleware(store *Store, opts ...Option) func(http.Handler) http.Handler {
 				writeJSON(w, StatusAPIKeyInvalid.HTTPStatus(), errorBody(StatusAPIKeyInvalid))
 				return
 			}
-			res := store.Check(key, c.clock())
+			res, err := store.CheckKey(key, c.clock())
 			switch {
 			case res.OK():
 				res.setHeaders(w.Header())
 				ctx := context.WithValue(r.Context(), keyIDKey, res.KeyID)
 				ctx = context.WithValue(ctx, planKey, res.Plan)
 				next.ServeHTTP(w, r.WithContext(ctx))
-			case res.Status.IsFailure() || res.Err != nil:
+			case err != nil || res.Status.IsFailure():
 				if c.onError != nil {
-					c.onError(r, res.Err)
+					c.onError(r, err)
 				}
 				if c.failOpen {
 					next.ServeHTTP(w, r)

@@ -87,14 +87,14 @@ func TestMiddlewareDocumentedAnswers(t *testing.T) {
 	defer srv.Close()
 
 	ok := mustCreate(t, s, KeySpec{Plan: "pro", Quota: &Quota{Limit: 10, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 5, WindowMS: 60000})}, t0)
+		RateLimit: Some(RateLimit{Limit: 5, Per: time.Minute})}, t0)
 	exp := mustCreate(t, s, KeySpec{ExpiresAt: Some(t0)}, t0.Add(-time.Hour))
 	rev := mustCreate(t, s, KeySpec{}, t0.Add(-time.Hour))
 	if err := s.RevokeKeyAt(rev.Record.ID, t0.Add(-time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	quota := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 1, Period: Daily}, RateLimit: Null[RateLimit]()}, t0)
-	rate := mustCreate(t, s, KeySpec{RateLimit: Some(RateLimit{Limit: 1, WindowMS: 10000})}, t0)
+	rate := mustCreate(t, s, KeySpec{RateLimit: Some(RateLimit{Limit: 1, Per: 10 * time.Second})}, t0)
 	noPlan := mustCreate(t, s, KeySpec{RateLimit: Null[RateLimit]()}, t0)
 
 	// ok: reaches the app with key id and plan; RateLimit headers advertised.

@@ -26,6 +26,9 @@ type Result struct {
 
 	// Err is the library failure (an *Error with ms_last_error()) when
 	// Status is 100 or more, else nil.
+	//
+	// Deprecated: CheckKey returns the failure as its error; Err is kept for
+	// the deprecated Check.
 	Err error
 
 	fields answerFields // the answer's fields from ms_store_check_http, parsed on demand

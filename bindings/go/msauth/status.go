@@ -148,6 +148,24 @@ func StatusOf(err error) Status {
 	return StatusInternal
 }
 
+// InterruptedError is the error of a call whose context ended while the
+// library was at work on it. A library call cannot be interrupted: it runs on
+// to its end in the background (Close waits for it) and its answer is
+// dropped, so a change it makes may or may not have taken effect; read it
+// back to know. errors.Is(err, context.Canceled) or
+// errors.Is(err, context.DeadlineExceeded) tells which way the context ended.
+// A context that had ended before the call is that context's error, and then
+// nothing was done.
+type InterruptedError struct {
+	Err error // the context's error
+}
+
+func (e *InterruptedError) Error() string {
+	return "ms-auth: stopped waiting for the library (the call may still take effect): " + e.Err.Error()
+}
+
+func (e *InterruptedError) Unwrap() error { return e.Err }
+
 func invalidArgument(what string, err error) error {
 	msg := what
 	if err != nil {

@@ -27,8 +27,8 @@ func TestOpenCloseIdempotent(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	r := s.Check("ms_live_whatever", t0)
-	if r.Status != StatusNotOpen || r.OK() || !errors.Is(r.Err, ErrNotOpen) || r.HTTPStatus != 503 {
+	r, err := s.CheckKey("ms_live_whatever", t0)
+	if r.Status != StatusNotOpen || r.OK() || !errors.Is(err, ErrNotOpen) || r.HTTPStatus != 503 {
 		t.Fatalf("Check after Close = %+v", r)
 	}
 	if _, err := s.CreateKey(KeySpec{}); !errors.Is(err, ErrNotOpen) {
@@ -72,9 +72,9 @@ func TestCheckDecisions(t *testing.T) {
 	s := openTemp(t)
 
 	ok := mustCreate(t, s, KeySpec{Plan: "pro", Quota: &Quota{Limit: 10, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 5, WindowMS: 60000})}, t0.Add(-time.Hour))
-	r := s.Check(ok.Key, t0)
-	if !r.OK() || r.Status != StatusOK || r.HTTPStatus != 200 || r.Err != nil {
+		RateLimit: Some(RateLimit{Limit: 5, Per: time.Minute})}, t0.Add(-time.Hour))
+	r, err := s.CheckKey(ok.Key, t0)
+	if !r.OK() || r.Status != StatusOK || r.HTTPStatus != 200 || err != nil {
 		t.Fatalf("valid key: %+v", r)
 	}
 	if r.KeyID != ok.Record.ID || r.Plan != "pro" {
@@ -92,7 +92,7 @@ func TestCheckDecisions(t *testing.T) {
 	}
 
 	// Leading and trailing HTTP whitespace is not part of the key.
-	if r := s.Check(" \t"+ok.Key+"\t ", t0); !r.OK() {
+	if r, _ := s.CheckKey(" \t"+ok.Key+"\t ", t0); !r.OK() {
 		t.Errorf("padded key: %v", r.Status)
 	}
 
@@ -100,30 +100,30 @@ func TestCheckDecisions(t *testing.T) {
 	// (not NUL-terminated where it ends) is exactly that key, and a NUL
 	// inside a key does not cut it short.
 	long := ok.Key + "trailing-bytes"
-	if r := s.Check(long[:len(ok.Key)], t0); !r.OK() {
+	if r, _ := s.CheckKey(long[:len(ok.Key)], t0); !r.OK() {
 		t.Errorf("key sliced from a longer string: %v", r.Status)
 	}
-	if r := s.Check(ok.Key+"\x00", t0); r.Status != StatusAPIKeyInvalid {
+	if r, _ := s.CheckKey(ok.Key+"\x00", t0); r.Status != StatusAPIKeyInvalid {
 		t.Errorf("key + NUL: %v, want invalid", r.Status)
 	}
 
 	for _, missing := range []string{"", " ", "\t \t"} {
-		if r := s.Check(missing, t0); r.Status != StatusAPIKeyMissing || r.HTTPStatus != 401 || r.KeyID != "" {
+		if r, _ := s.CheckKey(missing, t0); r.Status != StatusAPIKeyMissing || r.HTTPStatus != 401 || r.KeyID != "" {
 			t.Errorf("Check(%q) = %v/%d", missing, r.Status, r.HTTPStatus)
 		}
 	}
 	for _, invalid := range []string{"ms_live_doesnotexist", "ms_live_has space", "ms_live_\x01ctl",
 		"ms_live_nön-ascii", strings.Repeat("a", 513)} {
-		if r := s.Check(invalid, t0); r.Status != StatusAPIKeyInvalid || r.HTTPStatus != 401 || r.KeyID != "" {
+		if r, _ := s.CheckKey(invalid, t0); r.Status != StatusAPIKeyInvalid || r.HTTPStatus != 401 || r.KeyID != "" {
 			t.Errorf("Check(%q) = %v/%d", invalid, r.Status, r.HTTPStatus)
 		}
 	}
 
 	exp := mustCreate(t, s, KeySpec{ExpiresAt: Some(t0)}, t0.Add(-time.Hour))
-	if r := s.Check(exp.Key, t0.Add(-time.Millisecond)); !r.OK() {
+	if r, _ := s.CheckKey(exp.Key, t0.Add(-time.Millisecond)); !r.OK() {
 		t.Errorf("one ms before expiry: %v", r.Status)
 	}
-	if r := s.Check(exp.Key, t0); r.Status != StatusAPIKeyExpired || r.HTTPStatus != 401 {
+	if r, _ := s.CheckKey(exp.Key, t0); r.Status != StatusAPIKeyExpired || r.HTTPStatus != 401 {
 		t.Errorf("at the expiry instant: %v", r.Status)
 	}
 
@@ -131,17 +131,17 @@ func TestCheckDecisions(t *testing.T) {
 	if err := s.RevokeKeyAt(rev.Record.ID, t0.Add(-time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if r := s.Check(rev.Key, t0); r.Status != StatusAPIKeyRevoked || r.HTTPStatus != 401 {
+	if r, _ := s.CheckKey(rev.Key, t0); r.Status != StatusAPIKeyRevoked || r.HTTPStatus != 401 {
 		t.Errorf("revoked: %v", r.Status)
 	}
 
 	q := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 2, Period: Daily}, RateLimit: Null[RateLimit]()}, t0)
 	for i := 0; i < 2; i++ {
-		if r := s.Check(q.Key, t0); !r.OK() {
+		if r, _ := s.CheckKey(q.Key, t0); !r.OK() {
 			t.Fatalf("quota check %d: %v", i, r.Status)
 		}
 	}
-	r = s.Check(q.Key, t0)
+	r, _ = s.CheckKey(q.Key, t0)
 	if r.Status != StatusAPIKeyQuotaExceeded || r.HTTPStatus != 429 || r.RetryAfter != nextMidnight.Sub(t0) {
 		t.Errorf("quota exceeded: %v/%d retry %v", r.Status, r.HTTPStatus, r.RetryAfter)
 	}
@@ -149,17 +149,17 @@ func TestCheckDecisions(t *testing.T) {
 		t.Errorf("quota exceeded figures: remaining %d, rate limit %d", r.QuotaRemaining, r.RateLimit)
 	}
 	// A new UTC day resets the quota.
-	if r := s.Check(q.Key, nextMidnight); !r.OK() {
+	if r, _ := s.CheckKey(q.Key, nextMidnight); !r.OK() {
 		t.Errorf("after midnight: %v", r.Status)
 	}
 
-	rl := mustCreate(t, s, KeySpec{RateLimit: Some(RateLimit{Limit: 2, WindowMS: 60000, Burst: 2})}, t0)
+	rl := mustCreate(t, s, KeySpec{RateLimit: Some(RateLimit{Limit: 2, Per: time.Minute, Burst: 2})}, t0)
 	for i := 0; i < 2; i++ {
-		if r := s.Check(rl.Key, t0); !r.OK() {
+		if r, _ := s.CheckKey(rl.Key, t0); !r.OK() {
 			t.Fatalf("rate check %d: %v", i, r.Status)
 		}
 	}
-	r = s.Check(rl.Key, t0)
+	r, _ = s.CheckKey(rl.Key, t0)
 	if r.Status != StatusRateLimitExceeded || r.HTTPStatus != 429 || r.RetryAfter != 30*time.Second {
 		t.Errorf("rate limited: %v/%d retry %v", r.Status, r.HTTPStatus, r.RetryAfter)
 	}
@@ -167,7 +167,7 @@ func TestCheckDecisions(t *testing.T) {
 		t.Errorf("rate limited figures: quota %d, remaining %d", r.QuotaLimit, r.RateRemaining)
 	}
 	// One emission interval later one request is admitted again.
-	if r := s.Check(rl.Key, t0.Add(30*time.Second)); !r.OK() {
+	if r, _ := s.CheckKey(rl.Key, t0.Add(30*time.Second)); !r.OK() {
 		t.Errorf("after the retry interval: %v", r.Status)
 	}
 }
@@ -177,21 +177,21 @@ func TestCheckDecisions(t *testing.T) {
 func TestDecisionOrder(t *testing.T) {
 	s := openTemp(t)
 	k := mustCreate(t, s, KeySpec{ExpiresAt: Some(t0), Quota: &Quota{Limit: 1, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 1, WindowMS: 60000})}, t0.Add(-time.Hour))
+		RateLimit: Some(RateLimit{Limit: 1, Per: time.Minute})}, t0.Add(-time.Hour))
 	at := t0.Add(-time.Minute)
-	if r := s.Check(k.Key, at); !r.OK() {
+	if r, _ := s.CheckKey(k.Key, at); !r.OK() {
 		t.Fatal(r.Status)
 	}
-	if r := s.Check(k.Key, at); r.Status != StatusAPIKeyQuotaExceeded {
+	if r, _ := s.CheckKey(k.Key, at); r.Status != StatusAPIKeyQuotaExceeded {
 		t.Errorf("quota and rate both used up: %v, want quota first", r.Status)
 	}
-	if r := s.Check(k.Key, t0); r.Status != StatusAPIKeyExpired {
+	if r, _ := s.CheckKey(k.Key, t0); r.Status != StatusAPIKeyExpired {
 		t.Errorf("expired and over quota: %v, want expired first", r.Status)
 	}
 	if err := s.RevokeKeyAt(k.Record.ID, t0); err != nil {
 		t.Fatal(err)
 	}
-	if r := s.Check(k.Key, t0); r.Status != StatusAPIKeyRevoked {
+	if r, _ := s.CheckKey(k.Key, t0); r.Status != StatusAPIKeyRevoked {
 		t.Errorf("revoked and expired: %v, want revoked first", r.Status)
 	}
 }
@@ -200,12 +200,12 @@ func TestDecisionOrder(t *testing.T) {
 func TestRejectionConsumesNothing(t *testing.T) {
 	s := openTemp(t)
 	k := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 3, Period: Monthly},
-		RateLimit: Some(RateLimit{Limit: 1, WindowMS: 1000})}, t0)
-	if r := s.Check(k.Key, t0); !r.OK() {
+		RateLimit: Some(RateLimit{Limit: 1, Per: time.Second})}, t0)
+	if r, _ := s.CheckKey(k.Key, t0); !r.OK() {
 		t.Fatal(r.Status)
 	}
 	for i := 0; i < 5; i++ {
-		if r := s.Check(k.Key, t0); r.Status != StatusRateLimitExceeded {
+		if r, _ := s.CheckKey(k.Key, t0); r.Status != StatusRateLimitExceeded {
 			t.Fatalf("burst %d: %v", i, r.Status)
 		}
 	}
@@ -216,7 +216,7 @@ func TestRejectionConsumesNothing(t *testing.T) {
 	if rec.Usage.Used != 1 || rec.Usage.Total != 1 {
 		t.Errorf("usage after 1 admitted + 5 rejected = %+v", rec.Usage)
 	}
-	r := s.Check(k.Key, t0.Add(time.Second))
+	r, _ := s.CheckKey(k.Key, t0.Add(time.Second))
 	if !r.OK() || r.QuotaRemaining != 1 {
 		t.Errorf("second admitted: %v, quota remaining %d, want 1", r.Status, r.QuotaRemaining)
 	}
@@ -229,13 +229,13 @@ func TestRejectionConsumesNothing(t *testing.T) {
 func TestCheckRejectsSecondsAsMillis(t *testing.T) {
 	s := openTemp(t)
 	k := mustCreate(t, s, KeySpec{}, t0)
-	r := s.Check(k.Key, time.Unix(t0.Unix()/1000, 0)) // a seconds value given as milliseconds
-	if r.Status != StatusInvalidArgument || r.OK() || !errors.Is(r.Err, ErrInvalidArgument) {
+	r, err := s.CheckKey(k.Key, time.Unix(t0.Unix()/1000, 0)) // a seconds value given as milliseconds
+	if r.Status != StatusInvalidArgument || r.OK() || !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("now before 1973: %+v", r)
 	}
 	var e *Error
-	if !errors.As(r.Err, &e) || e.Message == "" {
-		t.Fatalf("no ms_last_error() in %#v", r.Err)
+	if !errors.As(err, &e) || e.Message == "" {
+		t.Fatalf("no ms_last_error() in %#v", err)
 	}
 	if r.HTTPStatus != 500 {
 		t.Errorf("HTTPStatus = %d", r.HTTPStatus)
@@ -250,7 +250,7 @@ func TestUsagePersistsAcrossReopen(t *testing.T) {
 	}
 	k := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 3, Period: Daily}}, t0)
 	for i := 0; i < 2; i++ {
-		if r := s.Check(k.Key, t0); !r.OK() {
+		if r, _ := s.CheckKey(k.Key, t0); !r.OK() {
 			t.Fatal(r.Status)
 		}
 	}
@@ -262,10 +262,10 @@ func TestUsagePersistsAcrossReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if r := s.Check(k.Key, t0); !r.OK() || r.QuotaRemaining != 0 {
+	if r, _ := s.CheckKey(k.Key, t0); !r.OK() || r.QuotaRemaining != 0 {
 		t.Fatalf("third check after reopen: %v remaining %d", r.Status, r.QuotaRemaining)
 	}
-	if r := s.Check(k.Key, t0); r.Status != StatusAPIKeyQuotaExceeded {
+	if r, _ := s.CheckKey(k.Key, t0); r.Status != StatusAPIKeyQuotaExceeded {
 		t.Fatalf("fourth check after reopen: %v", r.Status)
 	}
 }
@@ -273,8 +273,16 @@ func TestUsagePersistsAcrossReopen(t *testing.T) {
 func TestResultHeaders(t *testing.T) {
 	s := openTemp(t)
 	k := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 10, Period: Daily},
-		RateLimit: Some(RateLimit{Limit: 5, WindowMS: 60000})}, t0)
-	h := s.Check(k.Key, t0).Headers()
+		RateLimit: Some(RateLimit{Limit: 5, Per: time.Minute})}, t0)
+	// check is CheckKey at t0 for the answers whose headers are read.
+	check := func(key string) Result {
+		r, err := s.CheckKey(key, t0)
+		if err != nil {
+			t.Fatalf("CheckKey: %v", err)
+		}
+		return r
+	}
+	h := check(k.Key).Headers()
 	want := map[string]string{
 		"Ratelimit-Policy": `"quota";q=10;w=86400, "rate";q=5;w=60`,
 		"Ratelimit":        `"quota";r=9;t=43200, "rate";r=4;t=12`,
@@ -290,20 +298,20 @@ func TestResultHeaders(t *testing.T) {
 
 	// No quota, no rate limit: no policy to advertise.
 	free := mustCreate(t, s, KeySpec{RateLimit: Null[RateLimit]()}, t0)
-	if h := s.Check(free.Key, t0).Headers(); len(h) != 0 {
+	if h := check(free.Key).Headers(); len(h) != 0 {
 		t.Errorf("headers of an unlimited key = %v", h)
 	}
 	// Rejections before any policy applies carry none either.
-	if h := s.Check("", t0).Headers(); len(h) != 0 {
+	if h := check("").Headers(); len(h) != 0 {
 		t.Errorf("headers of a missing key = %v", h)
 	}
 
 	// Retry-After is whole seconds rounded up: 1,500 ms → 2.
-	fast := mustCreate(t, s, KeySpec{RateLimit: Some(RateLimit{Limit: 2, WindowMS: 3000, Burst: 1})}, t0)
-	if r := s.Check(fast.Key, t0); !r.OK() {
+	fast := mustCreate(t, s, KeySpec{RateLimit: Some(RateLimit{Limit: 2, Per: 3 * time.Second, Burst: 1})}, t0)
+	if r, _ := s.CheckKey(fast.Key, t0); !r.OK() {
 		t.Fatal(r.Status)
 	}
-	r := s.Check(fast.Key, t0)
+	r, _ := s.CheckKey(fast.Key, t0)
 	if r.Status != StatusRateLimitExceeded || r.RetryAfter != 1500*time.Millisecond {
 		t.Fatalf("rate limited: %v retry %v", r.Status, r.RetryAfter)
 	}
@@ -320,7 +328,7 @@ func TestResultHeaders(t *testing.T) {
 
 	// w tells a monthly quota from a daily one: the month's length in seconds (March: 31 days).
 	monthly := mustCreate(t, s, KeySpec{Quota: &Quota{Limit: 10000, Period: Monthly}, RateLimit: Null[RateLimit]()}, t0)
-	if got := s.Check(monthly.Key, t0).Headers().Get("RateLimit-Policy"); got != `"quota";q=10000;w=2678400` {
+	if got := check(monthly.Key).Headers().Get("RateLimit-Policy"); got != `"quota";q=10000;w=2678400` {
 		t.Errorf("RateLimit-Policy of a monthly quota = %q", got)
 	}
 }
