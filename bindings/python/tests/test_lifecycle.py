@@ -32,7 +32,7 @@ from ms_auth import (
     StoreUnavailableError,
     Usage,
     UsageDay,
-    _core,
+    _store,
 )
 from conftest import DAY_MS, now_ms
 
@@ -555,7 +555,7 @@ def test_lifecycle_calls_on_a_closed_store(tmp_path: Path) -> None:
 
 
 class GuardSpy:
-    """Stands in for the library in _core: records, for each native call, whether the Store's
+    """Stands in for the library in _store: records, for each native call, whether the Store's
     in-flight guard was held (a call counted in ``calls``, the handle still set)."""
 
     def __init__(self, real: Any, native: Any) -> None:
@@ -588,8 +588,8 @@ def test_every_lifecycle_call_goes_through_the_guard(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = every_lifecycle_call(store)
-    spy = GuardSpy(_core._lib, store._native)
-    monkeypatch.setattr(_core, "_lib", spy)
+    spy = GuardSpy(_store._lib, store._native)
+    monkeypatch.setattr(_store, "_lib", spy)
     for call in calls.values():
         call()
     assert LIFECYCLE_SYMBOLS <= set(spy.seen)
@@ -602,10 +602,10 @@ def test_close_waits_for_an_admin_call_in_progress(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.put_plan("pro", now_ms=T0)
-    spy = GuardSpy(_core._lib, store._native)
+    spy = GuardSpy(_store._lib, store._native)
     inside, release = threading.Event(), threading.Event()
     spy.hold["ms_plan_list"] = (inside, release)
-    monkeypatch.setattr(_core, "_lib", spy)
+    monkeypatch.setattr(_store, "_lib", spy)
     results: List[List[Plan]] = []
     caller = threading.Thread(target=lambda: results.append(store.plans()))
     caller.start()

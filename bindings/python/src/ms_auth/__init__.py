@@ -22,33 +22,24 @@ from ._errors import (
     last_error,
     status_code_string,
 )
-from ._core import (
-    DEFAULT,
-    ERROR_BODIES,
-    UNCHANGED,
+from ._args import DEFAULT, UNCHANGED, DurationLike, TimeLike, now_ms
+from ._check import ERROR_BODIES, CheckResult, Status
+from ._records import (
     AbusePolicy,
-    AbuseSpec,
     AuditEvent,
-    CheckResult,
     CreatedKey,
-    Durability,
-    DurationLike,
     KeyRecord,
     KeyState,
     KeyUsage,
     Plan,
     Policies,
     Quota,
-    QuotaSpec,
     RateLimit,
-    RateLimitSpec,
-    Status,
-    Store,
-    TimeLike,
     Usage,
     UsageDay,
-    now_ms,
 )
+from ._specs import AbuseSpec, Durability, QuotaSpec, RateLimitSpec
+from ._store import Store
 
 __version__ = "1.1.0"
 
