@@ -3,10 +3,12 @@ dataclasses; and the readers that build them from the library's JSON."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import enum
+import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, TypedDict, cast
+from typing import Any, Dict, Optional, Tuple, Union
 
 from ._args import _utc
 from ._check import Status
@@ -14,7 +16,7 @@ from ._errors import error_from_code
 
 
 class KeyState(str, enum.Enum):
-    """A key's state, as every record gives it (``record["state"]``), worked out by the library as a
+    """A key's state, as every record gives it (``record.state``), worked out by the library as a
     check at that instant would decide (docs/c-abi.md). A ``str``: ``KeyState.REVOKED == "revoked"``."""
 
     ACTIVE = "active"
@@ -22,49 +24,122 @@ class KeyState(str, enum.Enum):
     EXPIRING = "expiring"
     """Admitted, and expires within 7 days."""
     ROTATING = "rotating"
-    """Replaced by ``rotate``, admitted until ``record["grace_ends_at_ms"]``."""
+    """Replaced by ``rotate``, admitted until ``record.grace_ends_at_ms``."""
     REVOKED = "revoked"
-    """Refused as revoked; ``record["state_reason"]`` says why (manual, rotated, idle, abuse...)."""
+    """Refused as revoked; ``record.state_reason`` says why (manual, rotated, idle, abuse...)."""
     EXPIRED = "expired"
     """Refused as expired."""
     SUSPENDED = "suspended"
     """Reserved for keys of a suspended customer; no library version produces it yet."""
 
 
-class KeyUsage(TypedDict):
+@dataclass(frozen=True)
+class KeyUsage:
     """A record's counts: the current quota period's, and every admitted request's."""
 
     period_start_ms: int
     used: int
+    """Admitted requests in the current quota period."""
     total: int
+    """Admitted requests ever."""
     last_used_at_ms: Optional[int]
 
+    @property
+    def period_start(self) -> _dt.datetime:
+        return _utc(self.period_start_ms)
 
-class KeyRecord(TypedDict):
+    @property
+    def last_used_at(self) -> Optional[_dt.datetime]:
+        return _optional_utc(self.last_used_at_ms)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
     """A key record as documented in the C ABI (never the plaintext key). The last three fields are
     computed when the record is read: its ``state``, why it is revoked (``state_reason``), and when a
-    rotating key's grace ends (``grace_ends_at_ms``)."""
+    rotating key's grace ends (``grace_ends_at_ms``).
+
+    ``record["id"]`` (records used to be typed dicts) still answers, with a DeprecationWarning: read
+    ``record.id``; ``as_dict()`` gives the JSON record."""
 
     id: str
     prefix: str
+    """The key's first characters, shown in place of the key."""
     env: str
     name: Optional[str]
     plan: Optional[str]
     created_at_ms: int
     expires_at_ms: Optional[int]
+    """None: never expires."""
     revoked_at_ms: Optional[int]
     revoked_reason: Optional[str]
-    quota: Optional[Dict[str, Any]]
-    rate_limit: Optional[Dict[str, Any]]
+    quota: Optional[Quota]
+    """None: no quota."""
+    rate_limit: Optional[RateLimit]
+    """None: no rate limit."""
     usage: KeyUsage
     meta: Dict[str, Any]
     revoke_at_ms: Optional[int]
+    """When a rotated key's grace ends (it is revoked then)."""
     rotated_from: Optional[str]
     rotated_to: Optional[str]
-    follows_plan: List[str]
-    state: KeyState
+    follows_plan: Tuple[str, ...]
+    """The limits (``"quota"``, ``"rate_limit"``) the key takes from its plan."""
+    state: Union[KeyState, str]
+    """A KeyState; a state newer than this binding stays a plain ``str``."""
     state_reason: Optional[str]
+    """Why a revoked key is: ``"manual"``, ``"rotated"``, ``"idle"``, ``"abuse"``..."""
     grace_ends_at_ms: Optional[int]
+    """A rotating key's grace end."""
+
+    @property
+    def created_at(self) -> _dt.datetime:
+        return _utc(self.created_at_ms)
+
+    @property
+    def expires_at(self) -> Optional[_dt.datetime]:
+        return _optional_utc(self.expires_at_ms)
+
+    @property
+    def revoked_at(self) -> Optional[_dt.datetime]:
+        return _optional_utc(self.revoked_at_ms)
+
+    @property
+    def grace_ends_at(self) -> Optional[_dt.datetime]:
+        return _optional_utc(self.grace_ends_at_ms)
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The record as the library's JSON has it (plain dicts and lists; ``state`` a KeyState,
+        which is a ``str``), e.g. for logging or ``json.dumps``."""
+        plain = dataclasses.asdict(self)
+        plain["follows_plan"] = list(self.follows_plan)
+        return plain
+
+    # Records used to be typed dicts: code reading them that way keeps working for a while.
+
+    def __getitem__(self, field: str) -> Any:
+        _warn_dict_access(f'record["{field}"]', f"record.{field}")
+        return self.as_dict()[field]
+
+    def get(self, field: str, default: Any = None) -> Any:
+        _warn_dict_access(f'record.get("{field}")', f"record.{field}")
+        return self.as_dict().get(field, default)
+
+    def __contains__(self, field: object) -> bool:
+        _warn_dict_access("`in` on a record", "its attributes")
+        return field in self.as_dict()
+
+
+def _warn_dict_access(old: str, new: str) -> None:
+    warnings.warn(
+        f"{old} is deprecated: use {new} (key records are typed dataclasses now)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+def _optional_utc(ms: Optional[int]) -> Optional[_dt.datetime]:
+    return None if ms is None else _utc(ms)
 
 
 class CreatedKey:
@@ -79,7 +154,7 @@ class CreatedKey:
 
     def __repr__(self) -> str:
         # The plaintext stays out of logs and tracebacks.
-        return f"CreatedKey(id={self.id!r}, prefix={self.record.get('prefix')!r})"
+        return f"CreatedKey(id={self.id!r}, prefix={self.record.prefix!r})"
 
 
 # -- typed answers of the lifecycle calls ----------------------------------------------------------
@@ -271,14 +346,44 @@ def _usage_of(value: Dict[str, Any]) -> Usage:
     return Usage(str(value["key_id"]), value.get("last_used_at_ms"), days)
 
 
-def _record(raw: Dict[str, Any]) -> KeyRecord:
-    """A record as the library wrote it, its ``state`` as a KeyState (a state newer than this binding
-    stays a plain str)."""
+def _state_of(value: Any) -> Union[KeyState, str]:
     try:
-        raw["state"] = KeyState(raw.get("state"))
+        return KeyState(value)
     except ValueError:
-        pass
-    return cast(KeyRecord, raw)
+        return str(value)
+
+
+def _record(raw: Dict[str, Any]) -> KeyRecord:
+    """A record from the library's JSON. The fields records gained after v1 are read with a default,
+    so that an older 1.x library's records still read."""
+    usage = raw["usage"]
+    return KeyRecord(
+        id=str(raw["id"]),
+        prefix=str(raw["prefix"]),
+        env=str(raw["env"]),
+        name=raw.get("name"),
+        plan=raw.get("plan"),
+        created_at_ms=int(raw["created_at_ms"]),
+        expires_at_ms=raw.get("expires_at_ms"),
+        revoked_at_ms=raw.get("revoked_at_ms"),
+        revoked_reason=raw.get("revoked_reason"),
+        quota=_quota_of(raw.get("quota")),
+        rate_limit=_rate_of(raw.get("rate_limit")),
+        usage=KeyUsage(
+            period_start_ms=int(usage["period_start_ms"]),
+            used=int(usage["used"]),
+            total=int(usage["total"]),
+            last_used_at_ms=usage.get("last_used_at_ms"),
+        ),
+        meta=raw.get("meta") or {},
+        revoke_at_ms=raw.get("revoke_at_ms"),
+        rotated_from=raw.get("rotated_from"),
+        rotated_to=raw.get("rotated_to"),
+        follows_plan=tuple(raw.get("follows_plan") or ()),
+        state=_state_of(raw.get("state")),
+        state_reason=raw.get("state_reason"),
+        grace_ends_at_ms=raw.get("grace_ends_at_ms"),
+    )
 
 
 def _created(raw: Dict[str, Any], operation: str) -> CreatedKey:
