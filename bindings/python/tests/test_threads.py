@@ -44,7 +44,7 @@ def test_threads_never_admit_more_than_the_quota(store: Store) -> None:
     run_threads(worker)
     assert statuses[Status.OK] == 1000
     assert statuses[Status.API_KEY_QUOTA_EXCEEDED] == THREADS * 250 - 1000
-    assert store.get(created.id)["usage"]["used"] == 1000
+    assert store.get(created.id).usage.used == 1000
 
 
 def test_each_thread_reads_its_own_result(store: Store) -> None:
@@ -81,7 +81,7 @@ def test_admin_calls_from_threads(store: Store) -> None:
 
     run_threads(worker)
     assert len(set(ids)) == THREADS * 10
-    assert {r["id"] for r in store.list()} == set(ids)
+    assert {r.id for r in store.list()} == set(ids)
 
 
 # -- close() while other threads call -------------------------------------------------------------
@@ -256,7 +256,7 @@ def test_children_forked_while_threads_make_keys_never_hang(store: Store) -> Non
             if pid == 0:
                 code = 1
                 try:
-                    works = store.get(created.id)["id"] == created.id and store.check(created.key).ok
+                    works = store.get(created.id).id == created.id and store.check(created.key).ok
                     code = 0 if works else 1
                 finally:
                     os._exit(code)
