@@ -97,3 +97,14 @@ def test_mypy_strict_sees_a_typoed_field(tmp_path: Path) -> None:
     assert ko.returncode == 1
     assert '"KeyUsage" has no attribute "usedd"' in ko.stdout
     assert '"KeyRecord" has no attribute "plann"' in ko.stdout
+
+
+def test_a_record_without_its_state_is_an_internal_error(store: Store) -> None:
+    """A library whose records lack a field this binding reads (``state``) is named, not read as a
+    state called "None"."""
+    from ms_auth import InternalError, _records
+
+    plain = store.create_key(now_ms=T0).record.as_dict()
+    del plain["state"]
+    with pytest.raises(InternalError, match="'state'"):
+        _records._record(plain)

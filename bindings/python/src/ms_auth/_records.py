@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from ._args import _utc
 from ._check import Status
-from ._errors import error_from_code
+from ._errors import InternalError, error_from_code
 
 
 class KeyState(str, enum.Enum):
@@ -354,8 +354,16 @@ def _state_of(value: Any) -> Union[KeyState, str]:
 
 
 def _record(raw: Dict[str, Any]) -> KeyRecord:
-    """A record from the library's JSON. The fields records gained after v1 are read with a default,
-    so that an older 1.x library's records still read."""
+    """A record from the library's JSON. The fields added after v1 and before ``state`` are read
+    with a default; a record without one this binding needs is an InternalError naming it."""
+    try:
+        return _record_of(raw)
+    except (KeyError, TypeError, ValueError) as e:
+        detail = f"the library's key record lacks or mistypes {e}"
+        raise InternalError(104, detail, "read record") from None
+
+
+def _record_of(raw: Dict[str, Any]) -> KeyRecord:
     usage = raw["usage"]
     return KeyRecord(
         id=str(raw["id"]),
@@ -380,7 +388,7 @@ def _record(raw: Dict[str, Any]) -> KeyRecord:
         rotated_from=raw.get("rotated_from"),
         rotated_to=raw.get("rotated_to"),
         follows_plan=tuple(raw.get("follows_plan") or ()),
-        state=_state_of(raw.get("state")),
+        state=_state_of(raw["state"]),
         state_reason=raw.get("state_reason"),
         grace_ends_at_ms=raw.get("grace_ends_at_ms"),
     )
