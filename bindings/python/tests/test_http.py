@@ -326,8 +326,8 @@ def test_repeated_key_header_is_invalid(http: Server, store: Store) -> None:
         [("x_api_key", k), ("X-Api_Key", k)],
     ):
         assert_documented(get_lines(http.base, lines), "api_key_invalid")
-    assert store.get(keys.ok.id)["usage"]["used"] == 0
-    assert store.get(keys.quota.id)["usage"]["used"] == 0
+    assert store.get(keys.ok.id).usage.used == 0
+    assert store.get(keys.quota.id).usage.used == 0
     resp = get_lines(http.base, [("X-API-Key", k), ("X-Other-Key", other)])
     assert resp.status == 200 and resp.headers["ratelimit"].startswith('"quota";r=999;')
     # A single copy spelled with underscores is the key header.

@@ -32,7 +32,7 @@ from ms_auth import (
     StoreUnavailableError,
     Usage,
     UsageDay,
-    _core,
+    _store,
 )
 from conftest import DAY_MS, now_ms
 
@@ -94,7 +94,7 @@ def test_create_false_opens_only_an_existing_store(tmp_path: Path) -> None:
     with Store(path, create=True) as s:
         created = s.create_key()
     with Store(path, create=False) as s:
-        assert s.get(created.id)["id"] == created.id
+        assert s.get(created.id).id == created.id
     refused(lambda: Store(path, create=1),  # type: ignore[arg-type]
             "create must be true or false")
 
@@ -163,7 +163,7 @@ def test_counts_after_a_power_loss(tmp_path: Path, durability: str, survives: bo
     )
     Path(str(path.resolve()) + "-counters").unlink()
     with Store(path) as s:
-        total = s.get(created.id)["usage"]["total"]
+        total = s.get(created.id).usage.total
     if survives:
         assert total == 5
     else:
@@ -228,13 +228,12 @@ def test_rotate_shares_the_quota_and_ends_the_old_key_after_the_grace(store: Sto
     assert new.key != old.key and new.key.startswith("ms_live_")
     assert new.key not in repr(new)
     rec = new.record
-    assert "key" not in rec and rec["id"] == new.id != old.id
-    assert (rec["plan"], rec["meta"], rec["quota"]) == ("pro", {"team": "billing"},
-                                                         {"limit": 5, "period": "daily"})
-    assert rec["rotated_from"] == old.id
-    assert rec["usage"]["used"] == 3  # the customer's quota is not reset
+    assert not hasattr(rec, "key") and rec.id == new.id != old.id
+    assert (rec.plan, rec.meta, rec.quota) == ("pro", {"team": "billing"}, Quota(5, "daily"))
+    assert rec.rotated_from == old.id
+    assert rec.usage.used == 3  # the customer's quota is not reset
     was = store.get(old.id)
-    assert (was["rotated_to"], was["revoke_at_ms"]) == (new.id, T0 + HOUR_MS)
+    assert (was.rotated_to, was.revoke_at_ms) == (new.id, T0 + HOUR_MS)
 
     r = store.check(new.key, now_ms=T0)
     assert r.ok and r.quota_remaining == 1 and r.key_id == new.id
@@ -247,7 +246,7 @@ def test_rotate_shares_the_quota_and_ends_the_old_key_after_the_grace(store: Sto
 def test_rotate_default_grace_and_refusals(store: Store) -> None:
     a = store.create_key(now_ms=T0)
     b = store.rotate(a.id, now_ms=T0)
-    assert store.get(a.id)["revoke_at_ms"] == T0 + 24 * HOUR_MS  # the library's default
+    assert store.get(a.id).revoke_at_ms == T0 + 24 * HOUR_MS  # the library's default
     c = store.rotate(b.id, grace_ms=0, now_ms=T0 + 5)
     assert store.check(b.key, now_ms=T0 + 5).status is Status.API_KEY_REVOKED  # at once
     assert store.check(c.key, now_ms=T0 + 5).ok
@@ -282,9 +281,9 @@ def test_put_plan_and_plans(store: Store) -> None:
 
     follower = store.create_key(plan="pro", now_ms=T0)
     own = store.create_key(plan="pro", quota=(1, "daily"), now_ms=T0)
-    assert follower.record["expires_at_ms"] == T0 + 30 * DAY_MS  # the plan's lifetime
-    assert follower.record["follows_plan"] == ["quota", "rate_limit"]
-    assert own.record["follows_plan"] == ["rate_limit"]
+    assert follower.record.expires_at_ms == T0 + 30 * DAY_MS  # the plan's lifetime
+    assert follower.record.follows_plan == ("quota", "rate_limit")
+    assert own.record.follows_plan == ("rate_limit",)
 
     plans = store.plans()
     assert [p.name for p in plans] == ["default", "free", "pro"]
@@ -369,7 +368,7 @@ def test_idle_keys_are_revoked_by_policy(tmp_path: Path) -> None:
         assert store.check(unused.key, now_ms=T0 + 30 * DAY_MS - 1).ok
         assert store.check(used.key, now_ms=T0 + 31 * DAY_MS + 5).status is Status.API_KEY_REVOKED
         rec = store.get(used.id)
-        assert (rec["revoked_reason"], rec["revoked_at_ms"]) == ("idle", T0 + 31 * DAY_MS)
+        assert (rec.revoked_reason, rec.revoked_at_ms) == ("idle", T0 + 31 * DAY_MS)
         assert [e.action for e in store.audit(key_id=used.id)][-1] == "key.revoke.policy"
 
 
@@ -392,7 +391,7 @@ def test_an_abuse_policy_set_in_another_process_revokes_here(tmp_path: Path) -> 
             assert server.check(k.key, now_ms=T0 + i).status is Status.RATE_LIMIT_EXCEEDED
         assert server.check(k.key, now_ms=T0 + 60_000).status is Status.API_KEY_REVOKED
         rec = server.get(k.id)
-        assert (rec["revoked_reason"], rec["revoked_at_ms"]) == ("abuse", T0 + 4)
+        assert (rec.revoked_reason, rec.revoked_at_ms) == ("abuse", T0 + 4)
 
 
 # -- usage and metrics ----------------------------------------------------------------------------
@@ -496,13 +495,13 @@ def test_datetimes_and_timedeltas_are_taken_for_milliseconds(store: Store) -> No
                          expires_at_ms=T0_DT + timedelta(days=1),
                          rate_limit=(2, timedelta(seconds=3)))
     rec = c.record
-    assert (rec["created_at_ms"], rec["expires_at_ms"]) == (T0, T0 + DAY_MS)
-    assert rec["rate_limit"] == {"limit": 2, "window_ms": 3000, "burst": 2}
+    assert (rec.created_at_ms, rec.expires_at_ms) == (T0, T0 + DAY_MS)
+    assert rec.rate_limit == RateLimit(2, 3000, 2)
     r = store.check(c.key, now_ms=T0_DT + timedelta(microseconds=1500))
     assert r.ok and r.now_ms == T0 + 1  # finer than a millisecond: dropped
-    assert store.update(c.id, expires_at_ms=T0_DT)["expires_at_ms"] == T0
+    assert store.update(c.id, expires_at_ms=T0_DT).expires_at_ms == T0
     store.revoke(c.id, now_ms=T0_DT + timedelta(seconds=1))
-    assert store.get(c.id)["revoked_at_ms"] == T0 + 1000
+    assert store.get(c.id).revoked_at_ms == T0 + 1000
 
     refused(lambda: store.check(c.key, now_ms=datetime(2026, 1, 1)), "naive datetime")
     refused(lambda: store.create_key(now_ms=datetime(2026, 1, 1)), "naive datetime")
@@ -523,7 +522,7 @@ def test_key_ids_with_a_nul_are_refused(store: Store) -> None:
         lambda: store.usage(c.id + "\0x", T0, T0),
     ):
         refused(call, "NUL")
-    assert store.get(c.id)["revoked_at_ms"] is None
+    assert store.get(c.id).revoked_at_ms is None
 
 
 # -- the in-flight guard --------------------------------------------------------------------------
@@ -555,7 +554,7 @@ def test_lifecycle_calls_on_a_closed_store(tmp_path: Path) -> None:
 
 
 class GuardSpy:
-    """Stands in for the library in _core: records, for each native call, whether the Store's
+    """Stands in for the library in _store: records, for each native call, whether the Store's
     in-flight guard was held (a call counted in ``calls``, the handle still set)."""
 
     def __init__(self, real: Any, native: Any) -> None:
@@ -588,8 +587,8 @@ def test_every_lifecycle_call_goes_through_the_guard(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = every_lifecycle_call(store)
-    spy = GuardSpy(_core._lib, store._native)
-    monkeypatch.setattr(_core, "_lib", spy)
+    spy = GuardSpy(_store._lib, store._native)
+    monkeypatch.setattr(_store, "_lib", spy)
     for call in calls.values():
         call()
     assert LIFECYCLE_SYMBOLS <= set(spy.seen)
@@ -602,10 +601,10 @@ def test_close_waits_for_an_admin_call_in_progress(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.put_plan("pro", now_ms=T0)
-    spy = GuardSpy(_core._lib, store._native)
+    spy = GuardSpy(_store._lib, store._native)
     inside, release = threading.Event(), threading.Event()
     spy.hold["ms_plan_list"] = (inside, release)
-    monkeypatch.setattr(_core, "_lib", spy)
+    monkeypatch.setattr(_store, "_lib", spy)
     results: List[List[Plan]] = []
     caller = threading.Thread(target=lambda: results.append(store.plans()))
     caller.start()
@@ -641,18 +640,18 @@ def test_records_carry_the_state_the_library_computes(store: Store) -> None:
     past = store.create_key(now_ms=now - 60_000)
     rotating = store.create_key(now_ms=now)
     successor = store.rotate(past.id, grace_ms=1000, now_ms=now - 10_000)
-    assert successor.record["state"] is KeyState.ACTIVE
+    assert successor.record.state is KeyState.ACTIVE
     store.rotate(rotating.id, grace_ms=DAY_MS, now_ms=now)
-    for rec in [store.get(past.id), next(k for k in store.list() if k["id"] == past.id)]:
-        assert rec["state"] is KeyState.REVOKED and rec["state"].value == "revoked"
-        assert (rec["state_reason"], rec["revoked_at_ms"]) == ("rotated", None)
+    for rec in [store.get(past.id), next(k for k in store.list() if k.id == past.id)]:
+        assert rec.state == "revoked" and rec.state is KeyState.REVOKED
+        assert (rec.state_reason, rec.revoked_at_ms) == ("rotated", None)
     rec = store.get(rotating.id)
-    assert (rec["state"], rec["grace_ends_at_ms"]) == (KeyState.ROTATING, now + DAY_MS)
+    assert (rec.state, rec.grace_ends_at_ms) == (KeyState.ROTATING, now + DAY_MS)
     soon = store.create_key(expires_at_ms=now + DAY_MS, now_ms=now)
-    assert soon.record["state"] is KeyState.EXPIRING
-    assert store.update(soon.id, name="x")["state"] is KeyState.EXPIRING
+    assert soon.record.state is KeyState.EXPIRING
+    assert store.update(soon.id, name="x").state is KeyState.EXPIRING
     store.revoke(soon.id, now_ms=now)
-    assert (store.get(soon.id)["state"], store.get(soon.id)["state_reason"]) == (KeyState.REVOKED, "manual")
+    assert (store.get(soon.id).state, store.get(soon.id).state_reason) == (KeyState.REVOKED, "manual")
 
 
 def test_an_unknown_plan_is_refused_once_plans_are_defined(store: Store) -> None:
@@ -663,9 +662,9 @@ def test_an_unknown_plan_is_refused_once_plans_are_defined(store: Store) -> None
     refused(lambda: store.create_key(plan="prp"), '"prp"', "pro", "new_plan")
     refused(lambda: store.update(early.id, plan="prp"), "pro")
     created = store.create_key(plan="prp", new_plan=True)
-    assert (created.record["plan"], created.record["quota"]) == ("prp", None)
-    assert store.update(early.id, plan="gold", new_plan=True)["plan"] == "gold"
-    assert store.update(early.id, plan="pro")["quota"] == {"limit": 5, "period": "daily"}
+    assert (created.record.plan, created.record.quota) == ("prp", None)
+    assert store.update(early.id, plan="gold", new_plan=True).plan == "gold"
+    assert store.update(early.id, plan="pro").quota == Quota(5, "daily")
 
 
 def test_bidi_controls_are_refused(store: Store) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import ms_auth
-from ms_auth import DEFAULT, UNCHANGED, CheckResult, Status, Store
+from ms_auth import DEFAULT, UNCHANGED, CheckResult, Quota, RateLimit, Status, Store
 from conftest import (
     DAY_MS,
     DOCUMENTED,
@@ -27,17 +27,17 @@ def test_create_key_defaults(store: Store) -> None:
     assert created.key.startswith("ms_live_")
     assert created.key not in repr(created)  # the plaintext stays out of reprs
     rec = created.record
-    assert "key" not in rec
-    assert rec["id"] == created.id
-    assert created.key.startswith(rec["prefix"])
-    assert rec["env"] == "live"
-    assert rec["name"] is None and rec["plan"] is None
-    assert rec["created_at_ms"] == T0
-    assert rec["expires_at_ms"] == T0 + 365 * DAY_MS
-    assert rec["quota"] is None
-    assert rec["rate_limit"] == {"limit": 60, "window_ms": 60_000, "burst": 60}
-    assert rec["revoked_at_ms"] is None
-    assert rec["usage"]["used"] == 0
+    assert not hasattr(rec, "key") and "key" not in rec.as_dict()
+    assert rec.id == created.id
+    assert created.key.startswith(rec.prefix)
+    assert rec.env == "live"
+    assert rec.name is None and rec.plan is None
+    assert rec.created_at_ms == T0
+    assert rec.expires_at_ms == T0 + 365 * DAY_MS
+    assert rec.quota is None
+    assert rec.rate_limit == RateLimit(60, 60_000, 60)
+    assert rec.revoked_at_ms is None
+    assert rec.usage.used == 0
 
 
 def test_create_key_every_option(store: Store) -> None:
@@ -53,18 +53,18 @@ def test_create_key_every_option(store: Store) -> None:
     )
     rec = created.record
     assert created.key.startswith("ms_test_")
-    assert (rec["env"], rec["name"], rec["plan"]) == ("test", "billing", "pro")
-    assert rec["expires_at_ms"] == T0 + 1000
-    assert rec["quota"] == {"limit": 500, "period": "monthly"}
-    assert rec["rate_limit"] == {"limit": 10, "window_ms": 1000, "burst": 20}
-    assert rec["meta"] == {"team": "payments", "n": [1, 2]}
+    assert (rec.env, rec.name, rec.plan) == ("test", "billing", "pro")
+    assert rec.expires_at_ms == T0 + 1000
+    assert rec.quota == Quota(500, "monthly")
+    assert rec.rate_limit == RateLimit(10, 1000, 20)
+    assert rec.meta == {"team": "payments", "n": [1, 2]}
     assert store.get(created.id) == rec
 
 
 def test_none_means_never_and_unlimited(store: Store) -> None:
     created = store.create_key(expires_at_ms=None, rate_limit=None, now_ms=T0)
-    assert created.record["expires_at_ms"] is None
-    assert created.record["rate_limit"] is None
+    assert created.record.expires_at_ms is None
+    assert created.record.rate_limit is None
     # Far in the future, thousands of checks in one millisecond: still admitted.
     for _ in range(2000):
         assert store.check(created.key, now_ms=T0 + 100 * 365 * DAY_MS).ok
@@ -77,7 +77,7 @@ def test_default_sentinel_reprs() -> None:
 
 def test_rate_limit_without_burst_defaults_to_limit(store: Store) -> None:
     rec = store.create_key(rate_limit=(5, 1000)).record
-    assert rec["rate_limit"] == {"limit": 5, "window_ms": 1000, "burst": 5}
+    assert rec.rate_limit == RateLimit(5, 1000, 5)
 
 
 def test_import_existing_key(store: Store) -> None:
@@ -91,25 +91,25 @@ def test_import_existing_key(store: Store) -> None:
 def test_get_list_update_revoke(store: Store) -> None:
     a = store.create_key(plan="pro", name="a", now_ms=T0)
     b = store.create_key(plan="free", name="b", env="test", now_ms=T0)
-    ids = {r["id"] for r in store.list()}
+    ids = {r.id for r in store.list()}
     assert ids == {a.id, b.id}
-    assert [r["id"] for r in store.list(plan="pro")] == [a.id]
-    assert [r["id"] for r in store.list(env="test")] == [b.id]
+    assert [r.id for r in store.list(plan="pro")] == [a.id]
+    assert [r.id for r in store.list(env="test")] == [b.id]
     assert store.list(plan="none-such") == []
 
     rec = store.update(a.id, name="renamed", quota=(3, "daily"), meta={"x": 1})
-    assert rec["name"] == "renamed" and rec["plan"] == "pro"  # plan left UNCHANGED
-    assert rec["quota"] == {"limit": 3, "period": "daily"}
-    assert rec["meta"] == {"x": 1}
+    assert rec.name == "renamed" and rec.plan == "pro"  # plan left UNCHANGED
+    assert rec.quota == Quota(3, "daily")
+    assert rec.meta == {"x": 1}
     rec = store.update(a.id, quota=None, rate_limit=None, expires_at_ms=None, plan=None)
-    assert rec["quota"] is None and rec["rate_limit"] is None
-    assert rec["expires_at_ms"] is None and rec["plan"] is None
-    assert rec["name"] == "renamed"
+    assert rec.quota is None and rec.rate_limit is None
+    assert rec.expires_at_ms is None and rec.plan is None
+    assert rec.name == "renamed"
     assert store.get(a.id) == rec
 
     store.revoke(b.id, now_ms=T0 + 5)
     rec = store.get(b.id)
-    assert rec["revoked_at_ms"] == T0 + 5
+    assert rec.revoked_at_ms == T0 + 5
     assert store.check(b.key, now_ms=T0 + 10).status is Status.API_KEY_REVOKED
 
 
@@ -251,7 +251,7 @@ def test_rejections_consume_nothing(store: Store) -> None:
     for _ in range(5):
         assert not store.check(created.key, now_ms=T0 + 1).ok
     rec = store.get(created.id)
-    assert rec["usage"]["used"] == 1
+    assert rec.usage.used == 1
 
 
 def test_usage_survives_reopen(tmp_path: Path) -> None:

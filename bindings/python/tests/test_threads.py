@@ -16,7 +16,7 @@ from typing import Any, List
 
 import pytest
 
-from ms_auth import CheckResult, Status, Store, StoreNotOpenError, _core
+from ms_auth import CheckResult, Status, Store, StoreNotOpenError, _store
 
 THREADS = 8
 
@@ -44,7 +44,7 @@ def test_threads_never_admit_more_than_the_quota(store: Store) -> None:
     run_threads(worker)
     assert statuses[Status.OK] == 1000
     assert statuses[Status.API_KEY_QUOTA_EXCEEDED] == THREADS * 250 - 1000
-    assert store.get(created.id)["usage"]["used"] == 1000
+    assert store.get(created.id).usage.used == 1000
 
 
 def test_each_thread_reads_its_own_result(store: Store) -> None:
@@ -81,7 +81,7 @@ def test_admin_calls_from_threads(store: Store) -> None:
 
     run_threads(worker)
     assert len(set(ids)) == THREADS * 10
-    assert {r["id"] for r in store.list()} == set(ids)
+    assert {r.id for r in store.list()} == set(ids)
 
 
 # -- close() while other threads call -------------------------------------------------------------
@@ -91,7 +91,7 @@ def test_close_waits_for_a_check_in_progress(store: Store, monkeypatch: pytest.M
     # A check held inside the native call: close() must wait for it, and refuse new calls meanwhile.
     created = store.create_key(rate_limit=None)
     inside, release = threading.Event(), threading.Event()
-    real = _core._store_check_http
+    real = _store._store_check_http
 
     def held(*args: Any) -> int:
         inside.set()
@@ -99,7 +99,7 @@ def test_close_waits_for_a_check_in_progress(store: Store, monkeypatch: pytest.M
         rc: int = real(*args)
         return rc
 
-    monkeypatch.setattr(_core, "_store_check_http", held)
+    monkeypatch.setattr(_store, "_store_check_http", held)
     results: List[CheckResult] = []
     checker = threading.Thread(target=lambda: results.append(store.check(created.key)))
     checker.start()
@@ -184,11 +184,11 @@ def test_finalizer_at_exit_waits_for_a_daemon_check(tmp_path: Path) -> None:
     p = run_python(
         """
         import sys, threading, time
-        from ms_auth import Store, _core
+        from ms_auth import Store, _store
 
         store = Store(sys.argv[1])
         key = store.create_key(rate_limit=None).key
-        real, inside = _core._store_check_http, threading.Event()
+        real, inside = _store._store_check_http, threading.Event()
 
         def held(*args):
             inside.set()
@@ -197,7 +197,7 @@ def test_finalizer_at_exit_waits_for_a_daemon_check(tmp_path: Path) -> None:
             print("call returned", rc, flush=True)
             return rc
 
-        _core._store_check_http = held
+        _store._store_check_http = held
         threading.Thread(target=store.check, args=(key,), daemon=True).start()
         inside.wait(10)
         """,
@@ -256,7 +256,7 @@ def test_children_forked_while_threads_make_keys_never_hang(store: Store) -> Non
             if pid == 0:
                 code = 1
                 try:
-                    works = store.get(created.id)["id"] == created.id and store.check(created.key).ok
+                    works = store.get(created.id).id == created.id and store.check(created.key).ok
                     code = 0 if works else 1
                 finally:
                     os._exit(code)

@@ -8,6 +8,13 @@
 
 Importing this package loads libms_auth ($MS_AUTH_LIB, else a bundled copy, else the repository's
 target/release) and refuses a library of another ABI version with LibraryLoadError.
+
+The modules, each importing only those above it: ``_ffi`` (finding, checking and declaring the
+library), ``_errors`` (MsAuthError and its codes), ``_args`` (instants, durations, C strings, the
+DEFAULT and UNCHANGED markers), ``_check`` (Status, CheckResult, documented bodies), ``_records``
+(the admin calls' typed answers), ``_specs`` (quota, rate limit, abuse and idle arguments),
+``_native`` (the handle kept alive while calls use it), ``_store`` (Store); then ``_http``, ``wsgi``
+and ``asgi`` (the middleware).
 """
 
 from ._ffi import ABI_VERSION, AbiVersionError, LibraryLoadError, library_path, library_version
@@ -22,33 +29,24 @@ from ._errors import (
     last_error,
     status_code_string,
 )
-from ._core import (
-    DEFAULT,
-    ERROR_BODIES,
-    UNCHANGED,
+from ._args import DEFAULT, UNCHANGED, DurationLike, TimeLike, now_ms
+from ._check import ERROR_BODIES, CheckResult, Status
+from ._records import (
     AbusePolicy,
-    AbuseSpec,
     AuditEvent,
-    CheckResult,
     CreatedKey,
-    Durability,
-    DurationLike,
     KeyRecord,
     KeyState,
     KeyUsage,
     Plan,
     Policies,
     Quota,
-    QuotaSpec,
     RateLimit,
-    RateLimitSpec,
-    Status,
-    Store,
-    TimeLike,
     Usage,
     UsageDay,
-    now_ms,
 )
+from ._specs import AbuseSpec, Durability, QuotaSpec, RateLimitSpec
+from ._store import Store
 
 __version__ = "1.1.0"
 

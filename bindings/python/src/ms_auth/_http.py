@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Dict, List, Optional, Protocol, Tuple, Union
 
-from ._core import ERROR_BODIES, CheckResult, Status, failure_answer
+from ._check import ERROR_BODIES, CheckResult, Status, failure_answer
 from ._errors import MsAuthError
 
 logger = logging.getLogger("ms_auth")
