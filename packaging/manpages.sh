@@ -38,7 +38,7 @@ page() {
     gzip -9n <"$WORK/$name.1" >"$OUT/$name.1.gz"
 }
 
-top=($(commands))
+mapfile -t top < <(commands)
 [ ${#top[@]} -gt 0 ] || { echo "manpages.sh: $BIN --help lists no commands" >&2; exit 1; }
 see_also=""
 for cmd in "${top[@]}"; do
@@ -53,7 +53,7 @@ page ms-auth
 
 for cmd in "${top[@]}"; do
     {
-        subs=($(commands "$cmd"))
+        mapfile -t subs < <(commands "$cmd")
         if [ ${#subs[@]} -gt 0 ]; then
             echo '[SUBCOMMANDS]'
             for sub in "${subs[@]}"; do
