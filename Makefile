@@ -4,7 +4,7 @@
 #   make                                   # cargo build --release
 #   make install PREFIX=/opt/ms-auth       # or DESTDIR=/tmp/stage PREFIX=/usr LIBDIR=/usr/lib/x86_64-linux-gnu
 #   make uninstall PREFIX=/opt/ms-auth
-#   make dist                              # tarball, .deb, wheel and Go module under target/dist (packaging/build.sh)
+#   make dist                              # tarball, .debs, wheel and Go module under target/dist (packaging/build.sh)
 #
 # Why not cargo-c itself: Debian 12's cargo-c (0.9.14) embeds a cargo that cannot read this project's
 # lockfile (version 4), and building a current cargo-c from crates.io compiles all of cargo (10+ minutes

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds every release artifact of ms-auth into target/dist, from one `cargo build --release`:
 #   ms-auth-VERSION-x86_64-linux-gnu.tar.gz   bin/ include/ lib/ (static, shared, ms_auth.pc) share/
-#   ms-auth_VERSION-1_amd64.deb                 the same under /usr, multiarch libdir
+#   ms-auth_VERSION-1_amd64.deb                 the CLI, its man pages, completions and systemd units
+#   libms-auth1_VERSION-1_amd64.deb             the shared library (multiarch libdir)
+#   libms-auth-dev_VERSION-1_amd64.deb          header, ms_auth.pc, static archive, libms_auth.so link
 #   libnginx-mod-http-ms-auth_VERSION-1_amd64.deb  the nginx module built against Debian's nginx
 #   ms_auth-VERSION-py3-none-manylinux_2_N_x86_64.whl  the Python package with libms_auth.so inside
 #   ms-auth-go-VERSION.tar.gz                   the Go module with libms_auth.a for linux/amd64 inside
@@ -16,12 +18,14 @@ say() { echo "packaging: $*" >&2; }
 SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
 
 # patchelf sets the shared library's soname (see Makefile); binutils' strip shrinks the archives;
-# dpkg-dev knows the multiarch directory; python3-venv builds the wheel in a venv of its own.
+# dpkg-dev knows the multiarch directory; help2man writes the man pages; python3-venv builds the wheel in
+# a venv of its own.
 need=()
 command -v patchelf >/dev/null || need+=(patchelf)
 command -v strip >/dev/null || need+=(binutils)
 command -v dpkg-architecture >/dev/null || need+=(dpkg-dev)
 command -v make >/dev/null || need+=(make)
+command -v help2man >/dev/null || need+=(help2man)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
@@ -59,9 +63,11 @@ install -m 0644 README.md "$STAGE/tar/$name/share/doc/ms-auth/README.md"
 tar -C "$STAGE/tar" --owner=0 --group=0 -czf "$DIST/$name.tar.gz" "$name"
 say "built $DIST/$name.tar.gz"
 
-# --- .deb: one package for the CLI, both libraries, header and .pc (an appliance needs all of them),
-# and one for the nginx module, tied to the nginx ABI it was built against, as Debian's own
-# libnginx-mod-* packages are.
+# --- .deb: Debian's split for a C library with a CLI: libms-auth1 (the shared library, named for its
+# soname), libms-auth-dev (header, ms_auth.pc, the 40 MB static archive and the libms_auth.so link a
+# linker looks for) and ms-auth (the CLI, which links the library statically, with its man pages, shell
+# completions and systemd units); and one for the nginx module, tied to the nginx ABI it was built
+# against, as Debian's own libnginx-mod-* packages are.
 ARCH="$(dpkg-architecture -qDEB_HOST_ARCH)"
 MULTIARCH="$(dpkg-architecture -qDEB_HOST_MULTIARCH)"
 DEBREV=1
@@ -86,17 +92,101 @@ deb_build() { # deb_build ROOT: control file already in ROOT/DEBIAN
     dpkg-deb --root-owner-group -Zxz --build "$root" "$DIST/${pkg}_$VERSION-${DEBREV}_$ARCH.deb" >/dev/null
     say "built $DIST/${pkg}_$VERSION-${DEBREV}_$ARCH.deb"
 }
-ROOT="$STAGE/deb/ms-auth"
-install_to "$ROOT" /usr LIBDIR="/usr/lib/$MULTIARCH"
+# deb_move FROM TO PATH...: PATHs (relative to the roots) from one package's tree to another's.
+deb_move() {
+    local from="$1" to="$2" path; shift 2
+    for path in "$@"; do
+        install -d "$(dirname "$to/$path")"
+        mv "$from/$path" "$to/$path"
+    done
+}
+# The Makefile's install is the one list of what goes where; its tree is then divided among the packages.
+ALL="$STAGE/deb/all"
+install_to "$ALL" /usr LIBDIR="/usr/lib/$MULTIARCH"
+LIBDIR="usr/lib/$MULTIARCH"
+LIBPKG=libms-auth1
+DEVPKG=libms-auth-dev
+
+ROOT="$STAGE/deb/$LIBPKG"
+deb_move "$ALL" "$ROOT" "$LIBDIR/libms_auth.so.$VERSION" "$LIBDIR/libms_auth.so.1"
 # Debian policy 8.1: shared libraries are not executable.
-chmod 0644 "$ROOT/usr/lib/$MULTIARCH/libms_auth.so.$VERSION"
-deb_doc "$ROOT" ms-auth
-install -m 0644 README.md "$ROOT/usr/share/doc/ms-auth/README.md"
+chmod 0644 "$ROOT/$LIBDIR/libms_auth.so.$VERSION"
+deb_doc "$ROOT" "$LIBPKG"
 mkdir -p "$ROOT/DEBIAN"
 # The loader's cache learns of the library on install, and dpkg-shlibdeps of packages linking it finds
 # which package and version provide libms_auth.so.1.
 echo "activate-noawait ldconfig" >"$ROOT/DEBIAN/triggers"
-echo "libms_auth 1 ms-auth (>= $VERSION)" >"$ROOT/DEBIAN/shlibs"
+echo "libms_auth 1 $LIBPKG (>= $VERSION)" >"$ROOT/DEBIAN/shlibs"
+cat >"$ROOT/DEBIAN/control" <<EOF
+Package: $LIBPKG
+Source: ms-auth
+Version: $VERSION-$DEBREV
+Architecture: $ARCH
+Multi-Arch: same
+Maintainer: ms-auth maintainers <maintainers@ms-auth.invalid>
+Installed-Size: $(du -sk "$ROOT/usr" | cut -f1)
+Depends: libc6 (>= 2.34), libgcc-s1 (>= 4.2)
+Section: libs
+Priority: optional
+Homepage: https://github.com/ms-auth/ms-auth
+Description: embedded single-file API-key store and policy engine - shared library
+ Decides API-key requests in-process from one SQLite file that every host
+ shares: missing, invalid, expired, revoked, quota exceeded, rate limited or
+ admitted.
+ .
+ This package holds the shared library libms_auth.so.1.
+EOF
+deb_build "$ROOT"
+
+ROOT="$STAGE/deb/$DEVPKG"
+deb_move "$ALL" "$ROOT" usr/include/ms_auth.h "$LIBDIR/libms_auth.a" "$LIBDIR/libms_auth.so" \
+    "$LIBDIR/pkgconfig/ms_auth.pc"
+deb_doc "$ROOT" "$DEVPKG"
+mkdir -p "$ROOT/DEBIAN"
+cat >"$ROOT/DEBIAN/control" <<EOF
+Package: $DEVPKG
+Source: ms-auth
+Version: $VERSION-$DEBREV
+Architecture: $ARCH
+Multi-Arch: same
+Maintainer: ms-auth maintainers <maintainers@ms-auth.invalid>
+Installed-Size: $(du -sk "$ROOT/usr" | cut -f1)
+Depends: $LIBPKG (= $VERSION-$DEBREV)
+Section: libdevel
+Priority: optional
+Homepage: https://github.com/ms-auth/ms-auth
+Description: embedded single-file API-key store and policy engine - development files
+ Decides API-key requests in-process from one SQLite file that every host
+ shares: missing, invalid, expired, revoked, quota exceeded, rate limited or
+ admitted.
+ .
+ This package holds the C header ms_auth.h, the pkg-config file ms_auth.pc,
+ the static library and the link to the shared one.
+EOF
+deb_build "$ROOT"
+
+ROOT="$STAGE/deb/ms-auth"
+deb_move "$ALL" "$ROOT" usr/bin/ms-auth
+left="$(cd "$ALL" && find . -type f -o -type l)"
+[ -z "$left" ] || { say "make install put files no package takes: $left"; exit 1; }
+# Man pages and completions are generated from the binary being packaged (clap's own --help and
+# completion scripts), so they describe exactly this CLI.
+bash packaging/manpages.sh "$LIBS/ms-auth" "$ROOT/usr/share/man/man1" "$VERSION"
+install -d "$ROOT/usr/share/bash-completion/completions" "$ROOT/usr/share/zsh/vendor-completions" \
+    "$ROOT/usr/share/fish/vendor_completions.d"
+"$LIBS/ms-auth" completions bash >"$ROOT/usr/share/bash-completion/completions/ms-auth"
+"$LIBS/ms-auth" completions zsh >"$ROOT/usr/share/zsh/vendor-completions/_ms-auth"
+"$LIBS/ms-auth" completions fish >"$ROOT/usr/share/fish/vendor_completions.d/ms-auth.fish"
+chmod 0644 "$ROOT"/usr/share/bash-completion/completions/ms-auth "$ROOT"/usr/share/zsh/vendor-completions/_ms-auth \
+    "$ROOT"/usr/share/fish/vendor_completions.d/ms-auth.fish
+# Templates per store (ms-auth-console@keys serves /var/lib/ms-auth/keys.db); installed, never enabled or
+# started by the package: each needs a secret or tokens only the admin can provide.
+install -d "$ROOT/usr/lib/systemd/system"
+install -m 0644 packaging/systemd/ms-auth-fleet-sync@.service packaging/systemd/ms-auth-console@.service \
+    "$ROOT/usr/lib/systemd/system/"
+deb_doc "$ROOT" ms-auth
+install -m 0644 README.md "$ROOT/usr/share/doc/ms-auth/README.md"
+mkdir -p "$ROOT/DEBIAN"
 cat >"$ROOT/DEBIAN/control" <<EOF
 Package: ms-auth
 Version: $VERSION-$DEBREV
@@ -107,11 +197,15 @@ Depends: libc6 (>= 2.34), libgcc-s1 (>= 4.2)
 Section: net
 Priority: optional
 Homepage: https://github.com/ms-auth/ms-auth
-Description: embedded single-file API-key store and policy engine
+Description: embedded single-file API-key store and policy engine - command line
  Decides API-key requests in-process from one SQLite file that every host
  shares: missing, invalid, expired, revoked, quota exceeded, rate limited or
- admitted. Ships the ms-auth CLI, the C library (static and shared), its
- header and its pkg-config file.
+ admitted.
+ .
+ This package holds the ms-auth command (keys, plans, policies, usage, the
+ fleet agent, the support console, doctor), its manual pages, its bash, zsh
+ and fish completions, and systemd unit templates for the fleet agent and
+ the console (not enabled).
 EOF
 deb_build "$ROOT"
 

@@ -6,6 +6,10 @@
 #                             static) through the relocatable ms_auth.pc, the programs run with no
 #                             LD_LIBRARY_PATH
 #   .deb                      dpkg-deb --info/--contents, lintian, dpkg -x, the CLI and the library from it;
+#                             ms-auth, libms-auth1 and libms-auth-dev installed with dpkg (through apt-get):
+#                             the CLI, a C app through the system's pkg-config, every man page rendered,
+#                             the completions (bash's tried), the systemd units verified and scored, then
+#                             -dev removed alone and all purged, leaving nothing;
 #                             the nginx module package installed with dpkg (through apt-get) and purged at
 #                             the end: enabled on first install only, an admin's removed link or edited file
 #                             kept on upgrade and reinstall, nginx-reload triggered, a store made as the
@@ -46,10 +50,15 @@ NGINX_PID=""
 MODULE_INSTALLED=""
 cleanup() {
     [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null || true
-    # The module package this run installed is purged, also after a failure: the system as it was.
+    # The packages this run installed are purged, also after a failure: the system as it was.
+    # Only those dpkg knows of: apt-get refuses a purge that names a package it cannot find.
     if [ -n "$MODULE_INSTALLED" ]; then
-        env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o DPkg::Lock::Timeout=600 \
-            purge libnginx-mod-http-ms-auth >/dev/null 2>&1 || true
+        local known=() p
+        for p in libnginx-mod-http-ms-auth ms-auth libms-auth-dev libms-auth1; do
+            dpkg-query -W "$p" >/dev/null 2>&1 && known+=("$p")
+        done
+        [ ${#known[@]} -eq 0 ] || env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o DPkg::Lock::Timeout=600 \
+            purge "${known[@]}" >/dev/null 2>&1 || true
     fi
     rm -rf "$WORK"
 }
@@ -168,18 +177,36 @@ pass "tarball ($(du -h "$tarball" | cut -f1)): CLI; C app shared and static thro
 
 echo "== .deb"
 deb="$DIST/ms-auth_${VERSION}-1_amd64.deb"
+libdeb="$DIST/libms-auth1_${VERSION}-1_amd64.deb"
+devdeb="$DIST/libms-auth-dev_${VERSION}-1_amd64.deb"
 ngxdeb="$DIST/libnginx-mod-http-ms-auth_${VERSION}-1_amd64.deb"
-has "Package: ms-auth" dpkg-deb --info "$deb" || fail "dpkg-deb --info $deb"
-contents="$(dpkg-deb --contents "$deb")"
-for f in ./usr/bin/ms-auth ./usr/include/ms_auth.h ./usr/lib/x86_64-linux-gnu/libms_auth.a \
-         ./usr/lib/x86_64-linux-gnu/libms_auth.so.1 ./usr/lib/x86_64-linux-gnu/pkgconfig/ms_auth.pc; do
-    grep -q " $f" <<<"$contents" || fail "$deb lacks $f"
-done
-# lintian's errors fail the test; its warnings are printed (e.g. a library and its CLI in one package).
-lintian --tag-display-limit 0 --suppress-tags no-manual-page "$deb" "$ngxdeb" | tee "$WORK/lintian.log" || true
+ML=./usr/lib/x86_64-linux-gnu
+# deb_has DEB PATH...: DEB ships each PATH, and no other package of the three does (one home per file).
+deb_has() {
+    local d="$1" other f; shift
+    for f in "$@"; do
+        grep -q " $f\( ->\|$\)" <<<"$(dpkg-deb --contents "$d")" || fail "$(basename "$d") lacks $f"
+        for other in "$deb" "$libdeb" "$devdeb"; do
+            [ "$other" = "$d" ] && continue
+            if grep -q " $f\( ->\|$\)" <<<"$(dpkg-deb --contents "$other")"; then
+                fail "$f is in $(basename "$other") as well as $(basename "$d")"
+            fi
+        done
+    done
+}
+deb_has "$libdeb" "$ML/libms_auth.so.$VERSION" "$ML/libms_auth.so.1"
+deb_has "$devdeb" ./usr/include/ms_auth.h "$ML/libms_auth.a" "$ML/libms_auth.so" "$ML/pkgconfig/ms_auth.pc"
+deb_has "$deb" ./usr/bin/ms-auth ./usr/share/man/man1/ms-auth.1.gz ./usr/share/man/man1/ms-auth-key.1.gz \
+    ./usr/share/bash-completion/completions/ms-auth ./usr/share/zsh/vendor-completions/_ms-auth \
+    ./usr/share/fish/vendor_completions.d/ms-auth.fish ./usr/lib/systemd/system/ms-auth-fleet-sync@.service \
+    ./usr/lib/systemd/system/ms-auth-console@.service
+has "Package: libms-auth1" dpkg-deb --info "$libdeb" || fail "dpkg-deb --info $libdeb"
+[ "$(dpkg-deb -f "$devdeb" Depends)" = "libms-auth1 (= $VERSION-1)" ] || fail "libms-auth-dev depends on: $(dpkg-deb -f "$devdeb" Depends)"
+# lintian's errors fail the test; its warnings are printed.
+lintian --tag-display-limit 0 "$deb" "$libdeb" "$devdeb" "$ngxdeb" | tee "$WORK/lintian.log" || true
 if grep -q '^E: ' "$WORK/lintian.log"; then fail "lintian reports errors"; fi
 D="$WORK/deb"
-dpkg -x "$deb" "$D"
+for d in "$deb" "$libdeb" "$devdeb"; do dpkg -x "$d" "$D"; done
 cli_out="$(uses_cli "$D/usr/bin/ms-auth")"
 read -r db key <<<"$cli_out"
 pcd="$D/usr/lib/x86_64-linux-gnu/pkgconfig"
@@ -188,7 +215,7 @@ pcd="$D/usr/lib/x86_64-linux-gnu/pkgconfig"
 clean gcc -Wall -Werror -o "$WORK/app-deb" "$WORK/app.c" \
     $(clean env PKG_CONFIG_PATH="$pcd" PKG_CONFIG_SYSROOT_DIR="$D" pkg-config --cflags --libs ms_auth)
 runs_app "$WORK/app-deb" "$db" "$key" LD_LIBRARY_PATH="$D/usr/lib/x86_64-linux-gnu"
-pass ".deb ($(du -h "$deb" | cut -f1)): contents, lintian without errors, CLI and C app from dpkg -x"
+pass ".debs ms-auth ($(du -h "$deb" | cut -f1)), libms-auth1 ($(du -h "$libdeb" | cut -f1)), libms-auth-dev ($(du -h "$devdeb" | cut -f1)): each file in one package, lintian without errors, CLI and C app from dpkg -x"
 
 echo "== nginx module .deb, installed with dpkg"
 has "$(dpkg-query -W -f='${Provides}' nginx | grep -o 'nginx-abi-[^ ,]*')" dpkg-deb -f "$ngxdeb" Depends \
@@ -295,6 +322,106 @@ left="$(find /etc/nginx/modules-enabled -name '*mod-http-ms-auth*')"
 case "$(modstate)" in "" | not-installed) ;; *) fail "after purge the package is $(modstate)" ;; esac
 MODULE_INSTALLED=""
 pass "module .deb with dpkg: enabled on first install; 401/200 in Debian's nginx from a store made by www-data; a disabled module and an admin's file kept through upgrade and reinstall; nginx-reload triggered; remove, install again, purge"
+
+echo "== ms-auth, libms-auth1, libms-auth-dev installed with dpkg"
+# Installed into this system for real, as the module is above, and purged at the end (also when a check
+# fails: cleanup). For as short a time as the checks take: while installed, the system has a
+# libms_auth.so.1 and an ms_auth.pc that other jobs on this machine could find.
+PKGS=(ms-auth libms-auth1 libms-auth-dev)
+for p in "${PKGS[@]}"; do
+    case "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" in
+        "" | not-installed) ;;
+        *) fail "$p is already on this machine: this test installs and purges it; purge it first" ;;
+    esac
+done
+apt_dpkg install "$deb" "$libdeb" "$devdeb"
+grep -q '^Processing triggers for libc-bin ' "$WORK/apt.log" || fail "installing libms-auth1 did not trigger ldconfig"
+# (/lib or /usr/lib: the same directory on a merged-/usr system, and ldconfig names the first.)
+has 'libms_auth.so.1 (libc6,x86-64) => \(/usr\)\?/lib/x86_64-linux-gnu/libms_auth.so.1$' ldconfig -p \
+    || fail "the loader's cache does not know libms_auth.so.1"
+installed="$(dpkg -L "${PKGS[@]}")"
+# The CLI and a C program built against the installed -dev package as a Debian user builds it: no
+# PKG_CONFIG_PATH, no rpath, no LD_LIBRARY_PATH.
+cli_out="$(uses_cli /usr/bin/ms-auth)"
+read -r db key <<<"$cli_out"
+# shellcheck disable=SC2046
+clean gcc -Wall -Werror -o "$WORK/app-system" "$WORK/app.c" $(clean pkg-config --cflags --libs ms_auth)
+runs_app "$WORK/app-system" "$db" "$key"
+
+# A man page for ms-auth and for each of its commands, found by man(1) through its index (the man-db
+# trigger), rendered without a groff warning; a group's page shows its subcommands' options.
+grep -q '^Processing triggers for man-db ' "$WORK/apt.log" || fail "installing ms-auth did not trigger man-db"
+commands="$(clean ms-auth --help | sed -n '/^Commands:$/,/^$/s/^  \([a-z][a-z0-9-]*\) .*/\1/p' | grep -vx help)"
+[ -n "$commands" ] || fail "ms-auth --help lists no commands"
+pages=0
+# shellcheck disable=SC2086 # one command a word
+for page in ms-auth $(printf 'ms-auth-%s\n' $commands); do
+    path="$(man -w 1 "$page" 2>/dev/null)" || fail "man finds no page $page(1)"
+    [ "$path" = "/usr/share/man/man1/$page.1.gz" ] || fail "man finds $page(1) at $path"
+    out="$(clean env MANPAGER=cat MANWIDTH=100 man --warnings 1 "$page" 2>"$WORK/man.err")" || fail "man $page failed: $(cat "$WORK/man.err")"
+    [ ! -s "$WORK/man.err" ] || fail "man $page warns: $(cat "$WORK/man.err")"
+    if ! grep -q "^NAME" <<<"$out" || ! grep -q "^SYNOPSIS" <<<"$out"; then fail "man $page has no NAME or SYNOPSIS: $out"; fi
+    # Rendered from the file as well (man -l), as a reader of the extracted package would.
+    has "^NAME" env MANPAGER=cat man -l "$path" || fail "man -l $path"
+    pages=$((pages + 1))
+done
+has '^   ms-auth key create' env MANPAGER=cat MANWIDTH=100 man 1 ms-auth-key || fail "ms-auth-key(1) lacks ms-auth key create"
+has '--secret-file' env MANPAGER=cat MANWIDTH=200 man 1 ms-auth-fleet || fail "ms-auth-fleet(1) lacks fleet sync's --secret-file"
+has 'ms-auth-doctor(1)' env MANPAGER=cat MANWIDTH=200 man 1 ms-auth || fail "ms-auth(1) does not point to ms-auth-doctor(1)"
+[ "$(grep -c '/usr/share/man/man1/ms-auth.*\.1\.gz$' <<<"$installed")" = "$pages" ] || fail "ms-auth ships man pages for commands its --help does not list"
+
+# Completions where each shell looks for them; bash's completes a command and a subcommand for real.
+for f in /usr/share/bash-completion/completions/ms-auth /usr/share/zsh/vendor-completions/_ms-auth \
+         /usr/share/fish/vendor_completions.d/ms-auth.fish; do
+    [ -s "$f" ] || fail "no completion $f"
+done
+grep -qx '#compdef ms-auth' /usr/share/zsh/vendor-completions/_ms-auth || fail "_ms-auth is no zsh completion"
+grep -q '^complete -c ms-auth ' /usr/share/fish/vendor_completions.d/ms-auth.fish || fail "ms-auth.fish is no fish completion"
+# shellcheck disable=SC2016
+complete_bash='source /usr/share/bash-completion/completions/ms-auth
+COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
+func="$(complete -p ms-auth | sed -n "s/.*-F \([^ ]*\) .*/\1/p")"
+"$func" ms-auth "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf "%s\n" "${COMPREPLY[@]}"'
+[ "$(clean bash -c "$complete_bash" - ms-auth ke)" = key ] || fail "bash completes 'ms-auth ke' as: $(clean bash -c "$complete_bash" - ms-auth ke)"
+has '^revoke$' clean bash -c "$complete_bash" - ms-auth key re || fail "bash does not complete 'ms-auth key re' to revoke"
+
+# The systemd units: valid for systemd (verify checks the unit, its ExecStart binary and its man page),
+# hardened (systemd's own exposure score, "OK" or better), installed but not enabled.
+for unit in ms-auth-fleet-sync@keys.service ms-auth-console@keys.service; do
+    out="$(systemd-analyze verify "$unit" 2>&1)" || fail "systemd-analyze verify $unit: $out"
+    [ -z "$out" ] || fail "systemd-analyze verify $unit warns: $out"
+    systemd-analyze security --offline=yes --threshold=20 "$unit" >"$WORK/security.log" 2>&1 \
+        || fail "systemd-analyze security $unit: $(tail -3 "$WORK/security.log")"
+done
+left="$(find /etc/systemd -name 'ms-auth-*' 2>/dev/null)"
+[ -z "$left" ] || fail "installing ms-auth enabled units: $left"
+
+# Removed, the -dev package takes only its own files: the CLI and the shared library stay.
+apt_dpkg remove libms-auth-dev
+if [ -e /usr/include/ms_auth.h ] || [ -e /usr/lib/x86_64-linux-gnu/libms_auth.a ]; then fail "removing libms-auth-dev left its files"; fi
+runs_app "$WORK/app-system" "$db" "$key"
+# Purged, nothing of the three is left: no file, no package state, no cache entry, no man index entry.
+# (The removed -dev package, which has no conffiles, dpkg has already forgotten; apt-get would not find it.)
+apt_dpkg purge ms-auth libms-auth1
+for p in "${PKGS[@]}"; do
+    case "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" in
+        "" | not-installed) ;;
+        *) fail "after purge $p is $(dpkg-query -W -f='${db:Status-Status}' "$p")" ;;
+    esac
+done
+left=""
+while IFS= read -r f; do
+    # Directories other packages share (/usr/share/man/man1, ...) stay; anything ms-auth-named must not.
+    if [ -e "$f" ] || [ -L "$f" ]; then
+        if [ ! -d "$f" ] || [[ "$f" == *ms-auth* ]] || [[ "$f" == *ms_auth* ]]; then left+="$f "; fi
+    fi
+done <<<"$installed"
+[ -z "$left" ] || fail "purge left: $left"
+if has libms_auth ldconfig -p; then fail "after purge the loader's cache still has libms_auth"; fi
+if man -w 1 ms-auth >/dev/null 2>&1; then fail "after purge man still finds ms-auth(1)"; fi
+MODULE_INSTALLED=""
+pass "ms-auth, libms-auth1, libms-auth-dev with dpkg: ldconfig and man-db triggered; CLI and a C app through the system's pkg-config; $pages man pages render without warnings; bash, zsh and fish completions (bash's tried); both units pass systemd-analyze verify and security, not enabled; -dev removed alone; purge leaves nothing"
 
 echo "== Python wheel"
 whl="$(ls "$DIST"/ms_auth-"$VERSION"-py3-none-manylinux_2_*_x86_64.whl)"
