@@ -8,21 +8,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::gcra::checked_rate;
 use crate::gcra::RateLimit;
 use crate::key::Env;
 use crate::key_state::StateAt;
-use crate::period::Period;
+use crate::period::{check_time_ms, Period};
 use crate::policy::Quota;
 use crate::text;
 
-/// Below this a time is almost surely in seconds, not milliseconds (before 1973).
-pub const MIN_TIME_MS: i64 = 100_000_000_000;
-/// 2200-01-01T00:00:00Z. Above this a time is almost surely in microseconds; the bound also keeps every
-/// rate limiter's arrival time (nanoseconds, 64 bits, good until 2262) far from overflowing.
-pub const MAX_TIME_MS: i64 = 7_258_118_400_000;
-/// The longest time a rate limit's bucket may take to refill from empty (`burst` × `window_ms` / `limit`):
-/// ten years, so that a time before 2200 plus a full bucket's tolerance stays within 64-bit nanoseconds.
-pub const MAX_REFILL_MS: i64 = 3653 * 86_400_000;
 pub const MAX_PLAN_LEN: usize = 63;
 pub const MAX_NAME_LEN: usize = 256;
 /// The longest reason a revocation records, and the longest audit actor.
@@ -362,22 +355,6 @@ fn label(name: &str, field: Field<Value>, max: usize) -> Result<Field<String>> {
     }
 }
 
-/// Checks a Unix time in milliseconds: a value in seconds or in microseconds is a likely mistake, so
-/// anything before 1973 or from 2200 on is refused.
-pub fn check_time_ms(name: &str, value: i64) -> Result<i64> {
-    if value < MIN_TIME_MS {
-        return Err(Error::invalid(format!(
-            "{name} = {value} is before 1973: times are Unix milliseconds, not seconds"
-        )));
-    }
-    if value >= MAX_TIME_MS {
-        return Err(Error::invalid(format!(
-            "{name} = {value} is after the year 2200: times are Unix milliseconds, not microseconds"
-        )));
-    }
-    Ok(value)
-}
-
 fn time(name: &str, field: Field<Value>) -> Result<Field<i64>> {
     match field {
         Field::Absent => Ok(Field::Absent),
@@ -459,31 +436,6 @@ pub(crate) fn rate_field(field: Field<Value>) -> Result<Field<RateLimit>> {
             Err(Error::invalid("rate_limit must be an object {\"limit\", \"window_ms\", \"burst\"} or null"))
         }
     }
-}
-
-/// A rate limit whose arithmetic cannot overflow: at most one request per nanosecond, a window of at
-/// most a year, and a bucket that refills from empty within [`MAX_REFILL_MS`] (ten years). Anything
-/// larger is refused here rather than represented inexactly: a limiter must never stop limiting.
-pub fn checked_rate(limit: i64, window_ms: i64, burst: i64) -> Result<RateLimit> {
-    const YEAR_MS: i64 = 366 * 86_400_000;
-    if limit < 1 || window_ms < 1 || burst < 1 {
-        return Err(Error::invalid("rate_limit.limit, window_ms and burst must be positive integers"));
-    }
-    if window_ms > YEAR_MS {
-        return Err(Error::invalid("rate_limit.window_ms must be at most a year"));
-    }
-    if limit > window_ms.saturating_mul(1_000_000) {
-        return Err(Error::invalid("rate_limit.limit is more than one request per nanosecond"));
-    }
-    // Exact in 128 bits: burst × window ≤ MAX_REFILL × limit.
-    if burst as i128 * window_ms as i128 > MAX_REFILL_MS as i128 * limit as i128 {
-        let max_burst = (MAX_REFILL_MS as i128 * limit as i128 / window_ms as i128).max(1);
-        return Err(Error::invalid(format!(
-            "rate_limit.burst {burst} at {limit} per {window_ms} ms would take more than 10 years to refill; \
-             the largest burst for this rate is {max_burst}"
-        )));
-    }
-    Ok(RateLimit { limit, window_ms, burst })
 }
 
 /// The field names in meta, at any depth, are checked as names are: the CLI and the console show them.

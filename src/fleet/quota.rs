@@ -428,7 +428,10 @@ mod tests {
             store.fleet_set_lease(&owners[0].1, start, lease, false, false).unwrap();
         }
         for _ in 0..10 {
-            assert_eq!(store.check(Some(created.key.as_bytes()), now).unwrap().decision.status, crate::Status::Ok);
+            assert_eq!(
+                store.check(Some(created.key.as_bytes()), now).unwrap().decision.status,
+                crate::status::Status::Ok
+            );
         }
         std::thread::scope(|s| {
             // The first check stamped tomorrow lands between the hand-back's two reads.
@@ -438,7 +441,7 @@ mod tests {
                     assert!(Instant::now() < deadline, "the hand-back never lowered today's lease");
                 }
                 let d = store.check(Some(created.key.as_bytes()), tomorrow + 1).unwrap().decision;
-                assert_eq!(d.status, crate::Status::Ok);
+                assert_eq!(d.status, crate::status::Status::Ok);
             });
             hand_back(&store, &cfg, &scripts, &mut c).unwrap();
         });

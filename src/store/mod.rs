@@ -51,7 +51,7 @@ pub use keys::{RotateOptions, DEFAULT_GRACE_MS};
 pub use options::{Durability, StoreOptions, StoreOptionsJson, DEFAULT_LIFETIME_MS, DEFAULT_RATE};
 pub use plans::{PlanRecord, PlanSpec, PlanSpecJson};
 pub use policies::{AbusePolicy, IdlePolicy, PoliciesInForce, PolicySpec, PolicySpecJson};
-pub use replica::{FleetQuota, Refused};
+pub use replica::{Change, FleetQuota, Refused, KINDS};
 pub use schema::schema_version;
 pub use usage::{UsageDay, UsageHistory};
 

@@ -4,16 +4,32 @@
 //! process's next check; it never re-publishes what it applies.
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::rows::{load_entries, Keys};
 use super::Store;
 use crate::counters::QuotaCell;
 use crate::error::{Error, Result};
-use crate::fleet::Change;
 use crate::key::KeyDigest;
 use crate::period::Period;
+
+/// What a change is about, in the order a host starting from the fleet's state applies them (the
+/// policies and plans a key names first; audit events are in the log only, not in the state).
+pub const KINDS: [&str; 4] = ["policies", "plan", "key", "audit"];
+
+/// One record's new state, as published to the change log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// One of [`KINDS`].
+    pub kind: String,
+    /// The record: a key id, a plan name, `policies`, or the origin's audit sequence number.
+    pub id: String,
+    /// The record's whole state, a JSON object (see below for each kind's fields).
+    pub body: String,
+    /// The host whose store made the change.
+    pub origin: String,
+}
 
 /// A key's whole state as the triggers write it (`fleet_key_insert`/`fleet_key_update`).
 #[derive(Deserialize)]
@@ -360,7 +376,7 @@ fn apply_key(tx: &rusqlite::Transaction, change: &Change) -> Result<Vec<i64>> {
     if k.id != change.id {
         return Err(Error::invalid("the record's id is not the change's"));
     }
-    let digest = crate::fleet::unhex(&k.digest)
+    let digest = crate::text::unhex(&k.digest)
         .filter(|d| d.len() == 32)
         .ok_or_else(|| Error::invalid("a key digest must be 64 hex digits"))?;
     crate::key::Env::parse(&k.env)?;
@@ -368,7 +384,7 @@ fn apply_key(tx: &rusqlite::Transaction, change: &Change) -> Result<Vec<i64>> {
         Period::parse(p)?;
     }
     if let (Some(l), Some(w), Some(b)) = (k.rate_limit, k.rate_window_ms, k.rate_burst) {
-        crate::spec::checked_rate(l, w, b)?;
+        crate::gcra::checked_rate(l, w, b)?;
     }
     serde_json::from_str::<serde_json::Map<String, Value>>(&k.meta)
         .map_err(|_| Error::invalid("a key's meta must be a JSON object"))?;
@@ -442,7 +458,7 @@ fn apply_plan(tx: &rusqlite::Transaction, change: &Change) -> Result<Vec<i64>> {
         Period::parse(period)?;
     }
     if let (Some(l), Some(w), Some(b)) = (p.rate_limit, p.rate_window_ms, p.rate_burst) {
-        crate::spec::checked_rate(l, w, b)?;
+        crate::gcra::checked_rate(l, w, b)?;
     }
     tx.execute(
         "INSERT INTO plans (name, quota_limit, quota_period, rate_limit, rate_window_ms, rate_burst, lifetime_ms, updated_at_ms)

@@ -138,7 +138,7 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX keys_revoke_at ON keys(revoke_at_ms) WHERE revoke_at_ms IS NOT NULL AND revoked_at_ms IS NULL;",
     // 4: earlier versions accepted rate limits whose bucket takes more than ten years to refill, which
     // the limiter could not represent (it stopped limiting). Lower their burst to the largest that
-    // refills within ten years (spec::MAX_REFILL_MS = 315,619,200,000 ms), exactly in integers where the
+    // refills within ten years (gcra::MAX_REFILL_MS = 315,619,200,000 ms), exactly in integers where the
     // product fits in 64 bits.
     "UPDATE keys SET rate_burst = MAX(1, MIN(rate_burst, CASE WHEN rate_limit <= 29000000
             THEN rate_limit * 315619200000 / rate_window_ms

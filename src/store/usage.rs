@@ -10,8 +10,7 @@ use super::policies::load_policies;
 use super::Store;
 use crate::error::{Error, Result};
 use crate::key_state::{idle_revocation_at, state_at, KeyState, Lifecycle};
-use crate::period::{Period, DAY_MS};
-use crate::spec;
+use crate::period::{check_time_ms, Period, DAY_MS};
 
 /// One UTC day of a key's decisions.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -60,8 +59,8 @@ impl Store {
     /// A key's decisions per UTC day from `from_ms` to `to_ms` (days with none included, as zeros). A
     /// rotated key's successor shares its history, as it shares its quota.
     pub fn usage(&self, id: &str, from_ms: i64, to_ms: i64) -> Result<UsageHistory> {
-        spec::check_time_ms("from_ms", from_ms)?;
-        spec::check_time_ms("to_ms", to_ms)?;
+        check_time_ms("from_ms", from_ms)?;
+        check_time_ms("to_ms", to_ms)?;
         if to_ms < from_ms || to_ms - from_ms > 3_660 * DAY_MS {
             return Err(Error::invalid("to_ms must be at or after from_ms, and at most ten years later"));
         }
@@ -98,8 +97,8 @@ impl Store {
     /// zeros): what [`Store::usage`] gives for one key, summed over every key (the console's overview); in
     /// a fleet, every host's.
     pub fn usage_totals(&self, from_ms: i64, to_ms: i64) -> Result<Vec<UsageDay>> {
-        spec::check_time_ms("from_ms", from_ms)?;
-        spec::check_time_ms("to_ms", to_ms)?;
+        check_time_ms("from_ms", from_ms)?;
+        check_time_ms("to_ms", to_ms)?;
         if to_ms < from_ms || to_ms - from_ms > 3_660 * DAY_MS {
             return Err(Error::invalid("to_ms must be at or after from_ms, and at most ten years later"));
         }
