@@ -13,10 +13,22 @@
 //! Every change is signed with the fleet's secret (HMAC-SHA256), and agents refuse what is unsigned or
 //! badly signed: write access to Redis alone cannot mint a key or lift a revocation. The log carries key
 //! digests, never a plaintext key.
+//!
+//! Fleet mode across the layers (imports point down): in the core, `gcra` shares a key's rate among
+//! the live hosts (`RateLimit::share_among`) and `policy` counts a quota only within this host's lease
+//! (`Allowance`, `decide_within`); in `counters`, `lease.rs` keeps each cell's two lease words and the
+//! header the number of hosts sharing rates; in `store`, `schema.rs` holds the migrations whose triggers
+//! fill the outbox, and `store/fleet/` the `Change` this log carries, membership, the outbox and applying
+//! changes (`replica.rs`) and the other hosts' daily usage (`usage.rs`); here, `link.rs` holds what the
+//! agent's parts share (`Config`, the Redis names and scripts, `Health`, `Failure`, and `Link`, all that
+//! one round works with), `connect.rs` reaches Redis, `changelog.rs` publishes the outbox and applies the
+//! log, `quota.rs` leases quotas, `usage.rs` exchanges daily usage, and `agent.rs` runs them in a loop;
+//! in `src/bin/ms-auth/fleet.rs`, the `ms-auth fleet` commands start the agent and show its status.
 
 pub mod agent;
 mod changelog;
 mod connect;
+mod link;
 pub mod quota;
 pub mod usage;
 
@@ -26,6 +38,7 @@ use sha2::Sha256;
 use crate::error::{Error, Result};
 pub use crate::store::{Change, KINDS};
 use crate::text::{hex, unhex};
+pub use link::Config;
 
 /// What a host may admit while Redis is unreachable, once its quota leases run out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -81,7 +81,7 @@ impl Store {
             found.insert(day, counts);
         }
         // In a fleet: the other hosts' counts too, as their agents last published them.
-        let (others, others_last_used) = super::fleet_usage::others_usage(&db.conn, id, first, last)?;
+        let (others, others_last_used) = super::fleet::others_usage(&db.conn, id, first, last)?;
         for (day, counts) in others {
             let total = found.entry(day).or_default();
             for (t, c) in total.iter_mut().zip(counts) {
@@ -117,7 +117,7 @@ impl Store {
             found.insert(day, counts);
         }
         // In a fleet: the other hosts' counts too.
-        for (day, counts) in super::fleet_usage::others_days(&db.conn, first, last)? {
+        for (day, counts) in super::fleet::others_days(&db.conn, first, last)? {
             let total = found.entry(day).or_default();
             for (t, c) in total.iter_mut().zip(counts) {
                 *t += c;
@@ -162,8 +162,8 @@ impl Store {
         );
         out.push_str("# TYPE ms_auth_flush_failures_total counter\n");
         let _ = writeln!(out, "ms_auth_flush_failures_total {}", self.flush_failures());
-        let others = super::fleet_usage::others_totals(&db.conn)?;
-        if let Some(here) = super::fleet_usage::this_host(&db.conn)? {
+        let others = super::fleet::others_totals(&db.conn)?;
+        if let Some(here) = super::fleet::this_host(&db.conn)? {
             out.push_str(
                 "# HELP ms_auth_fleet_checks_total Decisions about requests that matched a key, by host of the \
                  fleet and status: this host's from its database, the others' as their agents last published \

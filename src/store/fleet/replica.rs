@@ -1,35 +1,19 @@
-//! The store's side of fleet mode (see `crate::fleet`): membership, the outbox of changes this host made
+//! The store's side of the fleet's change log (the agent's side is `fleet::changelog`): membership, the outbox of changes this host made
 //! (filled by triggers of migration 5, in each change's own transaction), and applying changes from the
 //! fleet's log. Applying goes through the same admin path as a local change, so it is in force on every
 //! process's next check; it never re-publishes what it applies.
 
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::rows::{load_entries, Keys};
-use super::Store;
+use super::Change;
 use crate::counters::QuotaCell;
 use crate::error::{Error, Result};
 use crate::key::KeyDigest;
 use crate::period::Period;
-
-/// What a change is about, in the order a host starting from the fleet's state applies them (the
-/// policies and plans a key names first; audit events are in the log only, not in the state).
-pub const KINDS: [&str; 4] = ["policies", "plan", "key", "audit"];
-
-/// One record's new state, as published to the change log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    /// One of [`KINDS`].
-    pub kind: String,
-    /// The record: a key id, a plan name, `policies`, or the origin's audit sequence number.
-    pub id: String,
-    /// The record's whole state, a JSON object (see below for each kind's fields).
-    pub body: String,
-    /// The host whose store made the change.
-    pub origin: String,
-}
+use crate::store::rows::{load_entries, Keys};
+use crate::store::Store;
 
 /// A key's whole state as the triggers write it (`fleet_key_insert`/`fleet_key_update`).
 #[derive(Deserialize)]
