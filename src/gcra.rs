@@ -320,4 +320,17 @@ mod tests {
         }
         assert!((69..=71).contains(&admitted), "{admitted}");
     }
+
+    #[test]
+    fn rate_limits_that_cannot_be_represented_are_refused() {
+        // Review: 1 per 366 days with burst 1000, and 1 per day with burst 100,000, never limited.
+        let year = 366 * 86_400_000;
+        let e = checked_rate(1, year, 1000).unwrap_err().message;
+        assert!(e.contains("10 years") && e.contains("largest burst for this rate is 9"), "{e}");
+        assert!(checked_rate(1, 86_400_000, 100_000).unwrap_err().message.contains("largest burst"));
+        assert!(checked_rate(1, 86_400_000, 3653).is_ok(), "exactly ten years is allowed");
+        assert!(checked_rate(1, 86_400_000, 3654).is_err());
+        assert!(checked_rate(1, year, 1).is_ok());
+        assert!(checked_rate(1_000_000, 1000, 1_000_000_000).is_ok());
+    }
 }
