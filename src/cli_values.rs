@@ -31,7 +31,7 @@ pub fn quota(text: &str) -> Result<Quota> {
 }
 
 /// A rate such as `60/min`: `(limit, window_ms)`. The burst and the limit's bounds are the caller's
-/// (`spec::checked_rate`).
+/// (`gcra::checked_rate`).
 pub fn rate(text: &str) -> Result<(i64, i64)> {
     let (n, unit) = split_rate(text, "--rate")?;
     let window_ms = match unit {

@@ -46,7 +46,7 @@ pub const MS_ERR_STORE: i32 = 102;
 pub const MS_ERR_NOT_FOUND: i32 = 103;
 /// Library error: a bug in ms-auth (a caught panic). HTTP 500, "internal_error".
 pub const MS_ERR_INTERNAL: i32 = 104;
-// Each code above is its `Status` (whose discriminants are these constants): checked at compile time.
+// Each code above is its `Status` (whose discriminants are the same numbers, written in the core): checked at compile time.
 const _: () = assert!(MS_OK == Status::Ok as i32);
 const _: () = assert!(MS_API_KEY_MISSING == Status::ApiKeyMissing as i32);
 const _: () = assert!(MS_API_KEY_INVALID == Status::ApiKeyInvalid as i32);

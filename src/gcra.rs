@@ -3,16 +3,46 @@
 //! Time is kept in nanoseconds so that windows not divisible by the limit stay exact to well under a
 //! millisecond, and `retry_after_ms` is rounded up so a client that waits it is admitted.
 
+use crate::error::{Error, Result};
 use crate::period::CLOCK_TOLERANCE_MS;
 
 const NS_PER_MS: i64 = 1_000_000;
 const CLOCK_TOLERANCE_NS: i64 = CLOCK_TOLERANCE_MS * NS_PER_MS;
+
+/// The longest time a rate limit's bucket may take to refill from empty (`burst` × `window_ms` / `limit`):
+/// ten years, so that a time before 2200 plus a full bucket's tolerance stays within 64-bit nanoseconds.
+pub const MAX_REFILL_MS: i64 = 3653 * 86_400_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimit {
     pub limit: i64,
     pub window_ms: i64,
     pub burst: i64,
+}
+
+/// A rate limit whose arithmetic cannot overflow: at most one request per nanosecond, a window of at
+/// most a year, and a bucket that refills from empty within [`MAX_REFILL_MS`] (ten years). Anything
+/// larger is refused here rather than represented inexactly: a limiter must never stop limiting.
+pub fn checked_rate(limit: i64, window_ms: i64, burst: i64) -> Result<RateLimit> {
+    const YEAR_MS: i64 = 366 * 86_400_000;
+    if limit < 1 || window_ms < 1 || burst < 1 {
+        return Err(Error::invalid("rate_limit.limit, window_ms and burst must be positive integers"));
+    }
+    if window_ms > YEAR_MS {
+        return Err(Error::invalid("rate_limit.window_ms must be at most a year"));
+    }
+    if limit > window_ms.saturating_mul(1_000_000) {
+        return Err(Error::invalid("rate_limit.limit is more than one request per nanosecond"));
+    }
+    // Exact in 128 bits: burst × window ≤ MAX_REFILL × limit.
+    if burst as i128 * window_ms as i128 > MAX_REFILL_MS as i128 * limit as i128 {
+        let max_burst = (MAX_REFILL_MS as i128 * limit as i128 / window_ms as i128).max(1);
+        return Err(Error::invalid(format!(
+            "rate_limit.burst {burst} at {limit} per {window_ms} ms would take more than 10 years to refill; \
+             the largest burst for this rate is {max_burst}"
+        )));
+    }
+    Ok(RateLimit { limit, window_ms, burst })
 }
 
 /// The outcome of offering one request to a bucket.
@@ -27,7 +57,7 @@ pub enum Rate {
 /// A rate limit with its emission interval and tolerance worked out, once per check.
 ///
 /// Arithmetic is in 64 bits, which holds every value a check meets: times are below 2^63 ns (the year
-/// 2262) and `spec::checked_rate` bounds the tolerance to ten years. A record read from a shared
+/// 2262) and `checked_rate` bounds the tolerance to ten years. A record read from a shared
 /// (possibly hostile) file, or a fleet's share of a rate, may go past that: then the interval is worked out
 /// in 128 bits (a cold path), the tolerance saturates and a TAT that would pass 2^63 refuses, so nothing
 /// wraps and nothing is admitted that the exact figures would refuse.
@@ -172,10 +202,10 @@ mod tests {
     #[test]
     fn the_largest_accepted_buckets_admit_exactly_their_burst() {
         let year = 366 * 86_400_000;
-        let late = crate::spec::MAX_TIME_MS - 1;
+        let late = crate::period::MAX_TIME_MS - 1;
         for (limit, window_ms) in [(1, year), (1, 86_400_000), (10, 86_400_000), (1, 3_600_000)] {
-            let burst = (crate::spec::MAX_REFILL_MS as i128 * limit as i128 / window_ms as i128) as i64;
-            let rl = crate::spec::checked_rate(limit, window_ms, burst).unwrap();
+            let burst = (MAX_REFILL_MS as i128 * limit as i128 / window_ms as i128) as i64;
+            let rl = checked_rate(limit, window_ms, burst).unwrap();
             for now in [T0, late] {
                 let mut tat = 0;
                 let admitted =
@@ -218,7 +248,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Every rate `spec::checked_rate` accepts, shared by up to 1,024 fleet hosts, at every time the
+        /// Every rate `checked_rate` accepts, shared by up to 1,024 fleet hosts, at every time the
         /// store accepts, from any TAT: the 64-bit limiter answers exactly as the 128-bit one.
         #[test]
         fn the_64_bit_limiter_equals_the_128_bit_one(
@@ -226,11 +256,11 @@ mod tests {
             window_ms in 1i64..=366 * 86_400_000,
             burst in 1i64..=1_000_000_000,
             hosts in 1u32..=1024,
-            now_ms in crate::spec::MIN_TIME_MS..crate::spec::MAX_TIME_MS,
+            now_ms in crate::period::MIN_TIME_MS..crate::period::MAX_TIME_MS,
             tat_offset_ns in proptest::prelude::any::<i64>(),
             tat_mode in 0u8..3,
         ) {
-            let Ok(mut rl) = crate::spec::checked_rate(limit, window_ms, burst) else { return Ok(()) };
+            let Ok(mut rl) = checked_rate(limit, window_ms, burst) else { return Ok(()) };
             rl.share_among(hosts);
             let now_ns = now_ms * NS_PER_MS;
             let tat = match tat_mode {
@@ -248,7 +278,7 @@ mod tests {
             limit in proptest::prelude::any::<i64>(),
             window_ms in proptest::prelude::any::<i64>(),
             burst in proptest::prelude::any::<i64>(),
-            now_ms in crate::spec::MIN_TIME_MS..crate::spec::MAX_TIME_MS,
+            now_ms in crate::period::MIN_TIME_MS..crate::period::MAX_TIME_MS,
             tat in proptest::prelude::any::<i64>(),
         ) {
             let rl = RateLimit { limit, window_ms, burst };
@@ -289,5 +319,18 @@ mod tests {
             }
         }
         assert!((69..=71).contains(&admitted), "{admitted}");
+    }
+
+    #[test]
+    fn rate_limits_that_cannot_be_represented_are_refused() {
+        // Review: 1 per 366 days with burst 1000, and 1 per day with burst 100,000, never limited.
+        let year = 366 * 86_400_000;
+        let e = checked_rate(1, year, 1000).unwrap_err().message;
+        assert!(e.contains("10 years") && e.contains("largest burst for this rate is 9"), "{e}");
+        assert!(checked_rate(1, 86_400_000, 100_000).unwrap_err().message.contains("largest burst"));
+        assert!(checked_rate(1, 86_400_000, 3653).is_ok(), "exactly ten years is allowed");
+        assert!(checked_rate(1, 86_400_000, 3654).is_err());
+        assert!(checked_rate(1, year, 1).is_ok());
+        assert!(checked_rate(1_000_000, 1000, 1_000_000_000).is_ok());
     }
 }

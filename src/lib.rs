@@ -14,6 +14,22 @@
 //! - [`text`]: what names, reasons and actors may hold (no bidi controls), and how stored text is shown;
 //! - [`store`]: the SQLite store (schema, migrations, admin) and the check entry point;
 //! - [`ffi`]: the C ABI, a thin layer over the Rust API.
+//! - [`fleet`]: fleet mode, several hosts kept to one policy through Redis (the only module that knows Redis).
+//!
+//! Layers, bottom up. A module imports only from layers below its own (never sideways, never up), so
+//! the modules draw without circles; `tests/layers.rs` reads this list and fails on an upward import.
+//! 1. `status`
+//! 2. `error`
+//! 3. `key`, `period`, `text`
+//! 4. `gcra`
+//! 5. `policy`
+//! 6. `key_state`, `headers`, `cli_values`
+//! 7. `spec`
+//! 8. `counters`
+//! 9. `store` (only it knows SQL)
+//! 10. `fleet` (only it knows Redis)
+//! 11. `ffi` (the C ABI)
+//! 12. `src/bin` (the `ms-auth` command, which uses the library as `ms_auth::`)
 
 pub mod cli_values;
 pub mod counters;

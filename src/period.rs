@@ -6,10 +6,32 @@ use crate::error::{Error, Result};
 
 pub const DAY_MS: i64 = 86_400_000;
 
+/// Below this a time is almost surely in seconds, not milliseconds (before 1973).
+pub const MIN_TIME_MS: i64 = 100_000_000_000;
+/// 2200-01-01T00:00:00Z. Above this a time is almost surely in microseconds; the bound also keeps every
+/// rate limiter's arrival time (nanoseconds, 64 bits, good until 2262) far from overflowing.
+pub const MAX_TIME_MS: i64 = 7_258_118_400_000;
+
 /// How far apart the clocks stamping one key's checks may be while its quota counter never moves back to
 /// an older period and its rate limiter never backwards (see `policy::Usage::counting_instant`): state
 /// further ahead of a check than that was left by a clock set wrong, and is not held against it.
 pub const CLOCK_TOLERANCE_MS: i64 = DAY_MS;
+
+/// Checks a Unix time in milliseconds: a value in seconds or in microseconds is a likely mistake, so
+/// anything before 1973 or from 2200 on is refused.
+pub fn check_time_ms(name: &str, value: i64) -> Result<i64> {
+    if value < MIN_TIME_MS {
+        return Err(Error::invalid(format!(
+            "{name} = {value} is before 1973: times are Unix milliseconds, not seconds"
+        )));
+    }
+    if value >= MAX_TIME_MS {
+        return Err(Error::invalid(format!(
+            "{name} = {value} is after the year 2200: times are Unix milliseconds, not microseconds"
+        )));
+    }
+    Ok(value)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Period {

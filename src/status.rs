@@ -1,25 +1,24 @@
 //! Status codes of the C ABI v1 and their documented texts (see `docs/c-abi.md`).
 //! Codes 0..99 are decisions about a key; 100 and up are failures of the library.
 
-use crate::ffi;
-
-/// A decision about a request (0..=6) or a failure of the library (100..=104). The numbers are written
-/// once, as the `MS_*` constants of [`crate::ffi`] (from which the C header is generated).
+/// A decision about a request (0..=6) or a failure of the library (100..=104). The numbers are part of
+/// the C ABI v1: the C layer's `MS_*` constants (from which the header is generated) are asserted equal
+/// to them at compile time, so the core does not depend on the C layer.
 #[repr(i32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Status {
-    Ok = ffi::MS_OK,
-    ApiKeyMissing = ffi::MS_API_KEY_MISSING,
-    ApiKeyInvalid = ffi::MS_API_KEY_INVALID,
-    ApiKeyExpired = ffi::MS_API_KEY_EXPIRED,
-    ApiKeyRevoked = ffi::MS_API_KEY_REVOKED,
-    ApiKeyQuotaExceeded = ffi::MS_API_KEY_QUOTA_EXCEEDED,
-    RateLimitExceeded = ffi::MS_RATE_LIMIT_EXCEEDED,
-    ErrInvalidArgument = ffi::MS_ERR_INVALID_ARGUMENT,
-    ErrNotOpen = ffi::MS_ERR_NOT_OPEN,
-    ErrStore = ffi::MS_ERR_STORE,
-    ErrNotFound = ffi::MS_ERR_NOT_FOUND,
-    ErrInternal = ffi::MS_ERR_INTERNAL,
+    Ok = 0,
+    ApiKeyMissing = 1,
+    ApiKeyInvalid = 2,
+    ApiKeyExpired = 3,
+    ApiKeyRevoked = 4,
+    ApiKeyQuotaExceeded = 5,
+    RateLimitExceeded = 6,
+    ErrInvalidArgument = 100,
+    ErrNotOpen = 101,
+    ErrStore = 102,
+    ErrNotFound = 103,
+    ErrInternal = 104,
 }
 
 impl Status {

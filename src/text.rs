@@ -104,6 +104,19 @@ pub fn json_visible(json: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Bytes as lowercase hex text (digests and signatures travel as hex).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex text as bytes; `None` unless it is pairs of hex digits.
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -374,12 +374,12 @@ fn a_symbolic_link_planted_as_the_counters_file_is_replaced_not_followed() {
 fn times_in_microseconds_or_far_beyond_are_invalid_arguments() {
     let (_dir, store) = temp_store();
     let k = store.create_key(&spec(r#"{"expires_at_ms": null}"#), NOW).unwrap();
-    for now in [NOW * 1000, 1 << 62, i64::MAX, ms_auth::spec::MAX_TIME_MS] {
+    for now in [NOW * 1000, 1 << 62, i64::MAX, ms_auth::period::MAX_TIME_MS] {
         let err = store.check(Some(k.key.as_bytes()), now).unwrap_err();
         assert_eq!(err.status, Status::ErrInvalidArgument, "{now}: {}", err.message);
         assert!(err.message.contains("2200"), "{}", err.message);
     }
-    assert_eq!(status(&store, &k.key, ms_auth::spec::MAX_TIME_MS - 1), Status::Ok);
+    assert_eq!(status(&store, &k.key, ms_auth::period::MAX_TIME_MS - 1), Status::Ok);
     assert_eq!(store.get_key(&k.record.id).unwrap().usage.total, 1, "refused times charged nothing");
     let patch = KeyPatch::from_json(&format!(r#"{{"expires_at_ms": {}}}"#, NOW * 1000)).unwrap_err();
     assert!(patch.message.contains("microseconds"));

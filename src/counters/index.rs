@@ -9,7 +9,7 @@ use super::carry::write_cell;
 use super::cell::encode;
 use super::seal::slot_part;
 use super::{text, Admission, CellState, Full, KeyEntry, KeyRef, KeyView, SharedCounters, Tally};
-use crate::gcra::RateLimit;
+use crate::gcra::{checked_rate, RateLimit};
 use crate::key::KeyDigest;
 use crate::period::Period;
 use crate::policy::{KeyPolicy, Quota};
@@ -64,8 +64,7 @@ impl SharedCounters {
     }
 
     pub(super) fn valid_record(&self, r: &Record) -> std::result::Result<(), &'static str> {
-        let rate_ok =
-            r.rate_limit == 0 || crate::spec::checked_rate(r.rate_limit, r.rate_window_ms, r.rate_burst).is_ok();
+        let rate_ok = r.rate_limit == 0 || checked_rate(r.rate_limit, r.rate_window_ms, r.rate_burst).is_ok();
         let quota_ok = r.quota_period == 0 || (r.quota_period <= 2 && r.quota_limit >= 1);
         match () {
             _ if r.cell >= self.layout.max_blocks => Err("a record names a cell outside the file"),

@@ -8,7 +8,6 @@
 //! `ms-auth:F:state` (a hash: the newest change of every record, for hosts that start from scratch or
 //! whose position the log trimmed past), `ms-auth:F:members` (a hash: host → last report).
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,63 +18,21 @@ use serde_json::{json, Value};
 use super::changelog::{publish_outbox, step, stream_id, PUBLISH};
 use super::connect::connect;
 pub use super::connect::redacted;
+use super::link::{Config, Failure, Health, Link, Names, Scripts};
 use super::quota::{self, hand_back, lease_round, refresh_fleet_leased, Leases};
 use super::usage::UsageSync;
-use super::Secret;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::{clock_ms, Store};
-
-pub struct Config {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
-    pub redis_url: String,
-    /// The CA certificate (PEM) that signed the server's, for `rediss://`.
-    pub ca_file: Option<PathBuf>,
-    pub fleet: String,
-    pub host: String,
-    pub secret: Secret,
-    /// Entries the log keeps (about; older ones are trimmed, the state hash covers them).
-    pub max_log: usize,
-    /// How often the agent reports itself (and reads the member list).
-    pub heartbeat: Duration,
-    /// What a host admits while Redis is unreachable, once its leases run out.
-    pub when_down: super::WhenDown,
-}
 
 /// How long Redis must be unreachable before `WhenDown::Share` takes its share (not for a blip).
 const SHARE_AFTER: Duration = Duration::from_secs(2);
-
-pub(super) struct Names {
-    pub(super) log: String,
-    pub(super) state: String,
-    pub(super) members: String,
-}
-
-/// What the agent counts and reports (`ms-auth fleet status`).
-#[derive(Default)]
-pub(super) struct Health {
-    pub(super) redis_ok: bool,
-    pub(super) last_error: Option<String>,
-    pub(super) published: u64,
-    pub(super) applied: u64,
-    pub(super) refused: u64,
-    pub(super) last_id: Option<String>,
-    pub(super) members: Value,
-    /// Live members sharing each key's rate limit.
-    pub(super) rate_sharers: usize,
-    /// Whether the position was compared with the log since the last (re)connection.
-    pub(super) position_checked: bool,
-}
 
 /// Runs until `stop` is set (SIGTERM), then publishes what is pending if Redis is there, and returns.
 pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&str)) -> Result<()> {
     if store.fleet_join(&cfg.fleet, &cfg.host)? {
         log(&format!("joined fleet {:?} as host {:?}: this store's records are published", cfg.fleet, cfg.host));
     }
-    let names = Names {
-        log: format!("ms-auth:{}:log", cfg.fleet),
-        state: format!("ms-auth:{}:state", cfg.fleet),
-        members: format!("ms-auth:{}:members", cfg.fleet),
-    };
+    let names = Names::of(&cfg.fleet);
     let scripts = Scripts {
         publish: redis::Script::new(PUBLISH),
         grant: redis::Script::new(quota::GRANT),
@@ -130,17 +87,18 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
                 }
             }
         }
-        let c = conn.as_mut().expect("connected above");
-        let stepped = step(store, cfg, &names, &scripts, c, &mut health, log).and_then(|()| {
-            lease_round(store, cfg, &scripts, c, &mut leases)?;
+        let conn_now = conn.as_mut().expect("connected above");
+        let mut link = Link { store, cfg, names: &names, scripts: &scripts, conn: conn_now, health: &mut health };
+        let stepped = step(&mut link, log).and_then(|()| {
+            lease_round(&mut link, &mut leases)?;
             if Instant::now() >= next_report {
                 next_report = Instant::now() + cfg.heartbeat;
-                heartbeat(store, cfg, &names, c, &mut health)?;
+                heartbeat(&mut link)?;
                 if cfg.when_down == super::WhenDown::Share {
-                    refresh_fleet_leased(store, cfg, c, &mut leases)?;
+                    refresh_fleet_leased(&mut link, &mut leases)?;
                 }
-                usage.round(store, cfg, c, log)?;
-                report_locally(store, cfg, &health, &usage, log);
+                usage.round(&mut link, log)?;
+                report_locally(store, cfg, link.health, &usage, log);
             }
             Ok(())
         });
@@ -161,15 +119,16 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
         }
     }
     if let Some(c) = conn.as_mut() {
-        if let Err(e) = publish_outbox(store, cfg, &names, &scripts, c, &mut health) {
+        let mut link = Link { store, cfg, names: &names, scripts: &scripts, conn: c, health: &mut health };
+        if let Err(e) = publish_outbox(&mut link) {
             log(&format!("at exit, pending changes stay in the outbox: {e:?}"));
         }
-        match hand_back(store, cfg, &scripts, c) {
+        match hand_back(&mut link) {
             Ok(n) if n > 0 => log(&format!("handed back the unused leases of {n} quotas")),
             Ok(_) => {}
             Err(e) => log(&format!("at exit, could not hand back unused leases: {e:?}")),
         }
-        let _: redis::RedisResult<()> = c.hdel(&names.members, &cfg.host);
+        let _: redis::RedisResult<()> = link.conn.hdel(&names.members, &cfg.host);
     }
     health.redis_ok = false;
     report_locally(store, cfg, &health, &usage, log);
@@ -177,38 +136,8 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
     Ok(())
 }
 
-/// The agent's Lua scripts (loaded once per connection by EVALSHA, sent whole when Redis lacks them).
-pub(super) struct Scripts {
-    pub(super) publish: redis::Script,
-    pub(super) grant: redis::Script,
-    pub(super) hand_back: redis::Script,
-}
-
-#[derive(Debug)]
-pub(crate) enum Failure {
-    Redis(redis::RedisError),
-    Store(Error),
-}
-
-impl From<redis::RedisError> for Failure {
-    fn from(e: redis::RedisError) -> Failure {
-        Failure::Redis(e)
-    }
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Failure {
-        Failure::Store(e)
-    }
-}
-
-fn heartbeat(
-    store: &Store,
-    cfg: &Config,
-    names: &Names,
-    c: &mut redis::Connection,
-    health: &mut Health,
-) -> std::result::Result<(), Failure> {
+fn heartbeat(link: &mut Link) -> std::result::Result<(), Failure> {
+    let Link { store, cfg, names, conn: c, health, .. } = link;
     let position = store.fleet_position()?;
     let report = json!({"last_seen_ms": clock_ms(), "position": position, "version": env!("CARGO_PKG_VERSION")});
     let _: () = c.hset(&names.members, &cfg.host, report.to_string())?;

@@ -1,4 +1,4 @@
-//! The fleet's change log (the agent's side; the store's is `store::replica`): publishing this host's
+//! The fleet's change log (the agent's side; the store's is `store::fleet::replica`): publishing this host's
 //! outbox to the log and the state hash, reading the log after this host's position and applying it,
 //! and catching up from the state hash when the host is new or the log trimmed past it.
 
@@ -6,7 +6,7 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadRe
 use redis::Commands;
 use serde_json::Value;
 
-use super::agent::{Config, Failure, Health, Names, Scripts};
+use super::link::{Config, Failure, Health, Link};
 use super::{Change, KINDS};
 use crate::error::Result;
 use crate::store::Store;
@@ -25,29 +25,21 @@ return id
 
 /// One round: catch up if needed, publish the outbox, apply what the log has after our position
 /// (waiting up to 100 ms for news).
-pub(super) fn step(
-    store: &Store,
-    cfg: &Config,
-    names: &Names,
-    scripts: &Scripts,
-    c: &mut redis::Connection,
-    health: &mut Health,
-    log: &mut dyn FnMut(&str),
-) -> std::result::Result<(), Failure> {
-    let position = match store.fleet_position()? {
-        Some(p) if health.position_checked => p,
-        Some(p) if !trimmed_past(c, &names.log, &p)? => p,
-        _ => load_snapshot(store, cfg, names, c, health, log)?,
+pub(super) fn step(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result::Result<(), Failure> {
+    let position = match link.store.fleet_position()? {
+        Some(p) if link.health.position_checked => p,
+        Some(p) if !trimmed_past(link.conn, &link.names.log, &p)? => p,
+        _ => load_snapshot(link, log)?,
     };
-    health.position_checked = true;
-    publish_outbox(store, cfg, names, scripts, c, health)?;
+    link.health.position_checked = true;
+    publish_outbox(link)?;
     let options = StreamReadOptions::default().count(500).block(100);
-    let reply: StreamReadReply = c.xread_options(&[&names.log], &[&position], &options)?;
+    let reply: StreamReadReply = link.conn.xread_options(&[&link.names.log], &[&position], &options)?;
     let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
     let Some(last) = entries.last().map(|e| e.id.clone()) else { return Ok(()) };
-    let changes = verified(cfg, &entries, health, log);
-    apply(store, &changes, &last, health, log)?;
-    health.last_id = Some(last);
+    let changes = verified(link.cfg, &entries, link.health, log);
+    apply(link.store, &changes, &last, link.health, log)?;
+    link.health.last_id = Some(last);
     Ok(())
 }
 
@@ -96,14 +88,8 @@ fn verified(cfg: &Config, entries: &[StreamId], health: &mut Health, log: &mut d
     out
 }
 
-pub(super) fn publish_outbox(
-    store: &Store,
-    cfg: &Config,
-    names: &Names,
-    scripts: &Scripts,
-    c: &mut redis::Connection,
-    health: &mut Health,
-) -> std::result::Result<(), Failure> {
+pub(super) fn publish_outbox(link: &mut Link) -> std::result::Result<(), Failure> {
+    let Link { store, cfg, names, scripts, conn: c, health } = link;
     loop {
         let (changes, upto) = store.fleet_outbox(&cfg.host, 200)?;
         if changes.is_empty() {
@@ -167,14 +153,8 @@ pub(super) fn stream_id(id: &str) -> Option<(u64, u64)> {
 
 /// Applies the newest state of every record (the state hash) and returns the log position it covers.
 /// If Redis lost everything (restarted empty), this host's records are published again.
-fn load_snapshot(
-    store: &Store,
-    cfg: &Config,
-    names: &Names,
-    c: &mut redis::Connection,
-    health: &mut Health,
-    log: &mut dyn FnMut(&str),
-) -> std::result::Result<String, Failure> {
+fn load_snapshot(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result::Result<String, Failure> {
+    let Link { cfg, names, conn: c, health, .. } = link;
     let last: StreamRangeReply = c.xrevrange_count(&names.log, "+", "-", 1)?;
     let position = last.ids.first().map_or_else(|| "0-0".to_string(), |e| e.id.clone());
     let state: std::collections::HashMap<String, String> = c.hgetall(&names.state)?;
@@ -205,7 +185,8 @@ fn load_snapshot(
         |c: &Change| serde_json::from_str::<Value>(&c.body).ok().and_then(|v| v["created_at_ms"].as_i64()).unwrap_or(0);
     records.sort_by_key(|(stream_id, c, _)| (rank(c), created(c), stream_id_key(stream_id)));
     let mut changes: Vec<Change> = records.into_iter().map(|(_, c, _)| c).collect();
-    changes.extend(audit_in_log(cfg, names, c, &position, health, log)?);
+    changes.extend(audit_in_log(link, &position, log)?);
+    let Link { store, health, .. } = link;
     let had_position = store.fleet_position()?.is_some();
     log(&format!("catching up from the fleet's state: {} records, position {position}", changes.len()));
     apply(store, &changes, &position, health, log)?;
@@ -220,13 +201,11 @@ fn load_snapshot(
 /// The audit events the log still holds up to `position` (they are history, not in the state hash): a
 /// host starting from the state gets the fleet's recent audit trail too.
 fn audit_in_log(
-    cfg: &Config,
-    names: &Names,
-    c: &mut redis::Connection,
+    link: &mut Link,
     position: &str,
-    health: &mut Health,
     log: &mut dyn FnMut(&str),
 ) -> std::result::Result<Vec<Change>, Failure> {
+    let Link { cfg, names, conn: c, health, .. } = link;
     let mut out = Vec::new();
     let mut from = "-".to_string();
     loop {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::agent::Config;
+use super::link::Config;
 
 pub(super) fn connect(cfg: &Config) -> std::result::Result<redis::Connection, String> {
     let client = if let Some(sentinel) = cfg.redis_url.strip_prefix("redis-sentinel://") {

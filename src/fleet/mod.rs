@@ -13,18 +13,32 @@
 //! Every change is signed with the fleet's secret (HMAC-SHA256), and agents refuse what is unsigned or
 //! badly signed: write access to Redis alone cannot mint a key or lift a revocation. The log carries key
 //! digests, never a plaintext key.
+//!
+//! Fleet mode across the layers (imports point down): in the core, `gcra` shares a key's rate among
+//! the live hosts (`RateLimit::share_among`) and `policy` counts a quota only within this host's lease
+//! (`Allowance`, `decide_within`); in `counters`, `lease.rs` keeps each cell's two lease words and the
+//! header the number of hosts sharing rates; in `store`, `schema.rs` holds the migrations whose triggers
+//! fill the outbox, and `store/fleet/` the `Change` this log carries, membership, the outbox and applying
+//! changes (`replica.rs`) and the other hosts' daily usage (`usage.rs`); here, `link.rs` holds what the
+//! agent's parts share (`Config`, the Redis names and scripts, `Health`, `Failure`, and `Link`, all that
+//! one round works with), `connect.rs` reaches Redis, `changelog.rs` publishes the outbox and applies the
+//! log, `quota.rs` leases quotas, `usage.rs` exchanges daily usage, and `agent.rs` runs them in a loop;
+//! in `src/bin/ms-auth/fleet.rs`, the `ms-auth fleet` commands start the agent and show its status.
 
 pub mod agent;
 mod changelog;
 mod connect;
+mod link;
 pub mod quota;
 pub mod usage;
 
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::error::{Error, Result};
+pub use crate::store::{Change, KINDS};
+use crate::text::{hex, unhex};
+pub use link::Config;
 
 /// What a host may admit while Redis is unreachable, once its quota leases run out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,21 +52,9 @@ pub enum WhenDown {
     Share,
 }
 
-/// What a change is about, in the order a host starting from the fleet's state applies them (the
-/// policies and plans a key names first; audit events are in the log only, not in the state).
-pub const KINDS: [&str; 4] = ["policies", "plan", "key", "audit"];
-
-/// One record's new state, as published to the change log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    /// One of [`KINDS`].
-    pub kind: String,
-    /// The record: a key id, a plan name, `policies`, or the origin's audit sequence number.
-    pub id: String,
-    /// The record's whole state, a JSON object (see `store::replica` for each kind's fields).
-    pub body: String,
-    /// The host whose store made the change.
-    pub origin: String,
+/// The fields a change's signature covers, in order.
+fn change_parts(change: &Change) -> [&str; 4] {
+    [&change.kind, &change.id, &change.body, &change.origin]
 }
 
 /// A fleet's secret, read from a file named on the command line.
@@ -91,12 +93,12 @@ impl Secret {
 
     /// The signature of a change in a fleet, hex.
     pub fn sign(&self, fleet: &str, change: &Change) -> String {
-        self.sign_parts(fleet, &change.parts())
+        self.sign_parts(fleet, &change_parts(change))
     }
 
     /// True when `signature` is this secret's signature of the change (compared in constant time).
     pub fn verify(&self, fleet: &str, change: &Change, signature: &str) -> bool {
-        self.verify_parts(fleet, &change.parts(), signature)
+        self.verify_parts(fleet, &change_parts(change), signature)
     }
 
     /// The signature of any message made of `parts` (a usage report), hex.
@@ -110,24 +112,6 @@ impl Secret {
             None => false,
         }
     }
-}
-
-impl Change {
-    fn parts(&self) -> [&str; 4] {
-        [&self.kind, &self.id, &self.body, &self.origin]
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Hex text as bytes; `None` unless it is pairs of hex digits.
-pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use super::agent::{Config, Failure, Scripts};
+use super::link::{Failure, Link};
 use crate::store::{clock_ms, FleetQuota, Store};
 
 /// Grants a host more of a key's quota for one period. KEYS[1]: the period's hash. ARGV: host, amount
@@ -193,13 +193,8 @@ impl Leases {
 
 /// Tops up this host's leases of the quotas its checks are using (and takes the next period's a few
 /// seconds before it starts), so that local checks count within what the fleet granted this host.
-pub(super) fn lease_round(
-    store: &Store,
-    cfg: &Config,
-    scripts: &Scripts,
-    c: &mut redis::Connection,
-    leases: &mut Leases,
-) -> std::result::Result<(), Failure> {
+pub(super) fn lease_round(link: &mut Link, leases: &mut Leases) -> std::result::Result<(), Failure> {
+    let store = link.store;
     let now = clock_ms();
     let generation = store.admin_generation()?;
     if leases.owners_generation != Some(generation) {
@@ -215,38 +210,15 @@ pub(super) fn lease_round(
         let chunk = leases.chunk(q);
         let current = (q.owner.clone(), cell.period_start_ms);
         if leases.reassert_all && cell.lease > 0 {
-            let leased =
-                grant(store, cfg, scripts, c, q, cell.period_start_ms, cell.period_end_ms, 0, cell.used, cell.lease)?;
+            let leased = grant(link, q, cell.period_start_ms, cell.period_end_ms, 0, cell.used, cell.lease)?;
             leases.fleet_leased.insert(current.clone(), leased);
         }
         if may_ask && leases.wants_more(q, chunk) {
-            let leased = grant(
-                store,
-                cfg,
-                scripts,
-                c,
-                q,
-                cell.period_start_ms,
-                cell.period_end_ms,
-                chunk,
-                cell.used,
-                cell.lease,
-            )?;
+            let leased = grant(link, q, cell.period_start_ms, cell.period_end_ms, chunk, cell.used, cell.lease)?;
             leases.fleet_leased.insert(current, leased);
         }
         if may_ask && cell.wanted && cell.period_end_ms - now < 5_000 && cell.next_lease == 0 {
-            let leased = grant(
-                store,
-                cfg,
-                scripts,
-                c,
-                q,
-                cell.period_end_ms,
-                cell.period_end_ms + 31 * 86_400_000,
-                chunk,
-                0,
-                0,
-            )?;
+            let leased = grant(link, q, cell.period_end_ms, cell.period_end_ms + 31 * 86_400_000, chunk, 0, 0)?;
             leases.fleet_leased.insert((q.owner.clone(), cell.period_end_ms), leased);
         }
     }
@@ -257,19 +229,16 @@ pub(super) fn lease_round(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn grant(
-    store: &Store,
-    cfg: &Config,
-    scripts: &Scripts,
-    c: &mut redis::Connection,
-    q: &crate::store::FleetQuota,
+    link: &mut Link,
+    q: &FleetQuota,
     period_start_ms: i64,
     expires_after_ms: i64,
     want: i64,
     used: i64,
     held: i64,
 ) -> std::result::Result<i64, Failure> {
+    let Link { store, cfg, scripts, conn: c, .. } = link;
     let ttl_s = (expires_after_ms - clock_ms()).max(0) / 1000 + 2 * 86_400;
     let (lease, spent, fleet_leased): (i64, i64, i64) = scripts
         .grant
@@ -287,12 +256,8 @@ fn grant(
 
 /// `WhenDown::Share`: learns, once a heartbeat, what the fleet has leased of every quota this host holds
 /// a lease of (one pipelined read), so that a share taken in an outage starts from a current view.
-pub(super) fn refresh_fleet_leased(
-    store: &Store,
-    cfg: &Config,
-    c: &mut redis::Connection,
-    leases: &mut Leases,
-) -> std::result::Result<(), Failure> {
+pub(super) fn refresh_fleet_leased(link: &mut Link, leases: &mut Leases) -> std::result::Result<(), Failure> {
+    let Link { store, cfg, conn: c, .. } = link;
     let held: Vec<(String, i64)> = store
         .fleet_quota_cells(&leases.owners, clock_ms())?
         .into_iter()
@@ -316,12 +281,8 @@ pub(super) fn refresh_fleet_leased(
 
 /// Gives the fleet back what this host holds and did not use (the agent is stopping): local checks stop
 /// counting past what they used, then Redis learns the lease is no larger than that.
-pub(super) fn hand_back(
-    store: &Store,
-    cfg: &Config,
-    scripts: &Scripts,
-    c: &mut redis::Connection,
-) -> std::result::Result<usize, Failure> {
+pub(super) fn hand_back(link: &mut Link) -> std::result::Result<usize, Failure> {
+    let Link { store, cfg, scripts, conn: c, .. } = link;
     let now = clock_ms();
     let held: Vec<_> = store.fleet_quota_view(now)?.into_iter().filter(|q| q.quota.lease > q.quota.used).collect();
     for q in &held {
@@ -350,6 +311,7 @@ pub(super) fn hand_back(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fleet::link::{Config, Health, Names, Scripts};
     use crate::fleet::{Secret, WhenDown};
     use crate::period::{Period, DAY_MS};
     use redis::Commands;
@@ -428,7 +390,10 @@ mod tests {
             store.fleet_set_lease(&owners[0].1, start, lease, false, false).unwrap();
         }
         for _ in 0..10 {
-            assert_eq!(store.check(Some(created.key.as_bytes()), now).unwrap().decision.status, crate::Status::Ok);
+            assert_eq!(
+                store.check(Some(created.key.as_bytes()), now).unwrap().decision.status,
+                crate::status::Status::Ok
+            );
         }
         std::thread::scope(|s| {
             // The first check stamped tomorrow lands between the hand-back's two reads.
@@ -438,9 +403,12 @@ mod tests {
                     assert!(Instant::now() < deadline, "the hand-back never lowered today's lease");
                 }
                 let d = store.check(Some(created.key.as_bytes()), tomorrow + 1).unwrap().decision;
-                assert_eq!(d.status, crate::Status::Ok);
+                assert_eq!(d.status, crate::status::Status::Ok);
             });
-            hand_back(&store, &cfg, &scripts, &mut c).unwrap();
+            let (names, mut health) = (Names::of(&cfg.fleet), Health::default());
+            let mut link =
+                Link { store: &store, cfg: &cfg, names: &names, scripts: &scripts, conn: &mut c, health: &mut health };
+            hand_back(&mut link).unwrap();
         });
         let held_here = q(&store, tomorrow + 1).quota.lease;
         assert_eq!(held_here, 50, "this host may still admit 50 tomorrow");

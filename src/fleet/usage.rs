@@ -1,4 +1,4 @@
-//! Fleet-wide usage (the agent's side; the store's is `store::fleet_usage`): so that `usage` and
+//! Fleet-wide usage (the agent's side; the store's is `store::fleet::usage`): so that `usage` and
 //! `metrics` on any host show the fleet's totals, every agent publishes its host's daily counts per key
 //! (what changed since it last did, about once a second) and takes in everyone else's.
 //!
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::Commands;
 
-use super::agent::{Config, Failure};
+use super::link::{Config, Failure, Link};
 use crate::store::{clock_ms, FleetUsageRow, Store};
 
 /// Days of history each host keeps in Redis for hosts that join later (a 90-day chart, and a few more).
@@ -87,13 +87,9 @@ impl UsageSync {
     }
 
     /// One round: publish what changed here, take in what the others published.
-    pub(crate) fn round(
-        &mut self,
-        store: &Store,
-        cfg: &Config,
-        c: &mut redis::Connection,
-        log: &mut dyn FnMut(&str),
-    ) -> std::result::Result<(), Failure> {
+    pub(super) fn round(&mut self, link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result::Result<(), Failure> {
+        let Link { store, cfg, conn: c, .. } = link;
+        let (store, cfg): (&Store, &Config) = (store, cfg);
         let n = names(cfg);
         let own = host_hash(cfg, &cfg.host);
         if !self.checked_since_connect {

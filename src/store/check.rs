@@ -13,8 +13,8 @@ use super::{Checked, Store};
 use crate::counters::{Found, KeyView, SharedCounters, Turn};
 use crate::error::{Error, Result};
 use crate::key::{self, Presented};
+use crate::period::check_time_ms;
 use crate::policy::Decision;
-use crate::spec;
 use crate::status::Status;
 
 impl Store {
@@ -34,7 +34,7 @@ impl Store {
         now_ms: i64,
         answer: impl FnOnce(&Decision, Option<KeyView<'_>>) -> R,
     ) -> Result<R> {
-        spec::check_time_ms("now_ms", now_ms)?;
+        check_time_ms("now_ms", now_ms)?;
         let candidate = match key::classify(key) {
             Presented::Missing => {
                 self.unmatched[0].fetch_add(1, Ordering::Relaxed);

@@ -12,7 +12,7 @@ use super::{clock_ms, Created, Store};
 use crate::counters::SharedCounters;
 use crate::error::{Error, Result};
 use crate::key::{self, Env};
-use crate::period::DAY_MS;
+use crate::period::{check_time_ms, DAY_MS};
 use crate::spec::{self, KeyFilter, KeyPatch, KeyRecord, KeySpec};
 use crate::text;
 
@@ -67,7 +67,7 @@ impl RotateOptions {
 
 impl Store {
     pub fn create_key(&self, spec: &KeySpec, now_ms: i64) -> Result<Created> {
-        spec::check_time_ms("now_ms", now_ms)?;
+        check_time_ms("now_ms", now_ms)?;
         spec.check_text()?;
         let (plaintext, env) = match &spec.key {
             Some(imported) => {
@@ -235,7 +235,7 @@ impl Store {
     /// Revokes a key; it is refused from the next check on. Revoking a revoked key keeps the first
     /// revocation's time and reason.
     pub fn revoke_key(&self, id: &str, now_ms: i64, reason: Option<&str>) -> Result<KeyRecord> {
-        spec::check_time_ms("now_ms", now_ms)?;
+        check_time_ms("now_ms", now_ms)?;
         if let Some(reason) = reason {
             if reason.len() > spec::MAX_REASON_LEN {
                 return Err(Error::invalid(format!("reason is longer than {} bytes", spec::MAX_REASON_LEN)));
@@ -274,7 +274,7 @@ impl Store {
     /// quota; the old key keeps working for `grace_ms`, then answers `api_key_revoked` (reason
     /// "rotated"). Returns the new key (its plaintext shown this once).
     pub fn rotate_key(&self, id: &str, grace_ms: i64, now_ms: i64) -> Result<Created> {
-        spec::check_time_ms("now_ms", now_ms)?;
+        check_time_ms("now_ms", now_ms)?;
         if !(0..=366 * DAY_MS).contains(&grace_ms) {
             return Err(Error::invalid("grace_ms must be between 0 and a year"));
         }

@@ -9,7 +9,8 @@
 //!   [`doctor`]: what `ms-auth doctor` finds, and rebuilding the counters file.
 //! - [`keys`]: key administration; [`rows`]: reading rows of `keys`; [`plans`]; [`policies`] (store-wide
 //!   revocation); [`audit`]: the audit log; [`usage`]: daily usage and metrics.
-//! - [`replica`] and [`fleet_usage`]: the store's side of fleet mode.
+//! - [`fleet`]: the store's side of fleet mode (the change log's `Change`, membership, the outbox,
+//!   applying changes, the other hosts' usage).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64};
@@ -23,14 +24,14 @@ use crate::error::{Error, Result};
 use crate::policy::Decision;
 use crate::spec::KeyRecord;
 
-// First: its macros (the fleet's JSON shapes) are used by `replica`.
+// First: its macros (the fleet's JSON shapes) are used by `fleet::replica`.
 #[macro_use]
 mod schema;
 
 mod audit;
 mod check;
 mod doctor;
-mod fleet_usage;
+mod fleet;
 mod flush;
 mod fork;
 mod identity;
@@ -39,19 +40,17 @@ mod open;
 mod options;
 mod plans;
 mod policies;
-mod replica;
 mod rows;
 mod sync;
 mod usage;
 
 pub use audit::{AuditEvent, AuditFilter, AuditFilterJson};
 pub use doctor::{diagnose, Diagnosis, Finding};
-pub use fleet_usage::FleetUsageRow;
+pub use fleet::{Change, FleetQuota, FleetUsageRow, Refused, KINDS};
 pub use keys::{RotateOptions, DEFAULT_GRACE_MS};
 pub use options::{Durability, StoreOptions, StoreOptionsJson, DEFAULT_LIFETIME_MS, DEFAULT_RATE};
 pub use plans::{PlanRecord, PlanSpec, PlanSpecJson};
 pub use policies::{AbusePolicy, IdlePolicy, PoliciesInForce, PolicySpec, PolicySpecJson};
-pub use replica::{FleetQuota, Refused};
 pub use schema::schema_version;
 pub use usage::{UsageDay, UsageHistory};
 

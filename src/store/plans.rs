@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::rows::{load_entries, Keys};
 use super::Store;
 use crate::error::{Error, Result};
-use crate::period::Period;
+use crate::period::{check_time_ms, Period};
 use crate::spec::{self, QuotaJson, RateJson};
 use crate::text;
 
@@ -120,7 +120,7 @@ pub struct PlanRecord {
 impl Store {
     /// Creates or replaces a plan; its keys that set no limit of their own follow it from their next check.
     pub fn put_plan(&self, plan: &PlanSpec, now_ms: i64) -> Result<PlanRecord> {
-        spec::check_time_ms("now_ms", now_ms)?;
+        check_time_ms("now_ms", now_ms)?;
         text::check("plan.name", &plan.name)?;
         self.admin(|tx| {
             tx.execute(

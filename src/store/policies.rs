@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::Store;
 use crate::counters::Policies;
 use crate::error::{Error, Result};
-use crate::period::DAY_MS;
+use crate::period::{check_time_ms, DAY_MS};
 use crate::spec;
 
 /// Store-wide revocation policies. `None` fields are left as they are.
@@ -126,7 +126,7 @@ pub(crate) fn load_policies(conn: &Connection) -> Result<Policies> {
 impl Store {
     /// Changes the store-wide revocation policies; every process applies them from its next check on.
     pub fn set_policies(&self, change: &PolicySpec, now_ms: i64) -> Result<PoliciesInForce> {
-        spec::check_time_ms("now_ms", now_ms)?;
+        check_time_ms("now_ms", now_ms)?;
         self.admin(|tx| {
             let mut p = load_policies(tx)?;
             if let Some(idle) = change.idle_ms {

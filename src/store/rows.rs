@@ -6,12 +6,12 @@ use serde_json::{Map, Value};
 
 use crate::counters::{KeyEntry, SharedCounters, Tally};
 use crate::error::{Error, Result};
-use crate::gcra::RateLimit;
+use crate::gcra::{checked_rate, RateLimit};
 use crate::key::KeyDigest;
 use crate::key_state::{idle_revocation_at, state_at, Lifecycle};
 use crate::period::Period;
 use crate::policy::{KeyPolicy, Quota, Usage};
-use crate::spec::{self, KeyRecord, QuotaJson, RateJson, UsageJson};
+use crate::spec::{KeyRecord, QuotaJson, RateJson, UsageJson};
 
 /// Which keys [`load_entries`] reads.
 pub(super) enum Keys<'a> {
@@ -88,7 +88,7 @@ fn rate_of(row: &Row, at: usize) -> Result<Option<RateLimit>> {
     let fields: (Option<i64>, Option<i64>, Option<i64>) = (row.get(at)?, row.get(at + 1)?, row.get(at + 2)?);
     match fields {
         (Some(limit), Some(window_ms), Some(burst)) => {
-            spec::checked_rate(limit, window_ms, burst).map(Some).map_err(|_| corrupt("rate limit"))
+            checked_rate(limit, window_ms, burst).map(Some).map_err(|_| corrupt("rate limit"))
         }
         (None, None, None) => Ok(None),
         _ => Err(corrupt("rate limit")),

@@ -3,7 +3,7 @@
 //! a file has. All the migrations a file lacks are applied together, in one write transaction.
 //!
 //! The `key_state!`, `plan_state!` and `audit_state!` macros are the JSON shapes fleet mode publishes,
-//! shared by the triggers here and by `store::replica`, which reads them back (macros are in scope only
+//! shared by the triggers here and by `store::fleet::replica`, which reads them back (macros are in scope only
 //! after their definition, so `store/mod.rs` declares this module first, with `#[macro_use]`).
 
 use rusqlite::{Connection, TransactionBehavior};
@@ -12,7 +12,7 @@ use super::open::describe_open_failure;
 use crate::error::{Error, Result};
 
 /// An audit event as fleet mode publishes it, from a row of `audit` (`$row` is `NEW.` in the trigger of
-/// migration 6, empty where existing rows are published; `store::replica::AuditState` reads it).
+/// migration 6, empty where existing rows are published; `store::fleet::replica::AuditState` reads it).
 macro_rules! audit_state {
     ($row:literal) => {
         concat!(
@@ -32,7 +32,7 @@ macro_rules! audit_state {
 }
 
 /// A key's whole state as fleet mode publishes it (SQLite has no trigger for insert *or* update, so the
-/// insert and update triggers of migration 5 share this expression; `store::replica::KeyState` reads it).
+/// insert and update triggers of migration 5 share this expression; `store::fleet::replica::KeyState` reads it).
 macro_rules! key_state {
     () => {
         "json_object('id', NEW.id, 'digest', lower(hex(NEW.digest)), 'prefix', NEW.prefix, 'env', NEW.env,
@@ -46,7 +46,7 @@ macro_rules! key_state {
     };
 }
 
-/// A plan's whole state as fleet mode publishes it (`store::replica::PlanState` reads it).
+/// A plan's whole state as fleet mode publishes it (`store::fleet::replica::PlanState` reads it).
 macro_rules! plan_state {
     () => {
         "json_object('name', NEW.name, 'quota_limit', NEW.quota_limit, 'quota_period', NEW.quota_period,
@@ -138,7 +138,7 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX keys_revoke_at ON keys(revoke_at_ms) WHERE revoke_at_ms IS NOT NULL AND revoked_at_ms IS NULL;",
     // 4: earlier versions accepted rate limits whose bucket takes more than ten years to refill, which
     // the limiter could not represent (it stopped limiting). Lower their burst to the largest that
-    // refills within ten years (spec::MAX_REFILL_MS = 315,619,200,000 ms), exactly in integers where the
+    // refills within ten years (gcra::MAX_REFILL_MS = 315,619,200,000 ms), exactly in integers where the
     // product fits in 64 bits.
     "UPDATE keys SET rate_burst = MAX(1, MIN(rate_burst, CASE WHEN rate_limit <= 29000000
             THEN rate_limit * 315619200000 / rate_window_ms
@@ -150,7 +150,7 @@ const MIGRATIONS: &[&str] = &[
         WHERE rate_limit > 0 AND rate_window_ms > 0 AND rate_burst > 0;",
     // 5: fleet mode. Once this store is a member of a fleet (a `fleet` setting), every change of a key, a
     // plan or the policies is captured, in its own transaction, as the record's whole new state, for the
-    // fleet agent to publish (see `fleet` and `store::replica`).
+    // fleet agent to publish (see `fleet` and `store::fleet::replica`).
     concat!(
         "CREATE TABLE fleet_outbox (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL);
     CREATE TRIGGER fleet_key_insert AFTER INSERT ON keys WHEN EXISTS (SELECT 1 FROM settings WHERE name = 'fleet')

@@ -10,8 +10,7 @@ use super::policies::load_policies;
 use super::Store;
 use crate::error::{Error, Result};
 use crate::key_state::{idle_revocation_at, state_at, KeyState, Lifecycle};
-use crate::period::{Period, DAY_MS};
-use crate::spec;
+use crate::period::{check_time_ms, Period, DAY_MS};
 
 /// One UTC day of a key's decisions.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -60,8 +59,8 @@ impl Store {
     /// A key's decisions per UTC day from `from_ms` to `to_ms` (days with none included, as zeros). A
     /// rotated key's successor shares its history, as it shares its quota.
     pub fn usage(&self, id: &str, from_ms: i64, to_ms: i64) -> Result<UsageHistory> {
-        spec::check_time_ms("from_ms", from_ms)?;
-        spec::check_time_ms("to_ms", to_ms)?;
+        check_time_ms("from_ms", from_ms)?;
+        check_time_ms("to_ms", to_ms)?;
         if to_ms < from_ms || to_ms - from_ms > 3_660 * DAY_MS {
             return Err(Error::invalid("to_ms must be at or after from_ms, and at most ten years later"));
         }
@@ -82,7 +81,7 @@ impl Store {
             found.insert(day, counts);
         }
         // In a fleet: the other hosts' counts too, as their agents last published them.
-        let (others, others_last_used) = super::fleet_usage::others_usage(&db.conn, id, first, last)?;
+        let (others, others_last_used) = super::fleet::others_usage(&db.conn, id, first, last)?;
         for (day, counts) in others {
             let total = found.entry(day).or_default();
             for (t, c) in total.iter_mut().zip(counts) {
@@ -98,8 +97,8 @@ impl Store {
     /// zeros): what [`Store::usage`] gives for one key, summed over every key (the console's overview); in
     /// a fleet, every host's.
     pub fn usage_totals(&self, from_ms: i64, to_ms: i64) -> Result<Vec<UsageDay>> {
-        spec::check_time_ms("from_ms", from_ms)?;
-        spec::check_time_ms("to_ms", to_ms)?;
+        check_time_ms("from_ms", from_ms)?;
+        check_time_ms("to_ms", to_ms)?;
         if to_ms < from_ms || to_ms - from_ms > 3_660 * DAY_MS {
             return Err(Error::invalid("to_ms must be at or after from_ms, and at most ten years later"));
         }
@@ -118,7 +117,7 @@ impl Store {
             found.insert(day, counts);
         }
         // In a fleet: the other hosts' counts too.
-        for (day, counts) in super::fleet_usage::others_days(&db.conn, first, last)? {
+        for (day, counts) in super::fleet::others_days(&db.conn, first, last)? {
             let total = found.entry(day).or_default();
             for (t, c) in total.iter_mut().zip(counts) {
                 *t += c;
@@ -163,8 +162,8 @@ impl Store {
         );
         out.push_str("# TYPE ms_auth_flush_failures_total counter\n");
         let _ = writeln!(out, "ms_auth_flush_failures_total {}", self.flush_failures());
-        let others = super::fleet_usage::others_totals(&db.conn)?;
-        if let Some(here) = super::fleet_usage::this_host(&db.conn)? {
+        let others = super::fleet::others_totals(&db.conn)?;
+        if let Some(here) = super::fleet::this_host(&db.conn)? {
             out.push_str(
                 "# HELP ms_auth_fleet_checks_total Decisions about requests that matched a key, by host of the \
                  fleet and status: this host's from its database, the others' as their agents last published \

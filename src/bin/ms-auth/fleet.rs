@@ -9,7 +9,7 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 use clap::Subcommand;
 use serde_json::Value;
 
-use ms_auth::fleet::{agent, Secret, WhenDown};
+use ms_auth::fleet::{agent, Config, Secret, WhenDown};
 use ms_auth::{Error, Store};
 
 #[derive(Subcommand)]
@@ -62,7 +62,7 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
     match command {
         FleetCommand::Sync { redis, redis_ca, fleet, host, secret_file, max_log, when_redis_down } => {
             let host = host.unwrap_or_else(hostname);
-            let config = agent::Config {
+            let config = Config {
                 redis_url: redis,
                 ca_file: redis_ca,
                 fleet,

@@ -6,10 +6,11 @@ use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 
 use ms_auth::cli_values;
+use ms_auth::gcra::checked_rate;
 use ms_auth::gcra::RateLimit;
 use ms_auth::key::Env;
 use ms_auth::policy::Quota;
-use ms_auth::spec::{checked_rate, Field};
+use ms_auth::spec::Field;
 use ms_auth::{Error, KeyFilter, KeyPatch, KeyRecord, KeySpec, Store};
 
 use crate::output::{fmt_time, output_format, print_json, visible, window_text, write_csv, Output};

@@ -10,27 +10,16 @@ use clap::{Parser, Subcommand};
 
 use ms_auth::{Error, Store, StoreOptions};
 
-#[path = "ms-auth/audit.rs"]
 mod audit;
-#[path = "ms-auth/check.rs"]
 mod check;
-#[path = "ms-auth/completions.rs"]
 mod completions;
-#[path = "ms-auth/console/mod.rs"]
 mod console;
-#[path = "ms-auth/doctor.rs"]
 mod doctor;
-#[path = "ms-auth/fleet.rs"]
 mod fleet;
-#[path = "ms-auth/keys.rs"]
 mod keys;
-#[path = "ms-auth/output.rs"]
 mod output;
-#[path = "ms-auth/plans.rs"]
 mod plans;
-#[path = "ms-auth/policies.rs"]
 mod policies;
-#[path = "ms-auth/usage.rs"]
 mod usage;
 
 use keys::KeyCommand;

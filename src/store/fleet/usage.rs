@@ -1,4 +1,4 @@
-//! Fleet-wide usage (see `crate::fleet::usage`): each host's daily counts per key, as its agent
+//! Fleet-wide usage (the agent's side is `fleet::usage`): each host's daily counts per key, as its agent
 //! publishes them, kept in `fleet_usage` so that `usage` and `metrics` on any host show the fleet's
 //! totals. A host's own rows there are what its agent last published, so that only what changed since is
 //! sent again. Counts are absolute and only grow (a host's database counts never go down), so merging
@@ -6,8 +6,8 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::Store;
 use crate::error::Result;
+use crate::store::Store;
 
 /// One host's decisions about one key (the key its rotations count with) on one UTC day.
 #[derive(Clone, Debug, PartialEq, Eq)]

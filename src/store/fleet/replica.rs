@@ -1,4 +1,4 @@
-//! The store's side of fleet mode (see `crate::fleet`): membership, the outbox of changes this host made
+//! The store's side of the fleet's change log (the agent's side is `fleet::changelog`): membership, the outbox of changes this host made
 //! (filled by triggers of migration 5, in each change's own transaction), and applying changes from the
 //! fleet's log. Applying goes through the same admin path as a local change, so it is in force on every
 //! process's next check; it never re-publishes what it applies.
@@ -7,13 +7,13 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::rows::{load_entries, Keys};
-use super::Store;
+use super::Change;
 use crate::counters::QuotaCell;
 use crate::error::{Error, Result};
-use crate::fleet::Change;
 use crate::key::KeyDigest;
 use crate::period::Period;
+use crate::store::rows::{load_entries, Keys};
+use crate::store::Store;
 
 /// A key's whole state as the triggers write it (`fleet_key_insert`/`fleet_key_update`).
 #[derive(Deserialize)]
@@ -360,7 +360,7 @@ fn apply_key(tx: &rusqlite::Transaction, change: &Change) -> Result<Vec<i64>> {
     if k.id != change.id {
         return Err(Error::invalid("the record's id is not the change's"));
     }
-    let digest = crate::fleet::unhex(&k.digest)
+    let digest = crate::text::unhex(&k.digest)
         .filter(|d| d.len() == 32)
         .ok_or_else(|| Error::invalid("a key digest must be 64 hex digits"))?;
     crate::key::Env::parse(&k.env)?;
@@ -368,7 +368,7 @@ fn apply_key(tx: &rusqlite::Transaction, change: &Change) -> Result<Vec<i64>> {
         Period::parse(p)?;
     }
     if let (Some(l), Some(w), Some(b)) = (k.rate_limit, k.rate_window_ms, k.rate_burst) {
-        crate::spec::checked_rate(l, w, b)?;
+        crate::gcra::checked_rate(l, w, b)?;
     }
     serde_json::from_str::<serde_json::Map<String, Value>>(&k.meta)
         .map_err(|_| Error::invalid("a key's meta must be a JSON object"))?;
@@ -442,7 +442,7 @@ fn apply_plan(tx: &rusqlite::Transaction, change: &Change) -> Result<Vec<i64>> {
         Period::parse(period)?;
     }
     if let (Some(l), Some(w), Some(b)) = (p.rate_limit, p.rate_window_ms, p.rate_burst) {
-        crate::spec::checked_rate(l, w, b)?;
+        crate::gcra::checked_rate(l, w, b)?;
     }
     tx.execute(
         "INSERT INTO plans (name, quota_limit, quota_period, rate_limit, rate_window_ms, rate_burst, lifetime_ms, updated_at_ms)

@@ -1,28 +1,22 @@
-//! Key specs, patches, filters and records: the JSON shapes of the C ABI v1. Each shape is one serde
-//! type (`KeySpecJson`, ...) that refuses unknown fields, and one `TryFrom` that checks its fields, so
-//! that a typo or a wrong type is a clear `MS_ERR_INVALID_ARGUMENT` naming the field rather than a silent
-//! default. `parse_shape` is the first step of every JSON shape of the ABI, here and in `store`.
+//! The input shapes: key specs, patches and filters as the C ABI v1 takes them in JSON. Each shape is
+//! one serde type (`KeySpecJson`, ...) that refuses unknown fields, and one `TryFrom` that checks its
+//! fields, so that a typo or a wrong type is a clear `MS_ERR_INVALID_ARGUMENT` naming the field rather
+//! than a silent default. `parse_shape` is the first step of every JSON shape of the ABI, here and in
+//! `store`.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
+use super::record::{QuotaJson, RateJson};
 use crate::error::{Error, Result};
+use crate::gcra::checked_rate;
 use crate::gcra::RateLimit;
 use crate::key::Env;
-use crate::key_state::StateAt;
-use crate::period::Period;
+use crate::period::{check_time_ms, Period};
 use crate::policy::Quota;
 use crate::text;
 
-/// Below this a time is almost surely in seconds, not milliseconds (before 1973).
-pub const MIN_TIME_MS: i64 = 100_000_000_000;
-/// 2200-01-01T00:00:00Z. Above this a time is almost surely in microseconds; the bound also keeps every
-/// rate limiter's arrival time (nanoseconds, 64 bits, good until 2262) far from overflowing.
-pub const MAX_TIME_MS: i64 = 7_258_118_400_000;
-/// The longest time a rate limit's bucket may take to refill from empty (`burst` × `window_ms` / `limit`):
-/// ten years, so that a time before 2200 plus a full bucket's tolerance stays within 64-bit nanoseconds.
-pub const MAX_REFILL_MS: i64 = 3653 * 86_400_000;
 pub const MAX_PLAN_LEN: usize = 63;
 pub const MAX_NAME_LEN: usize = 256;
 /// The longest reason a revocation records, and the longest audit actor.
@@ -362,22 +356,6 @@ fn label(name: &str, field: Field<Value>, max: usize) -> Result<Field<String>> {
     }
 }
 
-/// Checks a Unix time in milliseconds: a value in seconds or in microseconds is a likely mistake, so
-/// anything before 1973 or from 2200 on is refused.
-pub fn check_time_ms(name: &str, value: i64) -> Result<i64> {
-    if value < MIN_TIME_MS {
-        return Err(Error::invalid(format!(
-            "{name} = {value} is before 1973: times are Unix milliseconds, not seconds"
-        )));
-    }
-    if value >= MAX_TIME_MS {
-        return Err(Error::invalid(format!(
-            "{name} = {value} is after the year 2200: times are Unix milliseconds, not microseconds"
-        )));
-    }
-    Ok(value)
-}
-
 fn time(name: &str, field: Field<Value>) -> Result<Field<i64>> {
     match field {
         Field::Absent => Ok(Field::Absent),
@@ -461,31 +439,6 @@ pub(crate) fn rate_field(field: Field<Value>) -> Result<Field<RateLimit>> {
     }
 }
 
-/// A rate limit whose arithmetic cannot overflow: at most one request per nanosecond, a window of at
-/// most a year, and a bucket that refills from empty within [`MAX_REFILL_MS`] (ten years). Anything
-/// larger is refused here rather than represented inexactly: a limiter must never stop limiting.
-pub fn checked_rate(limit: i64, window_ms: i64, burst: i64) -> Result<RateLimit> {
-    const YEAR_MS: i64 = 366 * 86_400_000;
-    if limit < 1 || window_ms < 1 || burst < 1 {
-        return Err(Error::invalid("rate_limit.limit, window_ms and burst must be positive integers"));
-    }
-    if window_ms > YEAR_MS {
-        return Err(Error::invalid("rate_limit.window_ms must be at most a year"));
-    }
-    if limit > window_ms.saturating_mul(1_000_000) {
-        return Err(Error::invalid("rate_limit.limit is more than one request per nanosecond"));
-    }
-    // Exact in 128 bits: burst × window ≤ MAX_REFILL × limit.
-    if burst as i128 * window_ms as i128 > MAX_REFILL_MS as i128 * limit as i128 {
-        let max_burst = (MAX_REFILL_MS as i128 * limit as i128 / window_ms as i128).max(1);
-        return Err(Error::invalid(format!(
-            "rate_limit.burst {burst} at {limit} per {window_ms} ms would take more than 10 years to refill; \
-             the largest burst for this rate is {max_burst}"
-        )));
-    }
-    Ok(RateLimit { limit, window_ms, burst })
-}
-
 /// The field names in meta, at any depth, are checked as names are: the CLI and the console show them.
 /// Its values are the application's data, shown escaped where they hold such characters.
 fn check_meta_names(meta: &Map<String, Value>) -> Result<()> {
@@ -509,96 +462,6 @@ fn meta_field(field: Field<Value>) -> Result<Field<Map<String, Value>>> {
         }
         Field::Set(_) => Err(Error::invalid("meta must be a JSON object or null")),
     }
-}
-
-/// A key as every admin answer shows it (field order as in the contract).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct KeyRecord {
-    pub id: String,
-    pub prefix: String,
-    pub env: String,
-    pub name: Option<String>,
-    pub plan: Option<String>,
-    pub created_at_ms: i64,
-    pub expires_at_ms: Option<i64>,
-    pub revoked_at_ms: Option<i64>,
-    pub revoked_reason: Option<String>,
-    pub quota: Option<QuotaJson>,
-    pub rate_limit: Option<RateJson>,
-    pub usage: UsageJson,
-    pub meta: Map<String, Value>,
-    /// Fields added after v1 (additions only): a scheduled revocation (a rotation's grace end), the
-    /// rotation links, and which limits come from the key's plan.
-    pub revoke_at_ms: Option<i64>,
-    pub rotated_from: Option<String>,
-    pub rotated_to: Option<String>,
-    pub follows_plan: Vec<&'static str>,
-    /// Computed when the record is read, never stored (added after v1): `state`, `state_reason` and
-    /// `grace_ends_at_ms`, from [`crate::key_state::state_at`], the function every view uses.
-    #[serde(flatten)]
-    pub state: StateAt,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct QuotaJson {
-    pub limit: i64,
-    pub period: &'static str,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RateJson {
-    pub limit: i64,
-    pub window_ms: i64,
-    pub burst: i64,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct UsageJson {
-    pub period_start_ms: i64,
-    pub used: i64,
-    pub total: i64,
-    pub last_used_at_ms: Option<i64>,
-}
-
-impl From<Quota> for QuotaJson {
-    fn from(q: Quota) -> QuotaJson {
-        QuotaJson { limit: q.limit, period: q.period.as_str() }
-    }
-}
-
-impl From<RateLimit> for RateJson {
-    fn from(r: RateLimit) -> RateJson {
-        RateJson { limit: r.limit, window_ms: r.window_ms, burst: r.burst }
-    }
-}
-
-impl KeyRecord {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a record always serializes")
-    }
-
-    /// The create answer: the record with the plaintext key, shown this once.
-    pub fn to_json_with_key(&self, key: &str) -> String {
-        let mut value = serde_json::to_value(self).expect("a record always serializes");
-        let obj = value.as_object_mut().expect("a record is an object");
-        let mut with_key = Map::new();
-        for (k, v) in std::mem::take(obj) {
-            with_key.insert(k.clone(), v);
-            if k == "id" {
-                with_key.insert("key".to_string(), Value::String(key.to_string()));
-            }
-        }
-        Value::Object(with_key).to_string()
-    }
-}
-
-/// `{"keys": [record, ...]}`
-pub fn list_json(records: &[KeyRecord]) -> String {
-    #[derive(Serialize)]
-    struct List<'a> {
-        keys: &'a [KeyRecord],
-    }
-    serde_json::to_string(&List { keys: records }).expect("records always serialize")
 }
 
 #[cfg(test)]
@@ -668,50 +531,5 @@ mod tests {
         assert!(spec.check_text().unwrap_err().message.starts_with("plan contains U+2069"));
         let patch = KeyPatch { name: Field::Set("n".repeat(MAX_NAME_LEN + 1)), ..KeyPatch::default() };
         assert!(patch.check_text().unwrap_err().message.contains("longer than 256"));
-    }
-
-    #[test]
-    fn rate_limits_that_cannot_be_represented_are_refused() {
-        // Review: 1 per 366 days with burst 1000, and 1 per day with burst 100,000, never limited.
-        let year = 366 * 86_400_000;
-        let e = checked_rate(1, year, 1000).unwrap_err().message;
-        assert!(e.contains("10 years") && e.contains("largest burst for this rate is 9"), "{e}");
-        assert!(checked_rate(1, 86_400_000, 100_000).unwrap_err().message.contains("largest burst"));
-        assert!(checked_rate(1, 86_400_000, 3653).is_ok(), "exactly ten years is allowed");
-        assert!(checked_rate(1, 86_400_000, 3654).is_err());
-        assert!(checked_rate(1, year, 1).is_ok());
-        assert!(checked_rate(1_000_000, 1000, 1_000_000_000).is_ok());
-    }
-
-    #[test]
-    fn create_answer_carries_the_key_after_the_id() {
-        let r = KeyRecord {
-            id: "key_x".into(),
-            prefix: "ms_live_AbCd".into(),
-            env: "live".into(),
-            name: None,
-            plan: Some("pro".into()),
-            created_at_ms: 1,
-            expires_at_ms: None,
-            revoked_at_ms: None,
-            revoked_reason: None,
-            quota: Some(QuotaJson { limit: 10, period: "daily" }),
-            rate_limit: None,
-            usage: UsageJson { period_start_ms: 0, used: 0, total: 0, last_used_at_ms: None },
-            meta: Map::new(),
-            revoke_at_ms: None,
-            rotated_from: None,
-            rotated_to: None,
-            follows_plan: vec![],
-            state: StateAt { state: crate::key_state::KeyState::Active, state_reason: None, grace_ends_at_ms: None },
-        };
-        let json = r.to_json_with_key("ms_live_secret");
-        assert!(
-            json.starts_with(
-                r#"{"id":"key_x","key":"ms_live_secret","prefix":"ms_live_AbCd","env":"live","name":null,"plan":"pro""#
-            ),
-            "{json}"
-        );
-        assert!(!r.to_json().contains("\"key\""));
     }
 }
