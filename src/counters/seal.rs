@@ -11,7 +11,7 @@
 //! its record and row) and for the header, each part mixed with its position: an admin change, which
 //! changes a slot, appends a block and bumps the counts in place, amends the sum by what it changed
 //! (O(1), under the database's write lock like every change of what it covers), and verifying is one pass
-//! over the index and the records (see README, "Reliability", for when that pass runs). It is meant to
+//! over the index and the records (see docs/counters-file.md for when that pass runs). It is meant to
 //! find accidents; anyone who can write the file can recompute it (see docs/security.md).
 
 use std::mem::{offset_of, size_of};

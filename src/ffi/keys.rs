@@ -4,7 +4,7 @@
 use super::*;
 
 /// Creates a key from a JSON spec (every field optional: `env`, `name`, `plan`, `expires_at_ms`, `quota`,
-/// `rate_limit`, `meta`, `key` to import an existing key; see the README) and writes the record with the
+/// `rate_limit`, `meta`, `key` to import an existing key; see docs/c-abi.md) and writes the record with the
 /// plaintext `"key"` (shown this once; only its SHA-256 digest is stored) to `*out_json`.
 /// A rate limit must refill its whole bucket within ten years (`burst` × `window_ms` / `limit` at most
 /// 315619200000 ms, `window_ms` at most 366 days): a larger one is refused with the largest burst that

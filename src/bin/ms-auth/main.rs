@@ -97,7 +97,7 @@ enum Command {
     /// Prometheus text exposition of the store: decisions by status, keys by state, quota use by plan.
     Metrics,
     /// Serve the support console (keys, usage charts, plans, policies, the audit log) and its JSON admin
-    /// API to a browser; see README, "Console".
+    /// API to a browser; see docs/console.md.
     Console(console::ConsoleArgs),
     /// Check the database, the counters file against it, and the files' owners and modes; `--repair`
     /// rebuilds the counters file. Exits 0 when healthy, 3 when problems remain, 4 when `--repair`

@@ -39,7 +39,7 @@ pub struct ConsoleArgs {
     #[arg(long, conflicts_with = "token_file")]
     user: Option<String>,
     /// Serve on a non-loopback address for a reverse proxy that terminates TLS in front of the console
-    /// (see README, "Console"); the session cookie is then marked Secure.
+    /// (see docs/console.md); the session cookie is then marked Secure.
     #[arg(long)]
     behind_proxy: bool,
     /// Requests served at once.
@@ -76,7 +76,7 @@ pub fn run(store: Store, args: ConsoleArgs) -> Result<(), Error> {
     if !args.listen.ip().is_loopback() && !args.behind_proxy {
         return Err(Error::invalid(format!(
             "{} is not a loopback address: serving there needs --behind-proxy and a reverse proxy that \
-             terminates TLS in front of the console (see README, \"Console\")",
+             terminates TLS in front of the console (see docs/console.md)",
             args.listen
         )));
     }
