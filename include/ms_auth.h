@@ -315,6 +315,18 @@ int32_t ms_key_revoke(struct ms_store *store,
                       int64_t now_ms);
 
 /**
+ * Revokes a key as `ms_key_revoke` does, recording `reason` (what people read in the key's record and
+ * the audit log, e.g. `"leaked in a public repository"`: at most 256 bytes, no control, bidirectional
+ * or invisible characters) instead of "manual"; NULL records "manual". Revoking a revoked key keeps its
+ * first reason. Returns `MS_OK`, `MS_ERR_NOT_FOUND`, `MS_ERR_INVALID_ARGUMENT` (an empty or refused
+ * reason, named by `ms_last_error()`), `MS_ERR_STORE`. Added after v1.
+ */
+int32_t ms_key_revoke_v2(struct ms_store *store,
+                         const char *key_id,
+                         const char *reason,
+                         int64_t now_ms);
+
+/**
  * Changes a key: `patch_json` may set `name`, `plan`, `expires_at_ms`, `quota`, `rate_limit`, `meta`
  * (null clears a field: no plan, never expires, no quota, no rate limit), and `"new_plan": true` as in
  * `ms_key_create`'s spec. A revoked key stays revoked.

@@ -665,3 +665,39 @@ fn bidi_controls_are_refused_naming_the_field_and_code_point() {
         assert_eq!((keys["keys"].as_array().unwrap().len(), keys["keys"][0]["name"].as_str()), (1, Some("acme")));
     }
 }
+
+#[test]
+fn revoke_v2_records_the_reason_people_read() {
+    let h = open();
+    let (key, id) = create(&h, "{}");
+    let mut out = null_mut();
+    let reason = c("leaked in a public repository");
+    assert_eq!(unsafe { ms_key_revoke_v2(h.0, c(&id).as_ptr(), reason.as_ptr(), NOW) }, MS_OK);
+    assert_eq!(check(&h, key.as_bytes(), NOW).0, MS_API_KEY_REVOKED);
+    assert_eq!(unsafe { ms_key_get(h.0, c(&id).as_ptr(), &mut out) }, MS_OK);
+    let record = take(out);
+    assert_eq!(
+        (&record["revoked_reason"], &record["state_reason"]),
+        (&reason.to_str().unwrap().into(), &record["revoked_reason"])
+    );
+    // Revoking again keeps the first reason.
+    assert_eq!(unsafe { ms_key_revoke_v2(h.0, c(&id).as_ptr(), c("another").as_ptr(), NOW + 1) }, MS_OK);
+    assert_eq!(unsafe { ms_key_get(h.0, c(&id).as_ptr(), &mut out) }, MS_OK);
+    assert_eq!(take(out)["revoked_reason"], "leaked in a public repository");
+    // NULL records "manual", like ms_key_revoke; an empty or spoofing reason is refused, naming why.
+    let (_, other) = create(&h, "{}");
+    assert_eq!(unsafe { ms_key_revoke_v2(h.0, c(&other).as_ptr(), c("").as_ptr(), NOW) }, MS_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("reason is empty"), "{}", last_error());
+    assert_eq!(
+        unsafe { ms_key_revoke_v2(h.0, c(&other).as_ptr(), c("evil\u{202E}txt").as_ptr(), NOW) },
+        MS_ERR_INVALID_ARGUMENT
+    );
+    assert!(last_error().contains("U+202E"), "{}", last_error());
+    assert_eq!(unsafe { ms_key_get(h.0, c(&other).as_ptr(), &mut out) }, MS_OK);
+    assert_eq!(take(out)["revoked_at_ms"], serde_json::Value::Null, "a refused revocation changes nothing");
+    assert_eq!(unsafe { ms_key_revoke_v2(h.0, c(&other).as_ptr(), null(), NOW) }, MS_OK);
+    assert_eq!(unsafe { ms_key_get(h.0, c(&other).as_ptr(), &mut out) }, MS_OK);
+    assert_eq!(take(out)["revoked_reason"], "manual");
+    assert_eq!(unsafe { ms_key_revoke_v2(h.0, null(), null(), NOW) }, MS_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("key_id is NULL"));
+}

@@ -44,6 +44,30 @@ pub unsafe extern "C" fn ms_key_revoke(store: *mut ms_store, key_id: *const c_ch
     })
 }
 
+/// Revokes a key as `ms_key_revoke` does, recording `reason` (what people read in the key's record and
+/// the audit log, e.g. `"leaked in a public repository"`: at most 256 bytes, no control, bidirectional
+/// or invisible characters) instead of "manual"; NULL records "manual". Revoking a revoked key keeps its
+/// first reason. Returns `MS_OK`, `MS_ERR_NOT_FOUND`, `MS_ERR_INVALID_ARGUMENT` (an empty or refused
+/// reason, named by `ms_last_error()`), `MS_ERR_STORE`. Added after v1.
+#[no_mangle]
+pub unsafe extern "C" fn ms_key_revoke_v2(
+    store: *mut ms_store,
+    key_id: *const c_char,
+    reason: *const c_char,
+    now_ms: i64,
+) -> i32 {
+    ffi_boundary(|| {
+        let store = store_arg(store)?;
+        let id = str_arg(key_id, "key_id")?;
+        let reason = if reason.is_null() { None } else { Some(str_arg(reason, "reason")?) };
+        if reason == Some("") {
+            return Err(Error::invalid("reason is empty: pass NULL to record \"manual\""));
+        }
+        store.revoke_key(id, now_ms, reason)?;
+        Ok(MS_OK)
+    })
+}
+
 /// Changes a key: `patch_json` may set `name`, `plan`, `expires_at_ms`, `quota`, `rate_limit`, `meta`
 /// (null clears a field: no plan, never expires, no quota, no rate limit), and `"new_plan": true` as in
 /// `ms_key_create`'s spec. A revoked key stays revoked.

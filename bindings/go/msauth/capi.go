@@ -68,9 +68,9 @@ static msgo_ret msgo_key_create(ms_store *s, const char *spec, int64_t now_ms, c
 	return o;
 }
 
-static msgo_ret msgo_key_revoke(ms_store *s, const char *id, int64_t now_ms) {
+static msgo_ret msgo_key_revoke(ms_store *s, const char *id, const char *reason, int64_t now_ms) {
 	msgo_ret o;
-	o.status = ms_key_revoke(s, id, now_ms);
+	o.status = ms_key_revoke_v2(s, id, reason, now_ms);
 	o.err = msgo_take_error(o.status);
 	return o;
 }
@@ -306,13 +306,21 @@ func cKeyCreate(h *C.ms_store, spec []byte, nowMS int64) ([]byte, error) {
 	return js, statusError(r)
 }
 
-func cKeyRevoke(h *C.ms_store, id string, nowMS int64) error {
+// cKeyRevoke revokes with reason, or records "manual" when reason is nil.
+func cKeyRevoke(h *C.ms_store, id string, reason *string, nowMS int64) error {
 	cid, err := cString("key_id", id)
 	if err != nil {
 		return err
 	}
 	defer C.free(unsafe.Pointer(cid))
-	return statusError(C.msgo_key_revoke(h, cid, C.int64_t(nowMS)))
+	var creason *C.char
+	if reason != nil {
+		if creason, err = cString("reason", *reason); err != nil {
+			return err
+		}
+		defer C.free(unsafe.Pointer(creason))
+	}
+	return statusError(C.msgo_key_revoke(h, cid, creason, C.int64_t(nowMS)))
 }
 
 func cKeyUpdate(h *C.ms_store, id string, patch []byte) ([]byte, error) {

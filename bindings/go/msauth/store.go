@@ -297,14 +297,31 @@ func (s *Store) RevokeKeyAt(id string, now time.Time) error {
 	return s.RevokeKeyAtContext(context.Background(), id, now)
 }
 
+// RevokeOption changes how RevokeKeyContext revokes a key.
+type RevokeOption func(*revokeOptions)
+
+type revokeOptions struct{ reason *string }
+
+// WithReason records reason in the key's record and the audit log (what
+// support staff read, e.g. "leaked in a public repository") instead of
+// "manual". An empty reason, or one with control, bidirectional or invisible
+// characters, is ErrInvalidArgument.
+func WithReason(reason string) RevokeOption {
+	return func(o *revokeOptions) { o.reason = &reason }
+}
+
 // RevokeKeyContext revokes the key now; it answers api_key_revoked from then
-// on. A revoked key cannot be un-revoked. The library records the reason
-// "manual": the C ABI's ms_key_revoke takes no reason.
-func (s *Store) RevokeKeyContext(ctx context.Context, id string) error {
-	return s.RevokeKeyAtContext(ctx, id, time.Now())
+// on. A revoked key cannot be un-revoked, and revoking it again keeps its
+// first reason. Without WithReason the reason is "manual".
+func (s *Store) RevokeKeyContext(ctx context.Context, id string, opts ...RevokeOption) error {
+	return s.RevokeKeyAtContext(ctx, id, time.Now(), opts...)
 }
 
 // RevokeKeyAtContext is RevokeKeyContext with an explicit revocation time.
-func (s *Store) RevokeKeyAtContext(ctx context.Context, id string, now time.Time) error {
-	return s.with(ctx, func(h *C.ms_store) error { return cKeyRevoke(h, id, now.UnixMilli()) })
+func (s *Store) RevokeKeyAtContext(ctx context.Context, id string, now time.Time, opts ...RevokeOption) error {
+	var o revokeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return s.with(ctx, func(h *C.ms_store) error { return cKeyRevoke(h, id, o.reason, now.UnixMilli()) })
 }

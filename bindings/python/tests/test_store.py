@@ -354,3 +354,18 @@ def test_several_stores_side_by_side(tmp_path: Path) -> None:
         ka = a.create_key()
         assert a.check(ka.key).ok
         assert b.check(ka.key).status is Status.API_KEY_INVALID
+
+
+def test_revoke_records_the_reason_people_read(store: Store) -> None:
+    leaked = store.create_key()
+    store.revoke(leaked.id, reason="leaked in a public repository")
+    assert store.get(leaked.id).revoked_reason == "leaked in a public repository"
+    store.revoke(leaked.id, reason="another")
+    assert store.get(leaked.id).revoked_reason == "leaked in a public repository", "the first reason stays"
+    plain = store.create_key()
+    for bad in ("", "evil\u202etxt"):
+        with pytest.raises(ms_auth.InvalidArgumentError, match="reason"):
+            store.revoke(plain.id, reason=bad)
+    assert store.get(plain.id).revoked_at_ms is None, "a refused revocation changes nothing"
+    store.revoke(plain.id)
+    assert store.get(plain.id).revoked_reason == "manual"

@@ -85,6 +85,7 @@ PROTOTYPES: Dict[str, Tuple[Any, List[Any]]] = {
         [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64, _c_void_p_p],
     ),
     "ms_key_revoke": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64]),
+    "ms_key_revoke_v2": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int64]),
     "ms_key_update": (
         ctypes.c_int32,
         [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, _c_void_p_p],

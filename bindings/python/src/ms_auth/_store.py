@@ -323,11 +323,14 @@ class Store:
             self._json_call(_lib.ms_key_update, op, _cstr(key_id, "key_id", op), _dumps(patch))
         )
 
-    def revoke(self, key_id: str, now_ms: Optional[TimeLike] = None) -> None:
-        """Revoke a key for good: its next check answers api_key_revoked."""
+    def revoke(self, key_id: str, now_ms: Optional[TimeLike] = None, *, reason: Optional[str] = None) -> None:
+        """Revoke a key for good: its next check answers api_key_revoked. ``reason`` is recorded in the
+        key's record and the audit log (what support staff read, e.g. "leaked in a public repository");
+        without one the reason is "manual". Revoking a revoked key keeps its first reason."""
         op = f"revoke {key_id}"
         when = _when(now_ms, op)
-        rc = self._call(op, _lib.ms_key_revoke, _cstr(key_id, "key_id", op), when)
+        creason = None if reason is None else _cstr(reason, "reason", op)
+        rc = self._call(op, _lib.ms_key_revoke_v2, _cstr(key_id, "key_id", op), creason, when)
         if rc != 0:
             raise error_from_code(rc, op)
 
