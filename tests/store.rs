@@ -387,3 +387,19 @@ fn processes_opening_a_new_store_at_the_same_instant_all_succeed() {
         assert_eq!(said_created, 1, "one of them made the store");
     }
 }
+
+/// Issue 22, item 3: a host's identity in its fleet is its own (random, kept across joins), the name a label.
+#[test]
+fn a_fleet_host_keeps_one_random_identity_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(dir.path().join("a.db")).unwrap();
+    let b = Store::open(dir.path().join("b.db")).unwrap();
+    assert_eq!(a.fleet_host_id().unwrap(), None);
+    a.fleet_join("prod", "web1").unwrap();
+    b.fleet_join("prod", "web1").unwrap();
+    let id = a.fleet_host_id().unwrap().expect("an id once joined");
+    assert_eq!(id.len(), 32);
+    assert_ne!(Some(id.clone()), b.fleet_host_id().unwrap(), "one name, two identities");
+    a.fleet_join("prod", "web1-renamed").unwrap();
+    assert_eq!(a.fleet_host_id().unwrap(), Some(id), "a rename keeps the identity");
+}

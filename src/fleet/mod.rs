@@ -30,15 +30,12 @@ mod changelog;
 mod connect;
 mod link;
 pub mod quota;
+mod secret;
 pub mod usage;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
-use crate::error::{Error, Result};
 pub use crate::store::{Change, KINDS};
-use crate::text::{hex, unhex};
 pub use link::Config;
+pub use secret::Secret;
 
 /// What a host may admit while Redis is unreachable, once its quota leases run out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,96 +47,4 @@ pub enum WhenDown {
     /// host last heard about the quota from Redis: exact when the hosts' views were current, else
     /// over by at most what other hosts were granted after this one last heard.
     Share,
-}
-
-/// The fields a change's signature covers, in order.
-fn change_parts(change: &Change) -> [&str; 4] {
-    [&change.kind, &change.id, &change.body, &change.origin]
-}
-
-/// A fleet's secret, read from a file named on the command line.
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    /// At least 16 bytes (surrounding whitespace ignored): a short secret could be guessed offline from
-    /// one signed change.
-    pub fn from_file(path: &std::path::Path) -> Result<Secret> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::invalid(format!("cannot read the fleet secret {}: {e}", path.display())))?;
-        let text = String::from_utf8_lossy(&bytes);
-        let trimmed = text.trim();
-        if trimmed.len() < 16 {
-            return Err(Error::invalid(format!(
-                "the fleet secret in {} is shorter than 16 bytes (generate one with `head -c 32 /dev/urandom | base64`)",
-                path.display()
-            )));
-        }
-        Ok(Secret(trimmed.as_bytes().to_vec()))
-    }
-
-    pub fn new(bytes: &[u8]) -> Secret {
-        Secret(bytes.to_vec())
-    }
-
-    fn mac(&self, fleet: &str, parts: &[&str]) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
-        // Length-prefixed fields: no two different messages sign the same bytes.
-        for part in std::iter::once(&fleet).chain(parts) {
-            mac.update(&(part.len() as u64).to_le_bytes());
-            mac.update(part.as_bytes());
-        }
-        mac
-    }
-
-    /// The signature of a change in a fleet, hex.
-    pub fn sign(&self, fleet: &str, change: &Change) -> String {
-        self.sign_parts(fleet, &change_parts(change))
-    }
-
-    /// True when `signature` is this secret's signature of the change (compared in constant time).
-    pub fn verify(&self, fleet: &str, change: &Change, signature: &str) -> bool {
-        self.verify_parts(fleet, &change_parts(change), signature)
-    }
-
-    /// The signature of any message made of `parts` (a usage report), hex.
-    pub fn sign_parts(&self, fleet: &str, parts: &[&str]) -> String {
-        hex(&self.mac(fleet, parts).finalize().into_bytes())
-    }
-
-    pub fn verify_parts(&self, fleet: &str, parts: &[&str], signature: &str) -> bool {
-        match unhex(signature) {
-            Some(bytes) => self.mac(fleet, parts).verify_slice(&bytes).is_ok(),
-            None => false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn change() -> Change {
-        Change { kind: "key".into(), id: "key_1".into(), body: r#"{"revoked_at_ms":null}"#.into(), origin: "a".into() }
-    }
-
-    #[test]
-    fn a_signature_covers_every_field_and_the_fleet() {
-        let secret = Secret::new(b"0123456789abcdef");
-        let sig = secret.sign("prod", &change());
-        assert!(secret.verify("prod", &change(), &sig));
-        assert!(!secret.verify("staging", &change(), &sig));
-        assert!(!Secret::new(b"another secret!!").verify("prod", &change(), &sig));
-        for tamper in [
-            |c: &mut Change| c.kind = "plan".into(),
-            |c: &mut Change| c.id = "key_2".into(),
-            |c: &mut Change| c.body = r#"{"revoked_at_ms":1}"#.into(),
-            |c: &mut Change| c.origin = "b".into(),
-        ] {
-            let mut c = change();
-            tamper(&mut c);
-            assert!(!secret.verify("prod", &c, &sig));
-        }
-        assert!(!secret.verify("prod", &change(), ""));
-        assert!(!secret.verify("prod", &change(), "zz"));
-    }
 }

@@ -116,7 +116,15 @@ impl Store {
                 )));
             }
         }
-        let wanted = json!({"fleet": fleet, "host": host}).to_string();
+        // The host's identity in the fleet is a random id made at the first join and kept in the store; the
+        // name is only a label (two hosts cloned from one image share a name, never an id they made).
+        let host_id = match current.as_deref().map(serde_json::from_str::<Value>) {
+            Some(Ok(member)) if member["host_id"].is_string() => {
+                member["host_id"].as_str().unwrap_or_default().to_string()
+            }
+            _ => new_host_id()?,
+        };
+        let wanted = json!({"fleet": fleet, "host": host, "host_id": host_id}).to_string();
         tx.execute(
             "INSERT INTO settings (name, value) VALUES ('fleet', ?1) ON CONFLICT (name) DO UPDATE SET value = ?1",
             [&wanted],
@@ -169,6 +177,16 @@ impl Store {
             (Some(f), Some(h)) => Ok(Some((f.to_string(), h.to_string()))),
             _ => Err(Error::store("corrupt fleet setting")),
         }
+    }
+
+    /// This host's identity in its fleet (a random id made when it joined), if it is a member.
+    pub fn fleet_host_id(&self) -> Result<Option<String>> {
+        let db = self.db()?;
+        let id: Option<Option<String>> = db
+            .conn
+            .query_row("SELECT json_extract(value, '$.host_id') FROM settings WHERE name = 'fleet'", [], |r| r.get(0))
+            .optional()?;
+        Ok(id.flatten())
     }
 
     /// Changes this host made that are not published yet, oldest first, the newest state of each record
@@ -338,6 +356,13 @@ impl Store {
         )?;
         Ok(())
     }
+}
+
+/// A new host id: 16 random bytes, hex.
+fn new_host_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::getrandom(&mut bytes).map_err(|e| Error::internal(format!("no randomness: {e}")))?;
+    Ok(crate::text::hex(&bytes))
 }
 
 /// True unless the change is a key that counts with a key this store does not have (yet).
