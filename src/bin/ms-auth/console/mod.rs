@@ -1,6 +1,6 @@
-//! `ms-auth console`: the support console, a small web server on the store. Pages are static assets
-//! built into the binary (`assets/console/`) that draw themselves from the JSON admin API
-//! (`/api/v1/…`, [`api`]); the API calls the store's Rust API like any other host.
+//! `ms-auth console`: the support console, a small web server on the store. Pages are static files
+//! beside this code (`pages/`: HTML, JS, CSS), built into the binary, that draw themselves from the JSON
+//! admin API (`/api/v1/…`, [`api`]); the API calls the store's Rust API like any other host.
 //!
 //! Security: loopback unless asked otherwise (and then only behind a TLS proxy), a token for each user
 //! exchanged for a session cookie, a CSRF token on every change, `--read-only` refusing every change,
@@ -130,14 +130,14 @@ pub fn run(store: Store, args: ConsoleArgs) -> Result<(), Error> {
     Ok(())
 }
 
-const INDEX_HTML: &str = include_str!("../../../../assets/console/index.html");
-const LOGIN_HTML: &str = include_str!("../../../../assets/console/login.html");
-const APP_JS: &str = include_str!("../../../../assets/console/app.js");
-const KEYS_JS: &str = include_str!("../../../../assets/console/keys.js");
-const PAGES_JS: &str = include_str!("../../../../assets/console/pages.js");
-const LOGIN_JS: &str = include_str!("../../../../assets/console/login.js");
-const CHART_JS: &str = include_str!("../../../../assets/console/chart.js");
-const APP_CSS: &str = include_str!("../../../../assets/console/app.css");
+const INDEX_HTML: &str = include_str!("pages/index.html");
+const LOGIN_HTML: &str = include_str!("pages/login.html");
+const APP_JS: &str = include_str!("pages/app.js");
+const KEYS_JS: &str = include_str!("pages/keys.js");
+const PAGES_JS: &str = include_str!("pages/pages.js");
+const LOGIN_JS: &str = include_str!("pages/login.js");
+const CHART_JS: &str = include_str!("pages/chart.js");
+const APP_CSS: &str = include_str!("pages/app.css");
 
 impl Console {
     fn serve(&self, mut req: Request) {
