@@ -350,10 +350,22 @@ int32_t ms_key_get(struct ms_store *store,
                    char **out_json);
 
 /**
- * Writes `{"keys": [record, ...]}` to `*out_json` on `MS_OK` (free with `ms_string_free`).
- * `filter_json`: NULL for every key, or `{"plan": "pro", "env": "live"}` (each field optional).
+ * Writes `{"keys": [record, ...], "next": null}` to `*out_json` on `MS_OK` (free with `ms_string_free`):
+ * the keys in the order they were created, their states as of the store's clock.
+ * `filter_json`: NULL for every key, or an object whose fields are each optional (null is absent):
+ * `"plan"`, `"env"` ("live", "test"), `"expiring_before_ms"` (admitted keys that expire by then), and,
+ * added after v1, `"state"`: one state's name or a list of them (keys in any of them: "active",
+ * "expiring", "rotating", "revoked", "expired", "suspended"), `"limit"`: a page of at most that many keys
+ * (1 to 1000; absent: every key), `"after"`: the `"next"` of the page before. `"next"` (added after v1)
+ * is the cursor of the next page, null when no matching key follows. Pages are keyset pages: a key
+ * created meanwhile comes on a later page, and none is listed twice. A key whose state changes between
+ * pages is listed or not by its state when its page is read.
+ * An unknown field, a bad state, limit or cursor (anything but a `"next"` passed back unchanged) is
+ * `MS_ERR_INVALID_ARGUMENT`, named in `ms_last_error()`.
  */
-int32_t ms_key_list(struct ms_store *store, const char *filter_json, char **out_json);
+int32_t ms_key_list(struct ms_store *store,
+                    const char *filter_json,
+                    char **out_json);
 
 /**
  * Names the actor that the audit log records for this handle's admin calls (default: the program,

@@ -18,7 +18,7 @@ use parking_lot::RwLock;
 use crate::counters::KeyView;
 use crate::error::{Error, Result};
 use crate::policy::Decision;
-use crate::spec::{list_json, KeyFilter, KeyPatch, KeySpec};
+use crate::spec::{KeyFilter, KeyPatch, KeySpec};
 use crate::status::Status;
 use crate::store::Store;
 

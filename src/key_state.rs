@@ -92,7 +92,9 @@ pub struct StateAt {
 }
 
 /// The state of a key at `now_ms`, in the check's order: revoked (recorded, a rotation's grace over,
-/// idle), expired, rotating, expiring, active.
+/// idle), expired, rotating, expiring, active. The key list narrows rows by state in SQL before it keeps
+/// those this function places (`store/list.rs`, `state_sql`): a change of these rules changes that SQL
+/// too, which `tests/list.rs`'s property checks against this function.
 pub fn state_at(key: &Lifecycle, now_ms: i64) -> StateAt {
     let plain = |state| StateAt { state, state_reason: None, grace_ends_at_ms: None };
     let revoked = |reason: &str| StateAt {

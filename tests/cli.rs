@@ -675,3 +675,54 @@ fn a_creating_command_on_a_dangling_symbolic_link_says_so_and_creates_nothing() 
     assert!(stderr.contains("a symbolic link to elsewhere/keys.db, which does not exist"), "{stderr}");
     assert!(!cli.dir.path().join("elsewhere/keys.db").exists(), "nothing created through the link");
 }
+
+/// Issue 27, item 5: `key list --state ... --limit N --after CURSOR` pages through the keys in those
+/// states; the next page's cursor is in the JSON (`next`) or, under a table or CSV, on standard error.
+#[test]
+fn key_list_filters_by_state_and_pages_with_a_cursor() {
+    let cli = Cli::new();
+    let mut revoked = Vec::new();
+    for i in 0..5 {
+        let id = cli.ok_json(&["key", "create", "--json"])["id"].as_str().unwrap().to_string();
+        if i != 2 {
+            assert!(cli.run(&["key", "revoke", &id]).status.success());
+            revoked.push(id);
+        }
+    }
+    let (mut seen, mut after) = (Vec::new(), None::<String>);
+    loop {
+        let mut args = vec!["key", "list", "--state", "revoked,expired", "--limit", "3", "--json"];
+        if let Some(cursor) = &after {
+            args.extend(["--after", cursor]);
+        }
+        let page = cli.ok_json(&args);
+        seen.extend(page["keys"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, revoked);
+    let out = cli.run(&["key", "list", "--state", "revoked", "--limit", "3"]);
+    let (table, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
+    assert_eq!(table.lines().count(), 4, "a header and 3 keys: {table}");
+    let cursor = stderr.trim().strip_prefix("more keys follow: --after ").unwrap_or_else(|| panic!("{stderr}"));
+    let rest = text_lines(&cli, &["key", "list", "--state", "revoked", "--after", cursor, "-o", "csv"]);
+    assert_eq!(rest.len(), 2, "a header and the last revoked key: {rest:?}");
+    assert!(rest[1].starts_with(&revoked[3]), "{rest:?}");
+    for (args, says) in [
+        (&["key", "list", "--state", "gone"][..], "state must be one of"),
+        (&["key", "list", "--limit", "0"], "limit must be an integer from 1 to 1000"),
+        (&["key", "list", "--after", "k1.zz"], "after is not a cursor this list gave"),
+    ] {
+        let out = cli.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{args:?}");
+    }
+}
+
+fn text_lines(cli: &Cli, args: &[&str]) -> Vec<String> {
+    let out = cli.run(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}

@@ -425,3 +425,47 @@ fn stored_bidi_controls_are_shown_escaped() {
         assert!(body.contains("invoice\\\\u{202E}fdp.exe") || body.contains(escaped), "{path}: {body}");
     }
 }
+
+/// Issue 27, item 5: the key list in pages (`limit`, `after` = the page before's `next`), by one state or
+/// several, with the text search counted into each page so that a page is full while keys follow.
+#[test]
+fn the_key_list_pages_by_state_and_text() {
+    let c = start(&[]);
+    let s = c.login(ALICE);
+    let mut acme_revoked = Vec::new();
+    {
+        let store = ms_auth::Store::open(&c.db).unwrap();
+        let now = ms_auth::store::clock_ms();
+        for i in 0..9 {
+            let name = if i % 3 == 0 { "other" } else { "acme" };
+            let spec = ms_auth::KeySpec::from_json(&json!({"name": format!("{name}-{i}")}).to_string()).unwrap();
+            let id = store.create_key(&spec, now).unwrap().record.id;
+            if i != 4 {
+                store.revoke_key(&id, now, None).unwrap();
+                if name == "acme" {
+                    acme_revoked.push(id);
+                }
+            }
+        }
+        store.close().unwrap();
+    }
+    let (mut seen, mut sizes, mut after) = (Vec::new(), Vec::new(), String::new());
+    loop {
+        let page = c.get(&s, &format!("/api/v1/keys?q=acme&state=revoked,expired&limit=2{after}"));
+        assert_eq!(page.status, 200, "{}", page.body);
+        let page = page.json();
+        let keys = page["keys"].as_array().unwrap();
+        sizes.push(keys.len());
+        seen.extend(keys.iter().map(|k| k["id"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!((seen, sizes), (acme_revoked, vec![2, 2, 1]), "5 revoked acme keys, 2 a page");
+    let all = c.get(&s, "/api/v1/keys").json();
+    assert_eq!((all["keys"].as_array().unwrap().len(), &all["next"]), (9, &Value::Null), "no limit: every key");
+    for bad in ["?limit=0", "?limit=1001", "?limit=x", "?after=nope", "?after=k1.ZZ", "?state=revoked,gone"] {
+        assert_error(&c.get(&s, &format!("/api/v1/keys{bad}")), 400);
+    }
+}

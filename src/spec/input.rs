@@ -1,8 +1,8 @@
-//! The input shapes: key specs, patches and filters as the C ABI v1 takes them in JSON. Each shape is
-//! one serde type (`KeySpecJson`, ...) that refuses unknown fields, and one `TryFrom` that checks its
-//! fields, so that a typo or a wrong type is a clear `MS_ERR_INVALID_ARGUMENT` naming the field rather
-//! than a silent default. `parse_shape` is the first step of every JSON shape of the ABI, here and in
-//! `store`.
+//! The input shapes: key specs and patches as the C ABI v1 takes them in JSON (the key list's filter is
+//! in `list`). Each shape is one serde type (`KeySpecJson`, ...) that refuses unknown fields, and one
+//! `TryFrom` that checks its fields, so that a typo or a wrong type is a clear `MS_ERR_INVALID_ARGUMENT`
+//! naming the field rather than a silent default. `parse_shape` is the first step of every JSON shape of
+//! the ABI, here and in `store`.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -82,14 +82,6 @@ pub struct KeyPatch {
     pub quota_follows_plan: bool,
     /// `"rate_limit": "plan"`: drop the key's own rate limit and follow its plan's.
     pub rate_follows_plan: bool,
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct KeyFilter {
-    pub plan: Option<String>,
-    pub env: Option<Env>,
-    /// Only active keys that expire at or before this instant (Unix ms).
-    pub expiring_before_ms: Option<i64>,
 }
 
 /// A key spec as `ms_key_create` reads it: every field optional, any other field refused. Each field
@@ -243,34 +235,6 @@ fn map_field<T, U>(f: &Field<T>, map: impl Fn(&T) -> U) -> Field<U> {
     }
 }
 
-/// A key filter as `ms_key_list` reads it; `null` is the same as absent.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KeyFilterJson {
-    pub plan: Field<Value>,
-    pub env: Field<Value>,
-    pub expiring_before_ms: Field<Value>,
-}
-
-/// Fields are checked in declaration order; the first wrong one is reported.
-impl TryFrom<KeyFilterJson> for KeyFilter {
-    type Error = Error;
-
-    fn try_from(json: KeyFilterJson) -> Result<KeyFilter> {
-        Ok(KeyFilter {
-            plan: string("plan", json.plan)?,
-            env: string("env", json.env)?.map(|s| Env::parse(&s)).transpose()?,
-            expiring_before_ms: time("expiring_before_ms", json.expiring_before_ms)?.or(None),
-        })
-    }
-}
-
-impl KeyFilter {
-    pub fn from_json(text: &str) -> Result<KeyFilter> {
-        parse_shape::<KeyFilterJson>(text, "key filter", "key filter")?.try_into()
-    }
-}
-
 impl Field<Value> {
     /// The value as given: `None` when absent, `Some(Value::Null)` when null (for fields where null
     /// is as wrong as any other bad value).
@@ -319,7 +283,7 @@ pub(crate) fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>>
 }
 
 /// A string field where null is the same as absent.
-fn string(name: &str, field: Field<Value>) -> Result<Option<String>> {
+pub(super) fn string(name: &str, field: Field<Value>) -> Result<Option<String>> {
     match field {
         Field::Absent | Field::Null => Ok(None),
         Field::Set(Value::String(s)) => Ok(Some(s)),
@@ -356,7 +320,7 @@ fn label(name: &str, field: Field<Value>, max: usize) -> Result<Field<String>> {
     }
 }
 
-fn time(name: &str, field: Field<Value>) -> Result<Field<i64>> {
+pub(super) fn time(name: &str, field: Field<Value>) -> Result<Field<i64>> {
     match field {
         Field::Absent => Ok(Field::Absent),
         Field::Null => Ok(Field::Null),
@@ -510,7 +474,6 @@ mod tests {
         assert!(err(r#"{"meta": 1, "env": "prod"}"#).contains("env must be"));
         let patch = KeyPatch::from_json(r#"{"quota": "plan", "rate_limit": "plan"}"#).unwrap();
         assert!(patch.quota_follows_plan && patch.rate_follows_plan && patch.quota == Field::Absent);
-        assert_eq!(KeyFilter::from_json(r#"{"expiring_before_ms": null}"#).unwrap(), KeyFilter::default());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Key administration: create (or import), read, list, update, revoke, rotate. Each change is one admin
-//! transaction (see [`super::sync`]) with its audit entry.
+//! Key administration: create (or import), read, update, revoke, rotate (the list is in [`super::list`]).
+//! Each change is one admin transaction (see [`super::sync`]) with its audit entry.
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Deserialize;
@@ -13,7 +13,7 @@ use crate::counters::SharedCounters;
 use crate::error::{Error, Result};
 use crate::key::{self, Env};
 use crate::period::{check_time_ms, DAY_MS};
-use crate::spec::{self, KeyFilter, KeyPatch, KeyRecord, KeySpec};
+use crate::spec::{self, KeyPatch, KeyRecord, KeySpec};
 use crate::text;
 
 pub const DEFAULT_GRACE_MS: i64 = 86_400_000;
@@ -153,32 +153,7 @@ impl Store {
         record.ok_or_else(|| Error::not_found(format!("no key with id {id:?}")))?
     }
 
-    /// The records of the keys `filter` selects, their states as of the store's clock.
-    pub fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>> {
-        let db = self.db()?;
-        let live = self.shared.load();
-        let cx = self.record_context(&db.conn, &live, clock_ms())?;
-        let mut stmt = db.conn.prepare_cached(&format!(
-            "{RECORD_SELECT} WHERE (?1 IS NULL OR k.plan = ?1) AND (?2 IS NULL OR k.env = ?2)
-               AND (?3 IS NULL OR (k.expires_at_ms IS NOT NULL AND k.expires_at_ms <= ?3 AND k.revoked_at_ms IS NULL))
-             ORDER BY k.row"
-        ))?;
-        let rows = stmt
-            .query_map(params![filter.plan, filter.env.map(Env::as_str), filter.expiring_before_ms], |row| {
-                key_record_from_row(row, &cx)
-            })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let record = row??;
-            // "Expiring" keys are those still admitted: not rotated past their grace, not idle.
-            if filter.expiring_before_ms.is_none() || record.state.state.admits() {
-                out.push(record);
-            }
-        }
-        Ok(out)
-    }
-
-    fn record_context<'a>(
+    pub(super) fn record_context<'a>(
         &self,
         conn: &Connection,
         live: &'a SharedCounters,

@@ -7,8 +7,9 @@
 //! - [`check`]: deciding a request; [`flush`]: counts to the database, lasting policy revocations;
 //!   [`sync`]: admin changes and keeping the counters file in line with the database (and verified);
 //!   [`doctor`]: what `ms-auth doctor` finds, and rebuilding the counters file.
-//! - [`keys`]: key administration; [`rows`]: reading rows of `keys`; [`plans`]; [`policies`] (store-wide
-//!   revocation); [`audit`]: the audit log; [`usage`]: daily usage and metrics.
+//! - [`keys`]: key administration; [`list`]: the key list, filtered and paged; [`rows`]: reading rows of
+//!   `keys`; [`plans`]; [`policies`] (store-wide revocation); [`audit`]: the audit log; [`usage`]: daily
+//!   usage and metrics.
 //! - [`fleet`]: the store's side of fleet mode (the change log's `Change`, membership, the outbox,
 //!   applying changes, the other hosts' usage).
 
@@ -36,6 +37,7 @@ mod flush;
 mod fork;
 mod identity;
 mod keys;
+mod list;
 mod open;
 mod options;
 mod plans;

@@ -111,12 +111,15 @@ fn corrupt(what: &str) -> Error {
     Error::store(format!("corrupt store: a key's {what} is inconsistent"))
 }
 
+/// The columns of a key record, and last the row (at [`RECORD_ROW`]), where the key list's cursor is.
 pub(super) const RECORD_SELECT: &str =
     "SELECT k.digest, k.id, k.prefix, k.env, k.name, k.plan, k.created_at_ms, k.expires_at_ms,
         k.revoked_at_ms, k.revoked_reason, e.quota_limit, e.quota_period, e.rate_limit, e.rate_window_ms,
         e.rate_burst, k.meta, u.period_start_ms, u.used, u.total, u.last_used_at_ms, u.rate_tat_ns,
-        k.revoke_at_ms, k.rotated_from, k.rotated_to, k.quota_from_plan, k.rate_from_plan
+        k.revoke_at_ms, k.rotated_from, k.rotated_to, k.quota_from_plan, k.rate_from_plan, k.row
      FROM keys k JOIN key_policy e ON e.row = k.row LEFT JOIN usage u ON u.key_row = COALESCE(k.counts_with, k.row)";
+
+pub(super) const RECORD_ROW: usize = 26;
 
 /// What a key record is read with beyond its row: the counters file, whose counts are live (the
 /// database lags it by up to a flush interval), the idle policy, and the instant its state is for.

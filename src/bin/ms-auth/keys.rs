@@ -9,8 +9,9 @@ use ms_auth::cli_values;
 use ms_auth::gcra::checked_rate;
 use ms_auth::gcra::RateLimit;
 use ms_auth::key::Env;
+use ms_auth::key_state::KeyState;
 use ms_auth::policy::Quota;
-use ms_auth::spec::Field;
+use ms_auth::spec::{Cursor, Field};
 use ms_auth::{Error, KeyFilter, KeyPatch, KeyRecord, KeySpec, Store};
 
 use crate::output::{fmt_time, output_format, print_json, visible, window_text, write_csv, Output};
@@ -30,13 +31,23 @@ pub enum KeyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List keys.
+    /// List keys, in the order they were created; every key, or a page at a time with --limit.
     List {
         #[arg(long)]
         plan: Option<String>,
         /// Only active keys that expire within this long: 30d.
         #[arg(long, value_name = "DURATION")]
         expiring: Option<String>,
+        /// Only keys in these states: active, expiring, rotating, revoked, expired (revoked,expired: either).
+        #[arg(long, value_name = "STATE", value_delimiter = ',')]
+        state: Vec<String>,
+        /// At most this many keys (1 to 1000); the cursor of the next page is printed on standard error
+        /// (in the JSON output, its "next").
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// The keys after this cursor: the one the page before printed.
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -141,14 +152,28 @@ pub fn run(store: &Store, command: KeyCommand, global: Option<Output>, now: i64)
                 }
             }
         }
-        KeyCommand::List { plan, expiring, json } => {
-            let expiring_before_ms = expiring.map(|d| cli_values::after(now, &d)).transpose()?;
+        KeyCommand::List { plan, expiring, state, limit, after, json } => {
+            let filter = KeyFilter {
+                plan,
+                env: None,
+                expiring_before_ms: expiring.map(|d| cli_values::after(now, &d)).transpose()?,
+                states: match state.is_empty() {
+                    true => None,
+                    false => Some(state.iter().map(|s| KeyState::parse(s)).collect::<Result<_, _>>()?),
+                },
+                limit,
+                after: after.map(|c| Cursor::parse(&c)).transpose()?,
+            };
             let out = fmt(json)?;
-            let records = store.list_keys(&KeyFilter { plan, env: None, expiring_before_ms })?;
+            let page = store.list_key_page(&filter)?;
             match out {
-                Output::Json => print_json(&ms_auth::spec::list_json(&records)),
-                Output::Csv => write_csv(&key_csv_header(false), records.iter().map(|r| key_csv_row(r, None)))?,
-                Output::Table => print_table(&records),
+                Output::Json => print_json(&page.to_json()),
+                Output::Csv => write_csv(&key_csv_header(false), page.keys.iter().map(|r| key_csv_row(r, None)))?,
+                Output::Table => print_table(&page.keys),
+            }
+            if let (Some(next), false) = (page.next, out == Output::Json) {
+                // Standard error, so that the table or the CSV on standard output stays whole.
+                eprintln!("more keys follow: --after {next}");
             }
         }
         KeyCommand::Show { id, json } => show(&store.get_key(&id)?, fmt(json)?)?,

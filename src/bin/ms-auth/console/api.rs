@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 
 use ms_auth::key_state::KeyState;
 use ms_auth::period::DAY_MS;
+use ms_auth::spec::{Cursor, MAX_PAGE};
 use ms_auth::store::{AuditEvent, AuditFilter, PlanSpec, PolicySpec, DEFAULT_GRACE_MS};
 use ms_auth::{Error, KeyFilter, KeyPatch, KeySpec};
 
@@ -125,17 +126,36 @@ fn object(body: &str) -> Result<Map<String, Value>, Fail> {
     }
 }
 
+/// `?q=&plan=&state=&expiring_days=&limit=&after=`: plan and state (one or several, comma-separated) are
+/// the store's filter, the text and the expiry window are kept here as the page is read; `limit` keys
+/// a page (1..1000; absent: every key) and `after` the `next` of the page before.
 fn list_keys(c: &Console, q: &Query, now: i64) -> Result<Value, Fail> {
-    let state = q.get("state").map(KeyState::parse).transpose().map_err(|e| bad(e.message))?;
-    let filter = ListFilter {
-        q: q.get("q").map(str::to_string),
-        plan: q.get("plan").map(str::to_string),
-        state,
-        expiring_days: q.int("expiring_days")?,
+    let states = match q.get("state") {
+        None => None,
+        Some(names) => {
+            Some(names.split(',').map(KeyState::parse).collect::<Result<Vec<_>, _>>().map_err(|e| bad(e.message))?)
+        }
     };
-    let records = c.store.list_keys(&KeyFilter::default())?;
-    let keys: Vec<Value> = records.iter().filter(|r| filter.admits(r, now)).map(|r| views::key_json(r, now)).collect();
-    Ok(json!({"keys": keys}))
+    let limit = match q.int("limit")? {
+        None => None,
+        Some(n) => Some(
+            usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| bad(format!("limit must be between 1 and {MAX_PAGE}")))?,
+        ),
+    };
+    let filter = KeyFilter {
+        plan: q.get("plan").map(str::to_string),
+        states,
+        limit,
+        after: q.get("after").map(Cursor::parse).transpose().map_err(|e| bad(e.message))?,
+        ..KeyFilter::default()
+    };
+    let text = ListFilter { q: q.get("q").map(str::to_string), expiring_days: q.int("expiring_days")? };
+    let page = c.store.list_key_page_where(&filter, |r| text.admits(r, now))?;
+    let keys: Vec<Value> = page.keys.iter().map(|r| views::key_json(r, now)).collect();
+    Ok(json!({"keys": keys, "next": page.next.map(|c| c.to_string())}))
 }
 
 fn create_key(c: &Console, user: &str, body: &str, now: i64) -> Result<Value, Fail> {

@@ -39,12 +39,11 @@ pub fn key_json(r: &KeyRecord, now: i64) -> Value {
     v
 }
 
-/// The key list's filters: free text (id, prefix, name, plan), plan, state, expiring within N days.
+/// What the key list filters beyond the store's [`ms_auth::KeyFilter`] (plan, state, page): free text
+/// (id, prefix, name, plan), and keys still admitted that expire within N days.
 #[derive(Default)]
 pub struct ListFilter {
     pub q: Option<String>,
-    pub plan: Option<String>,
-    pub state: Option<KeyState>,
     pub expiring_days: Option<i64>,
 }
 
@@ -56,11 +55,9 @@ impl ListFilter {
                 || text(&r.prefix, q)
                 || r.name.as_deref().is_some_and(|n| text(n, q))
                 || r.plan.as_deref().is_some_and(|p| text(p, q))
-        }) && self.plan.as_deref().is_none_or(|p| r.plan.as_deref() == Some(p))
-            && self.state.is_none_or(|s| r.state.state == s)
-            && self
-                .expiring_days
-                .is_none_or(|d| r.state.state.admits() && r.expires_at_ms.is_some_and(|t| t <= now + d * DAY_MS))
+        }) && self
+            .expiring_days
+            .is_none_or(|d| r.state.state.admits() && r.expires_at_ms.is_some_and(|t| t <= now + d * DAY_MS))
     }
 }
 
