@@ -8,7 +8,7 @@ import datetime as _dt
 import enum
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 from ._args import _utc
 from ._check import Status
@@ -140,6 +140,25 @@ def _warn_dict_access(old: str, new: str) -> None:
 
 def _optional_utc(ms: Optional[int]) -> Optional[_dt.datetime]:
     return None if ms is None else _utc(ms)
+
+
+@dataclass(frozen=True)
+class KeyPage:
+    """One page of the key list (``Store.list_keys``): its records, in the order the keys were
+    created, and ``next``, the cursor of the page after (pass it as ``after=``), None when no matching
+    key follows. Iterating a page, ``len()`` and indexing go over its records."""
+
+    keys: Tuple[KeyRecord, ...]
+    next: Optional[str]
+
+    def __iter__(self) -> Iterator[KeyRecord]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> KeyRecord:
+        return self.keys[index]
 
 
 class CreatedKey:
@@ -399,3 +418,10 @@ def _created(raw: Dict[str, Any], operation: str) -> CreatedKey:
     if not isinstance(plaintext, str):
         raise error_from_code(104, f"{operation}: the answer carries no key")
     return CreatedKey(str(raw["id"]), plaintext, _record(raw))
+
+
+def _page_of(raw: Dict[str, Any]) -> KeyPage:
+    after = raw.get("next")
+    if after is not None and not isinstance(after, str):
+        raise InternalError(104, "the library's key list has a next cursor that is not a string", "list_keys")
+    return KeyPage(tuple(_record(k) for k in raw["keys"]), after)

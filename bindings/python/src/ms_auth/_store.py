@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, TypeVar, Union
 
 from . import _ffi
 from ._args import (
@@ -33,7 +33,9 @@ from ._records import (
     AbusePolicy,
     AuditEvent,
     CreatedKey,
+    KeyPage,
     KeyRecord,
+    KeyState,
     Plan,
     Policies,
     Quota,
@@ -41,6 +43,7 @@ from ._records import (
     Usage,
     _created,
     _event_of,
+    _page_of,
     _plan_of,
     _policies_of,
     _record,
@@ -289,6 +292,64 @@ class Store:
         answer = self._json_call(_lib.ms_key_list, "list", _dumps(flt) if flt else None)
         return [_record(k) for k in answer["keys"]]
 
+    def list_keys(
+        self,
+        *,
+        state: Union[KeyState, str, Iterable[Union[KeyState, str]], None] = None,
+        plan: Optional[str] = None,
+        env: Optional[str] = None,
+        expiring_before_ms: Optional[TimeLike] = None,
+        limit: Optional[int] = None,
+        after: Optional[str] = None,
+    ) -> KeyPage:
+        """A page of the key list, in the order keys were created: those in ``state`` (one state or
+        several: a key in any of them, as its record's ``state`` says), of ``plan`` and ``env``, still
+        admitted and expiring by ``expiring_before_ms``; at most ``limit`` (1 to 1000; None: every
+        key) after the cursor ``after`` (a page's ``next``). ``page.next`` is None when no matching key
+        follows. A bad state, limit or cursor raises InvalidArgumentError. ``iter_keys`` walks every
+        page."""
+        flt: Dict[str, Any] = {}
+        if state is not None:
+            flt["state"] = _state_names(state)
+        if plan is not None:
+            flt["plan"] = plan
+        if env is not None:
+            flt["env"] = env
+        if expiring_before_ms is not None:
+            flt["expiring_before_ms"] = _time_ms(expiring_before_ms, "expiring_before_ms", "list_keys")
+        if limit is not None:
+            flt["limit"] = limit
+        if after is not None:
+            flt["after"] = after
+        return _page_of(self._json_call(_lib.ms_key_list, "list_keys", _dumps(flt)))
+
+    def iter_keys(
+        self,
+        *,
+        state: Union[KeyState, str, Iterable[Union[KeyState, str]], None] = None,
+        plan: Optional[str] = None,
+        env: Optional[str] = None,
+        expiring_before_ms: Optional[TimeLike] = None,
+        page_size: int = 1000,
+    ) -> Iterator[KeyRecord]:
+        """Every key ``list_keys`` selects with these filters, a page of ``page_size`` at a time
+        (each page one call, so the store is never read whole at once). Each key comes once; a key
+        created meanwhile comes on a later page."""
+        after: Optional[str] = None
+        while True:
+            page = self.list_keys(
+                state=state,
+                plan=plan,
+                env=env,
+                expiring_before_ms=expiring_before_ms,
+                limit=page_size,
+                after=after,
+            )
+            yield from page.keys
+            if page.next is None:
+                return
+            after = page.next
+
     def update(
         self,
         key_id: str,
@@ -453,3 +514,10 @@ class Store:
     def metrics_text(self) -> str:
         """Prometheus text exposition (version 0.0.4), for the host's own ``/metrics``."""
         return self._string_call(_lib.ms_metrics_text, "metrics_text").decode("utf-8")
+
+
+def _state_names(state: Union[KeyState, str, Iterable[Union[KeyState, str]]]) -> Union[str, List[str]]:
+    """One state's name, or a list of them (a KeyState is a ``str``: its value is sent)."""
+    if isinstance(state, str):
+        return state.value if isinstance(state, KeyState) else state
+    return [s.value if isinstance(s, KeyState) else s for s in state]
