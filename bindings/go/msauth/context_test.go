@@ -101,6 +101,7 @@ func TestContextEndedBeforeCallDoesNothing(t *testing.T) {
 	}
 	for name, call := range map[string]func() error{
 		"ListKeysContext":    func() error { _, e := s.ListKeysContext(ctx, ListFilter{}); return e },
+		"ListKeyPageContext": func() error { _, e := s.ListKeyPageContext(ctx, KeyFilter{}); return e },
 		"PutPlanContext":     func() error { _, e := s.PutPlanContext(ctx, Plan{Name: "p"}); return e },
 		"SetPolicyContext":   func() error { _, e := s.SetPolicyContext(ctx, Policies{Idle: Some(30 * day)}); return e },
 		"AuditContext":       func() error { _, e := s.AuditContext(ctx, AuditFilter{}); return e },

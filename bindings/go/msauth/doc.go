@@ -5,8 +5,8 @@
 // # Contexts
 //
 // Every call that can wait takes a context in its ...Context form (OpenContext,
-// CreateKeyContext, ListKeysContext, RevokeKeyContext, AuditContext,
-// UsageContext, ...): opening and the admin calls can wait for another
+// CreateKeyContext, ListKeysContext, ListKeyPageContext, RevokeKeyContext,
+// AuditContext, UsageContext, ...; IterKeys takes one too): opening and the admin calls can wait for another
 // process's write lock, up to the store's busy timeout (Options.BusyTimeout,
 // 5 s by default). The forms without a context are kept
 // (the module is published) and run with context.Background(). CheckKey takes no
