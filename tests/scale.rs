@@ -105,3 +105,59 @@ fn flush_turns_on_the_check_path_are_short_and_come_sooner_while_counts_are_wait
     // Two hastened turns, 250 ms apart each (with room for a loaded machine), not two more intervals.
     assert!((last - first_full).as_secs_f64() < 2.5, "{turns:?}");
 }
+
+/// The key list at a million keys (issue 27, item 5): a page of 1,000 costs the same at the start and
+/// in the middle (keyset pages: no offset to skip), walking every page costs one pass, and a rare state
+/// (10 revoked keys) reads the whole table once. Ignored with `one_million_keys`; run it with
+///     cargo test --release --test scale key_list -- --ignored --nocapture
+#[test]
+#[ignore]
+fn key_list_pages_at_a_million_keys() {
+    use ms_auth::key_state::KeyState;
+    use ms_auth::spec::Cursor;
+    use ms_auth::KeyFilter;
+    const KEYS: usize = 1_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture(dir.path(), KEYS);
+    // Ten revoked keys, spread out, before the first open builds the counters file from the database.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    assert_eq!(conn.execute("UPDATE keys SET revoked_at_ms = ?1 WHERE row % 100000 = 7", [NOW]).unwrap(), 10);
+    drop(conn);
+    let store = Store::open(&db).unwrap();
+    let timed = |filter: &KeyFilter| {
+        let mut runs: Vec<_> = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                let page = store.list_key_page(filter).unwrap();
+                (started.elapsed(), page)
+            })
+            .collect();
+        runs.sort_by_key(|(t, _)| *t);
+        runs.swap_remove(2) // the median
+    };
+    let page = KeyFilter { limit: Some(1000), ..KeyFilter::default() };
+    let (first, p) = timed(&page);
+    assert_eq!((p.keys.len(), p.next.map(Cursor::row)), (1000, Some(1000)));
+    let (middle, p) = timed(&KeyFilter { after: Some(Cursor::after_row(500_000)), ..page.clone() });
+    assert_eq!(p.next.map(Cursor::row), Some(501_000));
+    let revoked = KeyFilter { states: Some(vec![KeyState::Revoked]), ..page.clone() };
+    let (rare, p) = timed(&revoked);
+    assert_eq!((p.keys.len(), p.next), (10, None));
+    let (common, p) = timed(&KeyFilter { states: Some(vec![KeyState::Active]), ..page.clone() });
+    assert_eq!(p.keys.len(), 1000);
+    println!("a page of 1,000 of {KEYS} keys: first {first:.2?}, after row 500,000 {middle:.2?}");
+    println!("a page of 1,000 active keys {common:.2?}; the 10 revoked keys (reads every row) {rare:.2?}");
+    let started = Instant::now();
+    let (mut filter, mut seen, mut pages) = (page.clone(), 0, 0);
+    loop {
+        let p = store.list_key_page(&filter).unwrap();
+        seen += p.keys.len();
+        pages += 1;
+        match p.next {
+            Some(next) => filter.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, KEYS);
+    println!("every page, {pages} of them: {:.2?}", started.elapsed());
+}
