@@ -415,6 +415,13 @@ fn a_rotated_secret_accepts_both_during_the_transition_and_then_refuses_the_old_
     // The rotation's end: host0 and host1 hold only the new secret.
     for h in &mut hosts[..2] {
         assert!(h.stop_agent().unwrap().success());
+        // A clean stop leaves the member list and gives up the claim (the signal cuts the agent's
+        // blocking read short: it reconnects to do so).
+        let id = h.store().fleet_host_id().unwrap().unwrap();
+        let mut conn = redis.conn();
+        let member: bool = redis::cmd("HEXISTS").arg("ms-auth:test:members").arg(&id).query(&mut conn).unwrap();
+        let claimed: bool = redis::cmd("EXISTS").arg(format!("ms-auth:test:agent:{id}")).query(&mut conn).unwrap();
+        assert!(!member && !claimed, "member {member}, claimed {claimed}\n{}", h.log());
         h.start_agent_env(&redis.url(), &[], &[]);
         h.wait_until_in_the_fleet();
     }

@@ -198,7 +198,9 @@ fn run_loop(
             Ok(None) => {}
             Ok(Some(holder)) => return Ok(refused(store, cfg, &mut health, &usage, holder, log)),
             Err(Failure::Redis(e)) => {
-                log(&format!("lost Redis: {e}; reconnecting"));
+                if !stop.load(Ordering::Relaxed) {
+                    log(&format!("lost Redis: {e}; reconnecting"));
+                }
                 health.last_error = Some(format!("Redis: {e}"));
                 health.redis_ok = false;
                 conn = None;
@@ -212,6 +214,11 @@ fn run_loop(
     }
     // The others take this host's share once it leaves the member list: it is withheld first.
     share.lapse(store);
+    if conn.is_none() && ever_connected {
+        // The stop signal often cuts a blocking read short (EINTR), which dropped the connection: one more,
+        // for what is pending, the unused leases and leaving.
+        conn = connect(cfg).ok();
+    }
     if let Some(c) = conn.as_mut() {
         let mut link = Link { store, cfg, names: &names, scripts: &scripts, conn: c, health: &mut health };
         if let Err(e) = publish_outbox(&mut link) {
