@@ -80,6 +80,13 @@ impl RateLimit {
         }
     }
 
+    /// No share of the rate is this host's: every request is refused and nothing is charged (the interval
+    /// is longer than any time, so no TAT can take it).
+    pub fn withhold(&mut self) {
+        self.window_ms = i64::MAX;
+        self.burst = 1;
+    }
+
     pub fn bucket(&self) -> Bucket {
         let limit = self.limit.max(1);
         let interval_ns = match self.window_ms.checked_mul(NS_PER_MS) {

@@ -36,6 +36,7 @@ impl SharedCounters {
         // A check whose compare-and-swap landed just before the freeze may bump its statistics (total,
         // day counts) after the snapshot: those are carried now.
         old.carry_late_counts(&before, &built);
+        built.carry_rate_share(old);
         Ok(built)
     }
 

@@ -39,6 +39,9 @@ pub(super) struct Cell {
 
 const _: () = assert!(std::mem::size_of::<Cell>() == 128);
 
+/// The retry a refusal gives while this host's share of rates is withheld (its agent is not running).
+const WITHHELD_RETRY_MS: i64 = 1000;
+
 impl SharedCounters {
     pub(super) fn cell(&self, i: u64) -> &Cell {
         unsafe { &(*self.block(i)).cell }
@@ -64,8 +67,16 @@ impl SharedCounters {
             let idle_at = idle_revocation_at(record.created_at_ms, last_used_ms, idle_ms);
             policy.revoke_at_ms = policy.revoke_at_ms.into_iter().chain(idle_at).min();
         }
-        if let Some(rate) = policy.rate.as_mut() {
-            rate.share_among(self.header().rate_sharers.load(Ordering::Relaxed));
+        // A fleet host enforces its share of a key's rate, and none of it once its agent stopped renewing
+        // the share (the others take it).
+        let share = self.rate_share(now_ms);
+        if let (Some(rate), Some(hosts)) = (policy.rate.as_mut(), share) {
+            rate.share_among(hosts);
+        }
+        let rate_window_ms = policy.rate.map(|r| r.window_ms);
+        let withheld = share.is_none() && policy.rate.is_some();
+        if let (Some(rate), true) = (policy.rate.as_mut(), withheld) {
+            rate.withhold();
         }
         let mut current = cell.state.load(Ordering::Acquire);
         let mut counted_at;
@@ -95,16 +106,17 @@ impl SharedCounters {
                 Err(seen) => current = seen,
             }
         };
+        let mut decision = decision;
+        if withheld && decision.status == Status::RateLimitExceeded {
+            // Until the agent renews the share: its renewal's pace, not the bucket's figures.
+            decision.retry_after_ms = decision.retry_after_ms.max(WITHHELD_RETRY_MS);
+            decision.rate_remaining = 0;
+        }
         // In the day of the period it was charged in, so that the day reports agree with the quota.
         count_day(cell, counted_at, decision.status);
-        let abusive = decision.status == Status::RateLimitExceeded && self.count_abuse(cell, now_ms);
-        Found::Key(Admission {
-            decision,
-            abusive,
-            record: r,
-            cell: cell_no,
-            rate_window_ms: policy.rate.map(|r| r.window_ms),
-        })
+        // A refusal for want of a share is this host's, not the client's: no abuse.
+        let abusive = decision.status == Status::RateLimitExceeded && !withheld && self.count_abuse(cell, now_ms);
+        Found::Key(Admission { decision, abusive, record: r, cell: cell_no, rate_window_ms })
     }
 
     fn damaged(&self, why: &'static str) -> Found {
@@ -138,9 +150,10 @@ impl SharedCounters {
         }
     }
 
-    /// Fleet mode: how many live hosts share each key's rate limit (the agent sets it from heartbeats).
+    /// Fleet mode: how many live hosts share each key's rate limit, with no end (benches; the agent
+    /// sets a share that lapses, `set_rate_share`).
     pub fn set_rate_sharers(&self, hosts: u32) {
-        self.header().rate_sharers.store(hosts, Ordering::Release);
+        self.set_rate_share(hosts, 0);
     }
 
     /// Sets the store-wide policies (with the database's write lock held: they are in the content checksum).

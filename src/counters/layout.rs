@@ -69,6 +69,9 @@ pub(super) struct Header {
     /// (CLOCK_MONOTONIC ns): one process verifies per generation change or period, not every process.
     pub(super) verified_generation: AtomicI64,
     pub(super) verified_at_ns: AtomicU64,
+    /// In fleet mode, until when (the host's clock, ms) this host may use its share of rates (see
+    /// `share.rs`; added in 1.2: zero, no end, in files built before).
+    pub(super) rate_share_until_ms: AtomicI64,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN as usize);
@@ -347,6 +350,11 @@ impl SharedCounters {
                 counters.upsert(entry).map_err(|Full| Error::internal("a new counters file is too small"))?;
             }
             counters.set_policies(policies);
+            if policies.fleet_leases {
+                // Rebuilt from the database: no share of rates until the agent renews it (a grown file
+                // carries the old one's).
+                counters.withhold_rate_share_until_renewed();
+            }
             fill(&counters);
             counters.header().state.store(READY, Ordering::Release);
             std::fs::rename(&tmp, path).map_err(|e| io_error("cannot put counters file in place", path, e))?;

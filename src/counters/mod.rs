@@ -39,6 +39,7 @@ mod index;
 mod layout;
 mod lease;
 mod seal;
+mod share;
 
 pub(crate) use flush::MAX_FLUSH_INTERVAL;
 use index::NO_PLAN;

@@ -4,11 +4,17 @@
 //! the fleet's member list. Redis being unreachable never touches the check path: servers keep deciding
 //! from their store, changes made meanwhile wait in the outbox, and the agent reconnects with backoff.
 //!
+//! It holds its host's identity for as long as it runs (`members`: a second agent with the same identity,
+//! a copy of a store, is refused), and keeps its host's share of rate limits in the counters file, renewed
+//! every [`RENEW_EVERY`] while it runs: when it stops, the share lapses before the other hosts count
+//! this one out and take it.
+//!
 //! Redis keys, for fleet F: `ms-auth:F:log` (a Stream: fields `kind`, `id`, `body`, `origin`, `sig`),
 //! `ms-auth:F:state` (a hash: the newest change of every record, for hosts that start from scratch or
-//! whose position the log trimmed past), `ms-auth:F:members` (a hash: host → last report).
+//! whose position the log trimmed past), and those of `members`, `quota` and `usage`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::streams::StreamRangeReply;
@@ -17,21 +23,104 @@ use serde_json::{json, Value};
 
 use super::changelog::{publish_outbox, step, stream_id, PUBLISH};
 use super::connect::connect;
-pub use super::connect::redacted;
+pub use super::connect::{redacted, url_has_password};
 use super::link::{Config, Failure, Health, Link, Names, Scripts};
+use super::members::{heartbeat, leave, Beat, Claimant, Claimed};
 use super::quota::{self, hand_back, lease_round, refresh_fleet_leased, Leases};
 use super::usage::UsageSync;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::{clock_ms, Store};
 
 /// How long Redis must be unreachable before `WhenDown::Share` takes its share (not for a blip).
 const SHARE_AFTER: Duration = Duration::from_secs(2);
 
-/// Runs until `stop` is set (SIGTERM), then publishes what is pending if Redis is there, and returns.
-pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&str)) -> Result<()> {
-    if store.fleet_join(&cfg.fleet, &cfg.host)? {
-        log(&format!("joined fleet {:?} as host {:?}: this store's records are published", cfg.fleet, cfg.host));
+/// How often the agent renews its host's share of rates, and how long a renewal holds (the host's
+/// clock). A host whose agent stopped withholds its share at most `SHARE_HOLDS` after the agent's last
+/// renewal, and so at most `SHARE_HOLDS` after the agent stopped; the other hosts count it out
+/// [`LIVE_HEARTBEATS`](super::members::LIVE_HEARTBEATS) heartbeats (3 s) after its last heartbeat, at
+/// least 2 s after it stopped: its share is never used twice (docs/fleet.md states the bound).
+pub const RENEW_EVERY: Duration = Duration::from_millis(200);
+pub const SHARE_HOLDS: Duration = Duration::from_millis(1200);
+
+/// How an agent's run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to stop (SIGTERM): it published what was pending, handed back unused leases, left.
+    Stopped,
+    /// Another running agent holds this host's identity (this store is a copy of another member's):
+    /// who (its process and machine). Nothing was leased or published.
+    IdentityInUse(String),
+}
+
+/// Makes the store a member of `fleet` as `host` (a label) if it is not, and returns its identity.
+pub fn join(store: &Store, fleet: &str, host: &str, log: &mut dyn FnMut(&str)) -> Result<String> {
+    if store.fleet_join(fleet, host)? {
+        log(&format!("joined fleet {fleet:?} as host {host:?}: this store's records are published"));
     }
+    store.fleet_host_id()?.ok_or_else(|| Error::store("the store has no fleet identity after joining"))
+}
+
+/// The host's share of rates, as the agent keeps it in the counters file: `None` while it is not to be
+/// renewed (before the first heartbeat, after the end).
+struct ShareKeeper(Mutex<Option<u32>>);
+
+impl ShareKeeper {
+    fn set(&self, store: &Store, hosts: u32) -> Result<()> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *held = Some(hosts);
+        store.fleet_set_rate_share(hosts, clock_ms() + SHARE_HOLDS.as_millis() as i64)
+    }
+
+    fn renew(&self, store: &Store) {
+        let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hosts) = *held {
+            let _ = store.fleet_set_rate_share(hosts, clock_ms() + SHARE_HOLDS.as_millis() as i64);
+        }
+    }
+
+    /// Withholds the share from now on (the agent stops: the others take it).
+    fn lapse(&self, store: &Store) {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hosts) = held.take() {
+            let _ = store.fleet_set_rate_share(hosts, clock_ms());
+        }
+    }
+}
+
+/// Runs until `stop` is set (SIGTERM), then publishes what is pending if Redis is there, and returns; or
+/// until it finds another agent running with this host's identity.
+pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&str)) -> Result<Ended> {
+    if store.fleet_host_id()?.as_deref() != Some(cfg.host_id.as_str()) {
+        return Err(Error::invalid("the store's fleet identity is not the one the agent was started with"));
+    }
+    let claimant = Claimant::new(cfg)?;
+    store.fleet_withhold_rate_share_until_renewed()?;
+    let share = ShareKeeper(Mutex::new(None));
+    let done = AtomicBool::new(false);
+    let ended = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                share.renew(store);
+                std::thread::sleep(RENEW_EVERY);
+            }
+        });
+        let ended = run_loop(store, cfg, stop, &claimant, &share, log);
+        share.lapse(store);
+        done.store(true, Ordering::Relaxed);
+        ended
+    });
+    log("stopped");
+    ended
+}
+
+fn run_loop(
+    store: &Store,
+    cfg: &Config,
+    stop: &AtomicBool,
+    claimant: &Claimant,
+    share: &ShareKeeper,
+    log: &mut dyn FnMut(&str),
+) -> Result<Ended> {
     let names = Names::of(&cfg.fleet);
     let scripts = Scripts {
         publish: redis::Script::new(PUBLISH),
@@ -48,9 +137,20 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
     let mut next_report = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if conn.is_none() {
-            match connect(cfg) {
-                Ok(c) => {
-                    log(&format!("connected to Redis at {}", redacted(&cfg.redis_url)));
+            let claimed = connect(cfg).and_then(|mut c| match claimant.claim(&mut c, cfg, stop, log) {
+                Ok(claimed) => Ok((c, claimed)),
+                Err(e) => Err(format!("{e:?}")),
+            });
+            match claimed {
+                Ok((_, Claimed::Stopping)) => break,
+                Ok((_, Claimed::HeldBy(holder))) => return Ok(refused(store, cfg, &mut health, &usage, holder, log)),
+                Ok((c, Claimed::Ours)) => {
+                    log(&format!(
+                        "connected to Redis at {} as host {:?} (host id {})",
+                        redacted(&cfg.redis_url),
+                        cfg.host,
+                        cfg.host_id
+                    ));
                     conn = Some(c);
                     health.redis_ok = true;
                     health.position_checked = false;
@@ -59,6 +159,7 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
                     usage.reconnected();
                     down_since = None;
                     backoff = Duration::from_millis(100);
+                    next_report = Instant::now();
                 }
                 Err(e) => {
                     let why = format!("Redis at {} unreachable: {e}", redacted(&cfg.redis_url));
@@ -80,7 +181,7 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
                             Err(e) => log(&format!("store: {}", e.message)),
                         }
                     }
-                    report_locally(store, cfg, &health, &usage, log);
+                    report_locally(store, cfg, &health, &usage, true, log);
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
@@ -89,34 +190,34 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
         }
         let conn_now = conn.as_mut().expect("connected above");
         let mut link = Link { store, cfg, names: &names, scripts: &scripts, conn: conn_now, health: &mut health };
-        let stepped = step(&mut link, log).and_then(|()| {
-            lease_round(&mut link, &mut leases)?;
-            if Instant::now() >= next_report {
-                next_report = Instant::now() + cfg.heartbeat;
-                heartbeat(&mut link)?;
-                if cfg.when_down == super::WhenDown::Share {
-                    refresh_fleet_leased(&mut link, &mut leases)?;
-                }
-                usage.round(&mut link, log)?;
-                report_locally(store, cfg, link.health, &usage, log);
-            }
-            Ok(())
-        });
-        if let Err(e) = stepped {
-            match e {
-                Failure::Redis(e) => {
+        let due = Instant::now() >= next_report;
+        if due {
+            next_report = Instant::now() + cfg.heartbeat;
+        }
+        match round(&mut link, &mut leases, &mut usage, claimant, share, due, log) {
+            Ok(None) => {}
+            Ok(Some(holder)) => return Ok(refused(store, cfg, &mut health, &usage, holder, log)),
+            Err(Failure::Redis(e)) => {
+                if !stop.load(Ordering::Relaxed) {
                     log(&format!("lost Redis: {e}; reconnecting"));
-                    health.last_error = Some(format!("Redis: {e}"));
-                    health.redis_ok = false;
-                    conn = None;
                 }
-                Failure::Store(e) => {
-                    log(&format!("store: {}", e.message));
-                    health.last_error = Some(e.message);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
+                health.last_error = Some(format!("Redis: {e}"));
+                health.redis_ok = false;
+                conn = None;
+            }
+            Err(Failure::Store(e)) => {
+                log(&format!("store: {}", e.message));
+                health.last_error = Some(e.message);
+                std::thread::sleep(Duration::from_millis(200));
             }
         }
+    }
+    // The others take this host's share once it leaves the member list: it is withheld first.
+    share.lapse(store);
+    if conn.is_none() && ever_connected {
+        // The stop signal often cuts a blocking read short (EINTR), which dropped the connection: one more,
+        // for what is pending, the unused leases and leaving.
+        conn = connect(cfg).ok();
     }
     if let Some(c) = conn.as_mut() {
         let mut link = Link { store, cfg, names: &names, scripts: &scripts, conn: c, health: &mut health };
@@ -128,44 +229,77 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
             Ok(_) => {}
             Err(e) => log(&format!("at exit, could not hand back unused leases: {e:?}")),
         }
-        let _: redis::RedisResult<()> = link.conn.hdel(&names.members, &cfg.host);
+        let _ = leave(&mut link, claimant);
     }
     health.redis_ok = false;
-    report_locally(store, cfg, &health, &usage, log);
-    log("stopped");
-    Ok(())
+    report_locally(store, cfg, &health, &usage, false, log);
+    Ok(Ended::Stopped)
 }
 
-fn heartbeat(link: &mut Link) -> std::result::Result<(), Failure> {
-    let Link { store, cfg, names, conn: c, health, .. } = link;
-    let position = store.fleet_position()?;
-    let report = json!({"last_seen_ms": clock_ms(), "position": position, "version": env!("CARGO_PKG_VERSION")});
-    let _: () = c.hset(&names.members, &cfg.host, report.to_string())?;
-    let members: std::collections::HashMap<String, String> = c.hgetall(&names.members)?;
-    let mut list: Vec<Value> = members
-        .into_iter()
-        .map(|(host, text)| {
-            let mut v: Value = serde_json::from_str(&text).unwrap_or(json!({}));
-            v["host"] = json!(host);
-            v
-        })
-        .collect();
-    list.sort_by(|a, b| a["host"].as_str().cmp(&b["host"].as_str()));
-    // Members that reported within three heartbeats share each key's rate limit.
-    let live_after = clock_ms() - 3 * cfg.heartbeat.as_millis() as i64;
-    let live = list.iter().filter(|m| m["last_seen_ms"].as_i64().is_some_and(|t| t >= live_after)).count();
-    store.fleet_set_rate_sharers(live.max(1) as u32)?;
-    health.rate_sharers = live.max(1);
-    health.members = Value::Array(list);
-    let last: StreamRangeReply = c.xrevrange_count(&names.log, "+", "-", 1)?;
-    health.last_id = last.ids.first().map(|e| e.id.clone());
-    health.redis_ok = true;
-    health.last_error = None;
-    Ok(())
+/// One round while connected: the change log, leases, and when `due` the heartbeat and what follows
+/// it. `Some(holder)` when another agent took this host's identity.
+fn round(
+    link: &mut Link,
+    leases: &mut Leases,
+    usage: &mut UsageSync,
+    claimant: &Claimant,
+    share: &ShareKeeper,
+    due: bool,
+    log: &mut dyn FnMut(&str),
+) -> std::result::Result<Option<String>, Failure> {
+    step(link, log)?;
+    lease_round(link, leases)?;
+    if !due {
+        return Ok(None);
+    }
+    match heartbeat(link, claimant)? {
+        Beat::IdentityTaken(holder) => return Ok(Some(holder)),
+        Beat::Members(members, live) => {
+            let live = live.max(1);
+            share.set(link.store, live as u32)?;
+            link.health.rate_sharers = live;
+            link.health.members = Value::Array(members);
+        }
+    }
+    let last: StreamRangeReply = link.conn.xrevrange_count(&link.names.log, "+", "-", 1)?;
+    link.health.last_id = last.ids.first().map(|e| e.id.clone());
+    link.health.redis_ok = true;
+    link.health.last_error = None;
+    if link.cfg.when_down == super::WhenDown::Share {
+        refresh_fleet_leased(link, leases)?;
+    }
+    usage.round(link, log)?;
+    report_locally(link.store, link.cfg, link.health, usage, true, log);
+    Ok(None)
+}
+
+/// Another agent runs with this host's identity: this one stops without touching the fleet (its leases
+/// and member entry are the other's), withholds its host's share of rates, and says so.
+fn refused(
+    store: &Store,
+    cfg: &Config,
+    health: &mut Health,
+    usage: &UsageSync,
+    holder: String,
+    log: &mut dyn FnMut(&str),
+) -> Ended {
+    let why = format!("another agent runs with this host's identity (host id {}): {holder}", cfg.host_id);
+    log(&why);
+    health.redis_ok = false;
+    health.last_error = Some(why);
+    report_locally(store, cfg, health, usage, false, log);
+    Ended::IdentityInUse(holder)
 }
 
 /// Writes what `ms-auth fleet status` shows into the store.
-fn report_locally(store: &Store, cfg: &Config, health: &Health, usage: &UsageSync, log: &mut dyn FnMut(&str)) {
+fn report_locally(
+    store: &Store,
+    cfg: &Config,
+    health: &Health,
+    usage: &UsageSync,
+    running: bool,
+    log: &mut dyn FnMut(&str),
+) {
     let position = store.fleet_position().ok().flatten();
     let lag_ms = match (position.as_deref().and_then(stream_id), health.last_id.as_deref().and_then(stream_id)) {
         (Some((at, _)), Some((head, _))) => json!(head.saturating_sub(at)),
@@ -174,6 +308,7 @@ fn report_locally(store: &Store, cfg: &Config, health: &Health, usage: &UsageSyn
     let status = json!({
         "fleet": cfg.fleet,
         "host": cfg.host,
+        "host_id": cfg.host_id,
         "redis": {"url": redacted(&cfg.redis_url), "reachable": health.redis_ok, "last_error": health.last_error},
         "position": position,
         "log_head": health.last_id,
@@ -183,9 +318,14 @@ fn report_locally(store: &Store, cfg: &Config, health: &Health, usage: &UsageSyn
         "refused": health.refused,
         "members": health.members,
         "rate_shared_by": health.rate_sharers,
+        "rate_share": match store.fleet_rate_share(clock_ms()) {
+            Ok(Some(n)) => json!(n.max(1)),
+            _ => json!("withheld"),
+        },
         "usage_rows": {"published": usage.published_rows, "received": usage.received_rows, "refused": usage.refused_rows},
         "reported_at_ms": clock_ms(),
         "agent_pid": std::process::id(),
+        "agent_running": running,
     });
     if let Err(e) = store.fleet_set_status(&status) {
         log(&format!("cannot record the status in the store: {}", e.message));

@@ -15,10 +15,17 @@ use crate::store::Store;
 pub struct Config {
     /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
     pub redis_url: String,
+    /// The password for Redis when it is not in the URL (read from a file or the environment, so that it
+    /// is not on the agent's command line for `ps` to show).
+    pub redis_password: Option<String>,
     /// The CA certificate (PEM) that signed the server's, for `rediss://`.
     pub ca_file: Option<PathBuf>,
     pub fleet: String,
+    /// This host's name in the fleet: a label for people (two hosts may share one).
     pub host: String,
+    /// This host's identity in the fleet (`Store::fleet_host_id`): what its leases, member entry and
+    /// identity claim are keyed by.
+    pub host_id: String,
     pub secret: Secret,
     /// Entries the log keeps (about; older ones are trimmed, the state hash covers them).
     pub max_log: usize,

@@ -14,28 +14,35 @@
 //! badly signed: write access to Redis alone cannot mint a key or lift a revocation. The log carries key
 //! digests, never a plaintext key.
 //!
+//! A host is known to the fleet by a random id its store made when it joined (its name is a label): its
+//! leases and member entry are keyed by it, and one agent at a time may run with it (`members`).
+//!
 //! Fleet mode across the layers (imports point down): in the core, `gcra` shares a key's rate among
 //! the live hosts (`RateLimit::share_among`) and `policy` counts a quota only within this host's lease
-//! (`Allowance`, `decide_within`); in `counters`, `lease.rs` keeps each cell's two lease words and the
-//! header the number of hosts sharing rates; in `store`, `schema.rs` holds the migrations whose triggers
-//! fill the outbox, and `store/fleet/` the `Change` this log carries, membership, the outbox and applying
-//! changes (`replica.rs`) and the other hosts' daily usage (`usage.rs`); here, `link.rs` holds what the
-//! agent's parts share (`Config`, the Redis names and scripts, `Health`, `Failure`, and `Link`, all that
-//! one round works with), `connect.rs` reaches Redis, `changelog.rs` publishes the outbox and applies the
-//! log, `quota.rs` leases quotas, `usage.rs` exchanges daily usage, and `agent.rs` runs them in a loop;
-//! in `src/bin/ms-auth/fleet.rs`, the `ms-auth fleet` commands start the agent and show its status.
+//! (`Allowance`, `decide_within`); in `counters`, `lease.rs` keeps each cell's two lease words and
+//! `share.rs` the header's share of rates (how many live hosts share, until when: it lapses when the
+//! agent stops renewing it); in `store`, `schema.rs` holds the migrations whose triggers fill the
+//! outbox, and `store/fleet/` the `Change` this log carries, membership, the outbox and applying changes
+//! (`replica.rs`), this host's identity and share of rates (`host.rs`) and the other hosts' daily usage
+//! (`usage.rs`); here, `link.rs` holds what the agent's parts share (`Config`, the Redis names and
+//! scripts, `Health`, `Failure`, and `Link`, all that one round works with), `connect.rs` reaches Redis,
+//! `secret.rs` holds the fleet's secret, `members.rs` claims this host's identity and keeps the member
+//! list, `changelog.rs` publishes the outbox and applies the log, `quota.rs` leases quotas, `usage.rs`
+//! exchanges daily usage, and `agent.rs` runs them in a loop; in `src/bin/ms-auth/fleet.rs`, the
+//! `ms-auth fleet` commands start the agent, show its status and give a copied store a new identity.
 
 pub mod agent;
 mod changelog;
 mod connect;
 mod link;
+mod members;
 pub mod quota;
 mod secret;
 pub mod usage;
 
 pub use crate::store::{Change, KINDS};
 pub use link::Config;
-pub use secret::Secret;
+pub use secret::{private_file, Secret};
 
 /// What a host may admit while Redis is unreachable, once its quota leases run out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

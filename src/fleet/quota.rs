@@ -243,7 +243,7 @@ fn grant(
     let (lease, spent, fleet_leased): (i64, i64, i64) = scripts
         .grant
         .key(hash_name(&cfg.fleet, &q.owner, period_start_ms))
-        .arg(&cfg.host)
+        .arg(&cfg.host_id)
         .arg(want)
         .arg(q.quota.limit)
         .arg(used)
@@ -300,7 +300,7 @@ pub(super) fn hand_back(link: &mut Link) -> std::result::Result<usize, Failure> 
             let _: i64 = scripts
                 .hand_back
                 .key(hash_name(&cfg.fleet, &q.owner, q.quota.period_start_ms))
-                .arg(&cfg.host)
+                .arg(&cfg.host_id)
                 .arg(used)
                 .invoke(c)?;
         }
@@ -366,9 +366,11 @@ mod tests {
         let created = store.create_key(&spec, now - 1000).unwrap();
         let cfg = Config {
             redis_url: format!("redis://127.0.0.1:{}", redis.1),
+            redis_password: None,
             ca_file: None,
             fleet: "f".into(),
             host: "h1".into(),
+            host_id: "h1".into(),
             secret: Secret::new(b"a fleet secret of more than sixteen bytes"),
             max_log: 1000,
             heartbeat: std::time::Duration::from_secs(1),

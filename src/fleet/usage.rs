@@ -266,9 +266,11 @@ mod tests {
     fn cfg() -> Config {
         Config {
             redis_url: String::new(),
+            redis_password: None,
             ca_file: None,
             fleet: "prod".into(),
             host: "a".into(),
+            host_id: "a".into(),
             secret: Secret::new(b"0123456789abcdef"),
             max_log: 100,
             heartbeat: Duration::from_secs(1),

@@ -110,7 +110,7 @@ impl Host {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let secret = root.join("secret");
-        std::fs::write(&secret, SECRET).unwrap();
+        write_private(&secret, SECRET.as_bytes());
         Host { db: dir.join("keys.db"), name: name.into(), agent: None, secret, log: dir.join("agent.log") }
     }
 
@@ -194,4 +194,133 @@ pub fn fleet(n: usize) -> (tempfile::TempDir, Redis, Vec<Host>) {
         h.wait_until_in_the_fleet();
     }
     (dir, redis, hosts)
+}
+
+/// Writes a file only its owner may read (0600, whatever the umask), as agents want their secrets.
+pub fn write_private(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+impl Host {
+    /// Starts the agent with more arguments and environment variables (its log emptied first, so that
+    /// `wait_until_in_the_fleet` waits for this run).
+    pub fn start_agent_env(&mut self, url: &str, extra: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) {
+        std::fs::write(&self.log, "").unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
+            .arg("--db")
+            .arg(&self.db)
+            .args(["fleet", "sync", "--redis", url, "--fleet", "test", "--host", &self.name, "--secret-file"])
+            .arg(&self.secret)
+            .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+
+    /// The agent's exit status if it exits within `limit` (it is then no longer this host's agent).
+    pub fn agent_exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.agent.as_mut()?.try_wait().unwrap() {
+                self.agent = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Kills the agent (SIGKILL: no hand-back, no goodbye).
+    pub fn kill_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            child.wait().unwrap();
+        }
+    }
+
+    /// `ms-auth fleet ARGS` on this host's store: (success, stdout, stderr).
+    pub fn fleet_command(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
+            .arg("--db")
+            .arg(&self.db)
+            .arg("fleet")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    }
+}
+
+/// An LD_PRELOAD library that moves the wall clock (CLOCK_REALTIME, gettimeofday, time) of the process
+/// it is loaded into by `MS_AUTH_TEST_CLOCK_SHIFT_MS` milliseconds, built with the system's C compiler
+/// into `dir`: a host whose clock is set wrong, without touching the machine's.
+pub fn clock_shift_library(dir: &Path) -> PathBuf {
+    let source = dir.join("clock_shift.c");
+    std::fs::write(
+        &source,
+        r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <sys/time.h>
+#include <time.h>
+
+static long long shift_ns(void) {
+    static long long shift = -1;
+    if (shift == -1) {
+        const char *s = getenv("MS_AUTH_TEST_CLOCK_SHIFT_MS");
+        shift = s ? atoll(s) * 1000000LL : 0;
+    }
+    return shift;
+}
+
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    int r = real(id, ts);
+    if (r == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) {
+        long long ns = (long long)ts->tv_sec * 1000000000LL + ts->tv_nsec + shift_ns();
+        ts->tv_sec = ns / 1000000000LL;
+        ts->tv_nsec = ns % 1000000000LL;
+    }
+    return r;
+}
+
+int gettimeofday(struct timeval *tv, void *tz) {
+    struct timespec ts;
+    (void)tz;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0) return -1;
+    if (tv) {
+        tv->tv_sec = ts.tv_sec;
+        tv->tv_usec = ts.tv_nsec / 1000;
+    }
+    return 0;
+}
+
+time_t time(time_t *t) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (t) *t = ts.tv_sec;
+    return ts.tv_sec;
+}
+"#,
+    )
+    .unwrap();
+    let library = dir.join("libclock_shift.so");
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .expect("a C compiler (cc)");
+    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    library
 }

@@ -1,4 +1,5 @@
-//! `ms-auth fleet sync|status`: the host's fleet agent and what it reports.
+//! `ms-auth fleet sync|status|new-identity`: the host's fleet agent, what it reports, and a new identity
+//! for a store that is a copy of another member's.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,8 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 use clap::Subcommand;
 use serde_json::Value;
 
-use ms_auth::fleet::{agent, Config, Secret, WhenDown};
+use ms_auth::fleet::agent::{self, Ended};
+use ms_auth::fleet::{private_file, Config, Secret, WhenDown};
 use ms_auth::{Error, Store};
 
 #[derive(Subcommand)]
@@ -19,22 +21,33 @@ pub enum FleetCommand {
     Sync {
         /// redis://[user:password@]host:port[/db], rediss://… for TLS, or
         /// redis-sentinel://[[user]:password@]host[:port][,host[:port]][/db]#MASTER to find the master
-        /// through Redis Sentinel (and follow its failovers).
+        /// through Redis Sentinel (and follow its failovers). Keep a password out of it on the command
+        /// line (`ps` shows it to every user): use --redis-password-file or $MS_AUTH_REDIS_PASSWORD.
         #[arg(long, env = "MS_AUTH_REDIS_URL")]
         redis: String,
+        /// A file holding the password for Redis (mode 0600 or stricter; surrounding whitespace
+        /// ignored). $MS_AUTH_REDIS_PASSWORD gives it too. Not with a password in the URL.
+        #[arg(long, value_name = "FILE")]
+        redis_password_file: Option<PathBuf>,
         /// The CA certificate (PEM) for rediss:// URLs.
         #[arg(long, value_name = "PEM")]
         redis_ca: Option<PathBuf>,
         /// The fleet's name: every host of one fleet names the same.
         #[arg(long, default_value = "default")]
         fleet: String,
-        /// This host's name in the fleet [default: the machine's hostname].
+        /// This host's name in the fleet, a label [default: the machine's hostname]. The host's identity
+        /// is a random id its store made when it joined: two hosts may share a name.
         #[arg(long)]
         host: Option<String>,
         /// A file holding the fleet's secret (at least 16 bytes), the same on every host: changes are
-        /// signed with it, and changes not signed with it are refused.
+        /// signed with it, and changes not signed with it are refused. Mode 0600 or stricter.
         #[arg(long, value_name = "FILE")]
         secret_file: PathBuf,
+        /// During a rotation of the secret: a second secret that is accepted, never signed with, so that
+        /// hosts on either secret understand each other until every host has the new one (the steps are
+        /// in docs/fleet.md).
+        #[arg(long = "accept-secret-file", visible_alias = "previous-secret-file", value_name = "FILE")]
+        previous_secret_file: Option<PathBuf>,
         /// Log entries Redis keeps (older ones are trimmed; late hosts start from the state hash).
         #[arg(long, default_value_t = 100_000)]
         max_log: usize,
@@ -50,7 +63,15 @@ pub enum FleetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Give this store an identity of its own in its fleet: for a store copied from another member's (a
+    /// cloned machine, a copied database), whose agent is refused while the original runs. The quota
+    /// leases its counters file holds are dropped (they are the original's). Run with its agent stopped.
+    NewIdentity,
 }
+
+/// The exit status of an agent that found its identity held by another running agent: systemd's
+/// `RestartPreventExitStatus=` keeps it from being restarted in a loop.
+const EXIT_IDENTITY_IN_USE: u8 = 5;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -60,14 +81,35 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
     match command {
-        FleetCommand::Sync { redis, redis_ca, fleet, host, secret_file, max_log, when_redis_down } => {
+        FleetCommand::Sync {
+            redis,
+            redis_password_file,
+            redis_ca,
+            fleet,
+            host,
+            secret_file,
+            previous_secret_file,
+            max_log,
+            when_redis_down,
+        } => {
             let host = host.unwrap_or_else(hostname);
+            let mut secret = Secret::from_file(&secret_file)?;
+            if let Some(previous) = previous_secret_file {
+                secret = secret.with_previous(Secret::from_file(&previous)?);
+            }
+            let redis_password = redis_password(&redis, redis_password_file)?;
+            let mut log = |line: &str| {
+                eprintln!("{} ms-auth fleet: {line}", Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true));
+            };
+            let host_id = agent::join(store, &fleet, &host, &mut log)?;
             let config = Config {
                 redis_url: redis,
+                redis_password,
                 ca_file: redis_ca,
                 fleet,
                 host,
-                secret: Secret::from_file(&secret_file)?,
+                host_id,
+                secret,
                 max_log,
                 heartbeat: Duration::from_secs(1),
                 when_down: if when_redis_down == "share" { WhenDown::Share } else { WhenDown::Refuse },
@@ -76,10 +118,34 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
                 libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
                 libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
             }
-            let mut log = |line: &str| {
-                eprintln!("{} ms-auth fleet: {line}", Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true));
-            };
-            agent::run(store, &config, &STOP, &mut log)?;
+            match agent::run(store, &config, &STOP, &mut log)? {
+                Ended::Stopped => Ok(ExitCode::SUCCESS),
+                Ended::IdentityInUse(holder) => {
+                    eprintln!(
+                        "ms-auth: another agent is running with this host's identity in fleet {:?} (host id {}, held \
+                         by {holder}): this store is a copy of another member's (a cloned machine or a copied \
+                         database?), and two agents with one identity would spend the same quota leases twice. \
+                         Give this store an identity of its own: `ms-auth --db {} fleet new-identity`, then start \
+                         this agent again. (If the other agent is this store's own, stop it first.)",
+                        config.fleet,
+                        config.host_id,
+                        store.path().display()
+                    );
+                    Ok(ExitCode::from(EXIT_IDENTITY_IN_USE))
+                }
+            }
+        }
+        FleetCommand::NewIdentity => {
+            if let Some(pid) = running_agent(store)? {
+                return Err(Error::invalid(format!(
+                    "this store's agent is running (pid {pid}): stop it first (its identity is read when it starts)"
+                )));
+            }
+            let (old, new) = store.fleet_new_identity()?;
+            println!(
+                "this store's identity in its fleet is now {new} (was {old}); the quota leases it held were dropped"
+            );
+            println!("start its agent again: it joins the fleet as a host of its own");
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Status { json } => {
@@ -96,8 +162,9 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
                     .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
                     .map_or("-".to_string(), |t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
             };
+            let host_id = store.fleet_host_id()?.unwrap_or_default();
             println!("fleet:      {fleet}");
-            println!("this host:  {host}");
+            println!("this host:  {host} (host id {host_id})");
             if status.is_null() {
                 println!("agent:      has not reported yet");
                 return Ok(ExitCode::SUCCESS);
@@ -119,17 +186,72 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
                 "changes:    {} published, {} applied, {} refused",
                 status["published"], status["applied"], status["refused"]
             );
-            println!("members:");
-            for m in status["members"].as_array().into_iter().flatten() {
+            match &status["rate_share"] {
+                Value::String(s) => {
+                    println!("rate share: {s} (the agent is not running: keys with a rate limit are refused)")
+                }
+                Value::Number(n) => println!("rate share: 1/{n} of each key's rate limit"),
+                _ => {}
+            }
+            let members = status["members"].as_array().cloned().unwrap_or_default();
+            println!("members:    (host id, live by Redis's clock)");
+            for m in &members {
+                let name = m["host"].as_str().unwrap_or("?");
+                let id = m["host_id"].as_str().unwrap_or("?");
+                let shared = members.iter().filter(|o| o["host"].as_str() == Some(name)).count() > 1;
                 println!(
-                    "  {:<24} last seen {}  position {}",
-                    m["host"].as_str().unwrap_or("?"),
+                    "  {name:<20} {:<12} {:<5} last seen {}  position {}{}{}",
+                    id.get(..12).unwrap_or(id),
+                    if m["live"] == false { "gone" } else { "live" },
                     at(&m["last_seen_ms"]),
-                    m["position"].as_str().unwrap_or("-")
+                    m["position"].as_str().unwrap_or("-"),
+                    if id == host_id { "  (this host)" } else { "" },
+                    if shared { "  (another host has this name)" } else { "" },
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The Redis password given apart from the URL: from a file (kept private, like the secret) or
+/// $MS_AUTH_REDIS_PASSWORD; never both, nor with a password in the URL.
+fn redis_password(url: &str, file: Option<PathBuf>) -> Result<Option<String>, Error> {
+    let from_env = std::env::var("MS_AUTH_REDIS_PASSWORD").ok().filter(|p| !p.is_empty());
+    let password = match (file, from_env) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                "the Redis password is given twice: by --redis-password-file and $MS_AUTH_REDIS_PASSWORD",
+            ))
+        }
+        (Some(path), None) => {
+            let bytes = private_file(&path, "the Redis password file")?;
+            Some(String::from_utf8(bytes).map_err(|_| Error::invalid("the Redis password file is not UTF-8 text"))?)
+        }
+        (None, from_env) => from_env,
+    };
+    if password.is_some() && agent::url_has_password(url) {
+        return Err(Error::invalid("the Redis password is given twice: in the URL and apart from it; keep one"));
+    }
+    Ok(password)
+}
+
+/// The pid of this store's agent if it is running (what it last reported, checked against the process
+/// table: the process exists, is an ms-auth fleet agent, and has this store open).
+fn running_agent(store: &Store) -> Result<Option<u32>, Error> {
+    let Some(status) = store.fleet_status()? else { return Ok(None) };
+    let Some(pid) = status["agent_pid"].as_u64().filter(|_| status["agent_running"] != false) else { return Ok(None) };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return Ok(None) };
+    if !String::from_utf8_lossy(&cmdline).contains("fleet\0sync") {
+        return Ok(None);
+    }
+    let db = std::fs::canonicalize(store.path()).unwrap_or_else(|_| store.path().to_path_buf());
+    match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(fds) => {
+            Ok(fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == db)).then_some(pid as u32))
+        }
+        // Another user's process: assume it is this store's agent rather than change its identity under it.
+        Err(_) => Ok(Some(pid as u32)),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The store's side of fleet mode (the agent, which talks to Redis, is `crate::fleet`): the change
-//! that the agent publishes and applies, membership, the outbox and applying changes (`replica`), and
-//! the other hosts' daily usage (`usage`). Only SQL here; the store knows nothing of Redis.
+//! that the agent publishes and applies, membership, the outbox and applying changes (`replica`), this
+//! host's identity and its share of rates (`host`), and the other hosts' daily usage (`usage`). Only SQL here; the store knows nothing of Redis.
 
+mod host;
 mod replica;
 mod usage;
 

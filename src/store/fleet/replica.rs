@@ -359,7 +359,7 @@ impl Store {
 }
 
 /// A new host id: 16 random bytes, hex.
-fn new_host_id() -> Result<String> {
+pub(super) fn new_host_id() -> Result<String> {
     let mut bytes = [0u8; 16];
     getrandom::getrandom(&mut bytes).map_err(|e| Error::internal(format!("no randomness: {e}")))?;
     Ok(crate::text::hex(&bytes))
