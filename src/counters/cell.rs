@@ -69,7 +69,8 @@ impl SharedCounters {
         }
         // A fleet host enforces its share of a key's rate, and none of it once its agent stopped renewing
         // the share (the others take it).
-        let share = self.rate_share(now_ms);
+        // (Read only for a key with a rate: the share's end is read off the boot clock.)
+        let share = if policy.rate.is_some() { self.rate_share() } else { Some(0) };
         if let (Some(rate), Some(hosts)) = (policy.rate.as_mut(), share) {
             rate.share_among(hosts);
         }
@@ -153,7 +154,7 @@ impl SharedCounters {
     /// Fleet mode: how many live hosts share each key's rate limit, with no end (benches; the agent
     /// sets a share that lapses, `set_rate_share`).
     pub fn set_rate_sharers(&self, hosts: u32) {
-        self.set_rate_share(hosts, 0);
+        self.set_rate_share(hosts, None);
     }
 
     /// Sets the store-wide policies (with the database's write lock held: they are in the content checksum).

@@ -10,21 +10,31 @@ use std::sync::atomic::Ordering;
 use super::SharedCounters;
 
 impl SharedCounters {
-    /// Fleet mode: each key's rate limit is shared by `hosts` live hosts until `until_ms` (the host's
-    /// clock, which its checks pass as `now_ms`); `until_ms` 0: with no end (a file built before shares
-    /// lapsed, or a test).
-    pub fn set_rate_share(&self, hosts: u32, until_ms: i64) {
-        let h = self.header();
-        h.rate_sharers.store(hosts, Ordering::Release);
-        h.rate_share_until_ms.store(until_ms, Ordering::Release);
+    /// Fleet mode: each key's rate limit is shared by `hosts` live hosts, for `holds_for_ms` from now
+    /// (`None`: with no end, for a file built before shares lapsed, or a test). The end is kept in this
+    /// boot's monotonic clock, not in the callers' `now_ms`: a caller whose clock runs ahead (or stamps
+    /// requests with their own time) must not lapse the share, nor one running behind keep it.
+    pub fn set_rate_share(&self, hosts: u32, holds_for_ms: Option<i64>) {
+        let until = holds_for_ms.map_or(0, |d| boot_clock_ms() + d.max(0));
+        self.set_rate_share_until(hosts, until);
     }
 
-    /// How many hosts share each key's rate limit at `now_ms` (0 or 1: this host has the whole of it);
-    /// `None` when this host's share has lapsed (its agent stopped renewing it).
-    pub fn rate_share(&self, now_ms: i64) -> Option<u32> {
+    fn set_rate_share_until(&self, hosts: u32, until_boot_ms: i64) {
+        let h = self.header();
+        h.rate_sharers.store(hosts, Ordering::Release);
+        h.rate_share_until_ms.store(until_boot_ms, Ordering::Release);
+    }
+
+    /// How many hosts share each key's rate limit now (0 or 1: this host has the whole of it); `None`
+    /// when this host's share has lapsed (its agent stopped renewing it).
+    pub fn rate_share(&self) -> Option<u32> {
+        self.rate_share_at(boot_clock_ms())
+    }
+
+    fn rate_share_at(&self, boot_ms: i64) -> Option<u32> {
         let h = self.header();
         let until = h.rate_share_until_ms.load(Ordering::Acquire);
-        if until != 0 && now_ms >= until {
+        if until != 0 && boot_ms >= until {
             return None;
         }
         Some(h.rate_sharers.load(Ordering::Acquire))
@@ -41,7 +51,10 @@ impl SharedCounters {
     /// next renewal).
     pub(super) fn carry_rate_share(&self, from: &SharedCounters) {
         let h = from.header();
-        self.set_rate_share(h.rate_sharers.load(Ordering::Acquire), h.rate_share_until_ms.load(Ordering::Acquire));
+        self.set_rate_share_until(
+            h.rate_sharers.load(Ordering::Acquire),
+            h.rate_share_until_ms.load(Ordering::Acquire),
+        );
     }
 
     /// Forgets every lease this file holds: they were granted to another identity (this store is a copy
@@ -55,8 +68,18 @@ impl SharedCounters {
     }
 }
 
+/// Milliseconds of this boot's monotonic clock (coarse: a vDSO read, no system call). The counters file
+/// belongs to one boot, so every process of the host reads the same clock.
+pub(super) fn boot_clock_ms() -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we own; CLOCK_MONOTONIC_COARSE exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}
+
 #[cfg(test)]
 mod tests {
+    use super::boot_clock_ms;
     use crate::counters::testing::{built, entry_with_daily_quota};
     use crate::counters::{Found, Policies};
     use crate::period::Period;
@@ -74,13 +97,15 @@ mod tests {
             Found::Key(a) => a,
             other => panic!("{other:?}"),
         };
-        c.set_rate_share(3, now + 1000);
-        assert_eq!(c.rate_share(now), Some(3));
+        c.set_rate_share(3, Some(60_000));
+        assert_eq!(c.rate_share(), Some(3));
         let admitted = (0..100).filter(|_| admit(now).decision.status == Status::Ok).count();
         assert_eq!(admitted, 10, "a third of the burst of 30");
         // Lapsed: refused, with a retry of the agent's renewal, never counted as abuse or charged.
         let later = now + 60_000;
-        assert_eq!(c.rate_share(later), None);
+        c.set_rate_share(3, Some(0));
+        assert_eq!(c.rate_share(), None);
+        assert_eq!(c.rate_share_at(boot_clock_ms() - 1), Some(3), "held until the end, not after");
         for _ in 0..5 {
             let a = admit(later);
             assert_eq!(a.decision.status, Status::RateLimitExceeded);
@@ -88,15 +113,38 @@ mod tests {
             assert_eq!(a.decision.rate_remaining, 0);
         }
         // Renewed: the whole share is there again (nothing was charged while it lapsed).
-        c.set_rate_share(3, later + 1000);
+        c.set_rate_share(3, Some(60_000));
         assert_eq!((0..100).filter(|_| admit(later).decision.status == Status::Ok).count(), 10);
-        c.set_rate_share(0, 0);
-        assert_eq!(c.rate_share(i64::MAX), Some(0), "no end: never lapses");
+        c.set_rate_share(0, None);
+        assert_eq!(c.rate_share_at(i64::MAX), Some(0), "no end: never lapses");
         c.withhold_rate_share_until_renewed();
-        assert_eq!(c.rate_share(now), None, "until the agent renews it");
-        c.set_rate_share(2, later + 1000);
+        assert_eq!(c.rate_share(), None, "until the agent renews it");
+        c.set_rate_share(2, Some(60_000));
         c.withhold_rate_share_until_renewed();
-        assert_eq!(c.rate_share(later), Some(2), "a share the agent keeps is kept");
+        assert_eq!(c.rate_share(), Some(2), "a share the agent keeps is kept");
+    }
+
+    /// A share held by the agent is not lapsed by a caller stamping checks with a clock of its own
+    /// (ahead by a minute, as nginx's cached time or a request's timestamp may be), nor kept by one behind.
+    #[test]
+    fn a_share_lasts_by_the_boot_clock_whatever_clock_callers_stamp_checks_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = entry_with_daily_quota(1, 1_000_000);
+        e.policy.rate = Some(crate::gcra::RateLimit { limit: 600, window_ms: 60_000, burst: 30 });
+        let (_, c) = built(&dir, std::slice::from_ref(&e));
+        let now = 1_800_000_000_000;
+        c.set_rate_share(3, Some(60_000));
+        for at in [now + 60_000, now + 3_600_000] {
+            match c.admit(&e.digest, at) {
+                Found::Key(a) => assert_eq!(a.decision.status, Status::Ok, "stamped {at}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        c.set_rate_share(3, Some(0));
+        match c.admit(&e.digest, now - 3_600_000) {
+            Found::Key(a) => assert_eq!(a.decision.status, Status::RateLimitExceeded),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

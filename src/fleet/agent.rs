@@ -68,13 +68,13 @@ impl ShareKeeper {
     fn set(&self, store: &Store, hosts: u32) -> Result<()> {
         let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
         *held = Some(hosts);
-        store.fleet_set_rate_share(hosts, clock_ms() + SHARE_HOLDS.as_millis() as i64)
+        store.fleet_set_rate_share(hosts, SHARE_HOLDS)
     }
 
     fn renew(&self, store: &Store) {
         let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(hosts) = *held {
-            let _ = store.fleet_set_rate_share(hosts, clock_ms() + SHARE_HOLDS.as_millis() as i64);
+            let _ = store.fleet_set_rate_share(hosts, SHARE_HOLDS);
         }
     }
 
@@ -82,7 +82,7 @@ impl ShareKeeper {
     fn lapse(&self, store: &Store) {
         let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(hosts) = held.take() {
-            let _ = store.fleet_set_rate_share(hosts, clock_ms());
+            let _ = store.fleet_set_rate_share(hosts, std::time::Duration::ZERO);
         }
     }
 }
@@ -318,7 +318,7 @@ fn report_locally(
         "refused": health.refused,
         "members": health.members,
         "rate_shared_by": health.rate_sharers,
-        "rate_share": match store.fleet_rate_share(clock_ms()) {
+        "rate_share": match store.fleet_rate_share() {
             Ok(Some(n)) => json!(n.max(1)),
             _ => json!("withheld"),
         },

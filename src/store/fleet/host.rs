@@ -35,10 +35,11 @@ impl Store {
         Ok((old, new))
     }
 
-    /// Fleet mode: each key's rate limit is shared by `hosts` live hosts, on this host until `until_ms`
-    /// (its clock; 0: with no end), from its next check on.
-    pub fn fleet_set_rate_share(&self, hosts: u32, until_ms: i64) -> Result<()> {
-        self.counters()?.set_rate_share(hosts, until_ms);
+    /// Fleet mode: each key's rate limit is shared by `hosts` live hosts, on this host for `holds_for`
+    /// from now (this boot's monotonic clock, whatever clock callers stamp checks with), from its next
+    /// check on; after that its checks refuse keys with a rate limit until the share is renewed.
+    pub fn fleet_set_rate_share(&self, hosts: u32, holds_for: std::time::Duration) -> Result<()> {
+        self.counters()?.set_rate_share(hosts, Some(holds_for.as_millis() as i64));
         Ok(())
     }
 
@@ -49,9 +50,9 @@ impl Store {
         Ok(())
     }
 
-    /// How many hosts share each key's rate limit at `now_ms` (0 or 1: this host has all of it); `None`
-    /// when this host's share lapsed (its agent is not running): its checks refuse keys with a rate limit.
-    pub fn fleet_rate_share(&self, now_ms: i64) -> Result<Option<u32>> {
-        Ok(self.counters()?.rate_share(now_ms))
+    /// How many hosts share each key's rate limit now (0 or 1: this host has all of it); `None` when
+    /// this host's share lapsed (its agent is not running): its checks refuse keys with a rate limit.
+    pub fn fleet_rate_share(&self) -> Result<Option<u32>> {
+        Ok(self.counters()?.rate_share())
     }
 }
