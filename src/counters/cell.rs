@@ -4,6 +4,7 @@
 //! that no check charges it any more.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use portable_atomic::AtomicU128;
 
@@ -46,6 +47,13 @@ impl SharedCounters {
 
     /// Decides one request for the key with this digest and charges it if admitted.
     pub fn admit(&self, digest: &KeyDigest, now_ms: i64) -> Found {
+        self.admit_waiting(digest, now_ms, Duration::ZERO)
+    }
+
+    /// [`SharedCounters::admit`]; in fleet mode, a check that finds this host out of lease while the
+    /// fleet's quota has room cues the agent and may wait for its answer, at most `lease_wait` (see
+    /// `cue.rs`), then decides again, once.
+    pub fn admit_waiting(&self, digest: &KeyDigest, now_ms: i64, lease_wait: Duration) -> Found {
         let Some((_, _, r)) = self.find(digest) else { return Found::Unknown };
         if r == u64::MAX {
             return self.damaged("an index slot names a record outside the file");
@@ -69,6 +77,8 @@ impl SharedCounters {
         }
         let mut current = cell.state.load(Ordering::Acquire);
         let mut counted_at;
+        let mut waited_for_lease = false;
+        let mut waits_for_lease = false;
         let decision = loop {
             if current as u64 & FROZEN != 0 {
                 return Found::Moved;
@@ -79,9 +89,30 @@ impl SharedCounters {
             // before the compare-and-swap, a stale one under-admits.
             let allowance = policy.quota.and_then(|q| self.allowance(cell, &q, counted_at));
             let (decision, next) = policy::decide_within(&policy, &usage, now_ms, allowance);
-            let Some(next) = next else { break decision };
+            let Some(next) = next else {
+                // Out of lease while the fleet has room: the one refusal the agent can lift at once.
+                waits_for_lease = decision.status == Status::RateLimitExceeded
+                    && allowance
+                        .zip(policy.quota)
+                        .is_some_and(|(a, q)| a.short(usage.used_in(q.period.bounds(counted_at).0)));
+                if waits_for_lease {
+                    let cue = self.cue_lease_agent();
+                    if !waited_for_lease && !lease_wait.is_zero() && self.lease_agent_responsive() {
+                        waited_for_lease = true;
+                        if self.await_lease_answer(cue, lease_wait) {
+                            current = cell.state.load(Ordering::Acquire);
+                            continue;
+                        }
+                    }
+                }
+                break decision;
+            };
             match cell.state.compare_exchange_weak(current, encode(&next), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
+                    if allowance.is_some_and(|a| a.short(next.used)) {
+                        // This check took the lease's last unit: the agent tops it up before the next needs it.
+                        self.cue_lease_agent();
+                    }
                     cell.total.fetch_add(1, Ordering::Relaxed);
                     // A plain store, not a read-modify-write (a locked instruction on every admitted check):
                     // two checks racing within the same microseconds may leave the earlier of their two
@@ -97,7 +128,9 @@ impl SharedCounters {
         };
         // In the day of the period it was charged in, so that the day reports agree with the quota.
         count_day(cell, counted_at, decision.status);
-        let abusive = decision.status == Status::RateLimitExceeded && self.count_abuse(cell, now_ms);
+        // Waiting for this host's share is not the client's doing: it never counts towards revocation.
+        let abusive =
+            decision.status == Status::RateLimitExceeded && !waits_for_lease && self.count_abuse(cell, now_ms);
         Found::Key(Admission {
             decision,
             abusive,
@@ -141,6 +174,11 @@ impl SharedCounters {
     /// Fleet mode: how many live hosts share each key's rate limit (the agent sets it from heartbeats).
     pub fn set_rate_sharers(&self, hosts: u32) {
         self.header().rate_sharers.store(hosts, Ordering::Release);
+    }
+
+    /// Fleet mode: how many live hosts share each key's rate limit (at least 1).
+    pub fn rate_sharers(&self) -> u32 {
+        self.header().rate_sharers.load(Ordering::Acquire).max(1)
     }
 
     /// Sets the store-wide policies (with the database's write lock held: they are in the content checksum).

@@ -1,7 +1,8 @@
 //! The fleet agent: the one process per host that talks to Redis. In a loop it publishes this host's
-//! changes (the store's outbox) to the fleet's log and applies the log to the store (`changelog`), keeps
-//! this host's quota leases topped up (`quota`), exchanges daily usage (`usage`), and reports itself in
-//! the fleet's member list. Redis being unreachable never touches the check path: servers keep deciding
+//! changes (the store's outbox) to the fleet's log and applies the log to the store (`changelog`),
+//! exchanges daily usage (`usage`), and reports itself in the fleet's member list; beside the loop, its
+//! lease thread (`lease_thread`, with a connection of its own) keeps this host's quota leases topped up
+//! and answers a check that runs out at once. Redis being unreachable never touches the check path: servers keep deciding
 //! from their store, changes made meanwhile wait in the outbox, and the agent reconnects with backoff.
 //!
 //! Redis keys, for fleet F: `ms-auth:F:log` (a Stream: fields `kind`, `id`, `body`, `origin`, `sig`),
@@ -19,13 +20,10 @@ use super::changelog::{publish_outbox, step, stream_id, PUBLISH};
 use super::connect::connect;
 pub use super::connect::redacted;
 use super::link::{Config, Failure, Health, Link, Names, Scripts};
-use super::quota::{self, hand_back, lease_round, refresh_fleet_leased, Leases};
+use super::quota::{self, hand_back};
 use super::usage::UsageSync;
 use crate::error::Result;
 use crate::store::{clock_ms, Store};
-
-/// How long Redis must be unreachable before `WhenDown::Share` takes its share (not for a blip).
-const SHARE_AFTER: Duration = Duration::from_secs(2);
 
 /// Runs until `stop` is set (SIGTERM), then publishes what is pending if Redis is there, and returns.
 pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&str)) -> Result<()> {
@@ -38,85 +36,73 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
         grant: redis::Script::new(quota::GRANT),
         hand_back: redis::Script::new(quota::HAND_BACK),
     };
-    let mut leases = Leases::default();
     let mut usage = UsageSync::default();
     let mut health = Health::default();
     let mut conn: Option<redis::Connection> = None;
     let mut backoff = Duration::from_millis(100);
-    let mut down_since: Option<Instant> = None;
-    let mut ever_connected = false;
     let mut next_report = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if conn.is_none() {
-            match connect(cfg) {
-                Ok(c) => {
-                    log(&format!("connected to Redis at {}", redacted(&cfg.redis_url)));
-                    conn = Some(c);
-                    health.redis_ok = true;
-                    health.position_checked = false;
-                    leases.reconnected(ever_connected);
-                    ever_connected = true;
-                    usage.reconnected();
-                    down_since = None;
-                    backoff = Duration::from_millis(100);
-                }
-                Err(e) => {
-                    let why = format!("Redis at {} unreachable: {e}", redacted(&cfg.redis_url));
-                    if health.redis_ok || health.last_error.as_deref() != Some(why.as_str()) {
-                        log(&format!("{why}; checks go on from the local store, changes wait in its outbox"));
+    let (lease_log, lease_lines) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| super::lease_thread::run(store, cfg, &names, &scripts, stop, lease_log));
+        while !stop.load(Ordering::Relaxed) {
+            for line in lease_lines.try_iter() {
+                log(&line);
+            }
+            if conn.is_none() {
+                match connect(cfg) {
+                    Ok(c) => {
+                        log(&format!("connected to Redis at {}", redacted(&cfg.redis_url)));
+                        conn = Some(c);
+                        health.redis_ok = true;
+                        health.position_checked = false;
+                        usage.reconnected();
+                        backoff = Duration::from_millis(100);
                     }
-                    health.redis_ok = false;
-                    health.last_error = Some(why);
-                    let down_for = down_since.get_or_insert_with(Instant::now).elapsed();
-                    if cfg.when_down == super::WhenDown::Share && down_for >= SHARE_AFTER {
-                        match leases.share_while_down(store, health.rate_sharers, clock_ms()) {
-                            Ok(0) => {}
-                            Ok(n) => log(&format!(
-                                "Redis unreachable for {} s: raised this host's lease of {n} quotas by its share \
-                                 (1/{}) of what the fleet had not leased (--when-redis-down share)",
-                                down_for.as_secs(),
-                                health.rate_sharers
-                            )),
-                            Err(e) => log(&format!("store: {}", e.message)),
+                    Err(e) => {
+                        let why = format!("Redis at {} unreachable: {e}", redacted(&cfg.redis_url));
+                        if health.redis_ok || health.last_error.as_deref() != Some(why.as_str()) {
+                            log(&format!("{why}; checks go on from the local store, changes wait in its outbox"));
                         }
+                        health.redis_ok = false;
+                        health.last_error = Some(why);
+                        report_locally(store, cfg, &health, &usage, log);
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
                     }
-                    report_locally(store, cfg, &health, &usage, log);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
+                }
+            }
+            let conn_now = conn.as_mut().expect("connected above");
+            let mut link = Link { store, cfg, names: &names, scripts: &scripts, conn: conn_now, health: &mut health };
+            let stepped = step(&mut link, log).and_then(|()| {
+                if Instant::now() >= next_report {
+                    next_report = Instant::now() + cfg.heartbeat;
+                    heartbeat(&mut link)?;
+                    usage.round(&mut link, log)?;
+                    report_locally(store, cfg, link.health, &usage, log);
+                }
+                Ok(())
+            });
+            if let Err(e) = stepped {
+                match e {
+                    Failure::Redis(e) => {
+                        log(&format!("lost Redis: {e}; reconnecting"));
+                        health.last_error = Some(format!("Redis: {e}"));
+                        health.redis_ok = false;
+                        conn = None;
+                    }
+                    Failure::Store(e) => {
+                        log(&format!("store: {}", e.message));
+                        health.last_error = Some(e.message);
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
                 }
             }
         }
-        let conn_now = conn.as_mut().expect("connected above");
-        let mut link = Link { store, cfg, names: &names, scripts: &scripts, conn: conn_now, health: &mut health };
-        let stepped = step(&mut link, log).and_then(|()| {
-            lease_round(&mut link, &mut leases)?;
-            if Instant::now() >= next_report {
-                next_report = Instant::now() + cfg.heartbeat;
-                heartbeat(&mut link)?;
-                if cfg.when_down == super::WhenDown::Share {
-                    refresh_fleet_leased(&mut link, &mut leases)?;
-                }
-                usage.round(&mut link, log)?;
-                report_locally(store, cfg, link.health, &usage, log);
-            }
-            Ok(())
-        });
-        if let Err(e) = stepped {
-            match e {
-                Failure::Redis(e) => {
-                    log(&format!("lost Redis: {e}; reconnecting"));
-                    health.last_error = Some(format!("Redis: {e}"));
-                    health.redis_ok = false;
-                    conn = None;
-                }
-                Failure::Store(e) => {
-                    log(&format!("store: {}", e.message));
-                    health.last_error = Some(e.message);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-        }
+        // The lease thread stops with the loop (scope's end): no lease is granted after the hand-back.
+    });
+    for line in lease_lines.try_iter() {
+        log(&line);
     }
     if let Some(c) = conn.as_mut() {
         let mut link = Link { store, cfg, names: &names, scripts: &scripts, conn: c, health: &mut health };

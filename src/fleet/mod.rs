@@ -22,12 +22,14 @@
 //! changes (`replica.rs`) and the other hosts' daily usage (`usage.rs`); here, `link.rs` holds what the
 //! agent's parts share (`Config`, the Redis names and scripts, `Health`, `Failure`, and `Link`, all that
 //! one round works with), `connect.rs` reaches Redis, `changelog.rs` publishes the outbox and applies the
-//! log, `quota.rs` leases quotas, `usage.rs` exchanges daily usage, and `agent.rs` runs them in a loop;
+//! log, `quota.rs` leases quotas (`lease_thread.rs` runs it beside the agent's loop, woken by a
+//! check that runs out), `usage.rs` exchanges daily usage, and `agent.rs` runs them in a loop;
 //! in `src/bin/ms-auth/fleet.rs`, the `ms-auth fleet` commands start the agent and show its status.
 
 pub mod agent;
 mod changelog;
 mod connect;
+mod lease_thread;
 mod link;
 pub mod quota;
 mod secret;
