@@ -77,7 +77,8 @@ impl SharedCounters {
         }
         let mut current = cell.state.load(Ordering::Acquire);
         let mut counted_at;
-        let mut waited_for_lease = false;
+        // While waiting for the agent: when the wait ends, and the lease this check last waited at.
+        let (mut lease_deadline_ns, mut waited_at_lease) = (0, 0);
         let mut waits_for_lease = false;
         let decision = loop {
             if current as u64 & FROZEN != 0 {
@@ -91,17 +92,26 @@ impl SharedCounters {
             let (decision, next) = policy::decide_within(&policy, &usage, now_ms, allowance);
             let Some(next) = next else {
                 // Out of lease while the fleet has room: the one refusal the agent can lift at once.
-                waits_for_lease = decision.status == Status::RateLimitExceeded
-                    && allowance
-                        .zip(policy.quota)
-                        .is_some_and(|(a, q)| a.short(usage.used_in(q.period.bounds(counted_at).0)));
-                if waits_for_lease {
+                let short = allowance.filter(|a| {
+                    decision.status == Status::RateLimitExceeded
+                        && policy.quota.is_some_and(|q| a.short(usage.used_in(q.period.bounds(counted_at).0)))
+                });
+                waits_for_lease = short.is_some();
+                if let Some(a) = short {
                     let cue = self.cue_lease_agent();
-                    if !waited_for_lease && !lease_wait.is_zero() && self.lease_agent_responsive() {
-                        waited_for_lease = true;
-                        if self.await_lease_answer(cue, lease_wait) {
+                    // Wait (again) only if the last answer brought a lease, which others used up first.
+                    let first = lease_deadline_ns == 0;
+                    if !lease_wait.is_zero() && (first || a.up_to > waited_at_lease) && self.lease_agent_responsive() {
+                        if first {
+                            lease_deadline_ns = super::monotonic_ns().saturating_add(lease_wait.as_nanos() as u64);
+                        }
+                        if self.await_lease_answer(cue, lease_deadline_ns) {
+                            waited_at_lease = a.up_to;
                             current = cell.state.load(Ordering::Acquire);
                             continue;
+                        }
+                        if first {
+                            self.suspend_lease_waits();
                         }
                     }
                 }

@@ -5,10 +5,13 @@
 //! the lease thread is waiting on it, wakes it: FUTEX_WAKE on the shared mapping, so across processes
 //! (never FUTEX_PRIVATE: the kernel keys a shared futex on the file's page). The thread leases at once,
 //! one Redis round trip, then stores the last cue its round served in `lease_answered` and wakes the
-//! checks waiting for it. A check waits for that answer at most the store's `lease_wait`, once, and only
-//! while the thread is responsive: it looked within the last second while it could reach Redis, and no
-//! wait timed out within the last second (so a hung or killed agent costs each waiting check one
-//! timed-out wait, then none for a second; a host without its agent costs nothing).
+//! checks waiting for it. A check waits at most the store's `lease_wait` in all, and only while the
+//! thread is responsive: it looked within the last second while it could reach Redis, and no wait timed
+//! out within the last second (so a hung or killed agent costs the checks waiting at that moment one
+//! timed-out wait each, then none for a second; a host without its agent costs nothing). A check whose
+//! answer brought a lease that other checks used up before it waits again, within the same bound; one
+//! whose answer brought nothing (the fleet's quota spent meanwhile, Redis slow to answer the agent)
+//! is refused then.
 
 use std::sync::atomic::{AtomicU32, Ordering::*};
 use std::time::Duration;
@@ -62,11 +65,10 @@ impl SharedCounters {
         seen != 0 && seen <= now && now - seen < AGENT_FRESH_NS && !waiting_off
     }
 
-    /// Waits until the lease thread answered cue `cue`, at most `timeout`: true if it did. A wait that
-    /// times out stops every check of this host from waiting for a second.
-    pub(super) fn await_lease_answer(&self, cue: u32, timeout: Duration) -> bool {
+    /// Waits until the lease thread answered cue `cue`, at most until `deadline_ns` (CLOCK_MONOTONIC):
+    /// true if it did.
+    pub(super) fn await_lease_answer(&self, cue: u32, deadline_ns: u64) -> bool {
         let h = self.header();
-        let deadline = monotonic_ns().saturating_add(timeout.as_nanos() as u64);
         h.lease_waiters.fetch_add(1, SeqCst);
         let answered = loop {
             let seen = h.lease_answered.load(SeqCst);
@@ -74,16 +76,19 @@ impl SharedCounters {
                 break true;
             }
             let now = monotonic_ns();
-            if now >= deadline {
+            if now >= deadline_ns {
                 break false;
             }
-            futex_wait(&h.lease_answered, seen, deadline - now);
+            futex_wait(&h.lease_answered, seen, deadline_ns - now);
         };
         h.lease_waiters.fetch_sub(1, SeqCst);
-        if !answered {
-            h.lease_wait_off_until_ns.store(monotonic_ns() + WAIT_OFF_AFTER_TIMEOUT_NS, Release);
-        }
         answered
+    }
+
+    /// A check waited its whole bound and the lease thread never answered: no check of this host waits
+    /// for a second.
+    pub(super) fn suspend_lease_waits(&self) {
+        self.header().lease_wait_off_until_ns.store(monotonic_ns() + WAIT_OFF_AFTER_TIMEOUT_NS, Release);
     }
 
     /// The lease thread: the latest cue.
@@ -143,20 +148,21 @@ mod tests {
             });
             let started = std::time::Instant::now();
             let cue = c.cue_lease_agent();
-            assert!(c.await_lease_answer(cue, Duration::from_secs(5)));
+            assert!(c.await_lease_answer(cue, monotonic_ns() + 5_000_000_000));
             assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
             agent.join().unwrap();
         });
-        // Nobody answers: the wait ends at its bound, and no check waits for a second after.
+        // Nobody answers: the wait ends at its bound.
         let started = std::time::Instant::now();
-        assert!(!c.await_lease_answer(c.cue_lease_agent(), Duration::from_millis(30)));
+        assert!(!c.await_lease_answer(c.cue_lease_agent(), monotonic_ns() + 30_000_000));
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(30) && waited < Duration::from_millis(500), "{waited:?}");
+        c.suspend_lease_waits();
         assert!(!c.lease_agent_responsive(), "a wait timed out: waiting is off for a second");
         // An agent that lost Redis says so, and answers the checks waiting now.
         c.header().lease_wait_off_until_ns.store(0, SeqCst);
         c.set_lease_agent_reachable(false);
         assert!(!c.lease_agent_responsive());
-        assert!(c.await_lease_answer(c.lease_cue(), Duration::ZERO), "answered up to the latest cue");
+        assert!(c.await_lease_answer(c.lease_cue(), 0), "answered up to the latest cue");
     }
 }

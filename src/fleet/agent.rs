@@ -104,6 +104,12 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
     for line in lease_lines.try_iter() {
         log(&line);
     }
+    if conn.is_none() {
+        // The signal that stopped the loop often interrupts its blocking read (a socket with a timeout
+        // is not restarted after a handler: EINTR), which drops the connection: one more, for what is
+        // pending and the hand-back.
+        conn = connect(cfg).ok();
+    }
     if let Some(c) = conn.as_mut() {
         let mut link = Link { store, cfg, names: &names, scripts: &scripts, conn: c, health: &mut health };
         if let Err(e) = publish_outbox(&mut link) {
