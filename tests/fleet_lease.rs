@@ -161,6 +161,13 @@ fn a_burst_on_a_fresh_key_is_never_told_its_quota_is_exceeded_and_throttled_at_m
     assert!(answers.iter().filter(|a| a.0 == "rate_limit_exceeded").all(|a| (1..=1000).contains(&a.1)), "retry <= 1 s");
     let used = hosts[1].store().get_key(&k.record.id).unwrap().usage.used;
     assert_eq!(used, admitted as i64, "the host counted what it admitted");
+    // What the burst leaves leased and unused once the agent has settled: what a period ending then would
+    // leave unadmitted, at most a second of traffic (this second's: the burst).
+    std::thread::sleep(Duration::from_millis(1500));
+    let store = hosts[1].store();
+    let q = store.fleet_quota_view(clock()).unwrap().into_iter().find(|q| q.owner == k.record.id).unwrap().quota;
+    eprintln!("after the burst: lease {}, used {}", q.lease, q.used);
+    assert!(q.lease - q.used <= 2000, "{} unused after a burst of 2,000", q.lease - q.used);
 }
 
 #[test]
@@ -365,4 +372,31 @@ fn leases_left_unused_at_any_instant_stay_within_half_a_percent_or_a_second_of_t
     );
     assert!(rate > 800.0, "the load was applied: {rate:.0}/s");
     assert!(max as f64 <= bound, "{max} unused > {bound:.0}");
+}
+
+#[test]
+fn with_lease_wait_ms_0_a_check_never_blocks_and_the_agent_leases_all_the_same() {
+    let _serial = serial();
+    let (_dir, _redis, hosts) = fleet(2);
+    let k = hosts[0]
+        .store()
+        .create_key(&spec(r#"{"quota": {"limit": 1000, "period": "daily"}, "rate_limit": null}"#), clock())
+        .unwrap();
+    until_everywhere(&hosts, &k.record.id);
+    // What an event-loop server passes to ms_store_open_v2.
+    let options = ms_auth::StoreOptions::from_json(r#"{"lease_wait_ms": 0}"#).unwrap();
+    let store = Store::open_with(&hosts[1].db, options).unwrap();
+    let slept = voluntary_switches();
+    let d = store.check(Some(k.key.as_bytes()), clock()).unwrap().decision;
+    assert_eq!((d.status, d.retry_after_ms), (Status::RateLimitExceeded, 1000), "refused at once, quota not exceeded");
+    assert_eq!(voluntary_switches() - slept, 0, "the check did not block");
+    // Its cue woke the agent all the same: admitted within a round trip or so.
+    let ok = || store.check(Some(k.key.as_bytes()), clock()).unwrap().decision.status == Status::Ok;
+    let took = within(Duration::from_secs(2), ok);
+    eprintln!("lease_wait_ms 0: first check refused without blocking, admitted {took:?} later");
+    assert!(took.is_some_and(|t| t < Duration::from_millis(100)), "{took:?}\n{}", hosts[1].log());
+    for bad in ["1001", "-1", "\"50\"", "1.5", "null"] {
+        let e = ms_auth::StoreOptions::from_json(&format!(r#"{{"lease_wait_ms": {bad}}}"#)).unwrap_err();
+        assert!(e.message.contains("lease_wait_ms"), "{bad}: {}", e.message);
+    }
 }
