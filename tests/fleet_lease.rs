@@ -386,10 +386,15 @@ fn with_lease_wait_ms_0_a_check_never_blocks_and_the_agent_leases_all_the_same()
     // What an event-loop server passes to ms_store_open_v2.
     let options = ms_auth::StoreOptions::from_json(r#"{"lease_wait_ms": 0}"#).unwrap();
     let store = Store::open_with(&hosts[1].db, options).unwrap();
-    let slept = voluntary_switches();
-    let d = store.check(Some(k.key.as_bytes()), clock()).unwrap().decision;
+    let (slept, now) = (voluntary_switches(), clock());
+    let d = store.check(Some(k.key.as_bytes()), now).unwrap().decision;
     assert_eq!((d.status, d.retry_after_ms), (Status::RateLimitExceeded, 1000), "refused at once, quota not exceeded");
     assert_eq!(voluntary_switches() - slept, 0, "the check did not block");
+    // The answer's fields, from the one place that builds them: wait a second; the quota has room.
+    let windows = ms_auth::headers::Windows { quota: Some(ms_auth::period::Period::Daily), rate_window_ms: None };
+    let fields = ms_auth::headers::http_fields(&d, windows, now);
+    assert!(fields.starts_with("Retry-After: 1\r\n"), "{fields}");
+    assert!(fields.contains("RateLimit: \"quota\";r=1000;"), "{fields}");
     // Its cue woke the agent all the same: admitted within a round trip or so.
     let ok = || store.check(Some(k.key.as_bytes()), clock()).unwrap().decision.status == Status::Ok;
     let took = within(Duration::from_secs(2), ok);

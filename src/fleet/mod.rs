@@ -16,10 +16,12 @@
 //!
 //! Fleet mode across the layers (imports point down): in the core, `gcra` shares a key's rate among
 //! the live hosts (`RateLimit::share_among`) and `policy` counts a quota only within this host's lease
-//! (`Allowance`, `decide_within`); in `counters`, `lease.rs` keeps each cell's two lease words and the
-//! header the number of hosts sharing rates; in `store`, `schema.rs` holds the migrations whose triggers
+//! (`Allowance`, `decide_within`); in `counters`, `lease.rs` keeps each cell's two lease words, `cue.rs`
+//! the checks' cue to the agent's lease thread and their bounded wait for it, and the header the number
+//! of hosts sharing rates; in `store`, `schema.rs` holds the migrations whose triggers
 //! fill the outbox, and `store/fleet/` the `Change` this log carries, membership, the outbox and applying
-//! changes (`replica.rs`) and the other hosts' daily usage (`usage.rs`); here, `link.rs` holds what the
+//! changes (`replica.rs`), the other hosts' daily usage (`usage.rs`) and the lease thread's side of the
+//! counters file (`lease.rs`); here, `link.rs` holds what the
 //! agent's parts share (`Config`, the Redis names and scripts, `Health`, `Failure`, and `Link`, all that
 //! one round works with), `connect.rs` reaches Redis, `changelog.rs` publishes the outbox and applies the
 //! log, `quota.rs` leases quotas (`lease_thread.rs` runs it beside the agent's loop, woken by a
