@@ -5,7 +5,8 @@
 //! that finds this host out of lease while the fleet has room, or takes a lease's last unit, bumps the
 //! cue and wakes it. Each time it wakes (cued, or every [`ROUND`] to top leases up ahead of demand) it
 //! runs one [`lease_round`], then answers the cues that round served, which wakes the checks waiting for
-//! them. While it can reach Redis it says so in the header at every look; checks wait for it only then
+//! them. While it can reach Redis and may ask for more (not in the grace after an outage, when hosts only
+//! re-assert their leases) it says so in the header at every look; checks wait for it only then
 //! (see `crate::counters`, `cue.rs`). It also keeps what the agent's loop kept for leases: re-asserting
 //! them after a reconnection, `--when-redis-down share`, and the view that needs.
 
@@ -85,7 +86,9 @@ pub(super) fn run(
                 continue;
             }
         };
-        let _ = store.fleet_lease_agent_reachable(true);
+        // While the hosts re-assert their leases after an outage nobody is granted more: checks that ran
+        // out are better answered at once than after a round that cannot help them.
+        let _ = store.fleet_lease_agent_reachable(leases.may_ask());
         let mut link = Link { store, cfg, names, scripts, conn: c, health: &mut health };
         let round = lease_round(&mut link, &mut leases).and_then(|()| {
             if cfg.when_down == WhenDown::Share && Instant::now() >= next_view {
