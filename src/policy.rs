@@ -93,14 +93,26 @@ impl Decision {
 
 /// In fleet mode, what this host may count of a key's quota in the current period: the lease its agent
 /// holds (the leases of all hosts never add up to more than the quota), and whether the fleet's quota for
-/// the period is spent, so that a refusal's retry is the period's end rather than the next top-up.
+/// the period is spent (every unit of it leased to some host), which alone makes a host that used its
+/// lease answer `api_key_quota_exceeded`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allowance {
     pub up_to: i64,
     pub fleet_spent: bool,
 }
 
-/// How long a request refused for want of a lease waits: the agent tops leases up well within it.
+impl Allowance {
+    /// True when this host has used its lease while the fleet's quota has room: the host waits for its
+    /// share (the agent is cued), and the request is refused as `rate_limit_exceeded`, never as
+    /// `api_key_quota_exceeded`, with a retry of at most [`TOP_UP_RETRY_MS`].
+    #[inline(always)]
+    pub fn short(&self, used: i64) -> bool {
+        !self.fleet_spent && used >= self.up_to
+    }
+}
+
+/// The retry of a request refused while this host waits for its share of a quota the fleet has room in
+/// (the agent answers a check's cue in about a Redis round trip, and tops leases up every 100 ms).
 pub const TOP_UP_RETRY_MS: i64 = 1000;
 
 /// Decides steps 3 to 7 of the decision order. Returns the new usage state when the request is admitted
@@ -121,7 +133,7 @@ pub fn decide_within(
     allowance: Option<Allowance>,
 ) -> (Decision, Option<Usage>) {
     let mut d = Decision::without_key(Status::Ok);
-    let mut wait_for_lease = false;
+    let mut waits_for_lease = false;
     // Without a quota the count is left as it is: a rotated key's successor shares its counter.
     let mut period_start = usage.period_start_ms;
     let mut used = usage.used;
@@ -133,9 +145,13 @@ pub fn decide_within(
         d.quota_remaining = (q.limit - used).max(0);
         d.quota_reset_ms = end;
         if let Some(a) = allowance {
-            if a.up_to - used < d.quota_remaining {
-                d.quota_remaining = (a.up_to - used).max(0);
-                wait_for_lease = !a.fleet_spent;
+            if a.fleet_spent {
+                // The fleet's quota is all leased: this host's lease is all it will count.
+                d.quota_remaining = d.quota_remaining.min((a.up_to - used).max(0));
+            } else {
+                // The quota has room fleet-wide: the figure is the key's quota less this host's count (the
+                // others' counts are not known here), and a host out of lease waits for its share.
+                waits_for_lease = a.short(used);
             }
         }
     }
@@ -159,9 +175,11 @@ pub fn decide_within(
         return refused_before_rate(Status::ApiKeyExpired, 0, d);
     }
     if policy.quota.is_some() && d.quota_remaining == 0 {
-        let to_period_end = d.quota_reset_ms - now_ms;
-        let retry = if wait_for_lease { TOP_UP_RETRY_MS.min(to_period_end) } else { to_period_end };
-        return refused_before_rate(Status::ApiKeyQuotaExceeded, retry, d);
+        return refused_before_rate(Status::ApiKeyQuotaExceeded, d.quota_reset_ms - now_ms, d);
+    }
+    if waits_for_lease {
+        // Not the client's quota: this host's share of it, which its agent is asked for now.
+        return refused_before_rate(Status::RateLimitExceeded, TOP_UP_RETRY_MS.min(d.quota_reset_ms - now_ms), d);
     }
     let mut tat_ns = usage.tat_ns;
     if let Some(b) = bucket {
@@ -339,31 +357,45 @@ mod tests {
     }
 
     #[test]
-    fn a_fleet_host_counts_only_up_to_its_lease() {
+    fn a_fleet_host_counts_only_up_to_its_lease_and_says_quota_exceeded_only_when_the_fleets_is_spent() {
         let p = KeyPolicy { quota: Some(Quota { limit: 10, period: Period::Daily }), ..open_policy() };
         let lease = Some(Allowance { up_to: 2, fleet_spent: false });
         let mut u = Usage::default();
-        for remaining in [1, 0] {
+        for remaining in [9, 8] {
             let (d, next) = decide_within(&p, &u, NOW, lease);
-            assert_eq!((d.status, d.quota_limit, d.quota_remaining), (Status::Ok, 10, remaining));
+            assert_eq!((d.status, d.quota_limit, d.quota_remaining), (Status::Ok, 10, remaining), "the key's quota");
             u = next.unwrap();
         }
         let (refused, next) = decide_within(&p, &u, NOW, lease);
         assert_eq!(
-            (refused.status, refused.retry_after_ms, next),
-            (Status::ApiKeyQuotaExceeded, TOP_UP_RETRY_MS, None)
+            (refused.status, refused.retry_after_ms, refused.quota_remaining, next),
+            (Status::RateLimitExceeded, TOP_UP_RETRY_MS, 8, None),
+            "out of lease while the fleet has room: this host waits for its share, the quota is not exceeded"
         );
         let spent = Some(Allowance { up_to: 2, fleet_spent: true });
         let refused = decide_within(&p, &u, NOW, spent).0;
+        assert_eq!((refused.status, refused.quota_remaining), (Status::ApiKeyQuotaExceeded, 0));
         assert_eq!(
             refused.retry_after_ms,
             refused.quota_reset_ms - NOW,
             "the fleet's quota is spent: wait for the period"
         );
         let none = decide_within(&p, &Usage::default(), NOW, Some(Allowance { up_to: 0, fleet_spent: false })).0;
-        assert_eq!(none.status, Status::ApiKeyQuotaExceeded, "no lease yet: refused, never over-admitted");
+        assert_eq!(none.status, Status::RateLimitExceeded, "no lease yet: refused, never over-admitted");
         let generous = decide_within(&p, &u, NOW, Some(Allowance { up_to: 50, fleet_spent: false })).0;
         assert_eq!(generous.quota_remaining, 7, "a lease never lifts the key's own quota");
+        let mut own = Usage { used: 10, ..u };
+        own.period_start_ms = Period::Daily.bounds(NOW).0;
+        let refused = decide_within(&p, &own, NOW, Some(Allowance { up_to: 10, fleet_spent: false })).0;
+        assert_eq!(refused.status, Status::ApiKeyQuotaExceeded, "the key's own count reached its limit");
+        // A refusal while waiting for a share gives the rate limit's figures as they are, and charges nothing.
+        let rated = KeyPolicy { rate: Some(RateLimit { limit: 5, window_ms: 1000, burst: 5 }), ..p };
+        let (d, next) = decide_within(&rated, &u, NOW, lease);
+        assert_eq!((d.status, d.rate_limit, d.rate_remaining, next), (Status::RateLimitExceeded, 5, 5, None));
+        // Less than a second before the period's end, the retry is the period's end.
+        let last = Period::Daily.bounds(NOW).1 - 300;
+        let d = decide_within(&p, &Usage { period_start_ms: Period::Daily.bounds(NOW).0, ..u }, last, lease).0;
+        assert_eq!((d.status, d.retry_after_ms), (Status::RateLimitExceeded, 300));
     }
 
     impl Decision {

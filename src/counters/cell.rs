@@ -4,6 +4,7 @@
 //! that no check charges it any more.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use portable_atomic::AtomicU128;
 
@@ -49,6 +50,13 @@ impl SharedCounters {
 
     /// Decides one request for the key with this digest and charges it if admitted.
     pub fn admit(&self, digest: &KeyDigest, now_ms: i64) -> Found {
+        self.admit_waiting(digest, now_ms, Duration::ZERO)
+    }
+
+    /// [`SharedCounters::admit`]; in fleet mode, a check that finds this host out of lease while the
+    /// fleet's quota has room cues the agent and may wait for its answer, at most `lease_wait` (see
+    /// `cue.rs`), then decides again, once.
+    pub fn admit_waiting(&self, digest: &KeyDigest, now_ms: i64, lease_wait: Duration) -> Found {
         let Some((_, _, r)) = self.find(digest) else { return Found::Unknown };
         if r == u64::MAX {
             return self.damaged("an index slot names a record outside the file");
@@ -81,6 +89,9 @@ impl SharedCounters {
         }
         let mut current = cell.state.load(Ordering::Acquire);
         let mut counted_at;
+        // While waiting for the agent: when the wait ends, and the lease this check last waited at.
+        let (mut lease_deadline_ns, mut waited_at_lease) = (0, 0);
+        let mut waits_for_lease = false;
         let decision = loop {
             if current as u64 & FROZEN != 0 {
                 return Found::Moved;
@@ -91,9 +102,39 @@ impl SharedCounters {
             // before the compare-and-swap, a stale one under-admits.
             let allowance = policy.quota.and_then(|q| self.allowance(cell, &q, counted_at));
             let (decision, next) = policy::decide_within(&policy, &usage, now_ms, allowance);
-            let Some(next) = next else { break decision };
+            let Some(next) = next else {
+                // Out of lease while the fleet has room: the one refusal the agent can lift at once.
+                let short = allowance.filter(|a| {
+                    decision.status == Status::RateLimitExceeded
+                        && policy.quota.is_some_and(|q| a.short(usage.used_in(q.period.bounds(counted_at).0)))
+                });
+                waits_for_lease = short.is_some();
+                if let Some(a) = short {
+                    let cue = self.cue_lease_agent();
+                    // Wait (again) only if the last answer brought a lease, which others used up first.
+                    let first = lease_deadline_ns == 0;
+                    if !lease_wait.is_zero() && (first || a.up_to > waited_at_lease) && self.lease_agent_responsive() {
+                        if first {
+                            lease_deadline_ns = super::monotonic_ns().saturating_add(lease_wait.as_nanos() as u64);
+                        }
+                        if self.await_lease_answer(cue, lease_deadline_ns) {
+                            waited_at_lease = a.up_to;
+                            current = cell.state.load(Ordering::Acquire);
+                            continue;
+                        }
+                        if first {
+                            self.suspend_lease_waits();
+                        }
+                    }
+                }
+                break decision;
+            };
             match cell.state.compare_exchange_weak(current, encode(&next), Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
+                    if allowance.is_some_and(|a| a.short(next.used)) {
+                        // This check took the lease's last unit: the agent tops it up before the next needs it.
+                        self.cue_lease_agent();
+                    }
                     cell.total.fetch_add(1, Ordering::Relaxed);
                     // A plain store, not a read-modify-write (a locked instruction on every admitted check):
                     // two checks racing within the same microseconds may leave the earlier of their two
@@ -115,8 +156,12 @@ impl SharedCounters {
         }
         // In the day of the period it was charged in, so that the day reports agree with the quota.
         count_day(cell, counted_at, decision.status);
-        // A refusal for want of a share is this host's, not the client's: no abuse.
-        let abusive = decision.status == Status::RateLimitExceeded && !withheld && self.count_abuse(cell, now_ms);
+        // A refusal for want of a share, or while waiting for this host's lease, is this host's doing, not
+        // the client's: it never counts towards revocation.
+        let abusive = decision.status == Status::RateLimitExceeded
+            && !withheld
+            && !waits_for_lease
+            && self.count_abuse(cell, now_ms);
         Found::Key(Admission { decision, abusive, record: r, cell: cell_no, rate_window_ms })
     }
 
@@ -155,6 +200,11 @@ impl SharedCounters {
     /// sets a share that lapses, `set_rate_share`).
     pub fn set_rate_sharers(&self, hosts: u32) {
         self.set_rate_share(hosts, None);
+    }
+
+    /// Fleet mode: how many live hosts share each key's rate limit (at least 1).
+    pub fn rate_sharers(&self) -> u32 {
+        self.header().rate_sharers.load(Ordering::Acquire).max(1)
     }
 
     /// Sets the store-wide policies (with the database's write lock held: they are in the content checksum).

@@ -69,12 +69,24 @@ pub(super) struct Header {
     /// (CLOCK_MONOTONIC ns): one process verifies per generation change or period, not every process.
     pub(super) verified_generation: AtomicI64,
     pub(super) verified_at_ns: AtomicU64,
-    /// In fleet mode, until when (the host's clock, ms) this host may use its share of rates (see
+    /// In fleet mode, until when (this boot's monotonic clock, ms) this host may use its share of rates (see
     /// `share.rs`; added in 1.2: zero, no end, in files built before).
     pub(super) rate_share_until_ms: AtomicI64,
+    _pad2: [u8; 56],
+    /// Fleet mode, a check's cue to the agent's lease thread and its answer (see `cue.rs`), on a cache
+    /// line of their own (added in issue 22 in space that was zero, and zero means what it meant before:
+    /// no agent to wait for, so an older library sharing the file is unaffected, and this one waits for
+    /// no agent in an older file).
+    pub(super) lease_cue: AtomicU32,
+    pub(super) lease_cue_waiting: AtomicU32,
+    pub(super) lease_answered: AtomicU32,
+    pub(super) lease_waiters: AtomicU32,
+    pub(super) lease_agent_seen_ns: AtomicU64,
+    pub(super) lease_wait_off_until_ns: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN as usize);
+const _: () = assert!(std::mem::offset_of!(Header, lease_cue) % 64 == 0);
 
 /// A key's cell and first record together (later versions of the record use only the record part).
 #[repr(C, align(64))]

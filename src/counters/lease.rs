@@ -54,8 +54,15 @@ pub(super) fn merge_word(cell: &Cell, word: u64, lower: bool) {
         let (slot, next) = match same {
             Some(i) => {
                 let (_, held, was_spent) = unpack(words[i]).expect("found above");
-                let up_to = if lower { up_to } else { up_to.max(held) };
-                (i, pack(day * DAY_MS, up_to, spent || (was_spent && !lower)))
+                // The larger lease is the newer grant, and says whether the fleet's quota was all leased
+                // with it: a host that another host's hand-back lets grow is no longer told "spent".
+                let (up_to, spent) = match () {
+                    _ if lower => (up_to, spent),
+                    _ if up_to > held => (up_to, spent),
+                    _ if up_to < held => (held, was_spent),
+                    _ => (held, spent || was_spent),
+                };
+                (i, pack(day * DAY_MS, up_to, spent))
             }
             None => {
                 // The slot holding the older period (or none) gives way; if both are newer, nothing to do.
@@ -165,7 +172,7 @@ mod tests {
         };
         let start = Period::Daily.bounds(now).0;
         assert!(!c.quota_cell(&e.digest, now).unwrap().wanted, "not used here: the agent leases nothing");
-        assert_eq!(status(&c), Status::ApiKeyQuotaExceeded, "no lease yet: nothing admitted");
+        assert_eq!(status(&c), Status::RateLimitExceeded, "no lease yet: nothing admitted, the quota not exceeded");
         let q = c.quota_cell(&e.digest, now).unwrap();
         assert!(q.wanted && q.lease == 0, "a check asked for it: the agent leases some");
         assert!(c.set_lease(&e.digest, start, 3, false, false));
@@ -187,6 +194,36 @@ mod tests {
     }
 
     #[test]
+    fn a_host_out_of_lease_cues_its_agent_and_says_quota_exceeded_only_once_the_fleets_quota_is_all_leased() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = entry_with_daily_quota(1, 100);
+        let (_, c) = built(&dir, std::slice::from_ref(&e));
+        c.set_policies(&Policies { fleet_leases: true, ..Policies::default() });
+        let now = 1_800_000_000_000;
+        let (start, end) = Period::Daily.bounds(now);
+        let answer = |c: &SharedCounters| match c.admit(&e.digest, now) {
+            Found::Key(a) => (a.decision.status, a.decision.retry_after_ms),
+            other => panic!("{other:?}"),
+        };
+        let cue = c.lease_cue();
+        assert_eq!(answer(&c), (Status::RateLimitExceeded, crate::policy::TOP_UP_RETRY_MS));
+        assert_eq!(c.lease_cue(), cue.wrapping_add(1), "the check cued the agent");
+        c.set_lease(&e.digest, start, 2, false, false);
+        assert_eq!(answer(&c).0, Status::Ok);
+        assert_eq!(c.lease_cue(), cue.wrapping_add(1), "lease left: no cue");
+        assert_eq!(answer(&c).0, Status::Ok);
+        assert_eq!(c.lease_cue(), cue.wrapping_add(2), "the last unit taken: the agent tops up before it is needed");
+        assert_eq!(answer(&c).0, Status::RateLimitExceeded);
+        c.set_lease(&e.digest, start, 2, true, false);
+        assert_eq!(answer(&c), (Status::ApiKeyQuotaExceeded, end - now), "the fleet's quota is all leased");
+        c.set_lease(&e.digest, start, 4, false, false);
+        assert_eq!(answer(&c).0, Status::Ok, "a larger grant after a hand-back elsewhere: no longer spent");
+        c.set_lease(&e.digest, start, 3, true, false);
+        assert_eq!(answer(&c).0, Status::Ok, "an older grant neither lowers the lease nor says spent");
+        assert_eq!(answer(&c).0, Status::RateLimitExceeded);
+    }
+
+    #[test]
     fn a_check_stamped_before_the_cells_period_is_held_to_that_periods_lease() {
         let dir = tempfile::tempdir().unwrap();
         let e = entry_with_daily_quota(1, 100);
@@ -202,7 +239,7 @@ mod tests {
         assert_eq!(status(midnight + 1), (Status::Ok, midnight + DAY_MS));
         // A host whose clock is 2 ms behind: counted in the new day, within the new day's lease of 2.
         assert_eq!(status(midnight - 1), (Status::Ok, midnight + DAY_MS));
-        assert_eq!(status(midnight - 1).0, Status::ApiKeyQuotaExceeded, "the old day's lease of 50 lends nothing");
+        assert_eq!(status(midnight - 1).0, Status::RateLimitExceeded, "the old day's lease of 50 lends nothing");
         let q = c.quota_cell(&e.digest, midnight - 1).unwrap();
         assert_eq!((q.period_start_ms, q.used, q.lease), (midnight, 2, 2), "the agent sees the cell's period");
     }

@@ -18,7 +18,9 @@
 //! - `index.rs`: finding and publishing keys: index slots and the immutable policy records;
 //! - `cell.rs`: the counter cell and the decision that charges it with one compare-and-swap;
 //! - `flush.rs`: what reaches the database, and which process writes it when;
-//! - `carry.rs`: growth: every cell's state carried exactly into a larger file.
+//! - `carry.rs`: growth: every cell's state carried exactly into a larger file;
+//! - `lease.rs` and `cue.rs`: fleet mode, a host's leases of its keys' quotas, and a check's cue to the
+//!   agent when it runs out (and its bounded wait for the answer).
 //!
 //! This file holds the public surface: [`SharedCounters`] (its methods are spread over the parts) and
 //! the types the store exchanges with it.
@@ -34,6 +36,7 @@ use crate::policy::{Decision, KeyPolicy, Usage};
 
 mod carry;
 mod cell;
+mod cue;
 mod flush;
 mod index;
 mod layout;

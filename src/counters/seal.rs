@@ -5,7 +5,8 @@
 //! (blocks below `blocks_used`) with the row number of the cell in the same block (which a flush writes
 //! the counts under), and the header's `cells_used`, `blocks_used` and store-wide policies. Not covered:
 //! the counts in the cells (they change on every check, and the database is their source of truth), and
-//! the header's flush schedule, generation, state and fleet rate share.
+//! the header's flush schedule, generation, state, fleet rate share, and the lease thread's cue and
+//! liveness (`cue.rs`).
 //!
 //! The checksum is a wrapping sum of one 64-bit part per non-empty slot, per block in use (a CRC-32 of
 //! its record and row) and for the header, each part mixed with its position: an admin change, which

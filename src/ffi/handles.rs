@@ -25,8 +25,8 @@ pub unsafe extern "C" fn ms_store_open(path: *const c_char, out_store: *mut *mut
 }
 
 /// `ms_store_open` with options: `options_json` is NULL (all defaults) or
-/// `{"flush_interval_ms": N, "durability": "batched" | "strict", "busy_timeout_ms": N, "create": B}`,
-/// each optional.
+/// `{"flush_interval_ms": N, "durability": "batched" | "strict", "busy_timeout_ms": N, "create": B,
+/// "lease_wait_ms": N}`, each optional.
 /// `flush_interval_ms` (default 1000, 0..=3600000): counts reach the database at most this often (and
 /// on close); they are in the shared counters file at once, so only a power loss can take that window.
 /// `durability: "strict"` also writes every admitted check to the database in its own transaction
@@ -35,6 +35,12 @@ pub unsafe extern "C" fn ms_store_open(path: *const c_char, out_store: *mut *mut
 /// opens an existing store only; a path with no store (no file, an empty file, a SQLite database ms-auth
 /// never initialised) is refused with `MS_ERR_STORE`, `ms_last_error()` naming the path, and
 /// nothing is written (for tools that only read, where a mistyped path must not become an empty store).
+/// `lease_wait_ms` (default 50, 0..=1000), fleet mode only: how long a check that finds this host out of
+/// its lease of a key's quota, while the fleet's quota has room, may block waiting for the host's agent to
+/// lease more (usually one Redis round trip, under 1 ms; only while the agent is running and reaching
+/// Redis; at most once per key, host and period, plus once each time a lease runs out); 0 never blocks
+/// (an event-loop server such as nginx may want that): such a check answers `MS_RATE_LIMIT_EXCEEDED`
+/// with `retry_after_ms` of at most 1000 at once.
 /// Ownership and other errors as `ms_store_open`.
 #[no_mangle]
 pub unsafe extern "C" fn ms_store_open_v2(

@@ -1,7 +1,9 @@
 //! The fleet agent: the one process per host that talks to Redis. In a loop it publishes this host's
-//! changes (the store's outbox) to the fleet's log and applies the log to the store (`changelog`), keeps
-//! this host's quota leases topped up (`quota`), exchanges daily usage (`usage`), and reports itself in
-//! the fleet's member list. Redis being unreachable never touches the check path: servers keep deciding
+//! changes (the store's outbox) to the fleet's log and applies the log to the store (`changelog`),
+//! exchanges daily usage (`usage`), and reports itself in the fleet's member list; beside the loop, once
+//! it holds its host's identity, its lease thread (`lease_thread`, with a connection of its own) keeps
+//! this host's quota leases topped up and answers a check that runs out at once. Redis being
+//! unreachable never touches the check path: servers keep deciding
 //! from their store, changes made meanwhile wait in the outbox, and the agent reconnects with backoff.
 //!
 //! It holds its host's identity for as long as it runs (`members`: a second agent with the same identity,
@@ -26,13 +28,10 @@ use super::connect::connect;
 pub use super::connect::{redacted, url_has_password};
 use super::link::{Config, Failure, Health, Link, Names, Scripts};
 use super::members::{heartbeat, leave, Beat, Claimant, Claimed};
-use super::quota::{self, hand_back, lease_round, refresh_fleet_leased, Leases};
+use super::quota::{self, hand_back};
 use super::usage::UsageSync;
 use crate::error::{Error, Result};
 use crate::store::{clock_ms, Store};
-
-/// How long Redis must be unreachable before `WhenDown::Share` takes its share (not for a blip).
-const SHARE_AFTER: Duration = Duration::from_secs(2);
 
 /// How often the agent renews its host's share of rates, and how long a renewal holds (the host's
 /// clock). A host whose agent stopped withholds its share at most `SHARE_HOLDS` after the agent's last
@@ -127,90 +126,100 @@ fn run_loop(
         grant: redis::Script::new(quota::GRANT),
         hand_back: redis::Script::new(quota::HAND_BACK),
     };
-    let mut leases = Leases::default();
     let mut usage = UsageSync::default();
     let mut health = Health::default();
     let mut conn: Option<redis::Connection> = None;
     let mut backoff = Duration::from_millis(100);
-    let mut down_since: Option<Instant> = None;
     let mut ever_connected = false;
     let mut next_report = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if conn.is_none() {
-            let claimed = connect(cfg).and_then(|mut c| match claimant.claim(&mut c, cfg, stop, log) {
-                Ok(claimed) => Ok((c, claimed)),
-                Err(e) => Err(format!("{e:?}")),
-            });
-            match claimed {
-                Ok((_, Claimed::Stopping)) => break,
-                Ok((_, Claimed::HeldBy(holder))) => return Ok(refused(store, cfg, &mut health, &usage, holder, log)),
-                Ok((c, Claimed::Ours)) => {
-                    log(&format!(
-                        "connected to Redis at {} as host {:?} (host id {})",
-                        redacted(&cfg.redis_url),
-                        cfg.host,
-                        cfg.host_id
-                    ));
-                    conn = Some(c);
-                    health.redis_ok = true;
-                    health.position_checked = false;
-                    leases.reconnected(ever_connected);
-                    ever_connected = true;
-                    usage.reconnected();
-                    down_since = None;
-                    backoff = Duration::from_millis(100);
-                    next_report = Instant::now();
-                }
-                Err(e) => {
-                    let why = format!("Redis at {} unreachable: {e}", redacted(&cfg.redis_url));
-                    if health.redis_ok || health.last_error.as_deref() != Some(why.as_str()) {
-                        log(&format!("{why}; checks go on from the local store, changes wait in its outbox"));
-                    }
-                    health.redis_ok = false;
-                    health.last_error = Some(why);
-                    let down_for = down_since.get_or_insert_with(Instant::now).elapsed();
-                    if cfg.when_down == super::WhenDown::Share && down_for >= SHARE_AFTER {
-                        match leases.share_while_down(store, health.rate_sharers, clock_ms()) {
-                            Ok(0) => {}
-                            Ok(n) => log(&format!(
-                                "Redis unreachable for {} s: raised this host's lease of {n} quotas by its share \
-                                 (1/{}) of what the fleet had not leased (--when-redis-down share)",
-                                down_for.as_secs(),
-                                health.rate_sharers
-                            )),
-                            Err(e) => log(&format!("store: {}", e.message)),
+    let (lease_log, lease_lines) = std::sync::mpsc::channel::<String>();
+    // The lease thread stops with this loop (`leasing_stops`, the scope's end): it grants nothing after
+    // the hand-back, nor after another agent was found holding this host's identity.
+    let leasing_stops = AtomicBool::new(false);
+    let ended = std::thread::scope(|s| {
+        let mut lease_log = Some(lease_log);
+        let ended = loop {
+            if stop.load(Ordering::Relaxed) {
+                break None;
+            }
+            for line in lease_lines.try_iter() {
+                log(&line);
+            }
+            if conn.is_none() {
+                let claimed = connect(cfg).and_then(|mut c| match claimant.claim(&mut c, cfg, stop, log) {
+                    Ok(claimed) => Ok((c, claimed)),
+                    Err(e) => Err(format!("{e:?}")),
+                });
+                match claimed {
+                    Ok((_, Claimed::Stopping)) => break None,
+                    Ok((_, Claimed::HeldBy(holder))) => break Some(holder),
+                    Ok((c, Claimed::Ours)) => {
+                        log(&format!(
+                            "connected to Redis at {} as host {:?} (host id {})",
+                            redacted(&cfg.redis_url),
+                            cfg.host,
+                            cfg.host_id
+                        ));
+                        conn = Some(c);
+                        health.redis_ok = true;
+                        health.position_checked = false;
+                        ever_connected = true;
+                        usage.reconnected();
+                        backoff = Duration::from_millis(100);
+                        next_report = Instant::now();
+                        // Leasing starts only once this agent holds the identity: a copy of a store must
+                        // never be granted under the original's.
+                        if let Some(lease_log) = lease_log.take() {
+                            let (names, scripts, leasing_stops) = (&names, &scripts, &leasing_stops);
+                            s.spawn(move || super::lease_thread::run(store, cfg, names, scripts, leasing_stops, lease_log));
                         }
                     }
-                    report_locally(store, cfg, &health, &usage, true, log);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
+                    Err(e) => {
+                        let why = format!("Redis at {} unreachable: {e}", redacted(&cfg.redis_url));
+                        if health.redis_ok || health.last_error.as_deref() != Some(why.as_str()) {
+                            log(&format!("{why}; checks go on from the local store, changes wait in its outbox"));
+                        }
+                        health.redis_ok = false;
+                        health.last_error = Some(why);
+                        report_locally(store, cfg, &health, &usage, true, log);
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
                 }
             }
-        }
-        let conn_now = conn.as_mut().expect("connected above");
-        let mut link = Link { store, cfg, names: &names, scripts: &scripts, conn: conn_now, health: &mut health };
-        let due = Instant::now() >= next_report;
-        if due {
-            next_report = Instant::now() + cfg.heartbeat;
-        }
-        match round(&mut link, &mut leases, &mut usage, claimant, share, due, log) {
-            Ok(None) => {}
-            Ok(Some(holder)) => return Ok(refused(store, cfg, &mut health, &usage, holder, log)),
-            Err(Failure::Redis(e)) => {
-                if !stop.load(Ordering::Relaxed) {
-                    log(&format!("lost Redis: {e}; reconnecting"));
+            let conn_now = conn.as_mut().expect("connected above");
+            let mut link = Link { store, cfg, names: &names, scripts: &scripts, conn: conn_now, health: &mut health };
+            let due = Instant::now() >= next_report;
+            if due {
+                next_report = Instant::now() + cfg.heartbeat;
+            }
+            match round(&mut link, &mut usage, claimant, share, due, log) {
+                Ok(None) => {}
+                Ok(Some(holder)) => break Some(holder),
+                Err(Failure::Redis(e)) => {
+                    if !stop.load(Ordering::Relaxed) {
+                        log(&format!("lost Redis: {e}; reconnecting"));
+                    }
+                    health.last_error = Some(format!("Redis: {e}"));
+                    health.redis_ok = false;
+                    conn = None;
                 }
-                health.last_error = Some(format!("Redis: {e}"));
-                health.redis_ok = false;
-                conn = None;
+                Err(Failure::Store(e)) => {
+                    log(&format!("store: {}", e.message));
+                    health.last_error = Some(e.message);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
             }
-            Err(Failure::Store(e)) => {
-                log(&format!("store: {}", e.message));
-                health.last_error = Some(e.message);
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
+        };
+        leasing_stops.store(true, Ordering::Relaxed);
+        ended
+    });
+    for line in lease_lines.try_iter() {
+        log(&line);
+    }
+    if let Some(holder) = ended {
+        return Ok(refused(store, cfg, &mut health, &usage, holder, log));
     }
     // The others take this host's share once it leaves the member list: it is withheld first.
     share.lapse(store);
@@ -236,11 +245,10 @@ fn run_loop(
     Ok(Ended::Stopped)
 }
 
-/// One round while connected: the change log, leases, and when `due` the heartbeat and what follows
+/// One round while connected: the change log, and when `due` the heartbeat and what follows
 /// it. `Some(holder)` when another agent took this host's identity.
 fn round(
     link: &mut Link,
-    leases: &mut Leases,
     usage: &mut UsageSync,
     claimant: &Claimant,
     share: &ShareKeeper,
@@ -248,7 +256,6 @@ fn round(
     log: &mut dyn FnMut(&str),
 ) -> std::result::Result<Option<String>, Failure> {
     step(link, log)?;
-    lease_round(link, leases)?;
     if !due {
         return Ok(None);
     }
@@ -265,9 +272,6 @@ fn round(
     link.health.last_id = last.ids.first().map(|e| e.id.clone());
     link.health.redis_ok = true;
     link.health.last_error = None;
-    if link.cfg.when_down == super::WhenDown::Share {
-        refresh_fleet_leased(link, leases)?;
-    }
     usage.round(link, log)?;
     report_locally(link.store, link.cfg, link.health, usage, true, log);
     Ok(None)

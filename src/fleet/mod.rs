@@ -19,21 +19,25 @@
 //!
 //! Fleet mode across the layers (imports point down): in the core, `gcra` shares a key's rate among
 //! the live hosts (`RateLimit::share_among`) and `policy` counts a quota only within this host's lease
-//! (`Allowance`, `decide_within`); in `counters`, `lease.rs` keeps each cell's two lease words and
-//! `share.rs` the header's share of rates (how many live hosts share, until when: it lapses when the
-//! agent stops renewing it); in `store`, `schema.rs` holds the migrations whose triggers fill the
-//! outbox, and `store/fleet/` the `Change` this log carries, membership, the outbox and applying changes
-//! (`replica.rs`), this host's identity and share of rates (`host.rs`) and the other hosts' daily usage
-//! (`usage.rs`); here, `link.rs` holds what the agent's parts share (`Config`, the Redis names and
-//! scripts, `Health`, `Failure`, and `Link`, all that one round works with), `connect.rs` reaches Redis,
-//! `secret.rs` holds the fleet's secret, `members.rs` claims this host's identity and keeps the member
-//! list, `changelog.rs` publishes the outbox and applies the log, `quota.rs` leases quotas, `usage.rs`
-//! exchanges daily usage, and `agent.rs` runs them in a loop; in `src/bin/ms-auth/fleet.rs`, the
-//! `ms-auth fleet` commands start the agent, show its status and give a copied store a new identity.
+//! (`Allowance`, `decide_within`); in `counters`, `lease.rs` keeps each cell's two lease words, `cue.rs`
+//! the checks' cue to the agent's lease thread and their bounded wait for it, and `share.rs` the
+//! header's share of rates (how many live hosts share, until when: it lapses when the agent stops
+//! renewing it); in `store`, `schema.rs` holds the migrations whose triggers fill the outbox, and
+//! `store/fleet/` the `Change` this log carries, membership, the outbox and applying changes
+//! (`replica.rs`), this host's identity and share of rates (`host.rs`), the lease thread's side of the
+//! counters file (`lease.rs`) and the other hosts' daily usage (`usage.rs`); here, `link.rs` holds what
+//! the agent's parts share (`Config`, the Redis names and scripts, `Health`, `Failure`, and `Link`, all
+//! that one round works with), `connect.rs` reaches Redis, `secret.rs` holds the fleet's secret,
+//! `members.rs` claims this host's identity and keeps the member list, `changelog.rs` publishes the
+//! outbox and applies the log, `quota.rs` leases quotas (`lease_thread.rs` runs it beside the agent's
+//! loop, woken by a check that runs out), `usage.rs` exchanges daily usage, and `agent.rs` runs them in
+//! a loop; in `src/bin/ms-auth/fleet.rs`, the `ms-auth fleet` commands start the agent, show its status
+//! and give a copied store a new identity.
 
 pub mod agent;
 mod changelog;
 mod connect;
+mod lease_thread;
 mod link;
 mod members;
 pub mod quota;

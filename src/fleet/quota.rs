@@ -8,10 +8,12 @@
 //! than the quota**, with or without Redis, across partitions and crashes. The price is under-admission:
 //! at most the leases outstanding and unused at the period's end (each host's last chunk).
 //!
-//! Chunks follow each host's demand: the agent measures how fast each key is used on its host and asks for
-//! about a second of it (1% of the quota at first, doubling each round the host ran out), topping up when
-//! less than half a chunk is left; the script gives at most half of what is left of the quota, so the last
-//! units are shared among the hosts that ask.
+//! Chunks follow each host's demand: the agent measures how fast each key is used on its host and tops a
+//! lease up by a quarter of a second of it when no more than that is left; a host that runs out (a
+//! check cues the agent's lease thread, which asks at once: `lease_thread`) asks for twice what it asked
+//! last time it ran out, starting from a small share of the quota, so a burst ramps up in a few round
+//! trips and leaves at most about its own size unused. The script gives at most half of what is left of
+//! the quota, so the last units are shared among the hosts that ask.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -58,8 +60,8 @@ return 1
 /// The agent's side of every lease this host holds: how much to ask for next, from demand.
 #[derive(Default)]
 pub struct Leases {
-    /// (owner, period start) → (chunk, used at the last round, when)
-    seen: HashMap<(String, i64), (i64, i64, Instant)>,
+    /// (owner, period start) → what this host's demand for the quota was found to be.
+    seen: HashMap<(String, i64), Demand>,
     /// When a spent quota is asked again (another host may have handed some back).
     next_retry_of_spent: HashMap<(String, i64), Instant>,
     /// Set on every (re)connection: every lease held is re-asserted once (asking for nothing more), so
@@ -73,11 +75,45 @@ pub struct Leases {
     /// The quotas whose unleased rest this host took its share of during the current outage.
     shared_while_down: HashSet<(String, i64)>,
     no_asking_until: Option<Instant>,
+    /// The fleet's live members (as the last heartbeat counted them), who share first asks.
+    pub members: i64,
 }
 
-/// A first ask takes 1% of the quota, at most this much: a big quota is not tied up by a quiet host (the
-/// chunk then follows the host's rate).
+/// One quota's demand on this host in one period.
+struct Demand {
+    /// What to ask for when the host runs out: doubled each time it does.
+    chunk: i64,
+    /// What to top up by ahead of need: [`CHUNK_SECONDS`] of the rate measured over the last window.
+    steady: i64,
+    /// The count and the instant this host's rate is measured from.
+    used: i64,
+    at: Instant,
+    /// The lease this host last ran out of: the chunk doubles once per lease run out.
+    ran_out_of: i64,
+    /// The count at the last round, and whether it grew since the round before: a lease that is not used
+    /// up is topped up only while the key is in use (a burst that ended leaves no more than it took).
+    used_at_round: i64,
+    in_use: bool,
+}
+
+/// A first ask takes the host's share (1/members) of [`FIRST_ASKS_SHARE`] of the quota, at least 1 and at
+/// most this much: a big quota is not tied up by a quiet host (the chunk then follows the host's rate).
 pub const FIRST_CHUNK_MAX: i64 = 1000;
+
+/// What the first asks of every host together take of a quota at most (a quarter of a percent): what
+/// hosts that asked once and went quiet leave unused at the period's end (a check that runs out is answered in a round trip, so a
+/// small first ask costs a few round trips of a burst's first milliseconds, not refusals).
+pub const FIRST_ASKS_SHARE: f64 = 0.0025;
+
+/// A chunk is this many seconds of the host's recent rate for the key: the lease is topped up when no more
+/// than a chunk is left (2.5 of the lease thread's rounds ahead), so at most 2 chunks, 0.5 s of the host's
+/// traffic, are unused at any instant (what a period's end leaves unadmitted), and a host at a steady rate
+/// asks about 4 times a second.
+pub const CHUNK_SECONDS: f64 = 0.25;
+
+/// The shortest span a host's rate is measured over: a second, so that a burst of a few milliseconds is
+/// not taken for a rate it would keep up (a host whose demand grows faster is followed by doubling).
+const RATE_WINDOW: f64 = 1.0;
 
 /// After an outage, how long hosts only re-assert their leases: longer than an agent's longest
 /// reconnection backoff (2 s) and a round.
@@ -88,42 +124,71 @@ pub fn hash_name(fleet: &str, owner: &str, period_start_ms: i64) -> String {
     format!("ms-auth:{fleet}:quota:{owner}:{period_start_ms}")
 }
 
+/// A quota's first ask on a host of a fleet of `members` live hosts.
+pub fn first_chunk(limit: i64, members: i64) -> i64 {
+    ((limit as f64 * FIRST_ASKS_SHARE / members.max(1) as f64) as i64).clamp(1, FIRST_CHUNK_MAX)
+}
+
 impl Leases {
-    /// How much to ask for: a second of this host's recent rate for the key, doubled each round the host
-    /// ran out (so a burst ramps up in a few rounds); a first ask takes 1% of the quota, at least 1 and at
-    /// most [`FIRST_CHUNK_MAX`].
+    /// How much to ask for this round: when the host ran out of its lease, twice what it asked the last
+    /// time it ran out (a first ask is [`first_chunk`]), so a burst ramps up in a few round trips; else
+    /// [`CHUNK_SECONDS`] of this host's rate for the key over the last second (or less than that), so
+    /// that a burst that ended is not taken for a rate the host keeps up.
     pub fn chunk(&mut self, q: &FleetQuota) -> i64 {
         let now = Instant::now();
         let c = &q.quota;
-        let first = (c.limit / 100).clamp(1, FIRST_CHUNK_MAX);
+        let first = first_chunk(c.limit, self.members);
         if !c.wanted {
             // Not used here this period: nothing to learn (and an empty lease is not a host running out).
             return first;
         }
-        let entry = self.seen.entry((q.owner.clone(), c.period_start_ms)).or_insert((first, c.used, now));
-        let elapsed = now.duration_since(entry.2).as_secs_f64();
-        if elapsed >= 0.05 {
-            let per_second = ((c.used - entry.1).max(0) as f64 / elapsed).ceil() as i64;
-            let ran_out = c.used >= c.lease;
-            entry.0 = if ran_out { (entry.0 * 2).max(per_second) } else { per_second.max(1) };
-            entry.0 = entry.0.clamp(1, c.limit.max(1));
-            entry.1 = c.used;
-            entry.2 = now;
+        let d = self.seen.entry((q.owner.clone(), c.period_start_ms)).or_insert(Demand {
+            chunk: first,
+            steady: first,
+            used: c.used,
+            at: now,
+            ran_out_of: 0,
+            used_at_round: c.used,
+            in_use: true,
+        });
+        d.in_use = c.used > d.used_at_round || c.used >= c.lease;
+        d.used_at_round = c.used;
+        let ran_out = c.lease > 0 && c.used >= c.lease;
+        if ran_out && c.lease > d.ran_out_of {
+            d.ran_out_of = c.lease;
+            d.chunk = d.chunk.saturating_mul(2);
         }
-        entry.0
+        let elapsed = now.duration_since(d.at).as_secs_f64();
+        if elapsed >= RATE_WINDOW {
+            let by_rate = ((c.used - d.used).max(0) as f64 / elapsed * CHUNK_SECONDS).ceil() as i64;
+            d.steady = by_rate.max(1);
+            d.chunk = if ran_out { d.chunk.max(by_rate) } else { d.steady };
+            d.used = c.used;
+            d.at = now;
+        }
+        d.chunk = d.chunk.clamp(1, c.limit.max(1));
+        if ran_out {
+            d.chunk
+        } else {
+            d.chunk.min(d.steady)
+        }
     }
 
-    /// True when the host should ask for more of this key now.
+    /// True when the host should ask for more of this key now: it ran out, or it has no more than a chunk
+    /// left of a key in use since the last round ([`Leases::chunk`] is called first, each round).
     pub fn wants_more(&mut self, q: &FleetQuota, chunk: i64) -> bool {
         let c = &q.quota;
-        if !c.wanted || c.lease - c.used > chunk / 2 {
+        if !c.wanted || c.lease - c.used > chunk {
+            return false;
+        }
+        let key = (q.owner.clone(), c.period_start_ms);
+        if !self.seen.get(&key).is_none_or(|d| d.in_use) {
             return false;
         }
         if !c.spent {
             return true;
         }
         // Spent: ask again now and then, in case another host handed some back.
-        let key = (q.owner.clone(), c.period_start_ms);
         let now = Instant::now();
         match self.next_retry_of_spent.get(&key) {
             Some(at) if *at > now => false,
@@ -201,6 +266,7 @@ pub(super) fn lease_round(link: &mut Link, leases: &mut Leases) -> std::result::
         leases.owners = store.fleet_quota_owners()?;
         leases.owners_generation = Some(generation);
     }
+    leases.members = i64::from(store.fleet_rate_sharers()?);
     let view = store.fleet_quota_cells(&leases.owners, now)?;
     let mut oldest_period = i64::MAX;
     let may_ask = leases.may_ask();

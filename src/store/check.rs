@@ -61,7 +61,7 @@ impl Store {
         // A file superseded by a larger one mid-check answers Moved: map the new one and ask again.
         let mut attempts = 0;
         let admission = loop {
-            match shared.admit(&digest, now_ms) {
+            match shared.admit_waiting(&digest, now_ms, self.options.lease_wait) {
                 Found::Key(admission) => break admission,
                 Found::Unknown => {
                     self.unmatched[1].fetch_add(1, Ordering::Relaxed);

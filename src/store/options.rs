@@ -29,11 +29,18 @@ pub struct StoreOptions {
     /// only, and refuses any other path with `ErrStore` naming it, so that a mistyped path is an error
     /// rather than a new empty store.
     pub create: bool,
+    /// Fleet mode: how long a check that finds this host out of lease of a quota the fleet has room in
+    /// may wait for the agent to lease it some (it waits only while the agent is responsive, and usually
+    /// for one Redis round trip); `Duration::ZERO`: never wait, answer `rate_limit_exceeded` at once.
+    pub lease_wait: Duration,
 }
 
+/// The longest `lease_wait` a store accepts: a check must stay a short affair.
+pub const MAX_LEASE_WAIT: Duration = Duration::from_millis(1000);
+
 /// The options JSON of `ms_store_open_v2`: `{"flush_interval_ms": N, "durability": "batched" | "strict",
-/// "busy_timeout_ms": N, "create": true | false}`, each optional (`null` is refused: it is not a value of
-/// any of them).
+/// "busy_timeout_ms": N, "create": true | false, "lease_wait_ms": N}`, each optional (`null` is refused:
+/// it is not a value of any of them).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreOptionsJson {
@@ -41,6 +48,7 @@ pub struct StoreOptionsJson {
     pub durability: spec::Field<Value>,
     pub busy_timeout_ms: spec::Field<Value>,
     pub create: spec::Field<Value>,
+    pub lease_wait_ms: spec::Field<Value>,
 }
 
 /// Fields are checked in declaration order; the first wrong one is reported.
@@ -71,6 +79,9 @@ impl TryFrom<StoreOptionsJson> for StoreOptions {
         if let Some(v) = json.create.given() {
             options.create = v.as_bool().ok_or_else(|| Error::invalid("create must be true or false"))?;
         }
+        if let Some(v) = json.lease_wait_ms.given() {
+            options.lease_wait = ms(v, "lease_wait_ms", MAX_LEASE_WAIT.as_millis() as u64)?;
+        }
         Ok(options)
     }
 }
@@ -90,6 +101,7 @@ impl Default for StoreOptions {
             busy_timeout: Duration::from_secs(5),
             durability: Durability::Batched,
             create: true,
+            lease_wait: Duration::from_millis(50),
         }
     }
 }

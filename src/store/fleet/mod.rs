@@ -1,8 +1,11 @@
 //! The store's side of fleet mode (the agent, which talks to Redis, is `crate::fleet`): the change
 //! that the agent publishes and applies, membership, the outbox and applying changes (`replica`), this
-//! host's identity and its share of rates (`host`), and the other hosts' daily usage (`usage`). Only SQL here; the store knows nothing of Redis.
+//! host's identity and its share of rates (`host`), the other hosts' daily usage (`usage`), and the
+//! lease thread's cue and liveness (`lease`). Only SQL and the counters file here; the store knows
+//! nothing of Redis.
 
 mod host;
+mod lease;
 mod replica;
 mod usage;
 
