@@ -42,11 +42,7 @@ fn log_entries(redis: &Redis) -> Vec<(String, HashMap<String, String>)> {
         .ids
         .into_iter()
         .map(|e| {
-            let fields = e
-                .map
-                .keys()
-                .map(|name| (name.clone(), e.get::<String>(name).unwrap_or_default()))
-                .collect();
+            let fields = e.map.keys().map(|name| (name.clone(), e.get::<String>(name).unwrap_or_default())).collect();
             (e.id, fields)
         })
         .collect()
@@ -93,8 +89,12 @@ fn status_json(host: &Host) -> Value {
 
 /// `ms-auth fleet status` on a host, as an operator reads it.
 fn status_text(host: &Host) -> String {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_ms-auth")).arg("--db").arg(&host.db).args(["fleet", "status"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ms-auth"))
+        .arg("--db")
+        .arg(&host.db)
+        .args(["fleet", "status"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -145,9 +145,8 @@ fn old_signed_entries_added_to_the_log_again_change_nothing_and_are_counted_stal
     let rotating = a.create_key(&spec(r#"{"rate_limit": null}"#), clock()).unwrap();
     let limited =
         a.create_key(&spec(r#"{"quota": {"limit": 1000, "period": "daily"}, "rate_limit": null}"#), clock()).unwrap();
-    let all_there = || {
-        checks_as(&b, &limited.key, Status::Ok) && plan_quota(&b, "pro") == Some(100) && idle_days(&b) == Some(30)
-    };
+    let all_there =
+        || checks_as(&b, &limited.key, Status::Ok) && plan_quota(&b, "pro") == Some(100) && idle_days(&b) == Some(30);
     assert!(within(Duration::from_secs(5), all_there).is_some(), "{}", hosts[1].log());
     let old: Vec<HashMap<String, String>> = log_entries(&redis)
         .into_iter()
@@ -189,7 +188,14 @@ fn old_signed_entries_added_to_the_log_again_change_nothing_and_are_counted_stal
     // Every replayed entry is counted as stale on every host, and said in its agent's log.
     for (h, before) in hosts.iter().zip(stale_before) {
         let counted = within(Duration::from_secs(5), || stale(h) >= before + old.len() as i64);
-        assert!(counted.is_some(), "{}: stale {} (before {before}, replayed {})\n{}", h.name, stale(h), old.len(), h.log());
+        assert!(
+            counted.is_some(),
+            "{}: stale {} (before {before}, replayed {})\n{}",
+            h.name,
+            stale(h),
+            old.len(),
+            h.log()
+        );
         assert!(h.log().contains("stale"), "{}", h.log());
         assert!(status_text(h).contains("stale"), "{}", status_text(h));
     }
@@ -218,7 +224,12 @@ fn a_pre_revocation_state_entry_put_back_is_refused_by_a_host_that_joins_later()
     let l = late.store();
     assert!(within(Duration::from_secs(10), || l.get_key(&k.record.id).is_ok()).is_some(), "{}", late.log());
     wait_position(&late, &log_entries(&redis).last().unwrap().0);
-    assert_eq!(l.check(Some(k.key.as_bytes()), clock()).unwrap().decision.status, Status::ApiKeyRevoked, "{}", late.log());
+    assert_eq!(
+        l.check(Some(k.key.as_bytes()), clock()).unwrap().decision.status,
+        Status::ApiKeyRevoked,
+        "{}",
+        late.log()
+    );
 }
 
 /// A fleet of `n` hosts whose agents run with `extra` arguments.
@@ -273,7 +284,12 @@ fn a_tampered_state_hash_is_repaired_by_the_live_agents_once_the_log_is_trimmed_
     late.start_agent(&redis.url());
     let l = late.store();
     assert!(within(Duration::from_secs(10), || l.get_key(&k.record.id).is_ok()).is_some(), "{}", late.log());
-    assert_eq!(l.check(Some(k.key.as_bytes()), clock()).unwrap().decision.status, Status::ApiKeyRevoked, "{}", late.log());
+    assert_eq!(
+        l.check(Some(k.key.as_bytes()), clock()).unwrap().decision.status,
+        Status::ApiKeyRevoked,
+        "{}",
+        late.log()
+    );
 }
 
 #[test]
@@ -287,7 +303,8 @@ fn a_revocation_deleted_from_the_log_is_detected_as_a_gap_and_repaired() {
     let before = state_entry(&redis, "key", &k.record.id).expect("the key's state");
     hosts[1].stop_agent();
     a.revoke_key(&k.record.id, clock(), Some("leaked")).unwrap();
-    let published = within(Duration::from_secs(5), || state_entry(&redis, "key", &k.record.id).as_ref() != Some(&before));
+    let published =
+        within(Duration::from_secs(5), || state_entry(&redis, "key", &k.record.id).as_ref() != Some(&before));
     assert!(published.is_some(), "{}", hosts[0].log());
     hosts[0].stop_agent();
     // The revocation and its audit event leave the log; the state hash gets its pre-revocation entry.
@@ -322,7 +339,10 @@ fn a_revocation_deleted_from_the_log_is_detected_as_a_gap_and_repaired() {
     let started = Instant::now();
     let repaired = within(Duration::from_secs(10), || checks_as(&b, &k.key, Status::ApiKeyRevoked));
     assert!(repaired.is_some(), "{}\n{}", hosts[0].log(), hosts[1].log());
-    eprintln!("a deleted revocation reached the host that lacked it {:?} after its origin's agent restarted", started.elapsed());
+    eprintln!(
+        "a deleted revocation reached the host that lacked it {:?} after its origin's agent restarted",
+        started.elapsed()
+    );
     let caught_up = within(Duration::from_secs(10), || status_json(&hosts[1])["log"]["caught_up"] == true);
     assert!(caught_up.is_some(), "{}", status_json(&hosts[1]));
     assert!(b.metrics_text(clock()).unwrap().contains("ms_auth_fleet_log_caught_up 1\n"));
@@ -351,7 +371,10 @@ fn replica_of(dir: &Path, master: &Redis) -> Replica {
         .spawn()
         .unwrap();
     let replica = Replica(child);
-    assert!(within(Duration::from_secs(10), || replica_acknowledges(master)).is_some(), "the replica never acknowledged");
+    assert!(
+        within(Duration::from_secs(10), || replica_acknowledges(master)).is_some(),
+        "the replica never acknowledged"
+    );
     replica
 }
 
@@ -402,4 +425,91 @@ fn a_change_published_again_after_an_agent_died_does_not_undo_a_newer_change() {
     let state: Value = serde_json::from_str(&state_entry(&redis, "key", &id).unwrap()).unwrap();
     let state_body: Value = serde_json::from_str(state["body"].as_str().unwrap()).unwrap();
     assert_eq!(state_body["quota_limit"], 5, "the state hash keeps the newest: {state}");
+}
+
+/// Entries of a key's quota in the log whose body has this limit.
+fn with_quota(redis: &Redis, id: &str, limit: i64) -> Vec<(String, HashMap<String, String>)> {
+    log_entries(redis).into_iter().filter(|(_, f)| is_key_entry(f, id) && body(f)["quota_limit"] == limit).collect()
+}
+
+#[test]
+fn entries_deleted_and_added_again_in_the_reverse_order_leave_the_newest_state() {
+    let _serial = serial();
+    let (_dir, redis, mut hosts) = fleet(2);
+    let a = hosts[0].store();
+    let k =
+        a.create_key(&spec(r#"{"quota": {"limit": 1000, "period": "daily"}, "rate_limit": null}"#), clock()).unwrap();
+    let id = k.record.id.clone();
+    let b = hosts[1].store();
+    assert!(within(Duration::from_secs(5), || b.get_key(&id).is_ok()).is_some(), "{}", hosts[1].log());
+    hosts[1].stop_agent();
+    for limit in [100, 5] {
+        a.update_key(&id, &patch(&format!(r#"{{"quota": {{"limit": {limit}, "period": "daily"}}}}"#))).unwrap();
+        let sent = within(Duration::from_secs(5), || !with_quota(&redis, &id, limit).is_empty());
+        assert!(sent.is_some(), "{}", hosts[0].log());
+    }
+    // While B's agent is down, the two changes leave the log and come back newest first.
+    let (newer, older) = (with_quota(&redis, &id, 5).remove(0), with_quota(&redis, &id, 100).remove(0));
+    let _: i64 = redis::cmd("XDEL").arg(LOG).arg(&newer.0).arg(&older.0).query(&mut redis.conn()).unwrap();
+    xadd_copy(&redis, &newer.1);
+    let last = xadd_copy(&redis, &older.1);
+    hosts[1].start_agent(&redis.url());
+    wait_position(&hosts[1], &last);
+    assert_eq!(quota_limit(&b, &id), Some(5), "{}", hosts[1].log());
+    // The older change filled B's gap in A's sequence: B is caught up, and counted it stale.
+    let settled = within(Duration::from_secs(5), || {
+        let report = status_json(&hosts[1]);
+        report["log"]["caught_up"] == true && report["log"]["stale"].as_i64() >= Some(1)
+    });
+    assert!(settled.is_some(), "{}\n{}", status_json(&hosts[1]), hosts[1].log());
+    assert_eq!(quota_limit(&b, &id), Some(5));
+}
+
+#[test]
+fn a_request_for_entries_older_than_the_journal_publishes_every_record_again_from_a_floor() {
+    let _serial = serial();
+    let (_dir, redis, hosts) = fleet_with(2, &["--max-log", "10"]);
+    let a = hosts[0].store();
+    let k = a.create_key(&spec(r#"{"rate_limit": null}"#), clock()).unwrap();
+    let b = hosts[1].store();
+    assert!(within(Duration::from_secs(5), || checks_as(&b, &k.key, Status::Ok)).is_some(), "{}", hosts[1].log());
+    a.revoke_key(&k.record.id, clock(), Some("leaked")).unwrap();
+    // Twenty more changes, each published: A's journal keeps its last 10 entries.
+    for i in 0..20 {
+        a.update_key(&k.record.id, &patch(&format!(r#"{{"name": "n{i}"}}"#))).unwrap();
+        let sent = within(Duration::from_secs(5), || {
+            log_entries(&redis).iter().any(|(_, f)| is_key_entry(f, &k.record.id) && body(f)["name"] == format!("n{i}"))
+        });
+        assert!(sent.is_some(), "{}", hosts[0].log());
+    }
+    assert!(within(Duration::from_secs(5), || checks_as(&b, &k.key, Status::ApiKeyRevoked)).is_some());
+    let head = |h: &Host| -> Value {
+        let origin = h.store().fleet_host_id().unwrap().unwrap();
+        let text: String = redis::cmd("HGET").arg("ms-auth:test:heads").arg(&origin).query(&mut redis.conn()).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let before = head(&hosts[0]);
+    assert_eq!(before["floor"], 0, "{before}");
+    // A host asks for A's entries from seq 1, which A's journal no longer holds.
+    let origin = a.fleet_host_id().unwrap().unwrap();
+    let _: i64 = redis::cmd("HSET").arg("ms-auth:test:repair").arg(&origin).arg(1).query(&mut redis.conn()).unwrap();
+    let answered = within(Duration::from_secs(10), || head(&hosts[0])["floor"].as_i64() > before["seq"].as_i64());
+    assert!(answered.is_some(), "{}", hosts[0].log());
+    assert!(hosts[0].log().contains("published again as new versions"), "{}", hosts[0].log());
+    // Every record again, as new versions: nothing changes on any host, and none is missing anything.
+    let floor = head(&hosts[0])["floor"].as_i64().unwrap();
+    let republished = within(Duration::from_secs(10), || {
+        log_entries(&redis)
+            .iter()
+            .any(|(_, f)| is_key_entry(f, &k.record.id) && f["seq"].parse::<i64>().unwrap() >= floor)
+    });
+    assert!(republished.is_some(), "{}", hosts[0].log());
+    let last = log_entries(&redis).last().unwrap().0.clone();
+    for (h, s) in hosts.iter().zip([&a, &b]) {
+        wait_position(h, &last);
+        assert!(checks_as(s, &k.key, Status::ApiKeyRevoked), "{}", h.log());
+        assert_eq!(s.get_key(&k.record.id).unwrap().name.as_deref(), Some("n19"));
+        let settled = within(Duration::from_secs(5), || status_json(h)["log"]["caught_up"] == true);
+        assert!(settled.is_some(), "{}\n{}", status_json(h), h.log());
+    }
 }

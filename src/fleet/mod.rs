@@ -30,6 +30,7 @@ mod changelog;
 mod connect;
 mod link;
 pub mod quota;
+mod repair;
 mod secret;
 pub mod usage;
 
