@@ -81,6 +81,8 @@ pub(super) struct LogUpkeep {
     /// The heads read at the previous upkeep round, with `reached_end` then: confirmed once the log was
     /// read to its end after.
     pub(super) heads_before: Vec<(crate::store::Head, u64)>,
+    /// Origins whose entry in the heads hash was refused at the last round (logged once).
+    pub(super) bad_heads: Vec<String>,
     /// This host's head (seq, floor) as last written to the heads hash.
     pub(super) announced: Option<(i64, i64)>,
     /// This host's highest seq sent, in this run.
@@ -92,6 +94,8 @@ pub(super) struct LogUpkeep {
     /// Where the sweep of the state hash is: in this host's records, and in the hash (HSCAN's cursor).
     pub(super) sweep_after: Option<(String, String)>,
     pub(super) scan_cursor: u64,
+    /// The SHA-1 of the state hash's entry of each field as last verified (signed, not older than held).
+    pub(super) verified: std::collections::HashMap<String, String>,
     /// Entries skipped as stale, in this run.
     pub(super) stale: u64,
     /// State entries repaired (put back) and applied (newer than held) by the sweep, in this run.

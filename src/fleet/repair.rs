@@ -27,19 +27,51 @@ const ASK_AGAIN_AFTER: Duration = Duration::from_secs(3);
 const RESEND_AT_MOST: usize = 1000;
 /// Every record published again (the journal no longer holds what a host asks for) at most this often.
 const REPUBLISH_AT_MOST_EVERY: Duration = Duration::from_secs(60);
-/// Records the sweep looks at per upkeep round, in this host's records and in the state hash each.
-pub(super) const SWEEP_PAGE: usize = 250;
+/// Records the sweep looks at per upkeep round, in the state hash and in this host's records each.
+const SWEEP_PAGE: usize = 200;
 
-/// Puts a state entry only if the hash still holds what the agent read (an empty string: nothing), so
-/// the sweep never overwrites a change published meanwhile.
+/// Puts a state entry only if the hash still holds what the agent read (by its SHA-1; an empty string:
+/// nothing), so the sweep never overwrites a change published meanwhile.
 const PUT_STATE: &str = r#"
-local held = redis.call('HGET', KEYS[1], ARGV[1]) or ''
-if held ~= ARGV[2] then return 0 end
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if (held and redis.sha1hex(held) or '') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 "#;
 
 static PUT_STATE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PUT_STATE));
+
+/// One HSCAN page of the state hash without the entries themselves: for each field, the version and
+/// origin its entry claims and the entry's SHA-1, and the next cursor first. The agent fetches an entry
+/// whole only when it has not verified that very text before.
+const SCAN_STATE: &str = r#"
+local page = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local out = {page[1]}
+local kv = page[2]
+for i = 1, #kv, 2 do
+  local version, origin = '', ''
+  local ok, e = pcall(cjson.decode, kv[i + 1])
+  if ok and type(e) == 'table' then
+    version, origin = tostring(e.version or ''), tostring(e.origin or '')
+  end
+  table.insert(out, kv[i])
+  table.insert(out, version)
+  table.insert(out, origin)
+  table.insert(out, redis.sha1hex(kv[i + 1]))
+end
+return out
+"#;
+
+static SCAN_STATE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SCAN_STATE));
+
+/// For each field named, 1 if the state hash has it, else 0 (the sweep's cheap look at this host's records).
+const HAS_FIELDS: &str = r#"
+local out = {}
+for i, field in ipairs(ARGV) do out[i] = redis.call('HEXISTS', KEYS[1], field) end
+return out
+"#;
+
+static HAS_FIELDS_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(HAS_FIELDS));
 
 /// The state hash's entry of a change, as `changelog::PUBLISH` writes it.
 fn state_json(s: &Signed) -> String {
@@ -211,11 +243,10 @@ pub(super) fn upkeep(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result:
 fn heads(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result::Result<(), Failure> {
     let origin = origin(link)?;
     let (heads, bad) = read_heads(link)?;
-    for o in &bad {
-        if !link.health.log.heads_before.iter().any(|(h, _)| h.origin == *o) {
-            log(&format!("refused the head of origin {o:?} in the heads hash: not signed with this fleet's secret"));
-        }
+    for o in bad.iter().filter(|o| !link.health.log.bad_heads.contains(o)) {
+        log(&format!("refused the head of origin {o:?} in the heads hash: not signed with this fleet's secret"));
     }
+    link.health.log.bad_heads = bad;
     let mine = heads.iter().find(|h| h.origin == origin).map(|h| (h.seq, h.floor));
     if link.health.log.announced.is_some() && mine != link.health.log.announced {
         log("the heads hash did not hold this host's head: written again");
@@ -304,47 +335,48 @@ fn answer_requests(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result::R
     Ok(())
 }
 
-/// One page of the sweep. This host's records: where the state hash holds an older, missing or unsigned
-/// entry, its newest signed change is put back. The state hash: an entry newer than what this host holds
-/// is applied (its log entry never reached this host). A full pass over N records takes N / 250 rounds.
+/// One page of the sweep, each way. The state hash: where it holds an entry older than this host's
+/// newest signed change of the record, or one that is not signed, that change is put back; an entry
+/// newer than what this host holds is applied (its log entry never reached this host). Only each
+/// entry's version, origin and SHA-1 travel, the entry itself once per new text (to verify it). This
+/// host's records (only whether the hash has a field for each travels): a missing entry is put back. A
+/// full pass over N records takes N / 200 rounds (about a second each).
 fn sweep(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result::Result<(), Failure> {
-    let page = link.store.fleet_versions_page(link.health.log.sweep_after.as_ref(), SWEEP_PAGE)?;
-    link.health.log.sweep_after =
-        if page.len() < SWEEP_PAGE { None } else { page.last().map(|s| (s.change.kind.clone(), s.change.id.clone())) };
-    if !page.is_empty() {
-        let fields: Vec<String> = page.iter().map(|s| format!("{}:{}", s.change.kind, s.change.id)).collect();
-        let current: Vec<Option<String>> = redis::cmd("HMGET").arg(&link.names.state).arg(&fields).query(link.conn)?;
-        for ((held, field), text) in page.iter().zip(&fields).zip(current) {
-            let there = text.as_deref().map(|t| state_entry(link.cfg, t));
-            let why = match &there {
-                Some(Ok(s)) if s.change.order() >= held.change.order() => continue,
-                Some(Ok(s)) => format!("version {} from {}", s.change.version, s.change.host),
-                Some(Err(why)) => format!("an entry {why}"),
-                None => "nothing".to_string(),
-            };
-            let put: i64 = PUT_STATE_SCRIPT
-                .key(&link.names.state)
-                .arg(field)
-                .arg(text.unwrap_or_default())
-                .arg(state_json(held))
-                .invoke(link.conn)?;
-            if put == 1 {
-                link.health.log.state_repaired += 1;
-                log(&format!(
-                    "put back the fleet's state of {field} (version {} from {}): the state hash held {why}",
-                    held.change.version, held.change.host
-                ));
+    let page: Vec<String> =
+        SCAN_STATE_SCRIPT.key(&link.names.state).arg(link.health.log.scan_cursor).arg(SWEEP_PAGE).invoke(link.conn)?;
+    link.health.log.scan_cursor = page.first().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let mut newer = Vec::new();
+    for entry in page.get(1..).unwrap_or_default().chunks(4) {
+        let [field, version, origin, sha] = entry else { continue };
+        let Some((kind, id)) = field.split_once(':') else { continue };
+        let held = link.store.fleet_held(kind, id)?;
+        let claimed = (version.parse::<i64>().unwrap_or(-1), origin.as_str());
+        let why = if link.health.log.verified.get(field) == Some(sha) {
+            // This very text was verified: its version and origin are what it says.
+            match &held {
+                Some(h) if claimed < h.change.order() => format!("version {version} from origin {origin}"),
+                _ => continue,
             }
+        } else {
+            let text: Option<String> = link.conn.hget(&link.names.state, field)?;
+            let Some(text) = text else { continue };
+            match (state_entry(link.cfg, &text), &held) {
+                (Ok(s), Some(h)) if s.change.order() < h.change.order() => {
+                    format!("version {} from {}", s.change.version, s.change.host)
+                }
+                (Ok(s), _) => {
+                    link.health.log.verified.insert(field.clone(), sha.clone());
+                    newer.push(s);
+                    continue;
+                }
+                (Err(why), Some(_)) => format!("an entry {why}"),
+                (Err(_), None) => continue,
+            }
+        };
+        if let Some(h) = held {
+            put_back(link, field, sha, &h, &why, log)?;
         }
     }
-    let (cursor, flat): (String, Vec<String>) = redis::cmd("HSCAN")
-        .arg(&link.names.state)
-        .arg(link.health.log.scan_cursor)
-        .arg("COUNT")
-        .arg(SWEEP_PAGE)
-        .query(link.conn)?;
-    link.health.log.scan_cursor = cursor.parse().unwrap_or(0);
-    let newer: Vec<Signed> = flat.chunks(2).filter_map(|pair| state_entry(link.cfg, pair.get(1)?).ok()).collect();
     let done = link.store.fleet_apply_state(&newer)?;
     if done.applied > 0 {
         link.health.log.state_applied += done.applied as u64;
@@ -356,6 +388,42 @@ fn sweep(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result::Result<(), 
     }
     for r in &done.refused {
         log(&format!("not applied from the fleet's state: {} {}: {}", r.kind, r.id, r.why));
+    }
+
+    let page = link.store.fleet_versions_page(link.health.log.sweep_after.as_ref(), SWEEP_PAGE)?;
+    link.health.log.sweep_after =
+        if page.len() < SWEEP_PAGE { None } else { page.last().map(|s| (s.change.kind.clone(), s.change.id.clone())) };
+    if page.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<String> = page.iter().map(|s| format!("{}:{}", s.change.kind, s.change.id)).collect();
+    let exists: Vec<i64> = HAS_FIELDS_SCRIPT.key(&link.names.state).arg(&fields).invoke(link.conn)?;
+    for ((held, field), there) in page.iter().zip(&fields).zip(exists) {
+        if there == 0 {
+            put_back(link, field, "", held, "nothing", log)?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts this host's newest signed change of a record into the state hash, if the hash still holds the
+/// entry whose SHA-1 is `expected` there (empty: none).
+fn put_back(
+    link: &mut Link,
+    field: &str,
+    expected: &str,
+    held: &Signed,
+    why: &str,
+    log: &mut dyn FnMut(&str),
+) -> std::result::Result<(), Failure> {
+    let put: i64 =
+        PUT_STATE_SCRIPT.key(&link.names.state).arg(field).arg(expected).arg(state_json(held)).invoke(link.conn)?;
+    if put == 1 {
+        link.health.log.state_repaired += 1;
+        log(&format!(
+            "put back the fleet's state of {field} (version {} from {}): the state hash held {why}",
+            held.change.version, held.change.host
+        ));
     }
     Ok(())
 }

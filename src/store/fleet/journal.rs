@@ -179,7 +179,7 @@ impl Store {
 
 const SENT_SELECT: &str = "SELECT kind, id, body, origin, host, seq, version, sig FROM fleet_sent";
 
-fn signed_from_row(r: &rusqlite::Row) -> rusqlite::Result<Signed> {
+pub(super) fn signed_from_row(r: &rusqlite::Row) -> rusqlite::Result<Signed> {
     Ok(Signed {
         change: Change {
             kind: r.get(0)?,

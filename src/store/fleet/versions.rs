@@ -10,6 +10,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::apply::{apply_audit, apply_key, apply_plan, apply_policies, counts_with_is_here};
+use super::journal::signed_from_row;
 use super::{Change, Signed};
 use crate::error::{Error, Result};
 use crate::store::{clock_ms, Store};
@@ -178,32 +179,27 @@ impl Store {
         log_health(&self.db()?.conn)
     }
 
+    /// The newest signed change of a record this store holds, if any.
+    pub fn fleet_held(&self, kind: &str, id: &str) -> Result<Option<Signed>> {
+        let db = self.db()?;
+        let mut stmt = db.conn.prepare_cached(&format!("{VERSIONS_SELECT} WHERE kind = ?1 AND id = ?2"))?;
+        Ok(stmt.query_row([kind, id], signed_from_row).optional()?)
+    }
+
     /// The newest signed change of records this store holds, by (kind, id) after `after` (at most
     /// `limit`): what the agent compares with the fleet's state.
     pub fn fleet_versions_page(&self, after: Option<&(String, String)>, limit: usize) -> Result<Vec<Signed>> {
         let db = self.db()?;
-        let mut stmt = db.conn.prepare_cached(
-            "SELECT kind, id, body, origin, host, seq, version, sig FROM fleet_versions
-             WHERE ?1 IS NULL OR (kind, id) > (?1, ?2) ORDER BY kind, id LIMIT ?3",
-        )?;
+        let mut stmt = db.conn.prepare_cached(&format!(
+            "{VERSIONS_SELECT} WHERE ?1 IS NULL OR (kind, id) > (?1, ?2) ORDER BY kind, id LIMIT ?3"
+        ))?;
         let (kind, id) = after.map_or((None, None), |(k, i)| (Some(k.as_str()), Some(i.as_str())));
-        let rows = stmt.query_map(params![kind, id, limit as i64], |r| {
-            Ok(Signed {
-                change: Change {
-                    kind: r.get(0)?,
-                    id: r.get(1)?,
-                    body: r.get(2)?,
-                    origin: r.get(3)?,
-                    host: r.get(4)?,
-                    seq: r.get(5)?,
-                    version: r.get(6)?,
-                },
-                sig: r.get(7)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![kind, id, limit as i64], signed_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
+
+const VERSIONS_SELECT: &str = "SELECT kind, id, body, origin, host, seq, version, sig FROM fleet_versions";
 
 /// Applies what is new in `entries` (from the log: also accounts their seqs, and an entry equal to the
 /// one held is written again, so this host's own change coming back overwrites a local write made
@@ -270,48 +266,45 @@ fn apply_entries(tx: &Transaction, entries: &[Signed], from_log: bool, out: &mut
 /// The version held of the change's record, its origin, and the name of the host it came from.
 fn held(conn: &Connection, change: &Change) -> Result<Option<(i64, String, String)>> {
     Ok(conn
-        .query_row(
-            "SELECT version, origin, host FROM fleet_versions WHERE kind = ?1 AND id = ?2",
-            [&change.kind, &change.id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        .prepare_cached("SELECT version, origin, host FROM fleet_versions WHERE kind = ?1 AND id = ?2")?
+        .query_row([&change.kind, &change.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?)
 }
 
 /// Makes `s` the newest change held of its record.
 pub(super) fn record_version(tx: &Transaction, s: &Signed) -> Result<()> {
     let c = &s.change;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO fleet_versions (kind, id, version, origin, host, seq, body, sig) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (kind, id) DO UPDATE SET version = ?3, origin = ?4, host = ?5, seq = ?6, body = ?7, sig = ?8",
-        params![c.kind, c.id, c.version, c.origin, c.host, c.seq, c.body, s.sig],
-    )?;
+    )?
+    .execute(params![c.kind, c.id, c.version, c.origin, c.host, c.seq, c.body, s.sig])?;
     Ok(())
 }
 
 fn known_origin(conn: &Connection, origin: &str, host: &str) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO fleet_origins (origin, host) VALUES (?1, ?2) ON CONFLICT (origin) DO UPDATE SET host = ?2",
-        [origin, host],
-    )?;
+    )?
+    .execute([origin, host])?;
     Ok(())
 }
 
 /// Records an entry's seq as applied; false when it was already (a replay, or a re-send).
 fn account(tx: &Transaction, change: &Change) -> Result<bool> {
     known_origin(tx, &change.origin, &change.host)?;
-    let applied: i64 =
-        tx.query_row("SELECT applied FROM fleet_origins WHERE origin = ?1", [&change.origin], |r| r.get(0))?;
+    let applied: i64 = tx
+        .prepare_cached("SELECT applied FROM fleet_origins WHERE origin = ?1")?
+        .query_row([&change.origin], |r| r.get(0))?;
     if change.seq <= applied {
         return Ok(false);
     }
-    if tx
-        .execute("INSERT OR IGNORE INTO fleet_seen (origin, seq) VALUES (?1, ?2)", params![change.origin, change.seq])?
-        == 0
-    {
+    let mut seen = tx.prepare_cached("INSERT OR IGNORE INTO fleet_seen (origin, seq) VALUES (?1, ?2)")?;
+    if seen.execute(params![change.origin, change.seq])? == 0 {
         return Ok(false);
     }
-    tx.execute("UPDATE fleet_origins SET head = MAX(head, ?2) WHERE origin = ?1", params![change.origin, change.seq])?;
+    tx.prepare_cached("UPDATE fleet_origins SET head = MAX(head, ?2) WHERE origin = ?1")?
+        .execute(params![change.origin, change.seq])?;
     advance(tx, &change.origin)?;
     Ok(true)
 }
@@ -319,13 +312,13 @@ fn account(tx: &Transaction, change: &Change) -> Result<bool> {
 /// Moves an origin's `applied` up over the seqs seen above it (and to its floor, once the entries from
 /// the floor on arrive), and records when a gap opened or that it closed.
 fn advance(conn: &Connection, origin: &str) -> Result<()> {
-    let (mut applied, head, floor): (i64, i64, i64) =
-        conn.query_row("SELECT applied, head, floor FROM fleet_origins WHERE origin = ?1", [origin], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
+    let (mut applied, head, floor): (i64, i64, i64) = conn
+        .prepare_cached("SELECT applied, head, floor FROM fleet_origins WHERE origin = ?1")?
+        .query_row([origin], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     let seen = |seq: i64| -> Result<bool> {
         Ok(conn
-            .query_row("SELECT 1 FROM fleet_seen WHERE origin = ?1 AND seq = ?2", params![origin, seq], |_| Ok(()))
+            .prepare_cached("SELECT 1 FROM fleet_seen WHERE origin = ?1 AND seq = ?2")?
+            .query_row(params![origin, seq], |_| Ok(()))
             .optional()?
             .is_some())
     };
@@ -335,13 +328,13 @@ fn advance(conn: &Connection, origin: &str) -> Result<()> {
     while seen(applied + 1)? {
         applied += 1;
     }
-    conn.execute("DELETE FROM fleet_seen WHERE origin = ?1 AND seq <= ?2", params![origin, applied])?;
+    conn.prepare_cached("DELETE FROM fleet_seen WHERE origin = ?1 AND seq <= ?2")?.execute(params![origin, applied])?;
     let gap = head > applied.max(floor - 1);
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE fleet_origins SET applied = ?2,
             gap_since_ms = CASE WHEN ?3 THEN COALESCE(gap_since_ms, ?4) ELSE NULL END WHERE origin = ?1",
-        params![origin, applied, gap, clock_ms()],
-    )?;
+    )?
+    .execute(params![origin, applied, gap, clock_ms()])?;
     Ok(())
 }
 
