@@ -4,9 +4,11 @@
 //! the fleet's member list. Redis being unreachable never touches the check path: servers keep deciding
 //! from their store, changes made meanwhile wait in the outbox, and the agent reconnects with backoff.
 //!
-//! Redis keys, for fleet F: `ms-auth:F:log` (a Stream: fields `kind`, `id`, `body`, `origin`, `sig`),
-//! `ms-auth:F:state` (a hash: the newest change of every record, for hosts that start from scratch or
-//! whose position the log trimmed past), `ms-auth:F:members` (a hash: host → last report).
+//! Redis keys, for fleet F: `ms-auth:F:log` (a Stream: fields `v`, `kind`, `id`, `body`, `origin`,
+//! `host`, `seq`, `version`, `sig`), `ms-auth:F:state` (a hash: the newest change of every record, for
+//! hosts that start from scratch or whose position the log trimmed past), `ms-auth:F:heads` (a hash:
+//! origin → its newest seq, signed), `ms-auth:F:repair` (a hash: origin → the seq from which a host asks
+//! it to send its entries again), `ms-auth:F:members` (a hash: host → last report).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -181,6 +183,7 @@ fn report_locally(store: &Store, cfg: &Config, health: &Health, usage: &UsageSyn
         "published": health.published,
         "applied": health.applied,
         "refused": health.refused,
+        "sweep": {"put_back": health.log.state_repaired, "applied": health.log.state_applied},
         "members": health.members,
         "rate_shared_by": health.rate_sharers,
         "usage_rows": {"published": usage.published_rows, "received": usage.received_rows, "refused": usage.refused_rows},

@@ -45,7 +45,8 @@ pub enum FleetCommand {
         when_redis_down: String,
     },
     /// What this host's agent last reported: fleet, host, members and their last report, log position
-    /// and lag, Redis reachable or not.
+    /// and lag, Redis reachable or not; and whether this host holds every entry of the change log (the
+    /// entries it misses, by host) and how many it skipped as stale.
     Status {
         #[arg(long)]
         json: bool,
@@ -130,6 +131,11 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
                 "changes:    {} published, {} applied, {} refused (this run); {} stale skipped",
                 status["published"], status["applied"], status["refused"], log.stale
             );
+            if let (Some(put_back), Some(applied)) =
+                (status["sweep"]["put_back"].as_u64(), status["sweep"]["applied"].as_u64())
+            {
+                println!("state hash: {put_back} entries put back, {applied} records applied from it (this run)");
+            }
             if log.gaps.is_empty() {
                 println!("log:        caught up (no entry missing)");
             } else {

@@ -368,7 +368,7 @@ pub(crate) fn log_health(conn: &Connection) -> Result<LogHealth> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::KeySpec;
+    use crate::spec::{KeyPatch, KeySpec};
 
     fn member(dir: &tempfile::TempDir, name: &str) -> Store {
         let store = Store::open(dir.path().join(format!("{name}.db"))).unwrap();
@@ -409,11 +409,8 @@ mod tests {
         let spec = KeySpec::from_json(r#"{"quota": {"limit": 1000, "period": "daily"}, "rate_limit": null}"#).unwrap();
         let k = a.create_key(&spec, 1_800_000_000_000).unwrap();
         let created = sent(&a);
-        a.update_key(
-            &k.record.id,
-            &crate::KeyPatch::from_json(r#"{"quota": {"limit": 5, "period": "daily"}}"#).unwrap(),
-        )
-        .unwrap();
+        a.update_key(&k.record.id, &KeyPatch::from_json(r#"{"quota": {"limit": 5, "period": "daily"}}"#).unwrap())
+            .unwrap();
         let lowered = sent(&a);
         a.revoke_key(&k.record.id, 1_800_000_000_000, None).unwrap();
         let revoked = sent(&a);
