@@ -11,9 +11,11 @@
 //! every [`RENEW_EVERY`] while it runs: when it stops, the share lapses before the other hosts count
 //! this one out and take it.
 //!
-//! Redis keys, for fleet F: `ms-auth:F:log` (a Stream: fields `kind`, `id`, `body`, `origin`, `sig`),
-//! `ms-auth:F:state` (a hash: the newest change of every record, for hosts that start from scratch or
-//! whose position the log trimmed past), and those of `members`, `quota` and `usage`.
+//! Redis keys, for fleet F: `ms-auth:F:log` (a Stream: fields `v`, `kind`, `id`, `body`, `origin`,
+//! `host`, `seq`, `version`, `sig`), `ms-auth:F:state` (a hash: the newest change of every record, for
+//! hosts that start from scratch or whose position the log trimmed past), `ms-auth:F:heads` (a hash:
+//! origin → its newest seq, signed), `ms-auth:F:repair` (a hash: origin → the seq from which a host asks
+//! it to send its entries again), `ms-auth:F:members` (a hash: host → last report).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -320,6 +322,7 @@ fn report_locally(
         "published": health.published,
         "applied": health.applied,
         "refused": health.refused,
+        "sweep": {"put_back": health.log.state_repaired, "applied": health.log.state_applied},
         "members": health.members,
         "rate_shared_by": health.rate_sharers,
         "rate_share": match store.fleet_rate_share() {

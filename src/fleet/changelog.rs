@@ -1,30 +1,60 @@
-//! The fleet's change log (the agent's side; the store's is `store::fleet::replica`): publishing this host's
-//! outbox to the log and the state hash, reading the log after this host's position and applying it,
-//! and catching up from the state hash when the host is new or the log trimmed past it.
+//! The fleet's change log (the agent's side; the store's is `store::fleet::{journal, versions}`):
+//! publishing this host's changes to the log and the state hash, reading the log after this host's
+//! position and applying it, and announcing this host's newest seq (`ms-auth:F:heads`). Catching up from
+//! the state hash, gaps and repairs are `repair`'s.
+//!
+//! A change leaves the outbox for the journal with its seq and version before it is sent (`fleet_claim`),
+//! so that sending it again after a crash sends the same signed entry: older than any change made since,
+//! it changes nothing. A host applies a change only if newer than what it holds of the record.
 
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::Commands;
-use serde_json::Value;
+use serde_json::json;
 
 use super::link::{Config, Failure, Health, Link};
+use super::repair::{load_snapshot, upkeep};
+use super::secret::CHANGE_FORMAT;
 use super::{Change, KINDS};
-use crate::error::Result;
-use crate::store::Store;
+use crate::error::{Error, Result};
+use crate::store::{Signed, Store};
 
-/// Publishes one change: appends it to the log and makes it the record's newest state, atomically (an
-/// audit event is history, not state: the log only).
+/// Publishes one change: appends it to the log and, unless the state hash holds a newer change of the
+/// record (a change sent again after a crash, a repair), makes it the record's newest state, atomically
+/// (an audit event is history, not state: the log only). Origins are compared byte by byte, as the
+/// agents do (Lua's `<` on strings follows the server's locale).
 pub(super) const PUBLISH: &str = r#"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-    'kind', ARGV[2], 'id', ARGV[3], 'body', ARGV[4], 'origin', ARGV[5], 'sig', ARGV[6])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[10],
+    'kind', ARGV[2], 'id', ARGV[3], 'body', ARGV[4], 'origin', ARGV[5], 'host', ARGV[6],
+    'seq', ARGV[7], 'version', ARGV[8], 'sig', ARGV[9])
 if ARGV[2] ~= 'audit' then
-  redis.call('HSET', KEYS[2], ARGV[2] .. ':' .. ARGV[3], cjson.encode({stream_id = id, kind = ARGV[2],
-      id = ARGV[3], body = ARGV[4], origin = ARGV[5], sig = ARGV[6]}))
+  local field = ARGV[2] .. ':' .. ARGV[3]
+  local held = redis.call('HGET', KEYS[2], field)
+  if held then
+    local ok, e = pcall(cjson.decode, held)
+    if ok and type(e) == 'table' and e.v == ARGV[10] then
+      local v, mine = tonumber(e.version) or 0, tonumber(ARGV[8])
+      local o = tostring(e.origin)
+      local function before(a, b)
+        for i = 1, math.min(#a, #b) do
+          local x, y = a:byte(i), b:byte(i)
+          if x ~= y then return x < y end
+        end
+        return #a < #b
+      end
+      if v > mine or (v == mine and not before(o, ARGV[5])) then return id end
+    end
+  end
+  redis.call('HSET', KEYS[2], field, cjson.encode({v = ARGV[10], kind = ARGV[2], id = ARGV[3], body = ARGV[4],
+      origin = ARGV[5], host = ARGV[6], seq = ARGV[7], version = ARGV[8], sig = ARGV[9]}))
 end
 return id
 "#;
 
+/// Entries read from the log per round.
+const READ_COUNT: usize = 500;
+
 /// One round: catch up if needed, publish the outbox, apply what the log has after our position
-/// (waiting up to 100 ms for news).
+/// (waiting up to 100 ms for news), and the log's upkeep (about once a second).
 pub(super) fn step(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result::Result<(), Failure> {
     let position = match link.store.fleet_position()? {
         Some(p) if link.health.position_checked => p,
@@ -33,95 +63,194 @@ pub(super) fn step(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result::R
     };
     link.health.position_checked = true;
     publish_outbox(link)?;
-    let options = StreamReadOptions::default().count(500).block(100);
+    let options = StreamReadOptions::default().count(READ_COUNT).block(100);
     let reply: StreamReadReply = link.conn.xread_options(&[&link.names.log], &[&position], &options)?;
     let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
-    let Some(last) = entries.last().map(|e| e.id.clone()) else { return Ok(()) };
-    let changes = verified(link.cfg, &entries, link.health, log);
-    apply(link.store, &changes, &last, link.health, log)?;
-    link.health.last_id = Some(last);
-    Ok(())
+    let reached_end = entries.len() < READ_COUNT;
+    if let Some(last) = entries.last().map(|e| e.id.clone()) {
+        let changes = verified(link.cfg, &entries, link.health, log);
+        apply(link.store, &changes, &last, link.health, log)?;
+        link.health.last_id = Some(last);
+    }
+    if reached_end {
+        link.health.log.reached_end += 1;
+    }
+    upkeep(link, log)
 }
 
 fn apply(
     store: &Store,
-    changes: &[Change],
+    changes: &[Signed],
     position: &str,
     health: &mut Health,
     log: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    let refused = store.fleet_apply(changes, position)?;
-    health.applied += (changes.len() - refused.len()) as u64;
-    health.refused += refused.len() as u64;
-    for r in refused {
+    let done = store.fleet_apply(changes, position, true)?;
+    health.applied += done.applied as u64;
+    health.refused += done.refused.len() as u64;
+    for r in &done.refused {
         log(&format!("not applied: {} {}: {}", r.kind, r.id, r.why));
+    }
+    if !done.stale.is_empty() {
+        health.log.stale += done.stale.len() as u64;
+        let some: Vec<String> = done.stale.iter().take(5).map(describe_stale).collect();
+        log(&format!(
+            "skipped {} stale log entries (had already, or older than what this host holds: replays, \
+             changes sent again, changes that lost to a newer one): {}{}",
+            done.stale.len(),
+            some.join("; "),
+            if done.stale.len() > some.len() { "; …" } else { "" }
+        ));
     }
     Ok(())
 }
 
-/// The changes of log entries whose signature is the fleet's; the others are logged and counted.
-fn verified(cfg: &Config, entries: &[StreamId], health: &mut Health, log: &mut dyn FnMut(&str)) -> Vec<Change> {
+fn describe_stale(s: &crate::store::Stale) -> String {
+    let c = &s.change;
+    let what = format!("{} {} version {} (seq {} of {})", c.kind, c.id, c.version, c.seq, c.host);
+    match &s.held {
+        _ if s.duplicate => format!("{what}: had it"),
+        Some((version, host)) => format!("{what}: holds version {version} from {host}"),
+        None => what,
+    }
+}
+
+/// The changes of log entries in this version's format whose signature is the fleet's; the others are
+/// logged and counted.
+pub(super) fn verified(
+    cfg: &Config,
+    entries: &[StreamId],
+    health: &mut Health,
+    log: &mut dyn FnMut(&str),
+) -> Vec<Signed> {
     let mut out = Vec::new();
     for e in entries {
-        let field = |name: &str| e.get::<String>(name);
-        let change = match (field("kind"), field("id"), field("body"), field("origin")) {
-            (Some(kind), Some(id), Some(body), Some(origin)) if KINDS.contains(&kind.as_str()) => {
-                Change { kind, id, body, origin }
-            }
-            _ => {
+        match signed_entry(cfg, e) {
+            Ok(s) => out.push(s),
+            Err(why) => {
                 health.refused += 1;
-                log(&format!("refused log entry {}: not an ms-auth change", e.id));
-                continue;
-            }
-        };
-        match field("sig") {
-            Some(sig) if cfg.secret.verify(&cfg.fleet, &change, &sig) => out.push(change),
-            _ => {
-                health.refused += 1;
-                log(&format!(
-                    "refused log entry {} ({} {} from {:?}): not signed with this fleet's secret",
-                    e.id, change.kind, change.id, change.origin
-                ));
+                log(&format!("refused log entry {}{why}", e.id));
             }
         }
     }
     out
 }
 
+/// A log entry's signed change, or why it is refused.
+pub(super) fn signed_entry(cfg: &Config, e: &StreamId) -> std::result::Result<Signed, String> {
+    let field = |name: &str| e.get::<String>(name);
+    let (Some(kind), Some(id), Some(body)) = (field("kind"), field("id"), field("body")) else {
+        return Err(": not an ms-auth change".into());
+    };
+    let origin = field("origin").unwrap_or_default();
+    let about = format!(" ({kind} {id} from {origin:?})");
+    if !KINDS.contains(&kind.as_str()) {
+        return Err(format!("{about}: not an ms-auth change"));
+    }
+    let number = |name: &str| field(name).and_then(|n| n.parse::<i64>().ok());
+    let (Some(CHANGE_FORMAT), Some(host), Some(seq), Some(version), Some(sig)) =
+        (field("v").as_deref(), field("host"), number("seq"), number("version"), field("sig"))
+    else {
+        return Err(format!(
+            "{about}: not signed with this fleet's secret in this version's format (v{CHANGE_FORMAT}; \
+             written by an agent of another version? upgrade every agent together)"
+        ));
+    };
+    let change = Change { kind, id, body, origin, host, seq, version };
+    if seq < 1 || version < 0 || !cfg.secret.verify(&cfg.fleet, &change, &sig) {
+        return Err(format!("{about}: not signed with this fleet's secret"));
+    }
+    Ok(Signed { change, sig })
+}
+
+/// This host's identity in the fleet: the origin of its changes.
+pub(super) fn origin(link: &mut Link) -> std::result::Result<String, Failure> {
+    if let Some(origin) = &link.health.log.origin {
+        return Ok(origin.clone());
+    }
+    let origin = link.store.fleet_host_id()?.ok_or_else(|| Error::store("this store is not a fleet member"))?;
+    link.health.log.origin = Some(origin.clone());
+    Ok(origin)
+}
+
 pub(super) fn publish_outbox(link: &mut Link) -> std::result::Result<(), Failure> {
-    let Link { store, cfg, names, scripts, conn: c, health } = link;
+    let origin = origin(link)?;
+    let (store, cfg) = (link.store, link.cfg);
+    let mut sent = false;
     loop {
-        let (changes, upto) = store.fleet_outbox(&cfg.host, 200)?;
-        if changes.is_empty() {
-            return Ok(());
+        store.fleet_claim(&origin, &cfg.host, 200, &|change| cfg.secret.sign(&cfg.fleet, change))?;
+        let unsent = store.fleet_unsent(200)?;
+        let Some(last) = unsent.last().map(|s| s.change.clone()) else { break };
+        for s in &unsent {
+            send(link, s)?;
         }
-        for change in &changes {
-            let sig = cfg.secret.sign(&cfg.fleet, change);
-            let _id: String = scripts
-                .publish
-                .key(&names.log)
-                .key(&names.state)
-                .arg(cfg.max_log)
-                .arg(&change.kind)
-                .arg(&change.id)
-                .arg(&change.body)
-                .arg(&change.origin)
-                .arg(sig)
-                .invoke(c)?;
-            health.published += 1;
-        }
-        // With replicas (a Sentinel setup), a change leaves the outbox only once a replica has it, so a
-        // failover cannot lose it; until then it is published again (applying twice changes nothing).
-        let replicas = connected_replicas(c)?;
-        if replicas > 0 {
-            let acked: i64 = redis::cmd("WAIT").arg(1).arg(REPLICA_WAIT_MS).query(c)?;
+        sent = true;
+        // With replicas (a Sentinel setup), a change is marked published only once a replica has it, so
+        // a failover cannot lose it; until then it is sent again, with its seq and version (a host that
+        // has it skips it).
+        if connected_replicas(link.conn)? > 0 {
+            let acked: i64 = redis::cmd("WAIT").arg(1).arg(REPLICA_WAIT_MS).query(link.conn)?;
             if acked < 1 {
-                health.last_error = Some("no replica acknowledged the last changes: they stay in the outbox".into());
-                return Ok(());
+                link.health.last_error =
+                    Some("no replica acknowledged the last changes: they will be sent again".into());
+                break;
             }
         }
-        store.fleet_published(upto)?;
+        store.fleet_mark_published(&last, cfg.max_log)?;
     }
+    if sent {
+        announce_head(link)?;
+    }
+    Ok(())
+}
+
+/// Appends a signed change to the log as it is (seq, version and signature included).
+pub(super) fn send(link: &mut Link, s: &Signed) -> std::result::Result<String, Failure> {
+    let c = &s.change;
+    let id: String = link
+        .scripts
+        .publish
+        .key(&link.names.log)
+        .key(&link.names.state)
+        .arg(link.cfg.max_log)
+        .arg(&c.kind)
+        .arg(&c.id)
+        .arg(&c.body)
+        .arg(&c.origin)
+        .arg(&c.host)
+        .arg(c.seq)
+        .arg(c.version)
+        .arg(&s.sig)
+        .arg(CHANGE_FORMAT)
+        .invoke(link.conn)?;
+    link.health.published += 1;
+    if Some(&c.origin) == link.health.log.origin.as_ref() {
+        link.health.log.sent_head = link.health.log.sent_head.max(c.seq);
+    }
+    Ok(id)
+}
+
+/// The signed parts of an origin's head: its highest seq sent and its floor.
+pub(super) fn head_parts<'a>(origin: &'a str, host: &'a str, seq: &'a str, floor: &'a str) -> [&'a str; 5] {
+    ["head/2", origin, host, seq, floor]
+}
+
+/// Writes this host's head into the heads hash when it changed (or was found wrong).
+pub(super) fn announce_head(link: &mut Link) -> std::result::Result<(), Failure> {
+    let origin = origin(link)?;
+    if link.health.log.sent_head == 0 {
+        link.health.log.sent_head = link.store.fleet_published_head(&origin)?;
+    }
+    let (seq, floor) = (link.health.log.sent_head, link.store.fleet_floor()?);
+    if seq == 0 || link.health.log.announced == Some((seq, floor)) {
+        return Ok(());
+    }
+    let (seq_text, floor_text) = (seq.to_string(), floor.to_string());
+    let sig = link.cfg.secret.sign_parts(&link.cfg.fleet, &head_parts(&origin, &link.cfg.host, &seq_text, &floor_text));
+    let head = json!({"seq": seq, "floor": floor, "host": link.cfg.host, "sig": sig});
+    let _: () = link.conn.hset(&link.names.heads, &origin, head.to_string())?;
+    link.health.log.announced = Some((seq, floor));
+    Ok(())
 }
 
 /// How long publishing waits for a replica to acknowledge (when the server has replicas).
@@ -151,77 +280,6 @@ pub(super) fn stream_id(id: &str) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
-/// Applies the newest state of every record (the state hash) and returns the log position it covers.
-/// If Redis lost everything (restarted empty), this host's records are published again.
-fn load_snapshot(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result::Result<String, Failure> {
-    let Link { cfg, names, conn: c, health, .. } = link;
-    let last: StreamRangeReply = c.xrevrange_count(&names.log, "+", "-", 1)?;
-    let position = last.ids.first().map_or_else(|| "0-0".to_string(), |e| e.id.clone());
-    let state: std::collections::HashMap<String, String> = c.hgetall(&names.state)?;
-    let mut records: Vec<(String, Change, String)> = Vec::new();
-    for (field, text) in state {
-        let entry: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let get = |name: &str| entry[name].as_str().map(str::to_string);
-        match (get("kind"), get("id"), get("body"), get("origin"), get("sig"), get("stream_id")) {
-            (Some(kind), Some(id), Some(body), Some(origin), Some(sig), Some(stream_id)) => {
-                let change = Change { kind, id, body, origin };
-                if cfg.secret.verify(&cfg.fleet, &change, &sig) {
-                    records.push((stream_id, change, field));
-                } else {
-                    health.refused += 1;
-                    log(&format!("refused state {field}: not signed with this fleet's secret"));
-                }
-            }
-            _ => {
-                health.refused += 1;
-                log(&format!("refused state {field}: not an ms-auth change"));
-            }
-        }
-    }
-    // Policies and plans before keys; keys in the order they were created, so that a rotated key's
-    // successor finds the key it counts with.
-    let rank = |c: &Change| KINDS.iter().position(|k| *k == c.kind).unwrap_or(KINDS.len());
-    let created =
-        |c: &Change| serde_json::from_str::<Value>(&c.body).ok().and_then(|v| v["created_at_ms"].as_i64()).unwrap_or(0);
-    records.sort_by_key(|(stream_id, c, _)| (rank(c), created(c), stream_id_key(stream_id)));
-    let mut changes: Vec<Change> = records.into_iter().map(|(_, c, _)| c).collect();
-    changes.extend(audit_in_log(link, &position, log)?);
-    let Link { store, health, .. } = link;
-    let had_position = store.fleet_position()?.is_some();
-    log(&format!("catching up from the fleet's state: {} records, position {position}", changes.len()));
-    apply(store, &changes, &position, health, log)?;
-    if changes.is_empty() && had_position {
-        // Redis came back empty: republish this host's records (the others do the same).
-        store.fleet_republish()?;
-        log("the fleet's state was empty: this host's records are published again");
-    }
-    Ok(position)
-}
-
-/// The audit events the log still holds up to `position` (they are history, not in the state hash): a
-/// host starting from the state gets the fleet's recent audit trail too.
-fn audit_in_log(
-    link: &mut Link,
-    position: &str,
-    log: &mut dyn FnMut(&str),
-) -> std::result::Result<Vec<Change>, Failure> {
-    let Link { cfg, names, conn: c, health, .. } = link;
-    let mut out = Vec::new();
-    let mut from = "-".to_string();
-    loop {
-        let page: StreamRangeReply = c.xrange_count(&names.log, &from, position, 1000)?;
-        let Some(last) = page.ids.last().map(|e| e.id.clone()) else { break };
-        let audit: Vec<StreamId> =
-            page.ids.into_iter().filter(|e| e.get::<String>("kind").as_deref() == Some("audit")).collect();
-        out.extend(verified(cfg, &audit, health, log));
-        if last == position {
-            break;
-        }
-        from = format!("({last}");
-    }
-    Ok(out)
-}
-
-fn stream_id_key(id: &str) -> (u64, u64) {
+pub(super) fn stream_id_key(id: &str) -> (u64, u64) {
     stream_id(id).unwrap_or((0, 0))
 }

@@ -4,7 +4,7 @@
 //! loop.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -40,6 +40,10 @@ pub(super) struct Names {
     pub(super) log: String,
     pub(super) state: String,
     pub(super) members: String,
+    /// Each origin's newest seq sent (signed), so that the deletion of its newest entries shows.
+    pub(super) heads: String,
+    /// Requests to an origin to send its entries again from a seq (a host misses them).
+    pub(super) repair: String,
 }
 
 impl Names {
@@ -48,6 +52,8 @@ impl Names {
             log: format!("ms-auth:{fleet}:log"),
             state: format!("ms-auth:{fleet}:state"),
             members: format!("ms-auth:{fleet}:members"),
+            heads: format!("ms-auth:{fleet}:heads"),
+            repair: format!("ms-auth:{fleet}:repair"),
         }
     }
 }
@@ -66,6 +72,42 @@ pub(super) struct Health {
     pub(super) rate_sharers: usize,
     /// Whether the position was compared with the log since the last (re)connection.
     pub(super) position_checked: bool,
+    /// The change log's upkeep: heads, gaps, repairs, the state hash's sweep (`changelog`, `repair`).
+    pub(super) log: LogUpkeep,
+}
+
+/// What the agent keeps between rounds to look after the change log.
+#[derive(Default)]
+pub(super) struct LogUpkeep {
+    /// This host's identity in the fleet (the origin of its changes), once read from the store.
+    pub(super) origin: Option<String>,
+    /// When the next upkeep round is due (about every second).
+    pub(super) next_round: Option<Instant>,
+    /// How many times a read of the log reached its end: an entry announced before then is in what was read.
+    pub(super) reached_end: u64,
+    /// The heads read at the previous upkeep round, with `reached_end` then: confirmed once the log was
+    /// read to its end after.
+    pub(super) heads_before: Vec<(crate::store::Head, u64)>,
+    /// Origins whose entry in the heads hash was refused at the last round (logged once).
+    pub(super) bad_heads: Vec<String>,
+    /// This host's head (seq, floor) as last written to the heads hash.
+    pub(super) announced: Option<(i64, i64)>,
+    /// This host's highest seq sent, in this run.
+    pub(super) sent_head: i64,
+    /// When this host last asked each origin with a gap to send its entries again.
+    pub(super) asked: std::collections::HashMap<String, Instant>,
+    /// When this host last published every record again for a host that asked.
+    pub(super) republished_at: Option<Instant>,
+    /// Where the sweep of the state hash is: in this host's records, and in the hash (HSCAN's cursor).
+    pub(super) sweep_after: Option<(String, String)>,
+    pub(super) scan_cursor: u64,
+    /// The SHA-1 of the state hash's entry of each field as last verified (signed, not older than held).
+    pub(super) verified: std::collections::HashMap<String, String>,
+    /// Entries skipped as stale, in this run.
+    pub(super) stale: u64,
+    /// State entries repaired (put back) and applied (newer than held) by the sweep, in this run.
+    pub(super) state_repaired: u64,
+    pub(super) state_applied: u64,
 }
 
 /// The agent's Lua scripts (loaded once per connection by EVALSHA, sent whole when Redis lacks them).

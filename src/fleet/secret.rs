@@ -9,9 +9,15 @@ use crate::error::{Error, Result};
 use crate::store::Change;
 use crate::text::{hex, unhex};
 
-/// The fields a change's signature covers, in order.
-fn change_parts(change: &Change) -> [&str; 4] {
-    [&change.kind, &change.id, &change.body, &change.origin]
+/// The format of the change log's entries this version writes and reads (their `v` field): every agent
+/// of a fleet runs a version that speaks it (entries of another format are refused, unsigned for it).
+pub(crate) const CHANGE_FORMAT: &str = "2";
+
+/// The fields a change's signature covers, in order, after a tag that names the format (so no other
+/// message the secret signs, a usage report or a head, can pass for a change): everything that orders it
+/// (origin, seq, version) included, so that no entry can be moved to another place in the order.
+fn change_parts<'a>(change: &'a Change, seq: &'a str, version: &'a str) -> [&'a str; 8] {
+    ["change/2", &change.kind, &change.id, &change.body, &change.origin, &change.host, seq, version]
 }
 
 /// A fleet's secret, read from a file named on the command line; during a rotation, with the secret it
@@ -66,13 +72,15 @@ impl Secret {
 
     /// The signature of a change in a fleet, hex.
     pub fn sign(&self, fleet: &str, change: &Change) -> String {
-        self.sign_parts(fleet, &change_parts(change))
+        let (seq, version) = (change.seq.to_string(), change.version.to_string());
+        self.sign_parts(fleet, &change_parts(change, &seq, &version))
     }
 
     /// True when `signature` is this secret's signature of the change, or, in a rotation, the previous
     /// secret's (compared in constant time).
     pub fn verify(&self, fleet: &str, change: &Change, signature: &str) -> bool {
-        self.verify_parts(fleet, &change_parts(change), signature)
+        let (seq, version) = (change.seq.to_string(), change.version.to_string());
+        self.verify_parts(fleet, &change_parts(change, &seq, &version), signature)
     }
 
     /// The signature of any message made of `parts` (a usage report), hex.
@@ -123,7 +131,15 @@ mod tests {
     use super::*;
 
     fn change() -> Change {
-        Change { kind: "key".into(), id: "key_1".into(), body: r#"{"revoked_at_ms":null}"#.into(), origin: "a".into() }
+        Change {
+            kind: "key".into(),
+            id: "key_1".into(),
+            body: r#"{"revoked_at_ms":null}"#.into(),
+            origin: "a".into(),
+            host: "web-1".into(),
+            seq: 7,
+            version: 3,
+        }
     }
 
     #[test]
@@ -138,11 +154,23 @@ mod tests {
             |c: &mut Change| c.id = "key_2".into(),
             |c: &mut Change| c.body = r#"{"revoked_at_ms":1}"#.into(),
             |c: &mut Change| c.origin = "b".into(),
+            |c: &mut Change| c.host = "web-2".into(),
+            |c: &mut Change| c.seq = 8,
+            |c: &mut Change| c.version = 4,
+            // Fields that run into each other are still told apart (length-prefixed).
+            |c: &mut Change| {
+                c.origin = "aw".into();
+                c.host = "eb-1".into();
+            },
         ] {
             let mut c = change();
             tamper(&mut c);
             assert!(!secret.verify("prod", &c, &sig));
         }
+        // A change is not any other message the secret signs with the same fields.
+        let c = change();
+        let parts = [c.kind.as_str(), &c.id, &c.body, &c.origin, &c.host, "7", "3"];
+        assert!(!secret.verify("prod", &c, &secret.sign_parts("prod", &parts)));
         assert!(!secret.verify("prod", &change(), ""));
         assert!(!secret.verify("prod", &change(), "zz"));
     }

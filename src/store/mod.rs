@@ -48,7 +48,7 @@ mod usage;
 
 pub use audit::{AuditEvent, AuditFilter, AuditFilterJson};
 pub use doctor::{diagnose, Diagnosis, Finding};
-pub use fleet::{Change, FleetQuota, FleetUsageRow, Refused, KINDS};
+pub use fleet::{Applied, Change, FleetQuota, FleetUsageRow, Gap, Head, LogHealth, Refused, Signed, Stale, KINDS};
 pub use keys::{RotateOptions, DEFAULT_GRACE_MS};
 pub use options::{Durability, StoreOptions, StoreOptionsJson, DEFAULT_LIFETIME_MS, DEFAULT_RATE};
 pub use plans::{PlanRecord, PlanSpec, PlanSpecJson};

@@ -194,6 +194,51 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX fleet_usage_key ON fleet_usage(key_id, day);"
     ),
+    // 7: the change log's order (issue 22). Every change this host sends gets, before it is sent, its
+    // place in this host's sequence (`seq`, 1, 2, 3… with no hole, per origin) and the record's next
+    // version; `fleet_sent` keeps what was sent, signed, so that a restart sends it again unchanged and
+    // a host that missed it can have it again. `fleet_versions` holds the newest signed change of every
+    // record this store holds (a change is applied only if newer). `fleet_origins` holds, per origin, the
+    // highest seq up to which this host has every entry (`applied`), the highest it knows of (`head`), the
+    // seq below which the origin no longer needs its entries applied (`floor`: it published every record
+    // again from there), and the entries skipped as stale; `fleet_seen`, the seqs applied above a gap.
+    // The log position is forgotten: the agent starts again from the fleet's state and its whole log, in
+    // the new format, and publishes the records the fleet holds in no version yet.
+    "CREATE TABLE fleet_sent (
+        n         INTEGER PRIMARY KEY,
+        origin    TEXT NOT NULL,
+        seq       INTEGER NOT NULL,
+        kind      TEXT NOT NULL,
+        id        TEXT NOT NULL,
+        body      TEXT NOT NULL,
+        host      TEXT NOT NULL,
+        version   INTEGER NOT NULL,
+        sig       TEXT NOT NULL,
+        published INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (origin, seq)
+    );
+    CREATE TABLE fleet_versions (
+        kind    TEXT NOT NULL,
+        id      TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        origin  TEXT NOT NULL,
+        host    TEXT NOT NULL,
+        seq     INTEGER NOT NULL,
+        body    TEXT NOT NULL,
+        sig     TEXT NOT NULL,
+        PRIMARY KEY (kind, id)
+    );
+    CREATE TABLE fleet_origins (
+        origin       TEXT PRIMARY KEY,
+        host         TEXT NOT NULL,
+        applied      INTEGER NOT NULL DEFAULT 0,
+        head         INTEGER NOT NULL DEFAULT 0,
+        floor        INTEGER NOT NULL DEFAULT 0,
+        stale        INTEGER NOT NULL DEFAULT 0,
+        gap_since_ms INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE fleet_seen (origin TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (origin, seq)) WITHOUT ROWID;
+    DELETE FROM settings WHERE name = 'fleet_position';",
 ];
 
 /// Applies the migrations this file lacks, all in one write transaction (whose write lock also proves the

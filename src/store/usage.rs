@@ -186,6 +186,29 @@ impl Store {
                     );
                 }
             }
+            let log = super::fleet::log_health(&db.conn)?;
+            out.push_str(
+                "# HELP ms_auth_fleet_log_caught_up 1 when this host holds every entry of the fleet's change log \
+                 that its origins sent (no gap), 0 while entries are missing (deleted from the log, lost by Redis).\n\
+                 # TYPE ms_auth_fleet_log_caught_up gauge\n",
+            );
+            let _ = writeln!(out, "ms_auth_fleet_log_caught_up {}", u8::from(log.gaps.is_empty()));
+            out.push_str(
+                "# HELP ms_auth_fleet_log_gaps Origins (hosts) of which this host misses change log entries.\n\
+                 # TYPE ms_auth_fleet_log_gaps gauge\n",
+            );
+            let _ = writeln!(out, "ms_auth_fleet_log_gaps {}", log.gaps.len());
+            out.push_str(
+                "# HELP ms_auth_fleet_log_missing Change log entries this host misses, all origins.\n\
+                 # TYPE ms_auth_fleet_log_missing gauge\n",
+            );
+            let _ = writeln!(out, "ms_auth_fleet_log_missing {}", log.gaps.iter().map(|g| g.missing).sum::<i64>());
+            out.push_str(
+                "# HELP ms_auth_fleet_log_stale_total Change log entries not applied because this host had them \
+                 or held the record at that version or newer (replays, changes sent again, changes that lost \
+                 to a newer one).\n# TYPE ms_auth_fleet_log_stale_total counter\n",
+            );
+            let _ = writeln!(out, "ms_auth_fleet_log_stale_total {}", log.stale);
         }
         // Keys by state from the function every view uses; the counts were just flushed, so the database's
         // last uses are the ones the idle policy counts from. Quota figures are of the keys checks admit.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, TimeZone, Utc};
 use clap::Subcommand;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use ms_auth::fleet::agent::{self, Ended};
 use ms_auth::fleet::{private_file, Config, Secret, WhenDown};
@@ -58,7 +58,8 @@ pub enum FleetCommand {
         when_redis_down: String,
     },
     /// What this host's agent last reported: fleet, host, members and their last report, log position
-    /// and lag, Redis reachable or not.
+    /// and lag, Redis reachable or not; and whether this host holds every entry of the change log (the
+    /// entries it misses, by host) and how many it skipped as stale.
     Status {
         #[arg(long)]
         json: bool,
@@ -152,7 +153,18 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
             let Some((fleet, host)) = store.fleet_membership()? else {
                 return Err(Error::invalid("this store is not a member of a fleet (run `ms-auth fleet sync`)"));
             };
-            let status = store.fleet_status()?.unwrap_or(Value::Null);
+            let mut status = store.fleet_status()?.unwrap_or(Value::Null);
+            let log = store.fleet_log_health()?;
+            if !status.is_null() {
+                status["log"] = json!({
+                    "caught_up": log.gaps.is_empty(),
+                    "stale": log.stale,
+                    "gaps": log.gaps.iter().map(|g| json!({
+                        "origin": g.origin, "host": g.host, "missing_from": g.from, "missing": g.missing,
+                        "head": g.head, "since_ms": g.since_ms,
+                    })).collect::<Vec<_>>(),
+                });
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
                 return Ok(ExitCode::SUCCESS);
@@ -183,9 +195,30 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
             );
             println!("lag:        {}", status["lag_ms"].as_i64().map_or("-".to_string(), |ms| format!("{ms} ms")));
             println!(
-                "changes:    {} published, {} applied, {} refused",
-                status["published"], status["applied"], status["refused"]
+                "changes:    {} published, {} applied, {} refused (this run); {} stale skipped",
+                status["published"], status["applied"], status["refused"], log.stale
             );
+            if let (Some(put_back), Some(applied)) =
+                (status["sweep"]["put_back"].as_u64(), status["sweep"]["applied"].as_u64())
+            {
+                println!("state hash: {put_back} entries put back, {applied} records applied from it (this run)");
+            }
+            if log.gaps.is_empty() {
+                println!("log:        caught up (no entry missing)");
+            } else {
+                println!("log:        NOT caught up: entries missing (asked for again from their hosts)");
+                for g in &log.gaps {
+                    println!(
+                        "  {:<24} {} missing from seq {} (its newest {}), since {}  origin {}",
+                        g.host,
+                        g.missing,
+                        g.from,
+                        g.head,
+                        at(&json!(g.since_ms)),
+                        g.origin
+                    );
+                }
+            }
             match &status["rate_share"] {
                 Value::String(s) => {
                     println!("rate share: {s} (the agent is not running: keys with a rate limit are refused)")
