@@ -1,9 +1,10 @@
 //! Fleet mode past three hosts (issue 22): N simulated hosts on this machine (a store and an agent each, one
 //! redis-server), and 3 hosts measured the same way in the same run (machines are noisy):
 //! - propagation: a key created, then revoked, on one host; the time until each other host's store answers
-//!   the new state (a check polled every millisecond), and until every host does;
+//!   the new state (a check polled every millisecond), and until every host does, split into the wait for
+//!   the origin's agent to put it in the log and the fan-out from there;
 //! - Redis commands per second per idle host, and per 1,000 checks/s (a paced check rate spread over the
-//!   hosts on keys with quotas, minus the same agents idle);
+//!   hosts on keys with quotas, minus the same agents idle), Redis's network bytes and the agents' CPU;
 //! - lease round trips: calls of the grant script (counted by the EXPIRE only it runs) per 1,000 checks;
 //! - Redis memory per 100,000 keys with quotas created on one host (change log, state hash), and per key
 //!   leased (the lease hashes), and how long a host joining later takes to catch up from the state hash.
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant};
 use fleet::{within, Host, Redis};
 use ms_auth::store::clock_ms;
 use ms_auth::{KeySpec, Status, Store};
+use redis::streams::StreamRangeReply;
+use redis::Commands;
 
 /// The quota of the keys the load uses: large, so that the fleet never comes near spending it. A host's
 /// first ask is then 1,000 (the cap), and the warm-up lasts until every host has topped its lease up once.
@@ -85,6 +88,8 @@ struct Window {
     net: (f64, f64),
     grants: f64,
     by_command: Vec<(String, f64)>,
+    /// CPU time of one agent per second of the window, on average.
+    agent_cpu: f64,
 }
 
 fn window(before: &Stats, after: &Stats, seconds: f64) -> Window {
@@ -103,7 +108,18 @@ fn window(before: &Stats, after: &Stats, seconds: f64) -> Window {
         // Only the grant script runs EXPIRE (the lease hash's time to live).
         grants: (after.calls("expire") - before.calls("expire")) as f64 / seconds,
         by_command,
+        agent_cpu: 0.0,
     }
+}
+
+/// CPU seconds the hosts' agents have run so far (the scheduler's count, in ns: /proc/PID/stat's ticks
+/// are too coarse for an idle agent).
+fn agents_cpu_seconds(hosts: &[Host]) -> f64 {
+    let of = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
+        stat.split_whitespace().next().and_then(|ns| ns.parse::<f64>().ok()).unwrap_or(0.0) / 1e9
+    };
+    hosts.iter().filter_map(|h| h.agent.as_ref()).map(|child| of(child.id())).sum()
 }
 
 fn status(store: &Store, key: &str) -> Option<Status> {
@@ -153,26 +169,61 @@ fn until_every_host(
 struct Propagation {
     per_host: [Vec<Duration>; 2],
     every_host: [Vec<Duration>; 2],
+    /// From the change to its entry in the log (the origin's agent publishing it)...
+    published: [Vec<Duration>; 2],
+    /// ...and from there until every other host answers it.
+    fan_out: [Vec<Duration>; 2],
+}
+
+/// When the log's newest entry for key `id` was added, in ms since the epoch (a stream id is Redis's
+/// clock, the same as ours here).
+fn logged_at_ms(c: &mut redis::Connection, id: &str) -> i64 {
+    let newest: StreamRangeReply = c.xrevrange_count(format!("ms-auth:{FLEET}:log"), "+", "-", 50).unwrap();
+    let entry = newest
+        .ids
+        .iter()
+        .find(|e| e.get::<String>("kind").as_deref() == Some("key") && e.get::<String>("id").as_deref() == Some(id))
+        .expect("the change is in the log");
+    entry.id.split('-').next().unwrap().parse().unwrap()
 }
 
 /// Each trial: a key created on one host (in turn) until every other host admits it, then revoked there
-/// until every other host refuses it.
-fn propagation(stores: &[Store], hosts: &[Host], trials: usize) -> Propagation {
+/// until every other host refuses it. Each change waits a random 0-250 ms first, so that it lands at any
+/// point of the agents' rounds (about 100 ms each) as an admin's change does; made right after the
+/// previous change reached every host it would land at the same point each time.
+fn propagation(redis: &Redis, stores: &[Store], hosts: &[Host], trials: usize) -> Propagation {
+    let mut c = redis.conn();
+    let mut seed = clock_ms() as u64 | 1;
+    let mut pause = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(seed % 250));
+    };
     let mut p = Propagation::default();
     for trial in 0..trials {
         let origin = trial % stores.len();
-        let started = Instant::now();
-        let created = stores[origin].create_key(&spec("{}"), clock_ms()).unwrap();
-        let created_took = until_every_host(stores, hosts, origin, &created.key, Status::Ok, started);
-        let started = Instant::now();
-        stores[origin].revoke_key(&created.record.id, clock_ms(), Some("leaked")).unwrap();
-        let revoked_took = until_every_host(stores, hosts, origin, &created.key, Status::ApiKeyRevoked, started);
-        for (i, took) in [created_took, revoked_took].into_iter().enumerate() {
-            p.every_host[i].push(*took.iter().max().unwrap());
+        let mut id = String::new();
+        let mut key = String::new();
+        for (i, wanted) in [Status::Ok, Status::ApiKeyRevoked].into_iter().enumerate() {
+            pause();
+            let (started, started_ms) = (Instant::now(), clock_ms());
+            if wanted == Status::Ok {
+                let created = stores[origin].create_key(&spec("{}"), clock_ms()).unwrap();
+                (id, key) = (created.record.id, created.key);
+            } else {
+                stores[origin].revoke_key(&id, clock_ms(), Some("leaked")).unwrap();
+            }
+            let took = until_every_host(stores, hosts, origin, &key, wanted, started);
+            let every_host = *took.iter().max().unwrap();
+            let published = Duration::from_millis((logged_at_ms(&mut c, &id) - started_ms).max(0) as u64);
+            p.every_host[i].push(every_host);
+            p.published[i].push(published);
+            p.fan_out[i].push(every_host.saturating_sub(published));
             p.per_host[i].extend(took);
         }
     }
-    for list in p.per_host.iter_mut().chain(p.every_host.iter_mut()) {
+    for list in p.per_host.iter_mut().chain(&mut p.every_host).chain(&mut p.published).chain(&mut p.fan_out) {
         list.sort();
     }
     p
@@ -190,7 +241,7 @@ struct Load {
 
 /// `rate` checks/s over every host and `keys`, from up to 4 paced threads: after a warm-up (until every host
 /// has topped up its first lease of every key, at most 90 s), one window of `seconds`.
-fn load(redis: &Redis, stores: &[Store], keys: &[String], rate: f64, seconds: f64) -> Load {
+fn load(redis: &Redis, hosts: &[Host], stores: &[Store], keys: &[String], rate: f64, seconds: f64) -> Load {
     let threads = stores.len().min(4);
     let (checks, admitted, refused) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let stop = AtomicBool::new(false);
@@ -237,10 +288,12 @@ fn load(redis: &Redis, stores: &[Store], keys: &[String], rate: f64, seconds: f6
         let warmup = topped_up.unwrap_or_else(|| started.elapsed());
         let (before, checks0, admitted0, refused0) =
             (Stats::of(&mut counters), checks.load(Relaxed), admitted.load(Relaxed), refused.load(Relaxed));
+        let cpu0 = agents_cpu_seconds(hosts);
         let measured = Instant::now();
         std::thread::sleep(Duration::from_secs_f64(seconds));
         let after = Stats::of(&mut counters);
         let elapsed = measured.elapsed().as_secs_f64();
+        let agent_cpu = (agents_cpu_seconds(hosts) - cpu0) / elapsed / hosts.len() as f64;
         let (checks1, admitted1, refused1) = (checks.load(Relaxed), admitted.load(Relaxed), refused.load(Relaxed));
         stop.store(true, Relaxed);
         Load {
@@ -248,7 +301,7 @@ fn load(redis: &Redis, stores: &[Store], keys: &[String], rate: f64, seconds: f6
             admitted: admitted1 - admitted0,
             refused: refused1 - refused0,
             warmup,
-            window: window(&before, &after, elapsed),
+            window: Window { agent_cpu, ..window(&before, &after, elapsed) },
             lease_hash: (0.0, 0.0),
         }
     });
@@ -277,7 +330,7 @@ fn measure_fleet(n: usize, s: &Settings) -> FleetFigures {
     let load_spec = format!(r#"{{"quota": {{"limit": {LOAD_QUOTA}, "period": "daily"}}, "rate_limit": null}}"#);
     let keys: Vec<String> =
         (0..s.load_keys).map(|_| stores[0].create_key(&spec(&load_spec), clock_ms()).unwrap().key).collect();
-    let propagation = propagation(&stores, &hosts, s.trials);
+    let propagation = propagation(&redis, &stores, &hosts, s.trials);
     for (st, h) in stores.iter().zip(&hosts) {
         let known =
             within(Duration::from_secs(30), || keys.iter().all(|k| status(st, k) != Some(Status::ApiKeyInvalid)));
@@ -287,12 +340,14 @@ fn measure_fleet(n: usize, s: &Settings) -> FleetFigures {
     // The checks above asked for leases (and the propagation's keys' usage is being published): settle.
     std::thread::sleep(Duration::from_secs(3));
     let mut counters = redis.conn();
-    let before = Stats::of(&mut counters);
+    let (before, cpu0) = (Stats::of(&mut counters), agents_cpu_seconds(&hosts));
     let idle_started = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(s.seconds));
-    let idle = window(&before, &Stats::of(&mut counters), idle_started.elapsed().as_secs_f64());
+    let elapsed = idle_started.elapsed().as_secs_f64();
+    let agent_cpu = (agents_cpu_seconds(&hosts) - cpu0) / elapsed / n as f64;
+    let idle = Window { agent_cpu, ..window(&before, &Stats::of(&mut counters), elapsed) };
     eprintln!("[{n} hosts] idle done at {:.1} s", started.elapsed().as_secs_f64());
-    let load = load(&redis, &stores, &keys, s.rate, s.seconds);
+    let load = load(&redis, &hosts, &stores, &keys, s.rate, s.seconds);
     eprintln!(
         "[{n} hosts] load done at {:.1} s (warm-up {:.1} s)",
         started.elapsed().as_secs_f64(),
@@ -432,9 +487,16 @@ fn main() {
 }
 
 fn report(s: &Settings, runs: &[FleetFigures], memory: Option<&Memory>) {
+    let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "\nfleet_scale: one redis-server, {} checks/s over {} key(s) with a quota, {} s windows, {} trials",
-        s.rate, s.load_keys, s.seconds, s.trials
+        "\nfleet_scale: one redis-server, {} checks/s over {} key(s) with a quota, {} s windows, {} trials; \
+         {} cores, load average at the end {}",
+        s.rate,
+        s.load_keys,
+        s.seconds,
+        s.trials,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     let header: Vec<String> = runs.iter().map(|r| format!("{} hosts", r.hosts)).collect();
     println!("{:<58} {}", "", header.iter().map(|h| format!("{h:>30}")).collect::<String>());
@@ -460,6 +522,24 @@ fn report(s: &Settings, runs: &[FleetFigures], memory: Option<&Memory>) {
                 })
                 .collect(),
         );
+        for (part, fan_out) in
+            [("  of which: until in the log (origin's agent)", false), ("  of which: from the log to every host", true)]
+        {
+            let list = |r: &FleetFigures| {
+                let p = &r.propagation;
+                if fan_out {
+                    p.fan_out[i].clone()
+                } else {
+                    p.published[i].clone()
+                }
+            };
+            row(
+                &format!("{part}, p50 / p99"),
+                runs.iter()
+                    .map(|r| format!("{} / {}", ms(quantile(&list(r), 0.5)), ms(quantile(&list(r), 0.99))))
+                    .collect(),
+            );
+        }
     }
     row("Redis commands/s, all hosts idle", runs.iter().map(|r| format!("{:.0}", r.idle.commands)).collect());
     row(
@@ -470,6 +550,12 @@ fn report(s: &Settings, runs: &[FleetFigures], memory: Option<&Memory>) {
         "Redis network in / out per idle host, KB/s",
         runs.iter()
             .map(|r| format!("{:.2} / {:.2}", r.idle.net.0 / 1e3 / r.hosts as f64, r.idle.net.1 / 1e3 / r.hosts as f64))
+            .collect(),
+    );
+    row(
+        "agent CPU per host, idle / under load (% of a core)",
+        runs.iter()
+            .map(|r| format!("{:.1}% / {:.1}%", 100.0 * r.idle.agent_cpu, 100.0 * r.load.window.agent_cpu))
             .collect(),
     );
     row(
