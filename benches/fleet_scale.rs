@@ -370,12 +370,23 @@ struct Memory {
     /// The host's usage history hash and the usage stream, per row (a key's counts on one host and day).
     usage_hash_per_row: f64,
     usage_stream_per_row: f64,
+    /// (hosts, bytes, Redis's encoding) of lease hashes written directly.
+    synthetic_lease_hashes: Vec<(usize, u64, String)>,
+    /// One HGETALL of the state hash: Redis's time (µs) and the reply's bytes.
+    state_read: (u64, u64),
     catch_up_seconds: f64,
 }
 
 fn used_memory(c: &mut redis::Connection) -> i64 {
     let info: String = redis::cmd("INFO").arg("memory").query(c).unwrap();
     info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
+}
+
+/// Redis's total time in one command so far, in µs (INFO commandstats).
+fn server_usec(c: &mut redis::Connection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
+    let line = info.lines().find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:"))).unwrap_or("");
+    line.split(',').find_map(|f| f.strip_prefix("usec=")).map_or(0, |v| v.parse().unwrap())
 }
 
 fn memory_usage(c: &mut redis::Connection, key: &str) -> u64 {
@@ -434,6 +445,28 @@ fn measure_memory(s: &Settings) -> Memory {
     let usage_hash = memory_usage(&mut c, &format!("ms-auth:{FLEET}:usage:host0"));
     let usage_stream = memory_usage(&mut c, &format!("ms-auth:{FLEET}:usage"));
     eprintln!("[memory] {leased} keys leased in {:.1} s", all_leased.unwrap().as_secs_f64());
+    // A lease hash as P hosts would leave it (each host's two fields, written the way the grant script
+    // writes them, here directly): the 32-host figure checks it against the agents' real hashes above.
+    let synthetic_lease_hashes: Vec<(usize, u64, String)> = [32, 200, 257, 1000]
+        .into_iter()
+        .map(|p| {
+            let name = format!("bench:lease-hash-of-{p}-hosts");
+            for h in 0..p {
+                let _: () = c
+                    .hset_multiple(&name, &[(format!("lease:host{h}"), 123_456), (format!("used:host{h}"), 120_000)])
+                    .unwrap();
+            }
+            let bytes = memory_usage(&mut c, &name);
+            let encoding: String = redis::cmd("OBJECT").arg("ENCODING").arg(&name).query(&mut c).unwrap();
+            let _: () = c.del(&name).unwrap();
+            (p, bytes, encoding)
+        })
+        .collect();
+    // What reading the whole state costs (a host starting from scratch, or one the log trimmed past):
+    // Redis's own time for the HGETALL, during which it serves no one else, and the reply's size.
+    let (usec0, out0) = (server_usec(&mut c, "hgetall"), Stats::of(&mut c).net.1);
+    let _: redis::Value = redis::cmd("HGETALL").arg(&state).query(&mut redis.conn()).unwrap();
+    let state_read = (server_usec(&mut c, "hgetall") - usec0, Stats::of(&mut c).net.1 - out0);
 
     // A host joining now starts from the state hash (every record) and the audit events the log holds.
     let mut late = Host::new(dir.path(), "late");
@@ -462,6 +495,8 @@ fn measure_memory(s: &Settings) -> Memory {
         lease_hash,
         usage_hash_per_row: usage_hash as f64 / usage_rows.max(1) as f64,
         usage_stream_per_row: usage_stream as f64 / usage_rows.max(1) as f64,
+        synthetic_lease_hashes,
+        state_read,
         catch_up_seconds,
     }
 }
@@ -629,6 +664,17 @@ fn report(s: &Settings, runs: &[FleetFigures], memory: Option<&Memory>) {
         println!(
             "  usage rows (a key's day on one host; the check above made one per key): {:.0} B in the host's history hash, {:.0} B in the usage stream",
             m.usage_hash_per_row, m.usage_stream_per_row
+        );
+        let synthetic: Vec<String> = m
+            .synthetic_lease_hashes
+            .iter()
+            .map(|(p, bytes, encoding)| format!("{p} hosts {bytes} B ({encoding})"))
+            .collect();
+        println!("  a lease hash written directly with each host's two fields: {}", synthetic.join(", "));
+        println!(
+            "  reading the whole state hash (HGETALL): {:.0} ms in Redis, a reply of {:.1} MB",
+            m.state_read.0 as f64 / 1000.0,
+            m.state_read.1 as f64 / 1e6
         );
         println!("  a host joining later caught up from the state hash in {:.1} s", m.catch_up_seconds);
     }
