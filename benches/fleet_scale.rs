@@ -52,17 +52,21 @@ struct Stats {
     total: u64,
     /// Bytes Redis received and sent (`total_net_input_bytes`, `total_net_output_bytes`).
     net: (u64, u64),
+    /// CPU seconds the server has used (`used_cpu_user` + `used_cpu_sys`).
+    cpu: f64,
     calls: HashMap<String, u64>,
 }
 
 impl Stats {
     /// Read on a connection opened beforehand (opening one sends commands of its own).
     fn of(c: &mut redis::Connection) -> Stats {
-        let info: String = redis::cmd("INFO").arg("stats").arg("commandstats").query(c).unwrap();
-        let mut stats = Stats { total: 0, net: (0, 0), calls: HashMap::new() };
+        let info: String = redis::cmd("INFO").arg("stats").arg("commandstats").arg("cpu").query(c).unwrap();
+        let mut stats = Stats { total: 0, net: (0, 0), cpu: 0.0, calls: HashMap::new() };
         for line in info.lines() {
             if let Some(v) = line.strip_prefix("total_commands_processed:") {
                 stats.total = v.trim().parse().unwrap();
+            } else if let Some(v) = line.strip_prefix("used_cpu_user:").or_else(|| line.strip_prefix("used_cpu_sys:")) {
+                stats.cpu += v.trim().parse::<f64>().unwrap();
             } else if let Some(v) = line.strip_prefix("total_net_input_bytes:") {
                 stats.net.0 = v.trim().parse().unwrap();
             } else if let Some(v) = line.strip_prefix("total_net_output_bytes:") {
@@ -86,6 +90,8 @@ struct Window {
     commands: f64,
     /// Bytes per second into and out of Redis (our own INFO included: a few KB).
     net: (f64, f64),
+    /// Redis's CPU time per second of the window.
+    redis_cpu: f64,
     grants: f64,
     by_command: Vec<(String, f64)>,
     /// CPU time of one agent per second of the window, on average.
@@ -105,6 +111,7 @@ fn window(before: &Stats, after: &Stats, seconds: f64) -> Window {
         // Less our own INFO (one per reading).
         commands: (after.total - before.total - 1) as f64 / seconds,
         net: ((after.net.0 - before.net.0) as f64 / seconds, (after.net.1 - before.net.1) as f64 / seconds),
+        redis_cpu: (after.cpu - before.cpu) / seconds,
         // Only the grant script runs EXPIRE (the lease hash's time to live).
         grants: (after.calls("expire") - before.calls("expire")) as f64 / seconds,
         by_command,
@@ -372,6 +379,8 @@ struct Memory {
     usage_stream_per_row: f64,
     /// (hosts, bytes, Redis's encoding) of lease hashes written directly.
     synthetic_lease_hashes: Vec<(usize, u64, String)>,
+    /// (hosts, Redis's µs) per call of the grant script on a lease hash of that many hosts.
+    grant_usec: Vec<(usize, f64)>,
     /// One HGETALL of the state hash: Redis's time (µs) and the reply's bytes.
     state_read: (u64, u64),
     catch_up_seconds: f64,
@@ -380,6 +389,39 @@ struct Memory {
 fn used_memory(c: &mut redis::Connection) -> i64 {
     let info: String = redis::cmd("INFO").arg("memory").query(c).unwrap();
     info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
+}
+
+/// Redis's own time for one call of the grant script on a key's lease hash holding `hosts` hosts (the
+/// agents' script, called the way they call it), in µs: what bounds the lease grants one Redis serves.
+fn grant_cost(c: &mut redis::Connection, hosts: usize) -> f64 {
+    let grant = redis::Script::new(ms_auth::fleet::quota::GRANT);
+    let name = format!("bench:grant-cost-{hosts}");
+    let call = |c: &mut redis::Connection, host: usize| {
+        let _: (i64, i64, i64) = grant
+            .key(&name)
+            .arg(format!("host{host}"))
+            .arg(100)
+            .arg(LOAD_QUOTA)
+            .arg(0)
+            .arg(0)
+            .arg(3600)
+            .invoke(c)
+            .unwrap();
+    };
+    for h in 0..hosts {
+        call(c, h);
+    }
+    let (calls, usec) = (server_calls(c, "evalsha"), server_usec(c, "evalsha"));
+    for i in 0..2000 {
+        call(c, i % hosts);
+    }
+    let per_call = (server_usec(c, "evalsha") - usec) as f64 / (server_calls(c, "evalsha") - calls) as f64;
+    let _: () = c.del(&name).unwrap();
+    per_call
+}
+
+fn server_calls(c: &mut redis::Connection, command: &str) -> u64 {
+    Stats::of(c).calls(command)
 }
 
 /// Redis's total time in one command so far, in µs (INFO commandstats).
@@ -462,6 +504,7 @@ fn measure_memory(s: &Settings) -> Memory {
             (p, bytes, encoding)
         })
         .collect();
+    let grant_usec = [3, 32, 200].into_iter().map(|p| (p, grant_cost(&mut c, p))).collect();
     // What reading the whole state costs (a host starting from scratch, or one the log trimmed past):
     // Redis's own time for the HGETALL, during which it serves no one else, and the reply's size.
     let (usec0, out0) = (server_usec(&mut c, "hgetall"), Stats::of(&mut c).net.1);
@@ -496,6 +539,7 @@ fn measure_memory(s: &Settings) -> Memory {
         usage_hash_per_row: usage_hash as f64 / usage_rows.max(1) as f64,
         usage_stream_per_row: usage_stream as f64 / usage_rows.max(1) as f64,
         synthetic_lease_hashes,
+        grant_usec,
         state_read,
         catch_up_seconds,
     }
@@ -588,6 +632,12 @@ fn report(s: &Settings, runs: &[FleetFigures], memory: Option<&Memory>) {
             .collect(),
     );
     row(
+        "Redis CPU, idle / under load (% of a core)",
+        runs.iter()
+            .map(|r| format!("{:.1}% / {:.1}%", 100.0 * r.idle.redis_cpu, 100.0 * r.load.window.redis_cpu))
+            .collect(),
+    );
+    row(
         "agent CPU per host, idle / under load (% of a core)",
         runs.iter()
             .map(|r| format!("{:.1}% / {:.1}%", 100.0 * r.idle.agent_cpu, 100.0 * r.load.window.agent_cpu))
@@ -671,6 +721,11 @@ fn report(s: &Settings, runs: &[FleetFigures], memory: Option<&Memory>) {
             .map(|(p, bytes, encoding)| format!("{p} hosts {bytes} B ({encoding})"))
             .collect();
         println!("  a lease hash written directly with each host's two fields: {}", synthetic.join(", "));
+        let grants: Vec<String> = m.grant_usec.iter().map(|(p, usec)| format!("{p} hosts {usec:.1} µs")).collect();
+        println!(
+            "  Redis's time per lease grant (the grant script), by hosts in the key's lease hash: {}",
+            grants.join(", ")
+        );
         println!(
             "  reading the whole state hash (HGETALL): {:.0} ms in Redis, a reply of {:.1} MB",
             m.state_read.0 as f64 / 1000.0,
