@@ -13,18 +13,22 @@
 //! Env: HOSTS (32), KEYS (100000), DURATION (seconds per traffic window, 10), TRIALS (40), RATE (checks/s,
 //! 2000), LOAD_KEYS (keys the checks use, 1), LEASED (keys leased in the memory part, 10000).
 
-#[path = "../tests/common/fleet.rs"]
+#[path = "../../tests/common/fleet.rs"]
 mod fleet;
+mod memory;
+mod report;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use fleet::{within, Host, Redis};
+use memory::measure_memory;
 use ms_auth::store::clock_ms;
 use ms_auth::{KeySpec, Status, Store};
 use redis::streams::StreamRangeReply;
 use redis::Commands;
+use report::report;
 
 /// The quota of the keys the load uses: large, so that the fleet never comes near spending it. A host's
 /// first ask is then 1,000 (the cap), and the warm-up lasts until every host has topped its lease up once.
@@ -136,15 +140,6 @@ fn status(store: &Store, key: &str) -> Option<Status> {
 fn spec(json: &str) -> KeySpec {
     KeySpec::from_json(json).unwrap()
 }
-
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-}
-
 /// Polls every host but `origin` until each answers `wanted` for `key`; the time each took from `started`.
 fn until_every_host(
     stores: &[Store],
@@ -362,189 +357,6 @@ fn measure_fleet(n: usize, s: &Settings) -> FleetFigures {
     );
     FleetFigures { hosts: n, propagation, idle, load }
 }
-
-struct Memory {
-    keys: usize,
-    create_seconds: f64,
-    publish_seconds: f64,
-    used_per_key: f64,
-    state_per_key: f64,
-    log_entries: u64,
-    log_per_entry: f64,
-    leased: usize,
-    used_per_lease: f64,
-    lease_hash: f64,
-    /// The host's usage history hash and the usage stream, per row (a key's counts on one host and day).
-    usage_hash_per_row: f64,
-    usage_stream_per_row: f64,
-    /// (hosts, bytes, Redis's encoding) of lease hashes written directly.
-    synthetic_lease_hashes: Vec<(usize, u64, String)>,
-    /// (hosts, Redis's µs) per call of the grant script on a lease hash of that many hosts.
-    grant_usec: Vec<(usize, f64)>,
-    /// One HGETALL of the state hash: Redis's time (µs) and the reply's bytes.
-    state_read: (u64, u64),
-    catch_up_seconds: f64,
-}
-
-fn used_memory(c: &mut redis::Connection) -> i64 {
-    let info: String = redis::cmd("INFO").arg("memory").query(c).unwrap();
-    info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
-}
-
-/// Redis's own time for one call of the grant script on a key's lease hash holding `hosts` hosts (the
-/// agents' script, called the way they call it), in µs: what bounds the lease grants one Redis serves.
-fn grant_cost(c: &mut redis::Connection, hosts: usize) -> f64 {
-    let grant = redis::Script::new(ms_auth::fleet::quota::GRANT);
-    let name = format!("bench:grant-cost-{hosts}");
-    let call = |c: &mut redis::Connection, host: usize| {
-        let _: (i64, i64, i64) = grant
-            .key(&name)
-            .arg(format!("host{host}"))
-            .arg(100)
-            .arg(LOAD_QUOTA)
-            .arg(0)
-            .arg(0)
-            .arg(3600)
-            .invoke(c)
-            .unwrap();
-    };
-    for h in 0..hosts {
-        call(c, h);
-    }
-    let (calls, usec) = (server_calls(c, "evalsha"), server_usec(c, "evalsha"));
-    for i in 0..2000 {
-        call(c, i % hosts);
-    }
-    let per_call = (server_usec(c, "evalsha") - usec) as f64 / (server_calls(c, "evalsha") - calls) as f64;
-    let _: () = c.del(&name).unwrap();
-    per_call
-}
-
-fn server_calls(c: &mut redis::Connection, command: &str) -> u64 {
-    Stats::of(c).calls(command)
-}
-
-/// Redis's total time in one command so far, in µs (INFO commandstats).
-fn server_usec(c: &mut redis::Connection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
-    let line = info.lines().find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:"))).unwrap_or("");
-    line.split(',').find_map(|f| f.strip_prefix("usec=")).map_or(0, |v| v.parse().unwrap())
-}
-
-fn memory_usage(c: &mut redis::Connection, key: &str) -> u64 {
-    redis::cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0).query(c).unwrap()
-}
-
-/// `keys` keys with quotas created on one host (its agent publishing them), then `leased` of them checked
-/// once there (each check asks the agent for a lease), then a second host started to catch up.
-fn measure_memory(s: &Settings) -> Memory {
-    let (dir, redis, mut hosts) = fleet::fleet(1);
-    let store = hosts[0].store();
-    let mut c = redis.conn();
-    let (state, log) = (format!("ms-auth:{FLEET}:state"), format!("ms-auth:{FLEET}:log"));
-    std::thread::sleep(Duration::from_secs(2)); // the agent's first usage and member reports
-    let base = used_memory(&mut c);
-    let spec = spec(r#"{"quota": {"limit": 1000000, "period": "daily"}, "rate_limit": null}"#);
-    let started = Instant::now();
-    let created: Vec<_> = (0..s.keys).map(|_| store.create_key(&spec, clock_ms()).unwrap()).collect();
-    let create_seconds = started.elapsed().as_secs_f64();
-    let published = within(Duration::from_secs(600), || {
-        std::thread::sleep(Duration::from_millis(50));
-        redis::cmd("HLEN").arg(&state).query::<usize>(&mut c).unwrap() >= s.keys
-    });
-    let publish_seconds = published.expect("the agent never published every key").as_secs_f64() + create_seconds;
-    std::thread::sleep(Duration::from_secs(2));
-    let with_keys = used_memory(&mut c);
-    let state_bytes = memory_usage(&mut c, &state);
-    let log_bytes = memory_usage(&mut c, &log);
-    let log_entries: u64 = redis::cmd("XLEN").arg(&log).query(&mut c).unwrap();
-    eprintln!("[memory] {} keys created in {create_seconds:.1} s, published by {publish_seconds:.1} s", s.keys);
-
-    let leased = s.leased.min(s.keys);
-    let hashes_before: usize = redis::cmd("DBSIZE").query(&mut c).unwrap();
-    for k in &created[..leased] {
-        let _ = status(&store, &k.key); // no lease yet: refused, and the agent's cue to ask
-    }
-    let all_leased = within(Duration::from_secs(300), || {
-        std::thread::sleep(Duration::from_millis(50));
-        redis::cmd("DBSIZE").query::<usize>(&mut c).unwrap() >= hashes_before + leased
-    });
-    assert!(all_leased.is_some(), "the agent never leased every key checked\n{}", hosts[0].log());
-    std::thread::sleep(Duration::from_secs(2));
-    let with_leases = used_memory(&mut c);
-    let pattern = format!("ms-auth:{FLEET}:quota:*");
-    let sample: Vec<String> = redis::cmd("SCAN")
-        .arg(0)
-        .arg("MATCH")
-        .arg(&pattern)
-        .arg("COUNT")
-        .arg(1000)
-        .query::<(u64, Vec<String>)>(&mut c)
-        .unwrap()
-        .1;
-    let lease_hash = sample.iter().map(|n| memory_usage(&mut c, n)).sum::<u64>() as f64 / sample.len().max(1) as f64;
-    let usage_rows: u64 = redis::cmd("HLEN").arg(format!("ms-auth:{FLEET}:usage:host0")).query(&mut c).unwrap();
-    let usage_hash = memory_usage(&mut c, &format!("ms-auth:{FLEET}:usage:host0"));
-    let usage_stream = memory_usage(&mut c, &format!("ms-auth:{FLEET}:usage"));
-    eprintln!("[memory] {leased} keys leased in {:.1} s", all_leased.unwrap().as_secs_f64());
-    // A lease hash as P hosts would leave it (each host's two fields, written the way the grant script
-    // writes them, here directly): the 32-host figure checks it against the agents' real hashes above.
-    let synthetic_lease_hashes: Vec<(usize, u64, String)> = [32, 200, 257, 1000]
-        .into_iter()
-        .map(|p| {
-            let name = format!("bench:lease-hash-of-{p}-hosts");
-            for h in 0..p {
-                let _: () = c
-                    .hset_multiple(&name, &[(format!("lease:host{h}"), 123_456), (format!("used:host{h}"), 120_000)])
-                    .unwrap();
-            }
-            let bytes = memory_usage(&mut c, &name);
-            let encoding: String = redis::cmd("OBJECT").arg("ENCODING").arg(&name).query(&mut c).unwrap();
-            let _: () = c.del(&name).unwrap();
-            (p, bytes, encoding)
-        })
-        .collect();
-    let grant_usec = [3, 32, 200].into_iter().map(|p| (p, grant_cost(&mut c, p))).collect();
-    // What reading the whole state costs (a host starting from scratch, or one the log trimmed past):
-    // Redis's own time for the HGETALL, during which it serves no one else, and the reply's size.
-    let (usec0, out0) = (server_usec(&mut c, "hgetall"), Stats::of(&mut c).net.1);
-    let _: redis::Value = redis::cmd("HGETALL").arg(&state).query(&mut redis.conn()).unwrap();
-    let state_read = (server_usec(&mut c, "hgetall") - usec0, Stats::of(&mut c).net.1 - out0);
-
-    // A host joining now starts from the state hash (every record) and the audit events the log holds.
-    let mut late = Host::new(dir.path(), "late");
-    let started = Instant::now();
-    late.start_agent(&redis.url());
-    late.wait_until_in_the_fleet();
-    let late_store = late.store();
-    let last = &created.last().unwrap().record.id;
-    let caught_up = within(Duration::from_secs(600), || {
-        std::thread::sleep(Duration::from_millis(20));
-        late_store.get_key(last).is_ok()
-    });
-    assert!(caught_up.is_some(), "the late host never caught up\n{}", late.log());
-    let catch_up_seconds = started.elapsed().as_secs_f64();
-    hosts.push(late);
-    Memory {
-        keys: s.keys,
-        create_seconds,
-        publish_seconds,
-        used_per_key: (with_keys - base) as f64 / s.keys as f64,
-        state_per_key: state_bytes as f64 / s.keys as f64,
-        log_entries,
-        log_per_entry: log_bytes as f64 / log_entries.max(1) as f64,
-        leased,
-        used_per_lease: (with_leases - with_keys) as f64 / leased.max(1) as f64,
-        lease_hash,
-        usage_hash_per_row: usage_hash as f64 / usage_rows.max(1) as f64,
-        usage_stream_per_row: usage_stream as f64 / usage_rows.max(1) as f64,
-        synthetic_lease_hashes,
-        grant_usec,
-        state_read,
-        catch_up_seconds,
-    }
-}
-
 fn main() {
     let s = Settings {
         hosts: env("HOSTS", 32),
@@ -563,174 +375,4 @@ fn main() {
     let memory = (s.keys > 0).then(|| measure_memory(&s));
     report(&s, &runs, memory.as_ref());
     println!("(whole run: {:.0} s)", started.elapsed().as_secs_f64());
-}
-
-fn report(s: &Settings, runs: &[FleetFigures], memory: Option<&Memory>) {
-    let load_average = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "\nfleet_scale: one redis-server, {} checks/s over {} key(s) with a quota, {} s windows, {} trials; \
-         {} cores, load average at the end {}",
-        s.rate,
-        s.load_keys,
-        s.seconds,
-        s.trials,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load_average.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    );
-    let header: Vec<String> = runs.iter().map(|r| format!("{} hosts", r.hosts)).collect();
-    println!("{:<58} {}", "", header.iter().map(|h| format!("{h:>30}")).collect::<String>());
-    let row = |label: &str, cells: Vec<String>| {
-        println!("{label:<58} {}", cells.iter().map(|c| format!("{c:>30}")).collect::<String>());
-    };
-    for (i, what) in ["key create", "revocation"].iter().enumerate() {
-        row(
-            &format!("{what}: per host, p50 / p99"),
-            runs.iter()
-                .map(|r| {
-                    let d = &r.propagation.per_host[i];
-                    format!("{} / {} (n={})", ms(quantile(d, 0.5)), ms(quantile(d, 0.99)), d.len())
-                })
-                .collect(),
-        );
-        row(
-            &format!("{what}: until every host, p50 / p99 / max"),
-            runs.iter()
-                .map(|r| {
-                    let d = &r.propagation.every_host[i];
-                    format!("{} / {} / {}", ms(quantile(d, 0.5)), ms(quantile(d, 0.99)), ms(*d.last().unwrap()))
-                })
-                .collect(),
-        );
-        for (part, fan_out) in
-            [("  of which: until in the log (origin's agent)", false), ("  of which: from the log to every host", true)]
-        {
-            let list = |r: &FleetFigures| {
-                let p = &r.propagation;
-                if fan_out {
-                    p.fan_out[i].clone()
-                } else {
-                    p.published[i].clone()
-                }
-            };
-            row(
-                &format!("{part}, p50 / p99"),
-                runs.iter()
-                    .map(|r| format!("{} / {}", ms(quantile(&list(r), 0.5)), ms(quantile(&list(r), 0.99))))
-                    .collect(),
-            );
-        }
-    }
-    row("Redis commands/s, all hosts idle", runs.iter().map(|r| format!("{:.0}", r.idle.commands)).collect());
-    row(
-        "Redis commands/s per idle host",
-        runs.iter().map(|r| format!("{:.1}", r.idle.commands / r.hosts as f64)).collect(),
-    );
-    row(
-        "Redis network in / out per idle host, KB/s",
-        runs.iter()
-            .map(|r| format!("{:.2} / {:.2}", r.idle.net.0 / 1e3 / r.hosts as f64, r.idle.net.1 / 1e3 / r.hosts as f64))
-            .collect(),
-    );
-    row(
-        "Redis CPU, idle / under load (% of a core)",
-        runs.iter()
-            .map(|r| format!("{:.1}% / {:.1}%", 100.0 * r.idle.redis_cpu, 100.0 * r.load.window.redis_cpu))
-            .collect(),
-    );
-    row(
-        "agent CPU per host, idle / under load (% of a core)",
-        runs.iter()
-            .map(|r| format!("{:.1}% / {:.1}%", 100.0 * r.idle.agent_cpu, 100.0 * r.load.window.agent_cpu))
-            .collect(),
-    );
-    row(
-        "checks/s during the load window (admitted / refused)",
-        runs.iter()
-            .map(|r| format!("{:.0} ({}/{})", r.load.checks_per_second, r.load.admitted, r.load.refused))
-            .collect(),
-    );
-    row("Redis commands/s under load", runs.iter().map(|r| format!("{:.0}", r.load.window.commands)).collect());
-    row(
-        "Redis commands/s per 1,000 checks/s (load - idle)",
-        runs.iter()
-            .map(|r| format!("{:.1}", (r.load.window.commands - r.idle.commands) / (r.load.checks_per_second / 1000.0)))
-            .collect(),
-    );
-    row(
-        "lease grants (script calls) per 1,000 checks",
-        runs.iter().map(|r| format!("{:.1}", 1000.0 * r.load.window.grants / r.load.checks_per_second)).collect(),
-    );
-    row(
-        "lease grants/s per (host, key) in use",
-        runs.iter().map(|r| format!("{:.2}", r.load.window.grants / (r.hosts * s.load_keys) as f64)).collect(),
-    );
-    row(
-        "a lease hash of a key used on every host: bytes (fields)",
-        runs.iter().map(|r| format!("{:.0} ({:.0})", r.load.lease_hash.0, r.load.lease_hash.1)).collect(),
-    );
-    row(
-        "load warm-up (every host topped up once)",
-        runs.iter().map(|r| format!("{:.1} s", r.load.warmup.as_secs_f64())).collect(),
-    );
-    for r in runs {
-        let top: Vec<String> = r
-            .idle
-            .by_command
-            .iter()
-            .take(8)
-            .map(|(name, rate)| format!("{name} {:.2}", rate / r.hosts as f64))
-            .collect();
-        println!("  idle, per host and second ({} hosts): {}", r.hosts, top.join(", "));
-        let top: Vec<String> =
-            r.load.window.by_command.iter().take(8).map(|(name, rate)| format!("{name} {rate:.0}")).collect();
-        println!("  under load, per second ({} hosts, {:.0} s): {}", r.hosts, r.load.window.seconds, top.join(", "));
-    }
-    if let Some(m) = memory {
-        println!(
-            "\nmemory: {} keys with a quota created on one host (Store::create_key, {:.1} s; all published by {:.1} s)",
-            m.keys, m.create_seconds, m.publish_seconds
-        );
-        let per_100k = |bytes: f64, what: &str| format!("{:.1} MB per 100,000 {what}", bytes * 100_000.0 / 1e6);
-        println!(
-            "  used_memory after - before:          {:>6.0} B per key  ({})",
-            m.used_per_key,
-            per_100k(m.used_per_key, "keys")
-        );
-        println!(
-            "  state hash (MEMORY USAGE):           {:>6.0} B per key  ({})",
-            m.state_per_key,
-            per_100k(m.state_per_key, "keys")
-        );
-        println!(
-            "  change log (MEMORY USAGE):           {:>6.0} B per entry ({} entries: a key and its audit event each, trimmed at ~100,000; {})",
-            m.log_per_entry,
-            m.log_entries,
-            per_100k(m.log_per_entry, "entries")
-        );
-        println!(
-            "  {} keys leased by that host: used_memory {:.0} B per key leased; a lease hash (1 host) {:.0} B",
-            m.leased, m.used_per_lease, m.lease_hash
-        );
-        println!(
-            "  usage rows (a key's day on one host; the check above made one per key): {:.0} B in the host's history hash, {:.0} B in the usage stream",
-            m.usage_hash_per_row, m.usage_stream_per_row
-        );
-        let synthetic: Vec<String> = m
-            .synthetic_lease_hashes
-            .iter()
-            .map(|(p, bytes, encoding)| format!("{p} hosts {bytes} B ({encoding})"))
-            .collect();
-        println!("  a lease hash written directly with each host's two fields: {}", synthetic.join(", "));
-        let grants: Vec<String> = m.grant_usec.iter().map(|(p, usec)| format!("{p} hosts {usec:.1} µs")).collect();
-        println!(
-            "  Redis's time per lease grant (the grant script), by hosts in the key's lease hash: {}",
-            grants.join(", ")
-        );
-        println!(
-            "  reading the whole state hash (HGETALL): {:.0} ms in Redis, a reply of {:.1} MB",
-            m.state_read.0 as f64 / 1000.0,
-            m.state_read.1 as f64 / 1e6
-        );
-        println!("  a host joining later caught up from the state hash in {:.1} s", m.catch_up_seconds);
-    }
 }
