@@ -170,11 +170,18 @@ fn two_stores_given_one_host_name_are_two_hosts_and_share_a_quota() {
     // `fleet status` shows two members of one name, told apart by their ids.
     let ids: Vec<String> = hosts.iter().map(|h| h.store().fleet_host_id().unwrap().unwrap()).collect();
     assert_ne!(ids[0], ids[1]);
-    let (ok, text, err) = hosts[0].fleet_command(&["status"]);
-    assert!(ok, "{err}");
-    for id in &ids {
-        assert!(text.lines().any(|l| l.contains("web") && l.contains(&id[..8])), "{id} in\n{text}");
-    }
+    // (The agent reports once a heartbeat: wait for a report that lists both.)
+    let lists_both = |text: &str| ids.iter().all(|id| text.lines().any(|l| l.contains("web") && l.contains(&id[..8])));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let (ok, text, err) = hosts[0].fleet_command(&["status"]);
+        assert!(ok, "{err}");
+        if lists_both(&text) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(lists_both(&text), "both ids {ids:?} in\n{text}");
     assert!(text.contains("another host has this name"), "{text}");
 }
 

@@ -173,7 +173,9 @@ fn run_loop(
                         // never be granted under the original's.
                         if let Some(lease_log) = lease_log.take() {
                             let (names, scripts, leasing_stops) = (&names, &scripts, &leasing_stops);
-                            s.spawn(move || super::lease_thread::run(store, cfg, names, scripts, leasing_stops, lease_log));
+                            s.spawn(move || {
+                                super::lease_thread::run(store, cfg, names, scripts, leasing_stops, lease_log)
+                            });
                         }
                     }
                     Err(e) => {
