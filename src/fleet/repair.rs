@@ -142,7 +142,19 @@ pub(super) fn load_snapshot(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::
     let (heads, _) = read_heads(link)?;
     let last: StreamRangeReply = link.conn.xrevrange_count(&link.names.log, "+", "-", 1)?;
     let position = last.ids.first().map_or_else(|| "0-0".to_string(), |e| e.id.clone());
-    let state: HashMap<String, String> = link.conn.hgetall(&link.names.state)?;
+    // In pages (HSCAN), not one HGETALL: with 100,000 records that is a 78 MB reply that blocks Redis for
+    // a fifth of a second, per host catching up (docs/fleet.md, "Scale").
+    let mut state: Vec<(String, String)> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<(String, String)>) =
+            redis::cmd("HSCAN").arg(&link.names.state).arg(cursor).arg("COUNT").arg(1000).query(link.conn)?;
+        state.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
     let mut refused: Vec<String> = Vec::new();
     let mut records: Vec<Signed> = Vec::new();
     for (field, text) in &state {
