@@ -307,3 +307,113 @@ fn a_member_list_emptied_by_a_writer_to_redis_never_lets_the_fleet_exceed_its_ra
     eprintln!("rate 600/min burst 30, 3 hosts, member list deleted every 20 ms: admitted {admitted} in {seconds:.1} s (bound {bound}); hosts count {counted:?}");
     assert!(admitted <= bound, "{admitted} > {bound}");
 }
+
+/// Redis hangs (SIGSTOP: connections stay open, nothing answers) while the agent is alive. Promised: a
+/// check waits for the lease thread only while it is responsive, and a timed-out wait switches waiting
+/// off for a second; so checks on keys without a lease cost at most one `lease_wait_ms` (50 ms) now and
+/// then, never 50 ms each. Measured: checks on fresh keys from 2 threads for 10 s of a stopped Redis.
+#[test]
+fn a_hung_redis_costs_the_checks_at_most_a_wait_now_and_then() {
+    let _serial = serial();
+    let (_dir, redis, hosts) = fleet(1);
+    let store = hosts[0].store();
+    let keys: Vec<String> = (0..400)
+        .map(|_| {
+            store
+                .create_key(&spec(r#"{"quota": {"limit": 1000, "period": "daily"}, "rate_limit": null}"#), clock())
+                .unwrap()
+                .key
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = redis.child.as_ref().unwrap().id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    let (slow, all, waited_ms) = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let store = hosts[0].store();
+                    let (mut slow, mut all, mut waited) = (0u32, 0u32, 0u128);
+                    while started.elapsed() < Duration::from_secs(10) {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % keys.len();
+                        let t = Instant::now();
+                        let _ = store.check(Some(keys[i].as_bytes()), clock()).unwrap();
+                        let took = t.elapsed();
+                        all += 1;
+                        if took > Duration::from_millis(10) {
+                            slow += 1;
+                            waited += took.as_millis();
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    (slow, all, waited)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    });
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    eprintln!("Redis stopped for 10 s: {slow} of {all} checks on fresh keys took over 10 ms ({waited_ms} ms in all)");
+    assert!(slow <= 10, "{slow} slow checks");
+    assert!(waited_ms <= 600, "{waited_ms} ms waited");
+}
+
+/// Many keys with a quota (`MS_AUTH_ATTACK_KEYS`, 50,000 by default): every cue runs a lease round over
+/// every key with a quota. Promised: "a host's first request on a key with room is admitted" (within
+/// `lease_wait_ms`, 50 ms). Measured: first requests on 60 fresh keys, one at a time and 4 at once.
+#[test]
+#[ignore = "finding 6: with 50,000 keys with a quota (20,000 in a debug build) a lease round outlasts lease_wait_ms and first requests are refused"]
+fn with_many_keys_with_a_quota_a_hosts_first_request_is_still_admitted() {
+    let _serial = serial();
+    let n: usize = std::env::var("MS_AUTH_ATTACK_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&dir.path().join("redis"), None);
+    let mut h = Host::new(dir.path(), "a");
+    let made = Instant::now();
+    let keys: Vec<String> = {
+        let store = h.store();
+        (0..n)
+            .map(|_| {
+                store
+                    .create_key(&spec(r#"{"quota": {"limit": 1000, "period": "daily"}, "rate_limit": null}"#), clock())
+                    .unwrap()
+                    .key
+            })
+            .collect()
+    };
+    eprintln!("{n} keys made in {:.1} s", made.elapsed().as_secs_f64());
+    h.start_agent(&redis.url());
+    h.wait_until_in_the_fleet();
+    // Until the agent has published them all and is idle.
+    let store = h.store();
+    assert!(within(Duration::from_secs(300), || store.fleet_outbox("x", 1).unwrap().0.is_empty()).is_some());
+    std::thread::sleep(Duration::from_secs(3));
+    let mut answers = Vec::new();
+    for key in keys.iter().take(30) {
+        let t = Instant::now();
+        let status = status_now(&store, key);
+        answers.push((status, t.elapsed()));
+    }
+    let refused_one_at_a_time = answers.iter().filter(|(s, _)| *s != Status::Ok).count();
+    let slowest = answers.iter().map(|(_, t)| *t).max().unwrap();
+    let at_once: Vec<Status> = std::thread::scope(|s| {
+        let threads: Vec<_> = keys[30..60]
+            .chunks(8)
+            .map(|chunk| {
+                s.spawn(|| {
+                    let store = h.store();
+                    chunk.iter().map(|k| status_now(&store, k)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+    });
+    let refused_at_once = at_once.iter().filter(|s| **s != Status::Ok).count();
+    eprintln!(
+        "{n} keys with a quota: first requests refused {refused_one_at_a_time} of 30 one at a time (slowest {slowest:?}), \
+         {refused_at_once} of 30 from 4 threads"
+    );
+    assert_eq!(refused_one_at_a_time + refused_at_once, 0);
+}
