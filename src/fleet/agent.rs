@@ -293,6 +293,14 @@ fn refused(
 ) -> Ended {
     let why = format!("another agent runs with this host's identity (host id {}): {holder}", cfg.host_id);
     log(&why);
+    // This store is a copy of another member's (or the other is): the leases its counters file holds are
+    // the identity's, which the other agent keeps using, so this host's servers must not spend them too.
+    match store.fleet_forget_leases() {
+        Ok(()) => log(
+            "dropped the quota leases this store holds: its checks count no quota until it has an identity of its own",
+        ),
+        Err(e) => log(&format!("could not drop this store's quota leases: {}", e.message)),
+    }
     health.redis_ok = false;
     health.last_error = Some(why);
     report_locally(store, cfg, health, usage, false, log);

@@ -56,26 +56,53 @@ const READ_COUNT: usize = 500;
 /// One round: catch up if needed, publish the outbox, apply what the log has after our position
 /// (waiting up to 100 ms for news), and the log's upkeep (about once a second).
 pub(super) fn step(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result::Result<(), Failure> {
-    let position = match link.store.fleet_position()? {
+    let mut position = match link.store.fleet_position()? {
         Some(p) if link.health.position_checked => p,
         Some(p) if !trimmed_past(link.conn, &link.names.log, &p)? => p,
         _ => load_snapshot(link, log)?,
     };
+    if !link.health.position_checked {
+        // Before sending what this host changed while its agent was away, take in what the others changed
+        // meanwhile: its changes are then versioned after theirs, and do not tie with (and, by origin, beat)
+        // a revocation made elsewhere in the meantime.
+        while let Some((last, reached_end)) = read_and_apply(link, &position, None, log)? {
+            position = last;
+            if reached_end {
+                break;
+            }
+        }
+    }
     link.health.position_checked = true;
     publish_outbox(link)?;
-    let options = StreamReadOptions::default().count(READ_COUNT).block(100);
-    let reply: StreamReadReply = link.conn.xread_options(&[&link.names.log], &[&position], &options)?;
+    read_and_apply(link, &position, Some(100), log)?;
+    upkeep(link, log)
+}
+
+/// Reads the log after `position` (waiting up to `block_ms` for news) and applies what it holds. The new
+/// position and whether the log's end was reached; `None` when there was nothing.
+fn read_and_apply(
+    link: &mut Link,
+    position: &str,
+    block_ms: Option<usize>,
+    log: &mut dyn FnMut(&str),
+) -> std::result::Result<Option<(String, bool)>, Failure> {
+    let mut options = StreamReadOptions::default().count(READ_COUNT);
+    if let Some(ms) = block_ms {
+        options = options.block(ms);
+    }
+    let reply: StreamReadReply = link.conn.xread_options(&[&link.names.log], &[position], &options)?;
     let entries: Vec<StreamId> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
     let reached_end = entries.len() < READ_COUNT;
-    if let Some(last) = entries.last().map(|e| e.id.clone()) {
+    let last = entries.last().map(|e| e.id.clone());
+    if let Some(last) = &last {
         let changes = verified(link.cfg, &entries, link.health, log);
-        apply(link.store, &changes, &last, link.health, log)?;
-        link.health.last_id = Some(last);
+        apply(link.store, &changes, last, link.health, log)?;
+        link.health.last_id = Some(last.clone());
     }
     if reached_end {
         link.health.log.reached_end += 1;
     }
-    upkeep(link, log)
+    Ok(last.map(|l| (l, reached_end)))
 }
 
 fn apply(

@@ -55,4 +55,12 @@ impl Store {
     pub fn fleet_rate_share(&self) -> Result<Option<u32>> {
         Ok(self.counters()?.rate_share())
     }
+
+    /// Forgets every quota lease this host's counters file holds: its checks count no quota past what
+    /// they counted until the agent is granted leases again (an agent refused because another runs with
+    /// this identity: those leases are the other's).
+    pub fn fleet_forget_leases(&self) -> Result<()> {
+        self.counters()?.forget_leases();
+        Ok(())
+    }
 }

@@ -211,6 +211,7 @@ fn apply_entries(tx: &Transaction, entries: &[Signed], from_log: bool, out: &mut
         .optional()?
         .flatten();
     let mut rows = Vec::new();
+    let mut revocations: Vec<(String, i64, Option<String>)> = Vec::new();
     // A key that counts with one not applied yet waits for the end of the batch, once.
     let (first, waiting): (Vec<&Signed>, Vec<&Signed>) =
         entries.iter().partition(|s| s.change.kind != "key" || counts_with_is_here(tx, &s.change));
@@ -225,6 +226,9 @@ fn apply_entries(tx: &Transaction, entries: &[Signed], from_log: bool, out: &mut
                 let held_order = (v, o.as_str());
                 let newer = if from_log { change.order() >= held_order } else { change.order() > held_order };
                 if !newer {
+                    if change.kind == "key" {
+                        revocations.extend(revocation_in(change));
+                    }
                     out.stale.push(Stale { change: change.clone(), duplicate: false, held: Some((v, host)) });
                     continue;
                 }
@@ -258,9 +262,29 @@ fn apply_entries(tx: &Transaction, entries: &[Signed], from_log: bool, out: &mut
     }
     // The triggers saw these writes as changes of this host: they are the log's, not ours.
     tx.execute("DELETE FROM fleet_outbox WHERE seq > ?1", [before])?;
+    // A revocation is never undone, not even by a change that wins the order: one that lost to a change
+    // made meanwhile on another host (both of one version, or the other newer) still revokes the key here,
+    // and this host sends the merged record as a new version (its triggers put it in the outbox), so that
+    // the fleet's newest state, the state hash included, holds it too.
+    for (id, at, reason) in revocations {
+        let revoked = tx.execute(
+            "UPDATE keys SET revoked_at_ms = ?2, revoked_reason = ?3 WHERE id = ?1 AND revoked_at_ms IS NULL",
+            params![id, at, reason],
+        )?;
+        if revoked > 0 {
+            rows.push(tx.query_row("SELECT row FROM keys WHERE id = ?1", [&id], |r| r.get(0))?);
+        }
+    }
     rows.sort_unstable();
     rows.dedup();
     Ok(rows)
+}
+
+/// The revocation a key's change carries: (key id, when, why).
+fn revocation_in(change: &Change) -> Option<(String, i64, Option<String>)> {
+    let body: serde_json::Value = serde_json::from_str(&change.body).ok()?;
+    let at = body["revoked_at_ms"].as_i64()?;
+    Some((change.id.clone(), at, body["revoked_reason"].as_str().map(str::to_string)))
 }
 
 /// The version held of the change's record, its origin, and the name of the host it came from.
