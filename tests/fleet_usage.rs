@@ -207,7 +207,7 @@ fn a_store_upgraded_from_usage_keyed_by_name_keeps_the_other_hosts_history_once(
         counts: [9, 0, 0, 0, 0],
         last_used_at_ms: None,
     };
-    store.fleet_usage_merge("0123456789abcdef0123456789abcdef", "api", &[row.clone()]).unwrap();
+    store.fleet_usage_merge("0123456789abcdef0123456789abcdef", "api", std::slice::from_ref(&row)).unwrap();
     assert_eq!(on(day), 9 + 2, "api's row by id replaces its row by name");
     assert_eq!(on(day - 200), 3);
     // Renamed later, it is still one host: the row by name it replaced stays replaced.
