@@ -113,6 +113,7 @@ fn an_unrepresentable_rate_limit_stored_by_an_older_version_is_lowered_on_upgrad
          DROP TRIGGER fleet_plan_update; DROP TRIGGER fleet_policies_insert; DROP TRIGGER fleet_policies_update;
          DROP TABLE fleet_outbox; DROP TRIGGER fleet_audit_insert; DROP INDEX audit_origin;
          ALTER TABLE audit DROP COLUMN host; ALTER TABLE audit DROP COLUMN origin_seq; DROP TABLE fleet_usage;
+         DROP VIEW fleet_usage_counted; DROP TABLE fleet_usage_by_name;
          DROP TABLE fleet_sent; DROP TABLE fleet_versions; DROP TABLE fleet_origins; DROP TABLE fleet_seen;
          UPDATE keys SET rate_burst = 100000; PRAGMA user_version = 3;",
     )

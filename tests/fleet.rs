@@ -531,8 +531,9 @@ fn usage_audit_and_metrics_show_the_fleet_totals_on_every_host() {
         assert!(took.is_some(), "host{i} sees {} of 18\n{}", admitted(s), hosts[i].log());
     }
     let metrics = stores[1].metrics_text(clock()).unwrap();
-    for (host, n) in [("host0", 3), ("host1", 6), ("host2", 9)] {
-        let line = format!("ms_auth_fleet_checks_total{{host=\"{host}\",status=\"ok\"}} {n}\n");
+    for ((host, h), n) in ["host0", "host1", "host2"].iter().zip(&hosts).zip([3, 6, 9]) {
+        let id = h.store().fleet_host_id().unwrap().unwrap();
+        let line = format!("ms_auth_fleet_checks_total{{host=\"{host}\",host_id=\"{id}\",status=\"ok\"}} {n}\n");
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
     assert!(metrics.contains("ms_auth_checks_total{status=\"ok\"} 6\n"), "this host's own series: {metrics}");

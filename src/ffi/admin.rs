@@ -111,8 +111,8 @@ pub unsafe extern "C" fn ms_usage(
 /// its own /metrics: `ms_auth_checks_total{status}` (decisions about known keys, every process),
 /// `ms_auth_unmatched_checks_total{status}` (missing and invalid, this process), `ms_auth_keys{state}`,
 /// `ms_auth_quota_used{plan}` and `ms_auth_quota_limit{plan}`; in a fleet also
-/// `ms_auth_fleet_checks_total{host,status}` for every member host (sum over `host` for the fleet's
-/// totals). Free it with `ms_string_free`.
+/// `ms_auth_fleet_checks_total{host,host_id,status}` for every member host (its name and its id: two
+/// hosts may share a name; sum over the hosts for the fleet's totals). Free it with `ms_string_free`.
 #[no_mangle]
 pub unsafe extern "C" fn ms_metrics_text(store: *mut ms_store, out_text: *mut *mut c_char) -> i32 {
     ffi_boundary(|| {

@@ -239,6 +239,40 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE TABLE fleet_seen (origin TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (origin, seq)) WITHOUT ROWID;
     DELETE FROM settings WHERE name = 'fleet_position';",
+    // 8: fleet usage by host id (issue 22). Two hosts may share a name (machines cloned from one image):
+    // keyed by name, they overwrote each other's rows and each took the other's for its own. `fleet_usage`
+    // is now keyed by the host's id, its name a label (`host`). The rows by name are kept, as history, in
+    // `fleet_usage_by_name`, this host's own dropped (its database counts them; its agent publishes them
+    // again by id), each until a row by id of a host of that name for the same key and day replaces it
+    // (`fleet_usage_merge`); `fleet_usage_counted` counts both. The usage stream's position is forgotten:
+    // the agent takes in every host's retained rows, by id, again.
+    "ALTER TABLE fleet_usage RENAME TO fleet_usage_by_name;
+    DROP INDEX fleet_usage_key;
+    CREATE INDEX fleet_usage_by_name_key ON fleet_usage_by_name(key_id, day);
+    DELETE FROM fleet_usage_by_name
+        WHERE host = (SELECT json_extract(value, '$.host') FROM settings WHERE name = 'fleet');
+    CREATE TABLE fleet_usage (
+        host_id         TEXT NOT NULL,
+        host            TEXT NOT NULL,
+        key_id          TEXT NOT NULL,
+        day             INTEGER NOT NULL,
+        admitted        INTEGER NOT NULL,
+        expired         INTEGER NOT NULL,
+        revoked         INTEGER NOT NULL,
+        quota_exceeded  INTEGER NOT NULL,
+        rate_limited    INTEGER NOT NULL,
+        last_used_at_ms INTEGER,
+        PRIMARY KEY (host_id, key_id, day)
+    ) WITHOUT ROWID;
+    CREATE INDEX fleet_usage_key ON fleet_usage(key_id, day);
+    CREATE VIEW fleet_usage_counted AS
+        SELECT host_id, host, key_id, day, admitted, expired, revoked, quota_exceeded, rate_limited, last_used_at_ms
+        FROM fleet_usage
+        UNION ALL
+        SELECT '', n.host, n.key_id, n.day, n.admitted, n.expired, n.revoked, n.quota_exceeded, n.rate_limited,
+               n.last_used_at_ms
+        FROM fleet_usage_by_name n;
+    DELETE FROM settings WHERE name = 'fleet_usage_position';",
 ];
 
 /// Applies the migrations this file lacks, all in one write transaction (whose write lock also proves the

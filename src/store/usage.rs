@@ -163,17 +163,18 @@ impl Store {
         out.push_str("# TYPE ms_auth_flush_failures_total counter\n");
         let _ = writeln!(out, "ms_auth_flush_failures_total {}", self.flush_failures());
         let others = super::fleet::others_totals(&db.conn)?;
-        if let Some(here) = super::fleet::this_host(&db.conn)? {
+        if let Some((here_id, here_name)) = super::fleet::this_host(&db.conn)? {
             out.push_str(
                 "# HELP ms_auth_fleet_checks_total Decisions about requests that matched a key, by host of the \
-                 fleet and status: this host's from its database, the others' as their agents last published \
-                 them (within a few seconds). Sum over hosts for the fleet's totals.\n",
+                 fleet (its name, and its id: two hosts may share a name) and status: this host's from its \
+                 database, the others' as their agents last published them (within a few seconds). Sum over \
+                 hosts for the fleet's totals.\n",
             );
             out.push_str("# TYPE ms_auth_fleet_checks_total counter\n");
-            let mut hosts = vec![(here, totals)];
+            let mut hosts = vec![(here_name, here_id, totals)];
             hosts.extend(others);
             hosts.sort();
-            for (host, counts) in &hosts {
+            for (host, host_id, counts) in &hosts {
                 for (status, n) in
                     ["ok", "api_key_expired", "api_key_revoked", "api_key_quota_exceeded", "rate_limit_exceeded"]
                         .iter()
@@ -181,8 +182,9 @@ impl Store {
                 {
                     let _ = writeln!(
                         out,
-                        "ms_auth_fleet_checks_total{{host=\"{}\",status=\"{status}\"}} {n}",
-                        escape_label(host)
+                        "ms_auth_fleet_checks_total{{host=\"{}\",host_id=\"{}\",status=\"{status}\"}} {n}",
+                        escape_label(host),
+                        escape_label(host_id)
                     );
                 }
             }
