@@ -289,14 +289,14 @@ fn a_change_not_signed_with_the_fleet_secret_is_refused_by_every_agent() {
     assert!(within(Duration::from_secs(5), || checks_as(&b, &k.key, Status::ApiKeyRevoked)).is_some());
     let mut conn = redis.conn();
     let state: String =
-        redis::cmd("HGET").arg("ms-auth:test:state").arg(format!("key:{}", k.record.id)).query(&mut conn).unwrap();
+        redis::cmd("HGET").arg("ms-auth:{test}:state").arg(format!("key:{}", k.record.id)).query(&mut conn).unwrap();
     let state: serde_json::Value = serde_json::from_str(&state).unwrap();
     let mut body: serde_json::Value = serde_json::from_str(state["body"].as_str().unwrap()).unwrap();
     assert!(body["revoked_at_ms"].is_i64(), "the newest state is the revocation");
     body["revoked_at_ms"] = serde_json::Value::Null;
     for sig in ["", "00", &"ab".repeat(32)] {
         let _: String = redis::cmd("XADD")
-            .arg("ms-auth:test:log")
+            .arg("ms-auth:{test}:log")
             .arg("*")
             .arg(&["kind", "key", "id", &k.record.id, "body", &body.to_string(), "origin", "host0", "sig", sig])
             .query(&mut conn)
@@ -307,7 +307,7 @@ fn a_change_not_signed_with_the_fleet_secret_is_refused_by_every_agent() {
     body["digest"] =
         ms_auth::key::digest(minted.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>().into();
     let _: String = redis::cmd("XADD")
-        .arg("ms-auth:test:log")
+        .arg("ms-auth:{test}:log")
         .arg("*")
         .arg(&["kind", "key", "id", "key_minted", "body", &body.to_string(), "origin", "host0", "sig", "00"])
         .query(&mut conn)
@@ -400,7 +400,7 @@ fn an_agent_stops_cleanly_on_sigterm_and_a_password_is_used() {
     let mut conn = redis.conn();
     let published = within(Duration::from_secs(5), || {
         redis::cmd("HEXISTS")
-            .arg("ms-auth:test:state")
+            .arg("ms-auth:{test}:state")
             .arg(format!("key:{}", k.record.id))
             .query(&mut conn)
             .unwrap_or(false)
@@ -670,7 +670,7 @@ fn with_when_redis_down_share_the_hosts_split_what_was_unleased_and_never_exceed
     redis.restart();
     let leased = || -> i64 {
         let mut conn = redis.conn();
-        let hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:test:quota:*").query(&mut conn).unwrap();
+        let hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:{test}:quota:*").query(&mut conn).unwrap();
         hashes
             .iter()
             .map(|h| {
@@ -816,7 +816,7 @@ fn after_redis_restarts_empty_quota_counts_and_usage_reconverge_without_double_c
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut conn = redis.conn();
-    let hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:test:quota:*").query(&mut conn).unwrap();
+    let hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:{test}:quota:*").query(&mut conn).unwrap();
     let hash: std::collections::HashMap<String, i64> = redis::cmd("HGETALL").arg(&hashes[0]).query(&mut conn).unwrap();
     let used: i64 = hash.iter().filter(|(f, _)| f.starts_with("used:")).map(|(_, v)| v).sum();
     assert_eq!(admitted, 100, "exactly the quota across the restart: {hash:?}");

@@ -133,7 +133,7 @@ fn a_lease_hash_lost_while_the_agents_stay_connected_never_lets_the_fleet_admit_
     assert_eq!(first, 60);
     // The lease hash goes (as an eviction would take it).
     let mut conn = redis.conn();
-    let hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:test:quota:*").query(&mut conn).unwrap();
+    let hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:{test}:quota:*").query(&mut conn).unwrap();
     assert!(!hashes.is_empty());
     let _: i64 = redis::cmd("DEL").arg(&hashes).query(&mut conn).unwrap();
     let on_b = spend(&b, &k.key, 1000);
@@ -193,13 +193,13 @@ fn a_copy_whose_agent_is_refused_admits_nothing_from_the_originals_leases() {
 }
 
 fn xlen(redis: &Redis) -> i64 {
-    redis::cmd("XLEN").arg("ms-auth:test:log").query(&mut redis.conn()).unwrap()
+    redis::cmd("XLEN").arg("ms-auth:{test}:log").query(&mut redis.conn()).unwrap()
 }
 
 /// Entries ever added to the log (XLEN drops when the log is trimmed; this does not).
 fn entries_added(redis: &Redis) -> i64 {
     let info: Vec<redis::Value> =
-        redis::cmd("XINFO").arg("STREAM").arg("ms-auth:test:log").query(&mut redis.conn()).unwrap();
+        redis::cmd("XINFO").arg("STREAM").arg("ms-auth:{test}:log").query(&mut redis.conn()).unwrap();
     let mut it = info.into_iter();
     while let Some(name) = it.next() {
         let value = it.next();
@@ -212,14 +212,13 @@ fn entries_added(redis: &Redis) -> i64 {
     panic!("no entries-added in XINFO STREAM")
 }
 
-/// Finding 4. Repair requests (`ms-auth:F:repair`, origin → seq) are neither signed nor checked against
+/// Finding 4. Repair requests (`ms-auth:{F}:repair`, origin → seq) are neither signed nor checked against
 /// what any host misses: one HSET a second from anyone with write access to Redis makes the origin send
 /// up to 1,000 entries again every second (an amplification of ~1,000), and, once its journal no longer
 /// holds the seq asked for, publish every record again as new versions once a minute (new versions of
 /// every record, fleet-wide, without any admin change). The flood also trims the log (MAXLEN ~
 /// --max-log) past the positions of slower hosts, which then reload the whole state.
 #[test]
-#[ignore = "finding 4: unsigned repair requests for entries nobody misses make the origin resend its journal every second"]
 fn repair_requests_for_entries_nobody_misses_send_nothing_again() {
     let _serial = serial();
     let (_dir, redis, hosts) = fleet(2);
@@ -237,7 +236,7 @@ fn repair_requests_for_entries_nobody_misses_send_nothing_again() {
     let mut conn = redis.conn();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
-        let _: i64 = redis::cmd("HSET").arg("ms-auth:test:repair").arg(&origin).arg(1).query(&mut conn).unwrap();
+        let _: i64 = redis::cmd("HSET").arg("ms-auth:{test}:repair").arg(&origin).arg(1).query(&mut conn).unwrap();
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -274,7 +273,7 @@ fn a_member_list_emptied_by_a_writer_to_redis_never_lets_the_fleet_exceed_its_ra
         s.spawn(|| {
             let mut conn = redis.conn();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _: i64 = redis::cmd("DEL").arg("ms-auth:test:members").query(&mut conn).unwrap();
+                let _: i64 = redis::cmd("DEL").arg("ms-auth:{test}:members").query(&mut conn).unwrap();
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
@@ -497,7 +496,7 @@ fn a_lease_hash_evicted_under_maxmemory_never_lets_the_fleet_admit_more_than_the
     let first = spend(&a, &k.key, 60);
     let mut conn = redis.conn();
     let hashes = |conn: &mut redis::Connection| -> Vec<String> {
-        redis::cmd("KEYS").arg("ms-auth:test:quota:*").query(conn).unwrap()
+        redis::cmd("KEYS").arg("ms-auth:{test}:quota:*").query(conn).unwrap()
     };
     assert!(!hashes(&mut conn).is_empty());
     // Another application shares the server: memory capped, volatile-lru, and it writes a cache entry

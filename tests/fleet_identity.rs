@@ -132,7 +132,7 @@ fn wait_for_key(host: &Host, id: &str) {
 /// The fields of the fleet's quota hashes in Redis.
 fn lease_fields(redis: &Redis) -> Vec<String> {
     let mut conn = redis.conn();
-    let hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:test:quota:*").query(&mut conn).unwrap();
+    let hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:{test}:quota:*").query(&mut conn).unwrap();
     let mut fields = Vec::new();
     for h in hashes {
         let all: Vec<String> = redis::cmd("HKEYS").arg(h).query(&mut conn).unwrap();
@@ -426,8 +426,8 @@ fn a_rotated_secret_accepts_both_during_the_transition_and_then_refuses_the_old_
         // blocking read short: it reconnects to do so).
         let id = h.store().fleet_host_id().unwrap().unwrap();
         let mut conn = redis.conn();
-        let member: bool = redis::cmd("HEXISTS").arg("ms-auth:test:members").arg(&id).query(&mut conn).unwrap();
-        let claimed: bool = redis::cmd("EXISTS").arg(format!("ms-auth:test:agent:{id}")).query(&mut conn).unwrap();
+        let member: bool = redis::cmd("HEXISTS").arg("ms-auth:{test}:members").arg(&id).query(&mut conn).unwrap();
+        let claimed: bool = redis::cmd("EXISTS").arg(format!("ms-auth:{{test}}:agent:{id}")).query(&mut conn).unwrap();
         assert!(!member && !claimed, "member {member}, claimed {claimed}\n{}", h.log());
         h.start_agent_env(&redis.url(), &[], &[]);
         h.wait_until_in_the_fleet();

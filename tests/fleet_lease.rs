@@ -200,7 +200,7 @@ fn a_small_quota_hammered_from_three_hosts_admits_exactly_the_quota() {
         assert!(spent.is_some(), "{}: {}", h.name, h.log());
     }
     let mut conn = redis.conn();
-    let hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:test:quota:*").query(&mut conn).unwrap();
+    let hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:{test}:quota:*").query(&mut conn).unwrap();
     let hash: std::collections::HashMap<String, i64> = redis::cmd("HGETALL").arg(&hashes[0]).query(&mut conn).unwrap();
     let leased: i64 = hash.iter().filter(|(f, _)| f.starts_with("lease:")).map(|(_, v)| v).sum();
     eprintln!("quota 30 hammered from 3 hosts: {admitted} admitted; leases {hash:?}");

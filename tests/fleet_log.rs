@@ -32,8 +32,8 @@ fn checks_as(store: &Store, key: &str, wanted: Status) -> bool {
     store.check(Some(key.as_bytes()), clock()).is_ok_and(|c| c.decision.status == wanted)
 }
 
-const LOG: &str = "ms-auth:test:log";
-const STATE: &str = "ms-auth:test:state";
+const LOG: &str = "ms-auth:{test}:log";
+const STATE: &str = "ms-auth:{test}:state";
 
 /// Every entry of the log, oldest first: its id and its fields.
 fn log_entries(redis: &Redis) -> Vec<(String, HashMap<String, String>)> {
@@ -485,14 +485,21 @@ fn a_request_for_entries_older_than_the_journal_publishes_every_record_again_fro
     assert!(within(Duration::from_secs(5), || checks_as(&b, &k.key, Status::ApiKeyRevoked)).is_some());
     let head = |h: &Host| -> Value {
         let origin = h.store().fleet_host_id().unwrap().unwrap();
-        let text: String = redis::cmd("HGET").arg("ms-auth:test:heads").arg(&origin).query(&mut redis.conn()).unwrap();
+        let text: String =
+            redis::cmd("HGET").arg("ms-auth:{test}:heads").arg(&origin).query(&mut redis.conn()).unwrap();
         serde_json::from_str(&text).unwrap()
     };
     let before = head(&hosts[0]);
     assert_eq!(before["floor"], 0, "{before}");
-    // A host asks for A's entries from seq 1, which A's journal no longer holds.
+    // A host asks for A's entries from seq 1, which A's journal no longer holds (a request signed with the
+    // fleet's secret and stamped with Redis's clock, as an agent makes it).
     let origin = a.fleet_host_id().unwrap().unwrap();
-    let _: i64 = redis::cmd("HSET").arg("ms-auth:test:repair").arg(&origin).arg(1).query(&mut redis.conn()).unwrap();
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query(&mut redis.conn()).unwrap();
+    let at = (secs * 1000 + micros / 1000).to_string();
+    let sig = ms_auth::fleet::Secret::new(SECRET.as_bytes()).sign_parts("test", &["repair", &origin, "1", &at]);
+    let request = format!("1:{at}:{sig}");
+    let _: i64 =
+        redis::cmd("HSET").arg("ms-auth:{test}:repair").arg(&origin).arg(&request).query(&mut redis.conn()).unwrap();
     let answered = within(Duration::from_secs(10), || head(&hosts[0])["floor"].as_i64() > before["seq"].as_i64());
     assert!(answered.is_some(), "{}", hosts[0].log());
     assert!(hosts[0].log().contains("published again as new versions"), "{}", hosts[0].log());

@@ -97,9 +97,9 @@ fn two_hosts_of_one_name_and_a_third_each_count_in_every_hosts_usage_and_metrics
     }
     // Redis keeps one usage hash per host, not per name.
     let mut conn = redis.conn();
-    let mut hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:test:usage-host:*").query(&mut conn).unwrap();
+    let mut hashes: Vec<String> = redis::cmd("KEYS").arg("ms-auth:{test}:usage-host:*").query(&mut conn).unwrap();
     hashes.sort();
-    let mut want: Vec<String> = ids.iter().map(|i| format!("ms-auth:test:usage-host:{i}")).collect();
+    let mut want: Vec<String> = ids.iter().map(|i| format!("ms-auth:{{test}}:usage-host:{i}")).collect();
     want.sort();
     assert_eq!(hashes, want);
 }
@@ -122,7 +122,7 @@ fn a_usage_row_of_the_previous_format_or_signed_for_another_host_id_is_refused()
     let row = format!("{id},{day},1000,0,0,0,0,");
     let line = format!("{row};{}", secret.sign_parts("test", &["usage", "web", &row]));
     let _: String = redis::cmd("XADD")
-        .arg("ms-auth:test:usage")
+        .arg("ms-auth:{test}:usage")
         .arg("*")
         .arg("host")
         .arg("web")
@@ -131,12 +131,12 @@ fn a_usage_row_of_the_previous_format_or_signed_for_another_host_id_is_refused()
         .query(&mut conn)
         .unwrap();
     // a's genuine row (4 admitted) presented as b's and as the api host's: it is signed for a's id.
-    let a_hash = format!("ms-auth:test:usage-host:{}", host_id(&hosts[0]));
+    let a_hash = format!("ms-auth:{{test}}:usage-host:{}", host_id(&hosts[0]));
     let a_line: String = redis::cmd("HGET").arg(&a_hash).arg(format!("{id}:{day}")).query(&mut conn).unwrap();
     let bumped = a_line.replacen(",4,", ",400,", 1);
     for (victim, line) in [(&hosts[1], &a_line), (&hosts[2], &a_line), (&hosts[2], &bumped)] {
         let _: String = redis::cmd("XADD")
-            .arg("ms-auth:test:usage")
+            .arg("ms-auth:{test}:usage")
             .arg("*")
             .arg("v")
             .arg("2")

@@ -180,7 +180,7 @@ struct Propagation {
 /// When the log's newest entry for key `id` was added, in ms since the epoch (a stream id is Redis's
 /// clock, the same as ours here).
 fn logged_at_ms(c: &mut redis::Connection, id: &str) -> i64 {
-    let newest: StreamRangeReply = c.xrevrange_count(format!("ms-auth:{FLEET}:log"), "+", "-", 50).unwrap();
+    let newest: StreamRangeReply = c.xrevrange_count(format!("ms-auth:{{{FLEET}}}:log"), "+", "-", 50).unwrap();
     let entry = newest
         .ids
         .iter()
@@ -247,7 +247,7 @@ fn load(redis: &Redis, hosts: &[Host], stores: &[Store], keys: &[String], rate: 
     let threads = stores.len().min(4);
     let (checks, admitted, refused) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let stop = AtomicBool::new(false);
-    let pattern = format!("ms-auth:{FLEET}:quota:*");
+    let pattern = format!("ms-auth:{{{FLEET}}}:quota:*");
     let (mut c, mut counters) = (redis.conn(), redis.conn());
     let mut lease_hashes = || -> Vec<HashMap<String, i64>> {
         let names: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut c).unwrap();

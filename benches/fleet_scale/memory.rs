@@ -78,7 +78,8 @@ fn server_usec(c: &mut redis::Connection, command: &str) -> u64 {
 }
 
 fn memory_usage(c: &mut redis::Connection, key: &str) -> u64 {
-    redis::cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0).query(c).unwrap()
+    let bytes: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0).query(c).unwrap();
+    bytes.unwrap_or_else(|| panic!("no key {key} in Redis: the bench names the agents' keys wrongly"))
 }
 
 /// `keys` keys with quotas created on one host (its agent publishing them), then `leased` of them checked
@@ -87,7 +88,7 @@ pub fn measure_memory(s: &Settings) -> Memory {
     let (dir, redis, mut hosts) = fleet::fleet(1);
     let store = hosts[0].store();
     let mut c = redis.conn();
-    let (state, log) = (format!("ms-auth:{FLEET}:state"), format!("ms-auth:{FLEET}:log"));
+    let (state, log) = (format!("ms-auth:{{{FLEET}}}:state"), format!("ms-auth:{{{FLEET}}}:log"));
     std::thread::sleep(Duration::from_secs(2)); // the agent's first usage and member reports
     let base = used_memory(&mut c);
     let spec = spec(r#"{"quota": {"limit": 1000000, "period": "daily"}, "rate_limit": null}"#);
@@ -118,7 +119,7 @@ pub fn measure_memory(s: &Settings) -> Memory {
     assert!(all_leased.is_some(), "the agent never leased every key checked\n{}", hosts[0].log());
     std::thread::sleep(Duration::from_secs(2));
     let with_leases = used_memory(&mut c);
-    let pattern = format!("ms-auth:{FLEET}:quota:*");
+    let pattern = format!("ms-auth:{{{FLEET}}}:quota:*");
     let sample: Vec<String> = redis::cmd("SCAN")
         .arg(0)
         .arg("MATCH")
@@ -129,9 +130,10 @@ pub fn measure_memory(s: &Settings) -> Memory {
         .unwrap()
         .1;
     let lease_hash = sample.iter().map(|n| memory_usage(&mut c, n)).sum::<u64>() as f64 / sample.len().max(1) as f64;
-    let usage_rows: u64 = redis::cmd("HLEN").arg(format!("ms-auth:{FLEET}:usage:host0")).query(&mut c).unwrap();
-    let usage_hash = memory_usage(&mut c, &format!("ms-auth:{FLEET}:usage:host0"));
-    let usage_stream = memory_usage(&mut c, &format!("ms-auth:{FLEET}:usage"));
+    let usage_rows: u64 = redis::cmd("HLEN").arg(format!("ms-auth:{{{FLEET}}}:usage:host0")).query(&mut c).unwrap();
+    let host_id = store.fleet_host_id().unwrap().expect("a member");
+    let usage_hash = memory_usage(&mut c, &format!("ms-auth:{{{FLEET}}}:usage-host:{host_id}"));
+    let usage_stream = memory_usage(&mut c, &format!("ms-auth:{{{FLEET}}}:usage"));
     eprintln!("[memory] {leased} keys leased in {:.1} s", all_leased.unwrap().as_secs_f64());
     // A lease hash as P hosts would leave it (each host's two fields, written the way the grant script
     // writes them, here directly): the 32-host figure checks it against the agents' real hashes above.

@@ -11,11 +11,11 @@
 //! every [`RENEW_EVERY`] while it runs: when it stops, the share lapses before the other hosts count
 //! this one out and take it.
 //!
-//! Redis keys, for fleet F: `ms-auth:F:log` (a Stream: fields `v`, `kind`, `id`, `body`, `origin`,
-//! `host`, `seq`, `version`, `sig`), `ms-auth:F:state` (a hash: the newest change of every record, for
-//! hosts that start from scratch or whose position the log trimmed past), `ms-auth:F:heads` (a hash:
-//! origin → its newest seq, signed), `ms-auth:F:repair` (a hash: origin → the seq from which a host asks
-//! it to send its entries again), `ms-auth:F:members` (a hash: host → last report).
+//! Redis keys, for fleet F: `ms-auth:{F}:log` (a Stream: fields `v`, `kind`, `id`, `body`, `origin`,
+//! `host`, `seq`, `version`, `sig`), `ms-auth:{F}:state` (a hash: the newest change of every record, for
+//! hosts that start from scratch or whose position the log trimmed past), `ms-auth:{F}:heads` (a hash:
+//! origin → its newest seq, signed), `ms-auth:{F}:repair` (a hash: origin → the seq from which a host asks
+//! it to send its entries again), `ms-auth:{F}:members` (a hash: host → last report).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -259,10 +259,12 @@ fn round(
     due: bool,
     log: &mut dyn FnMut(&str),
 ) -> std::result::Result<Option<String>, Failure> {
-    step(link, log)?;
     if !due {
+        step(link, log)?;
         return Ok(None);
     }
+    // The heartbeat first: after a (re)start the host's share of rates is withheld until it, and the
+    // change log's step may take long (catching up from the fleet's state).
     match heartbeat(link, claimant)? {
         Beat::IdentityTaken(holder) => return Ok(Some(holder)),
         Beat::Members(members, live) => {
@@ -272,6 +274,7 @@ fn round(
             link.health.members = Value::Array(members);
         }
     }
+    step(link, log)?;
     let last: StreamRangeReply = link.conn.xrevrange_count(&link.names.log, "+", "-", 1)?;
     link.health.last_id = last.ids.first().map(|e| e.id.clone());
     link.health.redis_ok = true;

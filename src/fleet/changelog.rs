@@ -1,6 +1,6 @@
 //! The fleet's change log (the agent's side; the store's is `store::fleet::{journal, versions}`):
 //! publishing this host's changes to the log and the state hash, reading the log after this host's
-//! position and applying it, and announcing this host's newest seq (`ms-auth:F:heads`). Catching up from
+//! position and applying it, and announcing this host's newest seq (`ms-auth:{F}:heads`). Catching up from
 //! the state hash, gaps and repairs are `repair`'s.
 //!
 //! A change leaves the outbox for the journal with its seq and version before it is sent (`fleet_claim`),

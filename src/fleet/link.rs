@@ -49,11 +49,11 @@ pub(super) struct Names {
 impl Names {
     pub(super) fn of(fleet: &str) -> Names {
         Names {
-            log: format!("ms-auth:{fleet}:log"),
-            state: format!("ms-auth:{fleet}:state"),
-            members: format!("ms-auth:{fleet}:members"),
-            heads: format!("ms-auth:{fleet}:heads"),
-            repair: format!("ms-auth:{fleet}:repair"),
+            log: format!("ms-auth:{{{fleet}}}:log"),
+            state: format!("ms-auth:{{{fleet}}}:state"),
+            members: format!("ms-auth:{{{fleet}}}:members"),
+            heads: format!("ms-auth:{{{fleet}}}:heads"),
+            repair: format!("ms-auth:{{{fleet}}}:repair"),
         }
     }
 }
@@ -96,6 +96,8 @@ pub(super) struct LogUpkeep {
     pub(super) sent_head: i64,
     /// When this host last asked each origin with a gap to send its entries again.
     pub(super) asked: std::collections::HashMap<String, Instant>,
+    /// When this host last answered a request to send its entries again.
+    pub(super) answered_at: Option<Instant>,
     /// When this host last published every record again for a host that asked.
     pub(super) republished_at: Option<Instant>,
     /// Where the sweep of the state hash is: in this host's records, and in the hash (HSCAN's cursor).

@@ -2,8 +2,8 @@
 //! heartbeat into the member list, and who is live, by Redis's clock, so that hosts whose clocks
 //! disagree count the same members.
 //!
-//! Redis keys, for fleet F: `ms-auth:F:members` (a hash: host id → the host's last report, its
-//! `last_seen_ms` stamped with Redis's TIME) and `ms-auth:F:agent:ID` (the claim on identity ID: the
+//! Redis keys, for fleet F: `ms-auth:{F}:members` (a hash: host id → the host's last report, its
+//! `last_seen_ms` stamped with Redis's TIME) and `ms-auth:{F}:agent:ID` (the claim on identity ID: the
 //! running agent's nonce and whereabouts, with a time to live of [`LIVE_HEARTBEATS`] heartbeats that
 //! each heartbeat renews). A second agent with the same identity (a copy of a store: a cloned machine, a
 //! copied database) finds the claim held and stops, saying why, instead of being granted the same
@@ -97,7 +97,7 @@ impl Claimant {
         );
         Ok(Claimant {
             value,
-            key: format!("ms-auth:{}:agent:{}", cfg.fleet, cfg.host_id),
+            key: format!("ms-auth:{{{}}}:agent:{}", cfg.fleet, cfg.host_id),
             scripts: [redis::Script::new(CLAIM), redis::Script::new(HEARTBEAT), redis::Script::new(RELEASE)],
         })
     }

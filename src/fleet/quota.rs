@@ -1,6 +1,6 @@
 //! Quotas exact fleet-wide, by leases (the agent's side; the check's side is `policy::Allowance`).
 //!
-//! For each key with a quota and each period, Redis holds one hash, `ms-auth:FLEET:quota:KEY:PERIOD`, with
+//! For each key with a quota and each period, Redis holds one hash, `ms-auth:{FLEET}:quota:KEY:PERIOD`, with
 //! per host `lease:HOST` (how much of the quota the host may count, cumulative, never lowered except by
 //! the host handing back what it did not use) and `used:HOST` (what it counted, absolute: replays and
 //! restarts never double count). One script grants atomically, so the leases of all hosts never add up
@@ -121,7 +121,7 @@ pub const REASSERT_GRACE: std::time::Duration = std::time::Duration::from_secs(3
 
 /// The leases' Redis hash of a key's quota in one period.
 pub fn hash_name(fleet: &str, owner: &str, period_start_ms: i64) -> String {
-    format!("ms-auth:{fleet}:quota:{owner}:{period_start_ms}")
+    format!("ms-auth:{{{fleet}}}:quota:{owner}:{period_start_ms}")
 }
 
 /// A quota's first ask on a host of a fleet of `members` live hosts.

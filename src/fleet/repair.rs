@@ -1,7 +1,7 @@
 //! Keeping the change log whole: catching up from the fleet's state hash and the whole log (a new host,
 //! or one whose position the log trimmed past), and the upkeep every agent does about once a second:
-//! reading the origins' heads (`ms-auth:F:heads`) to see entries deleted from the log, asking an origin
-//! to send again what this host misses (`ms-auth:F:repair`), answering such requests from the journal,
+//! reading the origins' heads (`ms-auth:{F}:heads`) to see entries deleted from the log, asking an origin
+//! to send again what this host misses (`ms-auth:{F}:repair`), answering such requests from the journal,
 //! and sweeping the state hash (putting back this host's newest signed change of a record where the hash
 //! holds an older, missing or unsigned one; applying a newer one this host lacks).
 
@@ -284,9 +284,12 @@ fn ask_for_what_is_missing(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::r
         if !due {
             continue;
         }
-        let asked: Option<i64> = link.conn.hget(&link.names.repair, &g.origin)?;
-        if asked.is_none_or(|from| from > g.from) {
-            let _: () = link.conn.hset(&link.names.repair, &g.origin, g.from)?;
+        let asked: Option<String> = link.conn.hget(&link.names.repair, &g.origin)?;
+        let asked_from = asked.as_deref().and_then(|text| request_from(link.cfg, &g.origin, text));
+        if asked_from.is_none_or(|from| from > g.from) {
+            let at = redis_time_ms(link.conn)?;
+            let _: () =
+                link.conn.hset(&link.names.repair, &g.origin, signed_request(link.cfg, &g.origin, g.from, at))?;
         }
         if !link.health.log.asked.contains_key(&g.origin) {
             log(&format!(
@@ -311,9 +314,22 @@ fn ask_for_what_is_missing(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::r
 /// most once a minute), from a floor the others need nothing below.
 fn answer_requests(link: &mut Link, log: &mut dyn FnMut(&str)) -> std::result::Result<(), Failure> {
     let origin = origin(link)?;
-    let asked: Option<i64> = link.conn.hget(&link.names.repair, &origin)?;
-    let Some(from) = asked else { return Ok(()) };
+    let asked: Option<String> = link.conn.hget(&link.names.repair, &origin)?;
+    let Some(text) = asked else { return Ok(()) };
+    // Answered at most once per ASK_AGAIN_AFTER (the pace a host with a gap asks at), so that a request,
+    // even a genuine one replayed, never makes this host flood the log.
+    if link.health.log.answered_at.is_some_and(|at| at.elapsed() < ASK_AGAIN_AFTER) {
+        return Ok(());
+    }
     let _: () = link.conn.hdel(&link.names.repair, &origin)?;
+    let Some(from) = request_from(link.cfg, &origin, &text)
+        .filter(|_| request_is_recent(link.cfg, &origin, &text, redis_time_ms(link.conn).unwrap_or(0)))
+    else {
+        link.health.refused += 1;
+        log("refused a request to send this host's entries again: not signed with the fleet's secret, or stale");
+        return Ok(());
+    };
+    link.health.log.answered_at = Some(Instant::now());
     let last = link.store.fleet_next_seq(&origin)? - 1;
     if from > last {
         log(&format!("ignored a request for this host's entries from seq {from}: it has sent {last}"));
@@ -438,4 +454,38 @@ fn put_back(
         ));
     }
     Ok(())
+}
+
+/// How long a signed repair request stays good (by Redis's clock, which asker and answerer share).
+const REQUEST_LIVES_MS: i64 = 30_000;
+
+/// A request that `origin` send its entries again from seq `from`, signed, stamped with Redis's clock:
+/// `from:at:signature`.
+fn signed_request(cfg: &Config, origin: &str, from: i64, at_ms: i64) -> String {
+    let (from, at) = (from.to_string(), at_ms.to_string());
+    let sig = cfg.secret.sign_parts(&cfg.fleet, &["repair", origin, &from, &at]);
+    format!("{from}:{at}:{sig}")
+}
+
+fn request_parts(text: &str) -> Option<(i64, i64, &str)> {
+    let mut parts = text.splitn(3, ':');
+    let from = parts.next()?.parse().ok()?;
+    let at = parts.next()?.parse().ok()?;
+    Some((from, at, parts.next()?))
+}
+
+/// The seq a request signed with the fleet's secret asks from; `None` for anything else.
+fn request_from(cfg: &Config, origin: &str, text: &str) -> Option<i64> {
+    let (from, at, sig) = request_parts(text)?;
+    cfg.secret.verify_parts(&cfg.fleet, &["repair", origin, &from.to_string(), &at.to_string()], sig).then_some(from)
+}
+
+fn request_is_recent(cfg: &Config, origin: &str, text: &str, now_ms: i64) -> bool {
+    request_from(cfg, origin, text).is_some()
+        && request_parts(text).is_some_and(|(_, at, _)| (now_ms - at).abs() <= REQUEST_LIVES_MS)
+}
+
+fn redis_time_ms(c: &mut redis::Connection) -> redis::RedisResult<i64> {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query(c)?;
+    Ok(secs * 1000 + micros / 1000)
 }

@@ -4,15 +4,15 @@
 //! (`Config::host_id`), its name only a label: two hosts may share a name (machines cloned from one
 //! image), never an id.
 //!
-//! Redis keys, for fleet F: `ms-auth:F:usage` (a Stream: each entry one host's batch of changed rows,
-//! fields `v`, `host_id`, `host`, `rows`), `ms-auth:F:usage-host:ID` (a hash: that host's rows of the last
+//! Redis keys, for fleet F: `ms-auth:{F}:usage` (a Stream: each entry one host's batch of changed rows,
+//! fields `v`, `host_id`, `host`, `rows`), `ms-auth:{F}:usage-host:ID` (a hash: that host's rows of the last
 //! [`HISTORY_DAYS`] days, field `KEY:DAY`, and its name, field `host`, for hosts that join or whose
-//! position the stream trimmed past) and `ms-auth:F:usage-host-ids` (a set: the hosts that ever
+//! position the stream trimmed past) and `ms-auth:{F}:usage-host-ids` (a set: the hosts that ever
 //! published). A row is a host's absolute count, so a row seen twice, or late, changes nothing. Each row
 //! is signed with the fleet's secret, with the host's id and name: a writer of Redis without it cannot
 //! make a host report usage it did not see, nor pass one host's rows off as another's. Entries of the
 //! previous format (keyed by name, fields `host` and `rows` only) are refused; its keys
-//! (`ms-auth:F:usage-hosts`, `ms-auth:F:usage:NAME`) are no longer read.
+//! (`ms-auth:{F}:usage-hosts`, `ms-auth:{F}:usage:NAME`) are no longer read.
 
 use std::time::{Duration, Instant};
 
@@ -85,11 +85,14 @@ struct Names {
 }
 
 fn names(cfg: &Config) -> Names {
-    Names { stream: format!("ms-auth:{}:usage", cfg.fleet), hosts: format!("ms-auth:{}:usage-host-ids", cfg.fleet) }
+    Names {
+        stream: format!("ms-auth:{{{}}}:usage", cfg.fleet),
+        hosts: format!("ms-auth:{{{}}}:usage-host-ids", cfg.fleet),
+    }
 }
 
 fn host_hash(cfg: &Config, host_id: &str) -> String {
-    format!("ms-auth:{}:usage-host:{host_id}", cfg.fleet)
+    format!("ms-auth:{{{}}}:usage-host:{host_id}", cfg.fleet)
 }
 
 /// The hash field holding a host's name (a row's field is `KEY:DAY`, never without a colon).
