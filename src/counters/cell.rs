@@ -110,7 +110,7 @@ impl SharedCounters {
                 });
                 waits_for_lease = short.is_some();
                 if let Some(a) = short {
-                    let cue = self.cue_lease_agent();
+                    let cue = self.cue_lease_agent(cell_no);
                     // Wait (again) only if the last answer brought a lease, which others used up first.
                     let first = lease_deadline_ns == 0;
                     if !lease_wait.is_zero() && (first || a.up_to > waited_at_lease) && self.lease_agent_responsive() {
@@ -133,7 +133,7 @@ impl SharedCounters {
                 Ok(_) => {
                     if allowance.is_some_and(|a| a.short(next.used)) {
                         // This check took the lease's last unit: the agent tops it up before the next needs it.
-                        self.cue_lease_agent();
+                        self.cue_lease_agent(cell_no);
                     }
                     cell.total.fetch_add(1, Ordering::Relaxed);
                     // A plain store, not a read-modify-write (a locked instruction on every admitted check):

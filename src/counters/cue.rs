@@ -41,10 +41,35 @@ fn futex_wake(word: &AtomicU32) {
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0, 0, 0) };
 }
 
+/// How many cued cells the header's ring holds between two rounds of the lease thread; more, and the
+/// round serves every key.
+pub const CUE_RING: usize = 64;
+
+/// Where the lease thread is in the header's ring of cued cells.
+#[derive(Default, Debug)]
+pub struct CueReader {
+    tail: u32,
+    /// The largest lead of the cues over the ring's positions seen (`None`: never looked).
+    lead: Option<u32>,
+}
+
+/// What the lease thread found in the ring.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CuedCells {
+    /// The cells cued (perhaps some twice, or some of later cues).
+    Cells(Vec<u64>),
+    /// The ring cannot say which: serve every key.
+    Lost,
+}
+
 impl SharedCounters {
-    /// A check's cue to the lease thread (see the module); returns its number, whose answer it may wait for.
-    pub(super) fn cue_lease_agent(&self) -> u32 {
+    /// A check's cue to the lease thread for cell `cell` (see the module); returns its number, whose answer
+    /// it may wait for.
+    pub(super) fn cue_lease_agent(&self, cell: u64) -> u32 {
         let h = self.header();
+        // The cell first, then the cue: a round that read the cue finds the cells of every cue up to it.
+        let at = h.cue_ring_head.fetch_add(1, SeqCst);
+        h.cue_ring[at as usize % CUE_RING].store(u64::from(at) << 32 | (cell.wrapping_add(1) & 0xFFFF_FFFF), SeqCst);
         let cue = h.lease_cue.fetch_add(1, SeqCst).wrapping_add(1);
         // Ordered with the thread's store of `lease_cue_waiting` before its read of the cue: one of the two
         // sees the other, so a cue is never missed for a whole timeout; a wake costs a system call only
@@ -107,6 +132,45 @@ impl SharedCounters {
         h.lease_cue.load(SeqCst)
     }
 
+    /// The lease thread: the cells cued since `reader` last looked, for the cues up to `cue` (read before);
+    /// [`CuedCells::Lost`] when the ring cannot say (it overflowed, a cue came without a cell, the file is
+    /// new to the reader): the round then serves every key.
+    pub fn take_cued_cells(&self, reader: &mut CueReader, cue: u32) -> CuedCells {
+        let h = self.header();
+        let head = h.cue_ring_head.load(SeqCst);
+        // Each cue of this library adds a cell before it counts: the cues' lead over the cells grows only
+        // by cues without one (an older library sharing the file). In-flight cues shrink it for a moment,
+        // so the largest lead seen is the reference.
+        let lead = cue.wrapping_sub(head);
+        let cues_without_cells = reader.lead.is_none_or(|seen| lead.wrapping_sub(seen) as i32 > 0);
+        if cues_without_cells {
+            reader.lead = Some(lead);
+        }
+        let pending = head.wrapping_sub(reader.tail);
+        if cues_without_cells || pending as usize > CUE_RING {
+            reader.tail = head;
+            return CuedCells::Lost;
+        }
+        let (mut cells, mut tail) = (Vec::new(), head);
+        for at in (0..pending).map(|i| reader.tail.wrapping_add(i)) {
+            let slot = h.cue_ring[at as usize % CUE_RING].load(SeqCst);
+            let (stamp, cell) = ((slot >> 32) as u32, slot & 0xFFFF_FFFF);
+            if stamp == at && cell != 0 {
+                cells.push(cell - 1);
+            } else if stamp.wrapping_sub(at) as i32 > 0 {
+                // Written over by a later lap: cells were lost.
+                reader.tail = head;
+                return CuedCells::Lost;
+            } else if tail == head {
+                // Not written yet: a cue after `cue`, looked at again next time (if its check died in
+                // between, the ring overflows past it in time).
+                tail = at;
+            }
+        }
+        reader.tail = tail;
+        CuedCells::Cells(cells)
+    }
+
     /// The lease thread: every cue up to `cue` is answered (a round that started after them is done).
     pub fn answer_lease_cue(&self, cue: u32) {
         let h = self.header();
@@ -147,14 +211,14 @@ mod tests {
                 c.answer_lease_cue(cue);
             });
             let started = std::time::Instant::now();
-            let cue = c.cue_lease_agent();
+            let cue = c.cue_lease_agent(0);
             assert!(c.await_lease_answer(cue, monotonic_ns() + 5_000_000_000));
             assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
             agent.join().unwrap();
         });
         // Nobody answers: the wait ends at its bound.
         let started = std::time::Instant::now();
-        assert!(!c.await_lease_answer(c.cue_lease_agent(), monotonic_ns() + 30_000_000));
+        assert!(!c.await_lease_answer(c.cue_lease_agent(0), monotonic_ns() + 30_000_000));
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(30) && waited < Duration::from_millis(500), "{waited:?}");
         c.suspend_lease_waits();
@@ -164,5 +228,37 @@ mod tests {
         c.set_lease_agent_reachable(false);
         assert!(!c.lease_agent_responsive());
         assert!(c.await_lease_answer(c.lease_cue(), 0), "answered up to the latest cue");
+    }
+
+    #[test]
+    fn the_ring_names_the_cells_cued_and_says_when_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, c) = built(&dir, &[entry(1, None)]);
+        let mut reader = CueReader::default();
+        assert_eq!(c.take_cued_cells(&mut reader, c.lease_cue()), CuedCells::Lost, "never looked: every key");
+        assert_eq!(c.take_cued_cells(&mut reader, c.lease_cue()), CuedCells::Cells(vec![]));
+        c.cue_lease_agent(7);
+        c.cue_lease_agent(0);
+        assert_eq!(c.take_cued_cells(&mut reader, c.lease_cue()), CuedCells::Cells(vec![7, 0]));
+        assert_eq!(c.take_cued_cells(&mut reader, c.lease_cue()), CuedCells::Cells(vec![]), "each once");
+        // A check between taking its position and writing its cell: looked at again next time.
+        let h = c.header();
+        let at = h.cue_ring_head.fetch_add(1, SeqCst);
+        c.cue_lease_agent(9);
+        assert_eq!(c.take_cued_cells(&mut reader, c.lease_cue()), CuedCells::Cells(vec![9]));
+        h.cue_ring[at as usize % CUE_RING].store(u64::from(at) << 32 | 4, SeqCst);
+        h.lease_cue.fetch_add(1, SeqCst);
+        assert_eq!(c.take_cued_cells(&mut reader, c.lease_cue()), CuedCells::Cells(vec![3, 9]));
+        // More cues than slots between two looks.
+        for cell in 0..CUE_RING as u64 + 1 {
+            c.cue_lease_agent(cell);
+        }
+        assert_eq!(c.take_cued_cells(&mut reader, c.lease_cue()), CuedCells::Lost);
+        c.cue_lease_agent(5);
+        assert_eq!(c.take_cued_cells(&mut reader, c.lease_cue()), CuedCells::Cells(vec![5]));
+        // A cue without a cell (an older library sharing the file).
+        h.lease_cue.fetch_add(1, SeqCst);
+        assert_eq!(c.take_cued_cells(&mut reader, c.lease_cue()), CuedCells::Lost);
+        assert_eq!(c.take_cued_cells(&mut reader, c.lease_cue()), CuedCells::Cells(vec![]));
     }
 }

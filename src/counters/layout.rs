@@ -83,6 +83,14 @@ pub(super) struct Header {
     pub(super) lease_waiters: AtomicU32,
     pub(super) lease_agent_seen_ns: AtomicU64,
     pub(super) lease_wait_off_until_ns: AtomicU64,
+    /// Fleet mode, which cells the checks cued the lease thread for, so that a cued round serves those
+    /// and not every key with a quota (see `cue.rs`): the next position, and a ring of
+    /// [`super::cue::CUE_RING`] slots, each `position << 32 | cell + 1`. Added in issue 22 at the header's
+    /// end, in space that was zero: an older library never fills it, and the lease thread then sees cues
+    /// without cells and serves every key, as before.
+    pub(super) cue_ring_head: AtomicU32,
+    _pad3: [u8; 4],
+    pub(super) cue_ring: [AtomicU64; super::cue::CUE_RING],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN as usize);

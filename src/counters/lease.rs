@@ -110,6 +110,12 @@ impl SharedCounters {
         true
     }
 
+    /// The number of the cell the key counts in (what a check cues the lease thread with), if the file
+    /// holds the key.
+    pub fn cell_of(&self, digest: &KeyDigest) -> Option<u64> {
+        self.valid_record_of(digest).map(|r| r.cell)
+    }
+
     /// The key's quota as this host sees it at `now_ms`: `None` when it has none (or the file does not
     /// hold it). The period is the one a check at `now_ms` would count in: the cell's own when it is
     /// already in a later one (an agent whose clock is behind its host's checks').

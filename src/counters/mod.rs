@@ -44,6 +44,7 @@ mod lease;
 mod seal;
 mod share;
 
+pub use cue::{CueReader, CuedCells};
 pub(crate) use flush::MAX_FLUSH_INTERVAL;
 use index::NO_PLAN;
 pub use index::{MAX_ID_LEN, MAX_PLAN_LEN};

@@ -4,7 +4,8 @@
 //! It sleeps on the checks' cue (FUTEX_WAIT on the counters file's header, at most [`ROUND`]); a check
 //! that finds this host out of lease while the fleet has room, or takes a lease's last unit, bumps the
 //! cue and wakes it. Each time it wakes (cued, or every [`ROUND`] to top leases up ahead of demand) it
-//! runs one [`lease_round`], then answers the cues that round served, which wakes the checks waiting for
+//! serves the cells cued, and at a tick a slice of the sweep over every key (`round.rs`), then answers
+//! the cues it served, which wakes the checks waiting for
 //! them. While it can reach Redis and may ask for more (not in the grace after an outage, when hosts only
 //! re-assert their leases) it says so in the header at every look; checks wait for it only then
 //! (see `crate::counters`, `cue.rs`). It also keeps what the agent's loop kept for leases: re-asserting
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::connect::connect;
 use super::link::{Config, Failure, Health, Link, Names, Scripts};
-use super::quota::{lease_round, refresh_fleet_leased, Leases};
+use super::quota::{refresh_fleet_leased, Leases};
+use super::round::serve;
 use super::WhenDown;
 use crate::store::{clock_ms, Store};
 
@@ -42,6 +44,7 @@ pub(super) fn run(
     let mut down_since: Option<Instant> = None;
     let mut ever_connected = false;
     let mut next_view = Instant::now();
+    let mut next_tick = Instant::now();
     let say = |line: String| {
         let _ = log.send(line);
     };
@@ -90,7 +93,14 @@ pub(super) fn run(
         // out are better answered at once than after a round that cannot help them.
         let _ = store.fleet_lease_agent_reachable(leases.may_ask());
         let mut link = Link { store, cfg, names, scripts, conn: c, health: &mut health };
-        let round = lease_round(&mut link, &mut leases).and_then(|()| {
+        // A tick tops up leases ahead of demand and sweeps on; a cue between ticks serves the cells cued.
+        let tick = Instant::now() >= next_tick;
+        if tick {
+            next_tick = Instant::now() + ROUND;
+        }
+        let mut cue = cue;
+        let round = serve(&mut link, &mut leases, cue, tick).and_then(|answered| {
+            cue = answered;
             if cfg.when_down == WhenDown::Share && Instant::now() >= next_view {
                 next_view = Instant::now() + cfg.heartbeat;
                 refresh_fleet_leased(&mut link, &mut leases)?;
@@ -113,7 +123,7 @@ pub(super) fn run(
             }
         }
         let _ = store.fleet_answer_lease_cue(cue);
-        let _ = store.fleet_wait_for_lease_cue(cue, ROUND);
+        let _ = store.fleet_wait_for_lease_cue(cue, next_tick.saturating_duration_since(Instant::now()));
     }
     let _ = store.fleet_lease_agent_reachable(false);
 }

@@ -48,6 +48,7 @@ mod link;
 mod members;
 pub mod quota;
 mod repair;
+mod round;
 mod secret;
 pub mod usage;
 

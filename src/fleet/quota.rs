@@ -77,6 +77,18 @@ pub struct Leases {
     no_asking_until: Option<Instant>,
     /// The fleet's live members (as the last heartbeat counted them), who share first asks.
     pub members: i64,
+    /// Where the lease thread is in the checks' ring of cued cells, which owner each cell is (an index in
+    /// `owners`, mapped when they are read), and when the map was last made.
+    pub cues: crate::counters::CueReader,
+    pub by_cell: HashMap<u64, usize>,
+    pub cells_mapped_at: Option<Instant>,
+    pub owners_read_at: Option<Instant>,
+    /// Cells cued or found in use lately: served at every tick, ahead of the sweep.
+    pub hot: HashMap<u64, Instant>,
+    /// The sweep over every key with a quota, a slice per tick: the next owner, and the oldest period
+    /// seen since it started.
+    pub sweep_at: usize,
+    pub sweep_oldest: Option<i64>,
 }
 
 /// One quota's demand on this host in one period.
@@ -229,6 +241,8 @@ impl Leases {
     /// one a Redis restarted empty or from an older AOF lost) before anyone is granted more.
     pub fn reconnected(&mut self, after_outage: bool) {
         self.reassert_all = true;
+        // The sweep that re-asserts every lease starts over.
+        self.sweep_at = 0;
         self.shared_while_down.clear();
         if after_outage {
             self.no_asking_until = Some(Instant::now() + REASSERT_GRACE);
@@ -246,6 +260,11 @@ impl Leases {
         }
     }
 
+    /// True when the key was used on this host since the round before the last that saw it.
+    pub fn in_use(&self, q: &FleetQuota) -> bool {
+        self.seen.get(&(q.owner.clone(), q.quota.period_start_ms)).is_some_and(|d| d.in_use)
+    }
+
     /// Forgets periods that ended.
     pub fn forget_before(&mut self, period_start_ms: i64) {
         self.seen.retain(|(_, start), _| *start >= period_start_ms);
@@ -256,21 +275,19 @@ impl Leases {
 
 // The Redis side of leases, run by the agent each round.
 
-/// Tops up this host's leases of the quotas its checks are using (and takes the next period's a few
-/// seconds before it starts), so that local checks count within what the fleet granted this host.
-pub(super) fn lease_round(link: &mut Link, leases: &mut Leases) -> std::result::Result<(), Failure> {
-    let store = link.store;
+/// Tops up this host's leases of these quotas if its checks are using them (and takes the next period's a
+/// few seconds before it starts), so that local checks count within what the fleet granted this host;
+/// re-asserts them after a reconnection. Which quotas, and when, is `round.rs`'s. Returns the oldest
+/// period seen.
+pub(super) fn lease_round(
+    link: &mut Link,
+    leases: &mut Leases,
+    view: &[FleetQuota],
+) -> std::result::Result<i64, Failure> {
     let now = clock_ms();
-    let generation = store.admin_generation()?;
-    if leases.owners_generation != Some(generation) {
-        leases.owners = store.fleet_quota_owners()?;
-        leases.owners_generation = Some(generation);
-    }
-    leases.members = i64::from(store.fleet_rate_sharers()?);
-    let view = store.fleet_quota_cells(&leases.owners, now)?;
     let mut oldest_period = i64::MAX;
     let may_ask = leases.may_ask();
-    for q in &view {
+    for q in view {
         let cell = &q.quota;
         oldest_period = oldest_period.min(cell.period_start_ms);
         let chunk = leases.chunk(q);
@@ -288,11 +305,7 @@ pub(super) fn lease_round(link: &mut Link, leases: &mut Leases) -> std::result::
             leases.fleet_leased.insert((q.owner.clone(), cell.period_end_ms), leased);
         }
     }
-    leases.reassert_all = false;
-    if oldest_period != i64::MAX {
-        leases.forget_before(oldest_period);
-    }
-    Ok(())
+    Ok(oldest_period)
 }
 
 fn grant(

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use crate::counters::{CueReader, CuedCells};
 use crate::error::Result;
+use crate::key::KeyDigest;
 use crate::store::Store;
 
 impl Store {
@@ -16,6 +18,18 @@ impl Store {
     /// Waits until a check cues past `served`, at most `timeout`; the latest cue.
     pub fn fleet_wait_for_lease_cue(&self, served: u32, timeout: Duration) -> Result<u32> {
         Ok(self.counters()?.wait_for_lease_cue(served, timeout))
+    }
+
+    /// The cells the checks cued since `reader` last looked (see `SharedCounters::take_cued_cells`).
+    pub fn fleet_cued_cells(&self, reader: &mut CueReader, cue: u32) -> Result<CuedCells> {
+        Ok(self.counters()?.take_cued_cells(reader, cue))
+    }
+
+    /// The counter cell of each key (what a check cues the lease thread with), `None` for one the
+    /// counters file does not hold.
+    pub fn fleet_cells_of(&self, owners: &[(String, KeyDigest)]) -> Result<Vec<Option<u64>>> {
+        let shared = self.counters()?;
+        Ok(owners.iter().map(|(_, d)| shared.cell_of(d)).collect())
     }
 
     /// Every cue up to `cue` is answered: the checks waiting for it decide again.
