@@ -315,7 +315,7 @@ mod tests {
             when_down: super::super::WhenDown::Refuse,
         };
         let me = Claimant::new(&cfg).unwrap();
-        assert_eq!(me.key, "ms-auth:prod:agent:0123");
+        assert_eq!(me.key, "ms-auth:{prod}:agent:0123");
         let holder = Holder::of(&me.value).unwrap();
         assert_eq!(holder.pid, std::process::id() as i32);
         assert!(!holder.died_here(), "this process is alive");
