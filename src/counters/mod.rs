@@ -18,7 +18,8 @@
 //! - `index.rs`: finding and publishing keys: index slots and the immutable policy records;
 //! - `cell.rs`: the counter cell and the decision that charges it with one compare-and-swap;
 //! - `flush.rs`: what reaches the database, and which process writes it when;
-//! - `carry.rs`: growth: every cell's state carried exactly into a larger file.
+//! - `carry.rs`: growth: every cell's state carried exactly into a larger file;
+//! - `settle.rs`: a fleet lease lowered to the count exactly, with checks in flight.
 //!
 //! This file holds the public surface: [`SharedCounters`] (its methods are spread over the parts) and
 //! the types the store exchanges with it.
@@ -39,6 +40,7 @@ mod index;
 mod layout;
 mod lease;
 mod seal;
+mod settle;
 
 pub(crate) use flush::MAX_FLUSH_INTERVAL;
 use index::NO_PLAN;
@@ -49,6 +51,7 @@ pub use lease::QuotaCell;
 #[doc(hidden)]
 pub use seal::reseal_image;
 pub use seal::Content;
+pub use settle::Settled;
 
 /// Everything counted for one key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -18,8 +18,9 @@ use serde_json::{json, Value};
 use super::changelog::{publish_outbox, step, stream_id, PUBLISH};
 use super::connect::connect;
 pub use super::connect::redacted;
+use super::lease_hash::{check_redis_settings, hand_back, refresh_fleet_leased, LeaseScripts};
 use super::link::{Config, Failure, Health, Link, Names, Scripts};
-use super::quota::{self, hand_back, lease_round, refresh_fleet_leased, Leases};
+use super::quota::{lease_round, Leases};
 use super::usage::UsageSync;
 use crate::error::Result;
 use crate::store::{clock_ms, Store};
@@ -33,11 +34,7 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
         log(&format!("joined fleet {:?} as host {:?}: this store's records are published", cfg.fleet, cfg.host));
     }
     let names = Names::of(&cfg.fleet);
-    let scripts = Scripts {
-        publish: redis::Script::new(PUBLISH),
-        grant: redis::Script::new(quota::GRANT),
-        hand_back: redis::Script::new(quota::HAND_BACK),
-    };
+    let scripts = Scripts { publish: redis::Script::new(PUBLISH), leases: LeaseScripts::new() };
     let mut leases = Leases::default();
     let mut usage = UsageSync::default();
     let mut health = Health::default();
@@ -49,7 +46,16 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
     while !stop.load(Ordering::Relaxed) {
         if conn.is_none() {
             match connect(cfg) {
-                Ok(c) => {
+                Ok(mut c) => {
+                    // What the quota guarantees need of Redis, checked on every connection (a failover
+                    // may reach a server configured otherwise).
+                    match check_redis_settings(&mut c, cfg.allow_evicting_redis) {
+                        Ok(warnings) => warnings.iter().for_each(|w| log(&format!("warning: {w}"))),
+                        Err(refusal) => {
+                            log(&format!("refusing to run: {refusal}"));
+                            return Err(crate::error::Error::invalid(refusal));
+                        }
+                    }
                     log(&format!("connected to Redis at {}", redacted(&cfg.redis_url)));
                     conn = Some(c);
                     health.redis_ok = true;
@@ -94,14 +100,14 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
             if Instant::now() >= next_report {
                 next_report = Instant::now() + cfg.heartbeat;
                 heartbeat(&mut link)?;
-                if cfg.when_down == super::WhenDown::Share {
-                    refresh_fleet_leased(&mut link, &mut leases)?;
-                }
+                // Every mode: a lost, forged or rolled-back quota hash is found without waiting for a grant.
+                refresh_fleet_leased(&mut link, &mut leases)?;
                 usage.round(&mut link, log)?;
                 report_locally(store, cfg, link.health, &usage, log);
             }
             Ok(())
         });
+        health.leases.take_log().iter().for_each(|line| log(line));
         if let Err(e) = stepped {
             match e {
                 Failure::Redis(e) => {
@@ -128,6 +134,7 @@ pub fn run(store: &Store, cfg: &Config, stop: &AtomicBool, log: &mut dyn FnMut(&
             Ok(_) => {}
             Err(e) => log(&format!("at exit, could not hand back unused leases: {e:?}")),
         }
+        link.health.leases.take_log().iter().for_each(|line| log(line));
         let _: redis::RedisResult<()> = link.conn.hdel(&names.members, &cfg.host);
     }
     health.redis_ok = false;
@@ -183,6 +190,7 @@ fn report_locally(store: &Store, cfg: &Config, health: &Health, usage: &UsageSyn
         "refused": health.refused,
         "members": health.members,
         "rate_shared_by": health.rate_sharers,
+        "leases": health.leases.status(),
         "usage_rows": {"published": usage.published_rows, "received": usage.received_rows, "refused": usage.refused_rows},
         "reported_at_ms": clock_ms(),
         "agent_pid": std::process::id(),

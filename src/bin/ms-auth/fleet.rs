@@ -43,6 +43,10 @@ pub enum FleetCommand {
         /// share, 1/N of live members, of what was not leased when it last heard from Redis).
         #[arg(long, default_value = "refuse", value_parser = ["refuse", "share"])]
         when_redis_down: String,
+        /// Run even though Redis's maxmemory-policy may evict keys (refused by default: an evicted quota
+        /// hash is recovered, but a quota stays exact only if every host holding a lease re-asserts it).
+        #[arg(long)]
+        allow_evicting_redis: bool,
     },
     /// What this host's agent last reported: fleet, host, members and their last report, log position
     /// and lag, Redis reachable or not.
@@ -60,7 +64,16 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
     match command {
-        FleetCommand::Sync { redis, redis_ca, fleet, host, secret_file, max_log, when_redis_down } => {
+        FleetCommand::Sync {
+            redis,
+            redis_ca,
+            fleet,
+            host,
+            secret_file,
+            max_log,
+            when_redis_down,
+            allow_evicting_redis,
+        } => {
             let host = host.unwrap_or_else(hostname);
             let config = Config {
                 redis_url: redis,
@@ -71,6 +84,7 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
                 max_log,
                 heartbeat: Duration::from_secs(1),
                 when_down: if when_redis_down == "share" { WhenDown::Share } else { WhenDown::Refuse },
+                allow_evicting_redis,
             };
             unsafe {
                 libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);

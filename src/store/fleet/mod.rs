@@ -1,7 +1,9 @@
 //! The store's side of fleet mode (the agent, which talks to Redis, is `crate::fleet`): the change
-//! that the agent publishes and applies, membership, the outbox and applying changes (`replica`), and
-//! the other hosts' daily usage (`usage`). Only SQL here; the store knows nothing of Redis.
+//! that the agent publishes and applies, membership, the outbox and applying changes (`replica`), the
+//! other hosts' daily usage (`usage`), and the counters file's side of quota leases (`leases`). Only SQL
+//! and the counters file here; the store knows nothing of Redis.
 
+mod leases;
 mod replica;
 mod usage;
 
