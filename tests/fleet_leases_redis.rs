@@ -101,7 +101,10 @@ fn hash_of(conn: &mut redis::Connection, name: &str) -> HashMap<String, String> 
 fn quota_key(hosts: &[Host], limit: i64) -> ms_auth::Created {
     let k = hosts[0]
         .store()
-        .create_key(&spec(&format!(r#"{{"quota": {{"limit": {limit}, "period": "daily"}}, "rate_limit": null}}"#)), clock())
+        .create_key(
+            &spec(&format!(r#"{{"quota": {{"limit": {limit}, "period": "daily"}}, "rate_limit": null}}"#)),
+            clock(),
+        )
         .unwrap();
     for h in &hosts[1..] {
         let s = h.store();
@@ -186,6 +189,15 @@ fn assert_forgery_refused(hosts: &[Host], total: u64) {
         })
     });
     assert!(counted.is_some(), "fleet status counts the forgery: {:?}", hosts[0].store().fleet_status());
+    let text: String = hosts
+        .iter()
+        .map(|h| {
+            let out =
+                Command::new(env!("CARGO_BIN_EXE_ms-auth")).arg("--db").arg(&h.db).args(["fleet", "status"]).output();
+            String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+        })
+        .collect();
+    assert!(text.lines().any(|l| l.starts_with("leases:") && !l.contains(" 0 forged")), "{text}");
 }
 
 #[test]
@@ -296,11 +308,11 @@ fn a_hand_back_racing_checks_is_exact() {
     let k = quota_key(&hosts, 1_000_000);
     let mut conn = redis.conn();
     let mut over = Vec::new();
-    for round in 0..25 {
+    for round in 0..30 {
         if round > 0 {
             hosts[0].start_agent(&redis.url());
         }
-        let children = Reap((0..3).map(|_| hammer(&hosts[0].db, &k.key, None, true)).collect());
+        let children = Reap((0..4).map(|_| hammer(&hosts[0].db, &k.key, None, true)).collect());
         let s = hosts[0].store();
         let start = s.get_key(&k.record.id).unwrap().usage.used;
         assert!(within(Duration::from_secs(10), || s.get_key(&k.record.id).unwrap().usage.used > start + 100).is_some());

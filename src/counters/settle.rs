@@ -94,7 +94,9 @@ mod tests {
             let Settled::At(final_count) = settled else { panic!("{settled:?}") };
             let counted = c.quota_cell(&e.digest, now).unwrap().used;
             assert_eq!(counted, final_count, "round {round}: a check counted past the settled lease");
-            assert!(matches!(c.admit(&e.digest, now), Found::Key(a) if a.decision.status == Status::ApiKeyQuotaExceeded));
+            assert!(
+                matches!(c.admit(&e.digest, now), Found::Key(a) if a.decision.status == Status::ApiKeyQuotaExceeded)
+            );
         }
     }
 

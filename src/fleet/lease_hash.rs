@@ -12,7 +12,7 @@
 //!   agent knows it existed in this epoch was lost (evicted, deleted); an epoch missing means Redis lost
 //!   its data (FLUSHDB, a restart without persistence). Writes name the epoch they read, so nothing is
 //!   written into a Redis that lost it.
-//! - **Recovery** (of any of these): a new epoch whose grace (Redis's clock) holds every grant of more
+//! - **Recovery** (of any of these; `lease_epoch.rs`): a new epoch whose grace (Redis's clock) holds every grant of more
 //!   back; every agent sees the epoch change (at its next grant or heartbeat, well within the grace),
 //!   and re-asserts every lease it holds, together with the other hosts' figures of the last state it
 //!   verified (a host that stopped or is partitioned is not forgotten). Only then is anyone granted more.
@@ -21,8 +21,8 @@
 //! and the hand-back at SIGTERM settles each lease exactly before telling Redis (`SharedCounters::settle_lease`).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
+use super::lease_epoch::{ensure_epoch, epoch_name, recover, registry_name, Problem, EPOCH};
 use super::lease_state::{Ask, State};
 use super::link::{Failure, Link};
 use crate::counters::Settled;
@@ -31,14 +31,6 @@ use crate::store::{clock_ms, FleetQuota};
 /// The leases' Redis hash of a key's quota in one period.
 pub fn hash_name(fleet: &str, owner: &str, period_start_ms: i64) -> String {
     format!("ms-auth:{fleet}:quota:{owner}:{period_start_ms}")
-}
-
-fn epoch_name(fleet: &str) -> String {
-    format!("ms-auth:{fleet}:epoch")
-}
-
-fn registry_name(fleet: &str, epoch: &str) -> String {
-    format!("ms-auth:{fleet}:quotas:{epoch}")
 }
 
 /// Writes a quota hash's new state if nothing moved since it was read. KEYS: the hash, the epoch, the
@@ -62,26 +54,10 @@ redis.call('ZADD', KEYS[3], now + ttl * 1000, KEYS[1])
 return 'ok'
 "#;
 
-/// Makes a new epoch when there is none, or, to recover, when it is still the one this agent knows.
-/// KEYS: the epoch, the registry of the epoch this agent knows, a hash to drop in a recovery. ARGV: the
-/// id this agent knows, a new id, the grace in ms, 1 to recover. Returns {the epoch's id, 1 if new}.
-const EPOCH: &str = r#"
-local id = redis.call('HGET', KEYS[1], 'id')
-if id == false or (ARGV[4] == '1' and id == ARGV[1]) then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('HSET', KEYS[1], 'id', ARGV[2], 'until', now + tonumber(ARGV[3]))
-  redis.call('DEL', KEYS[2])
-  if ARGV[4] == '1' then redis.call('DEL', KEYS[3]) end
-  return {ARGV[2], 1}
-end
-return {id, 0}
-"#;
-
 /// The agent's scripts for leases.
 pub(super) struct LeaseScripts {
     write: redis::Script,
-    epoch: redis::Script,
+    pub(super) epoch: redis::Script,
 }
 
 impl LeaseScripts {
@@ -93,16 +69,16 @@ impl LeaseScripts {
 /// What the agent knows of the fleet's quota hashes between rounds, and what it counted of them.
 #[derive(Default)]
 pub(super) struct LeaseWatch {
-    epoch: Option<String>,
+    pub(super) epoch: Option<String>,
     /// Hash → the last state this agent verified or wrote, the epoch it was in, when the hash expires.
     seen: HashMap<String, (State, String, i64)>,
     /// The epoch changed: every lease this host holds is re-asserted.
-    reassert: bool,
+    pub(super) reassert: bool,
     pub(super) forged: u64,
     pub(super) lost: u64,
     pub(super) rolled_back: u64,
     pub(super) recoveries: u64,
-    log: Vec<String>,
+    pub(super) log: Vec<String>,
 }
 
 impl LeaseWatch {
@@ -117,12 +93,6 @@ impl LeaseWatch {
             "recoveries": self.recoveries,
         })
     }
-}
-
-/// How long a recovery holds grants of more back: the agents see a new epoch within a heartbeat and
-/// re-assert within a round.
-fn grace(link: &Link) -> Duration {
-    (link.cfg.heartbeat * 2 + Duration::from_secs(1)).max(Duration::from_secs(3))
 }
 
 /// A quota hash as read, with the epoch and Redis's time, in one transaction.
@@ -165,13 +135,6 @@ fn read(link: &mut Link, names: &[String]) -> std::result::Result<Vec<Read>, Fai
     Ok(out)
 }
 
-/// Why a quota hash cannot be granted from.
-enum Problem {
-    Lost,
-    Forged(String),
-    RolledBack(i64, i64),
-}
-
 /// The hash's state to build on, or what is wrong with it. A hash that is not there and was not known
 /// in this epoch starts from this agent's last verified view of it (after a recovery) or empty.
 fn classify(link: &Link, name: &str, read: &Read) -> std::result::Result<State, Problem> {
@@ -184,102 +147,11 @@ fn classify(link: &Link, name: &str, read: &Read) -> std::result::Result<State, 
         }
         return Ok(seen.map(|(state, _, _)| state.clone()).unwrap_or_default());
     }
-    let state =
-        State::from_fields(&read.fields, &link.cfg.secret, &link.cfg.fleet, name).map_err(Problem::Forged)?;
+    let state = State::from_fields(&read.fields, &link.cfg.secret, &link.cfg.fleet, name).map_err(Problem::Forged)?;
     match seen {
         Some((newer, _, _)) if newer.seq > state.seq => Err(Problem::RolledBack(state.seq, newer.seq)),
         _ => Ok(state),
     }
-}
-
-/// Learns the fleet's epoch, making one if Redis has none (a new fleet, or Redis lost its data). A new
-/// or changed epoch: every lease held is re-asserted.
-fn ensure_epoch(link: &mut Link, seen_in_redis: Option<&str>) -> std::result::Result<String, Failure> {
-    if let (Some(known), Some(now)) = (link.health.leases.epoch.as_deref(), seen_in_redis) {
-        if known == now {
-            return Ok(known.to_string());
-        }
-    }
-    let (id, created) = run_epoch(link, false, "")?;
-    if created {
-        let line = format!(
-            "the fleet's lease epoch is missing in Redis (a new fleet, or Redis lost its data): started epoch \
-             {id}; every host re-asserts the leases it holds, and no more is granted for {} s",
-            grace(link).as_secs()
-        );
-        link.health.leases.log.push(line);
-    }
-    adopt(link, &id);
-    Ok(id)
-}
-
-fn adopt(link: &mut Link, id: &str) {
-    let watch = &mut link.health.leases;
-    if watch.epoch.as_deref() != Some(id) {
-        if watch.epoch.is_some() {
-            watch.log.push(format!(
-                "the fleet's lease epoch changed to {id} (a host found a quota hash lost, forged or rolled \
-                 back, or Redis lost its data): re-asserting every lease this host holds"
-            ));
-        }
-        watch.epoch = Some(id.to_string());
-        watch.reassert = true;
-    }
-}
-
-fn run_epoch(link: &mut Link, recover: bool, drop: &str) -> std::result::Result<(String, bool), Failure> {
-    let fleet = &link.cfg.fleet;
-    let known = link.health.leases.epoch.clone().unwrap_or_default();
-    let (id, created): (String, i64) = link
-        .scripts
-        .leases
-        .epoch
-        .key(epoch_name(fleet))
-        .key(registry_name(fleet, &known))
-        .key(if drop.is_empty() { format!("ms-auth:{fleet}:none") } else { drop.to_string() })
-        .arg(&known)
-        .arg(new_epoch_id()?)
-        .arg(grace(link).as_millis() as i64)
-        .arg(recover as i64)
-        .invoke(link.conn)?;
-    Ok((id, created == 1))
-}
-
-fn new_epoch_id() -> std::result::Result<String, Failure> {
-    let mut bytes = [0u8; 8];
-    getrandom::getrandom(&mut bytes)
-        .map_err(|e| Failure::Store(crate::error::Error::internal(format!("no randomness: {e}"))))?;
-    Ok(crate::text::hex(&bytes))
-}
-
-/// Refuses to grant from a hash found lost, forged or rolled back, says so loudly, and starts a
-/// recovery: a new epoch (the hash dropped), in whose grace every host re-asserts what it holds.
-fn recover(link: &mut Link, name: &str, problem: Problem) -> std::result::Result<(), Failure> {
-    let watch = &mut link.health.leases;
-    let why = match problem {
-        Problem::Lost => {
-            watch.lost += 1;
-            "was lost (evicted or deleted while hosts held leases in it)".to_string()
-        }
-        Problem::Forged(why) => {
-            watch.forged += 1;
-            format!("is forged or altered ({why})")
-        }
-        Problem::RolledBack(found, seen) => {
-            watch.rolled_back += 1;
-            format!("was rolled back (sequence {found}, this host saw {seen})")
-        }
-    };
-    watch.recoveries += 1;
-    let (id, _) = run_epoch(link, true, name)?;
-    let line = format!(
-        "REFUSED: quota hash {name} {why}: nothing is granted from it; recovering (epoch {id}): every host \
-         re-asserts the leases it holds, no more is granted for {} s",
-        grace(link).as_secs()
-    );
-    link.health.leases.log.push(line);
-    adopt(link, &id);
-    Ok(())
 }
 
 /// Reads the hash, checks it, lets `change` change it (told whether it may grant more) and writes it
@@ -378,7 +250,9 @@ fn grant_once(
         let g = state.grant(&host, &Ask { inc, want, limit, used, held, may_grow });
         (g, g.more > 0)
     })?;
-    let Some((_, g)) = done else { return Ok(0) };
+    let Some((_, g)) = done else {
+        return Ok(link.health.leases.seen.get(&name).map_or(0, |(s, _, _)| s.fleet_leased()));
+    };
     link.store.fleet_set_lease_in(inc, &q.digest, period_start_ms, g.local_lease, g.spent)?;
     Ok(g.fleet_leased)
 }
@@ -409,12 +283,8 @@ pub(super) fn refresh_fleet_leased(
     link: &mut Link,
     leases: &mut super::quota::Leases,
 ) -> std::result::Result<(), Failure> {
-    let held: Vec<FleetQuota> = link
-        .store
-        .fleet_quota_cells(&leases.owners, clock_ms())?
-        .into_iter()
-        .filter(|q| q.quota.lease > 0)
-        .collect();
+    let held: Vec<FleetQuota> =
+        link.store.fleet_quota_cells(&leases.owners, clock_ms())?.into_iter().filter(|q| q.quota.lease > 0).collect();
     let names: Vec<String> =
         held.iter().map(|q| hash_name(&link.cfg.fleet, &q.owner, q.quota.period_start_ms)).collect();
     let reads = read(link, &names)?;
@@ -432,7 +302,9 @@ pub(super) fn refresh_fleet_leased(
             Err(problem) => recover(link, name, problem)?,
             Ok(state) => {
                 let epoch = read.epoch.clone().unwrap_or_default();
-                if read.fields.is_empty() || state.local_lease(&link.cfg.host, inc).is_none_or(|lease| lease < q.quota.lease) {
+                if read.fields.is_empty()
+                    || state.local_lease(&link.cfg.host, inc).is_none_or(|lease| lease < q.quota.lease)
+                {
                     link.health.leases.reassert = true;
                 }
                 leases.fleet_leased.insert((q.owner.clone(), q.quota.period_start_ms), state.fleet_leased());
@@ -469,52 +341,6 @@ pub(super) fn hand_back(link: &mut Link) -> std::result::Result<usize, Failure> 
     Ok(handed)
 }
 
-/// Checks, on each connection, the Redis settings the quota guarantees need: an evicting
-/// `maxmemory-policy` is refused (unless `allow_evicting`), no persistence is warned about. Returns the
-/// warnings, or why the agent must not run against this Redis.
-pub(super) fn check_redis_settings(
-    conn: &mut redis::Connection,
-    allow_evicting: bool,
-) -> std::result::Result<Vec<String>, String> {
-    let mut get = |name: &str| -> redis::RedisResult<String> {
-        let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query(conn)?;
-        Ok(pair.get(1).cloned().unwrap_or_default())
-    };
-    let policy = match get("maxmemory-policy") {
-        Ok(policy) => policy,
-        Err(e) => {
-            return Ok(vec![format!(
-                "cannot read Redis's settings (CONFIG GET: {e}): make sure its maxmemory-policy is noeviction and \
-                 it persists its data (appendonly yes), or quotas may be over-admitted (docs/fleet.md)"
-            )])
-        }
-    };
-    let mut warnings = Vec::new();
-    if policy != "noeviction" {
-        let risk = format!(
-            "Redis's maxmemory-policy is {policy}: under memory pressure it may evict the fleet's quota leases, \
-             and a quota would no longer be exact"
-        );
-        if !allow_evicting {
-            return Err(format!(
-                "{risk}. Set `maxmemory-policy noeviction` (CONFIG SET maxmemory-policy noeviction, and in \
-                 redis.conf), or start the agent with --allow-evicting-redis to accept the risk"
-            ));
-        }
-        warnings.push(format!("{risk} (accepted: --allow-evicting-redis)"));
-    }
-    let aof = get("appendonly").unwrap_or_default();
-    let save = get("save").unwrap_or_default();
-    if aof == "no" && save.trim().is_empty() {
-        warnings.push(
-            "Redis persists nothing (appendonly no, save \"\"): a restart loses every lease and count it holds; \
-             the hosts re-assert theirs, but a host that is down meanwhile is forgotten (set appendonly yes)"
-                .to_string(),
-        );
-    }
-    Ok(warnings)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,7 +349,7 @@ mod tests {
     use crate::period::{Period, DAY_MS};
     use crate::store::Store;
     use redis::Commands;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     /// A redis-server on a free loopback port, killed on drop.
     struct Redis(std::process::Child, u16);
@@ -597,7 +423,8 @@ mod tests {
         let redis = Redis::start(dir.path());
         let (store, created) = host(dir.path());
         let cfg = config(redis.1, "h1");
-        let scripts = Scripts { publish: redis::Script::new(super::super::changelog::PUBLISH), leases: LeaseScripts::new() };
+        let scripts =
+            Scripts { publish: redis::Script::new(super::super::changelog::PUBLISH), leases: LeaseScripts::new() };
         let mut c = redis.connection().unwrap();
         let (names, mut health) = (Names::of(&cfg.fleet), Health::default());
         let now = clock_ms();
@@ -653,7 +480,8 @@ mod tests {
         let redis = Redis::start(dir.path());
         let (store, created) = host(dir.path());
         let cfg = config(redis.1, "h1");
-        let scripts = Scripts { publish: redis::Script::new(super::super::changelog::PUBLISH), leases: LeaseScripts::new() };
+        let scripts =
+            Scripts { publish: redis::Script::new(super::super::changelog::PUBLISH), leases: LeaseScripts::new() };
         let mut c = redis.connection().unwrap();
         let (names, mut health) = (Names::of(&cfg.fleet), Health::default());
         let now = clock_ms();

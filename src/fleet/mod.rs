@@ -23,13 +23,14 @@
 //! agent's parts share (`Config`, the Redis names and scripts, `Health`, `Failure`, and `Link`, all that
 //! one round works with), `connect.rs` reaches Redis, `changelog.rs` publishes the outbox and applies the
 //! log, `quota.rs` sizes quota leases by demand, `lease_hash.rs` keeps them in Redis (signed, checked
-//! for loss and rollback; their content in `lease_state.rs`), `usage.rs` exchanges daily usage, and
+//! for loss and rollback; their content in `lease_state.rs`, the recovery in `lease_epoch.rs`), `usage.rs` exchanges daily usage, and
 //! `agent.rs` runs them in a loop;
 //! in `src/bin/ms-auth/fleet.rs`, the `ms-auth fleet` commands start the agent and show its status.
 
 pub mod agent;
 mod changelog;
 mod connect;
+mod lease_epoch;
 mod lease_hash;
 mod lease_state;
 mod link;

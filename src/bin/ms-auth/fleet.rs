@@ -133,6 +133,17 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
                 "changes:    {} published, {} applied, {} refused",
                 status["published"], status["applied"], status["refused"]
             );
+            let leases = &status["leases"];
+            if leases.is_object() {
+                println!(
+                    "leases:     epoch {}; quota hashes refused: {} forged, {} lost, {} rolled back ({} recoveries)",
+                    leases["epoch"].as_str().unwrap_or("-"),
+                    leases["forged"],
+                    leases["lost"],
+                    leases["rolled_back"],
+                    leases["recoveries"]
+                );
+            }
             println!("members:");
             for m in status["members"].as_array().into_iter().flatten() {
                 println!(

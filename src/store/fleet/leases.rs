@@ -16,7 +16,12 @@ impl Store {
     /// (incarnation, counted, lease held) of a key's quota in the period starting at `period_start_ms`,
     /// all from one counters file, as a check at `now_ms` would see them; `None` when that period is
     /// neither the current one nor the next (or the file does not hold the key).
-    pub fn fleet_lease_cell(&self, digest: &KeyDigest, period_start_ms: i64, now_ms: i64) -> Result<Option<(i64, i64, i64)>> {
+    pub fn fleet_lease_cell(
+        &self,
+        digest: &KeyDigest,
+        period_start_ms: i64,
+        now_ms: i64,
+    ) -> Result<Option<(i64, i64, i64)>> {
         let shared = self.counters()?;
         let Some(q) = shared.quota_cell(digest, now_ms) else { return Ok(None) };
         let inc = shared.incarnation() as i64;
@@ -31,7 +36,14 @@ impl Store {
 
     /// Records a lease granted against the counters file of incarnation `inc`; false (nothing recorded)
     /// when the file in use is another.
-    pub fn fleet_set_lease_in(&self, inc: i64, digest: &KeyDigest, period_start_ms: i64, up_to: i64, spent: bool) -> Result<bool> {
+    pub fn fleet_set_lease_in(
+        &self,
+        inc: i64,
+        digest: &KeyDigest,
+        period_start_ms: i64,
+        up_to: i64,
+        spent: bool,
+    ) -> Result<bool> {
         let shared = self.counters()?;
         if shared.incarnation() as i64 != inc {
             return Ok(false);
