@@ -33,6 +33,20 @@ pub fn hash_name(fleet: &str, owner: &str, period_start_ms: i64) -> String {
     format!("ms-auth:{fleet}:quota:{owner}:{period_start_ms}")
 }
 
+/// Reads quota hashes with what judging them needs, atomically. KEYS: the epoch, the registry of the
+/// epoch this agent knows, the hashes. Returns {epoch id, until, Redis's time (s, µs), then for each
+/// hash: its registry score, its fields}.
+const READ: &str = r#"
+local epoch = redis.call('HMGET', KEYS[1], 'id', 'until')
+local t = redis.call('TIME')
+local out = {epoch[1], epoch[2], t[1], t[2]}
+for i = 3, #KEYS do
+  out[#out + 1] = redis.call('ZSCORE', KEYS[2], KEYS[i])
+  out[#out + 1] = redis.call('HGETALL', KEYS[i])
+end
+return out
+"#;
+
 /// Writes a quota hash's new state if nothing moved since it was read. KEYS: the hash, the epoch, the
 /// epoch's registry. ARGV: the epoch id read, the sequence number read ('' for no hash), 1 if the write
 /// grants anyone more, the hash's time to live in seconds, then field, value pairs. Returns 'ok', or why
@@ -56,13 +70,18 @@ return 'ok'
 
 /// The agent's scripts for leases.
 pub(super) struct LeaseScripts {
+    read: redis::Script,
     write: redis::Script,
     pub(super) epoch: redis::Script,
 }
 
 impl LeaseScripts {
     pub(super) fn new() -> LeaseScripts {
-        LeaseScripts { write: redis::Script::new(WRITE), epoch: redis::Script::new(EPOCH) }
+        LeaseScripts {
+            read: redis::Script::new(READ),
+            write: redis::Script::new(WRITE),
+            epoch: redis::Script::new(EPOCH),
+        }
     }
 }
 
@@ -95,7 +114,7 @@ impl LeaseWatch {
     }
 }
 
-/// A quota hash as read, with the epoch and Redis's time, in one transaction.
+/// A quota hash as read, with the epoch and Redis's time, in one script call.
 struct Read {
     epoch: Option<String>,
     until_ms: i64,
@@ -108,28 +127,29 @@ struct Read {
 fn read(link: &mut Link, names: &[String]) -> std::result::Result<Vec<Read>, Failure> {
     let fleet = &link.cfg.fleet;
     let registry = registry_name(fleet, link.health.leases.epoch.as_deref().unwrap_or_default());
-    let mut pipe = redis::pipe();
-    pipe.atomic().cmd("HMGET").arg(epoch_name(fleet)).arg("id").arg("until").cmd("TIME");
+    let mut invocation = link.scripts.leases.read.prepare_invoke();
+    invocation.key(epoch_name(fleet)).key(registry);
     for name in names {
-        pipe.cmd("ZSCORE").arg(&registry).arg(name).cmd("HGETALL").arg(name);
+        invocation.key(name);
     }
-    let replies: Vec<redis::Value> = pipe.query(link.conn)?;
+    let replies: Vec<redis::Value> = invocation.invoke(link.conn)?;
     fn parse<T: redis::FromRedisValue>(v: Option<&redis::Value>) -> redis::RedisResult<T> {
         Ok(redis::from_redis_value_ref(v.unwrap_or(&redis::Value::Nil))?)
     }
-    let (epoch, until): (Option<String>, Option<i64>) = parse(replies.first())?;
-    let (secs, micros): (i64, i64) = parse(replies.get(1))?;
+    let epoch: Option<String> = parse(replies.first())?;
+    let until: Option<i64> = parse(replies.get(1))?;
+    let (secs, micros): (i64, i64) = (parse(replies.get(2))?, parse(replies.get(3))?);
     let now_ms = secs * 1000 + micros / 1000;
     let mut out = Vec::with_capacity(names.len());
     for i in 0..names.len() {
-        let expiry: Option<f64> = parse(replies.get(2 + 2 * i))?;
+        let expiry: Option<f64> = parse(replies.get(4 + 2 * i))?;
         out.push(Read {
             epoch: epoch.clone(),
             until_ms: until.unwrap_or(0),
             now_ms,
             now_us: secs * 1_000_000 + micros,
             registered: expiry.is_some_and(|at| at > now_ms as f64),
-            fields: parse(replies.get(3 + 2 * i))?,
+            fields: parse(replies.get(5 + 2 * i))?,
         });
     }
     Ok(out)
@@ -283,10 +303,19 @@ pub(super) fn refresh_fleet_leased(
     link: &mut Link,
     leases: &mut super::quota::Leases,
 ) -> std::result::Result<(), Failure> {
-    let held: Vec<FleetQuota> =
-        link.store.fleet_quota_cells(&leases.owners, clock_ms())?.into_iter().filter(|q| q.quota.lease > 0).collect();
+    // (owner, period start, the lease this host holds in it, when the period ends)
+    let mut held = Vec::new();
+    for q in link.store.fleet_quota_cells(&leases.owners, clock_ms())? {
+        let c = q.quota;
+        if c.lease > 0 {
+            held.push((q.owner.clone(), c.period_start_ms, c.lease, c.period_end_ms));
+        }
+        if c.next_lease > 0 {
+            held.push((q.owner, c.period_end_ms, c.next_lease, c.period_end_ms + 31 * 86_400_000));
+        }
+    }
     let names: Vec<String> =
-        held.iter().map(|q| hash_name(&link.cfg.fleet, &q.owner, q.quota.period_start_ms)).collect();
+        held.iter().map(|(owner, start, _, _)| hash_name(&link.cfg.fleet, owner, *start)).collect();
     let reads = read(link, &names)?;
     let epoch = match reads.first() {
         Some(r) => r.epoch.clone(),
@@ -297,18 +326,17 @@ pub(super) fn refresh_fleet_leased(
         return reassert_if_needed(link);
     }
     let inc = link.store.fleet_incarnation()?;
-    for ((q, name), read) in held.iter().zip(&names).zip(&reads) {
+    for ((owner, start, lease, ends), (name, read)) in held.into_iter().zip(names.iter().zip(&reads)) {
         match classify(link, name, read) {
             Err(problem) => recover(link, name, problem)?,
+            // Not there, and not known to have been in this epoch (it is re-created by re-asserting).
+            Ok(_) if read.fields.is_empty() => link.health.leases.reassert = true,
             Ok(state) => {
-                let epoch = read.epoch.clone().unwrap_or_default();
-                if read.fields.is_empty()
-                    || state.local_lease(&link.cfg.host, inc).is_none_or(|lease| lease < q.quota.lease)
-                {
+                if state.local_lease(&link.cfg.host, inc).is_none_or(|in_redis| in_redis < lease) {
                     link.health.leases.reassert = true;
                 }
-                leases.fleet_leased.insert((q.owner.clone(), q.quota.period_start_ms), state.fleet_leased());
-                remember(link, name, state, epoch, q.quota.period_end_ms);
+                leases.fleet_leased.insert((owner, start), state.fleet_leased());
+                remember(link, name, state, read.epoch.clone().unwrap_or_default(), ends);
             }
         }
     }
