@@ -183,6 +183,9 @@ fn assert_forgery_refused(hosts: &[Host], total: u64) {
     let logs: String = hosts.iter().map(Host::log).collect();
     assert!(total <= 400, "admitted {total} against a quota of 400\n{logs}");
     assert!(logs.contains("forged"), "the forgery is logged\n{logs}");
+    for line in logs.lines().filter(|l| l.contains("REFUSED") || l.contains("epoch")) {
+        eprintln!("  {line}");
+    }
     let counted = within(Duration::from_secs(5), || {
         hosts.iter().any(|h| {
             h.store().fleet_status().ok().flatten().is_some_and(|s| s["leases"]["forged"].as_u64().unwrap_or(0) >= 1)

@@ -133,8 +133,10 @@ pub(super) fn recover(link: &mut Link, name: &str, problem: Problem) -> std::res
          re-asserts the leases it holds, no more is granted for {} s",
         grace(link).as_secs()
     );
-    link.health.leases.log.push(line);
-    adopt(link, &id);
+    let watch = &mut link.health.leases;
+    watch.log.push(line);
+    watch.epoch = Some(id);
+    watch.reassert = true;
     Ok(())
 }
 
