@@ -60,7 +60,7 @@ if ARGV[3] == '1' and now < (tonumber(epoch[2]) or 0) then return 'recovering' e
 local seq = redis.call('HGET', KEYS[1], 'seq')
 if (seq or '') ~= ARGV[2] or (seq == false and redis.call('EXISTS', KEYS[1]) == 1) then return 'moved' end
 redis.call('DEL', KEYS[1])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 local ttl = tonumber(ARGV[4])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -316,7 +316,7 @@ pub(super) fn refresh_fleet_leased(
     }
     let names: Vec<String> =
         held.iter().map(|(owner, start, _, _)| hash_name(&link.cfg.fleet, owner, *start)).collect();
-    let reads = read(link, &names)?;
+    let reads = if names.is_empty() { Vec::new() } else { read(link, &names)? };
     let epoch = match reads.first() {
         Some(r) => r.epoch.clone(),
         None => redis::cmd("HGET").arg(epoch_name(&link.cfg.fleet)).arg("id").query(link.conn)?,
