@@ -209,6 +209,7 @@ const OFF_INDEX_OFF: usize = 88;
 const OFF_BLOCKS_OFF: usize = 96;
 const OFF_FILE_LEN: usize = 104;
 const OFF_CHECKSUM: usize = 112;
+const OFF_INCARNATION: usize = 128;
 const OFF_CELLS_USED: usize = 304;
 const OFF_BLOCKS_USED: usize = 312;
 /// A forged file is never larger than this (the fuzzer must not fill the disk).
@@ -222,7 +223,8 @@ fn put_u64(buf: &mut [u8], at: usize, v: u64) {
     buf[at..at + 8].copy_from_slice(&v.to_le_bytes());
 }
 
-/// The header checksum as `layout.rs` computes it (FNV-1a over the immutable fields and the boot id):
+/// The header checksum as `layout.rs` computes it (FNV-1a over the immutable fields, the incarnation and
+/// the boot id):
 /// anyone who can write the file can compute it, so the fuzzer must get past it too.
 fn fix_checksum(buf: &mut [u8]) {
     let mut hash: u64 = 0xcbf29ce484222325;
@@ -238,6 +240,7 @@ fn fix_checksum(buf: &mut [u8]) {
         bytes.extend(v.to_le_bytes());
     }
     bytes.extend(get_u64(buf, OFF_FILE_LEN).to_le_bytes());
+    bytes.extend(get_u64(buf, OFF_INCARNATION).to_le_bytes());
     bytes.extend_from_slice(&buf[OFF_BOOT_ID..OFF_BOOT_ID + 48]);
     for b in bytes {
         hash = (hash ^ b as u64).wrapping_mul(0x100000001b3);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use redis::Commands;
 
 use super::fleet::{self, within, Host};
-use super::{spec, status, Settings, Stats, FLEET, LOAD_QUOTA};
+use super::{spec, status, Settings, Stats, FLEET};
 use ms_auth::store::clock_ms;
 
 pub struct Memory {
@@ -37,38 +37,6 @@ fn used_memory(c: &mut redis::Connection) -> i64 {
     info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
 }
 
-/// Redis's own time for one call of the grant script on a key's lease hash holding `hosts` hosts (the
-/// agents' script, called the way they call it), in µs: what bounds the lease grants one Redis serves.
-fn grant_cost(c: &mut redis::Connection, hosts: usize) -> f64 {
-    let grant = redis::Script::new(ms_auth::fleet::quota::GRANT);
-    let name = format!("bench:grant-cost-{hosts}");
-    let call = |c: &mut redis::Connection, host: usize| {
-        let _: (i64, i64, i64) = grant
-            .key(&name)
-            .arg(format!("host{host}"))
-            .arg(100)
-            .arg(LOAD_QUOTA)
-            .arg(0)
-            .arg(0)
-            .arg(3600)
-            .invoke(c)
-            .unwrap();
-    };
-    for h in 0..hosts {
-        call(c, h);
-    }
-    let (calls, usec) = (server_calls(c, "evalsha"), server_usec(c, "evalsha"));
-    for i in 0..2000 {
-        call(c, i % hosts);
-    }
-    let per_call = (server_usec(c, "evalsha") - usec) as f64 / (server_calls(c, "evalsha") - calls) as f64;
-    let _: () = c.del(&name).unwrap();
-    per_call
-}
-
-fn server_calls(c: &mut redis::Connection, command: &str) -> u64 {
-    Stats::of(c).calls(command)
-}
 
 /// Redis's total time in one command so far, in µs (INFO commandstats).
 fn server_usec(c: &mut redis::Connection, command: &str) -> u64 {
@@ -152,7 +120,9 @@ pub fn measure_memory(s: &Settings) -> Memory {
             (p, bytes, encoding)
         })
         .collect();
-    let grant_usec = [3, 32, 200].into_iter().map(|p| (p, grant_cost(&mut c, p))).collect();
+    // A grant is now a signed read and a compare-and-set computed by the agent (lease_hash.rs), not one
+    // script: its Redis time is in the commands per grant the traffic figures count.
+    let grant_usec = Vec::new();
     // What reading the whole state costs (a host starting from scratch, or one the log trimmed past):
     // Redis's own time for the HGETALL, during which it serves no one else, and the reply's size.
     let (usec0, out0) = (server_usec(&mut c, "hgetall"), Stats::of(&mut c).net.1);

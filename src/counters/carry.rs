@@ -28,6 +28,7 @@ impl SharedCounters {
     pub fn grow(old: &SharedCounters, plan: &Build) -> Result<SharedCounters> {
         let mut before = Snapshot::default();
         let built = Self::build_with(plan, |new| {
+            new.adopt_incarnation(old);
             old.supersede();
             old.freeze();
             before = old.snapshot();

@@ -17,7 +17,8 @@ use super::{Full, KeyEntry, Opened, Policies, SharedCounters};
 use crate::error::{Error, Result};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"MSAUTHC1");
-const LAYOUT_VERSION: u32 = 1;
+/// 2: the header's incarnation id (issue 22); a file of version 1 is rebuilt from the database.
+const LAYOUT_VERSION: u32 = 2;
 const READY: u32 = 1;
 const SUPERSEDED: u32 = 2;
 const HEADER_LEN: u64 = 4096;
@@ -48,7 +49,11 @@ pub(super) struct Header {
     /// The checksum of the index, the records and the header's counts and policies (see `seal.rs`): changed
     /// only under the database's write lock, with what it covers.
     pub(super) content_sum: AtomicU64,
-    _pad0: [u8; 104],
+    /// Random, made when the file is built from the database and carried when it grows: a fleet agent
+    /// passes it with every lease grant, so that the fleet tells a file that lost counts (rebuilt after
+    /// a reboot or damage) from the one that counted them (see `crate::fleet::lease_state`).
+    incarnation: u64,
+    _pad0: [u8; 96],
     // Mutable fields, on their own cache lines away from what every check reads.
     state: AtomicU32,
     _pad1: [u8; 60],
@@ -186,6 +191,7 @@ fn checksum(h: &Header) -> u64 {
         h.index_off,
         h.blocks_off,
         h.file_len,
+        h.incarnation,
     ];
     let mut hash: u64 = 0xcbf29ce484222325;
     for byte in fields.iter().flat_map(|f| f.to_le_bytes()).chain(h.boot_id) {
@@ -360,6 +366,7 @@ impl SharedCounters {
                 h.blocks_off = g.blocks_off;
                 h.file_len = g.file_len;
                 h.seal_version = SEAL_VERSION;
+                h.incarnation = new_incarnation()?;
                 h.checksum = checksum(h);
                 h.generation.store(generation, Ordering::Relaxed);
             }
@@ -501,6 +508,30 @@ impl SharedCounters {
 
     pub fn key_count(&self) -> u64 {
         self.header().cells_used.load(Ordering::Acquire)
+    }
+}
+
+/// A random incarnation id, never 0 (an id of 0 would look like a file built before incarnations), below
+/// 2^63 (the fleet writes it as a signed integer).
+fn new_incarnation() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).map_err(|e| Error::internal(format!("no randomness: {e}")))?;
+    Ok((u64::from_le_bytes(bytes) >> 1).max(1))
+}
+
+impl SharedCounters {
+    /// This file's incarnation id: a new one whenever the file is built from the database alone (its
+    /// counts are then those of the last flush), the same when it grows (its counts carried exactly).
+    pub fn incarnation(&self) -> u64 {
+        self.header().incarnation
+    }
+
+    /// Takes the incarnation of the file this one replaces and carries the counts of. Only while
+    /// building, before any other process can see the file.
+    pub(super) fn adopt_incarnation(&self, from: &SharedCounters) {
+        let h = self.header_mut();
+        h.incarnation = from.incarnation();
+        h.checksum = checksum(h);
     }
 }
 

@@ -21,6 +21,7 @@
 //! - `carry.rs`: growth: every cell's state carried exactly into a larger file;
 //! - `lease.rs` and `cue.rs`: fleet mode, a host's leases of its keys' quotas, and a check's cue to the
 //!   agent when it runs out (and its bounded wait for the answer).
+//! - `settle.rs`: a fleet lease lowered to the count exactly, with checks in flight.
 //!
 //! This file holds the public surface: [`SharedCounters`] (its methods are spread over the parts) and
 //! the types the store exchanges with it.
@@ -43,6 +44,7 @@ mod layout;
 mod lease;
 mod seal;
 mod share;
+mod settle;
 
 pub use cue::{CueReader, CuedCells};
 pub(crate) use flush::MAX_FLUSH_INTERVAL;
@@ -54,6 +56,7 @@ pub use lease::QuotaCell;
 #[doc(hidden)]
 pub use seal::reseal_image;
 pub use seal::Content;
+pub use settle::Settled;
 
 /// Everything counted for one key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -28,9 +28,10 @@ use serde_json::{json, Value};
 use super::changelog::{publish_outbox, step, stream_id, PUBLISH};
 use super::connect::connect;
 pub use super::connect::{redacted, url_has_password};
+use super::lease_epoch::check_redis_settings;
+use super::lease_hash::{hand_back, LeaseScripts};
 use super::link::{Config, Failure, Health, Link, Names, Scripts};
 use super::members::{heartbeat, leave, Beat, Claimant, Claimed};
-use super::quota::{self, hand_back};
 use super::usage::UsageSync;
 use crate::error::{Error, Result};
 use crate::store::{clock_ms, Store};
@@ -123,11 +124,7 @@ fn run_loop(
     log: &mut dyn FnMut(&str),
 ) -> Result<Ended> {
     let names = Names::of(&cfg.fleet);
-    let scripts = Scripts {
-        publish: redis::Script::new(PUBLISH),
-        grant: redis::Script::new(quota::GRANT),
-        hand_back: redis::Script::new(quota::HAND_BACK),
-    };
+    let scripts = Scripts { publish: redis::Script::new(PUBLISH), leases: LeaseScripts::new() };
     let mut usage = UsageSync::default();
     let mut health = Health::default();
     let mut conn: Option<redis::Connection> = None;
@@ -138,23 +135,42 @@ fn run_loop(
     // The lease thread stops with this loop (`leasing_stops`, the scope's end): it grants nothing after
     // the hand-back, nor after another agent was found holding this host's identity.
     let leasing_stops = AtomicBool::new(false);
+    // What the lease thread says of the quota hashes (epoch, forgeries, losses), for `fleet status`.
+    let lease_status = Mutex::new(Value::Null);
     let ended = std::thread::scope(|s| {
         let mut lease_log = Some(lease_log);
         let ended = loop {
             if stop.load(Ordering::Relaxed) {
-                break None;
+                break Ok(None);
             }
             for line in lease_lines.try_iter() {
                 log(&line);
             }
+            health.lease_report = lease_status.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if conn.is_none() {
-                let claimed = connect(cfg).and_then(|mut c| match claimant.claim(&mut c, cfg, stop, log) {
-                    Ok(claimed) => Ok((c, claimed)),
-                    Err(e) => Err(format!("{e:?}")),
+                let mut refusal = None;
+                let claimed = connect(cfg).and_then(|mut c| {
+                    // What the quota guarantees need of Redis, checked on every connection (a failover may
+                    // reach a server configured otherwise).
+                    match check_redis_settings(&mut c, cfg.allow_evicting_redis) {
+                        Ok(warnings) => warnings.iter().for_each(|w| log(&format!("warning: {w}"))),
+                        Err(why) => {
+                            refusal = Some(why.clone());
+                            return Err(why);
+                        }
+                    }
+                    match claimant.claim(&mut c, cfg, stop, log) {
+                        Ok(claimed) => Ok((c, claimed)),
+                        Err(e) => Err(format!("{e:?}")),
+                    }
                 });
+                if let Some(why) = refusal {
+                    log(&format!("refusing to run: {why}"));
+                    break Err(why);
+                }
                 match claimed {
-                    Ok((_, Claimed::Stopping)) => break None,
-                    Ok((_, Claimed::HeldBy(holder))) => break Some(holder),
+                    Ok((_, Claimed::Stopping)) => break Ok(None),
+                    Ok((_, Claimed::HeldBy(holder))) => break Ok(Some(holder)),
                     Ok((c, Claimed::Ours)) => {
                         log(&format!(
                             "connected to Redis at {} as host {:?} (host id {})",
@@ -172,9 +188,9 @@ fn run_loop(
                         // Leasing starts only once this agent holds the identity: a copy of a store must
                         // never be granted under the original's.
                         if let Some(lease_log) = lease_log.take() {
-                            let (names, scripts, leasing_stops) = (&names, &scripts, &leasing_stops);
+                            let (names, scripts, leasing_stops, lease_status) = (&names, &scripts, &leasing_stops, &lease_status);
                             s.spawn(move || {
-                                super::lease_thread::run(store, cfg, names, scripts, leasing_stops, lease_log)
+                                super::lease_thread::run(store, cfg, names, scripts, leasing_stops, lease_log, lease_status)
                             });
                         }
                     }
@@ -200,7 +216,7 @@ fn run_loop(
             }
             match round(&mut link, &mut usage, claimant, share, due, log) {
                 Ok(None) => {}
-                Ok(Some(holder)) => break Some(holder),
+                Ok(Some(holder)) => break Ok(Some(holder)),
                 Err(Failure::Redis(e)) => {
                     if !stop.load(Ordering::Relaxed) {
                         log(&format!("lost Redis: {e}; reconnecting"));
@@ -222,8 +238,10 @@ fn run_loop(
     for line in lease_lines.try_iter() {
         log(&line);
     }
-    if let Some(holder) = ended {
-        return Ok(refused(store, cfg, &mut health, &usage, holder, log));
+    match ended {
+        Err(refusal) => return Err(crate::error::Error::invalid(refusal)),
+        Ok(Some(holder)) => return Ok(refused(store, cfg, &mut health, &usage, holder, log)),
+        Ok(None) => {}
     }
     // The others take this host's share once it leaves the member list: it is withheld first.
     share.lapse(store);
@@ -342,6 +360,7 @@ fn report_locally(
             Ok(Some(n)) => json!(n.max(1)),
             _ => json!("withheld"),
         },
+        "leases": health.lease_report,
         "usage_rows": {"published": usage.published_rows, "received": usage.received_rows, "refused": usage.refused_rows},
         "reported_at_ms": clock_ms(),
         "agent_pid": std::process::id(),

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::connect::connect;
 use super::link::{Config, Failure, Health, Link, Names, Scripts};
-use super::quota::{refresh_fleet_leased, Leases};
+use super::lease_hash::refresh_fleet_leased;
+use super::quota::Leases;
 use super::round::serve;
 use super::WhenDown;
 use crate::store::{clock_ms, Store};
@@ -36,6 +37,7 @@ pub(super) fn run(
     scripts: &Scripts,
     stop: &AtomicBool,
     log: Sender<String>,
+    status: &std::sync::Mutex<serde_json::Value>,
 ) {
     let mut leases = Leases::default();
     let mut health = Health::default();
@@ -101,12 +103,18 @@ pub(super) fn run(
         let mut cue = cue;
         let round = serve(&mut link, &mut leases, cue, tick).and_then(|answered| {
             cue = answered;
-            if cfg.when_down == WhenDown::Share && Instant::now() >= next_view {
+            // Every mode, once a heartbeat: a lost, forged or rolled-back quota hash is found without
+            // waiting for a grant (and `--when-redis-down share` gets its view of what the fleet leased).
+            if Instant::now() >= next_view {
                 next_view = Instant::now() + cfg.heartbeat;
                 refresh_fleet_leased(&mut link, &mut leases)?;
             }
             Ok(())
         });
+        for line in link.health.leases.take_log() {
+            say(line);
+        }
+        *status.lock().unwrap_or_else(|e| e.into_inner()) = link.health.leases.status();
         match round {
             Ok(()) => {}
             Err(Failure::Redis(e)) => {

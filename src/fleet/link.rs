@@ -1,6 +1,6 @@
 //! What the agent's parts share: its configuration, the names of the fleet's Redis keys, its Lua
 //! scripts, what it counts, how a round fails, and [`Link`], everything one round works with. The parts
-//! (`changelog`, `quota`, `usage`, `connect`, `agent`) import these from here, never from each other's
+//! (`changelog`, `quota`, `lease_hash`, `usage`, `connect`, `agent`) import these from here, never from each other's
 //! loop.
 
 use std::path::PathBuf;
@@ -33,6 +33,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// What a host admits while Redis is unreachable, once its leases run out.
     pub when_down: WhenDown,
+    /// Run against a Redis whose `maxmemory-policy` may evict keys (refused by default: an evicted quota
+    /// hash is recovered, but a quota is then exact only if every host holding a lease re-asserts it).
+    pub allow_evicting_redis: bool,
 }
 
 /// The Redis keys of the change log and the member list, for one fleet.
@@ -74,6 +77,10 @@ pub(super) struct Health {
     pub(super) position_checked: bool,
     /// The change log's upkeep: heads, gaps, repairs, the state hash's sweep (`changelog`, `repair`).
     pub(super) log: LogUpkeep,
+    /// The quota hashes: the fleet's epoch, the states last verified, forgeries and losses counted.
+    pub(super) leases: super::lease_hash::LeaseWatch,
+    /// The lease thread's `leases.status()`, as the agent's loop last read it (for `fleet status`).
+    pub(super) lease_report: Value,
 }
 
 /// What the agent keeps between rounds to look after the change log.
@@ -115,8 +122,7 @@ pub(super) struct LogUpkeep {
 /// The agent's Lua scripts (loaded once per connection by EVALSHA, sent whole when Redis lacks them).
 pub(super) struct Scripts {
     pub(super) publish: redis::Script,
-    pub(super) grant: redis::Script,
-    pub(super) hand_back: redis::Script,
+    pub(super) leases: super::lease_hash::LeaseScripts,
 }
 
 /// Why a round stopped: Redis (reconnect) or the store (wait and retry).

@@ -313,6 +313,7 @@ mod tests {
             max_log: 100,
             heartbeat: Duration::from_secs(1),
             when_down: super::super::WhenDown::Refuse,
+            allow_evicting_redis: false,
         };
         let me = Claimant::new(&cfg).unwrap();
         assert_eq!(me.key, "ms-auth:{prod}:agent:0123");

@@ -36,7 +36,8 @@
 //! round works with), `connect.rs` reaches Redis, `secret.rs` holds the fleet's secret, `members.rs`
 //! claims this host's identity and keeps the member list, `changelog.rs` publishes the journal and
 //! applies the log, `repair.rs` catches up from the state hash and keeps the log whole, `quota.rs`
-//! leases quotas (`lease_thread.rs` runs it beside the agent's loop, woken by a check that runs out),
+//! sizes quota leases by demand, `lease_hash.rs` keeps them in Redis (signed, checked for loss and
+//! rollback; their content in `lease_state.rs`, the recovery in `lease_epoch.rs`) (`lease_thread.rs` runs it beside the agent's loop, woken by a check that runs out),
 //! `usage.rs` exchanges daily usage, and `agent.rs` runs them in a loop; in `src/bin/ms-auth/fleet.rs`,
 //! the `ms-auth fleet` commands start the agent, show its status and give a copied store a new identity.
 
@@ -44,6 +45,9 @@ pub mod agent;
 mod changelog;
 mod connect;
 mod lease_thread;
+mod lease_epoch;
+mod lease_hash;
+mod lease_state;
 mod link;
 mod members;
 pub mod quota;

@@ -1,61 +1,27 @@
 //! Quotas exact fleet-wide, by leases (the agent's side; the check's side is `policy::Allowance`).
 //!
 //! For each key with a quota and each period, Redis holds one hash, `ms-auth:{FLEET}:quota:KEY:PERIOD`, with
-//! per host `lease:HOST` (how much of the quota the host may count, cumulative, never lowered except by
-//! the host handing back what it did not use) and `used:HOST` (what it counted, absolute: replays and
-//! restarts never double count). One script grants atomically, so the leases of all hosts never add up
-//! to more than the quota, and a host's checks never count past its lease: **the fleet never admits more
-//! than the quota**, with or without Redis, across partitions and crashes. The price is under-admission:
-//! at most the leases outstanding and unused at the period's end (each host's last chunk).
+//! per host its lease (how much of the quota the host may count, cumulative, never lowered except by
+//! the host handing back what it did not use) and its count (absolute: replays and restarts never double
+//! count), signed with the fleet's secret and written with a compare-and-set (`lease_hash.rs`), so the
+//! leases of all hosts never add up to more than the quota, and a host's checks never count past its
+//! lease: **the fleet never admits more than the quota**, with or without Redis, across partitions and
+//! crashes. The price is under-admission: at most the leases outstanding and unused at the period's end
+//! (each host's last chunk).
 //!
 //! Chunks follow each host's demand: the agent measures how fast each key is used on its host and tops a
 //! lease up by a quarter of a second of it when no more than that is left; a host that runs out (a
 //! check cues the agent's lease thread, which asks at once: `lease_thread`) asks for twice what it asked
 //! last time it ran out, starting from a small share of the quota, so a burst ramps up in a few round
-//! trips and leaves at most about its own size unused. The script gives at most half of what is left of
+//! trips and leaves at most about its own size unused. A grant gives at most half of what is left of
 //! the quota, so the last units are shared among the hosts that ask.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+use super::lease_hash::grant;
 use super::link::{Failure, Link};
 use crate::store::{clock_ms, FleetQuota, Store};
-
-/// Grants a host more of a key's quota for one period. KEYS[1]: the period's hash. ARGV: host, amount
-/// wanted, the quota, what the host has counted, what the host holds locally (re-asserted after Redis
-/// lost its data), the hash's time to live in seconds. Returns {the host's lease, 1 if the quota is spent,
-/// the leases of all hosts}.
-pub const GRANT: &str = r#"
-local host, want, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local used, held, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local total, mine = 0, 0
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, 6) == 'lease:' then
-    local v = tonumber(fields[i + 1])
-    total = total + v
-    if fields[i] == 'lease:' .. host then mine = v end
-  end
-end
--- A lease is never below what the host holds or has counted (Redis may have lost it).
-local floor = math.max(mine, held, used)
-total = total - mine + floor
-local left = limit - total
-local grant = 0
-if left > 0 and want > 0 then grant = math.min(want, math.max(1, math.floor(left / 2))) end
-local lease = floor + grant
-redis.call('HSET', KEYS[1], 'lease:' .. host, lease, 'used:' .. host, used)
-redis.call('EXPIRE', KEYS[1], ttl)
-local spent = 0
-if left - grant <= 0 then spent = 1 end
-return {lease, spent, total + grant}
-"#;
-
-/// Hands back what a host holds beyond what it counted (at SIGTERM).
-pub const HAND_BACK: &str = r#"
-redis.call('HSET', KEYS[1], 'lease:' .. ARGV[1], ARGV[2], 'used:' .. ARGV[1], ARGV[2])
-return 1
-"#;
 
 /// The agent's side of every lease this host holds: how much to ask for next, from demand.
 #[derive(Default)]
@@ -130,11 +96,6 @@ const RATE_WINDOW: f64 = 1.0;
 /// After an outage, how long hosts only re-assert their leases: longer than an agent's longest
 /// reconnection backoff (2 s) and a round.
 pub const REASSERT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// The leases' Redis hash of a key's quota in one period.
-pub fn hash_name(fleet: &str, owner: &str, period_start_ms: i64) -> String {
-    format!("ms-auth:{{{fleet}}}:quota:{owner}:{period_start_ms}")
-}
 
 /// A quota's first ask on a host of a fleet of `members` live hosts.
 pub fn first_chunk(limit: i64, members: i64) -> i64 {
@@ -273,7 +234,7 @@ impl Leases {
     }
 }
 
-// The Redis side of leases, run by the agent each round.
+// The demand side of leases, run by the agent each round (the Redis side is `lease_hash.rs`).
 
 /// Tops up this host's leases of these quotas if its checks are using them (and takes the next period's a
 /// few seconds before it starts), so that local checks count within what the fleet granted this host;
@@ -306,201 +267,4 @@ pub(super) fn lease_round(
         }
     }
     Ok(oldest_period)
-}
-
-fn grant(
-    link: &mut Link,
-    q: &FleetQuota,
-    period_start_ms: i64,
-    expires_after_ms: i64,
-    want: i64,
-    used: i64,
-    held: i64,
-) -> std::result::Result<i64, Failure> {
-    let Link { store, cfg, scripts, conn: c, .. } = link;
-    let ttl_s = (expires_after_ms - clock_ms()).max(0) / 1000 + 2 * 86_400;
-    let (lease, spent, fleet_leased): (i64, i64, i64) = scripts
-        .grant
-        .key(hash_name(&cfg.fleet, &q.owner, period_start_ms))
-        .arg(&cfg.host_id)
-        .arg(want)
-        .arg(q.quota.limit)
-        .arg(used)
-        .arg(held)
-        .arg(ttl_s)
-        .invoke(c)?;
-    store.fleet_set_lease(&q.digest, period_start_ms, lease, spent == 1, false)?;
-    Ok(fleet_leased)
-}
-
-/// `WhenDown::Share`: learns, once a heartbeat, what the fleet has leased of every quota this host holds
-/// a lease of (one pipelined read), so that a share taken in an outage starts from a current view.
-pub(super) fn refresh_fleet_leased(link: &mut Link, leases: &mut Leases) -> std::result::Result<(), Failure> {
-    let Link { store, cfg, conn: c, .. } = link;
-    let held: Vec<(String, i64)> = store
-        .fleet_quota_cells(&leases.owners, clock_ms())?
-        .into_iter()
-        .filter(|q| q.quota.lease > 0)
-        .map(|q| (q.owner, q.quota.period_start_ms))
-        .collect();
-    if held.is_empty() {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    for (owner, start) in &held {
-        pipe.hgetall(hash_name(&cfg.fleet, owner, *start));
-    }
-    let hashes: Vec<std::collections::HashMap<String, i64>> = pipe.query(c)?;
-    for (key, hash) in held.into_iter().zip(hashes) {
-        let leased = hash.iter().filter(|(field, _)| field.starts_with("lease:")).map(|(_, v)| v).sum();
-        leases.fleet_leased.insert(key, leased);
-    }
-    Ok(())
-}
-
-/// Gives the fleet back what this host holds and did not use (the agent is stopping): local checks stop
-/// counting past what they used, then Redis learns the lease is no larger than that.
-pub(super) fn hand_back(link: &mut Link) -> std::result::Result<usize, Failure> {
-    let Link { store, cfg, scripts, conn: c, .. } = link;
-    let now = clock_ms();
-    let held: Vec<_> = store.fleet_quota_view(now)?.into_iter().filter(|q| q.quota.lease > q.quota.used).collect();
-    for q in &held {
-        store.fleet_set_lease(&q.digest, q.quota.period_start_ms, q.quota.used, q.quota.spent, true)?;
-    }
-    // Checks that read the lease just before it was lowered finish within microseconds.
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    for q in store.fleet_quota_view(now)? {
-        // Only for the period it lowered: a counter that moved on meanwhile (a check stamped in the next
-        // period) no longer holds that period's final count, so its lease stays as it is in Redis; and
-        // the next period's lease this host holds is never handed back below what it may still admit.
-        let lowered = |h: &&FleetQuota| h.owner == q.owner && h.quota.period_start_ms == q.quota.period_start_ms;
-        if let Some(before) = held.iter().find(lowered) {
-            let used = q.quota.used.max(before.quota.used);
-            let _: i64 = scripts
-                .hand_back
-                .key(hash_name(&cfg.fleet, &q.owner, q.quota.period_start_ms))
-                .arg(&cfg.host_id)
-                .arg(used)
-                .invoke(c)?;
-        }
-    }
-    Ok(held.len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fleet::link::{Config, Health, Names, Scripts};
-    use crate::fleet::{Secret, WhenDown};
-    use crate::period::{Period, DAY_MS};
-    use redis::Commands;
-
-    /// A redis-server on a free loopback port, killed on drop.
-    struct Redis(std::process::Child, u16);
-
-    impl Redis {
-        fn start(dir: &std::path::Path) -> Redis {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let child = std::process::Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir)
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server is installed");
-            let redis = Redis(child, port);
-            let deadline = Instant::now() + std::time::Duration::from_secs(10);
-            while redis.connection().is_err() {
-                assert!(Instant::now() < deadline, "redis-server did not start");
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            redis
-        }
-
-        fn connection(&self) -> redis::RedisResult<redis::Connection> {
-            redis::Client::open(format!("redis://127.0.0.1:{}", self.1))?.get_connection()
-        }
-    }
-
-    impl Drop for Redis {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    /// Review of issue 21 item 1: the agent hands back at SIGTERM while its host's counter moves into
-    /// the next period (a check stamped in it, by a caller's clock ahead of the agent's). The hand-back
-    /// read the counter twice, 20 ms apart, and wrote the first period's count as this host's lease of
-    /// the next one, below the next period's lease the host already holds: the other hosts are then
-    /// granted what this host may still admit, and the fleet admits more than the quota.
-    #[test]
-    fn a_hand_back_while_the_counter_moves_to_the_next_period_never_lends_the_next_periods_lease_twice() {
-        let dir = tempfile::tempdir().unwrap();
-        let redis = Redis::start(dir.path());
-        let store = Store::open(dir.path().join("keys.db")).unwrap();
-        store.fleet_join("f", "h1").unwrap();
-        let spec = crate::spec::KeySpec::from_json(r#"{"quota": {"limit": 100, "period": "daily"}}"#).unwrap();
-        let now = clock_ms();
-        let created = store.create_key(&spec, now - 1000).unwrap();
-        let cfg = Config {
-            redis_url: format!("redis://127.0.0.1:{}", redis.1),
-            redis_password: None,
-            ca_file: None,
-            fleet: "f".into(),
-            host: "h1".into(),
-            host_id: "h1".into(),
-            secret: Secret::new(b"a fleet secret of more than sixteen bytes"),
-            max_log: 1000,
-            heartbeat: std::time::Duration::from_secs(1),
-            when_down: WhenDown::Refuse,
-        };
-        let scripts = Scripts {
-            publish: redis::Script::new(super::super::changelog::PUBLISH),
-            grant: redis::Script::new(GRANT),
-            hand_back: redis::Script::new(HAND_BACK),
-        };
-        let mut c = redis.connection().unwrap();
-        let owners = store.fleet_quota_owners().unwrap();
-        let q = |store: &Store, at: i64| store.fleet_quota_cells(&owners, at).unwrap().pop().unwrap();
-        let today = Period::Daily.bounds(now).0;
-        let tomorrow = today + DAY_MS;
-        // Today: a lease of 20, 10 used. Tomorrow's lease of 50 taken early (as before a period's end).
-        for (start, lease) in [(today, 20), (tomorrow, 50)] {
-            let _: () = c.hset(hash_name("f", &created.record.id, start), "lease:h1", lease).unwrap();
-            store.fleet_set_lease(&owners[0].1, start, lease, false, false).unwrap();
-        }
-        for _ in 0..10 {
-            assert_eq!(
-                store.check(Some(created.key.as_bytes()), now).unwrap().decision.status,
-                crate::status::Status::Ok
-            );
-        }
-        std::thread::scope(|s| {
-            // The first check stamped tomorrow lands between the hand-back's two reads.
-            s.spawn(|| {
-                let deadline = Instant::now() + std::time::Duration::from_secs(5);
-                while q(&store, now).quota.lease != 10 {
-                    assert!(Instant::now() < deadline, "the hand-back never lowered today's lease");
-                }
-                let d = store.check(Some(created.key.as_bytes()), tomorrow + 1).unwrap().decision;
-                assert_eq!(d.status, crate::status::Status::Ok);
-            });
-            let (names, mut health) = (Names::of(&cfg.fleet), Health::default());
-            let mut link =
-                Link { store: &store, cfg: &cfg, names: &names, scripts: &scripts, conn: &mut c, health: &mut health };
-            hand_back(&mut link).unwrap();
-        });
-        let held_here = q(&store, tomorrow + 1).quota.lease;
-        assert_eq!(held_here, 50, "this host may still admit 50 tomorrow");
-        // Another host asks for tomorrow's quota until it is spent.
-        let mut other = 0;
-        for _ in 0..50 {
-            let hash = hash_name("f", &created.record.id, tomorrow);
-            let granted: (i64, i64, i64) =
-                scripts.grant.key(hash).arg("h2").arg(100).arg(100).arg(0).arg(other).arg(3600).invoke(&mut c).unwrap();
-            other = granted.0;
-        }
-        assert!(held_here + other <= 100, "tomorrow's leases: {held_here} here and {other} on h2, quota 100");
-    }
 }

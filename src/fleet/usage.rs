@@ -326,6 +326,7 @@ mod tests {
             max_log: 100,
             heartbeat: Duration::from_secs(1),
             when_down: crate::fleet::WhenDown::Refuse,
+            allow_evicting_redis: false,
         }
     }
 

@@ -56,6 +56,10 @@ pub enum FleetCommand {
         /// share, 1/N of live members, of what was not leased when it last heard from Redis).
         #[arg(long, default_value = "refuse", value_parser = ["refuse", "share"])]
         when_redis_down: String,
+        /// Run even though Redis's maxmemory-policy may evict keys (refused by default: an evicted quota
+        /// hash is recovered, but a quota stays exact only if every host holding a lease re-asserts it).
+        #[arg(long)]
+        allow_evicting_redis: bool,
     },
     /// What this host's agent last reported: fleet, host, members and their last report, log position
     /// and lag, Redis reachable or not; and whether this host holds every entry of the change log (the
@@ -92,6 +96,7 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
             previous_secret_file,
             max_log,
             when_redis_down,
+            allow_evicting_redis,
         } => {
             let host = host.unwrap_or_else(hostname);
             let mut secret = Secret::from_file(&secret_file)?;
@@ -114,6 +119,7 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
                 max_log,
                 heartbeat: Duration::from_secs(1),
                 when_down: if when_redis_down == "share" { WhenDown::Share } else { WhenDown::Refuse },
+                allow_evicting_redis,
             };
             unsafe {
                 libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
@@ -198,6 +204,17 @@ pub fn run(store: &Store, command: FleetCommand) -> Result<ExitCode, Error> {
                 "changes:    {} published, {} applied, {} refused (this run); {} stale skipped",
                 status["published"], status["applied"], status["refused"], log.stale
             );
+            let leases = &status["leases"];
+            if leases.is_object() {
+                println!(
+                    "leases:     epoch {}; quota hashes refused: {} forged, {} lost, {} rolled back ({} recoveries)",
+                    leases["epoch"].as_str().unwrap_or("-"),
+                    leases["forged"],
+                    leases["lost"],
+                    leases["rolled_back"],
+                    leases["recoveries"]
+                );
+            }
             if let (Some(put_back), Some(applied)) =
                 (status["sweep"]["put_back"].as_u64(), status["sweep"]["applied"].as_u64())
             {

@@ -3,13 +3,14 @@
 //! sent to the change log (`journal`), applying changes only when they are newer than what this host
 //! holds, and which origins' entries it misses (`versions`), checking and writing each kind of record
 //! (`apply`), this host's identity and its share of rates (`host`), the lease thread's cue and liveness
-//! (`lease`), and the other hosts' daily usage (`usage`). Only SQL and the counters file here; the store
+//! (`lease`), the counters file's side of quota leases (`leases`), and the other hosts' daily usage (`usage`). Only SQL and the counters file here; the store
 //! knows nothing of Redis.
 
 mod apply;
 mod host;
 mod journal;
 mod lease;
+mod leases;
 mod replica;
 mod usage;
 mod versions;
