@@ -121,7 +121,6 @@ fn a_revocation_concurrent_with_a_change_on_another_host_is_in_force_everywhere(
 /// fleet admits more than the quota. Promised: "the fleet never admits more than the quota, with Redis
 /// or without it".
 #[test]
-#[ignore = "finding 2: a lease hash lost while agents stay connected lets the fleet admit more than the quota"]
 fn a_lease_hash_lost_while_the_agents_stay_connected_never_lets_the_fleet_admit_more_than_the_quota() {
     let _serial = serial();
     let (_dir, redis, hosts) = fleet(2);
@@ -487,7 +486,6 @@ fn used_memory(conn: &mut redis::Connection) -> i64 {
 /// Redis shared with caches) evicts keys with a time to live first, and the lease hashes are such keys;
 /// another application's writes push it over, the hash goes, and the fleet admits more than the quota.
 #[test]
-#[ignore = "finding 2: a lease hash evicted under maxmemory lets the fleet admit more than the quota"]
 fn a_lease_hash_evicted_under_maxmemory_never_lets_the_fleet_admit_more_than_the_quota() {
     let _serial = serial();
     let (_dir, redis, hosts) = fleet(2);

@@ -56,6 +56,9 @@ fn lr_hammer_child() {
                         }
                         Status::ApiKeyQuotaExceeded if forever => {}
                         Status::ApiKeyQuotaExceeded => std::thread::sleep(Duration::from_millis(1)),
+                        // Out of lease while the fleet's quota has room: waiting for this host's share.
+                        Status::RateLimitExceeded if forever => {}
+                        Status::RateLimitExceeded => std::thread::sleep(Duration::from_millis(1)),
                         other => panic!("{other:?}"),
                     }
                 }
@@ -216,8 +219,11 @@ fn a_forged_ghost_lease_is_refused() {
 fn a_forged_larger_lease_for_a_victim_host_is_refused() {
     let _serial = serial();
     let (total, hosts, _dir) = quota_of_400_with(|conn, hash| {
-        let lease: i64 = hash_of(conn, hash).get("lease:host1").and_then(|v| v.parse().ok()).unwrap_or(0);
-        redis::cmd("HSET").arg(hash).arg("lease:host1").arg(lease + 300).query::<()>(conn).unwrap()
+        // (Fields are keyed by host id: the victim is the first host holding a lease.)
+        let fields = hash_of(conn, hash);
+        let victim = fields.keys().filter(|f| f.starts_with("lease:")).min().cloned().expect("a lease field");
+        let lease: i64 = fields.get(&victim).and_then(|v| v.parse().ok()).unwrap_or(0);
+        redis::cmd("HSET").arg(hash).arg(&victim).arg(lease + 300).query::<()>(conn).unwrap()
     });
     assert_forgery_refused(&hosts, total);
 }
@@ -226,7 +232,10 @@ fn a_forged_larger_lease_for_a_victim_host_is_refused() {
 fn a_deleted_lease_field_is_refused() {
     let _serial = serial();
     let (total, hosts, _dir) = quota_of_400_with(|conn, hash| {
-        redis::cmd("HDEL").arg(hash).arg("lease:host1").arg("used:host1").query::<()>(conn).unwrap()
+        let fields = hash_of(conn, hash);
+        let victim = fields.keys().filter(|f| f.starts_with("lease:")).min().cloned().expect("a lease field");
+        let id = victim.trim_start_matches("lease:").to_string();
+        redis::cmd("HDEL").arg(hash).arg(&victim).arg(format!("used:{id}")).query::<()>(conn).unwrap()
     });
     assert_forgery_refused(&hosts, total);
 }
@@ -332,7 +341,8 @@ fn a_hand_back_racing_checks_is_exact() {
         let fields = hash_of(&mut conn, &hash);
         let field = |f: &str| fields.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
         // What Redis records this host may count, in the host's own terms.
-        let told = field("lease:host0") - field("base:host0");
+        let id = s.fleet_host_id().unwrap().expect("a member");
+        let told = field(&format!("lease:{id}")) - field(&format!("base:{id}"));
         let local = s.get_key(&k.record.id).unwrap().usage.used;
         if local > told {
             over.push((round, local - told));

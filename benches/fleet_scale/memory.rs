@@ -37,7 +37,6 @@ fn used_memory(c: &mut redis::Connection) -> i64 {
     info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
 }
 
-
 /// Redis's total time in one command so far, in µs (INFO commandstats).
 fn server_usec(c: &mut redis::Connection, command: &str) -> u64 {
     let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();

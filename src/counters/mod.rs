@@ -43,8 +43,8 @@ mod index;
 mod layout;
 mod lease;
 mod seal;
-mod share;
 mod settle;
+mod share;
 
 pub use cue::{CueReader, CuedCells};
 pub(crate) use flush::MAX_FLUSH_INTERVAL;

@@ -188,9 +188,18 @@ fn run_loop(
                         // Leasing starts only once this agent holds the identity: a copy of a store must
                         // never be granted under the original's.
                         if let Some(lease_log) = lease_log.take() {
-                            let (names, scripts, leasing_stops, lease_status) = (&names, &scripts, &leasing_stops, &lease_status);
+                            let (names, scripts, leasing_stops, lease_status) =
+                                (&names, &scripts, &leasing_stops, &lease_status);
                             s.spawn(move || {
-                                super::lease_thread::run(store, cfg, names, scripts, leasing_stops, lease_log, lease_status)
+                                super::lease_thread::run(
+                                    store,
+                                    cfg,
+                                    names,
+                                    scripts,
+                                    leasing_stops,
+                                    lease_log,
+                                    lease_status,
+                                )
                             });
                         }
                     }

@@ -462,7 +462,14 @@ mod tests {
         let tomorrow = today + DAY_MS;
         // The fleet's first epoch's grace passes, then: today a lease of 20, 10 used; tomorrow's lease of
         // 50 taken early (as before a period's end).
-        redis::cmd("HSET").arg("ms-auth:{f}:epoch").arg("id").arg("e0").arg("until").arg(0).query::<()>(&mut c).unwrap();
+        redis::cmd("HSET")
+            .arg("ms-auth:{f}:epoch")
+            .arg("id")
+            .arg("e0")
+            .arg("until")
+            .arg(0)
+            .query::<()>(&mut c)
+            .unwrap();
         assert!(store.check(Some(created.key.as_bytes()), now).unwrap().decision.status != crate::status::Status::Ok);
         let mut link =
             Link { store: &store, cfg: &cfg, names: &names, scripts: &scripts, conn: &mut c, health: &mut health };
@@ -515,7 +522,14 @@ mod tests {
         let mut c = redis.connection().unwrap();
         let (names, mut health) = (Names::of(&cfg.fleet), Health::default());
         let now = clock_ms();
-        redis::cmd("HSET").arg("ms-auth:{f}:epoch").arg("id").arg("e0").arg("until").arg(0).query::<()>(&mut c).unwrap();
+        redis::cmd("HSET")
+            .arg("ms-auth:{f}:epoch")
+            .arg("id")
+            .arg("e0")
+            .arg("until")
+            .arg(0)
+            .query::<()>(&mut c)
+            .unwrap();
         store.check(Some(created.key.as_bytes()), now).unwrap();
         let mut link =
             Link { store: &store, cfg: &cfg, names: &names, scripts: &scripts, conn: &mut c, health: &mut health };

@@ -16,8 +16,8 @@ use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use super::connect::connect;
-use super::link::{Config, Failure, Health, Link, Names, Scripts};
 use super::lease_hash::refresh_fleet_leased;
+use super::link::{Config, Failure, Health, Link, Names, Scripts};
 use super::quota::Leases;
 use super::round::serve;
 use super::WhenDown;

@@ -44,10 +44,10 @@
 pub mod agent;
 mod changelog;
 mod connect;
-mod lease_thread;
 mod lease_epoch;
 mod lease_hash;
 mod lease_state;
+mod lease_thread;
 mod link;
 mod members;
 pub mod quota;
