@@ -28,16 +28,23 @@ impl SharedCounters {
     /// How many hosts share each key's rate limit now (0 or 1: this host has the whole of it); `None`
     /// when this host's share has lapsed (its agent stopped renewing it).
     pub fn rate_share(&self) -> Option<u32> {
-        self.rate_share_at(boot_clock_ms())
+        // The clock is read only for a share that can lapse (fleet mode): a standalone store's check pays
+        // nothing for it.
+        self.rate_share_with(boot_clock_ms)
     }
 
-    fn rate_share_at(&self, boot_ms: i64) -> Option<u32> {
+    fn rate_share_with(&self, boot_ms: impl FnOnce() -> i64) -> Option<u32> {
         let h = self.header();
         let until = h.rate_share_until_ms.load(Ordering::Acquire);
-        if until != 0 && boot_ms >= until {
+        if until != 0 && boot_ms() >= until {
             return None;
         }
         Some(h.rate_sharers.load(Ordering::Acquire))
+    }
+
+    #[cfg(test)]
+    fn rate_share_at(&self, boot_ms: i64) -> Option<u32> {
+        self.rate_share_with(|| boot_ms)
     }
 
     /// A share with no end (a file just built from the database, or from before shares could lapse; a
