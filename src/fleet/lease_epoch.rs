@@ -3,8 +3,8 @@
 //! rolled back (`lease_hash.rs`): a new epoch, whose grace holds every grant of more back while every
 //! host re-asserts what it holds. Also the Redis settings those guarantees need, checked on connection.
 //!
-//! Redis keys, for fleet F: `ms-auth:F:epoch` (a hash: `id`, random, and `until`, Redis's time in ms
-//! before which nothing more is granted; no TTL) and `ms-auth:F:quotas:EPOCH` (a sorted set: the quota
+//! Redis keys, for fleet F: `ms-auth:{F}:epoch` (a hash: `id`, random, and `until`, Redis's time in ms
+//! before which nothing more is granted; no TTL) and `ms-auth:{F}:quotas:EPOCH` (a sorted set: the quota
 //! hashes written in that epoch, scored by when they expire; no TTL).
 
 use std::time::Duration;

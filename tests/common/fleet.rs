@@ -193,7 +193,25 @@ pub fn fleet(n: usize) -> (tempfile::TempDir, Redis, Vec<Host>) {
     for h in &hosts {
         h.wait_until_in_the_fleet();
     }
+    redis.wait_for_the_lease_epoch();
     (dir, redis, hosts)
+}
+
+impl Redis {
+    /// Waits (at most 10 s) until the fleet "test" has a lease epoch whose grace is over: a new fleet's
+    /// agents grant nothing for its first 3 s (docs/fleet.md, "What Redis must be").
+    pub fn wait_for_the_lease_epoch(&self) {
+        let mut c = self.client().get_connection().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let until: Option<i64> = redis::cmd("HGET").arg("ms-auth:{test}:epoch").arg("until").query(&mut c).unwrap();
+            let (secs, micros): (i64, i64) = redis::cmd("TIME").query(&mut c).unwrap();
+            if until.is_some_and(|u| u <= secs * 1000 + micros / 1000) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Writes a file only its owner may read (0600, whatever the umask), as agents want their secrets.
