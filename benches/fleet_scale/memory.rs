@@ -97,9 +97,19 @@ pub fn measure_memory(s: &Settings) -> Memory {
         .unwrap()
         .1;
     let lease_hash = sample.iter().map(|n| memory_usage(&mut c, n)).sum::<u64>() as f64 / sample.len().max(1) as f64;
-    let usage_rows: u64 = redis::cmd("HLEN").arg(format!("ms-auth:{{{FLEET}}}:usage:host0")).query(&mut c).unwrap();
+    // The host's usage history, by host id (its rows, and a field naming the host), once its agent has
+    // published the checks just made (about once a second).
     let host_id = store.fleet_host_id().unwrap().expect("a member");
-    let usage_hash = memory_usage(&mut c, &format!("ms-auth:{{{FLEET}}}:usage-host:{host_id}"));
+    let usage_key = format!("ms-auth:{{{FLEET}}}:usage-host:{host_id}");
+    let reached = within(Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(100));
+        redis::cmd("HLEN").arg(&usage_key).query::<u64>(&mut c).unwrap() > 1
+    });
+    if reached.is_none() {
+        eprintln!("[memory] the host's usage did not reach Redis within 10 s: usage figures reported as 0");
+    }
+    let usage_rows: u64 = redis::cmd("HLEN").arg(&usage_key).query::<u64>(&mut c).unwrap().saturating_sub(1);
+    let usage_hash = if usage_rows > 0 { memory_usage(&mut c, &usage_key) } else { 0 };
     let usage_stream = memory_usage(&mut c, &format!("ms-auth:{{{FLEET}}}:usage"));
     eprintln!("[memory] {leased} keys leased in {:.1} s", all_leased.unwrap().as_secs_f64());
     // A lease hash as P hosts would leave it (each host's two fields, written the way the grant script
